@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up a development environment in .venv (idempotent) and run one job in it.
+#   scripts/dev.sh setup   create .venv, install the pinned tools, build and install qlgrad
+#   scripts/dev.sh demo    setup, then the demo
+#   scripts/dev.sh test    setup, then the whole test suite (pytest, meson test)
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$root/.venv"
+build="$root/build"
+
+setup() {
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  export PATH="$venv/bin:$PATH"
+  python -m pip install --quiet --upgrade pip
+  python -m pip install --quiet -r "$root/requirements/dev.txt"
+  # No build isolation: qlgrad must compile against the very torch it runs with.
+  python -m pip install --quiet --no-build-isolation --no-deps --force-reinstall \
+    -Cbuild-dir="$build" "$root"
+}
+
+run_tests() {
+  cd "$root"
+  python -m pytest -q tests
+  meson test -C "$build" --print-errorlogs
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo) setup && python -m qlgrad.demo "${@:2}" ;;
+  test) setup && run_tests ;;
+  *) echo "usage: scripts/dev.sh setup|demo|test" >&2; exit 2 ;;
+esac

@@ -1,0 +1,188 @@
+// qlgrad's own operators (the TorchScript door) and the public C++ API, which calls
+// them through the dispatcher so that C++ callers get autograd too.
+
+#include "backward_math.h"
+#include "packed_weight.h"
+#include "registration.h"
+
+#include <qlgrad/qlgrad.h>
+
+#include <ATen/ATen.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+namespace qlgrad {
+namespace {
+
+using detail::PackedParams;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using LinearDynamicBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&);
+using LinearInt8BackwardFn =
+    at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&);
+
+void check_grad_output(const at::Tensor& grad_output, int64_t out_features) {
+  TORCH_CHECK_TYPE(at::isFloatingType(grad_output.scalar_type()),
+                   "qlgrad: grad_output must be a floating-point tensor, got ",
+                   grad_output.scalar_type());
+  TORCH_CHECK_VALUE(grad_output.dim() >= 1,
+                    "qlgrad: grad_output must have at least 1 dimension, got a 0-dim tensor");
+  TORCH_CHECK_VALUE(grad_output.size(-1) == out_features,
+                    "qlgrad: grad_output's last dimension must equal the weight's out_features (",
+                    out_features, "), got shape ", grad_output.sizes());
+}
+
+// Shapes, dtypes and devices always; values only where there is data to look at.
+void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weight,
+                          const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
+                   "qlgrad: weight must be an int8 tensor, got ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.numel() > 0,
+                    "qlgrad: weight must be a non-empty 2-D [out_features, in_features] tensor, got shape ",
+                    weight.sizes());
+  check_grad_output(grad_output, weight.size(0));
+  const int64_t out_features = weight.size(0);
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()),
+                   "qlgrad: scale must be a floating-point tensor, got ", scale.scalar_type());
+  TORCH_CHECK_VALUE(scale.dim() <= 1 && (scale.numel() == 1 || scale.numel() == out_features),
+                    "qlgrad: scale must hold 1 element (per tensor) or out_features = ", out_features,
+                    " elements (per channel), got shape ", scale.sizes());
+  for (const auto* tensor : {&grad_output, &scale}) {
+    TORCH_CHECK_VALUE(tensor->device() == weight.device(),
+                      "qlgrad: all tensors must be on the weight's device (", weight.device(),
+                      "), got ", tensor->device());
+  }
+  if (zero_point) {
+    TORCH_CHECK_TYPE(at::isIntegralType(zero_point->scalar_type(), /*includeBool=*/false),
+                     "qlgrad: zero_point must be an integer tensor, got ", zero_point->scalar_type());
+    TORCH_CHECK_VALUE(zero_point->sizes() == scale.sizes(),
+                      "qlgrad: zero_point must have scale's shape ", scale.sizes(), ", got ",
+                      zero_point->sizes());
+    TORCH_CHECK_VALUE(zero_point->device() == weight.device(),
+                      "qlgrad: zero_point must be on the weight's device (", weight.device(),
+                      "), got ", zero_point->device());
+  }
+  if (weight.is_meta()) {
+    return;
+  }
+  TORCH_CHECK_VALUE(at::isfinite(scale).all().item<bool>() && (scale > 0).all().item<bool>(),
+                    "qlgrad: scale must be finite and positive, got ", scale);
+  if (zero_point && zero_point->numel() > 0) {
+    TORCH_CHECK_VALUE(zero_point->min().item<int64_t>() >= -128 && zero_point->max().item<int64_t>() <= 127,
+                      "qlgrad: zero_point must lie in the int8 range [-128, 127], got ", *zero_point);
+  }
+}
+
+// ---- linear_int8_backward -------------------------------------------------------
+
+at::Tensor linear_int8_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
+                                    const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+  check_int8_arguments(grad_output, weight, scale, zero_point);
+  const auto dequantized = math::dequantize({weight, scale, zero_point}, grad_output.scalar_type());
+  return math::input_gradient(grad_output, dequantized);
+}
+
+at::Tensor linear_int8_backward_meta(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+  check_int8_arguments(grad_output, weight, scale, zero_point);
+  auto sizes = grad_output.sizes().vec();
+  sizes.back() = weight.size(1);
+  return at::empty(sizes, grad_output.options());
+}
+
+// The map grad_output -> grad_output @ W_deq is linear, so its derivative is the
+// adjoint with the same weight, and every higher order follows through ATen.
+struct LinearInt8BackwardFunction : torch::autograd::Function<LinearInt8BackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& weight,
+                            const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+    ctx->save_for_backward({weight, scale, zero_point.value_or(at::Tensor())});
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return linear_int8_backward(grad_output, weight, scale, zero_point);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::optional<at::Tensor> zero_point =
+        saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    const auto dequantized = math::dequantize({saved[0], saved[1], zero_point}, grads[0].scalar_type());
+    return {math::input_gradient_adjoint(grads[0], dequantized), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor linear_int8_backward_autograd(const at::Tensor& grad_output, const at::Tensor& weight,
+                                         const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+  return LinearInt8BackwardFunction::apply(grad_output, weight, scale, zero_point);
+}
+
+// ---- linear_dynamic_backward ----------------------------------------------------
+
+at::Tensor weight_for(const PackedParams& packed, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
+  return detail::dequantized_weight(packed).to(dtype);
+}
+
+at::Tensor linear_dynamic_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed) {
+  const auto weight = weight_for(packed, grad_output.scalar_type());
+  check_grad_output(grad_output, weight.size(0));
+  return math::input_gradient(grad_output, weight);
+}
+
+struct LinearDynamicBackwardFunction : torch::autograd::Function<LinearDynamicBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const PackedParams& packed) {
+    ctx->saved_data["packed"] = packed;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return linear_dynamic_backward(grad_output, packed);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
+    return {math::input_gradient_adjoint(grads[0], weight_for(packed, grads[0].scalar_type())), at::Tensor()};
+  }
+};
+
+at::Tensor linear_dynamic_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed) {
+  return LinearDynamicBackwardFunction::apply(grad_output, packed);
+}
+
+} // namespace
+
+// ---- public C++ API -------------------------------------------------------------
+
+at::Tensor linear_dynamic_backward(const at::Tensor& grad_output, const PackedParams& packed) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("qlgrad::linear_dynamic_backward", "")
+                             .typed<LinearDynamicBackwardFn>();
+  return op.call(grad_output, packed);
+}
+
+at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight,
+                                const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("qlgrad::linear_int8_backward", "")
+                             .typed<LinearInt8BackwardFn>();
+  return op.call(grad_output, weight, scale, zero_point);
+}
+
+} // namespace qlgrad
+
+QLGRAD_LIBRARY(qlgrad, m) {
+  m.def("linear_dynamic_backward(Tensor grad_output, "
+        "__torch__.torch.classes.quantized.LinearPackedParamsBase packed) -> Tensor");
+  m.def("linear_int8_backward(Tensor grad_output, Tensor weight, Tensor scale, "
+        "Tensor? zero_point=None) -> Tensor");
+}
+
+QLGRAD_LIBRARY_IMPL(qlgrad, CPU, m) {
+  m.impl("linear_dynamic_backward", &qlgrad::linear_dynamic_backward_cpu);
+  m.impl("linear_int8_backward", &qlgrad::linear_int8_backward_cpu);
+}
+
+QLGRAD_LIBRARY_IMPL(qlgrad, Meta, m) {
+  m.impl("linear_int8_backward", &qlgrad::linear_int8_backward_meta);
+}
+
+QLGRAD_LIBRARY_IMPL(qlgrad, Autograd, m) {
+  m.impl("linear_dynamic_backward", &qlgrad::linear_dynamic_backward_autograd);
+  m.impl("linear_int8_backward", &qlgrad::linear_int8_backward_autograd);
+}

@@ -1,0 +1,22 @@
+#pragma once
+// Backward weights derived from packed params, one entry per packed-params object.
+//
+// unpack() of an fbgemm-packed 4096x4096 weight takes longer than 100 forward passes
+// of one token, so the derived weight is kept. An entry holds only a weak reference
+// to its object: it never keeps the layer alive, and it is dropped once the object
+// is destroyed (swept on every miss and every inspection) or when the byte limit
+// needs room (least recently used first).
+
+#include <qlgrad/qlgrad.h>
+
+#include <functional>
+
+namespace qlgrad::detail {
+
+using PackedParams = c10::intrusive_ptr<LinearPackedParamsBase>;
+
+// The cached tensor for `packed`, or derive(), cached when it fits the limit.
+// derive() runs without the lock held, so slow unpacking never blocks other layers.
+at::Tensor cached_weight(const PackedParams& packed, const std::function<at::Tensor()>& derive);
+
+} // namespace qlgrad::detail

@@ -1,0 +1,110 @@
+"""Sample inputs and independent references shared by the tests."""
+
+import itertools
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+SCHEMES = ("per_tensor_symmetric", "per_tensor_affine", "per_channel_symmetric", "per_channel_affine")
+ENGINES = tuple(e for e in torch.backends.quantized.supported_engines if e != "none")
+# Batch shapes in front of the feature dimension; quantized::linear_dynamic needs at least one.
+LEADING_DIMS = ((1,), (5,), (2, 3), (0,), (3, 0))
+
+
+@dataclass
+class QuantizedWeight:
+    """A qint8 weight as a quantized tensor and as the plain tensors it is made of."""
+
+    qweight: torch.Tensor
+    values: torch.Tensor  # int8 [N, K]
+    scale: torch.Tensor  # float64, [1] or [N]
+    zero_point: torch.Tensor  # int64, shaped like scale
+
+    def dequantize_float64(self) -> torch.Tensor:
+        """W_deq from the integer values, in float64: the reference weight."""
+        return (self.values.double() - self.zero_point.double()[:, None]) * self.scale[:, None]
+
+
+def quantize_weight(out_features: int, in_features: int, scheme: str, seed: int = 0) -> QuantizedWeight:
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(out_features, in_features, generator=gen) * 0.2
+    if scheme.startswith("per_tensor"):
+        scale = torch.tensor([weight.abs().max().item() / 127])
+        zero_point = torch.tensor([3 if scheme.endswith("affine") else 0])
+        qweight = torch.quantize_per_tensor(weight, scale.item(), int(zero_point), torch.qint8)
+    else:
+        scale = weight.abs().amax(dim=1).double() / 127
+        zero_point = (torch.arange(out_features) % 5 - 2) if scheme.endswith("affine") else torch.zeros(out_features)
+        zero_point = zero_point.long()
+        qweight = torch.quantize_per_channel(weight, scale, zero_point, 0, torch.qint8)
+    return QuantizedWeight(qweight, qweight.int_repr(), scale.double(), zero_point.long())
+
+
+def packed_params(weight: QuantizedWeight, bias: torch.Tensor | None = None):
+    """The LinearPackedParamsBase object for the current quantized engine."""
+    return torch.ops.quantized.linear_prepack(weight.qweight, bias)
+
+
+def reference_input_gradient(grad_output: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
+    """grad_output @ W_deq in float64: the straight-through input gradient."""
+    return grad_output.double() @ weight.dequantize_float64()
+
+
+def sample_inputs(out_features: int = 6, in_features: int = 10):
+    """(scheme, leading dims, weight, grad_output) for every weight scheme and batch shape."""
+    for scheme, leading in itertools.product(SCHEMES, LEADING_DIMS):
+        weight = quantize_weight(out_features, in_features, scheme)
+        grad_output = torch.randn(*leading, out_features)
+        yield scheme, leading, weight, grad_output
+
+
+class STEReferenceLinear(torch.nn.Module):
+    """A dynamic quantized Linear whose backward is a pure-Python straight-through estimator."""
+
+    class _Function(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, layer):
+            ctx.weight = layer.weight().dequantize().double()
+            return layer(x)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            return (grad_output.double() @ ctx.weight).to(grad_output.dtype), None
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self._Function.apply(x, self.layer)
+
+
+def with_ste_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
+    """model with every dynamic quantized Linear wrapped by STEReferenceLinear (in place)."""
+    for name, child in model.named_children():
+        if isinstance(child, torch.ao.nn.quantized.dynamic.Linear):
+            setattr(model, name, STEReferenceLinear(child))
+        else:
+            with_ste_reference_layers(child)
+    return model
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
+
+
+def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run code in a fresh interpreter; the test decides what its exit status means."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
