@@ -4,6 +4,7 @@
 
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
+#include <nanobind/stl/tuple.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 namespace nb = nanobind;
@@ -63,13 +64,13 @@ NB_MODULE(_C, m) {
         "and shape [..., K]. Differentiable with respect to grad_output (scale and\n"
         "zero_point are constants).");
 
-  nb::class_<qlgrad::CacheInfo>(m, "_CacheInfo")
-      .def_ro("entries", &qlgrad::CacheInfo::entries)
-      .def_ro("bytes", &qlgrad::CacheInfo::bytes)
-      .def_ro("hits", &qlgrad::CacheInfo::hits)
-      .def_ro("misses", &qlgrad::CacheInfo::misses)
-      .def_ro("limit_bytes", &qlgrad::CacheInfo::limit_bytes);
-  m.def("cache_info", &qlgrad::cache_info, "Statistics of the backward-weight cache.");
+  m.def(
+      "cache_info",
+      [] {
+        const auto info = qlgrad::cache_info();
+        return std::make_tuple(info.entries, info.bytes, info.hits, info.misses, info.limit_bytes);
+      },
+      "Statistics of the backward-weight cache: (entries, bytes, hits, misses, limit_bytes).");
   m.def("clear_cache", &qlgrad::clear_cache,
         "Drop every cached backward weight and reset the hit and miss counters.");
   m.def("set_cache_limit", &qlgrad::set_cache_limit, nb::arg("nbytes"),

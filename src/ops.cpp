@@ -33,7 +33,6 @@ void check_grad_output(const at::Tensor& grad_output, int64_t out_features) {
                     out_features, "), got shape ", grad_output.sizes());
 }
 
-// Shapes, dtypes and devices always; values only where there is data to look at.
 void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weight,
                           const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
@@ -63,9 +62,6 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
                       "qlgrad: zero_point must be on the weight's device (", weight.device(),
                       "), got ", zero_point->device());
   }
-  if (weight.is_meta()) {
-    return;
-  }
   TORCH_CHECK_VALUE(at::isfinite(scale).all().item<bool>() && (scale > 0).all().item<bool>(),
                     "qlgrad: scale must be finite and positive, got ", scale);
   if (zero_point && zero_point->numel() > 0) {
@@ -81,14 +77,6 @@ at::Tensor linear_int8_backward_cpu(const at::Tensor& grad_output, const at::Ten
   check_int8_arguments(grad_output, weight, scale, zero_point);
   const auto dequantized = math::dequantize({weight, scale, zero_point}, grad_output.scalar_type());
   return math::input_gradient(grad_output, dequantized);
-}
-
-at::Tensor linear_int8_backward_meta(const at::Tensor& grad_output, const at::Tensor& weight,
-                                     const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
-  check_int8_arguments(grad_output, weight, scale, zero_point);
-  auto sizes = grad_output.sizes().vec();
-  sizes.back() = weight.size(1);
-  return at::empty(sizes, grad_output.options());
 }
 
 // The map grad_output -> grad_output @ W_deq is linear, so its derivative is the
@@ -176,10 +164,6 @@ QLGRAD_LIBRARY(qlgrad, m) {
 QLGRAD_LIBRARY_IMPL(qlgrad, CPU, m) {
   m.impl("linear_dynamic_backward", &qlgrad::linear_dynamic_backward_cpu);
   m.impl("linear_int8_backward", &qlgrad::linear_int8_backward_cpu);
-}
-
-QLGRAD_LIBRARY_IMPL(qlgrad, Meta, m) {
-  m.impl("linear_int8_backward", &qlgrad::linear_int8_backward_meta);
 }
 
 QLGRAD_LIBRARY_IMPL(qlgrad, Autograd, m) {

@@ -4,6 +4,7 @@ import itertools
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from dataclasses import dataclass
 
@@ -99,12 +100,13 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run code in a fresh interpreter; the test decides what its exit status means."""
+    """Run code as a script in a fresh interpreter; the test decides what its exit status means.
+
+    A file rather than ``-c``, so that torch.jit.script can read the source.
+    """
     env = dict(os.environ, PYTHONWARNINGS="ignore")
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    with tempfile.TemporaryDirectory() as tmp:
+        script = os.path.join(tmp, "script.py")
+        with open(script, "w") as f:
+            f.write(textwrap.dedent(code))
+        return subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=timeout, env=env)

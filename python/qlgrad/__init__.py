@@ -27,15 +27,25 @@ if torch.__version__ != _BUILT_FOR_TORCH:
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
+def get_include() -> str:
+    """Directory of the C++ headers (``#include <qlgrad/qlgrad.h>``)."""
+    return os.path.join(_PACKAGE_DIR, "include")
+
+
+def get_library_dir() -> str:
+    """Directory holding ``libqlgrad.so`` and, in ``pkgconfig/``, ``qlgrad.pc``."""
+    return os.path.join(_PACKAGE_DIR, "lib")
+
+
 def library_path() -> str:
     """Path of ``libqlgrad.so``, for ``torch.ops.load_library`` in deployments without Python qlgrad."""
-    return os.path.join(_PACKAGE_DIR, "lib", "libqlgrad.so")
+    return os.path.join(get_library_dir(), "libqlgrad.so")
 
 
 torch.ops.load_library(library_path())
 
 from . import _C  # noqa: E402  (needs the library loaded above)
-from ._C import clear_cache, linear_int8_backward, set_cache_limit  # noqa: E402
+from ._C import clear_cache, set_cache_limit  # noqa: E402
 
 
 class CacheInfo(NamedTuple):
@@ -50,8 +60,36 @@ class CacheInfo(NamedTuple):
 
 def cache_info() -> CacheInfo:
     """Statistics of the backward-weight cache (entries, bytes, hits, misses, limit_bytes)."""
-    info = _C.cache_info()
-    return CacheInfo(info.entries, info.bytes, info.hits, info.misses, info.limit_bytes)
+    return CacheInfo(*_C.cache_info())
+
+
+@torch.library.register_fake("qlgrad::linear_int8_backward")
+def _linear_int8_backward_fake(grad_output, weight, scale, zero_point=None):
+    # Shapes only, for torch.compile and other tracers; the real kernel checks everything.
+    torch._check(grad_output.shape[-1] == weight.shape[0], lambda: "grad_output's last dimension must equal out_features")
+    return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
+
+
+def linear_int8_backward(
+    grad_output: torch.Tensor,
+    weight: torch.Tensor,
+    scale: torch.Tensor,
+    zero_point: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Input gradient of an int8 linear layer on plain tensors: ``grad_output @ (scale * (weight - zero_point))``.
+
+    ``weight`` int8 ``[N, K]``; ``scale`` floating, one element (per tensor) or ``[N]``
+    (per output channel); ``zero_point`` integer, shaped like ``scale``, ``None`` for a
+    symmetric weight. ``grad_output`` floating ``[..., N]``; the result has its dtype
+    and shape ``[..., K]``. No quantized dtype is involved. Differentiable with respect
+    to ``grad_output`` (any order); ``scale`` and ``zero_point`` are constants.
+
+    Eager calls go through the nanobind module; under ``torch.compile`` the call is the
+    operator ``torch.ops.qlgrad.linear_int8_backward``, which reaches the same kernel.
+    """
+    if torch.compiler.is_compiling():
+        return torch.ops.qlgrad.linear_int8_backward(grad_output, weight, scale, zero_point)
+    return _C.linear_int8_backward(grad_output, weight, scale, zero_point)
 
 
 def linear_dynamic_backward(grad_output: torch.Tensor, packed_params) -> torch.Tensor:
@@ -73,6 +111,8 @@ __all__ = [
     "__version__",
     "cache_info",
     "clear_cache",
+    "get_include",
+    "get_library_dir",
     "library_path",
     "linear_dynamic_backward",
     "linear_int8_backward",
