@@ -28,17 +28,20 @@ at::Tensor stock_linear_dynamic(at::Tensor input, const PackedParams& packed, bo
 
 // Straight-through estimator: quantize-then-dequantize of the activation is taken
 // as the identity, so grad_input = grad_output @ W_deq. The node holds only the
-// packed params; no activation is saved.
+// packed params and the backward precision in effect at forward time (as autocast
+// records its dtype); no activation is saved.
 struct LinearDynamicFunction : torch::autograd::Function<LinearDynamicFunction> {
   static at::Tensor forward(AutogradContext* ctx, at::Tensor input, const PackedParams& packed,
                             bool reduce_range) {
     ctx->saved_data["packed"] = packed;
+    ctx->saved_data["precision"] = static_cast<int64_t>(backward_precision());
     return stock_linear_dynamic(std::move(input), packed, reduce_range);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
-    return {linear_dynamic_backward(grad_outputs[0], packed), at::Tensor(), at::Tensor()};
+    const auto precision = static_cast<Precision>(ctx->saved_data["precision"].toInt());
+    return {linear_dynamic_backward(grad_outputs[0], packed, precision), at::Tensor(), at::Tensor()};
   }
 };
 

@@ -18,9 +18,41 @@ using detail::PackedParams;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using LinearDynamicBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&);
-using LinearInt8BackwardFn =
-    at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&);
+// Operators take the precision by name (`str? precision=None`); None means the one in
+// effect on the calling thread.
+using PrecisionName = std::optional<c10::string_view>;
+using LinearDynamicBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&, PrecisionName);
+using LinearInt8BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const std::optional<at::Tensor>&, PrecisionName);
+using PrepareFn = void(const PackedParams&, PrecisionName);
+
+Precision resolve(PrecisionName name) {
+  return name ? parse_precision(*name) : backward_precision();
+}
+
+PrecisionName name_of(std::optional<Precision> precision) {
+  return precision ? PrecisionName(precision_name(*precision)) : std::nullopt;
+}
+
+// Calls through the dispatcher, used by the public API and by the Autograd kernels
+// (which re-dispatch below autograd, so tracers and fake tensors see the operator).
+template <typename Fn>
+c10::TypedOperatorHandle<Fn> operator_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
+}
+
+at::Tensor call_linear_dynamic_backward(const at::Tensor& grad_output, const PackedParams& packed,
+                                        PrecisionName precision) {
+  static const auto op = operator_handle<LinearDynamicBackwardFn>("qlgrad::linear_dynamic_backward");
+  return op.call(grad_output, packed, precision);
+}
+
+at::Tensor call_linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight,
+                                     const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                                     PrecisionName precision) {
+  static const auto op = operator_handle<LinearInt8BackwardFn>("qlgrad::linear_int8_backward");
+  return op.call(grad_output, weight, scale, zero_point, precision);
+}
 
 void check_grad_output(const at::Tensor& grad_output, int64_t out_features) {
   TORCH_CHECK_TYPE(at::isFloatingType(grad_output.scalar_type()),
@@ -73,20 +105,23 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
 // ---- linear_int8_backward -------------------------------------------------------
 
 at::Tensor linear_int8_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight,
-                                    const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+                                    const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                                    PrecisionName precision) {
   check_int8_arguments(grad_output, weight, scale, zero_point);
-  const auto dequantized = math::dequantize({weight, scale, zero_point}, grad_output.scalar_type());
-  return math::input_gradient(grad_output, dequantized);
+  const auto prepared = math::prepare({weight, scale, zero_point}, resolve(precision));
+  return math::input_gradient(grad_output, prepared);
 }
 
 // The map grad_output -> grad_output @ W_deq is linear, so its derivative is the
-// adjoint with the same weight, and every higher order follows through ATen.
+// adjoint with the same weight (exact, in the gradient's dtype, whatever precision the
+// first order used), and every higher order follows through ATen.
 struct LinearInt8BackwardFunction : torch::autograd::Function<LinearInt8BackwardFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& weight,
-                            const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+                            const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                            PrecisionName precision) {
     ctx->save_for_backward({weight, scale, zero_point.value_or(at::Tensor())});
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return linear_int8_backward(grad_output, weight, scale, zero_point);
+    return call_linear_int8_backward(grad_output, weight, scale, zero_point, precision);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -94,71 +129,85 @@ struct LinearInt8BackwardFunction : torch::autograd::Function<LinearInt8Backward
     const std::optional<at::Tensor> zero_point =
         saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
     const auto dequantized = math::dequantize({saved[0], saved[1], zero_point}, grads[0].scalar_type());
-    return {math::input_gradient_adjoint(grads[0], dequantized), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {math::input_gradient_adjoint(grads[0], dequantized), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
 at::Tensor linear_int8_backward_autograd(const at::Tensor& grad_output, const at::Tensor& weight,
-                                         const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
-  return LinearInt8BackwardFunction::apply(grad_output, weight, scale, zero_point);
+                                         const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                                         PrecisionName precision) {
+  return LinearInt8BackwardFunction::apply(grad_output, weight, scale, zero_point, precision);
 }
 
 // ---- linear_dynamic_backward ----------------------------------------------------
 
-at::Tensor weight_for(const PackedParams& packed, at::ScalarType dtype) {
+math::PreparedWeight weight_for(const PackedParams& packed, Precision precision) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
-  return detail::dequantized_weight(packed).to(dtype);
+  return detail::prepared_weight(packed, precision);
 }
 
-at::Tensor linear_dynamic_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed) {
-  const auto weight = weight_for(packed, grad_output.scalar_type());
-  check_grad_output(grad_output, weight.size(0));
+at::Tensor linear_dynamic_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed,
+                                       PrecisionName precision) {
+  const auto weight = weight_for(packed, resolve(precision));
+  check_grad_output(grad_output, weight.weight.size(0));
   return math::input_gradient(grad_output, weight);
 }
 
+void prepare_cpu(const PackedParams& packed, PrecisionName precision) {
+  weight_for(packed, resolve(precision));
+}
+
 struct LinearDynamicBackwardFunction : torch::autograd::Function<LinearDynamicBackwardFunction> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const PackedParams& packed) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const PackedParams& packed,
+                            PrecisionName precision) {
     ctx->saved_data["packed"] = packed;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return linear_dynamic_backward(grad_output, packed);
+    return call_linear_dynamic_backward(grad_output, packed, precision);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
-    return {math::input_gradient_adjoint(grads[0], weight_for(packed, grads[0].scalar_type())), at::Tensor()};
+    const auto exact = weight_for(packed, Precision::kFloat32).weight;
+    return {math::input_gradient_adjoint(grads[0], exact), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor linear_dynamic_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed) {
-  return LinearDynamicBackwardFunction::apply(grad_output, packed);
+at::Tensor linear_dynamic_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed,
+                                            PrecisionName precision) {
+  return LinearDynamicBackwardFunction::apply(grad_output, packed, precision);
 }
 
 } // namespace
 
 // ---- public C++ API -------------------------------------------------------------
 
-at::Tensor linear_dynamic_backward(const at::Tensor& grad_output, const PackedParams& packed) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlgrad::linear_dynamic_backward", "")
-                             .typed<LinearDynamicBackwardFn>();
-  return op.call(grad_output, packed);
+at::Tensor linear_dynamic_backward(const at::Tensor& grad_output, const PackedParams& packed,
+                                   std::optional<Precision> precision) {
+  return call_linear_dynamic_backward(grad_output, packed, name_of(precision));
 }
 
 at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight,
-                                const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("qlgrad::linear_int8_backward", "")
-                             .typed<LinearInt8BackwardFn>();
-  return op.call(grad_output, weight, scale, zero_point);
+                                const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                                std::optional<Precision> precision) {
+  return call_linear_int8_backward(grad_output, weight, scale, zero_point, name_of(precision));
+}
+
+void prepare(const PackedParams& packed, std::optional<Precision> precision) {
+  static const auto op = operator_handle<PrepareFn>("qlgrad::prepare");
+  op.call(packed, name_of(precision));
 }
 
 } // namespace qlgrad
 
 QLGRAD_LIBRARY(qlgrad, m) {
   m.def("linear_dynamic_backward(Tensor grad_output, "
-        "__torch__.torch.classes.quantized.LinearPackedParamsBase packed) -> Tensor");
+        "__torch__.torch.classes.quantized.LinearPackedParamsBase packed, str? precision=None) -> Tensor");
   m.def("linear_int8_backward(Tensor grad_output, Tensor weight, Tensor scale, "
-        "Tensor? zero_point=None) -> Tensor");
+        "Tensor? zero_point=None, str? precision=None) -> Tensor");
+  // No tensor argument to dispatch on: a catch-all kernel.
+  m.def("prepare(__torch__.torch.classes.quantized.LinearPackedParamsBase packed, str? precision=None) -> ()",
+        &qlgrad::prepare_cpu);
 }
 
 QLGRAD_LIBRARY_IMPL(qlgrad, CPU, m) {

@@ -35,8 +35,8 @@ math::Int8Weight unpack_int8(LinearPackedParamsBase& packed) {
   }
 }
 
-at::Tensor dequantized_weight(const PackedParams& packed) {
-  return cached_weight(packed, [&] { return math::dequantize(unpack_int8(*packed), at::kFloat); });
+math::PreparedWeight prepared_weight(const PackedParams& packed, Precision precision) {
+  return cached_weight(packed, precision, [&] { return math::prepare(unpack_int8(*packed), precision); });
 }
 
 } // namespace qlgrad::detail

@@ -10,7 +10,7 @@ namespace qlgrad::detail {
 // any scheme other than qint8 per tensor or per output channel (axis 0).
 math::Int8Weight unpack_int8(LinearPackedParamsBase& packed);
 
-// The float32 dequantized weight [N, K] of `packed`, from the weight cache.
-at::Tensor dequantized_weight(const PackedParams& packed);
+// The backward weight of `packed` for `precision`, from the weight cache.
+math::PreparedWeight prepared_weight(const PackedParams& packed, Precision precision);
 
 } // namespace qlgrad::detail

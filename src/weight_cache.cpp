@@ -3,8 +3,8 @@
 #include <c10/util/Exception.h>
 
 #include <list>
+#include <map>
 #include <mutex>
-#include <unordered_map>
 
 namespace qlgrad {
 namespace detail {
@@ -12,11 +12,13 @@ namespace {
 
 constexpr int64_t kDefaultLimitBytes = int64_t{1} << 30;
 
+using Key = std::pair<const LinearPackedParamsBase*, Precision>;
+
 class WeightCache {
  public:
-  std::optional<at::Tensor> find(const PackedParams& packed) {
+  std::optional<math::PreparedWeight> find(const Key& key) {
     std::lock_guard<std::mutex> lock(mutex_);
-    auto it = entries_.find(packed.get());
+    auto it = entries_.find(key);
     if (it == entries_.end()) {
       ++misses_;
       return std::nullopt;
@@ -26,18 +28,17 @@ class WeightCache {
     return it->second.weight;
   }
 
-  void insert(const PackedParams& packed, const at::Tensor& weight) {
-    const int64_t bytes = static_cast<int64_t>(weight.nbytes());
+  void insert(const PackedParams& packed, const Key& key, const math::PreparedWeight& weight) {
+    const int64_t bytes = weight.nbytes();
     std::lock_guard<std::mutex> lock(mutex_);
     drop_destroyed();
-    if (bytes > limit_bytes_ || entries_.count(packed.get())) {
+    if (bytes > limit_bytes_ || entries_.count(key)) {
       return;
     }
     evict_until(limit_bytes_ - bytes);
-    recency_.push_front(packed.get());
-    entries_.emplace(packed.get(),
-                     Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), weight,
-                           bytes, recency_.begin()});
+    recency_.push_front(key);
+    entries_.emplace(key, Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), weight,
+                                bytes, recency_.begin()});
     bytes_ += bytes;
   }
 
@@ -65,12 +66,12 @@ class WeightCache {
     // Weak: keeps the object's memory (so its address is not reused as a key)
     // but not the object itself.
     c10::weak_intrusive_ptr<LinearPackedParamsBase> owner;
-    at::Tensor weight;
+    math::PreparedWeight weight;
     int64_t bytes;
-    std::list<const LinearPackedParamsBase*>::iterator recency;
+    std::list<Key>::iterator recency;
   };
 
-  void erase(std::unordered_map<const LinearPackedParamsBase*, Entry>::iterator it) {
+  void erase(std::map<Key, Entry>::iterator it) {
     bytes_ -= it->second.bytes;
     recency_.erase(it->second.recency);
     entries_.erase(it);
@@ -93,8 +94,8 @@ class WeightCache {
   }
 
   std::mutex mutex_;
-  std::unordered_map<const LinearPackedParamsBase*, Entry> entries_;
-  std::list<const LinearPackedParamsBase*> recency_;  // most recently used first
+  std::map<Key, Entry> entries_;
+  std::list<Key> recency_;  // most recently used first
   int64_t bytes_ = 0;
   int64_t hits_ = 0;
   int64_t misses_ = 0;
@@ -109,12 +110,14 @@ WeightCache& cache() {
 
 } // namespace
 
-at::Tensor cached_weight(const PackedParams& packed, const std::function<at::Tensor()>& derive) {
-  if (auto weight = cache().find(packed)) {
-    return *weight;
+math::PreparedWeight cached_weight(const PackedParams& packed, Precision precision,
+                                   const std::function<math::PreparedWeight()>& derive) {
+  const Key key{packed.get(), precision};
+  if (auto weight = cache().find(key)) {
+    return *std::move(weight);
   }
   auto weight = derive();
-  cache().insert(packed, weight);
+  cache().insert(packed, key, weight);
   return weight;
 }
 

@@ -1,5 +1,6 @@
 #pragma once
-// Backward weights derived from packed params, one entry per packed-params object.
+// Backward weights derived from packed params, one entry per packed-params object and
+// precision.
 //
 // unpack() of an fbgemm-packed 4096x4096 weight takes longer than 100 forward passes
 // of one token, so the derived weight is kept. An entry holds only a weak reference
@@ -7,7 +8,7 @@
 // is destroyed (swept on every miss and every inspection) or when the byte limit
 // needs room (least recently used first).
 
-#include <qlgrad/qlgrad.h>
+#include "backward_math.h"
 
 #include <functional>
 
@@ -15,8 +16,9 @@ namespace qlgrad::detail {
 
 using PackedParams = c10::intrusive_ptr<LinearPackedParamsBase>;
 
-// The cached tensor for `packed`, or derive(), cached when it fits the limit.
+// The cached weight for (packed, precision), or derive(), cached when it fits the limit.
 // derive() runs without the lock held, so slow unpacking never blocks other layers.
-at::Tensor cached_weight(const PackedParams& packed, const std::function<at::Tensor()>& derive);
+math::PreparedWeight cached_weight(const PackedParams& packed, Precision precision,
+                                   const std::function<math::PreparedWeight()>& derive);
 
 } // namespace qlgrad::detail

@@ -12,17 +12,55 @@
 
 #include <cstdint>
 #include <optional>
+#include <string_view>
 
 #define QLGRAD_API __attribute__((visibility("default")))
 
 namespace qlgrad {
 
+// How the input-gradient GEMM runs:
+//   kFloat32  exact: the dequantized weight in float32 ("fp32", the default);
+//   kBFloat16 weight and grad_output in bfloat16, float32 accumulation ("bf16");
+//   kInt8     grad_output quantized per row to symmetric int8, integer GEMM against the
+//             int8 weight with int32 accumulation ("int8").
+// Results always have grad_output's dtype.
+enum class Precision : int8_t { kFloat32, kBFloat16, kInt8 };
+
+// "fp32", "bf16" or "int8"; any other name is refused with the list of valid ones.
+QLGRAD_API Precision parse_precision(std::string_view name);
+QLGRAD_API const char* precision_name(Precision precision);
+
+// The process-wide default, initially from the environment variable
+// QLGRAD_BACKWARD_PRECISION (else fp32).
+QLGRAD_API void set_backward_precision(Precision precision);
+// The precision in effect on this thread: its BackwardPrecisionGuard, else the default.
+// The Autograd kernel records it when the forward runs, as autocast does.
+QLGRAD_API Precision backward_precision();
+
+// Overrides the precision on this thread for its lifetime.
+class QLGRAD_API BackwardPrecisionGuard {
+ public:
+  explicit BackwardPrecisionGuard(std::optional<Precision> precision);
+  ~BackwardPrecisionGuard();
+  BackwardPrecisionGuard(const BackwardPrecisionGuard&) = delete;
+  BackwardPrecisionGuard& operator=(const BackwardPrecisionGuard&) = delete;
+
+ private:
+  std::optional<Precision> previous_;
+};
+
 // grad_output [..., N] @ dequantize(W) [N, K] -> [..., K] for the weight inside the
 // packed params that quantized::linear_dynamic takes. Uses the weight cache.
-// Differentiable with respect to grad_output.
+// Differentiable with respect to grad_output. precision: absent = backward_precision().
 QLGRAD_API at::Tensor linear_dynamic_backward(
     const at::Tensor& grad_output,
-    const c10::intrusive_ptr<LinearPackedParamsBase>& packed);
+    const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
+    std::optional<Precision> precision = std::nullopt);
+
+// Derives and caches the backward weight of `packed` now, so that the first backward
+// does not pay for unpacking.
+QLGRAD_API void prepare(const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
+                        std::optional<Precision> precision = std::nullopt);
 
 // grad_output [..., N] @ (scale * (weight - zero_point)) -> [..., K] on plain tensors:
 // weight int8 [N, K]; scale floating, one element (per tensor) or [N] (per output
@@ -33,10 +71,11 @@ QLGRAD_API at::Tensor linear_int8_backward(
     const at::Tensor& grad_output,
     const at::Tensor& weight,
     const at::Tensor& scale,
-    const std::optional<at::Tensor>& zero_point = std::nullopt);
+    const std::optional<at::Tensor>& zero_point = std::nullopt,
+    std::optional<Precision> precision = std::nullopt);
 
-// The cache of backward weights, one entry per packed-params object; an entry is
-// dropped when its object is destroyed or when the byte limit needs room.
+// The cache of backward weights, one entry per packed-params object and precision; an
+// entry is dropped when its object is destroyed or when the byte limit needs room.
 struct CacheInfo {
   int64_t entries;
   int64_t bytes;

@@ -45,7 +45,13 @@ def library_path() -> str:
 torch.ops.load_library(library_path())
 
 from . import _C  # noqa: E402  (needs the library loaded above)
-from ._C import clear_cache, set_cache_limit  # noqa: E402
+from ._C import (  # noqa: E402
+    backward_precision,
+    clear_cache,
+    get_backward_precision,
+    set_backward_precision,
+    set_cache_limit,
+)
 
 
 class CacheInfo(NamedTuple):
@@ -64,7 +70,7 @@ def cache_info() -> CacheInfo:
 
 
 @torch.library.register_fake("qlgrad::linear_int8_backward")
-def _linear_int8_backward_fake(grad_output, weight, scale, zero_point=None):
+def _linear_int8_backward_fake(grad_output, weight, scale, zero_point=None, precision=None):
     # Shapes only, for torch.compile and other tracers; the real kernel checks everything.
     torch._check(grad_output.shape[-1] == weight.shape[0], lambda: "grad_output's last dimension must equal out_features")
     return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
@@ -75,6 +81,7 @@ def linear_int8_backward(
     weight: torch.Tensor,
     scale: torch.Tensor,
     zero_point: torch.Tensor | None = None,
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Input gradient of an int8 linear layer on plain tensors: ``grad_output @ (scale * (weight - zero_point))``.
 
@@ -83,38 +90,58 @@ def linear_int8_backward(
     symmetric weight. ``grad_output`` floating ``[..., N]``; the result has its dtype
     and shape ``[..., K]``. No quantized dtype is involved. Differentiable with respect
     to ``grad_output`` (any order); ``scale`` and ``zero_point`` are constants.
+    ``precision``: ``"fp32"``, ``"bf16"`` or ``"int8"`` (see ``set_backward_precision``);
+    ``None`` for the one in effect on this thread.
 
     Eager calls go through the nanobind module; under ``torch.compile`` the call is the
     operator ``torch.ops.qlgrad.linear_int8_backward``, which reaches the same kernel.
     """
     if torch.compiler.is_compiling():
-        return torch.ops.qlgrad.linear_int8_backward(grad_output, weight, scale, zero_point)
-    return _C.linear_int8_backward(grad_output, weight, scale, zero_point)
+        return torch.ops.qlgrad.linear_int8_backward(grad_output, weight, scale, zero_point, precision)
+    return _C.linear_int8_backward(grad_output, weight, scale, zero_point, precision)
 
 
-def linear_dynamic_backward(grad_output: torch.Tensor, packed_params) -> torch.Tensor:
+def linear_dynamic_backward(grad_output: torch.Tensor, packed_params, precision: str | None = None) -> torch.Tensor:
     """Input gradient of ``quantized::linear_dynamic`` for the given packed params.
 
     ``grad_output @ W_deq``, with ``W_deq`` the dequantized weight inside
     ``packed_params`` (the ``LinearPackedParamsBase`` object a dynamic
     ``Linear`` holds as ``layer._packed_params._packed_params``), taken from the
-    weight cache. Differentiable with respect to ``grad_output``.
+    weight cache. Differentiable with respect to ``grad_output``. ``precision`` as for
+    ``linear_int8_backward``.
 
     The packed params are a TorchBind object, so this goes through
     ``torch.ops.qlgrad.linear_dynamic_backward``, which TorchScript can call too.
     """
-    return torch.ops.qlgrad.linear_dynamic_backward(grad_output, packed_params)
+    return torch.ops.qlgrad.linear_dynamic_backward(grad_output, packed_params, precision)
+
+
+def prepare(module: torch.nn.Module, precision: str | None = None) -> int:
+    """Derive and cache the backward weight of every dynamic int8 Linear in ``module`` now.
+
+    The first backward through a layer otherwise pays for unpacking its weight (over
+    100 ms for 4096x4096). Returns the number of layers prepared. ``precision`` as for
+    ``linear_int8_backward``: the cache holds one entry per layer and precision.
+    """
+    layers = [m for m in module.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
+    for layer in layers:
+        torch.ops.qlgrad.prepare(layer._packed_params._packed_params, precision)
+    return len(layers)
 
 
 __all__ = [
     "CacheInfo",
     "__version__",
+    "backward_precision",
     "cache_info",
     "clear_cache",
+    "get_backward_precision",
     "get_include",
     "get_library_dir",
     "library_path",
     "linear_dynamic_backward",
     "linear_int8_backward",
+    "prepare",
+    "set_backward_precision",
     "set_cache_limit",
 ]

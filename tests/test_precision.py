@@ -1,0 +1,149 @@
+"""Backward precision modes: accuracy bounds, recording at forward time, controls."""
+
+import threading
+
+import pytest
+import torch
+
+import qlgrad
+from helpers import SCHEMES, packed_params, quantize_weight, reference_input_gradient, run_python
+
+# Relative error (in norm) each mode may have against the float64 reference.
+ERROR_BOUNDS = {"fp32": 1e-6, "bf16": 1e-2, "int8": 2e-2}
+
+
+def relative_error(got, expected):
+    return ((got.double() - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("precision", ERROR_BOUNDS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_each_mode_within_its_error_bound(precision, scheme):
+    weight = quantize_weight(384, 256, scheme)
+    packed = packed_params(weight)
+    grad_output = torch.randn(64, 384)
+    expected = reference_input_gradient(grad_output, weight)
+    zero_point = weight.zero_point if scheme.endswith("affine") else None
+
+    from_packed = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
+    from_int8 = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, zero_point, precision)
+    for got in (from_packed, from_int8):
+        assert got.dtype == torch.float32
+        assert relative_error(got, expected) <= ERROR_BOUNDS[precision]
+
+
+def test_precision_is_recorded_when_the_forward_runs():
+    weight = quantize_weight(64, 96, "per_channel_affine")
+    packed = packed_params(weight)
+    x = torch.randn(8, 96, requires_grad=True)
+    grad_output = torch.randn(8, 64)
+    with qlgrad.backward_precision("int8"):
+        y = torch.ops.quantized.linear_dynamic(x, packed, False)
+    assert qlgrad.get_backward_precision() == "fp32"
+    y.backward(grad_output)
+    assert torch.equal(x.grad, qlgrad.linear_dynamic_backward(grad_output, packed, "int8"))
+    assert not torch.equal(x.grad, qlgrad.linear_dynamic_backward(grad_output, packed, "fp32"))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_double_backward_uses_the_exact_adjoint(precision):
+    weight = quantize_weight(16, 24, "per_tensor_affine")
+    packed = packed_params(weight)
+    grad_output = torch.randn(5, 16, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(5, 24, dtype=torch.float64)
+    (gg,) = torch.autograd.grad(qlgrad.linear_dynamic_backward(grad_output, packed, precision), grad_output, v)
+    torch.testing.assert_close(gg, v @ weight.dequantize_float64().T, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_mode_turns_rows_with_nan_or_inf_into_nan():
+    weight = quantize_weight(8, 12, "per_channel_symmetric")
+    grad_output = torch.randn(4, 8)
+    grad_output[1, 3] = float("nan")
+    grad_output[2, 0] = float("inf")
+    got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, precision="int8")
+    assert got[1].isnan().all() and got[2].isnan().all()
+    assert got[[0, 3]].isfinite().all()
+
+
+def test_zero_rows_give_zero_gradients_in_int8_mode():
+    weight = quantize_weight(8, 12, "per_tensor_symmetric")
+    got = qlgrad.linear_int8_backward(torch.zeros(3, 8), weight.values, weight.scale, precision="int8")
+    assert torch.equal(got, torch.zeros(3, 12))
+
+
+def test_context_manager_restores_and_nests():
+    assert qlgrad.get_backward_precision() == "fp32"
+    with qlgrad.backward_precision("bf16"):
+        with qlgrad.backward_precision("int8"):
+            assert qlgrad.get_backward_precision() == "int8"
+        assert qlgrad.get_backward_precision() == "bf16"
+    assert qlgrad.get_backward_precision() == "fp32"
+
+
+def test_context_manager_is_per_thread():
+    seen = []
+    with qlgrad.backward_precision("int8"):
+        thread = threading.Thread(target=lambda: seen.append(qlgrad.get_backward_precision()))
+        thread.start()
+        thread.join()
+    assert seen == ["fp32"]
+
+
+def test_process_default_is_settable():
+    try:
+        qlgrad.set_backward_precision("bf16")
+        assert qlgrad.get_backward_precision() == "bf16"
+        with qlgrad.backward_precision("int8"):
+            assert qlgrad.get_backward_precision() == "int8"
+        assert qlgrad.get_backward_precision() == "bf16"
+    finally:
+        qlgrad.set_backward_precision("fp32")
+
+
+@pytest.mark.parametrize("call", [qlgrad.set_backward_precision, qlgrad.backward_precision])
+def test_unknown_name_lists_the_valid_ones(call):
+    with pytest.raises(ValueError, match="unknown backward precision 'fp8'; valid: fp32, bf16, int8"):
+        call("fp8")
+    weight = quantize_weight(4, 8, "per_tensor_symmetric")
+    with pytest.raises(ValueError, match="valid: fp32, bf16, int8"):
+        qlgrad.linear_int8_backward(torch.randn(2, 4), weight.values, weight.scale, precision="half")
+
+
+def test_environment_variable_sets_the_default():
+    result = run_python(
+        "import os; os.environ['QLGRAD_BACKWARD_PRECISION'] = 'int8'\n"
+        "import qlgrad; print(qlgrad.get_backward_precision())\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "int8"
+
+
+def test_bad_environment_variable_is_a_clear_error_not_a_crash():
+    result = run_python(
+        "import os; os.environ['QLGRAD_BACKWARD_PRECISION'] = 'fp64'\n"
+        "import qlgrad\n"
+        "try:\n"
+        "    qlgrad.get_backward_precision()\n"
+        "except ValueError as e:\n"
+        "    print(e)\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "QLGRAD_BACKWARD_PRECISION" in result.stdout and "'fp64'" in result.stdout
+
+
+@pytest.mark.usefixtures("fresh_cache")
+@pytest.mark.parametrize("precision, bytes_per_element", [("fp32", 4), ("bf16", 2), ("int8", 1)])
+def test_prepare_warms_the_cache_per_mode(precision, bytes_per_element):
+    model = torch.nn.Sequential(torch.ao.nn.quantized.dynamic.Linear(64, 128), torch.ao.nn.quantized.dynamic.Linear(128, 32))
+    assert qlgrad.prepare(model, precision) == 2
+    info = qlgrad.cache_info()
+    assert info.entries == 2 and info.misses == 2
+    weights = 64 * 128 + 128 * 32
+    channel_scales = 4 * (128 + 32) if precision == "int8" else 0
+    assert info.bytes == weights * bytes_per_element + channel_scales
+
+    x = torch.randn(3, 64, requires_grad=True)
+    with qlgrad.backward_precision(precision):
+        y = model(x)
+    y.sum().backward()
+    assert qlgrad.cache_info().hits == 2
