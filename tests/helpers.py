@@ -51,6 +51,13 @@ def packed_params(weight: QuantizedWeight, bias: torch.Tensor | None = None):
     return torch.ops.quantized.linear_prepack(weight.qweight, bias)
 
 
+def dynamic_linear(in_features: int, out_features: int, scheme: str = "per_tensor_symmetric", seed: int = 0):
+    """A torch.ao.nn.quantized.dynamic.Linear with a defined weight (its constructor's is uninitialized)."""
+    layer = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features)
+    layer.set_weight_bias(quantize_weight(out_features, in_features, scheme, seed).qweight, torch.zeros(out_features))
+    return layer
+
+
 def reference_input_gradient(grad_output: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
     """grad_output @ W_deq in float64: the straight-through input gradient."""
     return grad_output.double() @ weight.dequantize_float64()
@@ -65,16 +72,23 @@ def sample_inputs(out_features: int = 6, in_features: int = 10):
 
 
 class STEReferenceLinear(torch.nn.Module):
-    """A dynamic quantized Linear whose backward is a pure-Python straight-through estimator."""
+    """A dynamic quantized Linear (int8 or fp16, with or without fused ReLU) whose backward is
+    a pure-Python straight-through estimator in float64, differentiable to any order."""
 
     class _Function(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, layer):
-            ctx.weight = layer.weight().dequantize().double()
-            return layer(x)
+            weight = layer.weight()
+            ctx.weight = (weight.dequantize() if weight.is_quantized else weight).double()
+            output = layer(x)
+            ctx.save_for_backward(output > 0 if isinstance(layer, torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU) else None)
+            return output
 
         @staticmethod
         def backward(ctx, grad_output):
+            (mask,) = ctx.saved_tensors
+            if mask is not None:
+                grad_output = grad_output * mask
             return (grad_output.double() @ ctx.weight).to(grad_output.dtype), None
 
     def __init__(self, layer):
@@ -88,7 +102,7 @@ class STEReferenceLinear(torch.nn.Module):
 def with_ste_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
     """model with every dynamic quantized Linear wrapped by STEReferenceLinear (in place)."""
     for name, child in model.named_children():
-        if isinstance(child, torch.ao.nn.quantized.dynamic.Linear):
+        if isinstance(child, torch.ao.nn.quantized.dynamic.Linear):  # LinearReLU included
             setattr(model, name, STEReferenceLinear(child))
         else:
             with_ste_reference_layers(child)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qlgrad
-from helpers import packed_params, quantize_weight, reference_input_gradient
+from helpers import dynamic_linear, packed_params, quantize_weight, reference_input_gradient
 
 pytestmark = pytest.mark.usefixtures("fresh_cache")
 
@@ -18,7 +18,7 @@ def backward_through(layer, batch=4):
 
 
 def test_second_backward_hits():
-    layer = torch.ao.nn.quantized.dynamic.Linear(16, 8)
+    layer = dynamic_linear(16, 8)
     backward_through(layer)
     assert qlgrad.cache_info()[:4] == (1, 8 * 16 * 4, 0, 1)
     backward_through(layer)
@@ -27,7 +27,7 @@ def test_second_backward_hits():
 
 
 def test_entry_released_with_its_layer():
-    layers = [torch.ao.nn.quantized.dynamic.Linear(16, 8) for _ in range(3)]
+    layers = [dynamic_linear(16, 8) for _ in range(3)]
     for layer in layers:
         backward_through(layer)
     assert qlgrad.cache_info().entries == 3
@@ -52,7 +52,7 @@ def test_graph_keeps_packed_params_alive():
 def test_byte_limit_bounds_the_cache():
     one_weight = 32 * 32 * 4
     qlgrad.set_cache_limit(2 * one_weight)
-    layers = [torch.ao.nn.quantized.dynamic.Linear(32, 32) for _ in range(5)]
+    layers = [dynamic_linear(32, 32) for _ in range(5)]
     for layer in layers:
         backward_through(layer)
     info = qlgrad.cache_info()
@@ -77,7 +77,7 @@ def test_zero_limit_disables_caching_but_not_gradients():
 
 
 def test_clear_cache_resets_entries_and_counters():
-    layer = torch.ao.nn.quantized.dynamic.Linear(16, 8)
+    layer = dynamic_linear(16, 8)
     backward_through(layer)
     backward_through(layer)
     qlgrad.clear_cache()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import qlgrad
-from helpers import quantize_weight, run_python, with_ste_reference_layers
+from helpers import dynamic_linear, quantize_weight, run_python, with_ste_reference_layers
 
 TESTS_DIR = Path(__file__).parent
 
@@ -67,7 +67,7 @@ class ExplicitBackward(nn.Module):
 
 
 def test_scripted_module_calls_linear_dynamic_backward():
-    layer = torch.ao.nn.quantized.dynamic.Linear(16, 8)
+    layer = dynamic_linear(16, 8)
     scripted = torch.jit.script(ExplicitBackward(layer))
     grad_output = torch.randn(3, 8)
     expected = grad_output.double() @ layer.weight().dequantize().double()
@@ -121,7 +121,7 @@ def test_stubs_match_the_module(tmp_path):
 
 
 def test_linear_dynamic_backward_takes_a_modules_packed_params():
-    layer = torch.ao.nn.quantized.dynamic.Linear(16, 8)
+    layer = dynamic_linear(16, 8)
     grad_output = torch.randn(2, 8)
     got = qlgrad.linear_dynamic_backward(grad_output, layer._packed_params._packed_params)
     expected = grad_output.double() @ layer.weight().dequantize().double()

@@ -10,6 +10,7 @@ import qlgrad
 from helpers import (
     LEADING_DIMS,
     SCHEMES,
+    dynamic_linear,
     packed_params,
     quantize_weight,
     reference_input_gradient,
@@ -82,7 +83,7 @@ def test_forward_is_bit_identical_to_the_stock_kernel(scheme, tmp_path):
 
 
 def test_backward_does_not_warn():
-    layer = torch.ao.nn.quantized.dynamic.Linear(8, 4)
+    layer = dynamic_linear(8, 4)
     x = torch.randn(2, 8, requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -90,7 +91,7 @@ def test_backward_does_not_warn():
 
 
 def test_no_node_without_grad():
-    layer = torch.ao.nn.quantized.dynamic.Linear(8, 4)
+    layer = dynamic_linear(8, 4)
     assert layer(torch.randn(2, 8)).grad_fn is None
     with torch.no_grad():
         assert layer(torch.randn(2, 8, requires_grad=True)).grad_fn is None
@@ -99,7 +100,7 @@ def test_no_node_without_grad():
 
 
 def test_node_saves_no_activation():
-    layer = torch.ao.nn.quantized.dynamic.Linear(64, 32)
+    layer = dynamic_linear(64, 32)
     x = torch.randn(16, 64, requires_grad=True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):

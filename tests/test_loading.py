@@ -9,6 +9,7 @@ CHECK_GRADIENT = """
 import warnings
 warnings.filterwarnings("error", message=".*autograd kernel was not registered")
 layer = torch.ao.nn.quantized.dynamic.Linear(8, 4)
+layer.set_weight_bias(torch.quantize_per_tensor(torch.randn(4, 8), 0.02, 0, torch.qint8), None)
 x = torch.randn(3, 8, requires_grad=True)
 layer(x).sum().backward()
 expected = torch.ones(3, 4) @ layer.weight().dequantize()

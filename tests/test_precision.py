@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qlgrad
-from helpers import SCHEMES, packed_params, quantize_weight, reference_input_gradient, run_python
+from helpers import SCHEMES, dynamic_linear, packed_params, quantize_weight, reference_input_gradient, run_python
 
 # Relative error (in norm) each mode may have against the float64 reference.
 ERROR_BOUNDS = {"fp32": 1e-6, "bf16": 1e-2, "int8": 2e-2}
@@ -134,7 +134,7 @@ def test_bad_environment_variable_is_a_clear_error_not_a_crash():
 @pytest.mark.usefixtures("fresh_cache")
 @pytest.mark.parametrize("precision, bytes_per_element", [("fp32", 4), ("bf16", 2), ("int8", 1)])
 def test_prepare_warms_the_cache_per_mode(precision, bytes_per_element):
-    model = torch.nn.Sequential(torch.ao.nn.quantized.dynamic.Linear(64, 128), torch.ao.nn.quantized.dynamic.Linear(128, 32))
+    model = torch.nn.Sequential(dynamic_linear(64, 128), dynamic_linear(128, 32))
     assert qlgrad.prepare(model, precision) == 2
     info = qlgrad.cache_info()
     assert info.entries == 2 and info.misses == 2
