@@ -127,6 +127,13 @@ PreparedWeight prepare(const Int8Weight& weight, Precision precision) {
   TORCH_CHECK(false, "qlgrad: invalid Precision value ", static_cast<int>(precision));
 }
 
+PreparedWeight prepare_float(const at::Tensor& weight, Precision precision) {
+  if (precision == Precision::kBFloat16) {
+    return {precision, weight.to(at::kBFloat16), {}, std::nullopt};
+  }
+  return {Precision::kFloat32, as_contiguous(in_dtype(weight, at::kFloat)), {}, std::nullopt};
+}
+
 at::Tensor input_gradient(const at::Tensor& grad_output, const PreparedWeight& weight) {
   const auto grad = rows_of(grad_output);
   at::Tensor result;

@@ -37,6 +37,10 @@ struct PreparedWeight {
 
 PreparedWeight prepare(const Int8Weight& weight, Precision precision);
 
+// The same for a float weight [N, K] (fp16-packed layers). int8 mode does not apply to a
+// weight that has no int8 form: it runs as fp32.
+PreparedWeight prepare_float(const at::Tensor& weight, Precision precision);
+
 // The straight-through input gradient grad_output [..., N] @ W_deq [N, K] -> [..., K]
 // in the weight's precision, returned in grad_output's dtype. The activation's
 // quantization scale cancels (quantize divides by it, dequantize multiplies by it), so

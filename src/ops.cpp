@@ -21,7 +21,7 @@ using torch::autograd::variable_list;
 // Operators take the precision by name (`str? precision=None`); None means the one in
 // effect on the calling thread.
 using PrecisionName = std::optional<c10::string_view>;
-using LinearDynamicBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&, PrecisionName);
+using PackedBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&, PrecisionName);
 using LinearInt8BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                         const std::optional<at::Tensor>&, PrecisionName);
 using PrepareFn = void(const PackedParams&, PrecisionName);
@@ -41,10 +41,11 @@ c10::TypedOperatorHandle<Fn> operator_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
 }
 
-at::Tensor call_linear_dynamic_backward(const at::Tensor& grad_output, const PackedParams& packed,
-                                        PrecisionName precision) {
-  static const auto op = operator_handle<LinearDynamicBackwardFn>("qlgrad::linear_dynamic_backward");
-  return op.call(grad_output, packed, precision);
+at::Tensor call_packed_backward(detail::WeightKind kind, const at::Tensor& grad_output,
+                                const PackedParams& packed, PrecisionName precision) {
+  static const auto int8 = operator_handle<PackedBackwardFn>("qlgrad::linear_dynamic_backward");
+  static const auto fp16 = operator_handle<PackedBackwardFn>("qlgrad::linear_dynamic_fp16_backward");
+  return (kind == detail::WeightKind::kQInt8 ? int8 : fp16).call(grad_output, packed, precision);
 }
 
 at::Tensor call_linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -140,42 +141,42 @@ at::Tensor linear_int8_backward_autograd(const at::Tensor& grad_output, const at
   return LinearInt8BackwardFunction::apply(grad_output, weight, scale, zero_point, precision);
 }
 
-// ---- linear_dynamic_backward ----------------------------------------------------
+// ---- linear_dynamic_backward, linear_dynamic_fp16_backward -----------------------
 
-math::PreparedWeight weight_for(const PackedParams& packed, Precision precision) {
-  TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
-  return detail::prepared_weight(packed, precision);
-}
+using detail::WeightKind;
 
-at::Tensor linear_dynamic_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed,
-                                       PrecisionName precision) {
-  const auto weight = weight_for(packed, resolve(precision));
+template <WeightKind kind>
+at::Tensor packed_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed,
+                               PrecisionName precision) {
+  const auto weight = detail::prepared_weight(packed, kind, resolve(precision));
   check_grad_output(grad_output, weight.weight.size(0));
   return math::input_gradient(grad_output, weight);
 }
 
 void prepare_cpu(const PackedParams& packed, PrecisionName precision) {
-  weight_for(packed, resolve(precision));
+  detail::prepared_weight(packed, std::nullopt, resolve(precision));
 }
 
-struct LinearDynamicBackwardFunction : torch::autograd::Function<LinearDynamicBackwardFunction> {
+template <WeightKind kind>
+struct PackedBackwardFunction : torch::autograd::Function<PackedBackwardFunction<kind>> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const PackedParams& packed,
                             PrecisionName precision) {
     ctx->saved_data["packed"] = packed;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_linear_dynamic_backward(grad_output, packed, precision);
+    return call_packed_backward(kind, grad_output, packed, precision);
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
-    const auto exact = weight_for(packed, Precision::kFloat32).weight;
+    const auto exact = detail::prepared_weight(packed, kind, Precision::kFloat32).weight;
     return {math::input_gradient_adjoint(grads[0], exact), at::Tensor(), at::Tensor()};
   }
 };
 
-at::Tensor linear_dynamic_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed,
-                                            PrecisionName precision) {
-  return LinearDynamicBackwardFunction::apply(grad_output, packed, precision);
+template <WeightKind kind>
+at::Tensor packed_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed,
+                                    PrecisionName precision) {
+  return PackedBackwardFunction<kind>::apply(grad_output, packed, precision);
 }
 
 } // namespace
@@ -184,7 +185,12 @@ at::Tensor linear_dynamic_backward_autograd(const at::Tensor& grad_output, const
 
 at::Tensor linear_dynamic_backward(const at::Tensor& grad_output, const PackedParams& packed,
                                    std::optional<Precision> precision) {
-  return call_linear_dynamic_backward(grad_output, packed, name_of(precision));
+  return call_packed_backward(detail::WeightKind::kQInt8, grad_output, packed, name_of(precision));
+}
+
+at::Tensor linear_dynamic_fp16_backward(const at::Tensor& grad_output, const PackedParams& packed,
+                                        std::optional<Precision> precision) {
+  return call_packed_backward(detail::WeightKind::kFloat16, grad_output, packed, name_of(precision));
 }
 
 at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight,
@@ -203,6 +209,8 @@ void prepare(const PackedParams& packed, std::optional<Precision> precision) {
 QLGRAD_LIBRARY(qlgrad, m) {
   m.def("linear_dynamic_backward(Tensor grad_output, "
         "__torch__.torch.classes.quantized.LinearPackedParamsBase packed, str? precision=None) -> Tensor");
+  m.def("linear_dynamic_fp16_backward(Tensor grad_output, "
+        "__torch__.torch.classes.quantized.LinearPackedParamsBase packed, str? precision=None) -> Tensor");
   m.def("linear_int8_backward(Tensor grad_output, Tensor weight, Tensor scale, "
         "Tensor? zero_point=None, str? precision=None) -> Tensor");
   // No tensor argument to dispatch on: a catch-all kernel.
@@ -211,11 +219,13 @@ QLGRAD_LIBRARY(qlgrad, m) {
 }
 
 QLGRAD_LIBRARY_IMPL(qlgrad, CPU, m) {
-  m.impl("linear_dynamic_backward", &qlgrad::linear_dynamic_backward_cpu);
+  m.impl("linear_dynamic_backward", &qlgrad::packed_backward_cpu<qlgrad::detail::WeightKind::kQInt8>);
+  m.impl("linear_dynamic_fp16_backward", &qlgrad::packed_backward_cpu<qlgrad::detail::WeightKind::kFloat16>);
   m.impl("linear_int8_backward", &qlgrad::linear_int8_backward_cpu);
 }
 
 QLGRAD_LIBRARY_IMPL(qlgrad, Autograd, m) {
-  m.impl("linear_dynamic_backward", &qlgrad::linear_dynamic_backward_autograd);
+  m.impl("linear_dynamic_backward", &qlgrad::packed_backward_autograd<qlgrad::detail::WeightKind::kQInt8>);
+  m.impl("linear_dynamic_fp16_backward", &qlgrad::packed_backward_autograd<qlgrad::detail::WeightKind::kFloat16>);
   m.impl("linear_int8_backward", &qlgrad::linear_int8_backward_autograd);
 }

@@ -3,18 +3,17 @@
 #include <ATen/ATen.h>
 
 namespace qlgrad::detail {
+namespace {
 
-math::Int8Weight unpack_int8(LinearPackedParamsBase& packed) {
-  const at::Tensor weight = std::get<0>(packed.unpack());
-  TORCH_CHECK_TYPE(weight.is_quantized(),
-                   "qlgrad: quantized::linear_dynamic expects qint8 packed weights, got ",
-                   weight.scalar_type(),
-                   " weights (packed for quantized::linear_dynamic_fp16?)");
+const char* op_family(WeightKind kind) {
+  return kind == WeightKind::kQInt8 ? "quantized::linear_dynamic" : "quantized::linear_dynamic_fp16";
+}
+
+math::Int8Weight as_int8(const at::Tensor& weight) {
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kQInt8,
                    "qlgrad: quantized::linear_dynamic expects qint8 packed weights, got ",
                    weight.scalar_type());
   TORCH_CHECK(weight.dim() == 2, "qlgrad: expected a 2-D packed weight, got ", weight.dim(), " dims");
-
   switch (weight.qscheme()) {
     case at::kPerTensorAffine:
     case at::kPerTensorSymmetric:
@@ -25,8 +24,7 @@ math::Int8Weight unpack_int8(LinearPackedParamsBase& packed) {
       TORCH_CHECK(weight.q_per_channel_axis() == 0,
                   "qlgrad: per-channel weights must be quantized along the output axis 0, got axis ",
                   weight.q_per_channel_axis());
-      return {weight.int_repr(), weight.q_per_channel_scales(),
-              weight.q_per_channel_zero_points()};
+      return {weight.int_repr(), weight.q_per_channel_scales(), weight.q_per_channel_zero_points()};
     default:
       TORCH_CHECK(false, "qlgrad: unsupported weight quantization scheme ",
                   c10::toString(weight.qscheme()),
@@ -35,8 +33,25 @@ math::Int8Weight unpack_int8(LinearPackedParamsBase& packed) {
   }
 }
 
-math::PreparedWeight prepared_weight(const PackedParams& packed, Precision precision) {
-  return cached_weight(packed, precision, [&] { return math::prepare(unpack_int8(*packed), precision); });
+math::PreparedWeight derive(LinearPackedParamsBase& packed, std::optional<WeightKind> expected,
+                            Precision precision) {
+  // fp16-packed params unpack to a float32 weight, int8-packed ones to a qint8 tensor.
+  const at::Tensor weight = std::get<0>(packed.unpack());
+  const WeightKind found = weight.is_quantized() ? WeightKind::kQInt8 : WeightKind::kFloat16;
+  TORCH_CHECK_TYPE(!expected || *expected == found, "qlgrad: ", op_family(*expected), " expects ",
+                   *expected == WeightKind::kQInt8 ? "qint8" : "fp16", " packed weights, got ",
+                   found == WeightKind::kQInt8 ? "qint8" : "fp16", " ones (packed for ",
+                   op_family(found), ")");
+  return found == WeightKind::kQInt8 ? math::prepare(as_int8(weight), precision)
+                                     : math::prepare_float(weight, precision);
+}
+
+} // namespace
+
+math::PreparedWeight prepared_weight(const PackedParams& packed, std::optional<WeightKind> kind,
+                                     Precision precision) {
+  TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
+  return cached_weight(packed, precision, [&] { return derive(*packed, kind, precision); });
 }
 
 } // namespace qlgrad::detail

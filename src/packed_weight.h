@@ -6,11 +6,14 @@
 
 namespace qlgrad::detail {
 
-// The qint8 weight of `packed` as plain tensors. Refuses, naming what it found,
-// any scheme other than qint8 per tensor or per output channel (axis 0).
-math::Int8Weight unpack_int8(LinearPackedParamsBase& packed);
+// What the quantized:: ops of the dynamic linear family pack: qint8 weights
+// (linear_dynamic, linear_relu_dynamic) or float16 ones (the *_fp16 ops).
+enum class WeightKind { kQInt8, kFloat16 };
 
-// The backward weight of `packed` for `precision`, from the weight cache.
-math::PreparedWeight prepared_weight(const PackedParams& packed, Precision precision);
+// The backward weight of `packed` for `precision`, from the weight cache. With `kind`,
+// a packed weight of another kind is refused, naming what was found; qint8 weights must
+// be quantized per tensor or per output channel (axis 0).
+math::PreparedWeight prepared_weight(const PackedParams& packed, std::optional<WeightKind> kind,
+                                     Precision precision);
 
 } // namespace qlgrad::detail

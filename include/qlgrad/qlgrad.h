@@ -57,8 +57,16 @@ QLGRAD_API at::Tensor linear_dynamic_backward(
     const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
     std::optional<Precision> precision = std::nullopt);
 
-// Derives and caches the backward weight of `packed` now, so that the first backward
-// does not pay for unpacking.
+// The same for the fp16-packed params that quantized::linear_dynamic_fp16 takes:
+// grad_output @ W with W the float16 weight widened to float32 (int8 precision runs as
+// fp32 here: the weight has no int8 form).
+QLGRAD_API at::Tensor linear_dynamic_fp16_backward(
+    const at::Tensor& grad_output,
+    const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
+    std::optional<Precision> precision = std::nullopt);
+
+// Derives and caches the backward weight of `packed` (int8 or fp16) now, so that the
+// first backward does not pay for unpacking.
 QLGRAD_API void prepare(const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
                         std::optional<Precision> precision = std::nullopt);
 

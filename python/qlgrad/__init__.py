@@ -116,13 +116,24 @@ def linear_dynamic_backward(grad_output: torch.Tensor, packed_params, precision:
     return torch.ops.qlgrad.linear_dynamic_backward(grad_output, packed_params, precision)
 
 
+def linear_dynamic_fp16_backward(grad_output: torch.Tensor, packed_params, precision: str | None = None) -> torch.Tensor:
+    """Input gradient of ``quantized::linear_dynamic_fp16``: ``grad_output @ W``.
+
+    ``W`` is the float16 weight inside ``packed_params``, widened to float32. ``"int8"``
+    precision runs as ``"fp32"`` here (the weight has no int8 form). Differentiable with
+    respect to ``grad_output``. Goes through ``torch.ops.qlgrad.linear_dynamic_fp16_backward``.
+    """
+    return torch.ops.qlgrad.linear_dynamic_fp16_backward(grad_output, packed_params, precision)
+
+
 def prepare(module: torch.nn.Module, precision: str | None = None) -> int:
-    """Derive and cache the backward weight of every dynamic int8 Linear in ``module`` now.
+    """Derive and cache the backward weight of every dynamic Linear (int8 or fp16) in ``module`` now.
 
     The first backward through a layer otherwise pays for unpacking its weight (over
     100 ms for 4096x4096). Returns the number of layers prepared. ``precision`` as for
     ``linear_int8_backward``: the cache holds one entry per layer and precision.
     """
+    # The dynamic LinearReLU is a subclass of the dynamic Linear.
     layers = [m for m in module.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     for layer in layers:
         torch.ops.qlgrad.prepare(layer._packed_params._packed_params, precision)
@@ -140,6 +151,7 @@ __all__ = [
     "get_library_dir",
     "library_path",
     "linear_dynamic_backward",
+    "linear_dynamic_fp16_backward",
     "linear_int8_backward",
     "prepare",
     "set_backward_precision",
