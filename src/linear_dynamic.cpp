@@ -11,7 +11,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/autograd/custom_function.h>
 
-#include <functional>
+#include <c10/util/FunctionRef.h>
 
 namespace qlgrad {
 namespace {
@@ -37,7 +37,7 @@ c10::TypedOperatorHandle<Fn> stock_op(const char* name) {
 // activation is saved.
 struct DynamicLinearFunction : torch::autograd::Function<DynamicLinearFunction> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& /*input*/, const PackedParams& packed,
-                            WeightKind kind, bool relu, const std::function<at::Tensor()>& stock_forward) {
+                            WeightKind kind, bool relu, c10::function_ref<at::Tensor()> stock_forward) {
     ctx->saved_data["packed"] = packed;
     ctx->saved_data["kind"] = static_cast<int64_t>(kind);
     ctx->saved_data["precision"] = static_cast<int64_t>(backward_precision());
@@ -66,7 +66,7 @@ struct DynamicLinearFunction : torch::autograd::Function<DynamicLinearFunction> 
 };
 
 at::Tensor differentiable(const at::Tensor& input, const PackedParams& packed, WeightKind kind, bool relu,
-                          const std::function<at::Tensor()>& stock_forward) {
+                          c10::function_ref<at::Tensor()> stock_forward) {
   // Without anything to differentiate, no node is made and nothing is saved.
   if (!(at::GradMode::is_enabled() && input.requires_grad())) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;

@@ -55,6 +55,12 @@ at::Tensor call_linear_int8_backward(const at::Tensor& grad_output, const at::Te
   return op.call(grad_output, weight, scale, zero_point, precision);
 }
 
+// An ordinary backward (no create_graph) calls these operators with grad mode off: it
+// then skips making a node, which would only be thrown away.
+bool differentiating(const at::Tensor& grad_output) {
+  return at::GradMode::is_enabled() && grad_output.requires_grad();
+}
+
 void check_grad_output(const at::Tensor& grad_output, int64_t out_features) {
   TORCH_CHECK_TYPE(at::isFloatingType(grad_output.scalar_type()),
                    "qlgrad: grad_output must be a floating-point tensor, got ",
@@ -138,6 +144,10 @@ struct LinearInt8BackwardFunction : torch::autograd::Function<LinearInt8Backward
 at::Tensor linear_int8_backward_autograd(const at::Tensor& grad_output, const at::Tensor& weight,
                                          const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                                          PrecisionName precision) {
+  if (!differentiating(grad_output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_int8_backward(grad_output, weight, scale, zero_point, precision);
+  }
   return LinearInt8BackwardFunction::apply(grad_output, weight, scale, zero_point, precision);
 }
 
@@ -176,6 +186,10 @@ struct PackedBackwardFunction : torch::autograd::Function<PackedBackwardFunction
 template <WeightKind kind>
 at::Tensor packed_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed,
                                     PrecisionName precision) {
+  if (!differentiating(grad_output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_packed_backward(kind, grad_output, packed, precision);
+  }
   return PackedBackwardFunction<kind>::apply(grad_output, packed, precision);
 }
 
