@@ -1,0 +1,67 @@
+"""LoRA adapters on int8 layers."""
+
+import torch
+from torch import nn
+
+from qlgrad.nn import DynamicQuantizedLinear, LoRALinear, add_lora
+
+
+def int8_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    float_model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3))
+    return torch.ao.quantization.quantize_dynamic(float_model.eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def int8_layer_state(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(dequantized weight, bias) of every dynamic int8 Linear, copied."""
+    return [
+        (layer.weight().dequantize().clone(), layer.bias().clone())
+        for layer in model.modules()
+        if isinstance(layer, DynamicQuantizedLinear)
+    ]
+
+
+def test_add_lora_wraps_every_int8_layer_and_starts_as_the_base_model():
+    model = int8_mlp()
+    x = torch.randn(5, 12)
+    expected = model(x)
+    adapters = add_lora(model, rank=2)
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(wrapped) == 3 and len(adapters) == 6
+    assert all(isinstance(m.base_layer, DynamicQuantizedLinear) for m in wrapped)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # lora_B starts at zero
+    assert add_lora(model, rank=2) == adapters  # a second call wraps nothing again
+
+
+def test_adapters_train_through_frozen_int8_layers():
+    model = int8_mlp()
+    frozen = int8_layer_state(model)
+    adapters = add_lora(model, rank=2)
+    first_layer = model[0]
+    torch.manual_seed(1)
+    x, target = torch.randn(64, 12), torch.randint(3, (64,))
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(adapters, lr=2e-2)
+
+    initial_loss = loss_fn(model(x), target)
+    initial_loss.backward()
+    with_grad = {id(p) for p in model.parameters() if p.grad is not None}
+    assert with_grad == {id(p) for p in adapters}
+    # The first adapter's gradient reaches it only through the int8 layers after it.
+    assert first_layer.lora_B.grad.abs().sum() > 0
+    optimizer.step()
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss_fn(model(x), target).backward()
+        optimizer.step()
+
+    assert loss_fn(model(x), target).item() < 0.5 * initial_loss.item()
+    for (weight, bias), (weight_after, bias_after) in zip(frozen, int8_layer_state(model), strict=True):
+        assert torch.equal(weight, weight_after) and torch.equal(bias, bias_after)
+
+
+def test_add_lora_on_a_float_model_freezes_its_weights():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    adapters = add_lora(model, rank=1, alpha=2.0, layer_types=(nn.Linear,))
+    assert model[0].scaling == 2.0
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in adapters}
