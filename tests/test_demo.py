@@ -1,8 +1,16 @@
-"""LoRA adapters on int8 layers."""
+"""LoRA adapters on int8 layers, and the fine-tuning demo."""
 
+import contextlib
+import importlib.metadata
+import os
+import sysconfig
+
+import pytest
 import torch
 from torch import nn
 
+import qlgrad
+from qlgrad import demo
 from qlgrad.nn import DynamicQuantizedLinear, LoRALinear, add_lora
 
 
@@ -50,10 +58,11 @@ def test_adapters_train_through_frozen_int8_layers():
     # The first adapter's gradient reaches it only through the int8 layers after it.
     assert first_layer.lora_B.grad.abs().sum() > 0
     optimizer.step()
-    for _ in range(40):
-        optimizer.zero_grad()
-        loss_fn(model(x), target).backward()
-        optimizer.step()
+    with demo.one_intra_op_thread():  # tiny matrices: threads would only cost time
+        for _ in range(40):
+            optimizer.zero_grad()
+            loss_fn(model(x), target).backward()
+            optimizer.step()
 
     assert loss_fn(model(x), target).item() < 0.5 * initial_loss.item()
     for (weight, bias), (weight_after, bias_after) in zip(frozen, int8_layer_state(model), strict=True):
@@ -65,3 +74,37 @@ def test_add_lora_on_a_float_model_freezes_its_weights():
     adapters = add_lora(model, rank=1, alpha=2.0, layer_types=(nn.Linear,))
     assert model[0].scaling == 2.0
     assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in adapters}
+
+
+def test_demo_recovers_accuracy_on_the_shifted_task(capsys):
+    result = demo.run(demo.parse_args(["--steps", "40"]))
+    for base in ("int8", "float"):
+        assert result.shifted_accuracy_after[base] > result.shifted_accuracy_before[base] + 0.1
+    assert result.gradient_agreement.cosine > 0.9999
+    assert result.gradient_agreement.norm_ratio == pytest.approx(1, abs=1e-3)
+    output = capsys.readouterr().out
+    assert "stock PyTorch" in output and "time per step" in output
+
+
+def test_demo_is_a_console_script():
+    (entry_point,) = importlib.metadata.entry_points(group="console_scripts", name="qlgrad-demo")
+    assert entry_point.load() is demo.main
+    assert os.path.exists(os.path.join(sysconfig.get_path("scripts"), "qlgrad-demo"))
+
+
+def test_precision_reaches_qlgrad_backward_precision(monkeypatch):
+    if not hasattr(qlgrad, "backward_precision"):
+        with pytest.raises(SystemExit):
+            demo.parse_args(["--precision", "bf16"])
+    entered = []
+
+    @contextlib.contextmanager
+    def backward_precision(name):
+        entered.append(name)
+        yield
+
+    monkeypatch.setattr(qlgrad, "backward_precision", backward_precision, raising=False)
+    options = demo.parse_args(["--precision", "bf16"])
+    images, labels = torch.rand(8, 64), torch.randint(10, (8,))
+    demo.fine_tune_adapters(demo.digit_classifier(), images, labels, 2, 1, 0, options.precision)
+    assert entered == ["bf16"]
