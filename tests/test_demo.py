@@ -1,4 +1,4 @@
-"""LoRA adapters on int8 layers, and the fine-tuning demo."""
+"""LoRA adapters on int8 layers, the fine-tuning demo, and its data-parallel mode."""
 
 import contextlib
 import importlib.metadata
@@ -8,9 +8,11 @@ import sysconfig
 import pytest
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import qlgrad
 from qlgrad import demo
+from qlgrad._data_parallel import run_data_parallel
 from qlgrad.nn import DynamicQuantizedLinear, LoRALinear, add_lora
 
 
@@ -106,5 +108,63 @@ def test_precision_reaches_qlgrad_backward_precision(monkeypatch):
     monkeypatch.setattr(qlgrad, "backward_precision", backward_precision, raising=False)
     options = demo.parse_args(["--precision", "bf16"])
     images, labels = torch.rand(8, 64), torch.randint(10, (8,))
-    demo.fine_tune_adapters(demo.digit_classifier(), images, labels, 2, 1, 0, options.precision)
+    demo.fine_tune_adapters(0, 1, demo.digit_classifier(), images, labels, 2, 1, 0, options.precision)
     assert entered == ["bf16"]
+
+
+PROCESSES = 2
+
+
+def adapted_models_with_random_adapters(float_model: nn.Module) -> dict[str, nn.Module]:
+    """The demo's models to fine-tune, with lora_B non-zero too, so that every adapter has a gradient."""
+    models = demo.adapted_models(float_model, lora_rank=3, seed=0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for model in models.values():
+            for parameter in model.parameters():
+                if parameter.requires_grad:
+                    parameter.normal_(std=0.1)
+    return models
+
+
+def adapter_gradients(rank, world_size, float_model, images, labels, batch):
+    """Job for run_data_parallel: the adapter gradients of each base for the global batch ``batch``.
+
+    As rank 0 of 1, it averages the losses of the batch's ``PROCESSES`` shares, one after
+    the other: what DistributedDataParallel computes with one share per process.
+    """
+    gradients = {}
+    for name, model in adapted_models_with_random_adapters(float_model).items():
+        if world_size > 1:
+            # Kept referenced until backward has run: the wrapper's hooks do the all-reduce.
+            parallel_model = DistributedDataParallel(model)
+            loss = demo.shard_loss(parallel_model, images, labels, batch, rank, world_size)
+        else:
+            shares = range(PROCESSES)
+            loss = sum(demo.shard_loss(model, images, labels, batch, share, PROCESSES) for share in shares) / PROCESSES
+        loss.backward()
+        gradients[name] = [p.grad for p in model.parameters() if p.requires_grad]
+    return gradients
+
+
+def test_data_parallel_gradients_equal_single_process_gradients():
+    torch.manual_seed(0)
+    float_model = demo.digit_classifier()
+    images, labels = torch.rand(40, 64), torch.randint(10, (40,))
+    batch = torch.randint(40, (demo.BATCH_SIZE,))
+    args = (float_model, images, labels, batch)
+    parallel = run_data_parallel(adapter_gradients, PROCESSES, args, timeout=50)
+    single = adapter_gradients(0, 1, *args)
+    for name in ("int8", "float"):
+        assert len(parallel[name]) == len(single[name]) == 6
+        for expected, actual in zip(single[name], parallel[name], strict=True):
+            assert expected.abs().sum() > 0
+            torch.testing.assert_close(actual, expected)
+
+    # On the float base that is the whole batch's gradient too. (Not on the int8 base:
+    # dynamic quantization scales activations by the range of each call's batch.)
+    whole_batch = adapted_models_with_random_adapters(float_model)["float"]
+    demo.shard_loss(whole_batch, images, labels, batch).backward()
+    adapters = [p for p in whole_batch.parameters() if p.requires_grad]
+    for expected, actual in zip(adapters, parallel["float"], strict=True):
+        torch.testing.assert_close(actual, expected.grad)

@@ -1,6 +1,6 @@
 """Fine-tuning an int8 model through qlgrad's input gradients.
 
-    python -m qlgrad.demo [--steps N] [--rank R] [--seed S] [--precision P]
+    python -m qlgrad.demo [--steps N] [--rank R] [--seed S] [--precision P] [--nproc P]
 
 1. The problem: the input gradient of an int8 residual MLP as stock PyTorch computes
    it (in a child process without qlgrad) and as qlgrad does, each compared with a
@@ -9,8 +9,8 @@
    with ``quantize_dynamic``; on a shifted task (the digits rotated, with noise) the
    int8 model's accuracy drops.
 3. Low-rank adapters beside the frozen int8 layers learn the shifted task, trained
-   through the int8 layers, and the same adapters on the float model, for the time
-   per step.
+   through the int8 layers (with ``--nproc`` > 1 by DistributedDataParallel over local
+   processes), and the same adapters on the float model, for the time per step.
 4. The fine-tuned int8 model's input gradient is checked against the reference.
 
 Needs scikit-learn (``pip install 'qlgrad[demo]'``) for its bundled digits data set.
@@ -30,10 +30,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 import qlgrad
 
 from . import _residual_mlp
+from ._data_parallel import run_data_parallel
 from .nn import DynamicQuantizedLinear, add_lora
 
 HIDDEN_FEATURES = 256
@@ -43,6 +45,7 @@ PRETRAINING_STEPS = 400
 TEST_DIGITS = 500
 SHIFT_DEGREES = 40.0
 SHIFT_NOISE = 0.1
+DATA_PARALLEL_TIMEOUT = 300.0
 
 
 @dataclass
@@ -137,6 +140,21 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
         return (model(images).argmax(dim=1) == labels).float().mean().item()
 
 
+def shard_loss(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch: torch.Tensor, rank: int = 0, world_size: int = 1
+) -> torch.Tensor:
+    """Cross-entropy of ``model`` on this process's share of the global batch ``batch`` (indices).
+
+    The batch splits into ``world_size`` equal shares, so the average of the processes'
+    gradients, which DistributedDataParallel takes, is the gradient of the shares' mean
+    loss. For a float model that is the whole batch's gradient. For an int8 model it
+    differs slightly, as it does for any split of a batch: dynamic quantization scales
+    the activations of each call by their own range.
+    """
+    share = batch.tensor_split(world_size)[rank]
+    return F.cross_entropy(model(images[share]), labels[share])
+
+
 class ProgressBar:
     """A one-line progress bar on stderr: label, bar, steps done, latest loss.
 
@@ -188,18 +206,26 @@ def train(
     steps: int,
     seed: int,
     label: str,
+    rank: int = 0,
+    world_size: int = 1,
 ) -> float:
     """Adam on the parameters of ``model`` that require grad, over ``steps`` random batches; returns seconds per step.
 
-    Shows a progress bar named ``label``.
+    With ``world_size`` > 1 (inside a process group) the model is wrapped in
+    DistributedDataParallel and each process trains on its share of every batch.
+    Rank 0 shows a progress bar named ``label``.
     """
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=LEARNING_RATE)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    if world_size > 1:
+        model = DistributedDataParallel(model)
+    optimizer = torch.optim.Adam(parameters, lr=LEARNING_RATE)
+    # The same seed in every process, so that all of them draw the same global batches.
     batches = torch.Generator().manual_seed(seed)
-    with ProgressBar(label, steps) as progress:
+    with ProgressBar(label, steps, enabled=rank == 0) as progress:
         start = time.perf_counter()
         for _ in range(steps):
             batch = torch.randint(len(labels), (BATCH_SIZE,), generator=batches)
-            loss = F.cross_entropy(model(images[batch]), labels[batch])
+            loss = shard_loss(model, images, labels, batch, rank, world_size)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -233,6 +259,8 @@ def adapted_models(float_model: nn.Module, lora_rank: int, seed: int) -> dict[st
 
 
 def fine_tune_adapters(
+    rank: int,
+    world_size: int,
     float_model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -243,12 +271,16 @@ def fine_tune_adapters(
 ) -> dict[str, tuple[dict[str, torch.Tensor], float]]:
     """Train the adapters of ``adapted_models(float_model, lora_rank, seed)``.
 
-    Returns ``{name: (trained adapter parameters by name, seconds per step)}``.
+    Returns ``{name: (trained adapter parameters by name, seconds per step)}``. Called
+    as process ``rank`` 0 of ``world_size`` 1, or as the job of every process in
+    ``run_data_parallel``. Each process builds its models itself, so that only float
+    tensors travel between processes.
     """
+    hide_quantization_deprecations()
     results = {}
     with backward_precision(precision):
         for name, model in adapted_models(float_model, lora_rank, seed).items():
-            seconds = train(model, images, labels, steps, seed, f"{name} base")
+            seconds = train(model, images, labels, steps, seed, f"{name} base", rank, world_size)
             adapters = {key: value.detach() for key, value in model.named_parameters() if value.requires_grad}
             results[name] = (adapters, seconds)
     return results
@@ -371,10 +403,16 @@ def run(options: argparse.Namespace) -> DemoResult:
             before[name] = accuracy(model, tasks.shifted_test_images, tasks.test_labels)
             print(f"   {name:<5} accuracy: normal task {_percent(normal)}, shifted task {_percent(before[name])}")
 
-        print(f"\n3. Rank-{options.rank} LoRA adapters trained on the shifted task (rotated {SHIFT_DEGREES:g} degrees,")
-        print(f"   noise {SHIFT_NOISE:g}): {options.steps} steps of {BATCH_SIZE} digits, backward {options.precision}")
+        processes = f"{options.nproc} processes, DistributedDataParallel (gloo)" if options.nproc > 1 else "1 process"
+        shift = f"rotated {SHIFT_DEGREES:g} degrees, noise {SHIFT_NOISE:g}"
+        print(f"\n3. Rank-{options.rank} LoRA adapters trained on the shifted task ({shift}):")
+        print(f"   {options.steps} steps of {BATCH_SIZE} digits, {processes}, backward {options.precision}")
         images, labels = tasks.shifted_train_images, tasks.train_labels
-        tuned = fine_tune_adapters(float_model, images, labels, options.rank, options.steps, options.seed, options.precision)
+        job_args = (float_model, images, labels, options.rank, options.steps, options.seed, options.precision)
+        if options.nproc > 1:
+            tuned = run_data_parallel(fine_tune_adapters, options.nproc, job_args, timeout=DATA_PARALLEL_TIMEOUT)
+        else:
+            tuned = fine_tune_adapters(0, 1, *job_args)
         for name, (adapters, _) in tuned.items():
             load_adapters(models[name], adapters)
         seconds = {name: seconds_per_step for name, (_, seconds_per_step) in tuned.items()}
@@ -412,7 +450,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--precision", choices=available_precisions(), default="fp32", help="precision of qlgrad's backward while fine-tuning"
     )
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--nproc", type=positive_int, default=1, help="fine-tune with DistributedDataParallel over this many local processes"
+    )
+    options = parser.parse_args(argv)
+    if BATCH_SIZE % options.nproc:
+        parser.error(f"--nproc must divide the batch size, {BATCH_SIZE}")
+    return options
 
 
 def main(argv: list[str] | None = None) -> None:
