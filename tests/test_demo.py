@@ -1,7 +1,8 @@
-"""LoRA adapters on int8 layers, the fine-tuning demo, and its data-parallel mode."""
+"""LoRA adapters on int8 layers, the fine-tuning demo, its data-parallel mode, and the saliency example."""
 
 import contextlib
 import importlib.metadata
+import importlib.util
 import os
 import sysconfig
 
@@ -14,6 +15,8 @@ import qlgrad
 from qlgrad import demo
 from qlgrad._data_parallel import run_data_parallel
 from qlgrad.nn import DynamicQuantizedLinear, LoRALinear, add_lora
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 
 def int8_mlp(seed: int = 0) -> nn.Module:
@@ -168,3 +171,13 @@ def test_data_parallel_gradients_equal_single_process_gradients():
     adapters = [p for p in whole_batch.parameters() if p.requires_grad]
     for expected, actual in zip(adapters, parallel["float"], strict=True):
         torch.testing.assert_close(actual, expected.grad)
+
+
+def test_saliency_example_writes_a_png(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("saliency", os.path.join(EXAMPLES, "saliency.py"))
+    saliency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(saliency)
+    out = tmp_path / "saliency.png"
+    saliency.main(["--out", str(out), "--digits", "2"])
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert "cosine of int8 to float saliency" in capsys.readouterr().out
