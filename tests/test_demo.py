@@ -1,0 +1,183 @@
+"""LoRA adapters on int8 layers, the fine-tuning demo, its data-parallel mode, and the saliency example."""
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import sysconfig
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+import qlgrad
+from qlgrad import demo
+from qlgrad._data_parallel import run_data_parallel
+from qlgrad.nn import DynamicQuantizedLinear, LoRALinear, add_lora
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
+
+
+def int8_mlp(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    float_model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3))
+    return torch.ao.quantization.quantize_dynamic(float_model.eval(), {nn.Linear}, dtype=torch.qint8)
+
+
+def int8_layer_state(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(dequantized weight, bias) of every dynamic int8 Linear, copied."""
+    return [
+        (layer.weight().dequantize().clone(), layer.bias().clone())
+        for layer in model.modules()
+        if isinstance(layer, DynamicQuantizedLinear)
+    ]
+
+
+def test_add_lora_wraps_every_int8_layer_and_starts_as_the_base_model():
+    model = int8_mlp()
+    x = torch.randn(5, 12)
+    expected = model(x)
+    adapters = add_lora(model, rank=2)
+    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
+    assert len(wrapped) == 3 and len(adapters) == 6
+    assert all(isinstance(m.base_layer, DynamicQuantizedLinear) for m in wrapped)
+    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # lora_B starts at zero
+    assert add_lora(model, rank=2) == adapters  # a second call wraps nothing again
+
+
+def test_adapters_train_through_frozen_int8_layers():
+    model = int8_mlp()
+    frozen = int8_layer_state(model)
+    adapters = add_lora(model, rank=2)
+    first_layer = model[0]
+    torch.manual_seed(1)
+    x, target = torch.randn(64, 12), torch.randint(3, (64,))
+    loss_fn = nn.CrossEntropyLoss()
+    optimizer = torch.optim.Adam(adapters, lr=2e-2)
+
+    initial_loss = loss_fn(model(x), target)
+    initial_loss.backward()
+    with_grad = {id(p) for p in model.parameters() if p.grad is not None}
+    assert with_grad == {id(p) for p in adapters}
+    # The first adapter's gradient reaches it only through the int8 layers after it.
+    assert first_layer.lora_B.grad.abs().sum() > 0
+    optimizer.step()
+    with demo.one_intra_op_thread():  # tiny matrices: threads would only cost time
+        for _ in range(40):
+            optimizer.zero_grad()
+            loss_fn(model(x), target).backward()
+            optimizer.step()
+
+    assert loss_fn(model(x), target).item() < 0.5 * initial_loss.item()
+    for (weight, bias), (weight_after, bias_after) in zip(frozen, int8_layer_state(model), strict=True):
+        assert torch.equal(weight, weight_after) and torch.equal(bias, bias_after)
+
+
+def test_add_lora_on_a_float_model_freezes_its_weights():
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
+    adapters = add_lora(model, rank=1, alpha=2.0, layer_types=(nn.Linear,))
+    assert model[0].scaling == 2.0
+    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in adapters}
+
+
+def test_demo_recovers_accuracy_on_the_shifted_task(capsys):
+    result = demo.run(demo.parse_args(["--steps", "40"]))
+    for base in ("int8", "float"):
+        assert result.shifted_accuracy_after[base] > result.shifted_accuracy_before[base] + 0.1
+    assert result.gradient_agreement.cosine > 0.9999
+    assert result.gradient_agreement.norm_ratio == pytest.approx(1, abs=1e-3)
+    output = capsys.readouterr().out
+    assert "stock PyTorch" in output and "time per step" in output
+
+
+def test_demo_is_a_console_script():
+    (entry_point,) = importlib.metadata.entry_points(group="console_scripts", name="qlgrad-demo")
+    assert entry_point.load() is demo.main
+    assert os.path.exists(os.path.join(sysconfig.get_path("scripts"), "qlgrad-demo"))
+
+
+def test_precision_reaches_qlgrad_backward_precision(monkeypatch):
+    if not hasattr(qlgrad, "backward_precision"):
+        with pytest.raises(SystemExit):
+            demo.parse_args(["--precision", "bf16"])
+    entered = []
+
+    @contextlib.contextmanager
+    def backward_precision(name):
+        entered.append(name)
+        yield
+
+    monkeypatch.setattr(qlgrad, "backward_precision", backward_precision, raising=False)
+    options = demo.parse_args(["--precision", "bf16"])
+    images, labels = torch.rand(8, 64), torch.randint(10, (8,))
+    demo.fine_tune_adapters(0, 1, demo.digit_classifier(), images, labels, 2, 1, 0, options.precision)
+    assert entered == ["bf16"]
+
+
+PROCESSES = 2
+
+
+def adapted_models_with_random_adapters(float_model: nn.Module) -> dict[str, nn.Module]:
+    """The demo's models to fine-tune, with lora_B non-zero too, so that every adapter has a gradient."""
+    models = demo.adapted_models(float_model, lora_rank=3, seed=0)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for model in models.values():
+            for parameter in model.parameters():
+                if parameter.requires_grad:
+                    parameter.normal_(std=0.1)
+    return models
+
+
+def adapter_gradients(rank, world_size, float_model, images, labels, batch):
+    """Job for run_data_parallel: the adapter gradients of each base for the global batch ``batch``.
+
+    As rank 0 of 1, it averages the losses of the batch's ``PROCESSES`` shares, one after
+    the other: what DistributedDataParallel computes with one share per process.
+    """
+    gradients = {}
+    for name, model in adapted_models_with_random_adapters(float_model).items():
+        if world_size > 1:
+            # Kept referenced until backward has run: the wrapper's hooks do the all-reduce.
+            parallel_model = DistributedDataParallel(model)
+            loss = demo.shard_loss(parallel_model, images, labels, batch, rank, world_size)
+        else:
+            shares = range(PROCESSES)
+            loss = sum(demo.shard_loss(model, images, labels, batch, share, PROCESSES) for share in shares) / PROCESSES
+        loss.backward()
+        gradients[name] = [p.grad for p in model.parameters() if p.requires_grad]
+    return gradients
+
+
+def test_data_parallel_gradients_equal_single_process_gradients():
+    torch.manual_seed(0)
+    float_model = demo.digit_classifier()
+    images, labels = torch.rand(40, 64), torch.randint(10, (40,))
+    batch = torch.randint(40, (demo.BATCH_SIZE,))
+    args = (float_model, images, labels, batch)
+    parallel = run_data_parallel(adapter_gradients, PROCESSES, args, timeout=50)
+    single = adapter_gradients(0, 1, *args)
+    for name in ("int8", "float"):
+        assert len(parallel[name]) == len(single[name]) == 6
+        for expected, actual in zip(single[name], parallel[name], strict=True):
+            assert expected.abs().sum() > 0
+            torch.testing.assert_close(actual, expected)
+
+    # On the float base that is the whole batch's gradient too. (Not on the int8 base:
+    # dynamic quantization scales activations by the range of each call's batch.)
+    whole_batch = adapted_models_with_random_adapters(float_model)["float"]
+    demo.shard_loss(whole_batch, images, labels, batch).backward()
+    adapters = [p for p in whole_batch.parameters() if p.requires_grad]
+    for expected, actual in zip(adapters, parallel["float"], strict=True):
+        torch.testing.assert_close(actual, expected.grad)
+
+
+def test_saliency_example_writes_a_png(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("saliency", os.path.join(EXAMPLES, "saliency.py"))
+    saliency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(saliency)
+    out = tmp_path / "saliency.png"
+    saliency.main(["--out", str(out), "--digits", "2"])
+    assert out.read_bytes().startswith(b"\x89PNG")
+    assert "cosine of int8 to float saliency" in capsys.readouterr().out
