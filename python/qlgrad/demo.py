@@ -233,18 +233,6 @@ def train(
         return (time.perf_counter() - start) / steps
 
 
-def available_precisions() -> tuple[str, ...]:
-    """Values ``--precision`` accepts: only ``fp32`` where qlgrad has no ``backward_precision``."""
-    return ("fp32", "bf16", "int8") if hasattr(qlgrad, "backward_precision") else ("fp32",)
-
-
-def backward_precision(name: str) -> contextlib.AbstractContextManager:
-    """Context in which qlgrad computes input gradients at precision ``name``."""
-    if hasattr(qlgrad, "backward_precision"):
-        return qlgrad.backward_precision(name)
-    return contextlib.nullcontext()  # fp32, all that qlgrad computes then
-
-
 def adapted_models(float_model: nn.Module, lora_rank: int, seed: int) -> dict[str, nn.Module]:
     """The models to fine-tune: ``"int8"``, an int8 copy of ``float_model``, and ``"float"``, a float copy.
 
@@ -278,7 +266,7 @@ def fine_tune_adapters(
     """
     hide_quantization_deprecations()
     results = {}
-    with backward_precision(precision):
+    with qlgrad.backward_precision(precision):
         for name, model in adapted_models(float_model, lora_rank, seed).items():
             seconds = train(model, images, labels, steps, seed, f"{name} base", rank, world_size)
             adapters = {key: value.detach() for key, value in model.named_parameters() if value.requires_grad}
@@ -448,7 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rank", type=positive_int, default=4, help="rank of the LoRA adapters (default 4)")
     parser.add_argument("--seed", type=int, default=0, help="seed of data split, models and batches (default 0)")
     parser.add_argument(
-        "--precision", choices=available_precisions(), default="fp32", help="precision of qlgrad's backward while fine-tuning"
+        "--precision", choices=("fp32", "bf16", "int8"), default="fp32", help="precision of qlgrad's backward while fine-tuning"
     )
     parser.add_argument(
         "--nproc", type=positive_int, default=1, help="fine-tune with DistributedDataParallel over this many local processes"
