@@ -111,7 +111,7 @@ WeightCache& cache() {
 } // namespace
 
 math::PreparedWeight cached_weight(const PackedParams& packed, Precision precision,
-                                   const std::function<math::PreparedWeight()>& derive) {
+                                   c10::function_ref<math::PreparedWeight()> derive) {
   const Key key{packed.get(), precision};
   if (auto weight = cache().find(key)) {
     return *std::move(weight);

@@ -10,7 +10,7 @@
 
 #include "backward_math.h"
 
-#include <functional>
+#include <c10/util/FunctionRef.h>
 
 namespace qlgrad::detail {
 
@@ -19,6 +19,6 @@ using PackedParams = c10::intrusive_ptr<LinearPackedParamsBase>;
 // The cached weight for (packed, precision), or derive(), cached when it fits the limit.
 // derive() runs without the lock held, so slow unpacking never blocks other layers.
 math::PreparedWeight cached_weight(const PackedParams& packed, Precision precision,
-                                   const std::function<math::PreparedWeight()>& derive);
+                                   c10::function_ref<math::PreparedWeight()> derive);
 
 } // namespace qlgrad::detail
