@@ -1,12 +1,15 @@
 """Sample inputs and independent references shared by the tests."""
 
+import fcntl
 import itertools
+import json
 import os
 import subprocess
 import sys
 import tempfile
 import textwrap
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -124,3 +127,27 @@ def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
         with open(script, "w") as f:
             f.write(textwrap.dedent(code))
         return subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# ---- Reliability report -------------------------------------------------------------
+
+REPORT_PATH = Path(
+    os.environ.get("QLGRAD_RELIABILITY_REPORT", Path(__file__).parent.parent / "build" / "reliability.json")
+)
+
+
+def record_reliability(section: str, name: str, figures: dict) -> None:
+    """Merge one test's figures into the reliability report as report[section][name].
+
+    Each test writes only its own entry, so a run of a subset updates those entries and
+    keeps the others from earlier runs. scripts/update_reliability_table.py copies the
+    report into README.md.
+    """
+    REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with open(REPORT_PATH.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other processes may record at the same time
+        report = json.loads(REPORT_PATH.read_text()) if REPORT_PATH.exists() else {}
+        report.setdefault(section, {})[name] = figures
+        temporary = REPORT_PATH.with_suffix(".tmp")
+        temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, REPORT_PATH)
