@@ -8,6 +8,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -151,3 +152,100 @@ def record_reliability(section: str, name: str, figures: dict) -> None:
         temporary = REPORT_PATH.with_suffix(".tmp")
         temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, REPORT_PATH)
+
+
+# ---- Valid calls of the standalone backward functions, and their references ----------
+
+
+def _qlgrad():
+    # Imported on use: subprocesses import this module to run stock PyTorch without qlgrad.
+    import qlgrad
+
+    return qlgrad
+
+
+def _randn(*shape, dtype, generator):
+    return torch.randn(*shape, generator=generator).to(dtype)
+
+
+# Layouts a valid grad_output may come in: name -> (leading dims, features, dtype,
+# generator) -> tensor. Only the strides differ; every one is a valid argument.
+GRAD_OUTPUT_LAYOUTS = {
+    "contiguous": lambda leading, n, dtype, gen: _randn(*leading, n, dtype=dtype, generator=gen),
+    # The feature dimension outermost in memory, as after a transpose.
+    "transposed": lambda leading, n, dtype, gen: _randn(n, *leading, dtype=dtype, generator=gen).movedim(0, -1),
+    "sliced": lambda leading, n, dtype, gen: _randn(*leading, 2 * n + 1, dtype=dtype, generator=gen)[..., 1::2],
+    # Stride 0 along every leading dimension: one row seen many times.
+    "expanded_rows": lambda leading, n, dtype, gen: _randn(n, dtype=dtype, generator=gen).expand(*leading, n),
+    # Stride 0 along the features: one value per row.
+    "expanded_features": lambda leading, n, dtype, gen: _randn(*leading, 1, dtype=dtype, generator=gen).expand(
+        *leading, n
+    ),
+}
+
+
+def dequantize_plain(values, scale, zero_point=None) -> torch.Tensor:
+    """scale * (values - zero_point) in float64, from plain tensors."""
+    weight = values.double()
+    if zero_point is not None:
+        weight = weight - zero_point.double().reshape(-1, 1)
+    return weight * scale.double().reshape(-1, 1)
+
+
+def pack_plain(values, scale, zero_point=None):
+    """The LinearPackedParamsBase of an int8 weight given as plain tensors, per tensor when scale
+    holds one element."""
+    zero_points = torch.zeros(scale.shape, dtype=torch.long) if zero_point is None else zero_point.long()
+    if scale.numel() == 1:
+        qweight = torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_points))
+    else:
+        qweight = torch._make_per_channel_quantized_tensor(values, scale.double().reshape(-1), zero_points.reshape(-1), 0)
+    return torch.ops.quantized.linear_prepack(qweight, None)
+
+
+# Relative error (in norm) that rounding to grad_output's dtype may add on its own: the
+# result has that dtype, whatever the precision of the GEMM.
+OUTPUT_DTYPE_ERROR_BOUNDS = {torch.float64: 0.0, torch.float32: 0.0, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@dataclass
+class BackwardUnderTest:
+    """One weight as one backward function takes it, and the float64 weight it stands for."""
+
+    name: str
+    backward: Callable  # (grad_output, precision) -> input gradient
+    dequantized: torch.Tensor  # float64 [N, K]
+    # fp16 weights have no int8 form: int8 precision runs as fp32 for them.
+    has_int8_mode: bool = True
+
+    def reference(self, grad_output: torch.Tensor) -> torch.Tensor:
+        return grad_output.double() @ self.dequantized
+
+    def effective_precision(self, precision: str) -> str:
+        return precision if self.has_int8_mode or precision != "int8" else "fp32"
+
+
+def int8_backwards_under_test(values, scale, zero_point=None):
+    """The plain-int8 and the packed door for one int8 weight given as plain tensors."""
+    dequantized = dequantize_plain(values, scale, zero_point)
+    yield BackwardUnderTest(
+        "linear_int8_backward",
+        lambda g, precision: _qlgrad().linear_int8_backward(g, values, scale, zero_point, precision),
+        dequantized,
+    )
+    packed = pack_plain(values, scale, zero_point)
+    yield BackwardUnderTest(
+        "linear_dynamic_backward",
+        lambda g, precision: _qlgrad().linear_dynamic_backward(g, packed, precision),
+        dequantized,
+    )
+
+
+def fp16_backward_under_test(weight: torch.Tensor) -> BackwardUnderTest:
+    packed = torch.ops.quantized.linear_prepack_fp16(weight, None)
+    return BackwardUnderTest(
+        "linear_dynamic_fp16_backward",
+        lambda g, precision: _qlgrad().linear_dynamic_fp16_backward(g, packed, precision),
+        weight.half().double(),
+        has_int8_mode=False,
+    )
