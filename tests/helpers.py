@@ -132,7 +132,7 @@ def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=timeout, env=env)
 
 
-# ---- Reliability report -------------------------------------------------------------
+# ---- Reliability report and hypothesis profiles ------------------------------------
 
 REPORT_PATH = Path(
     os.environ.get("QLGRAD_RELIABILITY_REPORT", Path(__file__).parent.parent / "build" / "reliability.json")
@@ -154,6 +154,16 @@ def record_reliability(section: str, name: str, figures: dict) -> None:
         temporary = REPORT_PATH.with_suffix(".tmp")
         temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         os.replace(temporary, REPORT_PATH)
+
+
+def load_hypothesis_profile() -> None:
+    """Reproducible runs by default: the "ci" profile derandomizes every property and runs a fixed
+    number of examples. QLGRAD_HYPOTHESIS_PROFILE=explore draws new random examples, more of them."""
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=500, print_blob=True)
+    settings.register_profile("explore", deadline=None, max_examples=2500)
+    settings.load_profile(os.environ.get("QLGRAD_HYPOTHESIS_PROFILE", "ci"))
 
 
 # ---- Valid calls of the standalone backward functions, and their references ----------
