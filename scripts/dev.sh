@@ -2,7 +2,8 @@
 # Set up a development environment in .venv (idempotent) and run one job in it.
 #   scripts/dev.sh setup   create .venv, install the pinned tools, build and install qlgrad
 #   scripts/dev.sh demo    setup, then the demo
-#   scripts/dev.sh test    setup, then the whole test suite (pytest, meson test)
+#   scripts/dev.sh test    setup, then the whole test suite (pytest, meson test, and the C++
+#                          tests again under AddressSanitizer and LeakSanitizer)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -25,6 +26,20 @@ run_tests() {
   cd "$root"
   python -m pytest -q tests
   meson test -C "$build" --print-errorlogs
+  python scripts/update_reliability_table.py record-meson build "$build/meson-logs/testlog.json"
+  run_sanitized_cpp_tests
+}
+
+# The C++ tests built with AddressSanitizer and LeakSanitizer, in a build directory of their own
+# configured by plain Meson with this environment's Python (it finds torch and nanobind).
+run_sanitized_cpp_tests() {
+  local asan_build="$build/asan" start=$SECONDS
+  if [ ! -f "$asan_build/build.ninja" ]; then
+    meson setup "$asan_build" -Db_sanitize=address
+  fi
+  meson test -C "$asan_build" --print-errorlogs
+  python scripts/update_reliability_table.py record-meson asan "$asan_build/meson-logs/testlog.json" \
+    --seconds $((SECONDS - start))
 }
 
 case "${1:-}" in

@@ -38,6 +38,29 @@ at::Tensor unflatten_rows(const at::Tensor& result, const at::Tensor& like) {
   return result.view(sizes);
 }
 
+// Rows whose largest |grad * channel_scale| lies below this are quantized in double:
+// in float, 127 / max would overflow near 3.7e-37 and the products lose their digits
+// to underflow some decades before.
+constexpr float kTinyRowMax = 0x1p-100f;
+
+template <typename Real>
+Real row_max_abs(const float* row, const float* channel_scale, int64_t n) {
+  Real max_abs = 0;  // NaN once any element is NaN
+  for (int64_t j = 0; j < n; ++j) {
+    const Real value = std::fabs(Real(row[j]) * Real(channel_scale[j]));
+    max_abs = (value > max_abs || std::isnan(value)) ? value : max_abs;
+  }
+  return max_abs;
+}
+
+template <typename Real>
+void round_row(const float* row, const float* channel_scale, int64_t n, Real inverse_scale, int8_t* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const Real value = Real(row[j]) * Real(channel_scale[j]) * inverse_scale;
+    out[j] = static_cast<int8_t>(static_cast<int32_t>(value + std::copysign(Real(0.5), value)));
+  }
+}
+
 // q[m, :] = round(grad[m, :] * channel_scale / s[m]) with s[m] = max_n |grad[m, n] *
 // channel_scale[n]| / 127: symmetric int8 per row, the channel scale folded in first
 // because it multiplies the contraction dimension. One pass over each row (in cache)
@@ -48,25 +71,20 @@ __attribute__((target_clones("avx2", "default"))) void quantize_rows(
     int8_t* quantized, float* row_scale) {
   for (int64_t m = begin; m < end; ++m) {
     const float* row = grad + m * n;
-    float max_abs = 0.0f;  // NaN once any element is NaN
-    for (int64_t j = 0; j < n; ++j) {
-      const float value = std::fabs(row[j] * channel_scale[j]);
-      max_abs = (value > max_abs || std::isnan(value)) ? value : max_abs;
-    }
     int8_t* out = quantized + m * n;
+    const float max_abs = row_max_abs<float>(row, channel_scale, n);
     if (!std::isfinite(max_abs)) {
       // No int8 code stands for NaN or Inf: the row's result becomes NaN instead.
       std::fill(out, out + n, int8_t{0});
       row_scale[m] = std::numeric_limits<float>::quiet_NaN();
-      continue;
+    } else if (max_abs >= kTinyRowMax) {
+      round_row<float>(row, channel_scale, n, 127.0f / max_abs, out);
+      row_scale[m] = max_abs / 127.0f;
+    } else {
+      const double tiny_max_abs = row_max_abs<double>(row, channel_scale, n);
+      round_row<double>(row, channel_scale, n, tiny_max_abs > 0 ? 127.0 / tiny_max_abs : 0.0, out);
+      row_scale[m] = static_cast<float>(tiny_max_abs / 127.0);
     }
-    const float scale = max_abs / 127.0f;
-    const float inverse = scale > 0.0f ? 1.0f / scale : 0.0f;
-    for (int64_t j = 0; j < n; ++j) {
-      const float value = row[j] * channel_scale[j] * inverse;
-      out[j] = static_cast<int8_t>(static_cast<int32_t>(value + std::copysign(0.5f, value)));
-    }
-    row_scale[m] = scale;
   }
 }
 

@@ -6,6 +6,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <pybind11/pytypes.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 namespace nb = nanobind;
@@ -37,6 +38,12 @@ namespace {
 void translate_c10_error(const std::exception_ptr& error, void* /*payload*/) {
   try {
     std::rethrow_exception(error);
+  } catch (pybind11::error_already_set& e) {
+    // Raised by a Python kernel below the dispatcher (the fake implementation, which meta
+    // tensors reach): the original exception rather than a RuntimeError quoting it.
+    e.restore();
+  } catch (const c10::NotImplementedError& e) {
+    PyErr_SetString(PyExc_NotImplementedError, e.what_without_backtrace());
   } catch (const c10::ValueError& e) {
     PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
   } catch (const c10::TypeError& e) {
@@ -48,14 +55,46 @@ void translate_c10_error(const std::exception_ptr& error, void* /*payload*/) {
   }
 }
 
-std::optional<qlgrad::Precision> parse_optional(const std::optional<std::string>& name) {
-  return name ? std::optional(qlgrad::parse_precision(*name)) : std::nullopt;
+// A precision name from Python: any object may arrive, and a non-str one is refused naming
+// the argument rather than with nanobind's generic "incompatible function arguments". The
+// functions taking one keep, through nb::sig, the signatures their stubs show.
+qlgrad::Precision precision_from_python(nb::handle name, const char* argument) {
+  TORCH_CHECK_TYPE(nb::isinstance<nb::str>(name), "qlgrad: ", argument,
+                   " must be a str ('fp32', 'bf16' or 'int8'), got ", nb::inst_name(name).c_str());
+  return qlgrad::parse_precision(nb::borrow<nb::str>(name).c_str());
+}
+
+std::optional<qlgrad::Precision> optional_precision_from_python(nb::handle name, const char* argument) {
+  return name.is_none() ? std::nullopt : std::optional(precision_from_python(name, argument));
+}
+
+// The largest cache limit accepted from Python, 4 EiB. Python ints are unbounded and no
+// machine holds that much memory: a larger value is an overflow (such as an unsigned -1)
+// or a unit mistake, not a limit.
+constexpr int64_t kMaxCacheLimitBytes = int64_t{1} << 62;
+
+int64_t cache_limit_from_python(nb::handle nbytes) {
+  // Anything with __index__ is an int here (numpy and torch integer scalars too), except bool:
+  // an int subclass in Python, but set_cache_limit(True) is a mistake, not 1 byte.
+  nb::object value;
+  if (!PyBool_Check(nbytes.ptr())) {
+    value = nb::steal(PyNumber_Index(nbytes.ptr()));
+    PyErr_Clear();  // the refusal below names the argument instead
+  }
+  TORCH_CHECK_TYPE(value.is_valid(), "qlgrad.set_cache_limit: nbytes must be an int, got ",
+                   nb::inst_name(nbytes).c_str());
+  int overflow = 0;
+  const long long bytes = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
+  TORCH_CHECK_VALUE(overflow == 0 && bytes >= 0 && bytes <= kMaxCacheLimitBytes,
+                    "qlgrad.set_cache_limit: nbytes must lie in [0, 2**62] (0 disables the cache), got ",
+                    nb::str(value).c_str());
+  return bytes;
 }
 
 // A `with` block that sets the backward precision of the current thread.
 class PrecisionScope {
  public:
-  explicit PrecisionScope(const std::string& name) : precision_(qlgrad::parse_precision(name)) {}
+  explicit PrecisionScope(nb::handle name) : precision_(precision_from_python(name, "name")) {}
   void enter() { guard_.emplace(precision_); }
   void exit() { guard_.reset(); }
 
@@ -73,11 +112,15 @@ NB_MODULE(_C, m) {
   m.def(
       "linear_int8_backward",
       [](const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
-         const std::optional<at::Tensor>& zero_point, const std::optional<std::string>& precision) {
-        return qlgrad::linear_int8_backward(grad_output, weight, scale, zero_point, parse_optional(precision));
+         const std::optional<at::Tensor>& zero_point, nb::handle precision) {
+        const auto parsed = optional_precision_from_python(precision, "precision");
+        nb::gil_scoped_release release;
+        return qlgrad::linear_int8_backward(grad_output, weight, scale, zero_point, parsed);
       },
       nb::arg("grad_output"), nb::arg("weight"), nb::arg("scale"), nb::arg("zero_point") = nb::none(),
-      nb::arg("precision") = nb::none(), nb::call_guard<nb::gil_scoped_release>(),
+      nb::arg("precision").none() = nb::none(),
+      nb::sig("def linear_int8_backward(grad_output: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, "
+              "zero_point: torch.Tensor | None = None, precision: str | None = None) -> torch.Tensor"),
         "Input gradient of an int8 linear layer on plain tensors:\n"
         "``grad_output @ (scale * (weight - zero_point))``.\n\n"
         "weight: int8 [N, K]. scale: floating, 1 element (per tensor) or [N] (per\n"
@@ -88,15 +131,16 @@ NB_MODULE(_C, m) {
         "the one in effect on this thread.");
 
   m.def(
-      "set_backward_precision", [](const std::string& name) { qlgrad::set_backward_precision(qlgrad::parse_precision(name)); },
-      nb::arg("name"), "Set the process-wide backward precision: 'fp32', 'bf16' or 'int8'.");
+      "set_backward_precision", [](nb::handle name) { qlgrad::set_backward_precision(precision_from_python(name, "name")); },
+      nb::arg("name").none(), nb::sig("def set_backward_precision(name: str) -> None"),
+      "Set the process-wide backward precision: 'fp32', 'bf16' or 'int8'.");
   m.def(
       "get_backward_precision", [] { return std::string(qlgrad::precision_name(qlgrad::backward_precision())); },
       "The backward precision in effect on this thread.");
   nb::class_<PrecisionScope>(m, "backward_precision",
                              "Context manager: the backward precision of this thread inside a with block.\n"
                              "Layers record it when their forward runs.")
-      .def(nb::init<const std::string&>(), nb::arg("name"))
+      .def(nb::init<nb::handle>(), nb::arg("name").none(), nb::sig("def __init__(self, name: str) -> None"))
       .def("__enter__", [](PrecisionScope& scope) { scope.enter(); })
       .def("__exit__", [](PrecisionScope& scope, nb::args) { scope.exit(); });
 
@@ -109,6 +153,8 @@ NB_MODULE(_C, m) {
       "Statistics of the backward-weight cache: (entries, bytes, hits, misses, limit_bytes).");
   m.def("clear_cache", &qlgrad::clear_cache,
         "Drop every cached backward weight and reset the hit and miss counters.");
-  m.def("set_cache_limit", &qlgrad::set_cache_limit, nb::arg("nbytes"),
-        "Bound the backward-weight cache to nbytes (0 disables it); evicts at once.");
+  m.def(
+      "set_cache_limit", [](nb::handle nbytes) { qlgrad::set_cache_limit(cache_limit_from_python(nbytes)); },
+      nb::arg("nbytes").none(), nb::sig("def set_cache_limit(nbytes: int) -> None"),
+      "Bound the backward-weight cache to nbytes (0 disables it); evicts at once.");
 }

@@ -9,6 +9,7 @@
 #include <qlgrad/qlgrad.h>
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/where.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <c10/util/FunctionRef.h>
@@ -56,7 +57,9 @@ struct DynamicLinearFunction : torch::autograd::Function<DynamicLinearFunction> 
     const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
     const auto precision = static_cast<Precision>(ctx->saved_data["precision"].toInt());
     const auto saved = ctx->get_saved_variables();
-    const at::Tensor grad_output = saved.empty() ? grad_outputs[0] : grad_outputs[0].mul(saved[0]);
+    // where, not a product with the mask: a NaN or Inf gradient the ReLU cut off must
+    // not come back as NaN (0 * Inf), just as torch.relu's backward gives 0 there.
+    const at::Tensor grad_output = saved.empty() ? grad_outputs[0] : at::where(saved[0], grad_outputs[0], 0.0);
     const at::Tensor grad_input =
         static_cast<WeightKind>(ctx->saved_data["kind"].toInt()) == WeightKind::kQInt8
             ? linear_dynamic_backward(grad_output, packed, precision)

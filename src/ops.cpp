@@ -61,6 +61,45 @@ bool differentiating(const at::Tensor& grad_output) {
   return at::GradMode::is_enabled() && grad_output.requires_grad();
 }
 
+// What decides where the dispatcher sends a call: a tensor that is missing (None),
+// quantized, sparse or on another device than the weight never reaches the value checks
+// below. It fails inside autograd ("tensor does not have a device"), finds no kernel
+// ("could not run ... with arguments from the 'QuantizedCPU' backend") or, on the meta
+// device, reaches the shape-only fake implementation, none of which names the argument.
+// The Autograd kernels check this before anything else, and the CPU kernels again for
+// callers below autograd.
+void check_plain_tensor(const at::Tensor& tensor, const char* name) {
+  TORCH_CHECK_TYPE(tensor.defined(), "qlgrad: ", name, " must be a tensor, got None (an undefined tensor)");
+  TORCH_CHECK_TYPE(!tensor.is_quantized(), "qlgrad: ", name, " must be a plain tensor, got a quantized one (",
+                   tensor.scalar_type(), "); pass its int_repr() and its scale and zero point instead");
+  TORCH_CHECK_TYPE(tensor.layout() == at::kStrided, "qlgrad: ", name, " must be a strided (dense) tensor, got layout ",
+                   tensor.layout());
+}
+
+void check_device(const at::Tensor& tensor, const char* name, c10::Device expected, const char* whose) {
+  TORCH_CHECK_VALUE(tensor.device() == expected, "qlgrad: ", name, " must be on ", whose, " (", expected, "), got ",
+                    tensor.device());
+}
+
+void check_int8_tensors(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
+                        const std::optional<at::Tensor>& zero_point) {
+  check_plain_tensor(weight, "weight");
+  check_plain_tensor(grad_output, "grad_output");
+  check_plain_tensor(scale, "scale");
+  check_device(grad_output, "grad_output", weight.device(), "the weight's device");
+  check_device(scale, "scale", weight.device(), "the weight's device");
+  if (zero_point) {
+    check_plain_tensor(*zero_point, "zero_point");
+    check_device(*zero_point, "zero_point", weight.device(), "the weight's device");
+  }
+}
+
+// Packed weights of the dynamic linear ops (fbgemm, qnnpack, onednn) live on the CPU.
+void check_packed_tensors(const at::Tensor& grad_output) {
+  check_plain_tensor(grad_output, "grad_output");
+  check_device(grad_output, "grad_output", at::kCPU, "the device of packed weights");
+}
+
 void check_grad_output(const at::Tensor& grad_output, int64_t out_features) {
   TORCH_CHECK_TYPE(at::isFloatingType(grad_output.scalar_type()),
                    "qlgrad: grad_output must be a floating-point tensor, got ",
@@ -74,6 +113,7 @@ void check_grad_output(const at::Tensor& grad_output, int64_t out_features) {
 
 void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weight,
                           const at::Tensor& scale, const std::optional<at::Tensor>& zero_point) {
+  check_int8_tensors(grad_output, weight, scale, zero_point);
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar,
                    "qlgrad: weight must be an int8 tensor, got ", weight.scalar_type());
   TORCH_CHECK_VALUE(weight.dim() == 2 && weight.numel() > 0,
@@ -86,20 +126,12 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
   TORCH_CHECK_VALUE(scale.dim() <= 1 && (scale.numel() == 1 || scale.numel() == out_features),
                     "qlgrad: scale must hold 1 element (per tensor) or out_features = ", out_features,
                     " elements (per channel), got shape ", scale.sizes());
-  for (const auto* tensor : {&grad_output, &scale}) {
-    TORCH_CHECK_VALUE(tensor->device() == weight.device(),
-                      "qlgrad: all tensors must be on the weight's device (", weight.device(),
-                      "), got ", tensor->device());
-  }
   if (zero_point) {
     TORCH_CHECK_TYPE(at::isIntegralType(zero_point->scalar_type(), /*includeBool=*/false),
                      "qlgrad: zero_point must be an integer tensor, got ", zero_point->scalar_type());
     TORCH_CHECK_VALUE(zero_point->sizes() == scale.sizes(),
                       "qlgrad: zero_point must have scale's shape ", scale.sizes(), ", got ",
                       zero_point->sizes());
-    TORCH_CHECK_VALUE(zero_point->device() == weight.device(),
-                      "qlgrad: zero_point must be on the weight's device (", weight.device(),
-                      "), got ", zero_point->device());
   }
   TORCH_CHECK_VALUE(at::isfinite(scale).all().item<bool>() && (scale > 0).all().item<bool>(),
                     "qlgrad: scale must be finite and positive, got ", scale);
@@ -144,6 +176,7 @@ struct LinearInt8BackwardFunction : torch::autograd::Function<LinearInt8Backward
 at::Tensor linear_int8_backward_autograd(const at::Tensor& grad_output, const at::Tensor& weight,
                                          const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                                          PrecisionName precision) {
+  check_int8_tensors(grad_output, weight, scale, zero_point);
   if (!differentiating(grad_output)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_linear_int8_backward(grad_output, weight, scale, zero_point, precision);
@@ -158,6 +191,7 @@ using detail::WeightKind;
 template <WeightKind kind>
 at::Tensor packed_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed,
                                PrecisionName precision) {
+  check_packed_tensors(grad_output);
   const auto weight = detail::prepared_weight(packed, kind, resolve(precision));
   check_grad_output(grad_output, weight.weight.size(0));
   return math::input_gradient(grad_output, weight);
@@ -186,6 +220,7 @@ struct PackedBackwardFunction : torch::autograd::Function<PackedBackwardFunction
 template <WeightKind kind>
 at::Tensor packed_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed,
                                     PrecisionName precision) {
+  check_packed_tensors(grad_output);
   if (!differentiating(grad_output)) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_packed_backward(kind, grad_output, packed, precision);

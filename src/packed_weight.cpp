@@ -33,17 +33,17 @@ math::Int8Weight as_int8(const at::Tensor& weight) {
   }
 }
 
-math::PreparedWeight derive(LinearPackedParamsBase& packed, std::optional<WeightKind> expected,
-                            Precision precision) {
+const char* kind_name(WeightKind kind) {
+  return kind == WeightKind::kQInt8 ? "qint8" : "fp16";
+}
+
+CachedWeight derive(LinearPackedParamsBase& packed, Precision precision) {
   // fp16-packed params unpack to a float32 weight, int8-packed ones to a qint8 tensor.
   const at::Tensor weight = std::get<0>(packed.unpack());
-  const WeightKind found = weight.is_quantized() ? WeightKind::kQInt8 : WeightKind::kFloat16;
-  TORCH_CHECK_TYPE(!expected || *expected == found, "qlgrad: ", op_family(*expected), " expects ",
-                   *expected == WeightKind::kQInt8 ? "qint8" : "fp16", " packed weights, got ",
-                   found == WeightKind::kQInt8 ? "qint8" : "fp16", " ones (packed for ",
-                   op_family(found), ")");
-  return found == WeightKind::kQInt8 ? math::prepare(as_int8(weight), precision)
-                                     : math::prepare_float(weight, precision);
+  if (weight.is_quantized()) {
+    return {WeightKind::kQInt8, math::prepare(as_int8(weight), precision)};
+  }
+  return {WeightKind::kFloat16, math::prepare_float(weight, precision)};
 }
 
 } // namespace
@@ -51,7 +51,11 @@ math::PreparedWeight derive(LinearPackedParamsBase& packed, std::optional<Weight
 math::PreparedWeight prepared_weight(const PackedParams& packed, std::optional<WeightKind> kind,
                                      Precision precision) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
-  return cached_weight(packed, precision, [&] { return derive(*packed, kind, precision); });
+  auto cached = cached_weight(packed, precision, [&] { return derive(*packed, precision); });
+  TORCH_CHECK_TYPE(!kind || *kind == cached.kind, "qlgrad: ", op_family(*kind), " expects ", kind_name(*kind),
+                   " packed weights, got ", kind_name(cached.kind), " ones (packed for ", op_family(cached.kind),
+                   ")");
+  return std::move(cached.weight);
 }
 
 } // namespace qlgrad::detail

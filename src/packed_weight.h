@@ -6,10 +6,6 @@
 
 namespace qlgrad::detail {
 
-// What the quantized:: ops of the dynamic linear family pack: qint8 weights
-// (linear_dynamic, linear_relu_dynamic) or float16 ones (the *_fp16 ops).
-enum class WeightKind { kQInt8, kFloat16 };
-
 // The backward weight of `packed` for `precision`, from the weight cache. With `kind`,
 // a packed weight of another kind is refused, naming what was found; qint8 weights must
 // be quantized per tensor or per output channel (axis 0).

@@ -16,7 +16,7 @@ using Key = std::pair<const LinearPackedParamsBase*, Precision>;
 
 class WeightCache {
  public:
-  std::optional<math::PreparedWeight> find(const Key& key) {
+  std::optional<CachedWeight> find(const Key& key) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = entries_.find(key);
     if (it == entries_.end()) {
@@ -28,8 +28,8 @@ class WeightCache {
     return it->second.weight;
   }
 
-  void insert(const PackedParams& packed, const Key& key, const math::PreparedWeight& weight) {
-    const int64_t bytes = weight.nbytes();
+  void insert(const PackedParams& packed, const Key& key, const CachedWeight& weight) {
+    const int64_t bytes = weight.weight.nbytes();
     std::lock_guard<std::mutex> lock(mutex_);
     drop_destroyed();
     if (bytes > limit_bytes_ || entries_.count(key)) {
@@ -66,7 +66,7 @@ class WeightCache {
     // Weak: keeps the object's memory (so its address is not reused as a key)
     // but not the object itself.
     c10::weak_intrusive_ptr<LinearPackedParamsBase> owner;
-    math::PreparedWeight weight;
+    CachedWeight weight;
     int64_t bytes;
     std::list<Key>::iterator recency;
   };
@@ -110,8 +110,8 @@ WeightCache& cache() {
 
 } // namespace
 
-math::PreparedWeight cached_weight(const PackedParams& packed, Precision precision,
-                                   c10::function_ref<math::PreparedWeight()> derive) {
+CachedWeight cached_weight(const PackedParams& packed, Precision precision,
+                           c10::function_ref<CachedWeight()> derive) {
   const Key key{packed.get(), precision};
   if (auto weight = cache().find(key)) {
     return *std::move(weight);

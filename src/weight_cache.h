@@ -16,9 +16,20 @@ namespace qlgrad::detail {
 
 using PackedParams = c10::intrusive_ptr<LinearPackedParamsBase>;
 
+// What the quantized:: ops of the dynamic linear family pack: qint8 weights
+// (linear_dynamic, linear_relu_dynamic) or float16 ones (the *_fp16 ops).
+enum class WeightKind { kQInt8, kFloat16 };
+
+// A backward weight and the kind of packed weight it came from, so that a cache hit
+// can be checked against the op asking for it just as a miss is.
+struct CachedWeight {
+  WeightKind kind;
+  math::PreparedWeight weight;
+};
+
 // The cached weight for (packed, precision), or derive(), cached when it fits the limit.
 // derive() runs without the lock held, so slow unpacking never blocks other layers.
-math::PreparedWeight cached_weight(const PackedParams& packed, Precision precision,
-                                   c10::function_ref<math::PreparedWeight()> derive);
+CachedWeight cached_weight(const PackedParams& packed, Precision precision,
+                           c10::function_ref<CachedWeight()> derive);
 
 } // namespace qlgrad::detail

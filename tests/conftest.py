@@ -2,6 +2,9 @@ import pytest
 import torch
 
 import qlgrad  # noqa: F401  (registers the Autograd kernels for every test)
+from helpers import load_hypothesis_profile
+
+load_hypothesis_profile()
 
 
 @pytest.fixture(params=[e for e in torch.backends.quantized.supported_engines if e != "none"])

@@ -1,12 +1,18 @@
 """Sample inputs and independent references shared by the tests."""
 
+import fcntl
 import itertools
+import json
+import math
 import os
+import random
 import subprocess
 import sys
 import tempfile
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -124,3 +130,312 @@ def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
         with open(script, "w") as f:
             f.write(textwrap.dedent(code))
         return subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+# ---- Reliability report and hypothesis profiles ------------------------------------
+
+REPORT_PATH = Path(
+    os.environ.get("QLGRAD_RELIABILITY_REPORT", Path(__file__).parent.parent / "build" / "reliability.json")
+)
+
+
+def record_reliability(section: str, name: str, figures: dict) -> None:
+    """Merge one test's figures into the reliability report as report[section][name].
+
+    Each test writes only its own entry, so a run of a subset updates those entries and
+    keeps the others from earlier runs. scripts/update_reliability_table.py copies the
+    report into README.md.
+    """
+    REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
+    with open(REPORT_PATH.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # other processes may record at the same time
+        report = json.loads(REPORT_PATH.read_text()) if REPORT_PATH.exists() else {}
+        report.setdefault(section, {})[name] = figures
+        temporary = REPORT_PATH.with_suffix(".tmp")
+        temporary.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        os.replace(temporary, REPORT_PATH)
+
+
+def load_hypothesis_profile() -> None:
+    """Reproducible runs by default: the "ci" profile derandomizes every property and runs a fixed
+    number of examples. QLGRAD_HYPOTHESIS_PROFILE=explore draws new random examples, more of them."""
+    from hypothesis import settings
+
+    settings.register_profile("ci", derandomize=True, database=None, deadline=None, max_examples=500, print_blob=True)
+    settings.register_profile("explore", deadline=None, max_examples=2500)
+    settings.load_profile(os.environ.get("QLGRAD_HYPOTHESIS_PROFILE", "ci"))
+
+
+# ---- Valid calls of the standalone backward functions, and their references ----------
+
+
+def _qlgrad():
+    # Imported on use: subprocesses import this module to run stock PyTorch without qlgrad.
+    import qlgrad
+
+    return qlgrad
+
+
+def _randn(*shape, dtype, generator):
+    return torch.randn(*shape, generator=generator).to(dtype)
+
+
+# Layouts a valid grad_output may come in: name -> (leading dims, features, dtype,
+# generator) -> tensor. Only the strides differ; every one is a valid argument.
+GRAD_OUTPUT_LAYOUTS = {
+    "contiguous": lambda leading, n, dtype, gen: _randn(*leading, n, dtype=dtype, generator=gen),
+    # The feature dimension outermost in memory, as after a transpose.
+    "transposed": lambda leading, n, dtype, gen: _randn(n, *leading, dtype=dtype, generator=gen).movedim(0, -1),
+    "sliced": lambda leading, n, dtype, gen: _randn(*leading, 2 * n + 1, dtype=dtype, generator=gen)[..., 1::2],
+    # Stride 0 along every leading dimension: one row seen many times.
+    "expanded_rows": lambda leading, n, dtype, gen: _randn(n, dtype=dtype, generator=gen).expand(*leading, n),
+    # Stride 0 along the features: one value per row.
+    "expanded_features": lambda leading, n, dtype, gen: _randn(*leading, 1, dtype=dtype, generator=gen).expand(
+        *leading, n
+    ),
+}
+
+
+def dequantize_plain(values, scale, zero_point=None) -> torch.Tensor:
+    """scale * (values - zero_point) in float64, from plain tensors."""
+    weight = values.double()
+    if zero_point is not None:
+        weight = weight - zero_point.double().reshape(-1, 1)
+    return weight * scale.double().reshape(-1, 1)
+
+
+def pack_plain(values, scale, zero_point=None):
+    """The LinearPackedParamsBase of an int8 weight given as plain tensors, per tensor when scale
+    holds one element."""
+    zero_points = torch.zeros(scale.shape, dtype=torch.long) if zero_point is None else zero_point.long()
+    if scale.numel() == 1:
+        qweight = torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_points))
+    else:
+        qweight = torch._make_per_channel_quantized_tensor(values, scale.double().reshape(-1), zero_points.reshape(-1), 0)
+    return torch.ops.quantized.linear_prepack(qweight, None)
+
+
+# Relative error (in norm) that rounding to grad_output's dtype may add on its own: the
+# result has that dtype, whatever the precision of the GEMM.
+OUTPUT_DTYPE_ERROR_BOUNDS = {torch.float64: 0.0, torch.float32: 0.0, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
+
+@dataclass
+class BackwardUnderTest:
+    """One weight as one backward function takes it, and the float64 weight it stands for."""
+
+    name: str
+    backward: Callable  # (grad_output, precision) -> input gradient
+    dequantized: torch.Tensor  # float64 [N, K]
+    # fp16 weights have no int8 form: int8 precision runs as fp32 for them.
+    has_int8_mode: bool = True
+
+    def reference(self, grad_output: torch.Tensor) -> torch.Tensor:
+        return grad_output.double() @ self.dequantized
+
+    def effective_precision(self, precision: str) -> str:
+        return precision if self.has_int8_mode or precision != "int8" else "fp32"
+
+
+def int8_backwards_under_test(values, scale, zero_point=None):
+    """The plain-int8 and the packed door for one int8 weight given as plain tensors."""
+    dequantized = dequantize_plain(values, scale, zero_point)
+    yield BackwardUnderTest(
+        "linear_int8_backward",
+        lambda g, precision: _qlgrad().linear_int8_backward(g, values, scale, zero_point, precision),
+        dequantized,
+    )
+    packed = pack_plain(values, scale, zero_point)
+    yield BackwardUnderTest(
+        "linear_dynamic_backward",
+        lambda g, precision: _qlgrad().linear_dynamic_backward(g, packed, precision),
+        dequantized,
+    )
+
+
+def fp16_backward_under_test(weight: torch.Tensor) -> BackwardUnderTest:
+    packed = torch.ops.quantized.linear_prepack_fp16(weight, None)
+    return BackwardUnderTest(
+        "linear_dynamic_fp16_backward",
+        lambda g, precision: _qlgrad().linear_dynamic_fp16_backward(g, packed, precision),
+        weight.half().double(),
+        has_int8_mode=False,
+    )
+
+
+# ---- Malformed calls of the standalone backward functions ---------------------------
+
+
+@dataclass
+class ValidCall:
+    """Valid keyword arguments of one backward function, and its weight's out_features."""
+
+    arguments: dict
+    out_features: int
+
+
+def _packed_op(name):
+    # The operators' schemas call the packed params `packed`.
+    return lambda a: getattr(torch.ops.qlgrad, name)(a["grad_output"], a["packed_params"], a.get("precision"))
+
+
+# Every door of the standalone backward functions: name -> (keyword arguments -> result).
+BACKWARD_DOORS = {
+    "qlgrad.linear_int8_backward": lambda a: _qlgrad().linear_int8_backward(**a),
+    "torch.ops.qlgrad.linear_int8_backward": lambda a: torch.ops.qlgrad.linear_int8_backward(**a),
+    "qlgrad.linear_dynamic_backward": lambda a: _qlgrad().linear_dynamic_backward(**a),
+    "torch.ops.qlgrad.linear_dynamic_backward": _packed_op("linear_dynamic_backward"),
+    "qlgrad.linear_dynamic_fp16_backward": lambda a: _qlgrad().linear_dynamic_fp16_backward(**a),
+    "torch.ops.qlgrad.linear_dynamic_fp16_backward": _packed_op("linear_dynamic_fp16_backward"),
+}
+
+
+def valid_call(door_name: str, grad_output: torch.Tensor, values, scale, zero_point=None) -> ValidCall:
+    """A valid call of a door for an int8 weight given as plain tensors; the fp16 function gets
+    the weight's float values packed in float16."""
+    if door_name.endswith("linear_int8_backward"):
+        arguments = dict(grad_output=grad_output, weight=values, scale=scale, zero_point=zero_point)
+        return ValidCall(arguments, values.shape[0])
+    if door_name.endswith("linear_dynamic_fp16_backward"):
+        packed = torch.ops.quantized.linear_prepack_fp16(dequantize_plain(values, scale, zero_point).float(), None)
+    else:
+        packed = pack_plain(values, scale, zero_point)
+    return ValidCall(dict(grad_output=grad_output, packed_params=packed), values.shape[0])
+
+
+def with_grad_recorded(arguments: dict) -> dict:
+    """The arguments with grad_output requiring grad when it can, so that the Autograd kernel
+    records a node."""
+    grad_output = arguments.get("grad_output")
+    if isinstance(grad_output, torch.Tensor) and grad_output.is_floating_point():
+        return {**arguments, "grad_output": grad_output.detach().requires_grad_()}
+    return arguments
+
+
+@dataclass(frozen=True)
+class Spoiler:
+    """Turns one argument of a valid call into a malformed one, whatever the valid call's shapes.
+
+    make(call, rng) returns the malformed value; rng picks among equivalent variants (dtypes,
+    positions, sizes) so that property tests can vary them. Calls with several spoiled
+    arguments are malformed too: each spoiler is wrong whatever the other arguments are.
+    """
+
+    argument: str
+    name: str
+    error: type
+    match: str
+    make: Callable[[ValidCall, random.Random], object]
+    # Neither a tensor nor None: torch.ops refuses it itself while matching the schema, with
+    # a RuntimeError of its own; only the Python functions name it.
+    python_only: bool = False
+
+
+def _grad_shape(call: ValidCall, extra_features: int = 0) -> tuple:
+    return (*call.arguments["grad_output"].shape[:-1], call.out_features + extra_features)
+
+
+def _scale(call: ValidCall) -> torch.Tensor:
+    return call.arguments["scale"]
+
+
+def _with_nonfinite(values: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    spoiled = values.clone()
+    spoiled.view(-1)[rng.randrange(spoiled.numel())] = rng.choice([math.nan, math.inf, -math.inf])
+    return spoiled
+
+
+INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+COMPLEX_DTYPES = (torch.complex64, torch.complex128)
+
+GRAD_OUTPUT_SPOILERS = (
+    Spoiler("grad_output", "integer dtype", TypeError, "grad_output must be a floating-point tensor",
+            lambda c, r: torch.ones(_grad_shape(c), dtype=r.choice(INTEGER_DTYPES))),
+    Spoiler("grad_output", "complex dtype", TypeError, "grad_output must be a floating-point tensor",
+            lambda c, r: torch.ones(_grad_shape(c), dtype=r.choice(COMPLEX_DTYPES))),
+    Spoiler("grad_output", "wrong last dimension", ValueError, "last dimension must equal",
+            lambda c, r: torch.randn(_grad_shape(c, extra_features=r.randint(1, 3)))),
+    Spoiler("grad_output", "0-dim", ValueError, "at least 1 dimension", lambda c, r: torch.tensor(1.0)),
+    Spoiler("grad_output", "on the meta device", ValueError, "grad_output must be on",
+            lambda c, r: torch.empty(_grad_shape(c), device="meta")),
+    Spoiler("grad_output", "quantized", TypeError, "grad_output must be a plain tensor",
+            lambda c, r: torch.quantize_per_tensor(torch.randn(_grad_shape(c)), 0.1, 0, torch.qint8)),
+    Spoiler("grad_output", "sparse", TypeError, "grad_output must be a strided",
+            lambda c, r: torch.randn(_grad_shape(c)).to_sparse()),
+    Spoiler("grad_output", "None", TypeError, "grad_output must be a", lambda c, r: None),
+    Spoiler("grad_output", "a list", TypeError, "grad_output must be a torch.Tensor",
+            lambda c, r: [0.0] * c.out_features, python_only=True),
+)
+
+PRECISION_SPOILERS = (
+    Spoiler("precision", "unknown name", ValueError, "unknown backward precision",
+            lambda c, r: r.choice(["fp8", "FP32", "", "int4", " fp32", "float32"])),
+    Spoiler("precision", "not a str", TypeError, "precision must be a str",
+            lambda c, r: r.choice([0, 32, b"fp32", 1.5]), python_only=True),
+)
+
+INT8_SPOILERS = GRAD_OUTPUT_SPOILERS + PRECISION_SPOILERS + (
+    Spoiler("weight", "not int8", TypeError, "weight must be an int8 tensor",
+            lambda c, r: c.arguments["weight"].to(
+                r.choice([torch.uint8, torch.int16, torch.int32, torch.float32, torch.float16, torch.bool]))),
+    Spoiler("weight", "1-D", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][0]),
+    Spoiler("weight", "3-D", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][None]),
+    Spoiler("weight", "empty", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][:, :0]),
+    Spoiler("weight", "quantized", TypeError, "weight must be a plain tensor",
+            lambda c, r: torch.quantize_per_tensor(c.arguments["weight"].float(), 1.0, 0, torch.qint8)),
+    # Every other tensor is then on another device than the weight: the first is named.
+    Spoiler("weight", "on the meta device", ValueError, "must be on the weight's device",
+            lambda c, r: c.arguments["weight"].to("meta")),
+    Spoiler("weight", "None", TypeError, "weight must be a", lambda c, r: None),
+    Spoiler("scale", "not floating", TypeError, "scale must be a floating-point tensor",
+            lambda c, r: torch.ones(_scale(c).shape, dtype=r.choice([torch.int32, torch.int64, torch.complex64]))),
+    Spoiler("scale", "length neither 1 nor out_features", ValueError, "scale must hold 1 element",
+            lambda c, r: torch.ones(c.out_features + r.randint(1, 3))),
+    Spoiler("scale", "2-D", ValueError, "scale must hold 1 element", lambda c, r: _scale(c).reshape(-1, 1)),
+    Spoiler("scale", "empty", ValueError, "scale must hold 1 element", lambda c, r: torch.ones(0)),
+    Spoiler("scale", "not positive", ValueError, "scale must be finite and positive",
+            lambda c, r: _scale(c) * r.choice([0.0, -1.0])),
+    Spoiler("scale", "NaN or Inf", ValueError, "scale must be finite and positive",
+            lambda c, r: _with_nonfinite(_scale(c), r)),
+    Spoiler("scale", "on the meta device", ValueError, "scale must be on the weight's device",
+            lambda c, r: _scale(c).to("meta")),
+    Spoiler("scale", "None", TypeError, "scale must be a", lambda c, r: None),
+    Spoiler("zero_point", "not an integer", TypeError, "zero_point must be an integer tensor",
+            lambda c, r: torch.zeros(_scale(c).shape, dtype=r.choice([torch.float32, torch.float64, torch.bool]))),
+    Spoiler("zero_point", "not shaped like scale", ValueError, "zero_point must have scale's shape",
+            lambda c, r: torch.zeros(_scale(c).numel() + r.randint(1, 3), dtype=torch.long)),
+    Spoiler("zero_point", "outside [-128, 127]", ValueError, "zero_point must lie in the int8 range",
+            lambda c, r: torch.full(_scale(c).shape, r.choice([128, 255, -129, -1000]), dtype=torch.long)),
+    Spoiler("zero_point", "on the meta device", ValueError, "zero_point must be on the weight's device",
+            lambda c, r: torch.zeros(_scale(c).shape, dtype=torch.long, device="meta")),
+    Spoiler("zero_point", "a list", TypeError, "zero_point must be a torch.Tensor or None",
+            lambda c, r: [0] * _scale(c).numel(), python_only=True),
+)
+
+
+def _other_kind_of_packed_params(call: ValidCall, rng: random.Random):
+    """Packed params of the other kind (fp16 for int8 ones and vice versa), same shape."""
+    weight = call.arguments["packed_params"].unpack()[0]
+    if weight.is_quantized:
+        return torch.ops.quantized.linear_prepack_fp16(weight.dequantize(), None)
+    return torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(weight, 0.01, 0, torch.qint8), None)
+
+
+PACKED_SPOILERS = GRAD_OUTPUT_SPOILERS + PRECISION_SPOILERS + (
+    Spoiler("packed_params", "of the other kind", TypeError, "expects (qint8|fp16) packed weights",
+            _other_kind_of_packed_params),
+    Spoiler("packed_params", "None", TypeError, "packed_params must be a LinearPackedParamsBase",
+            lambda c, r: None, python_only=True),
+    Spoiler("packed_params", "a tensor", TypeError, "packed_params must be a LinearPackedParamsBase",
+            lambda c, r: torch.randn(c.out_features, 4), python_only=True),
+)
+
+
+def spoilers_for(door_name: str) -> list:
+    catalogue = INT8_SPOILERS if door_name.endswith("linear_int8_backward") else PACKED_SPOILERS
+    return [s for s in catalogue if not (s.python_only and door_name.startswith("torch.ops"))]
+
+
+def spoil(call: ValidCall, spoilers, rng: random.Random) -> dict:
+    """The call's arguments with each spoiler's argument replaced by its malformed value."""
+    return {**call.arguments, **{s.argument: s.make(call, rng) for s in spoilers}}

@@ -64,6 +64,40 @@ class CacheInfo(NamedTuple):
     limit_bytes: int
 
 
+# What torch calls the packed params of quantized::linear_dynamic and its family.
+_PACKED_PARAMS_CLASS = "__torch__.torch.classes.quantized.LinearPackedParamsBase"
+
+
+def _check_tensor(function: str, name: str, value, optional: bool = False) -> None:
+    # The native functions would refuse anything else too, but without naming the argument.
+    if not (isinstance(value, torch.Tensor) or (optional and value is None)):
+        expected = "a torch.Tensor or None" if optional else "a torch.Tensor"
+        raise TypeError(f"qlgrad.{function}: {name} must be {expected}, got {_type_name(value)}")
+
+
+def _check_packed_params(function: str, value) -> None:
+    if not (isinstance(value, torch.ScriptObject) and value._type().qualified_name() == _PACKED_PARAMS_CLASS):
+        raise TypeError(
+            f"qlgrad.{function}: packed_params must be a LinearPackedParamsBase object (a dynamic Linear's "
+            f"layer._packed_params._packed_params), got {_type_name(value)}"
+        )
+
+
+def _check_precision(function: str, precision) -> None:
+    # The name itself is parsed by the native code; torch.ops would refuse another type
+    # with a RuntimeError.
+    if not (precision is None or isinstance(precision, str)):
+        raise TypeError(
+            f"qlgrad.{function}: precision must be a str ('fp32', 'bf16' or 'int8') or None, got {_type_name(precision)}"
+        )
+
+
+def _type_name(value) -> str:
+    if isinstance(value, torch.ScriptObject):
+        return value._type().qualified_name()
+    return "None" if value is None else type(value).__qualname__
+
+
 def cache_info() -> CacheInfo:
     """Statistics of the backward-weight cache (entries, bytes, hits, misses, limit_bytes)."""
     return CacheInfo(*_C.cache_info())
@@ -71,7 +105,11 @@ def cache_info() -> CacheInfo:
 
 @torch.library.register_fake("qlgrad::linear_int8_backward")
 def _linear_int8_backward_fake(grad_output, weight, scale, zero_point=None, precision=None):
-    # Shapes only, for torch.compile and other tracers; the real kernel checks everything.
+    # Shapes and devices only, for torch.compile and other tracers; the real kernel checks
+    # everything. Calls mixing the meta device with another one land here as well.
+    for name, tensor in (("grad_output", grad_output), ("scale", scale), ("zero_point", zero_point)):
+        if tensor is not None and tensor.device != weight.device:
+            raise ValueError(f"qlgrad: {name} must be on the weight's device ({weight.device}), got {tensor.device}")
     torch._check(grad_output.shape[-1] == weight.shape[0], lambda: "grad_output's last dimension must equal out_features")
     return grad_output.new_empty((*grad_output.shape[:-1], weight.shape[1]))
 
@@ -96,9 +134,18 @@ def linear_int8_backward(
     Eager calls go through the nanobind module; under ``torch.compile`` the call is the
     operator ``torch.ops.qlgrad.linear_int8_backward``, which reaches the same kernel.
     """
+    for name, value in (("grad_output", grad_output), ("weight", weight), ("scale", scale)):
+        _check_tensor("linear_int8_backward", name, value)
+    _check_tensor("linear_int8_backward", "zero_point", zero_point, optional=True)
     if torch.compiler.is_compiling():
         return torch.ops.qlgrad.linear_int8_backward(grad_output, weight, scale, zero_point, precision)
     return _C.linear_int8_backward(grad_output, weight, scale, zero_point, precision)
+
+
+def _check_packed_arguments(function: str, grad_output, packed_params, precision) -> None:
+    _check_tensor(function, "grad_output", grad_output)
+    _check_packed_params(function, packed_params)
+    _check_precision(function, precision)
 
 
 def linear_dynamic_backward(grad_output: torch.Tensor, packed_params, precision: str | None = None) -> torch.Tensor:
@@ -113,6 +160,7 @@ def linear_dynamic_backward(grad_output: torch.Tensor, packed_params, precision:
     The packed params are a TorchBind object, so this goes through
     ``torch.ops.qlgrad.linear_dynamic_backward``, which TorchScript can call too.
     """
+    _check_packed_arguments("linear_dynamic_backward", grad_output, packed_params, precision)
     return torch.ops.qlgrad.linear_dynamic_backward(grad_output, packed_params, precision)
 
 
@@ -123,6 +171,7 @@ def linear_dynamic_fp16_backward(grad_output: torch.Tensor, packed_params, preci
     precision runs as ``"fp32"`` here (the weight has no int8 form). Differentiable with
     respect to ``grad_output``. Goes through ``torch.ops.qlgrad.linear_dynamic_fp16_backward``.
     """
+    _check_packed_arguments("linear_dynamic_fp16_backward", grad_output, packed_params, precision)
     return torch.ops.qlgrad.linear_dynamic_fp16_backward(grad_output, packed_params, precision)
 
 
@@ -133,6 +182,11 @@ def prepare(module: torch.nn.Module, precision: str | None = None) -> int:
     100 ms for 4096x4096). Returns the number of layers prepared. ``precision`` as for
     ``linear_int8_backward``: the cache holds one entry per layer and precision.
     """
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"qlgrad.prepare: module must be a torch.nn.Module, got {_type_name(module)}")
+    _check_precision("prepare", precision)
+    if precision is not None:
+        backward_precision(precision)  # parses the name: refused even when module holds no dynamic Linear
     # The dynamic LinearReLU is a subclass of the dynamic Linear.
     layers = [m for m in module.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     for layer in layers:

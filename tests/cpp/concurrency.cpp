@@ -1,0 +1,164 @@
+// Worker threads call the public backward functions on shared packed params and weights,
+// in every precision, while another thread empties the weight cache and changes its limit
+// (0 included). Every result must equal, bit for bit, the one computed on a single thread
+// before the workers started; a thread that does not finish in time is a failure, not a
+// hang.
+
+#include "testing.h"
+
+#include <qlgrad/qlgrad.h>
+
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <map>
+#include <thread>
+#include <vector>
+
+namespace {
+
+using qlgrad::Precision;
+using qlgrad_test::Tally;
+
+constexpr int kWorkers = 8;
+constexpr int kIterationsPerWorker = 1000;
+constexpr auto kDeadline = std::chrono::seconds(240);
+constexpr std::array<Precision, 3> kPrecisions{Precision::kFloat32, Precision::kBFloat16, Precision::kInt8};
+// 0 disables the cache; 4 KiB holds no weight here; 1 GiB holds them all.
+constexpr std::array<int64_t, 4> kCacheLimits{0, int64_t{1} << 12, int64_t{1} << 16, int64_t{1} << 30};
+
+// The shared arguments and the backward functions that take them.
+struct Shared {
+  qlgrad_test::Int8Weight int8;
+  qlgrad_test::PackedParams fp16_packed;
+  std::vector<at::Tensor> grad_outputs;
+};
+
+enum class Entry { kPackedInt8, kPackedFp16, kPlainInt8 };
+constexpr std::array<Entry, 3> kEntries{Entry::kPackedInt8, Entry::kPackedFp16, Entry::kPlainInt8};
+
+at::Tensor call(const Shared& shared, Entry entry, Precision precision, const at::Tensor& grad_output) {
+  switch (entry) {
+    case Entry::kPackedInt8:
+      return qlgrad::linear_dynamic_backward(grad_output, shared.int8.packed, precision);
+    case Entry::kPackedFp16:
+      return qlgrad::linear_dynamic_fp16_backward(grad_output, shared.fp16_packed, precision);
+    case Entry::kPlainInt8:
+      return qlgrad::linear_int8_backward(grad_output, shared.int8.values, shared.int8.scale, shared.int8.zero_point,
+                                          precision);
+  }
+  std::abort();
+}
+
+const char* entry_name(Entry entry) {
+  switch (entry) {
+    case Entry::kPackedInt8:
+      return "linear_dynamic_backward";
+    case Entry::kPackedFp16:
+      return "linear_dynamic_fp16_backward";
+    case Entry::kPlainInt8:
+      return "linear_int8_backward";
+  }
+  std::abort();
+}
+
+using Key = std::tuple<Entry, Precision, size_t>;  // entry, precision, grad_output index
+
+// Counts workers still running, so that main can wait with a deadline (std::thread has no
+// timed join).
+class Countdown {
+ public:
+  explicit Countdown(int count) : count_(count) {}
+  void done() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    --count_;
+    changed_.notify_all();
+  }
+  bool wait_for(std::chrono::seconds timeout) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    return changed_.wait_for(lock, timeout, [this] { return count_ == 0; });
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  int count_;
+};
+
+} // namespace
+
+int main() {
+  at::manual_seed(0);
+  Tally tally;
+  const Shared shared{qlgrad_test::int8_weight(64, 96), qlgrad_test::prepack_fp16(at::randn({64, 96}) * 0.1),
+                      {at::randn({8, 64}), at::randn({2, 3, 64}), at::randn({64, 1}).t()}};
+
+  std::map<Key, at::Tensor> expected;
+  for (Entry entry : kEntries) {
+    for (Precision precision : kPrecisions) {
+      for (size_t i = 0; i < shared.grad_outputs.size(); ++i) {
+        expected[{entry, precision, i}] = call(shared, entry, precision, shared.grad_outputs[i]);
+      }
+    }
+  }
+
+  std::atomic<int64_t> mismatches{0}, errors{0}, calls{0}, cache_changes{0};
+  std::atomic<bool> stop_cache_thread{false};
+  Countdown running(kWorkers);
+  std::vector<std::thread> workers;
+  for (int w = 0; w < kWorkers; ++w) {
+    workers.emplace_back([&, w] {
+      for (int i = 0; i < kIterationsPerWorker; ++i) {
+        const Key key{kEntries[(w + i) % kEntries.size()], kPrecisions[(w + 2 * i) % kPrecisions.size()],
+                      static_cast<size_t>(i) % shared.grad_outputs.size()};
+        try {
+          const auto got = call(shared, std::get<0>(key), std::get<1>(key), shared.grad_outputs[std::get<2>(key)]);
+          if (!at::equal(got, expected.at(key))) {
+            ++mismatches;
+            tally.check(std::string("worker result equals the single-threaded one: ") + entry_name(std::get<0>(key)) +
+                            " " + qlgrad::precision_name(std::get<1>(key)),
+                        false);
+          }
+        } catch (const std::exception& e) {
+          ++errors;
+          tally.check("worker call", false, e.what());
+        }
+        ++calls;
+      }
+      running.done();
+    });
+  }
+  std::thread cache_thread([&] {
+    for (int64_t i = 0; !stop_cache_thread.load(); ++i) {
+      qlgrad::clear_cache();
+      qlgrad::set_cache_limit(kCacheLimits[i % kCacheLimits.size()]);
+      const auto info = qlgrad::cache_info();
+      if (info.bytes > info.limit_bytes) {
+        tally.check("cache bytes within the limit", false, std::to_string(info.bytes));
+      }
+      ++cache_changes;
+      std::this_thread::yield();
+    }
+  });
+
+  if (!running.wait_for(kDeadline)) {
+    tally.check("workers finish before the deadline", false, "a thread hangs; not joining it");
+    tally.finish();
+    std::_Exit(1);
+  }
+  stop_cache_thread = true;
+  cache_thread.join();
+  for (auto& worker : workers) {
+    worker.join();
+  }
+
+  tally.check("every call returned", errors == 0 && calls == kWorkers * kIterationsPerWorker);
+  tally.check("every result equals the single-threaded one, bit for bit", mismatches == 0);
+  tally.check("the cache thread ran", cache_changes > 0);
+  qlgrad_test::report_figure("threads", kWorkers);
+  qlgrad_test::report_figure("iterations_per_thread", kIterationsPerWorker);
+  qlgrad_test::report_figure("cache_changes", cache_changes.load());
+  return tally.finish();
+}
