@@ -315,8 +315,12 @@ def main() -> None:
     print(f"{arguments.repeats} interleaved rounds per row; times are medians; × is time over {BASELINE}'s; "
           f"rel. error is against {BASELINE}'s float32 gradient\n", flush=True)
 
+    load_before = os.getloadavg()[0]
     rows = [measure(SHAPES[label], scheme, arguments.repeats) for label in arguments.shapes for scheme in SCHEMES]
     print(markdown_table(rows))
+    # Interleaving evens out load that comes and goes, but threads of other processes on
+    # these cores also stretch every parallel region alike, pushing all ratios towards 1.
+    print(f"\nLoad average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
     print("\nTargets on this run:")
     print(target_report(rows))
     if arguments.plot:
