@@ -5,11 +5,12 @@ input and an output gradient. The operations built from it return zero-argument
 callables, so the asv suite and the interleaved comparison time exactly the same code.
 
 The int8 weight is drawn directly as integer codes, uniformly: no float copy of the
-whole weight ever exists unless an operation asks for one (the ``F.linear``
-baseline), so the peak-memory benchmarks measure the training step rather than the
-layer's construction, and a 4096x4096 layer is built in a fraction of a second. How
-the codes are distributed changes neither the time of any operation nor the relative
-errors measured (bf16 and int8 rounding errors are relative to each value).
+whole weight exists unless an operation makes one (the two baselines), so the
+peak-memory benchmarks measure the training step rather than the layer's
+construction, and a 4096x4096 layer is built in a fraction of a second. How the codes
+are distributed changes neither the time of any operation nor the relative errors
+measured: bf16 rounds each weight value relative to itself, and int8 quantizes the
+gradient, not the weight.
 """
 
 import warnings
