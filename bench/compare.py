@@ -82,8 +82,8 @@ class Timed:
             self.calls_per_sample = max(1, math.ceil(MIN_SAMPLE_SECONDS / self.sample()))
 
 
-def interleaved_medians(operations: list[Timed], repeats: int) -> dict[str, float]:
-    """Median seconds per call of each operation, sampled round-robin ``repeats`` times."""
+def interleaved_samples(operations: list[Timed], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each operation, sampled round-robin ``repeats`` times."""
     for operation in operations:
         operation.calibrate()
     samples = {operation.name: [] for operation in operations}
@@ -92,7 +92,15 @@ def interleaved_medians(operations: list[Timed], repeats: int) -> dict[str, floa
         shift = round_index % len(operations)
         for operation in operations[shift:] + operations[:shift]:
             samples[operation.name].append(operation.sample())
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
+
+
+def relative_spread(values: list[float]) -> float:
+    """Interquartile range over median; NaN for a single value."""
+    if len(values) < 2:
+        return math.nan
+    lower, _, upper = statistics.quantiles(values, n=4)
+    return (upper - lower) / statistics.median(values)
 
 
 @dataclass
@@ -102,6 +110,7 @@ class Row:
     shape: Shape
     scheme: str
     seconds: dict[str, float]  # median per operation name
+    spread: float  # the largest relative spread of any operation's samples
     errors: dict[str, float] = field(default_factory=dict)  # per precision, against F.linear
     cache_bytes_per_element: dict[str, float] = field(default_factory=dict)  # per precision
 
@@ -129,7 +138,13 @@ def measure(shape: Shape, scheme: str, repeats: int) -> Row:
     for precision, gradient in gradients.items():
         operations.append(Timed(precision, gradient, before=partial(qlgrad.prepare, workload.layer, precision)))
         operations.append(Timed(cold(precision), gradient, before=qlgrad.clear_cache, single_call=True))
-    row = Row(shape, scheme, interleaved_medians(operations, repeats))
+    samples = interleaved_samples(operations, repeats)
+    row = Row(
+        shape,
+        scheme,
+        {name: statistics.median(values) for name, values in samples.items()},
+        max(relative_spread(values) for values in samples.values()),
+    )
 
     reference = baseline()
     for precision, gradient in gradients.items():
@@ -159,6 +174,7 @@ def markdown_table(rows: list[Row]) -> str:
             "forward requires_grad ×",
             "cold backward " + " / ".join(PRECISIONS) + " ms",
             "cache B/element " + " / ".join(PRECISIONS),
+            "spread",
         ]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -173,6 +189,7 @@ def markdown_table(rows: list[Row]) -> str:
             times(row.forward_ratio),
             " / ".join(milliseconds(row.seconds[cold(precision)]) for precision in PRECISIONS),
             " / ".join(f"{row.cache_bytes_per_element[precision]:.2f}" for precision in PRECISIONS),
+            "–" if math.isnan(row.spread) else f"{row.spread:.0%}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -313,7 +330,8 @@ def main() -> None:
           f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(cpu_description())
     print(f"{arguments.repeats} interleaved rounds per row; times are medians; × is time over {BASELINE}'s; "
-          f"rel. error is against {BASELINE}'s float32 gradient\n", flush=True)
+          f"rel. error is against {BASELINE}'s float32 gradient; spread is the largest interquartile range "
+          "over median of the row's operations (a large one marks a row that other load disturbed)\n", flush=True)
 
     load_before = os.getloadavg()[0]
     rows = [measure(SHAPES[label], scheme, arguments.repeats) for label in arguments.shapes for scheme in SCHEMES]
