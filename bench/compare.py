@@ -103,6 +103,16 @@ def relative_spread(values: list[float]) -> float:
     return (upper - lower) / statistics.median(values)
 
 
+def cpu_wait_microseconds() -> int | None:
+    """Time, summed since boot, during which some runnable task waited for a CPU (Linux
+    pressure stall information); None where the kernel does not provide it."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            return int(pressure.readline().split()[-1].removeprefix("total="))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 @dataclass
 class Row:
     """Everything measured for one shape and weight scheme."""
@@ -111,6 +121,7 @@ class Row:
     scheme: str
     seconds: dict[str, float]  # median per operation name
     spread: float  # the largest relative spread of any operation's samples
+    cpu_wait: float  # share of the timing during which some task waited for a CPU
     errors: dict[str, float] = field(default_factory=dict)  # per precision, against F.linear
     cache_bytes_per_element: dict[str, float] = field(default_factory=dict)  # per precision
 
@@ -138,12 +149,15 @@ def measure(shape: Shape, scheme: str, repeats: int) -> Row:
     for precision, gradient in gradients.items():
         operations.append(Timed(precision, gradient, before=partial(qlgrad.prepare, workload.layer, precision)))
         operations.append(Timed(cold(precision), gradient, before=qlgrad.clear_cache, single_call=True))
+    wait_before, start = cpu_wait_microseconds(), time.perf_counter()
     samples = interleaved_samples(operations, repeats)
+    wait_after, elapsed = cpu_wait_microseconds(), time.perf_counter() - start
     row = Row(
         shape,
         scheme,
         {name: statistics.median(values) for name, values in samples.items()},
         max(relative_spread(values) for values in samples.values()),
+        math.nan if wait_before is None else (wait_after - wait_before) / 1e6 / elapsed,
     )
 
     reference = baseline()
@@ -164,6 +178,10 @@ def times(ratio: float) -> str:
     return f"{ratio:.0f}×" if ratio >= 100 else f"{ratio:.2f}×"
 
 
+def percent(share: float) -> str:
+    return "–" if math.isnan(share) else f"{share:.0%}"
+
+
 def markdown_table(rows: list[Row]) -> str:
     header = (
         ["shape (tokens×in×out)", "scheme", f"{BASELINE} ms", f"{NAIVE} ms (×)"]
@@ -175,6 +193,7 @@ def markdown_table(rows: list[Row]) -> str:
             "cold backward " + " / ".join(PRECISIONS) + " ms",
             "cache B/element " + " / ".join(PRECISIONS),
             "spread",
+            "CPU wait",
         ]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -189,7 +208,8 @@ def markdown_table(rows: list[Row]) -> str:
             times(row.forward_ratio),
             " / ".join(milliseconds(row.seconds[cold(precision)]) for precision in PRECISIONS),
             " / ".join(f"{row.cache_bytes_per_element[precision]:.2f}" for precision in PRECISIONS),
-            "–" if math.isnan(row.spread) else f"{row.spread:.0%}",
+            percent(row.spread),
+            percent(row.cpu_wait),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -330,15 +350,13 @@ def main() -> None:
           f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
     print(cpu_description())
     print(f"{arguments.repeats} interleaved rounds per row; times are medians; × is time over {BASELINE}'s; "
-          f"rel. error is against {BASELINE}'s float32 gradient; spread is the largest interquartile range "
-          "over median of the row's operations (a large one marks a row that other load disturbed)\n", flush=True)
+          f"rel. error is against {BASELINE}'s float32 gradient; spread: the largest interquartile range over "
+          "median among the row's operations; CPU wait: the share of the row's timing during which some task "
+          "waited for a CPU. Either one large marks a row that other load disturbed: threads of other processes "
+          "stretch every parallel region alike and push all ratios towards 1.\n", flush=True)
 
-    load_before = os.getloadavg()[0]
     rows = [measure(SHAPES[label], scheme, arguments.repeats) for label in arguments.shapes for scheme in SCHEMES]
     print(markdown_table(rows))
-    # Interleaving evens out load that comes and goes, but threads of other processes on
-    # these cores also stretch every parallel region alike, pushing all ratios towards 1.
-    print(f"\nLoad average (1 min) {load_before:.1f} before, {os.getloadavg()[0]:.1f} after, on {os.cpu_count()} CPUs")
     print("\nTargets on this run:")
     print(target_report(rows))
     if arguments.plot:
