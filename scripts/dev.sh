@@ -3,7 +3,8 @@
 #   scripts/dev.sh setup   create .venv, install the pinned tools, build and install qlgrad
 #   scripts/dev.sh demo    setup, then the demo
 #   scripts/dev.sh test    setup, then the whole test suite (pytest, meson test, and the C++
-#                          tests again under AddressSanitizer and LeakSanitizer)
+#                          tests again under AddressSanitizer and LeakSanitizer), then the
+#                          asv benchmarks once in quick mode
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +29,8 @@ run_tests() {
   meson test -C "$build" --print-errorlogs
   python scripts/update_reliability_table.py record-meson build "$build/meson-logs/testlog.json"
   run_sanitized_cpp_tests
+  # The benchmarks once, quickly: this fails when a benchmark errors, not on any timing.
+  bash "$root/bench/run_asv.sh"
 }
 
 # The C++ tests built with AddressSanitizer and LeakSanitizer, in a build directory of their own

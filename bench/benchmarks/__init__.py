@@ -1,0 +1,1 @@
+"""asv benchmarks of qlgrad; ``workloads`` is shared with ``bench/compare.py``."""

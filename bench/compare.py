@@ -1,0 +1,368 @@
+"""Side-by-side comparison of qlgrad's backward precisions with the float and naive baselines.
+
+For each shape and weight scheme, all operations are timed interleaved in this one
+process: round-robin over the operations for ``--repeats`` rounds, then the median of
+each. Load from other processes then slows every operation alike, so the ratios hold
+even when absolute times wander. Prints one markdown table and which targets held on
+this run; it only reports, and never fails on a target.
+
+    python bench/compare.py [--shapes 32x768x768 ...] [--repeats 15] [--plot ratios.png]
+"""
+
+import argparse
+import gc
+import math
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+
+import torch
+
+import qlgrad
+from benchmarks import workloads
+from benchmarks.workloads import PRECISIONS, SCHEMES, SHAPES, Shape, Workload
+
+BASELINE = "F.linear"
+NAIVE = "naive"
+FORWARD_STOCK = "forward stock"
+FORWARD_REQUIRES_GRAD = "forward requires_grad"
+# Calls shorter than this are batched into one sample, so clock resolution and the
+# Python loop do not dominate.
+MIN_SAMPLE_SECONDS = 0.005
+CPU_FLAGS_OF_INTEREST = ("avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+
+# Targets: the exact backward costs no more than F.linear's; the reduced precisions pay
+# off from SPEEDUP_MIN_TOKENS tokens on, at (speedup over F.linear, largest relative error).
+FP32_MAX_RATIO = 1.05
+SPEEDUP_MIN_TOKENS = 256
+SPEEDUP_TARGETS = {"bf16": (3.0, 0.01), "int8": (4.0, 0.02)}
+FORWARD_MAX_RATIO = 1.03  # forward with an input that requires grad, over the stock forward
+
+
+def cold(precision: str) -> str:
+    """Name of the first backward in ``precision`` after qlgrad's cache was emptied."""
+    return f"cold {precision}"
+
+
+@dataclass
+class Timed:
+    """One operation to time.
+
+    ``before`` runs untimed before every sample and puts qlgrad's cache in the state the
+    measurement is about, whatever the operation timed just before left behind.
+    ``single_call`` operations use up that state (the first backward fills an empty
+    cache), so each of their samples is exactly one call.
+    """
+
+    name: str
+    run: Callable[[], object]
+    before: Callable[[], object] = lambda: None
+    single_call: bool = False
+    calls_per_sample: int = 1
+
+    def sample(self) -> float:
+        """Seconds per call, over one sample."""
+        self.before()
+        gc.disable()  # as timeit does: a collection would land on whichever call triggers it
+        try:
+            start = time.perf_counter()
+            for _ in range(self.calls_per_sample):
+                self.run()
+            return (time.perf_counter() - start) / self.calls_per_sample
+        finally:
+            gc.enable()
+
+    def calibrate(self) -> None:
+        """Run once to warm up, then choose how many calls make one sample."""
+        self.sample()
+        if not self.single_call:
+            self.calls_per_sample = max(1, math.ceil(MIN_SAMPLE_SECONDS / self.sample()))
+
+
+def interleaved_samples(operations: list[Timed], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each operation, sampled round-robin ``repeats`` times."""
+    for operation in operations:
+        operation.calibrate()
+    samples = {operation.name: [] for operation in operations}
+    for round_index in range(repeats):
+        # Rotating the order keeps any effect of position in a round off one operation.
+        shift = round_index % len(operations)
+        for operation in operations[shift:] + operations[:shift]:
+            samples[operation.name].append(operation.sample())
+    return samples
+
+
+def relative_spread(values: list[float]) -> float:
+    """Interquartile range over median; NaN for a single value."""
+    if len(values) < 2:
+        return math.nan
+    lower, _, upper = statistics.quantiles(values, n=4)
+    return (upper - lower) / statistics.median(values)
+
+
+def cpu_wait_microseconds() -> int | None:
+    """Time, summed since boot, during which some runnable task waited for a CPU (Linux
+    pressure stall information); None where the kernel does not provide it."""
+    try:
+        with open("/proc/pressure/cpu") as pressure:
+            return int(pressure.readline().split()[-1].removeprefix("total="))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@dataclass
+class Row:
+    """Everything measured for one shape and weight scheme."""
+
+    shape: Shape
+    scheme: str
+    seconds: dict[str, float]  # median per operation name
+    spread: float  # the largest relative spread of any operation's samples
+    cpu_wait: float  # share of the timing during which some task waited for a CPU
+    errors: dict[str, float] = field(default_factory=dict)  # per precision, against F.linear
+    cache_bytes_per_element: dict[str, float] = field(default_factory=dict)  # per precision
+
+    def ratio(self, name: str) -> float:
+        """Time of ``name`` over the F.linear baseline's."""
+        return self.seconds[name] / self.seconds[BASELINE]
+
+    @property
+    def forward_ratio(self) -> float:
+        """Forward with an input that requires grad, over the stock forward (no_grad)."""
+        return self.seconds[FORWARD_REQUIRES_GRAD] / self.seconds[FORWARD_STOCK]
+
+
+def measure(shape: Shape, scheme: str, repeats: int) -> Row:
+    """Time every operation on one workload, interleaved; then the errors and the cache footprint."""
+    workload = Workload(shape, scheme)
+    baseline = workloads.float_linear_input_gradient(workload)
+    gradients = {precision: workloads.qlgrad_input_gradient(workload, precision) for precision in PRECISIONS}
+    operations = [
+        Timed(BASELINE, baseline),
+        Timed(NAIVE, workloads.naive_input_gradient(workload)),
+        Timed(FORWARD_STOCK, workloads.int8_forward(workload, "no_grad")),
+        Timed(FORWARD_REQUIRES_GRAD, workloads.int8_forward(workload, "input_requires_grad")),
+    ]
+    for precision, gradient in gradients.items():
+        operations.append(Timed(precision, gradient, before=partial(qlgrad.prepare, workload.layer, precision)))
+        operations.append(Timed(cold(precision), gradient, before=qlgrad.clear_cache, single_call=True))
+    wait_before, start = cpu_wait_microseconds(), time.perf_counter()
+    samples = interleaved_samples(operations, repeats)
+    wait_after, elapsed = cpu_wait_microseconds(), time.perf_counter() - start
+    row = Row(
+        shape,
+        scheme,
+        {name: statistics.median(values) for name, values in samples.items()},
+        max(relative_spread(values) for values in samples.values()),
+        math.nan if wait_before is None else (wait_after - wait_before) / 1e6 / elapsed,
+    )
+
+    reference = baseline()
+    for precision, gradient in gradients.items():
+        row.errors[precision] = workloads.relative_error(gradient(), reference)
+        row.cache_bytes_per_element[precision] = workloads.cache_bytes_per_weight_element(workload, precision)
+    return row
+
+
+def milliseconds(seconds: float) -> str:
+    """Milliseconds to about three significant digits, never in exponent notation."""
+    ms = seconds * 1e3
+    decimals = 0 if ms >= 100 else 1 if ms >= 10 else 2 if ms >= 1 else 3
+    return f"{ms:.{decimals}f}"
+
+
+def times(ratio: float) -> str:
+    return f"{ratio:.0f}×" if ratio >= 100 else f"{ratio:.2f}×"
+
+
+def percent(share: float) -> str:
+    return "–" if math.isnan(share) else f"{share:.0%}"
+
+
+def markdown_table(rows: list[Row]) -> str:
+    header = (
+        ["shape (tokens×in×out)", "scheme", f"{BASELINE} ms", f"{NAIVE} ms (×)"]
+        + [f"{precision} ms (×)" for precision in PRECISIONS]
+        + [
+            "rel. error " + " / ".join(PRECISIONS),
+            "forward stock ms",
+            "forward requires_grad ×",
+            "cold backward " + " / ".join(PRECISIONS) + " ms",
+            "cache B/element " + " / ".join(PRECISIONS),
+            "spread",
+            "CPU wait",
+        ]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [
+            row.shape.label,
+            row.scheme,
+            milliseconds(row.seconds[BASELINE]),
+            *(f"{milliseconds(row.seconds[name])} ({times(row.ratio(name))})" for name in (NAIVE, *PRECISIONS)),
+            " / ".join(f"{row.errors[precision]:.1e}" for precision in PRECISIONS),
+            milliseconds(row.seconds[FORWARD_STOCK]),
+            times(row.forward_ratio),
+            " / ".join(milliseconds(row.seconds[cold(precision)]) for precision in PRECISIONS),
+            " / ".join(f"{row.cache_bytes_per_element[precision]:.2f}" for precision in PRECISIONS),
+            percent(row.spread),
+            percent(row.cpu_wait),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A goal checked on every row with at least ``min_tokens`` tokens."""
+
+    description: str
+    min_tokens: int
+    check: Callable[[Row], tuple[bool, str]]  # whether it holds, and the values that decide it
+
+
+def _at_most_times_baseline(name: str, limit: float) -> Callable[[Row], tuple[bool, str]]:
+    return lambda row: (row.ratio(name) <= limit, times(row.ratio(name)))
+
+
+def _faster_and_close(precision: str, speedup: float, max_error: float) -> Callable[[Row], tuple[bool, str]]:
+    def check(row: Row) -> tuple[bool, str]:
+        measured = 1 / row.ratio(precision)
+        error = row.errors[precision]
+        return measured >= speedup and error <= max_error, f"{measured:.2f}× faster, error {error:.1e}"
+
+    return check
+
+
+TARGETS = (
+    Target(f"fp32 backward ≤ {FP32_MAX_RATIO}× F.linear", 1, _at_most_times_baseline("fp32", FP32_MAX_RATIO)),
+    *(
+        Target(
+            f"{precision} backward ≥ {speedup:g}× faster than F.linear, rel. error ≤ {max_error:.0%}",
+            SPEEDUP_MIN_TOKENS,
+            _faster_and_close(precision, speedup, max_error),
+        )
+        for precision, (speedup, max_error) in SPEEDUP_TARGETS.items()
+    ),
+    Target(
+        f"forward with requires_grad ≤ {FORWARD_MAX_RATIO}× stock",
+        1,
+        lambda row: (row.forward_ratio <= FORWARD_MAX_RATIO, times(row.forward_ratio)),
+    ),
+)
+
+
+def target_report(rows: list[Row]) -> str:
+    lines = []
+    for target in TARGETS:
+        checked = [row for row in rows if row.shape.tokens >= target.min_tokens]
+        if not checked:
+            lines.append(f"- {target.description}: no row with ≥ {target.min_tokens} tokens measured")
+            continue
+        outcomes = [(row, *target.check(row)) for row in checked]
+        missed = [f"{row.shape.label} {row.scheme} ({values})" for row, holds, values in outcomes if not holds]
+        held = [f"{row.shape.label} {row.scheme} ({values})" for row, holds, values in outcomes if holds]
+        if not missed:
+            lines.append(f"- {target.description}: HOLDS on all {len(checked)} rows: " + "; ".join(held))
+        else:
+            lines.append(
+                f"- {target.description}: MISSED on {len(missed)} of {len(checked)} rows: " + "; ".join(missed)
+            )
+    return "\n".join(lines)
+
+
+def cpu_description() -> str:
+    """CPU model and the instruction-set extensions that decide bf16 and int8 GEMM speed."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:
+        pass
+    present = " ".join(flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags) or "none"
+    absent = " ".join(flag for flag in CPU_FLAGS_OF_INTEREST if flag not in flags) or "none"
+    return f"{model}, {os.cpu_count()} CPUs; has {present}; lacks {absent}"
+
+
+def plot_ratios(rows: list[Row], path: str) -> None:
+    """Backward time over F.linear per implementation, and the forward's requires_grad overhead."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display needed
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    implementations = (NAIVE, *PRECISIONS)
+    positions = range(len(rows))
+    width = 0.8 / len(implementations)
+    figure, (backward_axes, forward_axes) = plt.subplots(
+        2, 1, figsize=(max(8.0, 1.3 * len(rows)), 8), sharex=True, height_ratios=(3, 1)
+    )
+    for index, name in enumerate(implementations):
+        offset = (index - (len(implementations) - 1) / 2) * width
+        backward_axes.bar([x + offset for x in positions], [row.ratio(name) for row in rows], width, label=name)
+    backward_axes.set_yscale("log")
+    plain_numbers = matplotlib.ticker.FuncFormatter(lambda value, _: f"{value:g}")
+    backward_axes.yaxis.set_major_formatter(plain_numbers)
+    backward_axes.yaxis.set_minor_formatter(plain_numbers)
+    backward_axes.axhline(1, color="black", linewidth=0.8)
+    for (precision, (speedup, _)), style in zip(SPEEDUP_TARGETS.items(), ("--", ":")):
+        label = f"{precision} target: {speedup:g}× faster"
+        backward_axes.axhline(1 / speedup, linestyle=style, linewidth=1, color="gray", label=label)
+    backward_axes.set_ylabel(f"backward time / {BASELINE}")
+    backward_axes.legend(ncols=3, fontsize=8)
+
+    forward_axes.bar(positions, [row.forward_ratio for row in rows], 0.5, color="tab:gray")
+    forward_axes.axhline(1, color="black", linewidth=0.8)
+    forward_axes.axhline(FORWARD_MAX_RATIO, linestyle="--", linewidth=1, color="gray", label=f"target: ≤ {FORWARD_MAX_RATIO}")
+    forward_axes.legend(fontsize=8, loc="lower right")
+    forward_axes.set_ylabel("forward requires_grad\n/ stock")
+    forward_axes.set_xticks(list(positions), [f"{row.shape.label}\n{row.scheme}" for row in rows], fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def parse_arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), metavar="SHAPE",
+                        help=f"tokens×in×out to measure (default: all of {', '.join(SHAPES)})")
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds per shape and scheme (default 15)")
+    parser.add_argument("--plot", metavar="FILE.png", help="also draw the ratios into this file (needs matplotlib)")
+    arguments = parser.parse_args()
+    if arguments.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return arguments
+
+
+def main() -> None:
+    arguments = parse_arguments()
+    workloads.configure_torch()
+    print(f"qlgrad {qlgrad.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(cpu_description())
+    print(f"{arguments.repeats} interleaved rounds per row; times are medians; × is time over {BASELINE}'s; "
+          f"rel. error is against {BASELINE}'s float32 gradient; spread: the largest interquartile range over "
+          "median among the row's operations; CPU wait: the share of the row's timing during which some task "
+          "waited for a CPU. Either one large marks a row that other load disturbed: threads of other processes "
+          "stretch every parallel region alike and push all ratios towards 1.\n", flush=True)
+
+    rows = [measure(SHAPES[label], scheme, arguments.repeats) for label in arguments.shapes for scheme in SCHEMES]
+    print(markdown_table(rows))
+    print("\nTargets on this run:")
+    print(target_report(rows))
+    if arguments.plot:
+        plot_ratios(rows, arguments.plot)
+        print(f"\nPlot written to {arguments.plot}")
+
+
+if __name__ == "__main__":
+    main()
