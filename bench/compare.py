@@ -13,6 +13,7 @@ import argparse
 import gc
 import math
 import os
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -52,9 +53,11 @@ class Timed:
     """One operation to time.
 
     ``before`` runs untimed before every sample and puts qlgrad's cache in the state the
-    measurement is about, whatever the operation timed just before left behind.
-    ``single_call`` operations use up that state (the first backward fills an empty
-    cache), so each of their samples is exactly one call.
+    measurement is about, whatever the operation timed just before left behind. Then
+    one untimed call brings the operation's data into the CPU caches, so every sample
+    times back-to-back calls, as asv does. ``single_call`` operations use up the state
+    ``before`` made (the first backward fills an empty cache): each of their samples is
+    exactly one call, with no call before it.
     """
 
     name: str
@@ -66,6 +69,8 @@ class Timed:
     def sample(self) -> float:
         """Seconds per call, over one sample."""
         self.before()
+        if not self.single_call:
+            self.run()
         gc.disable()  # as timeit does: a collection would land on whichever call triggers it
         try:
             start = time.perf_counter()
@@ -87,10 +92,12 @@ def interleaved_samples(operations: list[Timed], repeats: int) -> dict[str, list
     for operation in operations:
         operation.calibrate()
     samples = {operation.name: [] for operation in operations}
-    for round_index in range(repeats):
-        # Rotating the order keeps any effect of position in a round off one operation.
-        shift = round_index % len(operations)
-        for operation in operations[shift:] + operations[:shift]:
+    # A new order every round: what one operation leaves in the caches (or takes out of
+    # them: the naive and cold backwards write whole new weights) must not always fall
+    # on the same successor.
+    order = random.Random(0)
+    for _ in range(repeats):
+        for operation in order.sample(operations, len(operations)):
             samples[operation.name].append(operation.sample())
     return samples
 
@@ -351,9 +358,10 @@ def main() -> None:
     print(cpu_description())
     print(f"{arguments.repeats} interleaved rounds per row; times are medians; × is time over {BASELINE}'s; "
           f"rel. error is against {BASELINE}'s float32 gradient; spread: the largest interquartile range over "
-          "median among the row's operations; CPU wait: the share of the row's timing during which some task "
-          "waited for a CPU. Either one large marks a row that other load disturbed: threads of other processes "
-          "stretch every parallel region alike and push all ratios towards 1.\n", flush=True)
+          "median among the row's operations (how far single samples scatter); CPU wait: the share of the row's "
+          "timing during which some task waited for a CPU. A CPU wait of more than a few percent marks a row that "
+          "other processes disturbed: their threads stretch every parallel region alike and push all ratios "
+          "towards 1.\n", flush=True)
 
     rows = [measure(SHAPES[label], scheme, arguments.repeats) for label in arguments.shapes for scheme in SCHEMES]
     print(markdown_table(rows))
