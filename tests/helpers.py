@@ -115,6 +115,14 @@ def with_ste_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+# Relative error (in norm) each mode may have against the float64 reference.
+ERROR_BOUNDS = {"fp32": 1e-6, "bf16": 1e-2, "int8": 2e-2}
+
+
+def relative_error(got, expected):
+    return ((got.double() - expected).norm() / expected.norm()).item()
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
 

@@ -8,16 +8,17 @@ import torch
 
 import qlgrad
 from helpers import (
+    ERROR_BOUNDS,
     GRAD_OUTPUT_LAYOUTS,
     OUTPUT_DTYPE_ERROR_BOUNDS,
     SCHEMES,
+    relative_error,
     dequantize_plain,
     fp16_backward_under_test,
     int8_backwards_under_test,
     packed_params,
     quantize_weight,
 )
-from test_precision import ERROR_BOUNDS, relative_error
 
 PRECISIONS = tuple(ERROR_BOUNDS)
 DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)

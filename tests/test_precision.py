@@ -6,14 +6,16 @@ import pytest
 import torch
 
 import qlgrad
-from helpers import SCHEMES, dynamic_linear, packed_params, quantize_weight, reference_input_gradient, run_python
-
-# Relative error (in norm) each mode may have against the float64 reference.
-ERROR_BOUNDS = {"fp32": 1e-6, "bf16": 1e-2, "int8": 2e-2}
-
-
-def relative_error(got, expected):
-    return ((got.double() - expected).norm() / expected.norm()).item()
+from helpers import (
+    ERROR_BOUNDS,
+    SCHEMES,
+    dynamic_linear,
+    packed_params,
+    quantize_weight,
+    reference_input_gradient,
+    relative_error,
+    run_python,
+)
 
 
 @pytest.mark.parametrize("precision", ERROR_BOUNDS)

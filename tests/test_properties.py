@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 import qlgrad
 from helpers import (
     BACKWARD_DOORS,
+    ERROR_BOUNDS,
     GRAD_OUTPUT_LAYOUTS,
     OUTPUT_DTYPE_ERROR_BOUNDS,
     BackwardUnderTest,
@@ -32,13 +33,13 @@ from helpers import (
     fp16_backward_under_test,
     int8_backwards_under_test,
     record_reliability,
+    relative_error,
     run_python,
     spoil,
     spoilers_for,
     valid_call,
     with_grad_recorded,
 )
-from test_precision import ERROR_BOUNDS, relative_error
 
 TESTS_DIR = Path(__file__).parent
 # Per property: examples run and, where the error bound applies to some of them only, how
