@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the asv suite once, quickly (one sample per benchmark), against the qlgrad installed
-# in the Python on PATH. Exits non-zero when any benchmark fails: `asv run` returns 2 then.
+# in the Python on PATH. Exits non-zero when any benchmark fails (`asv run` returns 2) or
+# the suite cannot be imported (1).
 #   bench/run_asv.sh [extra asv run arguments, e.g. --bench QlgradBackward]
 set -euo pipefail
 
