@@ -130,7 +130,7 @@ class Row:
     spread: float  # the largest relative spread of any operation's samples
     cpu_wait: float  # share of the timing during which some task waited for a CPU
     errors: dict[str, float] = field(default_factory=dict)  # per precision, against F.linear
-    cache_bytes_per_element: dict[str, float] = field(default_factory=dict)  # per precision
+    cache_bytes_per_element: float = math.nan  # one entry, whatever the precision
 
     def ratio(self, name: str) -> float:
         """Time of ``name`` over the F.linear baseline's."""
@@ -154,7 +154,7 @@ def measure(shape: Shape, scheme: str, repeats: int) -> Row:
         Timed(FORWARD_REQUIRES_GRAD, workloads.int8_forward(workload, "input_requires_grad")),
     ]
     for precision, gradient in gradients.items():
-        operations.append(Timed(precision, gradient, before=partial(qlgrad.prepare, workload.layer, precision)))
+        operations.append(Timed(precision, gradient, before=partial(qlgrad.prepare, workload.layer)))
         operations.append(Timed(cold(precision), gradient, before=qlgrad.clear_cache, single_call=True))
     wait_before, start = cpu_wait_microseconds(), time.perf_counter()
     samples = interleaved_samples(operations, repeats)
@@ -167,10 +167,11 @@ def measure(shape: Shape, scheme: str, repeats: int) -> Row:
         math.nan if wait_before is None else (wait_after - wait_before) / 1e6 / elapsed,
     )
 
+    row.cache_bytes_per_element = workloads.cache_bytes_per_weight_element(workload)
     reference = baseline()
     for precision, gradient in gradients.items():
         row.errors[precision] = workloads.relative_error(gradient(), reference)
-        row.cache_bytes_per_element[precision] = workloads.cache_bytes_per_weight_element(workload, precision)
+
     return row
 
 
@@ -198,7 +199,7 @@ def markdown_table(rows: list[Row]) -> str:
             "forward stock ms",
             "forward requires_grad ×",
             "cold backward " + " / ".join(PRECISIONS) + " ms",
-            "cache B/element " + " / ".join(PRECISIONS),
+            "cache B/element",
             "spread",
             "CPU wait",
         ]
@@ -214,7 +215,7 @@ def markdown_table(rows: list[Row]) -> str:
             milliseconds(row.seconds[FORWARD_STOCK]),
             times(row.forward_ratio),
             " / ".join(milliseconds(row.seconds[cold(precision)]) for precision in PRECISIONS),
-            " / ".join(f"{row.cache_bytes_per_element[precision]:.2f}" for precision in PRECISIONS),
+            f"{row.cache_bytes_per_element:.2f}",
             percent(row.spread),
             percent(row.cpu_wait),
         ]

@@ -1,4 +1,5 @@
 #include "backward_math.h"
+#include "tiled_matmul.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -93,29 +94,72 @@ __attribute__((target_clones("avx2", "default"))) void quantize_rows(
   }
 }
 
-at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const PreparedWeight& weight) {
+// grad [M, N] scaled by the weight's scale along N, in float32: the factor the integer
+// codes are multiplied by, so that the weight itself is read unconverted.
+at::Tensor scaled_rows(const at::Tensor& grad_rows, const StoredWeight& weight) {
+  // Contiguous: the product keeps the layout of grad, which may be transposed.
+  return as_contiguous(at::mul(in_dtype(grad_rows, at::kFloat), weight.scale));
+}
+
+// grad [M, N] quantized per row to symmetric int8 (the weight's scale folded in first,
+// because it multiplies the contraction dimension), an integer GEMM with the int8 codes,
+// and a per-row rescale.
+at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& weight) {
   const auto grad = as_contiguous(in_dtype(grad_rows, at::kFloat));
   const int64_t m = grad.size(0), n = grad.size(1);
+  const auto channel_scale = as_contiguous(weight.scale.expand({n}));
   auto quantized = at::empty({m, n}, grad.options().dtype(at::kChar));
   auto row_scale = at::empty({m, 1}, grad.options());
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(n, 1));
   at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
-    quantize_rows(grad.const_data_ptr<float>(), weight.channel_scale.const_data_ptr<float>(), begin, end,
-                  n, quantized.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>());
+    quantize_rows(grad.const_data_ptr<float>(), channel_scale.const_data_ptr<float>(), begin, end, n,
+                  quantized.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>());
   });
   // int32 times float32 gives float32: the rescale is also the conversion, in one pass.
-  auto result = at::mul(at::_int_mm(quantized, weight.weight), row_scale);
+  auto result = at::mul(at::_int_mm(quantized, weight.values), row_scale);
   if (weight.zero_point) {
     // sum_n q[m, n] * zero_point[n], exact in float64, taken off every column.
-    const auto offset = at::mv(quantized.to(at::kDouble), *weight.zero_point).to(at::kFloat).unsqueeze(1);
+    const auto zero_point = weight.zero_point->to(at::kDouble).expand({n});
+    const auto offset = at::mv(quantized.to(at::kDouble), zero_point).to(at::kFloat).unsqueeze(1);
     result.sub_(offset.mul_(row_scale));
   }
   return result;
 }
 
+// The weight's zero points as the tiled product takes them: one per output channel.
+std::optional<at::Tensor> channel_zero_points(const StoredWeight& weight) {
+  if (!weight.zero_point) {
+    return std::nullopt;
+  }
+  return as_contiguous(weight.zero_point->expand({weight.out_features()}));
+}
+
 } // namespace
 
-at::Tensor dequantize(const Int8Weight& weight, at::ScalarType dtype) {
+bool StoredWeight::is_int8() const {
+  return values.scalar_type() == at::kChar;
+}
+
+int64_t StoredWeight::nbytes() const {
+  int64_t bytes = static_cast<int64_t>(values.nbytes() + scale.nbytes());
+  if (zero_point) {
+    bytes += static_cast<int64_t>(zero_point->nbytes());
+  }
+  return bytes;
+}
+
+StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scale,
+                                const std::optional<at::Tensor>& zero_point) {
+  const bool rows_contiguous = values.stride(1) == 1 || values.size(1) == 1;
+  return {rows_contiguous ? values : values.contiguous(), as_contiguous(in_dtype(scale, at::kFloat).reshape({-1})),
+          zero_point ? std::optional(as_contiguous(in_dtype(*zero_point, at::kInt).reshape({-1}))) : std::nullopt};
+}
+
+StoredWeight stored_float16_weight(const at::Tensor& weight) {
+  return {as_contiguous(in_dtype(weight, at::kHalf)), at::ones({1}, weight.options().dtype(at::kFloat)), std::nullopt};
+}
+
+at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
   auto result = weight.values.to(dtype);
   if (weight.zero_point) {
     result.sub_(as_column(*weight.zero_point, dtype));
@@ -123,61 +167,24 @@ at::Tensor dequantize(const Int8Weight& weight, at::ScalarType dtype) {
   return result.mul_(as_column(weight.scale, dtype));
 }
 
-int64_t PreparedWeight::nbytes() const {
-  int64_t bytes = static_cast<int64_t>(weight.nbytes());
-  if (channel_scale.defined()) {
-    bytes += static_cast<int64_t>(channel_scale.nbytes());
-  }
-  if (zero_point) {
-    bytes += static_cast<int64_t>(zero_point->nbytes());
-  }
-  return bytes;
-}
-
-PreparedWeight prepare(const Int8Weight& weight, Precision precision) {
-  switch (precision) {
-    case Precision::kFloat32:
-      return {precision, dequantize(weight, at::kFloat), {}, std::nullopt};
-    case Precision::kBFloat16:
-      return {precision, dequantize(weight, at::kFloat).to(at::kBFloat16), {}, std::nullopt};
-    case Precision::kInt8: {
-      const int64_t out_features = weight.values.size(0);
-      auto zero_point = weight.zero_point && weight.zero_point->ne(0).any().item<bool>()
-                            ? std::optional<at::Tensor>(weight.zero_point->to(at::kDouble).expand({out_features}).contiguous())
-                            : std::nullopt;
-      return {precision, as_contiguous(weight.values),
-              as_contiguous(in_dtype(weight.scale, at::kFloat).expand({out_features})), std::move(zero_point)};
-    }
-  }
-  TORCH_CHECK(false, "qlgrad: invalid Precision value ", static_cast<int>(precision));
-}
-
-PreparedWeight prepare_float(const at::Tensor& weight, Precision precision) {
-  if (precision == Precision::kBFloat16) {
-    return {precision, weight.to(at::kBFloat16), {}, std::nullopt};
-  }
-  return {Precision::kFloat32, as_contiguous(in_dtype(weight, at::kFloat)), {}, std::nullopt};
-}
-
-at::Tensor input_gradient(const at::Tensor& grad_output, const PreparedWeight& weight) {
+at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
   const auto grad = rows_of(grad_output);
   at::Tensor result;
-  switch (weight.precision) {
-    case Precision::kFloat32:
-      result = at::mm(grad, in_dtype(weight.weight, grad.scalar_type()));
-      break;
-    case Precision::kBFloat16:
-      result = at::mm(in_dtype(grad, at::kBFloat16), weight.weight);
-      break;
-    case Precision::kInt8:
-      result = int8_input_gradient(grad, weight);
-      break;
+  if (precision == Precision::kInt8 && weight.is_int8()) {
+    result = int8_input_gradient(grad, weight);
+  } else if (precision == Precision::kBFloat16) {
+    result = tiled_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight));
+  } else if (grad.scalar_type() == at::kDouble) {
+    // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
+    result = at::mm(grad, dequantize(weight, at::kDouble));
+  } else {
+    result = tiled_matmul(scaled_rows(grad, weight), weight.values, channel_zero_points(weight));
   }
   return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
 }
 
-at::Tensor input_gradient_adjoint(const at::Tensor& grad, const at::Tensor& dequantized_weight) {
-  return unflatten_rows(at::mm(rows_of(grad), in_dtype(dequantized_weight, grad.scalar_type()).t()), grad);
+at::Tensor input_gradient_adjoint(const at::Tensor& grad, const StoredWeight& weight) {
+  return unflatten_rows(at::mm(rows_of(grad), dequantize(weight, grad.scalar_type()).t()), grad);
 }
 
 } // namespace qlgrad::math

@@ -10,45 +10,40 @@
 
 namespace qlgrad::math {
 
-// W_deq[n, :] = scale[n] * (values[n, :] - zero_point[n]); scale and zero_point hold
-// one element (per tensor) or N (per output channel).
-struct Int8Weight {
-  at::Tensor values;  // int8 [N, K]
-  at::Tensor scale;   // floating, [1] or [N]
-  std::optional<at::Tensor> zero_point;  // integer, shaped like scale; absent = 0
-};
+// A linear layer's weight as it is stored, W[n, :] = scale[n] * (values[n, :] - zero_point[n]):
+// int8 codes with their quantization parameters, or the float16 weight of an fp16-packed
+// layer (scale 1, no zero point). The backward reads it as it is; nothing wider is derived.
+struct StoredWeight {
+  at::Tensor values;  // int8 or float16 [N, K], unit stride along K
+  at::Tensor scale;   // float32 [1] (per tensor) or [N] (per output channel), contiguous
+  std::optional<at::Tensor> zero_point;  // int32 shaped like scale; absent for zero
 
-// W_deq [N, K] in `dtype`, computed in that dtype in the order the stock
-// dequantize uses: (values - zero_point) * scale.
-at::Tensor dequantize(const Int8Weight& weight, at::ScalarType dtype);
-
-// The weight in the form that one precision's GEMM takes.
-struct PreparedWeight {
-  Precision precision;
-  // fp32: float32 W_deq; bf16: bfloat16 W_deq; int8: the int8 values. All [N, K].
-  at::Tensor weight;
-  // int8 only: float32 [N] scale per output channel (a per-tensor scale repeated),
-  // and the zero points as float64 [N], absent when all are zero.
-  at::Tensor channel_scale;
-  std::optional<at::Tensor> zero_point;
-
+  int64_t out_features() const { return values.size(0); }
+  bool is_int8() const;
   int64_t nbytes() const;
 };
 
-PreparedWeight prepare(const Int8Weight& weight, Precision precision);
+// The stored form of int8 codes and the parameters a caller gives them in (any floating
+// scale, any integer zero point, [1] or [N]). Only the N-element parameters are converted;
+// the codes are copied only when their rows are not contiguous.
+StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scale,
+                                const std::optional<at::Tensor>& zero_point);
 
-// The same for a float weight [N, K] (fp16-packed layers). int8 mode does not apply to a
-// weight that has no int8 form: it runs as fp32.
-PreparedWeight prepare_float(const at::Tensor& weight, Precision precision);
+// The stored form of a float weight [N, K] (fp16-packed layers): float16, which holds it exactly.
+StoredWeight stored_float16_weight(const at::Tensor& weight);
 
-// The straight-through input gradient grad_output [..., N] @ W_deq [N, K] -> [..., K]
-// in the weight's precision, returned in grad_output's dtype. The activation's
-// quantization scale cancels (quantize divides by it, dequantize multiplies by it), so
-// it never appears here.
-at::Tensor input_gradient(const at::Tensor& grad_output, const PreparedWeight& weight);
+// W [N, K] in `dtype`, computed in that dtype in the order the stock dequantize uses:
+// (values - zero_point) * scale.
+at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype);
 
-// The adjoint, grad [..., K] @ W_deq.T -> [..., N], computed in grad's dtype: the
-// derivative of the input gradient with respect to grad_output, used for double backward.
-at::Tensor input_gradient_adjoint(const at::Tensor& grad, const at::Tensor& dequantized_weight);
+// The straight-through input gradient grad_output [..., N] @ W [N, K] -> [..., K] in
+// `precision`, returned in grad_output's dtype. The activation's quantization scale
+// cancels (quantize divides by it, dequantize multiplies by it), so it never appears here.
+// int8 precision applies to int8 weights only; a float16 weight runs it as fp32.
+at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision);
+
+// The adjoint, grad [..., K] @ W.T -> [..., N], computed in grad's dtype: the derivative
+// of the input gradient with respect to grad_output, used for double backward.
+at::Tensor input_gradient_adjoint(const at::Tensor& grad, const StoredWeight& weight);
 
 } // namespace qlgrad::math

@@ -24,7 +24,7 @@ using PrecisionName = std::optional<c10::string_view>;
 using PackedBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&, PrecisionName);
 using LinearInt8BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                         const std::optional<at::Tensor>&, PrecisionName);
-using PrepareFn = void(const PackedParams&, PrecisionName);
+using PrepareFn = void(const PackedParams&);
 
 Precision resolve(PrecisionName name) {
   return name ? parse_precision(*name) : backward_precision();
@@ -147,8 +147,7 @@ at::Tensor linear_int8_backward_cpu(const at::Tensor& grad_output, const at::Ten
                                     const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
                                     PrecisionName precision) {
   check_int8_arguments(grad_output, weight, scale, zero_point);
-  const auto prepared = math::prepare({weight, scale, zero_point}, resolve(precision));
-  return math::input_gradient(grad_output, prepared);
+  return math::input_gradient(grad_output, math::stored_int8_weight(weight, scale, zero_point), resolve(precision));
 }
 
 // The map grad_output -> grad_output @ W_deq is linear, so its derivative is the
@@ -167,9 +166,9 @@ struct LinearInt8BackwardFunction : torch::autograd::Function<LinearInt8Backward
     const auto saved = ctx->get_saved_variables();
     const std::optional<at::Tensor> zero_point =
         saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
-    const auto dequantized = math::dequantize({saved[0], saved[1], zero_point}, grads[0].scalar_type());
-    return {math::input_gradient_adjoint(grads[0], dequantized), at::Tensor(), at::Tensor(), at::Tensor(),
-            at::Tensor()};
+    // The tensors as given: the adjoint dequantizes them in the gradient's dtype as they are.
+    const math::StoredWeight weight{saved[0], saved[1], zero_point};
+    return {math::input_gradient_adjoint(grads[0], weight), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -192,13 +191,13 @@ template <WeightKind kind>
 at::Tensor packed_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed,
                                PrecisionName precision) {
   check_packed_tensors(grad_output);
-  const auto weight = detail::prepared_weight(packed, kind, resolve(precision));
-  check_grad_output(grad_output, weight.weight.size(0));
-  return math::input_gradient(grad_output, weight);
+  const auto weight = detail::stored_weight(packed, kind);
+  check_grad_output(grad_output, weight.out_features());
+  return math::input_gradient(grad_output, weight, resolve(precision));
 }
 
-void prepare_cpu(const PackedParams& packed, PrecisionName precision) {
-  detail::prepared_weight(packed, std::nullopt, resolve(precision));
+void prepare_cpu(const PackedParams& packed) {
+  detail::stored_weight(packed, std::nullopt);
 }
 
 template <WeightKind kind>
@@ -212,8 +211,7 @@ struct PackedBackwardFunction : torch::autograd::Function<PackedBackwardFunction
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
-    const auto exact = detail::prepared_weight(packed, kind, Precision::kFloat32).weight;
-    return {math::input_gradient_adjoint(grads[0], exact), at::Tensor(), at::Tensor()};
+    return {math::input_gradient_adjoint(grads[0], detail::stored_weight(packed, kind)), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -248,9 +246,9 @@ at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor&
   return call_linear_int8_backward(grad_output, weight, scale, zero_point, name_of(precision));
 }
 
-void prepare(const PackedParams& packed, std::optional<Precision> precision) {
+void prepare(const PackedParams& packed) {
   static const auto op = operator_handle<PrepareFn>("qlgrad::prepare");
-  op.call(packed, name_of(precision));
+  op.call(packed);
 }
 
 } // namespace qlgrad
@@ -263,7 +261,7 @@ QLGRAD_LIBRARY(qlgrad, m) {
   m.def("linear_int8_backward(Tensor grad_output, Tensor weight, Tensor scale, "
         "Tensor? zero_point=None, str? precision=None) -> Tensor");
   // No tensor argument to dispatch on: a catch-all kernel.
-  m.def("prepare(__torch__.torch.classes.quantized.LinearPackedParamsBase packed, str? precision=None) -> ()",
+  m.def("prepare(__torch__.torch.classes.quantized.LinearPackedParamsBase packed) -> ()",
         &qlgrad::prepare_cpu);
 }
 

@@ -9,7 +9,20 @@ const char* op_family(WeightKind kind) {
   return kind == WeightKind::kQInt8 ? "quantized::linear_dynamic" : "quantized::linear_dynamic_fp16";
 }
 
-math::Int8Weight as_int8(const at::Tensor& weight) {
+// The codes are only ever read: the unpacked tensor's storage is viewed as int8 in place
+// rather than copied by int_repr().
+at::Tensor codes_of(const at::Tensor& weight) {
+  return at::empty({0}, at::TensorOptions().dtype(at::kChar))
+      .set_(weight.storage(), weight.storage_offset(), weight.sizes(), weight.strides());
+}
+
+// Zero points that are all zero (symmetric weights) are left out of the cached entry: they
+// would only cost bytes and a pass of subtractions.
+std::optional<at::Tensor> unless_zero(const at::Tensor& zero_point) {
+  return zero_point.ne(0).any().item<bool>() ? std::optional(zero_point) : std::nullopt;
+}
+
+math::StoredWeight as_int8(const at::Tensor& weight) {
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kQInt8,
                    "qlgrad: quantized::linear_dynamic expects qint8 packed weights, got ",
                    weight.scalar_type());
@@ -17,14 +30,15 @@ math::Int8Weight as_int8(const at::Tensor& weight) {
   switch (weight.qscheme()) {
     case at::kPerTensorAffine:
     case at::kPerTensorSymmetric:
-      return {weight.int_repr(), at::full({1}, weight.q_scale(), at::kDouble),
-              at::full({1}, weight.q_zero_point(), at::kLong)};
+      return math::stored_int8_weight(codes_of(weight), at::full({1}, weight.q_scale(), at::kDouble),
+                                      unless_zero(at::full({1}, weight.q_zero_point(), at::kLong)));
     case at::kPerChannelAffine:
     case at::kPerChannelSymmetric:
       TORCH_CHECK(weight.q_per_channel_axis() == 0,
                   "qlgrad: per-channel weights must be quantized along the output axis 0, got axis ",
                   weight.q_per_channel_axis());
-      return {weight.int_repr(), weight.q_per_channel_scales(), weight.q_per_channel_zero_points()};
+      return math::stored_int8_weight(codes_of(weight), weight.q_per_channel_scales(),
+                                      unless_zero(weight.q_per_channel_zero_points()));
     default:
       TORCH_CHECK(false, "qlgrad: unsupported weight quantization scheme ",
                   c10::toString(weight.qscheme()),
@@ -37,25 +51,21 @@ const char* kind_name(WeightKind kind) {
   return kind == WeightKind::kQInt8 ? "qint8" : "fp16";
 }
 
-CachedWeight derive(LinearPackedParamsBase& packed, Precision precision) {
+math::StoredWeight unpack(LinearPackedParamsBase& packed) {
   // fp16-packed params unpack to a float32 weight, int8-packed ones to a qint8 tensor.
   const at::Tensor weight = std::get<0>(packed.unpack());
-  if (weight.is_quantized()) {
-    return {WeightKind::kQInt8, math::prepare(as_int8(weight), precision)};
-  }
-  return {WeightKind::kFloat16, math::prepare_float(weight, precision)};
+  return weight.is_quantized() ? as_int8(weight) : math::stored_float16_weight(weight);
 }
 
 } // namespace
 
-math::PreparedWeight prepared_weight(const PackedParams& packed, std::optional<WeightKind> kind,
-                                     Precision precision) {
+math::StoredWeight stored_weight(const PackedParams& packed, std::optional<WeightKind> kind) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
-  auto cached = cached_weight(packed, precision, [&] { return derive(*packed, precision); });
-  TORCH_CHECK_TYPE(!kind || *kind == cached.kind, "qlgrad: ", op_family(*kind), " expects ", kind_name(*kind),
-                   " packed weights, got ", kind_name(cached.kind), " ones (packed for ", op_family(cached.kind),
-                   ")");
-  return std::move(cached.weight);
+  auto weight = cached_weight(packed, [&] { return unpack(*packed); });
+  const WeightKind found = weight.is_int8() ? WeightKind::kQInt8 : WeightKind::kFloat16;
+  TORCH_CHECK_TYPE(!kind || *kind == found, "qlgrad: ", op_family(*kind), " expects ", kind_name(*kind),
+                   " packed weights, got ", kind_name(found), " ones (packed for ", op_family(found), ")");
+  return weight;
 }
 
 } // namespace qlgrad::detail

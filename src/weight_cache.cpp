@@ -2,22 +2,67 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
+#include <limits>
 #include <list>
-#include <map>
 #include <mutex>
+#include <unordered_map>
 
 namespace qlgrad {
 namespace detail {
 namespace {
 
-constexpr int64_t kDefaultLimitBytes = int64_t{1} << 30;
+// Large enough for the int8 weights of a 1.5B-weight model (1 byte per element, plus 4 or 8
+// bytes per output channel): a 1B-class model fits with room to spare.
+constexpr int64_t kDefaultLimitBytes = int64_t{3} << 29;
 
-using Key = std::pair<const LinearPackedParamsBase*, Precision>;
+using Key = const LinearPackedParamsBase*;
+
+// How often each key was asked for lately: admission compares these. The counts halve
+// once the lookups since the last halving reach kAgingFactor times the keys counted, so
+// that a model no longer in use cools down and a new one can take its place; keys of
+// destroyed objects fall out as their counts reach zero.
+class Frequency {
+ public:
+  uint32_t record(Key key) {
+    if (++lookups_ >= kAgingFactor * static_cast<int64_t>(counts_.size() + 1)) {
+      age();
+    }
+    auto& count = counts_[key];
+    count = std::min(count + 1, std::numeric_limits<uint32_t>::max() - 1);
+    return count;
+  }
+
+  uint32_t of(Key key) const {
+    auto it = counts_.find(key);
+    return it == counts_.end() ? 0 : it->second;
+  }
+
+  void clear() {
+    counts_.clear();
+    lookups_ = 0;
+  }
+
+ private:
+  static constexpr int64_t kAgingFactor = 8;
+
+  void age() {
+    for (auto it = counts_.begin(); it != counts_.end();) {
+      it->second /= 2;
+      it = it->second == 0 ? counts_.erase(it) : std::next(it);
+    }
+    lookups_ = 0;
+  }
+
+  std::unordered_map<Key, uint32_t> counts_;
+  int64_t lookups_ = 0;
+};
 
 class WeightCache {
  public:
-  std::optional<CachedWeight> find(const Key& key) {
+  std::optional<math::StoredWeight> find(Key key) {
     std::lock_guard<std::mutex> lock(mutex_);
+    frequency_.record(key);
     auto it = entries_.find(key);
     if (it == entries_.end()) {
       ++misses_;
@@ -28,17 +73,18 @@ class WeightCache {
     return it->second.weight;
   }
 
-  void insert(const PackedParams& packed, const Key& key, const CachedWeight& weight) {
-    const int64_t bytes = weight.weight.nbytes();
+  void insert(const PackedParams& packed, const math::StoredWeight& weight) {
+    const Key key = packed.get();
+    const int64_t bytes = weight.nbytes();
     std::lock_guard<std::mutex> lock(mutex_);
     drop_destroyed();
-    if (bytes > limit_bytes_ || entries_.count(key)) {
+    if (entries_.count(key) || !admits(key, bytes)) {
       return;
     }
     evict_until(limit_bytes_ - bytes);
     recency_.push_front(key);
-    entries_.emplace(key, Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), weight,
-                                bytes, recency_.begin()});
+    entries_.emplace(key, Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), weight, bytes,
+                                recency_.begin()});
     bytes_ += bytes;
   }
 
@@ -51,6 +97,7 @@ class WeightCache {
   void clear() {
     std::lock_guard<std::mutex> lock(mutex_);
     evict_until(0);
+    frequency_.clear();
     hits_ = 0;
     misses_ = 0;
   }
@@ -66,12 +113,32 @@ class WeightCache {
     // Weak: keeps the object's memory (so its address is not reused as a key)
     // but not the object itself.
     c10::weak_intrusive_ptr<LinearPackedParamsBase> owner;
-    CachedWeight weight;
+    math::StoredWeight weight;
     int64_t bytes;
     std::list<Key>::iterator recency;
   };
 
-  void erase(std::map<Key, Entry>::iterator it) {
+  // Whether `key` may take `bytes`: free room, or it was asked for clearly more often than
+  // each least recently used entry that would make room for it. "Clearly": in a cycle the
+  // layers asked for earlier in the current round are one ahead (and halving rounds one
+  // count down while the other stays), which must not make them trade places.
+  bool admits(Key key, int64_t bytes) const {
+    constexpr uint32_t kMargin = 2;
+    if (bytes > limit_bytes_) {
+      return false;
+    }
+    const uint32_t candidate = frequency_.of(key);
+    int64_t freed = limit_bytes_ - bytes_;
+    for (auto victim = recency_.rbegin(); freed < bytes && victim != recency_.rend(); ++victim) {
+      if (frequency_.of(*victim) + kMargin > candidate) {
+        return false;
+      }
+      freed += entries_.at(*victim).bytes;
+    }
+    return true;
+  }
+
+  void erase(std::unordered_map<Key, Entry>::iterator it) {
     bytes_ -= it->second.bytes;
     recency_.erase(it->second.recency);
     entries_.erase(it);
@@ -94,8 +161,9 @@ class WeightCache {
   }
 
   std::mutex mutex_;
-  std::map<Key, Entry> entries_;
+  std::unordered_map<Key, Entry> entries_;
   std::list<Key> recency_;  // most recently used first
+  Frequency frequency_;
   int64_t bytes_ = 0;
   int64_t hits_ = 0;
   int64_t misses_ = 0;
@@ -110,14 +178,12 @@ WeightCache& cache() {
 
 } // namespace
 
-CachedWeight cached_weight(const PackedParams& packed, Precision precision,
-                           c10::function_ref<CachedWeight()> derive) {
-  const Key key{packed.get(), precision};
-  if (auto weight = cache().find(key)) {
+math::StoredWeight cached_weight(const PackedParams& packed, c10::function_ref<math::StoredWeight()> unpack) {
+  if (auto weight = cache().find(packed.get())) {
     return *std::move(weight);
   }
-  auto weight = derive();
-  cache().insert(packed, key, weight);
+  auto weight = unpack();
+  cache().insert(packed, weight);
   return weight;
 }
 

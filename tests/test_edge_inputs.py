@@ -151,7 +151,7 @@ def test_no_argument_is_modified(precision):
         qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, zero_point, precision).sum().backward()
         qlgrad.linear_dynamic_backward(grad_output, packed, precision).sum().backward()
         qlgrad.linear_dynamic_fp16_backward(grad_output, fp16_packed, precision).sum().backward()
-        torch.ops.qlgrad.prepare(packed, precision)
+        torch.ops.qlgrad.prepare(packed)
         with qlgrad.backward_precision(precision):
             y = torch.ops.quantized.linear_dynamic(x, packed, False) + torch.ops.quantized.linear_dynamic_fp16(x, fp16_packed)
         y.backward(gradient)
@@ -177,8 +177,8 @@ def test_kind_check_does_not_depend_on_the_cache(warm_up):
         qlgrad.linear_dynamic_backward(grad_output, int8_packed)
         qlgrad.linear_dynamic_fp16_backward(grad_output, fp16_packed)
     else:
-        torch.ops.qlgrad.prepare(int8_packed, None)
-        torch.ops.qlgrad.prepare(fp16_packed, None)
+        torch.ops.qlgrad.prepare(int8_packed)
+        torch.ops.qlgrad.prepare(fp16_packed)
     with pytest.raises(TypeError, match="linear_dynamic_fp16 expects fp16 packed weights"):
         qlgrad.linear_dynamic_fp16_backward(grad_output, int8_packed)
     with pytest.raises(TypeError, match="linear_dynamic expects qint8 packed weights"):

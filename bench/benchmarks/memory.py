@@ -26,12 +26,14 @@ class TrainingStepMemory:
 
 
 class CacheFootprint:
-    params = (list(SHAPES), list(SCHEMES), list(PRECISIONS))
-    param_names = ("shape", "scheme", "precision")
+    """The one cache entry of a layer, which every precision reads."""
+
+    params = (list(SHAPES), list(SCHEMES))
+    param_names = ("shape", "scheme")
     unit = "bytes per weight element"
 
-    def setup(self, shape, scheme, precision):
+    def setup(self, shape, scheme):
         self.workload = workloads.Workload(SHAPES[shape], scheme)
 
-    def track_cache_bytes_per_weight_element(self, shape, scheme, precision):
-        return workloads.cache_bytes_per_weight_element(self.workload, precision)
+    def track_cache_bytes_per_weight_element(self, shape, scheme):
+        return workloads.cache_bytes_per_weight_element(self.workload)

@@ -175,10 +175,11 @@ def training_step(workload: Workload, precision: str):
     return step
 
 
-def cache_bytes_per_weight_element(workload: Workload, precision: str) -> float:
-    """Bytes qlgrad's cache holds for the layer in ``precision``, per weight element. Empties the cache."""
+def cache_bytes_per_weight_element(workload: Workload) -> float:
+    """Bytes qlgrad's cache holds for the layer (one entry, read by every precision), per weight
+    element. Empties the cache."""
     qlgrad.clear_cache()
-    qlgrad.prepare(workload.layer, precision)
+    qlgrad.prepare(workload.layer)
     cached = qlgrad.cache_info().bytes
     qlgrad.clear_cache()
     return cached / workload.weight_elements

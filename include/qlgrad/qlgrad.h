@@ -19,8 +19,11 @@
 namespace qlgrad {
 
 // How the input-gradient GEMM runs:
-//   kFloat32  exact: the dequantized weight in float32 ("fp32", the default);
-//   kBFloat16 weight and grad_output in bfloat16, float32 accumulation ("bf16");
+//   kFloat32  exact to float32 rounding ("fp32", the default): grad_output times the
+//             scale, against the int8 codes converted tile by tile (no float copy of the
+//             weight is kept);
+//   kBFloat16 the same in bfloat16 with float32 accumulation ("bf16"): the codes are exact
+//             in bfloat16, so only grad_output times the scale is rounded;
 //   kInt8     grad_output quantized per row to symmetric int8, integer GEMM against the
 //             int8 weight with int32 accumulation ("int8").
 // Results always have grad_output's dtype.
@@ -65,10 +68,9 @@ QLGRAD_API at::Tensor linear_dynamic_fp16_backward(
     const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
     std::optional<Precision> precision = std::nullopt);
 
-// Derives and caches the backward weight of `packed` (int8 or fp16) now, so that the
-// first backward does not pay for unpacking.
-QLGRAD_API void prepare(const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
-                        std::optional<Precision> precision = std::nullopt);
+// Unpacks the weight of `packed` (int8 or fp16) into the weight cache now, so that the first
+// backward does not pay for unpacking. Every precision reads the same entry.
+QLGRAD_API void prepare(const c10::intrusive_ptr<LinearPackedParamsBase>& packed);
 
 // grad_output [..., N] @ (scale * (weight - zero_point)) -> [..., K] on plain tensors:
 // weight int8 [N, K]; scale floating, one element (per tensor) or [N] (per output
@@ -82,8 +84,10 @@ QLGRAD_API at::Tensor linear_int8_backward(
     const std::optional<at::Tensor>& zero_point = std::nullopt,
     std::optional<Precision> precision = std::nullopt);
 
-// The cache of backward weights, one entry per packed-params object and precision; an
-// entry is dropped when its object is destroyed or when the byte limit needs room.
+// The cache of unpacked weights: one entry per packed-params object, shared by every
+// precision, holding the weight as stored (int8 codes with their scales and zero points,
+// about 1 byte per element; float16 for fp16-packed layers). An entry is dropped when its
+// object is destroyed, or when the byte limit needs room for a layer asked for more often.
 struct CacheInfo {
   int64_t entries;
   int64_t bytes;
@@ -94,7 +98,8 @@ struct CacheInfo {
 
 QLGRAD_API CacheInfo cache_info();
 QLGRAD_API void clear_cache();
-// 0 disables caching. Shrinking the limit evicts least recently used entries at once.
+// 0 disables caching; the default is 1.5 GiB. Shrinking the limit evicts least recently used
+// entries at once.
 QLGRAD_API void set_cache_limit(int64_t bytes);
 
 } // namespace qlgrad

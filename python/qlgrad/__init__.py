@@ -175,22 +175,20 @@ def linear_dynamic_fp16_backward(grad_output: torch.Tensor, packed_params, preci
     return torch.ops.qlgrad.linear_dynamic_fp16_backward(grad_output, packed_params, precision)
 
 
-def prepare(module: torch.nn.Module, precision: str | None = None) -> int:
-    """Derive and cache the backward weight of every dynamic Linear (int8 or fp16) in ``module`` now.
+def prepare(module: torch.nn.Module) -> int:
+    """Unpack the weight of every dynamic Linear (int8 or fp16) in ``module`` into the cache now.
 
-    The first backward through a layer otherwise pays for unpacking its weight (over
-    100 ms for 4096x4096). Returns the number of layers prepared. ``precision`` as for
-    ``linear_int8_backward``: the cache holds one entry per layer and precision.
+    The first backward through a layer otherwise pays for unpacking its weight (tens of
+    milliseconds for 4096x4096). Every precision reads the same entry: the int8 codes with
+    their scales and zero points (float16 for fp16 layers). Returns the number of layers
+    prepared.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"qlgrad.prepare: module must be a torch.nn.Module, got {_type_name(module)}")
-    _check_precision("prepare", precision)
-    if precision is not None:
-        backward_precision(precision)  # parses the name: refused even when module holds no dynamic Linear
     # The dynamic LinearReLU is a subclass of the dynamic Linear.
     layers = [m for m in module.modules() if isinstance(m, torch.ao.nn.quantized.dynamic.Linear)]
     for layer in layers:
-        torch.ops.qlgrad.prepare(layer._packed_params._packed_params, precision)
+        torch.ops.qlgrad.prepare(layer._packed_params._packed_params)
     return len(layers)
 
 
