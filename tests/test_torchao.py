@@ -222,6 +222,16 @@ def test_double_backward_through_the_layer():
     assert relative_error(grad_grad_output, expected) <= ERROR_BOUNDS["fp32"]
 
 
+def test_torch_compile_gives_the_eager_gradient():
+    # aot_eager traces torchao's handler and qlgrad's autograd Function as inductor does,
+    # without compiling C++.
+    layer = quantized_linear(24, 16)
+    x = torch.randn(4, 24)
+    grad_output = torch.randn(4, 16)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    assert torch.equal(input_gradient(compiled, x, grad_output), input_gradient(layer, x, grad_output))
+
+
 def test_nothing_recorded_without_input_gradient():
     layer = quantized_linear(24, 16).requires_grad_(False)
     x = torch.randn(4, 24, requires_grad=True)
