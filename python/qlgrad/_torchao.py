@@ -47,11 +47,12 @@ class _StraightThroughInt8Linear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, input, bias, weight, stock_forward, precision):
-        # Both stay constants to qlgrad: backward needs only the int8 values and scales.
+        # The weight's tensors are constants: backward reads its int8 values, scales and pre-scale.
         ctx.save_for_backward(weight.qdata, weight.scale, weight.act_pre_scale)
         ctx.precision = precision
-        # torchao adds the bias to the output in the dtype of output times weight scale,
-        # then casts to the input's dtype; the bias gradient is reduced in that dtype.
+        # torchao adds the bias to the int8 product rescaled by the float32 weight scale (so in
+        # float32 for bfloat16 inputs), then casts to the input's dtype: the bias gradient is
+        # summed in that dtype.
         ctx.bias_sum_dtype = torch.promote_types(input.dtype, weight.scale.dtype)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.bias_shape = None if bias is None else bias.shape
