@@ -18,6 +18,7 @@ setup() {
   export PATH="$venv/bin:$PATH"
   python -m pip install --quiet --upgrade pip
   python -m pip install --quiet -r "$root/requirements/dev.txt"
+  python -m pip install --quiet --no-deps -r "$root/requirements/torchao.txt"
   # No build isolation: qlgrad must compile against the very torch it runs with.
   python -m pip install --quiet --no-build-isolation --no-deps --force-reinstall \
     -Cbuild-dir="$build" "$root"

@@ -192,6 +192,11 @@ def prepare(module: torch.nn.Module) -> int:
     return len(layers)
 
 
+# Last: it uses the functions above. Gives torchao's int8 dynamic layers input gradients.
+from . import _torchao  # noqa: E402
+
+_torchao.install(_torchao.installed_torchao_version())
+
 __all__ = [
     "CacheInfo",
     "__version__",

@@ -1,0 +1,407 @@
+"""Input gradients through torchao's int8 dynamic-activation linear layers (quantize_ with
+Int8DynamicActivationInt8WeightConfig), against a float64 straight-through reference."""
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchao
+from helpers import ERROR_BOUNDS, cosine, relative_error
+from torchao.quantization import (
+    Int8DynamicActivationInt8WeightConfig,
+    Int8Tensor,
+    Int8WeightOnlyConfig,
+    MappingType,
+    PerRow,
+    PerTensor,
+    quantize_,
+)
+from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
+
+import qlgrad
+from qlgrad import _torchao
+
+GRANULARITIES = {"per_row": PerRow(), "per_tensor": PerTensor()}
+ACTIVATION_MAPPINGS = {"symmetric": MappingType.SYMMETRIC, "asymmetric": MappingType.ASYMMETRIC}
+# torchao's forward refuses empty batches and float64 inputs, so neither is tried here.
+LEADING_DIMS = ((1,), (5,), (2, 3), (2, 1, 3))
+# quantize_ would otherwise change torch._inductor.config for the rest of the test session.
+KEEP_INDUCTOR_CONFIG = {"set_inductor_config": False}
+# Relative error (in norm) of an input gradient in each dtype against the float64 reference.
+DTYPE_ERROR_BOUNDS = {torch.float32: ERROR_BOUNDS["fp32"], torch.bfloat16: 1e-2}
+
+
+def stock_linear_handler():
+    """torchao's own F.linear handler for Int8Tensor, which qlgrad's wraps.
+
+    The table holds torchao's registration wrapper around qlgrad's handler, which wraps torchao's.
+    """
+    return Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear].__wrapped__.__wrapped__
+
+
+def quantized_linear(
+    in_features, out_features, granularity="per_row", activation="symmetric", bias=True, dtype=torch.float32
+):
+    """An nn.Linear after quantize_ with Int8DynamicActivationInt8WeightConfig."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(in_features, out_features, bias=bias, dtype=dtype)
+    config = Int8DynamicActivationInt8WeightConfig(
+        granularity=GRANULARITIES[granularity], act_mapping_type=ACTIVATION_MAPPINGS[activation], **KEEP_INDUCTOR_CONFIG
+    )
+    quantize_(layer, config)
+    return layer
+
+
+def dequantized_weight_float64(weight: Int8Tensor) -> torch.Tensor:
+    """scale * W_int8 in float64, from the int8 values and scales: the reference weight."""
+    return weight.qdata.double() * weight.scale.double().reshape(-1, 1)
+
+
+def reference_input_gradient(grad_output: torch.Tensor, weight: Int8Tensor) -> torch.Tensor:
+    """grad_output @ W_deq in float64, times the activation pre-scale where the weight has one."""
+    grad_input = grad_output.double() @ dequantized_weight_float64(weight)
+    if weight.act_pre_scale is not None:
+        grad_input = grad_input * weight.act_pre_scale.double()
+    return grad_input
+
+
+class _ReferenceLinear(torch.autograd.Function):
+    """torchao's forward; the straight-through input gradient computed in float64 in Python."""
+
+    @staticmethod
+    def forward(ctx, input, layer):
+        ctx.weight = layer.weight
+        return stock_linear_handler()(F.linear, (), (input, layer.weight, layer.bias), {})
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return reference_input_gradient(grad_output, ctx.weight).to(grad_output.dtype), None
+
+
+@contextlib.contextmanager
+def reference_linears(model: torch.nn.Module):
+    """Every torchao int8 Linear of model runs _ReferenceLinear inside the with block."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and isinstance(m.weight, Int8Tensor)]
+    for layer in layers:
+        layer.forward = lambda input, layer=layer: _ReferenceLinear.apply(input, layer)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def input_gradient(model, x, grad_output):
+    x = x.detach().clone().requires_grad_()
+    model(x).backward(grad_output)
+    return x.grad
+
+
+def test_handler_is_in_int8_tensors_torch_function_table():
+    handler = Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear]
+    assert getattr(handler, "qlgrad_input_gradient", False)
+    assert not getattr(stock_linear_handler(), "qlgrad_input_gradient", False)
+    assert torchao.__version__.split("+")[0] in _torchao.SUPPORTED_TORCHAO_VERSIONS
+
+
+@pytest.mark.parametrize("leading", LEADING_DIMS, ids=str)
+@pytest.mark.parametrize("activation", ACTIVATION_MAPPINGS)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("dtype", DTYPE_ERROR_BOUNDS, ids=str)
+def test_input_gradient_is_straight_through(dtype, granularity, activation, leading):
+    layer = quantized_linear(24, 16, granularity, activation, dtype=dtype)
+    x = torch.randn(*leading, 24, dtype=dtype)
+    grad_output = torch.randn(*leading, 16, dtype=dtype)
+    stock_output = layer(x)  # no input requires grad: torchao's handler alone
+    values, scale = layer.weight.qdata.clone(), layer.weight.scale.clone()
+
+    x.requires_grad_()
+    output = layer(x)
+    output.backward(grad_output)
+
+    assert torch.equal(output, stock_output) and output.dtype == stock_output.dtype
+    assert x.grad.dtype == dtype and x.grad.shape == x.shape
+    expected = reference_input_gradient(grad_output, layer.weight)
+    assert relative_error(x.grad, expected) <= DTYPE_ERROR_BOUNDS[dtype]
+    # The weight, its int8 values and scales get no gradient and are left as they were.
+    assert not layer.weight.requires_grad and layer.weight.grad is None
+    assert layer.weight.qdata.grad is None and layer.weight.scale.grad is None
+    assert torch.equal(layer.weight.qdata, values) and torch.equal(layer.weight.scale, scale)
+
+
+@pytest.mark.parametrize("dtype", DTYPE_ERROR_BOUNDS, ids=str)
+def test_bias_gradient_is_torchaos_own(dtype):
+    # torchao's forward adds the float bias under autograd: its gradient stays the one torchao gives.
+    layer = quantized_linear(24, 16, dtype=dtype)
+    x = torch.randn(2, 3, 24, dtype=dtype)
+    grad_output = torch.randn(2, 3, 16, dtype=dtype)
+    layer(x).backward(grad_output)
+    stock_bias_gradient = layer.bias.grad
+    layer.bias.grad = None
+
+    layer(x.requires_grad_()).backward(grad_output)
+
+    assert torch.equal(layer.bias.grad, stock_bias_gradient) and layer.bias.grad.dtype == layer.bias.dtype
+
+
+def test_frozen_bias_and_no_bias():
+    for layer in (quantized_linear(24, 16, bias=False), quantized_linear(24, 16).requires_grad_(False)):
+        x = torch.randn(4, 24, requires_grad=True)
+        grad_output = torch.randn(4, 16)
+        layer(x).backward(grad_output)
+        assert relative_error(x.grad, reference_input_gradient(grad_output, layer.weight)) <= ERROR_BOUNDS["fp32"]
+
+
+def test_activation_pre_scale_is_differentiated():
+    # SmoothQuant and AWQ put a per-feature scale on the weight that the forward multiplies the input by.
+    torch.manual_seed(0)
+    pre_scale = torch.rand(24) + 0.5
+    weight = Int8Tensor.from_hp(
+        torch.randn(16, 24),
+        PerRow(),
+        act_quant_kwargs=QuantizeTensorToInt8Kwargs(granularity=PerRow()),
+        act_pre_scale=pre_scale,
+    )
+    x = torch.randn(5, 24)
+    grad_output = torch.randn(5, 16)
+    stock_output = F.linear(x, weight)
+
+    output = F.linear(x.requires_grad_(), weight)
+    output.backward(grad_output)
+
+    assert torch.equal(output, stock_output)
+    expected = reference_input_gradient(grad_output, weight)
+    assert relative_error(x.grad, expected) <= ERROR_BOUNDS["fp32"]
+    assert relative_error(x.grad, grad_output.double() @ dequantized_weight_float64(weight)) > 0.01
+
+
+@pytest.mark.parametrize("precision", ERROR_BOUNDS)
+def test_precision_in_effect_at_forward_is_used(precision):
+    layer = quantized_linear(64, 48)
+    x = torch.randn(8, 64, requires_grad=True)
+    grad_output = torch.randn(8, 48)
+    with qlgrad.backward_precision(precision):
+        output = layer(x)
+    other = "fp32" if precision != "fp32" else "int8"
+    with qlgrad.backward_precision(other):
+        output.backward(grad_output)
+    weight = layer.weight
+    expected_exactly = qlgrad.linear_int8_backward(grad_output, weight.qdata, weight.scale.reshape(-1), None, precision)
+    assert torch.equal(x.grad, expected_exactly)
+    assert relative_error(x.grad, reference_input_gradient(grad_output, layer.weight)) <= ERROR_BOUNDS[precision]
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_gradcheck_of_the_backward_on_torchaos_weight(granularity):
+    # The forward is piecewise constant in the input (and torchao refuses float64 inputs), so
+    # gradcheck applies to the backward: grad_output -> grad_input on torchao's int8 values and scales.
+    weight = quantized_linear(12, 8, granularity).weight
+    grad_output = torch.randn(3, 8, dtype=torch.float64, requires_grad=True)
+
+    def backward(grad_output):
+        return qlgrad.linear_int8_backward(grad_output, weight.qdata, weight.scale.reshape(-1))
+
+    assert torch.autograd.gradcheck(backward, (grad_output,))
+    assert torch.autograd.gradgradcheck(backward, (grad_output,))
+
+
+def test_double_backward_through_the_layer():
+    layer = quantized_linear(24, 16)
+    x = torch.randn(4, 24, requires_grad=True)
+    grad_output = torch.randn(4, 16, requires_grad=True)
+    (grad_input,) = torch.autograd.grad(layer(x), x, grad_output, create_graph=True)
+    vector = torch.randn(4, 24)
+    (grad_grad_output,) = torch.autograd.grad(grad_input, grad_output, vector)
+    expected = vector.double() @ dequantized_weight_float64(layer.weight).T  # the exact adjoint
+    assert relative_error(grad_grad_output, expected) <= ERROR_BOUNDS["fp32"]
+
+
+def test_torch_compile_gives_the_eager_gradient():
+    # aot_eager traces torchao's handler and qlgrad's autograd Function as inductor does,
+    # without compiling C++.
+    layer = quantized_linear(24, 16)
+    x = torch.randn(4, 24)
+    grad_output = torch.randn(4, 16)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    assert torch.equal(input_gradient(compiled, x, grad_output), input_gradient(layer, x, grad_output))
+
+
+def test_nothing_recorded_without_input_gradient():
+    layer = quantized_linear(24, 16).requires_grad_(False)
+    x = torch.randn(4, 24, requires_grad=True)
+    with torch.no_grad():
+        assert layer(x).grad_fn is None
+    assert layer(x.detach()).grad_fn is None
+
+
+def test_weight_only_config_left_to_torchao():
+    # Without activation quantization torchao's forward is a float matmul autograd differentiates.
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(24, 16)
+    quantize_(layer, Int8WeightOnlyConfig(**KEEP_INDUCTOR_CONFIG))
+    x = torch.randn(4, 24, requires_grad=True)
+    output = layer(x)
+    assert not isinstance(output.grad_fn, _torchao._StraightThroughInt8Linear._backward_cls)
+    output.backward(torch.ones_like(output))
+    assert x.grad is not None
+
+
+class MLP(torch.nn.Module):
+    def __init__(self, features=32, hidden=96, out_features=10):
+        super().__init__()
+        self.layers = torch.nn.Sequential(
+            torch.nn.Linear(features, hidden),
+            torch.nn.GELU(),
+            torch.nn.Linear(hidden, hidden),
+            torch.nn.ReLU(),
+            torch.nn.Linear(hidden, out_features),
+        )
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class TransformerBlock(torch.nn.Module):
+    """Pre-norm self-attention and MLP, each with a residual path."""
+
+    def __init__(self, width=32, heads=4, hidden=64):
+        super().__init__()
+        self.heads = heads
+        self.attention_norm = torch.nn.LayerNorm(width)
+        self.qkv = torch.nn.Linear(width, 3 * width)
+        self.projection = torch.nn.Linear(width, width)
+        self.mlp_norm = torch.nn.LayerNorm(width)
+        self.mlp = torch.nn.Sequential(torch.nn.Linear(width, hidden), torch.nn.GELU(), torch.nn.Linear(hidden, width))
+
+    def forward(self, x):
+        batch, tokens, width = x.shape
+        q, k, v = self.qkv(self.attention_norm(x)).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.projection(attended.transpose(1, 2).reshape(batch, tokens, width))
+        return x + self.mlp(self.mlp_norm(x))
+
+
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize(
+    "model_class, input_shape, quantized_layers",
+    [(MLP, (2, 6, 32), 3), (TransformerBlock, (2, 7, 32), 4)],
+    ids=["mlp", "transformer_block"],
+)
+def test_models_match_straight_through_reference(model_class, input_shape, quantized_layers, granularity):
+    torch.manual_seed(0)
+    model = model_class().eval()
+    config = Int8DynamicActivationInt8WeightConfig(granularity=GRANULARITIES[granularity], **KEEP_INDUCTOR_CONFIG)
+    quantize_(model, config)
+    x = torch.randn(*input_shape)
+    with torch.no_grad():
+        stock_output = model(x)
+    grad_output = torch.randn_like(stock_output)
+
+    got = input_gradient(model, x, grad_output)
+    with reference_linears(model) as replaced:
+        assert replaced == quantized_layers
+        expected = input_gradient(model, x, grad_output)
+
+    assert torch.equal(model(x.requires_grad_()), stock_output)
+    assert cosine(got, expected) >= 0.9999
+    assert abs(got.norm() / expected.norm() - 1) <= 1e-3
+
+
+def test_threads_get_their_own_precision_and_the_same_results():
+    layer = quantized_linear(64, 48)
+    x = torch.randn(8, 64)
+    grad_output = torch.randn(8, 48)
+    precisions = list(ERROR_BOUNDS)
+
+    def gradient(precision):
+        with qlgrad.backward_precision(precision):
+            return input_gradient(layer, x, grad_output)
+
+    expected = {precision: gradient(precision) for precision in precisions}
+    mismatches, errors = [], []
+
+    def work(index):
+        try:
+            for step in range(25):
+                precision = precisions[(index + step) % len(precisions)]
+                if not torch.equal(gradient(precision), expected[precision]):
+                    mismatches.append((index, step))
+        except Exception as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == [] and mismatches == []
+
+
+def test_not_installed_is_silent():
+    meta_path = list(sys.meta_path)
+    _torchao.install(None)
+    assert sys.meta_path == meta_path
+
+
+def test_unsupported_version_warns_and_leaves_torchao_alone():
+    handler = Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear]
+    with pytest.warns(UserWarning, match=r"torchao 0\.17\.0 is installed, but qlgrad supports torchao 0\.18\.0 only"):
+        _torchao.install("0.17.0")
+    assert Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear] is handler
+
+
+def test_registering_twice_keeps_one_handler():
+    handler = Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear]
+    _torchao.install(torchao.__version__)
+    assert Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear] is handler
+
+
+GRADIENT_OF_QUANTIZED_LAYER = """
+    import torch
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    layer = torch.nn.Linear(8, 4)
+    quantize_(layer, Int8DynamicActivationInt8WeightConfig())
+    x = torch.randn(3, 8, requires_grad=True)
+    layer(x).sum().backward()
+    print("gradient:", x.grad is not None)
+"""
+
+
+def run_script(code: str, extra_path: str | None = None) -> subprocess.CompletedProcess:
+    """code in a fresh interpreter, every warning shown once: torchao and qlgrad imported there."""
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (extra_path, env.get("PYTHONPATH")) if p)
+    script = textwrap.dedent(code)
+    return subprocess.run(
+        [sys.executable, "-W", "default", "-c", script], capture_output=True, text=True, timeout=300, env=env
+    )
+
+
+@pytest.mark.parametrize("order", ["qlgrad_first", "torchao_first"])
+def test_either_import_order(order):
+    imports = "import qlgrad\nimport torchao\n" if order == "qlgrad_first" else "import torchao\nimport qlgrad\n"
+    result = run_script(imports + textwrap.dedent(GRADIENT_OF_QUANTIZED_LAYER))
+    assert result.returncode == 0, result.stderr
+    assert "gradient: True" in result.stdout
+    assert "qlgrad: " not in result.stderr  # no warning of qlgrad's
+
+
+def test_unsupported_torchao_import_warns_once(tmp_path):
+    # A torchao distribution record claiming 0.17.0, found before the installed one.
+    dist_info = tmp_path / "torchao-0.17.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: torchao\nVersion: 0.17.0\n")
+    result = run_script("import qlgrad\nimport torchao\n" + textwrap.dedent(GRADIENT_OF_QUANTIZED_LAYER), str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "gradient: False" in result.stdout
+    warnings = [line for line in result.stderr.splitlines() if "qlgrad: torchao 0.17.0 is installed" in line]
+    assert len(warnings) == 1, result.stderr
+    assert "stay None" in warnings[0] and "Int8DynamicActivationInt8WeightConfig" in warnings[0]
