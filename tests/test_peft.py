@@ -149,9 +149,8 @@ def test_adapters_train_through_frozen_int8_layers():
     frozen = int8_layer_state(model)
     # No float parameter at all: PEFT alone fails on such a model.
     adapted = qlgrad.peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=2, target_modules=["0", "2", "4"]))
-    assert [name for name, _ in model.named_parameters()] == [name for name, _ in adapted.base_model.model.named_parameters()]
     adapters = [parameter for parameter in adapted.parameters() if parameter.requires_grad]
-    assert len(adapters) == len(list(adapted.parameters())) == 6
+    assert len(adapters) == len(list(adapted.parameters())) == 6  # and nothing else, no placeholder left
     torch.manual_seed(1)
     x, target = torch.randn(64, 12), torch.randint(3, (64,))
     loss_fn = nn.CrossEntropyLoss()

@@ -64,13 +64,13 @@ class DynamicQuantizedLoraLinear(LoraLinear):
         if not hasattr(layer, "W_q"):
             # PEFT moves new adapters to the device of the base layer's `qweight`, `W_q` (quantized
             # layers) or `weight`. A dynamic Linear's `weight` is a method, so this empty tensor on
-            # the layer's device stands in; `W_q` rather than `qweight`, which PEFT also reports as
-            # the adapted layer's `weight`.
+            # the layer's device stands in (and stays, also after unload()); `W_q` rather than
+            # `qweight`, which PEFT would report as the adapted layer's `weight`.
             layer.W_q = torch.empty(0)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config: peft.LoraConfig, **kwargs) -> None:
         """PEFT's ``update_layer`` (adds or replaces adapter ``adapter_name``), after checking that ``config`` applies."""
-        check_applies_to_quantized_layer(config, variant=super().resolve_lora_variant(config=config))
+        _check_applies_to_quantized_layer(config, variant=self.resolve_lora_variant(config=config))
         super().update_layer(adapter_name, r, lora_alpha, config, **kwargs)
 
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
@@ -97,7 +97,8 @@ class DynamicQuantizedLoraLinear(LoraLinear):
         for name in self.active_adapters:
             if name in self.lora_A:
                 lora_A, lora_B = self.lora_A[name], self.lora_B[name]
-                update = lora_B(lora_A(self.lora_dropout[name](x.to(lora_A.weight.dtype)))) * self.scaling[name]
+                dropout, scaling = self.lora_dropout[name], self.scaling[name]
+                update = lora_B(lora_A(dropout(self._cast_input_dtype(x, lora_A.weight.dtype)))) * scaling
                 result = result + update.to(result.dtype)
         return torch.relu(result)
 
@@ -116,7 +117,6 @@ class DynamicQuantizedLoraLinear(LoraLinear):
         if not any(key.startswith(prefix + "base_layer.") for key in state_dict):
             _SkipOnLoad.stand_in_for(self, "base_layer")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
-
 
 
 class _SkipOnLoad(nn.Module):
@@ -141,7 +141,7 @@ class _SkipOnLoad(nn.Module):
         parent._modules[name] = module
 
 
-def check_applies_to_quantized_layer(config: peft.LoraConfig, variant: object | None = None) -> None:
+def _check_applies_to_quantized_layer(config: peft.LoraConfig, variant: object | None = None) -> None:
     """Raise ``ValueError`` naming the option of ``config`` that needs a float base weight, if any.
 
     ``variant`` is the LoRA variant PEFT's ``Linear`` resolved from ``config`` (DoRA and others),
@@ -174,7 +174,7 @@ def with_quantized_layers(config: peft.LoraConfig) -> peft.LoraConfig:
     """
     if not isinstance(config, peft.LoraConfig):
         raise TypeError(f"qlgrad.peft adapts quantized layers with LoRA: expected a peft.LoraConfig, got {type(config).__name__}")
-    check_applies_to_quantized_layer(config)
+    _check_applies_to_quantized_layer(config)
     # An experimental PEFT interface (custom layer types), so used in this one place only.
     config._register_custom_module({DynamicQuantizedLinear: DynamicQuantizedLoraLinear})
     return config
@@ -219,7 +219,7 @@ def from_pretrained(model: nn.Module, path: str | os.PathLike, **kwargs) -> peft
     reproduces the saved model's outputs exactly. ``path`` is a local directory; keyword
     arguments are PEFT's (``adapter_name``, ``is_trainable``, ...), ``config`` included.
     """
-    config = kwargs.pop("config", None) or peft.PeftConfig.from_pretrained(path)
+    config = kwargs.pop("config", None) or peft.PeftConfig.from_pretrained(path, subfolder=kwargs.get("subfolder"))
     with_quantized_layers(config)
     with _placeholder_parameter(model):
         return peft.PeftModel.from_pretrained(model, path, config=config, **kwargs)
