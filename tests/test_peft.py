@@ -264,3 +264,9 @@ def test_options_that_need_a_float_base_weight_are_refused(options, expected):
 def test_other_peft_methods_are_refused():
     with pytest.raises(TypeError, match="expected a peft.LoraConfig, got IA3Config"):
         qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), peft.IA3Config(target_modules=INT8_LAYERS))
+
+
+def test_all_linear_shorthand_is_refused_as_it_would_leave_the_int8_layers_out():
+    expected = r"target_modules='all-linear' selects float nn.Linear layers only.*3 dynamic quantized.*\['body.0', 'body.2', 'body.4'\]"
+    with pytest.raises(ValueError, match=expected):
+        qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), peft.LoraConfig(target_modules="all-linear"))

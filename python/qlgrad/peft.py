@@ -207,8 +207,22 @@ def get_peft_model(model: nn.Module, config: peft.LoraConfig, **kwargs) -> peft.
     or ``"gaussian"``. ``model`` is changed in place, as PEFT does.
     """
     with_quantized_layers(config)
+    _check_targets_named(config, model)
     with _placeholder_parameter(model):
         return peft.get_peft_model(model, config, **kwargs)
+
+
+def _check_targets_named(config: peft.LoraConfig, model: nn.Module) -> None:
+    """Refuse ``target_modules="all-linear"`` on a model with quantized layers, which PEFT would leave out."""
+    if not (isinstance(config.target_modules, str) and config.target_modules.lower() == "all-linear"):
+        return
+    quantized = [name for name, module in model.named_modules() if isinstance(module, DynamicQuantizedLinear)]
+    if quantized:
+        raise ValueError(
+            "target_modules='all-linear' selects float nn.Linear layers only, and would leave out the "
+            f"{len(quantized)} dynamic quantized Linear layers of this model: name the layers to adapt, "
+            f"for example target_modules={quantized[:4]}{' + ...' if len(quantized) > 4 else ''}"
+        )
 
 
 def from_pretrained(model: nn.Module, path: str | os.PathLike, **kwargs) -> peft.PeftModel:
