@@ -270,3 +270,38 @@ def test_all_linear_shorthand_is_refused_as_it_would_leave_the_int8_layers_out()
     expected = r"target_modules='all-linear' selects float nn.Linear layers only.*3 dynamic quantized.*\['body.0', 'body.2', 'body.4'\]"
     with pytest.raises(ValueError, match=expected):
         qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), peft.LoraConfig(target_modules="all-linear"))
+
+
+def test_an_added_adapter_reaches_int8_layers_without_one_through_with_quantized_layers():
+    adapted = qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), lora_config(target_modules=["float_in"]))
+    with pytest.raises(ValueError, match="is not supported"):  # PEFT itself does not know the layer type
+        adapted.add_adapter("plain", lora_config(target_modules=["body.2"]))
+    adapted.add_adapter("int8", qlgrad.peft.with_quantized_layers(lora_config(target_modules=["body.2"])))
+    assert type(adapted.base_model.model.body[2]) is qlgrad.peft.DynamicQuantizedLoraLinear
+
+
+def test_mixed_batches_give_each_sample_its_own_adapter():
+    """One adapter per sample (``adapter_names``); adapted in the last layer only, whose input is
+    then the same batch in every run, so that the rows can be compared exactly."""
+    adapted = qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), lora_config(target_modules=["body.4"]))
+    adapted.add_adapter("second", lora_config(target_modules=["body.4"]))
+    randomize_adapters(adapted)
+    adapted.eval()  # PEFT takes adapter_names for inference only
+    x = torch.randn(6, 12)
+    names = ["default", "second", "__base__", "second", "default", "__base__"]
+    expected = {}
+    for name in ("default", "second"):
+        adapted.set_adapter(name)
+        expected[name] = adapted(x)
+    with adapted.disable_adapter():
+        expected["__base__"] = adapted(x)
+    mixed = adapted(x, adapter_names=names)
+    for row, name in enumerate(names):
+        torch.testing.assert_close(mixed[row], expected[name][row], rtol=0, atol=0)
+
+
+def test_mixed_batches_are_refused_on_a_fused_linear_relu():
+    adapted = qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), lora_config(target_modules=["body.0"]))
+    adapted.eval()
+    with pytest.raises(ValueError, match=r"adapter_names \(one adapter per sample\) is not supported on a fused LinearReLU"):
+        adapted(torch.randn(2, 12), adapter_names=["default", "default"])

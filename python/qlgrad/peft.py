@@ -10,9 +10,9 @@ dynamic int8 and fp16 ``Linear`` layers (``torch.ao.nn.quantized.dynamic.Linear`
     model = qlgrad.peft.from_pretrained(fresh_int8_model, path)
 
 Each int8 layer stays frozen and packed; the adapter beside it is PEFT's own LoRA ``Linear``
-(rank, alpha, rsLoRA, dropout, bias, several adapters, ``disable_adapter()``, mixed batches).
-The adapters of every layer but the last learn from gradients that pass through the int8
-layers after them: the straight-through input gradients qlgrad supplies. What needs the base
+(rank, alpha, rsLoRA, dropout, bias, several adapters, ``disable_adapter()``, one adapter per
+sample). The adapters of every layer but the last learn from gradients that pass through the
+int8 layers after them: the straight-through input gradients qlgrad supplies. What needs the base
 layer's weight as a float tensor (merging, DoRA, initialisations derived from the weight)
 raises an error that says what to do instead.
 
