@@ -18,7 +18,8 @@ setup() {
   export PATH="$venv/bin:$PATH"
   python -m pip install --quiet --upgrade pip
   python -m pip install --quiet -r "$root/requirements/dev.txt"
-  python -m pip install --quiet --no-deps -r "$root/requirements/torchao.txt"
+  # Without their dependencies: those that pip would resolve include another torch.
+  python -m pip install --quiet --no-deps -r "$root/requirements/clients.txt"
   # No build isolation: qlgrad must compile against the very torch it runs with.
   python -m pip install --quiet --no-build-isolation --no-deps --force-reinstall \
     -Cbuild-dir="$build" "$root"

@@ -1,4 +1,4 @@
-"""LoRA adapters on int8 layers, the fine-tuning demo, its data-parallel mode, and the saliency example."""
+"""The fine-tuning demo (PEFT adapters on an int8 model), its data-parallel mode, and the saliency example."""
 
 import contextlib
 import importlib.metadata
@@ -6,79 +6,17 @@ import importlib.util
 import os
 import sysconfig
 
+import peft
 import pytest
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-import qlgrad
+import qlgrad.peft
 from qlgrad import demo
 from qlgrad._data_parallel import run_data_parallel
-from qlgrad.nn import DynamicQuantizedLinear, LoRALinear, add_lora
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
-
-
-def int8_mlp(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    float_model = nn.Sequential(nn.Linear(12, 24), nn.ReLU(), nn.Linear(24, 24), nn.ReLU(), nn.Linear(24, 3))
-    return torch.ao.quantization.quantize_dynamic(float_model.eval(), {nn.Linear}, dtype=torch.qint8)
-
-
-def int8_layer_state(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """(dequantized weight, bias) of every dynamic int8 Linear, copied."""
-    return [
-        (layer.weight().dequantize().clone(), layer.bias().clone())
-        for layer in model.modules()
-        if isinstance(layer, DynamicQuantizedLinear)
-    ]
-
-
-def test_add_lora_wraps_every_int8_layer_and_starts_as_the_base_model():
-    model = int8_mlp()
-    x = torch.randn(5, 12)
-    expected = model(x)
-    adapters = add_lora(model, rank=2)
-    wrapped = [m for m in model.modules() if isinstance(m, LoRALinear)]
-    assert len(wrapped) == 3 and len(adapters) == 6
-    assert all(isinstance(m.base_layer, DynamicQuantizedLinear) for m in wrapped)
-    torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # lora_B starts at zero
-    assert add_lora(model, rank=2) == adapters  # a second call wraps nothing again
-
-
-def test_adapters_train_through_frozen_int8_layers():
-    model = int8_mlp()
-    frozen = int8_layer_state(model)
-    adapters = add_lora(model, rank=2)
-    first_layer = model[0]
-    torch.manual_seed(1)
-    x, target = torch.randn(64, 12), torch.randint(3, (64,))
-    loss_fn = nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(adapters, lr=2e-2)
-
-    initial_loss = loss_fn(model(x), target)
-    initial_loss.backward()
-    with_grad = {id(p) for p in model.parameters() if p.grad is not None}
-    assert with_grad == {id(p) for p in adapters}
-    # The first adapter's gradient reaches it only through the int8 layers after it.
-    assert first_layer.lora_B.grad.abs().sum() > 0
-    optimizer.step()
-    with demo.one_intra_op_thread():  # tiny matrices: threads would only cost time
-        for _ in range(40):
-            optimizer.zero_grad()
-            loss_fn(model(x), target).backward()
-            optimizer.step()
-
-    assert loss_fn(model(x), target).item() < 0.5 * initial_loss.item()
-    for (weight, bias), (weight_after, bias_after) in zip(frozen, int8_layer_state(model), strict=True):
-        assert torch.equal(weight, weight_after) and torch.equal(bias, bias_after)
-
-
-def test_add_lora_on_a_float_model_freezes_its_weights():
-    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4))
-    adapters = add_lora(model, rank=1, alpha=2.0, layer_types=(nn.Linear,))
-    assert model[0].scaling == 2.0
-    assert {id(p) for p in model.parameters() if p.requires_grad} == {id(p) for p in adapters}
 
 
 def test_demo_recovers_accuracy_on_the_shifted_task(capsys):
@@ -89,6 +27,16 @@ def test_demo_recovers_accuracy_on_the_shifted_task(capsys):
     assert result.gradient_agreement.norm_ratio == pytest.approx(1, abs=1e-3)
     output = capsys.readouterr().out
     assert "stock PyTorch" in output and "time per step" in output
+
+
+def test_demo_fine_tunes_through_peft_with_the_same_initial_adapters_on_both_bases():
+    models = demo.adapted_models(demo.digit_classifier(), lora_rank=2, seed=0)
+    int8_layers = [m for m in models["int8"].modules() if isinstance(m, qlgrad.peft.DynamicQuantizedLoraLinear)]
+    assert len(int8_layers) == 3
+    adapters = {name: peft.get_peft_model_state_dict(model) for name, model in models.items()}
+    assert adapters["int8"].keys() == adapters["float"].keys() and len(adapters["int8"]) == 6
+    for key, value in adapters["int8"].items():
+        assert torch.equal(value, adapters["float"][key])
 
 
 def test_demo_is_a_console_script():

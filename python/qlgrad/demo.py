@@ -8,12 +8,12 @@
 2. A small float MLP learns scikit-learn's 8x8 handwritten digits and is quantized
    with ``quantize_dynamic``; on a shifted task (the digits rotated, with noise) the
    int8 model's accuracy drops.
-3. Low-rank adapters beside the frozen int8 layers learn the shifted task, trained
-   through the int8 layers (with ``--nproc`` > 1 by DistributedDataParallel over local
-   processes), and the same adapters on the float model, for the time per step.
+3. PEFT's LoRA adapters beside the frozen int8 layers (``qlgrad.peft``) learn the shifted
+   task, trained through the int8 layers (with ``--nproc`` > 1 by DistributedDataParallel
+   over local processes), and the same adapters on the float model, for the time per step.
 4. The fine-tuned int8 model's input gradient is checked against the reference.
 
-Needs scikit-learn (``pip install 'qlgrad[demo]'``) for its bundled digits data set.
+Needs scikit-learn, for its bundled digits data set, and PEFT (``pip install 'qlgrad[demo]'``).
 """
 
 import argparse
@@ -27,6 +27,7 @@ import time
 import warnings
 from dataclasses import dataclass
 
+import peft
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -36,7 +37,8 @@ import qlgrad
 
 from . import _residual_mlp
 from ._data_parallel import run_data_parallel
-from .nn import DynamicQuantizedLinear, add_lora
+from .peft import DynamicQuantizedLinear
+from .peft import get_peft_model as get_int8_peft_model
 
 HIDDEN_FEATURES = 256
 BATCH_SIZE = 64
@@ -233,16 +235,25 @@ def train(
         return (time.perf_counter() - start) / steps
 
 
-def adapted_models(float_model: nn.Module, lora_rank: int, seed: int) -> dict[str, nn.Module]:
+def lora_config(model: nn.Module, lora_rank: int) -> peft.LoraConfig:
+    """Rank-``lora_rank`` LoRA (alpha equal to the rank) on every linear layer of ``model``, float or int8."""
+    layers = [name for name, module in model.named_modules() if isinstance(module, (nn.Linear, DynamicQuantizedLinear))]
+    return peft.LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=layers)
+
+
+def adapted_models(float_model: nn.Module, lora_rank: int, seed: int) -> dict[str, peft.PeftModel]:
     """The models to fine-tune: ``"int8"``, an int8 copy of ``float_model``, and ``"float"``, a float copy.
 
-    Each has rank-``lora_rank`` adapters on its linear layers, the same initial values
-    (from ``seed``) on both. ``float_model`` is left as it is.
+    Each has PEFT's rank-``lora_rank`` LoRA adapters on its linear layers, the same initial
+    values (from ``seed``) on both. ``float_model`` is left as it is.
     """
-    models = {"int8": quantize_int8(float_model), "float": copy.deepcopy(float_model)}
-    for name, layer_types in (("int8", (DynamicQuantizedLinear,)), ("float", (nn.Linear,))):
+    models = {}
+    for name, base, adapt in (
+        ("int8", quantize_int8(float_model), get_int8_peft_model),
+        ("float", copy.deepcopy(float_model), peft.get_peft_model),
+    ):
         torch.manual_seed(seed)
-        add_lora(models[name], lora_rank, layer_types=layer_types)
+        models[name] = adapt(base, lora_config(base, lora_rank))
     return models
 
 
@@ -259,7 +270,7 @@ def fine_tune_adapters(
 ) -> dict[str, tuple[dict[str, torch.Tensor], float]]:
     """Train the adapters of ``adapted_models(float_model, lora_rank, seed)``.
 
-    Returns ``{name: (trained adapter parameters by name, seconds per step)}``. Called
+    Returns ``{name: (trained adapters as PEFT saves them, seconds per step)}``. Called
     as process ``rank`` 0 of ``world_size`` 1, or as the job of every process in
     ``run_data_parallel``. Each process builds its models itself, so that only float
     tensors travel between processes.
@@ -269,18 +280,8 @@ def fine_tune_adapters(
     with qlgrad.backward_precision(precision):
         for name, model in adapted_models(float_model, lora_rank, seed).items():
             seconds = train(model, images, labels, steps, seed, f"{name} base", rank, world_size)
-            adapters = {key: value.detach() for key, value in model.named_parameters() if value.requires_grad}
-            results[name] = (adapters, seconds)
+            results[name] = (peft.get_peft_model_state_dict(model), seconds)
     return results
-
-
-def load_adapters(model: nn.Module, adapters: dict[str, torch.Tensor]) -> None:
-    """Copy trained adapter parameters, by name, into ``model`` (in place)."""
-    # Not load_state_dict(strict=False): quantized layers insist on their own keys even then.
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in adapters.items():
-            parameters[name].copy_(value)
 
 
 class StraightThroughReference(nn.Module):
@@ -402,7 +403,7 @@ def run(options: argparse.Namespace) -> DemoResult:
         else:
             tuned = fine_tune_adapters(0, 1, *job_args)
         for name, (adapters, _) in tuned.items():
-            load_adapters(models[name], adapters)
+            peft.set_peft_model_state_dict(models[name], adapters)
         seconds = {name: seconds_per_step for name, (_, seconds_per_step) in tuned.items()}
         after = {name: accuracy(model, tasks.shifted_test_images, tasks.test_labels) for name, model in models.items()}
         print("   base    shifted accuracy before -> after    time per step")

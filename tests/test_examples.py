@@ -1,0 +1,42 @@
+"""The Captum example, and the README's PEFT and Captum sections run as they are written."""
+
+import importlib.util
+import os
+import re
+
+import pytest
+
+ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def readme_code(heading: str) -> str:
+    """The Python code blocks of the README section titled ``heading`` (up to the next heading of its level or above)."""
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
+        text = readme.read()
+    level, title = heading.split(" ", 1)
+    start = text.index(f"\n{heading}\n")
+    end = re.compile(rf"^#{{1,{len(level)}}} ", re.M).search(text, start + len(heading) + 2)
+    section = text[start : end.start() if end else len(text)]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert blocks, f"no python code in the README section {title!r}"
+    return "\n".join(blocks)
+
+
+def test_captum_example_attributions_of_int8_and_float_models_agree(capsys):
+    mean_cosines = load_example("attribution").main(["--digits", "20", "--steps", "8"])
+    assert set(mean_cosines) == {"Saliency", "IntegratedGradients"}
+    assert all(cosine > 0.98 for cosine in mean_cosines.values())
+    assert "IntegratedGradients" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("heading", ["## PEFT: LoRA fine-tuning of int8 models", "## Captum: attributions of int8 models"])
+def test_readme_section_runs(heading, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the PEFT section saves adapters to the working directory
+    exec(compile(readme_code(heading), f"README.md, {heading}", "exec"), {})
