@@ -19,7 +19,7 @@ def table_rows(output: str) -> list[dict[str, str]]:
 def test_compare_runs_on_the_smallest_shape(tmp_path):
     plot = tmp_path / "ratios.png"  # --plot needs matplotlib, pinned in requirements/dev.txt
     result = subprocess.run(
-        [sys.executable, COMPARE, "--shapes", SMALLEST_SHAPE, "--repeats", "1", "--plot", str(plot)],
+        [sys.executable, COMPARE, "--shapes", SMALLEST_SHAPE, "--repeats", "1", "--model-blocks", "1", "--plot", str(plot)],
         capture_output=True,
         text=True,
         timeout=300,
@@ -35,4 +35,5 @@ def test_compare_runs_on_the_smallest_shape(tmp_path):
         fp32_error = float(row["rel. error fp32 / bf16 / int8"].split(" / ")[0])
         assert fp32_error < 1e-5  # the exact mode and F.linear compute the same gradient
     assert "Targets on this run:" in result.stdout
+    assert "Whole model: 1 blocks" in result.stdout and "cache hit rate 100%" in result.stdout
     assert plot.read_bytes().startswith(b"\x89PNG")

@@ -13,11 +13,13 @@ measured: bf16 rounds each weight value relative to itself, and int8 quantizes t
 gradient, not the weight.
 """
 
+import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import qlgrad
 
@@ -27,7 +29,6 @@ THREADS = 2  # the development and CI machines have 2 cores
 
 # Weight values and biases within +-0.1, the range of an initialized float layer.
 _VALUE_RANGE = 0.1
-_WEIGHT_SCALE = _VALUE_RANGE / 127
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,8 @@ SHAPES = {
     shape.label: shape
     for shape in (
         Shape(1, 4096, 4096),  # one decoding step of a 7B-class projection
+        Shape(4, 4096, 4096),  # a few sequences decoding side by side
+        Shape(16, 4096, 4096),  # a small batch: between reading the weight and arithmetic
         Shape(32, 768, 768),  # a short sequence through a BERT-base attention projection
         Shape(256, 768, 3072),  # a BERT-base MLP up-projection
         Shape(2048, 768, 3072),  # the same for a long sequence
@@ -63,14 +66,16 @@ def configure_torch() -> None:
     warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
 
 
-def random_qint8_weight(out_features: int, in_features: int, scheme: str, generator: torch.Generator) -> torch.Tensor:
-    """A symmetric qint8 weight ``[out, in]``, one scale for the tensor or one per output channel."""
+def random_qint8_weight(
+    out_features: int, in_features: int, scheme: str, generator: torch.Generator, value_range: float = _VALUE_RANGE
+) -> torch.Tensor:
+    """A symmetric qint8 weight ``[out, in]`` within ``value_range``, one scale for the tensor or one per output channel."""
     codes = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
     if scheme == "per_tensor":
-        return torch._make_per_tensor_quantized_tensor(codes, _WEIGHT_SCALE, 0)
+        return torch._make_per_tensor_quantized_tensor(codes, value_range / 127, 0)
     if scheme == "per_channel":
         # Output channels of trained layers differ in spread; that is what per-channel scales are for.
-        scales = _WEIGHT_SCALE * (0.5 + torch.rand(out_features, generator=generator, dtype=torch.float64))
+        scales = value_range / 127 * (0.5 + torch.rand(out_features, generator=generator, dtype=torch.float64))
         zero_points = torch.zeros(out_features, dtype=torch.long)
         return torch._make_per_channel_quantized_tensor(codes, scales, zero_points, 0)
     raise ValueError(f"unknown weight scheme {scheme!r}; expected one of {SCHEMES}")
@@ -83,12 +88,10 @@ class Workload:
         generator = torch.Generator().manual_seed(seed)
         self.shape = shape
         self.scheme = scheme
-        self.qweight = random_qint8_weight(shape.out_features, shape.in_features, scheme, generator)
-        self.bias = torch.empty(shape.out_features).uniform_(-_VALUE_RANGE, _VALUE_RANGE, generator=generator)
+        self.layer = int8_linear(shape.in_features, shape.out_features, scheme, generator)
+        self.qweight, self.bias = self.layer._weight_bias()
         self.input = torch.randn(shape.tokens, shape.in_features, generator=generator)
         self.grad_output = torch.randn(shape.tokens, shape.out_features, generator=generator)
-        self.layer = torch.ao.nn.quantized.dynamic.Linear(shape.in_features, shape.out_features)
-        self.layer.set_weight_bias(self.qweight, self.bias)
 
     @property
     def weight_elements(self) -> int:
@@ -96,6 +99,14 @@ class Workload:
 
     def input_requiring_grad(self) -> torch.Tensor:
         return self.input.clone().requires_grad_()
+
+
+def int8_linear(in_features: int, out_features: int, scheme: str, generator: torch.Generator, value_range: float = _VALUE_RANGE):
+    """A dynamic int8 ``Linear`` with random codes and a bias within ``value_range``; no float weight is made."""
+    layer = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features)
+    weight = random_qint8_weight(out_features, in_features, scheme, generator, value_range)
+    layer.set_weight_bias(weight, torch.empty(out_features).uniform_(-value_range, value_range, generator=generator))
+    return layer
 
 
 def qlgrad_input_gradient(workload: Workload, precision: str):
@@ -189,3 +200,91 @@ def relative_error(result: torch.Tensor, reference: torch.Tensor) -> float:
     """``||result - reference|| / ||reference||``, in float64."""
     reference = reference.double()
     return ((result.double() - reference).norm() / reference.norm()).item()
+
+
+def bf16_copy_input_gradient(workload: Workload):
+    """The bf16 backward as a bfloat16 copy of ``W_deq`` computes it (2 bytes per weight kept):
+    what qlgrad's bf16 mode reads from int8 codes instead."""
+    weight = workload.qweight.dequantize().bfloat16()
+    return lambda: (workload.grad_output.bfloat16() @ weight).float()
+
+
+# ---- A whole model ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A stack of transformer-style blocks: four width x width attention projections and a
+    width -> hidden -> width MLP each, with ``tokens`` rows of input."""
+
+    blocks: int
+    width: int
+    hidden: int
+    tokens: int
+
+    @property
+    def weight_elements(self) -> int:
+        return self.blocks * (4 * self.width * self.width + 2 * self.width * self.hidden)
+
+
+# BERT-large's linear layers (302M weights), 64 tokens.
+BERT_LARGE = ModelShape(blocks=24, width=1024, hidden=4096, tokens=64)
+
+
+class Block(nn.Module):
+    """Single-head attention and an MLP, each on a residual path, from a factory of linear layers."""
+
+    def __init__(self, shape: ModelShape, linear):
+        super().__init__()
+        self.query, self.key, self.value, self.output = (linear(shape.width, shape.width) for _ in range(4))
+        self.up, self.down = linear(shape.width, shape.hidden), linear(shape.hidden, shape.width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scores = self.query(x) @ self.key(x).transpose(-1, -2) / math.sqrt(x.shape[-1])
+        x = x + self.output(torch.softmax(scores, dim=-1) @ self.value(x))
+        return x + self.down(F.gelu(self.up(x)))
+
+
+class ModelWorkload:
+    """The int8 model (dynamic int8 layers made from random codes: no float copy exists), an
+    input and an output gradient; ``float_model()`` builds the same model with float weights."""
+
+    def __init__(self, shape: ModelShape, scheme: str = "per_channel", seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.shape = shape
+
+        def linear(in_features, out_features):
+            # Weights within +-1/sqrt(in), as nn.Linear initializes them, keep activations bounded.
+            return int8_linear(in_features, out_features, scheme, generator, 1 / math.sqrt(in_features))
+
+        self.int8_model = nn.Sequential(*(Block(shape, linear) for _ in range(shape.blocks))).eval()
+        self.input = torch.randn(shape.tokens, shape.width, generator=generator)
+        self.grad_output = torch.randn(shape.tokens, shape.width, generator=generator)
+
+    @property
+    def int8_weight_bytes(self) -> int:
+        return self.shape.weight_elements
+
+    def float_model(self) -> nn.Module:
+        """The model with each layer's ``W_deq`` as a frozen float weight (4 bytes per element)."""
+
+        def float_linear(layer):
+            weight, bias = layer._weight_bias()
+            linear = nn.Linear(layer.in_features, layer.out_features)
+            linear.weight.data, linear.bias.data = weight.dequantize(), bias.detach().clone()
+            return linear
+
+        model = nn.Sequential()
+        for int8_block in self.int8_model:
+            block = Block(self.shape, lambda *_: None)
+            for name in ("query", "key", "value", "output", "up", "down"):
+                setattr(block, name, float_linear(getattr(int8_block, name)))
+            model.append(block)
+        return model.eval().requires_grad_(False)
+
+
+def model_input_gradient(model: nn.Module, workload: ModelWorkload):
+    """The input gradient through ``model``: forward once here, each call runs the backward."""
+    x = workload.input.clone().requires_grad_()
+    y = model(x)
+    return lambda: torch.autograd.grad(y, x, workload.grad_output, retain_graph=True)[0]
