@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <immintrin.h>
 #include <cstring>
 #include <vector>
 
@@ -17,8 +18,11 @@ constexpr int64_t kStreamedRowsMax = 4;
 // Columns one streaming task accumulates: its float32 accumulators (rows x columns) stay in
 // L1, and each weight row is read in runs of whole cache lines.
 constexpr int64_t kStreamedColumnsMax = 512;
-// A converted tile stays in L2 while the GEMM reads it.
+// A converted float32 tile stays in L2 while the GEMM reads it, with up to this many columns.
 constexpr int64_t kTileBytes = int64_t{1} << 20;
+constexpr int64_t kTileColumnsMax = 1024;
+// A bfloat16 tile holds every row of its columns.
+constexpr int64_t kFullDepthTileBytes = int64_t{4} << 20;
 constexpr int64_t kCacheLine = 64;
 
 int64_t round_up(int64_t value, int64_t multiple) {
@@ -127,50 +131,6 @@ void stream_rows(const float* lhs, int64_t rows, int64_t depth, const at::Half* 
   stream_half_rows(rows, lhs, depth, weight, ldw, zero_point, columns, out, ldo);
 }
 
-// tile[n, c] = weight[n, c] - zero_point[n] in Element, for a block of `columns` columns.
-template <typename Element, typename Code>
-[[gnu::always_inline]] inline void convert_tile(const Code* weight, int64_t ldw, const int32_t* zero_point,
-                                                 int64_t depth, int64_t columns, Element* tile) {
-  for (int64_t n = 0; n < depth; ++n) {
-    const Code* row = weight + n * ldw;
-    Element* out = tile + n * columns;
-    const float offset = zero_point == nullptr ? 0.0f : static_cast<float>(zero_point[n]);
-#pragma omp simd
-    for (int64_t c = 0; c < columns; ++c) {
-      const float value = code_value(row[c]) - offset;
-      if constexpr (std::is_same_v<Element, float>) {
-        out[c] = value;
-      } else if constexpr (std::is_same_v<Code, int8_t>) {
-        // An integer of magnitude <= 255 has no bits below bfloat16's: truncation is exact.
-        uint32_t bits;
-        std::memcpy(&bits, &value, sizeof(bits));
-        out[c] = c10::BFloat16(static_cast<uint16_t>(bits >> 16), c10::BFloat16::from_bits());
-      } else {
-        out[c] = c10::BFloat16(value);  // rounds to nearest even
-      }
-    }
-  }
-}
-
-#define QLGRAD_CONVERT_TILE(Element, Code)                                                                    \
-  QLGRAD_VECTOR_CLONES void convert_tile_##Element##_##Code(const Code* weight, int64_t ldw,                  \
-                                                            const int32_t* zero_point, int64_t depth,         \
-                                                            int64_t columns, Element* tile) {                  \
-    convert_tile(weight, ldw, zero_point, depth, columns, tile);                                               \
-  }                                                                                                            \
-  void convert(const Code* weight, int64_t ldw, const int32_t* zero_point, int64_t depth, int64_t columns,     \
-               Element* tile) {                                                                                \
-    convert_tile_##Element##_##Code(weight, ldw, zero_point, depth, columns, tile);                            \
-  }
-
-using BFloat16 = at::BFloat16;
-using Half = at::Half;
-QLGRAD_CONVERT_TILE(float, int8_t)
-QLGRAD_CONVERT_TILE(BFloat16, int8_t)
-QLGRAD_CONVERT_TILE(float, Half)
-QLGRAD_CONVERT_TILE(BFloat16, Half)
-#undef QLGRAD_CONVERT_TILE
-
 template <typename Code>
 at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const int32_t* zero_point) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
@@ -187,40 +147,147 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const int32
   return result;
 }
 
-// Column blocks of the weight, each converted whole (all N rows, so the GEMM on it runs
-// at full depth and the output block is written once) into a tile of the thread's own, and
-// multiplied there; the blocks are spread over the threads.
-template <typename Element, typename Code>
-at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const int32_t* zero_point) {
+// tile[n, :] = codes[n, :] - zero_point[n] for an int8 block of `depth` rows and `columns`
+// columns, as float32 or as bfloat16. For bfloat16 the float32 value is cut to its upper
+// half: the codes minus a zero point are integers of magnitude <= 255, whose lower half is
+// zero, so this is exact. Written with intrinsics: GCC lowers an int8-to-float conversion
+// of generic vectors lane by lane.
+template <typename Element>
+void convert_codes_portable(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth,
+                            int64_t columns, Element* tile) {
+  for (int64_t n = 0; n < depth; ++n) {
+    const int8_t* row = codes + n * ldw;
+    const float offset = zero_point == nullptr ? 0.0f : zero_point[n];
+    for (int64_t c = 0; c < columns; ++c) {
+      const float value = static_cast<float>(row[c]) - offset;
+      if constexpr (std::is_same_v<Element, float>) {
+        tile[n * columns + c] = value;
+      } else {
+        uint32_t bits;
+        std::memcpy(&bits, &value, sizeof(bits));
+        tile[n * columns + c] = at::BFloat16(static_cast<uint16_t>(bits >> 16), at::BFloat16::from_bits());
+      }
+    }
+  }
+}
+
+template <typename Element>
+__attribute__((target("avx512f,avx512bw"))) void convert_codes_avx512(const int8_t* codes, int64_t ldw,
+                                                                       const float* zero_point, int64_t depth,
+                                                                       int64_t columns, Element* tile) {
+  constexpr int64_t kLanes = 16;
+  const int64_t vectorized = columns / kLanes * kLanes;
+  for (int64_t n = 0; n < depth; ++n) {
+    const int8_t* row = codes + n * ldw;
+    Element* out = tile + n * columns;
+    const __m512 offset = _mm512_set1_ps(zero_point == nullptr ? 0.0f : zero_point[n]);
+    for (int64_t c = 0; c < vectorized; c += kLanes) {
+      const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
+      const __m512 values = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(packed)), offset);
+      if constexpr (std::is_same_v<Element, float>) {
+        _mm512_storeu_ps(out + c, values);
+      } else {
+        const __m256i upper = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(values), 16));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), upper);
+      }
+    }
+    convert_codes_portable(row + vectorized, ldw, zero_point == nullptr ? nullptr : zero_point + n, 1,
+                           columns - vectorized, out + vectorized);
+  }
+}
+
+template <typename Element>
+__attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int64_t ldw, const float* zero_point,
+                                                         int64_t depth, int64_t columns, Element* tile) {
+  constexpr int64_t kLanes = 8;
+  const int64_t vectorized = columns / kLanes * kLanes;
+  for (int64_t n = 0; n < depth; ++n) {
+    const int8_t* row = codes + n * ldw;
+    Element* out = tile + n * columns;
+    const __m256 offset = _mm256_set1_ps(zero_point == nullptr ? 0.0f : zero_point[n]);
+    for (int64_t c = 0; c < vectorized; c += kLanes) {
+      const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c));
+      const __m256 values = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(packed)), offset);
+      if constexpr (std::is_same_v<Element, float>) {
+        _mm256_storeu_ps(out + c, values);
+      } else {
+        // The upper halves, packed within each 128-bit lane, then the lanes' lower quarters joined.
+        const __m256i upper = _mm256_srli_epi32(_mm256_castps_si256(values), 16);
+        const __m256i packed_words = _mm256_permute4x64_epi64(_mm256_packus_epi32(upper, upper), 0b1000);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_castsi256_si128(packed_words));
+      }
+    }
+    convert_codes_portable(row + vectorized, ldw, zero_point == nullptr ? nullptr : zero_point + n, 1,
+                           columns - vectorized, out + vectorized);
+  }
+}
+
+template <typename Element>
+void convert_codes(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth, int64_t columns,
+                   Element* tile) {
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  static const bool avx2 = __builtin_cpu_supports("avx2");
+  if (avx512) {
+    convert_codes_avx512(codes, ldw, zero_point, depth, columns, tile);
+  } else if (avx2) {
+    convert_codes_avx2(codes, ldw, zero_point, depth, columns, tile);
+  } else {
+    convert_codes_portable(codes, ldw, zero_point, depth, columns, tile);
+  }
+}
+
+// The block weight[:, first:first + count] into `tile` ([depth, count], contiguous), in the
+// tile's dtype, less the zero points.
+void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const at::Tensor& zero_point,
+                   at::Tensor& tile) {
+  if (weight.scalar_type() != at::kChar) {
+    // float16 weights (fp16-packed layers): rare enough for ATen's conversion.
+    tile.copy_(weight.narrow(1, first, count));
+    return;
+  }
+  const int8_t* codes = weight.const_data_ptr<int8_t>() + first;
+  const float* offsets = zero_point.defined() ? zero_point.const_data_ptr<float>() : nullptr;
+  if (tile.scalar_type() == at::kFloat) {
+    convert_codes(codes, weight.stride(0), offsets, tile.size(0), count, tile.mutable_data_ptr<float>());
+  } else {
+    convert_codes(codes, weight.stride(0), offsets, tile.size(0), count, tile.mutable_data_ptr<at::BFloat16>());
+  }
+}
+
+// The weight in blocks of columns spread over the threads; each thread converts a block,
+// a tile of rows at a time, into a tile of its own and multiplies there. Every row of a
+// tile is a long run of contiguous codes: across rows the weight's pages change, and short
+// runs would spend more on page walks than on converting.
+//   float32: shallow tiles that stay in L2, accumulated into the output block.
+//   bfloat16: tiles of full depth, so that the output, rounded to bfloat16 by the GEMM, is
+//   written once rather than rounded at every accumulation.
+at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
+  const bool accumulate = lhs.scalar_type() == at::kFloat;
+  const int64_t element_bytes = lhs.element_size();
+  const int64_t align = kCacheLine / element_bytes;
+  const int64_t width = columns_per_task(
+      columns, accumulate ? kTileColumnsMax : std::max(align, kFullDepthTileBytes / element_bytes / depth / align * align),
+      align);
+  const int64_t tile_depth = accumulate ? std::max(kCacheLine, kTileBytes / element_bytes / width) : depth;
   auto result = at::empty({rows, columns}, lhs.options());
-  constexpr int64_t kAlign = kCacheLine / sizeof(Element);
-  const int64_t widest = std::max(kAlign, kTileBytes / int64_t{sizeof(Element)} / depth / kAlign * kAlign);
-  const int64_t width = columns_per_task(columns, widest, kAlign);
-  const auto* codes = weight.const_data_ptr<Code>();
+  const auto offsets = zero_point ? zero_point->to(at::kFloat) : at::Tensor();
   at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
-    auto tile = at::empty({depth, width}, lhs.options());
+    auto tile = at::empty({std::min(depth, tile_depth) * width}, lhs.options());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t first = task * width, count = std::min(width, columns - first);
-      // The first depth x count elements, so that the tile is contiguous at every width.
-      auto block = tile.view(-1).narrow(0, 0, depth * count).view({depth, count});
-      convert(codes + first, weight.stride(0), zero_point, depth, count, block.mutable_data_ptr<Element>());
       auto out = result.narrow(1, first, count);
-      at::mm_out(out, lhs, block);
+      for (int64_t top = 0; top < depth; top += tile_depth) {
+        const int64_t height = std::min(tile_depth, depth - top);
+        // The first height x count elements, so that the tile is contiguous at every size.
+        auto block = tile.narrow(0, 0, height * count).view({height, count});
+        convert_block(weight.narrow(0, top, height), first, count,
+                      offsets.defined() ? offsets.narrow(0, top, height) : offsets, block);
+        at::addmm_out(out, out, lhs.narrow(1, top, height), block, /*beta=*/top == 0 ? 0 : 1);
+      }
     }
   });
   return result;
-}
-
-template <typename Code>
-at::Tensor tiled_matmul_of(const at::Tensor& lhs, const at::Tensor& weight, const int32_t* zero_point) {
-  if (lhs.scalar_type() == at::kBFloat16) {
-    return tiled<BFloat16, Code>(lhs, weight, zero_point);
-  }
-  if (lhs.size(0) <= kStreamedRowsMax) {
-    return streamed<Code>(lhs, weight, zero_point);
-  }
-  return tiled<float, Code>(lhs, weight, zero_point);
 }
 
 } // namespace
@@ -234,15 +301,12 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   if (lhs.numel() == 0 || weight.size(1) == 0) {
     return at::zeros({lhs.size(0), weight.size(1)}, lhs.options());
   }
-  const int32_t* offsets = zero_point ? zero_point->const_data_ptr<int32_t>() : nullptr;
-  switch (weight.scalar_type()) {
-    case at::kChar:
-      return tiled_matmul_of<int8_t>(lhs, weight, offsets);
-    case at::kHalf:
-      return tiled_matmul_of<Half>(lhs, weight, offsets);
-    default:
-      TORCH_INTERNAL_ASSERT(false, "tiled_matmul: weight dtype ", weight.scalar_type());
+  if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
+    const int32_t* offsets = zero_point ? zero_point->const_data_ptr<int32_t>() : nullptr;
+    return weight.scalar_type() == at::kChar ? streamed<int8_t>(lhs, weight, offsets)
+                                             : streamed<at::Half>(lhs, weight, offsets);
   }
+  return tiled(lhs, weight, zero_point);
 }
 
 } // namespace qlgrad::math
