@@ -77,6 +77,17 @@ def property_row(report):
     return "Property-based examples run", f"{total} ({'; '.join(parts)})"
 
 
+def cpp_concurrency(figures):
+    """What tests/cpp/concurrency.cpp reports, in words."""
+    words = (
+        f"{figures['threads']} threads x {figures['iterations_per_thread']} backward calls, "
+        f"cache cleared and re-limited {figures['cache_changes']} times"
+    )
+    if "cache_hits" in figures:
+        words += f", {figures['cache_hits']} cache hits between changes"
+    return words
+
+
 def concurrency_row(report):
     python = report.get("concurrency", {}).get("Python threads on a shared model")
     cpp = report.get("cpp", {}).get("build", {}).get("figures", {}).get("concurrency")
@@ -88,10 +99,7 @@ def concurrency_row(report):
             f"hung threads {python['hung_threads']}, cache cleared and re-limited {python['cache_changes']} times"
         )
     if cpp:
-        parts.append(
-            f"C++: {cpp['threads']} threads x {cpp['iterations_per_thread']} backward calls, "
-            f"cache cleared and re-limited {cpp['cache_changes']} times"
-        )
+        parts.append(f"C++: {cpp_concurrency(cpp)}")
     return "Threads x iterations held (results bit-identical to one thread)", "; ".join(parts)
 
 
@@ -123,12 +131,8 @@ def sanitizer_row(label, name, report):
         f"{verdict}: {run['programs_ok']} of {run['programs']} C++ test programs, "
         f"{run['checks_passed']} checks passed, {run['checks_failed']} failed"
     )
-    concurrency = run["figures"].get("concurrency")
-    if concurrency:
-        figure += (
-            f"; concurrency: {concurrency['threads']} threads x {concurrency['iterations_per_thread']} "
-            f"backward calls, cache cleared and re-limited {concurrency['cache_changes']} times"
-        )
+    if "concurrency" in run["figures"]:
+        figure += f"; concurrency: {cpp_concurrency(run['figures']['concurrency'])}"
     if "build_and_test_seconds" in run:
         figure += f"; build and run {run['build_and_test_seconds']} s"
     return name, figure

@@ -27,6 +27,9 @@ using qlgrad_test::Tally;
 constexpr int kWorkers = 8;
 constexpr int kIterationsPerWorker = 1000;
 constexpr auto kDeadline = std::chrono::seconds(240);
+// Between two changes of the cache, long enough for workers to find weights in it, so that
+// hits contend with misses, insertions and changes (without a pause nearly every call misses).
+constexpr auto kCacheChangeInterval = std::chrono::milliseconds(1);
 constexpr std::array<Precision, 3> kPrecisions{Precision::kFloat32, Precision::kBFloat16, Precision::kInt8};
 // 0 disables the cache; 4 KiB holds no weight here; 1 GiB holds them all.
 constexpr std::array<int64_t, 4> kCacheLimits{0, int64_t{1} << 12, int64_t{1} << 16, int64_t{1} << 30};
@@ -123,7 +126,7 @@ int main() {
     }
   }
 
-  std::atomic<int64_t> mismatches{0}, errors{0}, calls{0}, cache_changes{0};
+  std::atomic<int64_t> mismatches{0}, errors{0}, calls{0}, cache_changes{0}, cache_hits{0};
   std::atomic<bool> stop_cache_thread{false};
   Countdown running(kWorkers);
   std::vector<std::thread> workers;
@@ -158,7 +161,8 @@ int main() {
         tally.check("cache bytes within the limit", false, std::to_string(info.bytes));
       }
       ++cache_changes;
-      std::this_thread::yield();
+      std::this_thread::sleep_for(kCacheChangeInterval);
+      cache_hits += qlgrad::cache_info().hits - info.hits;
     }
   });
 
@@ -176,8 +180,10 @@ int main() {
   tally.check("every call returned", errors == 0 && calls == kWorkers * kIterationsPerWorker);
   tally.check("every result equals the single-threaded one, bit for bit", mismatches == 0);
   tally.check("the cache thread ran", cache_changes > 0);
+  tally.check("workers found weights in the cache between changes", cache_hits > 0);
   qlgrad_test::report_figure("threads", kWorkers);
   qlgrad_test::report_figure("iterations_per_thread", kIterationsPerWorker);
   qlgrad_test::report_figure("cache_changes", cache_changes.load());
+  qlgrad_test::report_figure("cache_hits", cache_hits.load());
   return tally.finish();
 }
