@@ -3,7 +3,8 @@
 #   scripts/dev.sh setup   create .venv, install the pinned tools, build and install qlgrad
 #   scripts/dev.sh demo    setup, then the demo
 #   scripts/dev.sh test    setup, then the whole test suite (pytest, meson test, and the C++
-#                          tests again under AddressSanitizer and LeakSanitizer), then the
+#                          tests again under AddressSanitizer, LeakSanitizer and
+#                          UndefinedBehaviorSanitizer, and under ThreadSanitizer), then the
 #                          asv benchmarks once in quick mode
 set -euo pipefail
 
@@ -30,20 +31,26 @@ run_tests() {
   python -m pytest -q tests
   meson test -C "$build" --print-errorlogs
   python scripts/update_reliability_table.py record-meson build "$build/meson-logs/testlog.json"
-  run_sanitized_cpp_tests
+  # AddressSanitizer, LeakSanitizer and UndefinedBehaviorSanitizer combine, and one build
+  # takes half the time of two; float-to-integer conversions, which quantization is made of,
+  # are checked too (not part of -fsanitize=undefined).
+  run_sanitized_cpp_tests asan-ubsan -Db_sanitize=address,undefined -Dcpp_args=-fsanitize=float-cast-overflow
+  # ThreadSanitizer excludes the others. The parameter is explained in tests/cpp/meson.build.
+  run_sanitized_cpp_tests tsan -Db_sanitize=thread -Dcpp_args=--param=tsan-instrument-func-entry-exit=0
   # The benchmarks once, quickly: this fails when a benchmark errors, not on any timing.
   bash "$root/bench/run_asv.sh"
 }
 
-# The C++ tests built with AddressSanitizer and LeakSanitizer, in a build directory of their own
-# configured by plain Meson with this environment's Python (it finds torch and nanobind).
+# run_sanitized_cpp_tests LABEL MESON_OPTION...
+# The C++ tests built with sanitizers in build/LABEL, configured by plain Meson with this
+# environment's Python (it finds torch and nanobind), and recorded under LABEL.
 run_sanitized_cpp_tests() {
-  local asan_build="$build/asan" start=$SECONDS
-  if [ ! -f "$asan_build/build.ninja" ]; then
-    meson setup "$asan_build" -Db_sanitize=address
-  fi
-  meson test -C "$asan_build" --print-errorlogs
-  python scripts/update_reliability_table.py record-meson asan "$asan_build/meson-logs/testlog.json" \
+  local label=$1 sanitized_build="$build/$1" start=$SECONDS
+  shift
+  # --reconfigure: a build directory from an earlier run gets today's options too.
+  meson setup --reconfigure "$sanitized_build" "$@"
+  meson test -C "$sanitized_build" --print-errorlogs
+  python scripts/update_reliability_table.py record-meson "$label" "$sanitized_build/meson-logs/testlog.json" \
     --seconds $((SECONDS - start))
 }
 

@@ -13,6 +13,7 @@ record_reliability); this script adds those of the C++ programs and writes the t
 """
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -76,6 +77,17 @@ def property_row(report):
     return "Property-based examples run", f"{total} ({'; '.join(parts)})"
 
 
+def cpp_concurrency(figures):
+    """What tests/cpp/concurrency.cpp reports, in words."""
+    words = (
+        f"{figures['threads']} threads x {figures['iterations_per_thread']} backward calls, "
+        f"cache cleared and re-limited {figures['cache_changes']} times"
+    )
+    if "cache_hits" in figures:
+        words += f", {figures['cache_hits']} cache hits between changes"
+    return words
+
+
 def concurrency_row(report):
     python = report.get("concurrency", {}).get("Python threads on a shared model")
     cpp = report.get("cpp", {}).get("build", {}).get("figures", {}).get("concurrency")
@@ -87,10 +99,7 @@ def concurrency_row(report):
             f"hung threads {python['hung_threads']}, cache cleared and re-limited {python['cache_changes']} times"
         )
     if cpp:
-        parts.append(
-            f"C++: {cpp['threads']} threads x {cpp['iterations_per_thread']} backward calls, "
-            f"cache cleared and re-limited {cpp['cache_changes']} times"
-        )
+        parts.append(f"C++: {cpp_concurrency(cpp)}")
     return "Threads x iterations held (results bit-identical to one thread)", "; ".join(parts)
 
 
@@ -106,20 +115,32 @@ def leaks_row(report):
     )
 
 
-def sanitizer_row(report):
-    asan = report.get("cpp", {}).get("asan")
-    if not asan:
-        return "AddressSanitizer and LeakSanitizer", ""
-    verdict = "clean" if asan["programs_ok"] == asan["programs"] and asan["checks_failed"] == 0 else "FAILED"
-    timing = f", build and run {asan['build_and_test_seconds']} s" if "build_and_test_seconds" in asan else ""
-    return (
-        "AddressSanitizer and LeakSanitizer",
-        f"{verdict}: {asan['programs_ok']} of {asan['programs']} C++ test programs, "
-        f"{asan['checks_passed']} checks passed, {asan['checks_failed']} failed{timing}",
+# The sanitized builds of the C++ tests (scripts/dev.sh, run_sanitized_cpp_tests): label, row name.
+SANITIZED_BUILDS = (
+    ("asan-ubsan", "AddressSanitizer, LeakSanitizer and UndefinedBehaviorSanitizer"),
+    ("tsan", "ThreadSanitizer"),
+)
+
+
+def sanitizer_row(label, name, report):
+    run = report.get("cpp", {}).get(label)
+    if not run:
+        return name, ""
+    verdict = "clean" if run["programs_ok"] == run["programs"] and run["checks_failed"] == 0 else "FAILED"
+    figure = (
+        f"{verdict}: {run['programs_ok']} of {run['programs']} C++ test programs, "
+        f"{run['checks_passed']} checks passed, {run['checks_failed']} failed"
     )
+    if "concurrency" in run["figures"]:
+        figure += f"; concurrency: {cpp_concurrency(run['figures']['concurrency'])}"
+    if "build_and_test_seconds" in run:
+        figure += f"; build and run {run['build_and_test_seconds']} s"
+    return name, figure
 
 
-ROWS = (bad_inputs_row, property_row, concurrency_row, leaks_row, sanitizer_row)
+ROWS = (bad_inputs_row, property_row, concurrency_row, leaks_row) + tuple(
+    functools.partial(sanitizer_row, label, name) for label, name in SANITIZED_BUILDS
+)
 
 
 def table(report: dict) -> str:

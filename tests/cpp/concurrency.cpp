@@ -1,8 +1,10 @@
 // Worker threads call the public backward functions on shared packed params and weights,
 // in every precision, while another thread empties the weight cache and changes its limit
-// (0 included). Every result must equal, bit for bit, the one computed on a single thread
-// before the workers started; a thread that does not finish in time is a failure, not a
-// hang.
+// (0 included). Some calls pack a weight afresh and drop it on return, so that entries of
+// destroyed params are swept while other threads use the cache, and a new object that
+// takes a freed address is never served the weight of the one before. Every result must
+// equal, bit for bit, the one computed on a single thread before the workers started; a
+// thread that does not finish in time is a failure, not a hang.
 
 #include "testing.h"
 
@@ -25,6 +27,9 @@ using qlgrad_test::Tally;
 constexpr int kWorkers = 8;
 constexpr int kIterationsPerWorker = 1000;
 constexpr auto kDeadline = std::chrono::seconds(240);
+// Between two changes of the cache, long enough for workers to find weights in it, so that
+// hits contend with misses, insertions and changes (without a pause nearly every call misses).
+constexpr auto kCacheChangeInterval = std::chrono::milliseconds(1);
 constexpr std::array<Precision, 3> kPrecisions{Precision::kFloat32, Precision::kBFloat16, Precision::kInt8};
 // 0 disables the cache; 4 KiB holds no weight here; 1 GiB holds them all.
 constexpr std::array<int64_t, 4> kCacheLimits{0, int64_t{1} << 12, int64_t{1} << 16, int64_t{1} << 30};
@@ -34,12 +39,20 @@ struct Shared {
   qlgrad_test::Int8Weight int8;
   qlgrad_test::PackedParams fp16_packed;
   std::vector<at::Tensor> grad_outputs;
+  // Packed afresh for every call, one weight per grad_output: different weights, so that
+  // a weight served to the wrong object changes the result.
+  std::vector<qlgrad_test::Int8Weight> fresh;
 };
 
-enum class Entry { kPackedInt8, kPackedFp16, kPlainInt8 };
-constexpr std::array<Entry, 3> kEntries{Entry::kPackedInt8, Entry::kPackedFp16, Entry::kPlainInt8};
+enum class Entry { kPackedInt8, kPackedFp16, kPlainInt8, kFreshPackedInt8 };
+constexpr std::array<Entry, 4> kEntries{Entry::kPackedInt8, Entry::kPackedFp16, Entry::kPlainInt8,
+                                        Entry::kFreshPackedInt8};
 
-at::Tensor call(const Shared& shared, Entry entry, Precision precision, const at::Tensor& grad_output) {
+using Key = std::tuple<Entry, Precision, size_t>;  // entry, precision, grad_output index
+
+at::Tensor call(const Shared& shared, const Key& key) {
+  const auto [entry, precision, index] = key;
+  const at::Tensor& grad_output = shared.grad_outputs[index];
   switch (entry) {
     case Entry::kPackedInt8:
       return qlgrad::linear_dynamic_backward(grad_output, shared.int8.packed, precision);
@@ -48,6 +61,9 @@ at::Tensor call(const Shared& shared, Entry entry, Precision precision, const at
     case Entry::kPlainInt8:
       return qlgrad::linear_int8_backward(grad_output, shared.int8.values, shared.int8.scale, shared.int8.zero_point,
                                           precision);
+    case Entry::kFreshPackedInt8:
+      return qlgrad::linear_dynamic_backward(grad_output, qlgrad_test::prepack_int8(shared.fresh[index].quantized),
+                                             precision);
   }
   std::abort();
 }
@@ -60,11 +76,11 @@ const char* entry_name(Entry entry) {
       return "linear_dynamic_fp16_backward";
     case Entry::kPlainInt8:
       return "linear_int8_backward";
+    case Entry::kFreshPackedInt8:
+      return "linear_dynamic_backward on params packed for the call";
   }
   std::abort();
 }
-
-using Key = std::tuple<Entry, Precision, size_t>;  // entry, precision, grad_output index
 
 // Counts workers still running, so that main can wait with a deadline (std::thread has no
 // timed join).
@@ -92,19 +108,25 @@ class Countdown {
 int main() {
   at::manual_seed(0);
   Tally tally;
-  const Shared shared{qlgrad_test::int8_weight(64, 96), qlgrad_test::prepack_fp16(at::randn({64, 96}) * 0.1),
-                      {at::randn({8, 64}), at::randn({2, 3, 64}), at::randn({64, 1}).t()}};
+  Shared shared{qlgrad_test::int8_weight(64, 96), qlgrad_test::prepack_fp16(at::randn({64, 96}) * 0.1),
+                // The last has rows enough for a backward that splits rows among intra-op
+                // threads (at::parallel_for) to split them.
+                {at::randn({8, 64}), at::randn({2, 3, 64}), at::randn({64, 1}).t(), at::randn({1024, 64})},
+                {}};
+  for (size_t i = 0; i < shared.grad_outputs.size(); ++i) {
+    shared.fresh.push_back(qlgrad_test::int8_weight(64, 96));
+  }
 
   std::map<Key, at::Tensor> expected;
   for (Entry entry : kEntries) {
     for (Precision precision : kPrecisions) {
       for (size_t i = 0; i < shared.grad_outputs.size(); ++i) {
-        expected[{entry, precision, i}] = call(shared, entry, precision, shared.grad_outputs[i]);
+        expected[{entry, precision, i}] = call(shared, {entry, precision, i});
       }
     }
   }
 
-  std::atomic<int64_t> mismatches{0}, errors{0}, calls{0}, cache_changes{0};
+  std::atomic<int64_t> mismatches{0}, errors{0}, calls{0}, cache_changes{0}, cache_hits{0};
   std::atomic<bool> stop_cache_thread{false};
   Countdown running(kWorkers);
   std::vector<std::thread> workers;
@@ -114,7 +136,7 @@ int main() {
         const Key key{kEntries[(w + i) % kEntries.size()], kPrecisions[(w + 2 * i) % kPrecisions.size()],
                       static_cast<size_t>(i) % shared.grad_outputs.size()};
         try {
-          const auto got = call(shared, std::get<0>(key), std::get<1>(key), shared.grad_outputs[std::get<2>(key)]);
+          const auto got = call(shared, key);
           if (!at::equal(got, expected.at(key))) {
             ++mismatches;
             tally.check(std::string("worker result equals the single-threaded one: ") + entry_name(std::get<0>(key)) +
@@ -139,7 +161,8 @@ int main() {
         tally.check("cache bytes within the limit", false, std::to_string(info.bytes));
       }
       ++cache_changes;
-      std::this_thread::yield();
+      std::this_thread::sleep_for(kCacheChangeInterval);
+      cache_hits += qlgrad::cache_info().hits - info.hits;
     }
   });
 
@@ -157,8 +180,10 @@ int main() {
   tally.check("every call returned", errors == 0 && calls == kWorkers * kIterationsPerWorker);
   tally.check("every result equals the single-threaded one, bit for bit", mismatches == 0);
   tally.check("the cache thread ran", cache_changes > 0);
+  tally.check("workers found weights in the cache between changes", cache_hits > 0);
   qlgrad_test::report_figure("threads", kWorkers);
   qlgrad_test::report_figure("iterations_per_thread", kIterationsPerWorker);
   qlgrad_test::report_figure("cache_changes", cache_changes.load());
+  qlgrad_test::report_figure("cache_hits", cache_hits.load());
   return tally.finish();
 }

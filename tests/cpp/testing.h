@@ -60,12 +60,13 @@ inline PackedParams prepack_fp16(const at::Tensor& weight) {
   return op.call(weight, std::nullopt);
 }
 
-// An int8 weight quantized per output channel with non-zero zero points, as plain tensors
-// and packed.
+// An int8 weight quantized per output channel with non-zero zero points, as plain tensors,
+// as a qint8 tensor (to pack again) and packed.
 struct Int8Weight {
   at::Tensor values;      // int8 [N, K]
   at::Tensor scale;       // float64 [N]
   at::Tensor zero_point;  // int64 [N]
+  at::Tensor quantized;   // qint8 [N, K]
   PackedParams packed;
 };
 
@@ -73,8 +74,8 @@ inline Int8Weight int8_weight(int64_t out_features, int64_t in_features) {
   const at::Tensor values = at::randint(-128, 128, {out_features, in_features}, at::kChar);
   const at::Tensor scale = at::rand({out_features}, at::kDouble) * 0.01 + 0.001;
   const at::Tensor zero_point = at::randint(-3, 4, {out_features}, at::kLong);
-  return {values, scale, zero_point,
-          prepack_int8(at::_make_per_channel_quantized_tensor(values, scale, zero_point, 0))};
+  const at::Tensor quantized = at::_make_per_channel_quantized_tensor(values, scale, zero_point, 0);
+  return {values, scale, zero_point, quantized, prepack_int8(quantized)};
 }
 
 } // namespace qlgrad_test
