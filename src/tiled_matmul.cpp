@@ -15,9 +15,10 @@ namespace {
 // pass over the stored codes (a quarter of float32's bytes) with the rows accumulated side
 // by side beats converting tiles for a GEMM.
 constexpr int64_t kStreamedRowsMax = 4;
-// Columns one streaming task accumulates: its float32 accumulators (rows x columns) stay in
-// L1, and each weight row is read in runs of whole cache lines.
-constexpr int64_t kStreamedColumnsMax = 512;
+// Columns one streaming task accumulates (its float32 sums, rows x columns twice over, stay
+// in L2): each weight row is read in runs of half a page or more, long enough for hardware
+// prefetching and few page walks.
+constexpr int64_t kStreamedColumnsMax = 2048;
 // A converted float32 tile stays in L2 while the GEMM reads it, with up to this many columns.
 constexpr int64_t kTileBytes = int64_t{1} << 20;
 constexpr int64_t kTileColumnsMax = 1024;
@@ -55,19 +56,12 @@ template <int64_t Rows, typename Code>
                                                 const int32_t* zero_point, int64_t columns, float* out,
                                                 int64_t ldo) {
   constexpr int64_t kDepthBlock = 128;
-  constexpr int64_t kPrefetchRows = 8;
   alignas(64) float sums[Rows][kStreamedColumnsMax] = {};
   alignas(64) float block_sums[Rows][kStreamedColumnsMax];
   for (int64_t first = 0; first < depth; first += kDepthBlock) {
     std::memset(block_sums, 0, sizeof(block_sums));
     for (int64_t n = first; n < std::min(depth, first + kDepthBlock); ++n) {
       const Code* row = weight + n * ldw;
-      if (n + kPrefetchRows < depth) {
-        // Each row lies in another page when the weight is wide, where hardware prefetchers stop.
-        for (int64_t c = 0; c < columns * int64_t{sizeof(Code)}; c += kCacheLine) {
-          __builtin_prefetch(reinterpret_cast<const char*>(row + kPrefetchRows * ldw) + c);
-        }
-      }
       const float offset = zero_point == nullptr ? 0.0f : static_cast<float>(zero_point[n]);
       float factor[Rows];
       for (int64_t r = 0; r < Rows; ++r) {
