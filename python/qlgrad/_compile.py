@@ -14,6 +14,7 @@ import torch
 from torch._C import DispatchKey
 from torch._library.fake_class_registry import FakeScriptObject, register_fake_class
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _C
 
@@ -46,16 +47,26 @@ _FAMILY = {"qint8": "quantized::linear_dynamic", "fp16": "quantized::linear_dyna
 
 def _fake_params(op_name: str, packed, kind: str) -> FakeLinearPackedParams:
     # A fake object while torch.compile traces; a real one in a fake-tensor run (opcheck).
-    params = (
-        packed.wrapped_obj
-        if isinstance(packed, FakeScriptObject)
-        else FakeLinearPackedParams.__obj_unflatten__(packed.__obj_flatten__())
-    )
+    if isinstance(packed, FakeScriptObject):
+        params = packed.wrapped_obj
+    else:
+        # Unpacking a weight the first time makes real tensors: outside the fake mode.
+        with _disable_current_modes():
+            params = FakeLinearPackedParams.__obj_unflatten__(packed.__obj_flatten__())
     if params.kind != kind:
         raise TypeError(
             f"qlgrad: {op_name} expects {kind} packed weights, got {params.kind} ones (packed for {_FAMILY[params.kind]})"
         )
     return params
+
+
+def _register_traced_autograd(op, kernel) -> None:
+    # Packed weights live on the CPU, but AutogradCUDA needs the kernel as well: for a call
+    # holding a fake object, torch/_ops.py (TorchBindOpOverload._dispatch_in_python) removes
+    # every Autograd key without a kernel from the full key set as a fallthrough, and
+    # removing AutogradCUDA clears the Autograd functionality bit that AutogradCPU shares.
+    for key in (DispatchKey.AutogradCPU, DispatchKey.AutogradCUDA):
+        op.py_impl(key)(kernel)
 
 
 class _TracedDynamicLinear(torch.autograd.Function):
@@ -113,7 +124,7 @@ def _register_dynamic_linear(name: str, kind: str, relu: bool) -> None:
     # and register_fake refuses any other. A fake-mode kernel on the operator is what
     # torch.compile calls with a fake object.
     op.py_impl(FakeTensorMode)(lambda mode, *args, **kwargs: fake(*args, **kwargs))
-    op.py_impl(DispatchKey.Autograd)(traced_autograd)
+    _register_traced_autograd(op, traced_autograd)
 
 
 def _register_packed_backward(name: str, kind: str) -> None:
@@ -137,7 +148,7 @@ def _register_packed_backward(name: str, kind: str) -> None:
             return op(grad_output, packed, precision)
 
     torch.library.register_fake(op, fake)
-    op.py_impl(DispatchKey.Autograd)(traced_autograd)
+    _register_traced_autograd(op, traced_autograd)
 
 
 for _name, _kind, _relu in (
