@@ -6,8 +6,6 @@
 
 #include "weight_cache.h"
 
-#include <qlgrad/qlgrad.h>
-
 #include <ATen/core/builtin_function.h>
 #include <ATen/core/custom_class.h>
 #include <torch/custom_class.h>
@@ -66,17 +64,14 @@ class ShapeTable {
 
 using Field = std::tuple<std::string, std::string>;
 using IntField = std::tuple<std::string, int64_t>;
-using Flattened = std::tuple<Field, IntField, IntField, Field>;
+using Flattened = std::tuple<Field, IntField, IntField>;
 
-// The weight's kind and shape, which the fake kernels need, and the backward precision in
-// effect on the calling thread: guarded on, so that a change of precision recompiles, as
-// eager autograd records the precision at forward time.
+// The weight's kind and shape: what the fake kernels need.
 Flattened flatten(const PackedParams& packed) {
   static ShapeTable table;
   const PackedShape shape = table.shape(packed);
   return {Field{"kind", shape.kind == WeightKind::kQInt8 ? "qint8" : "fp16"},
-          IntField{"in_features", shape.in_features}, IntField{"out_features", shape.out_features},
-          Field{"backward_precision", precision_name(backward_precision())}};
+          IntField{"in_features", shape.in_features}, IntField{"out_features", shape.out_features}};
 }
 
 void add_flatten_method() {

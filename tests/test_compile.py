@@ -1,6 +1,8 @@
 """torch.compile(fullgraph=True) of models holding dynamic linear layers, and opcheck of
 qlgrad's packed backward operators."""
 
+import contextlib
+
 import pytest
 import torch
 from torch import nn
@@ -57,16 +59,11 @@ def test_compiled_graph_holds_the_quantized_ops():
     }, targets
 
 
-@pytest.mark.xfail(
-    raises=AssertionError,
-    strict=True,
-    reason="torch limit: AOTAutograd's runtime save_from_forward (torch/_functorch/_aot_autograd/runtime_wrappers.py) "
-    "accepts only registered opaque types among the non-tensor values saved for backward, not the TorchBind "
-    "packed params that its partitioner saves",
-)
-def test_compiled_input_gradient_matches_eager():
+def test_compile_with_graph_breaks_differentiates_through_the_eager_layers():
+    # Through a compiled graph the input gradient is blocked by torch (see _compile.py): each
+    # layer whose input requires grad breaks the graph and runs eagerly.
     model = mixed_model()
-    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    compiled = torch.compile(model, backend="aot_eager")
     x, grad_output = torch.randn(6, 10), torch.randn(6, 4)
     grads = []
     for f in (model, compiled):
@@ -74,6 +71,25 @@ def test_compiled_input_gradient_matches_eager():
         f(leaf).backward(grad_output)
         grads.append(leaf.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    torch._dynamo.reset()  # else the frames compiled with graph breaks are reused
+    with pytest.raises(torch._dynamo.exc.Unsupported, match="quantized.linear_dynamic"):
+        torch.compile(model, backend="aot_eager", fullgraph=True)(x.clone().requires_grad_())
+
+
+def test_python_dispatcher_records_the_straight_through_backward():
+    layer = torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU(10, 6)
+    layer.set_weight_bias(quantize_weight(6, 10, "per_channel_affine").qweight, torch.randn(6))
+    x, grad_output = torch.randn(4, 10), torch.randn(4, 6)
+    grads = []
+    for dispatcher in (contextlib.nullcontext, torch._dispatch.python.enable_python_dispatcher):
+        leaf = x.clone().requires_grad_()
+        with dispatcher():
+            y = layer(leaf)
+            y.backward(grad_output)
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+    expected = torch.where(y > 0, grad_output, 0.0).double() @ layer.weight().dequantize().double()
+    torch.testing.assert_close(grads[1].double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_fake_object_refuses_a_weight_of_the_other_kind():

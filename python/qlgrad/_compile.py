@@ -13,7 +13,7 @@ eager calls and TorchScript keep the native kernels.
 import torch
 from torch._C import DispatchKey
 from torch._library.fake_class_registry import FakeScriptObject, register_fake_class
-from torch._subclasses.fake_tensor import FakeTensorMode
+from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
 from torch.utils._python_dispatch import _disable_current_modes
 
 from . import _C
@@ -21,13 +21,12 @@ from . import _C
 
 @register_fake_class("quantized::LinearPackedParamsBase")
 class FakeLinearPackedParams:
-    """What tracing knows of a packed weight: its kind, its shape and the backward precision."""
+    """What tracing knows of a packed weight: its kind and shape."""
 
-    def __init__(self, kind: str, in_features: int, out_features: int, backward_precision: str):
+    def __init__(self, kind: str, in_features: int, out_features: int):
         self.kind = kind
         self.in_features = in_features
         self.out_features = out_features
-        self.backward_precision = backward_precision
 
     @classmethod
     def __obj_unflatten__(cls, flattened):
@@ -82,13 +81,7 @@ class _TracedDynamicLinear(torch.autograd.Function):
         _, packed, _, relu, backward_op, _, _ = inputs
         ctx.packed = packed
         ctx.backward_op = backward_op
-        # Recorded at forward time, as the native kernel does. The fake object's copy is
-        # part of what Dynamo guards on, so a change of precision recompiles.
-        ctx.precision = (
-            packed.wrapped_obj.backward_precision
-            if isinstance(packed, FakeScriptObject)
-            else _C.get_backward_precision()
-        )
+        ctx.precision = _C.get_backward_precision()  # at forward time, as the native kernel records it
         if relu:
             ctx.save_for_backward(output > 0)
 
@@ -117,6 +110,13 @@ def _register_dynamic_linear(name: str, kind: str, relu: bool) -> None:
         return input.new_empty((*input.shape[:-1], params.out_features))
 
     def traced_autograd(input, packed, *op_args, **op_kwargs):
+        if isinstance(packed, FakeScriptObject) and torch.is_grad_enabled() and input.requires_grad:
+            # A compiled graph cannot differentiate through the layer yet: AOTAutograd would
+            # save the packed params for backward, which its runtime refuses for a TorchBind
+            # object (save_from_forward in torch/_functorch/_aot_autograd/runtime_wrappers.py).
+            # Dynamo takes this exception as a graph break, so the layer runs eagerly, with
+            # the native kernel, as it did before qlgrad could trace it.
+            raise UnsupportedOperatorException(op)
         return _TracedDynamicLinear.apply(input, packed, op, relu, backward_op, op_args, op_kwargs)
 
     # Not torch.library.register_fake: torch's quantized library names a Python module of
