@@ -131,6 +131,12 @@ def _register_packed_backward(name: str, kind: str) -> None:
     op = getattr(torch.ops.qlgrad, name).default
 
     def fake(grad_output, packed, precision=None):
+        # Registered for the meta device too: a meta grad_output outside a fake mode lands here
+        # (under inference mode, which skips the Autograd kernel's checks).
+        if grad_output.device.type != "cpu":
+            raise ValueError(
+                f"qlgrad: grad_output must be on the device of packed weights (cpu), got {grad_output.device}"
+            )
         params = _fake_params(op.name(), packed, kind)
         torch._check(
             grad_output.shape[-1] == params.out_features,
