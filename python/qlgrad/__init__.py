@@ -52,6 +52,7 @@ from ._C import (  # noqa: E402
     set_backward_precision,
     set_cache_limit,
 )
+from . import _compile, _vmap  # noqa: E402,F401  (torch.compile and torch.vmap support; need _C)
 
 
 class CacheInfo(NamedTuple):

@@ -1,0 +1,168 @@
+"""torch.compile support for the dynamic linear ops and qlgrad's packed backward ops.
+
+While torch.compile traces, the packed params (a TorchBind object) are replaced by a
+fake object, built from what the native ``__obj_flatten__`` that libqlgrad adds to
+``LinearPackedParamsBase`` returns. torch dispatches every call that holds a fake
+object in Python, where no native kernel can run; this module provides what those
+calls need: the fake class, fake kernels (shapes only), and Python autograd kernels
+that record the same straight-through backward as the native Autograd kernels. The
+Python autograd kernels are reached only through torch's Python dispatcher (tracing);
+eager calls and TorchScript keep the native kernels.
+"""
+
+import torch
+from torch._C import DispatchKey
+from torch._library.fake_class_registry import FakeScriptObject, register_fake_class
+from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
+from torch.utils._python_dispatch import _disable_current_modes
+
+from . import _C
+
+
+@register_fake_class("quantized::LinearPackedParamsBase")
+class FakeLinearPackedParams:
+    """What tracing knows of a packed weight: its kind and shape."""
+
+    def __init__(self, kind: str, in_features: int, out_features: int):
+        self.kind = kind
+        self.in_features = in_features
+        self.out_features = out_features
+
+    @classmethod
+    def __obj_unflatten__(cls, flattened):
+        return cls(**dict(flattened))
+
+    def unpack(self):
+        raise NotImplementedError(
+            "qlgrad: a packed weight cannot be unpacked inside torch.compile; call layer.weight() outside it"
+        )
+
+    def bias(self):
+        raise NotImplementedError("qlgrad: a packed bias cannot be read inside torch.compile; call layer.bias() outside it")
+
+
+_FAMILY = {"qint8": "quantized::linear_dynamic", "fp16": "quantized::linear_dynamic_fp16"}
+
+
+def _fake_params(op_name: str, packed, kind: str) -> FakeLinearPackedParams:
+    # A fake object while torch.compile traces; a real one in a fake-tensor run (opcheck).
+    if isinstance(packed, FakeScriptObject):
+        params = packed.wrapped_obj
+    else:
+        # Unpacking a weight the first time makes real tensors: outside the fake mode.
+        with _disable_current_modes():
+            params = FakeLinearPackedParams.__obj_unflatten__(packed.__obj_flatten__())
+    if params.kind != kind:
+        raise TypeError(
+            f"qlgrad: {op_name} expects {kind} packed weights, got {params.kind} ones (packed for {_FAMILY[params.kind]})"
+        )
+    return params
+
+
+def _register_traced_autograd(op, kernel) -> None:
+    # Packed weights live on the CPU, but AutogradCUDA needs the kernel as well: for a call
+    # holding a fake object, torch/_ops.py (TorchBindOpOverload._dispatch_in_python) removes
+    # every Autograd key without a kernel from the full key set as a fallthrough, and
+    # removing AutogradCUDA clears the Autograd functionality bit that AutogradCPU shares.
+    for key in (DispatchKey.AutogradCPU, DispatchKey.AutogradCUDA):
+        op.py_impl(key)(kernel)
+
+
+class _TracedDynamicLinear(torch.autograd.Function):
+    """The node of the native Autograd kernel (src/linear_dynamic.cpp), as tracing records it."""
+
+    @staticmethod
+    def forward(input, packed, op, relu, backward_op, op_args, op_kwargs):
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(input, packed, *op_args, **op_kwargs)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, packed, _, relu, backward_op, _, _ = inputs
+        ctx.packed = packed
+        ctx.backward_op = backward_op
+        ctx.precision = _C.get_backward_precision()  # at forward time, as the native kernel records it
+        if relu:
+            ctx.save_for_backward(output > 0)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        if ctx.saved_tensors:
+            (passed,) = ctx.saved_tensors
+            # where, as the native node: a NaN cut off by the ReLU must not come back.
+            grad_output = torch.where(passed, grad_output, 0.0)
+        return ctx.backward_op(grad_output, ctx.packed, ctx.precision), None, None, None, None, None, None
+
+
+def _register_dynamic_linear(name: str, kind: str, relu: bool) -> None:
+    op = getattr(torch.ops.quantized, name).default
+    backward_op = (
+        torch.ops.qlgrad.linear_dynamic_backward if kind == "qint8" else torch.ops.qlgrad.linear_dynamic_fp16_backward
+    ).default
+
+    def fake(input, packed, *op_args, **op_kwargs):
+        # Shapes only; the real kernel checks everything else.
+        params = _fake_params(op.name(), packed, kind)
+        torch._check(
+            input.shape[-1] == params.in_features,
+            lambda: f"qlgrad: {op.name()}'s input must have in_features = {params.in_features} as its last dimension",
+        )
+        return input.new_empty((*input.shape[:-1], params.out_features))
+
+    def traced_autograd(input, packed, *op_args, **op_kwargs):
+        if isinstance(packed, FakeScriptObject) and torch.is_grad_enabled() and input.requires_grad:
+            # A compiled graph cannot differentiate through the layer yet: AOTAutograd would
+            # save the packed params for backward, which its runtime refuses for a TorchBind
+            # object (save_from_forward in torch/_functorch/_aot_autograd/runtime_wrappers.py).
+            # Dynamo takes this exception as a graph break, so the layer runs eagerly, with
+            # the native kernel, as it did before qlgrad could trace it.
+            raise UnsupportedOperatorException(op)
+        return _TracedDynamicLinear.apply(input, packed, op, relu, backward_op, op_args, op_kwargs)
+
+    # Not torch.library.register_fake: torch's quantized library names a Python module of
+    # its own for fake kernels (m.set_python_module in aten/src/ATen/native/quantized/library.cpp),
+    # and register_fake refuses any other. A fake-mode kernel on the operator is what
+    # torch.compile calls with a fake object.
+    op.py_impl(FakeTensorMode)(lambda mode, *args, **kwargs: fake(*args, **kwargs))
+    _register_traced_autograd(op, traced_autograd)
+
+
+def _register_packed_backward(name: str, kind: str) -> None:
+    op = getattr(torch.ops.qlgrad, name).default
+
+    def fake(grad_output, packed, precision=None):
+        # Registered for the meta device too: a meta grad_output outside a fake mode lands here
+        # (under inference mode, which skips the Autograd kernel's checks).
+        if grad_output.device.type != "cpu":
+            raise ValueError(
+                f"qlgrad: grad_output must be on the device of packed weights (cpu), got {grad_output.device}"
+            )
+        params = _fake_params(op.name(), packed, kind)
+        torch._check(
+            grad_output.shape[-1] == params.out_features,
+            lambda: f"qlgrad: grad_output's last dimension must equal the weight's out_features ({params.out_features})",
+        )
+        return grad_output.new_empty((*grad_output.shape[:-1], params.in_features))
+
+    def traced_autograd(grad_output, packed, precision=None):
+        # A compiled backward is not differentiated again, so tracing needs no node here.
+        if torch.is_grad_enabled() and grad_output.requires_grad:
+            raise NotImplementedError(
+                f"qlgrad: {op.name()} is not differentiable inside torch.compile; differentiate it eagerly"
+            )
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(grad_output, packed, precision)
+
+    torch.library.register_fake(op, fake)
+    _register_traced_autograd(op, traced_autograd)
+
+
+for _name, _kind, _relu in (
+    ("linear_dynamic", "qint8", False),
+    ("linear_relu_dynamic", "qint8", True),
+    ("linear_dynamic_fp16", "fp16", False),
+    ("linear_relu_dynamic_fp16", "fp16", True),
+):
+    _register_dynamic_linear(_name, _kind, _relu)
+_register_packed_backward("linear_dynamic_backward", "qint8")
+_register_packed_backward("linear_dynamic_fp16_backward", "fp16")

@@ -1,0 +1,95 @@
+// torch.compile support for torch's LinearPackedParamsBase TorchBind class, the packed
+// params of the dynamic linear ops. Dynamo traces a TorchBind object only when it has an
+// __obj_flatten__ method, whose result builds the object's fake (qlgrad's fake class,
+// registered in Python) and is guarded on at every call of the compiled function. torch
+// defines none for this class, so qlgrad adds one when it loads, unless torch has one.
+
+#include "weight_cache.h"
+
+#include <ATen/core/builtin_function.h>
+#include <ATen/core/custom_class.h>
+#include <torch/custom_class.h>
+
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <unordered_map>
+
+namespace qlgrad::detail {
+namespace {
+
+struct PackedShape {
+  WeightKind kind;
+  int64_t in_features;
+  int64_t out_features;
+};
+
+PackedShape unpacked_shape(LinearPackedParamsBase& packed) {
+  // fp16-packed params unpack to a float32 weight, int8-packed ones to a qint8 tensor.
+  const at::Tensor weight = std::get<0>(packed.unpack());
+  TORCH_CHECK(weight.dim() == 2, "qlgrad: expected a 2-D packed weight, got ", weight.dim(), " dims");
+  return {weight.is_quantized() ? WeightKind::kQInt8 : WeightKind::kFloat16, weight.size(1), weight.size(0)};
+}
+
+// The shape of each packed-params object, found once: unpack() copies the whole weight,
+// and __obj_flatten__ runs on every call of a compiled function. An entry holds a weak
+// reference (the memory of a destroyed object stays allocated while it exists, so its
+// address is never reused meanwhile) and is swept on the next miss once its object is gone.
+class ShapeTable {
+ public:
+  PackedShape shape(const PackedParams& packed) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      const auto found = entries_.find(packed.get());
+      if (found != entries_.end()) {
+        return found->second.shape;
+      }
+    }
+    // Unpacking runs without the lock, so that it never blocks other objects.
+    const PackedShape shape = unpacked_shape(*packed);
+    std::lock_guard<std::mutex> lock(mutex_);
+    std::erase_if(entries_, [](const auto& entry) { return entry.second.object.expired(); });
+    entries_.insert_or_assign(packed.get(), Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), shape});
+    return shape;
+  }
+
+ private:
+  struct Entry {
+    c10::weak_intrusive_ptr<LinearPackedParamsBase> object;
+    PackedShape shape;
+  };
+  std::mutex mutex_;
+  std::unordered_map<const LinearPackedParamsBase*, Entry> entries_;
+};
+
+using Field = std::tuple<std::string, std::string>;
+using IntField = std::tuple<std::string, int64_t>;
+using Flattened = std::tuple<Field, IntField, IntField>;
+
+// The weight's kind and shape: what the fake kernels need.
+Flattened flatten(const PackedParams& packed) {
+  static ShapeTable table;
+  const PackedShape shape = table.shape(packed);
+  return {Field{"kind", shape.kind == WeightKind::kQInt8 ? "qint8" : "fp16"},
+          IntField{"in_features", shape.in_features}, IntField{"out_features", shape.out_features}};
+}
+
+void add_flatten_method() {
+  using Method = decltype(flatten);
+  const c10::ClassTypePtr& type = c10::getCustomClassType<PackedParams>();
+  if (type->findMethod("__obj_flatten__") != nullptr) {
+    return;  // torch's own, or an earlier copy of libqlgrad's
+  }
+  auto method = std::make_unique<torch::jit::BuiltinOpFunction>(
+      type->name()->qualifiedName() + ".__obj_flatten__",
+      c10::inferFunctionSchemaSingleReturn<Method>("__obj_flatten__", ""),
+      [](torch::jit::Stack& stack) { torch::detail::BoxedProxy<Flattened, Method>()(stack, flatten); });
+  // A class does not own its methods: the registry keeps this one alive.
+  type->addMethod(method.get());
+  torch::registerCustomClassMethod(std::move(method));
+}
+
+const bool flatten_method_added = (add_flatten_method(), true);
+
+} // namespace
+} // namespace qlgrad::detail
