@@ -30,11 +30,12 @@ int64_t round_up(int64_t value, int64_t multiple) {
   return (value + multiple - 1) / multiple * multiple;
 }
 
-// Columns per task such that every thread gets work (the column count of the output is
-// often only a few times the tile width), at most `widest`.
+// Columns per task, at most `widest`, such that the tasks are a multiple of the threads: the
+// output is often only a few tile widths wide, and 3 tasks on 2 threads take as long as 4.
 int64_t columns_per_task(int64_t columns, int64_t widest, int64_t multiple) {
-  const int64_t per_thread = round_up((columns + at::get_num_threads() - 1) / at::get_num_threads(), multiple);
-  return std::clamp<int64_t>(per_thread, multiple, widest);
+  const int64_t threads = at::get_num_threads();
+  const int64_t tasks = threads * ((columns + threads * widest - 1) / (threads * widest));
+  return std::clamp<int64_t>(round_up((columns + tasks - 1) / tasks, multiple), multiple, widest);
 }
 
 template <typename Code>
