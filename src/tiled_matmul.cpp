@@ -15,10 +15,10 @@ namespace {
 // pass over the stored codes (a quarter of float32's bytes) with the rows accumulated side
 // by side beats converting tiles for a GEMM.
 constexpr int64_t kStreamedRowsMax = 4;
-// Columns one streaming task accumulates (its float32 sums, rows x columns twice over, stay
-// in L2): each weight row is read in runs of half a page or more, long enough for hardware
-// prefetching and few page walks.
-constexpr int64_t kStreamedColumnsMax = 2048;
+// A thread streams at least this many weight rows, or the streaming is not split.
+constexpr int64_t kStreamedRowsPerRangeMin = 256;
+// The block sums a stream keeps in L1.
+constexpr int64_t kStreamedSumBytes = 32 << 10;
 // A converted float32 tile stays in L2 while the GEMM reads it, with up to this many columns.
 constexpr int64_t kTileBytes = int64_t{1} << 20;
 constexpr int64_t kTileColumnsMax = 1024;
@@ -48,98 +48,78 @@ template <>
   return c10::detail::fp16_ieee_to_fp32_value(code.x);
 }
 
-// out[r, c] = sum_n lhs[r, n] * (weight[n, c] - zero_point[n]) for Rows rows and one block
-// of columns, reading each weight row once for all rows. The sum runs in blocks of
-// kDepthBlock terms added up apart, so its rounding error grows as a GEMM's does rather
-// than with the full depth.
+// A stream over weight rows [begin, end) and `columns` columns:
+//   sums[r, c] += sum_n lhs[r, n] * (weight[n, c] - zero_point[n])
+// for Rows rows of lhs, reading each weight row once for all of them. The sum runs in
+// blocks of kDepthBlock rows added up apart (in block_sums, Rows x columns), so its rounding
+// error grows as a GEMM's does rather than with the full depth.
 template <int64_t Rows, typename Code>
-[[gnu::always_inline]] inline void stream_rows(const float* lhs, int64_t depth, const Code* weight, int64_t ldw,
-                                                const int32_t* zero_point, int64_t columns, float* out,
-                                                int64_t ldo) {
+[[gnu::always_inline]] inline void stream_rows(const float* lhs, int64_t ldl, int64_t begin, int64_t end,
+                                                const Code* weight, int64_t ldw, const int32_t* zero_point,
+                                                int64_t columns, float* sums, int64_t lds, float* block_sums) {
   constexpr int64_t kDepthBlock = 128;
-  alignas(64) float sums[Rows][kStreamedColumnsMax] = {};
-  alignas(64) float block_sums[Rows][kStreamedColumnsMax];
-  for (int64_t first = 0; first < depth; first += kDepthBlock) {
-    std::memset(block_sums, 0, sizeof(block_sums));
-    for (int64_t n = first; n < std::min(depth, first + kDepthBlock); ++n) {
+  for (int64_t first = begin; first < end; first += kDepthBlock) {
+    std::fill(block_sums, block_sums + Rows * columns, 0.0f);
+    for (int64_t n = first; n < std::min(end, first + kDepthBlock); ++n) {
       const Code* row = weight + n * ldw;
       const float offset = zero_point == nullptr ? 0.0f : static_cast<float>(zero_point[n]);
       float factor[Rows];
       for (int64_t r = 0; r < Rows; ++r) {
-        factor[r] = lhs[r * depth + n];
+        factor[r] = lhs[r * ldl + n];
       }
 #pragma omp simd
       for (int64_t c = 0; c < columns; ++c) {
         const float value = code_value(row[c]) - offset;
         for (int64_t r = 0; r < Rows; ++r) {
-          block_sums[r][c] += factor[r] * value;
+          block_sums[r * columns + c] += factor[r] * value;
         }
       }
     }
     for (int64_t r = 0; r < Rows; ++r) {
 #pragma omp simd
       for (int64_t c = 0; c < columns; ++c) {
-        sums[r][c] += block_sums[r][c];
+        sums[r * lds + c] += block_sums[r * columns + c];
       }
     }
   }
-  for (int64_t r = 0; r < Rows; ++r) {
-    std::memcpy(out + r * ldo, sums[r], columns * sizeof(float));
-  }
 }
 
-template <typename Code>
-[[gnu::always_inline]] inline void stream_rows_dispatch(int64_t rows, const float* lhs, int64_t depth,
-                                                         const Code* weight, int64_t ldw, const int32_t* zero_point,
-                                                         int64_t columns, float* out, int64_t ldo) {
-  switch (rows) {
-    case 1: return stream_rows<1>(lhs, depth, weight, ldw, zero_point, columns, out, ldo);
-    case 2: return stream_rows<2>(lhs, depth, weight, ldw, zero_point, columns, out, ldo);
-    case 3: return stream_rows<3>(lhs, depth, weight, ldw, zero_point, columns, out, ldo);
-    default: return stream_rows<4>(lhs, depth, weight, ldw, zero_point, columns, out, ldo);
-  }
-}
-
-// Multiversioned entry points: the loops above vectorize to AVX-512 or AVX2 where the CPU
+// The stream for 1 to kStreamedRowsMax rows, vectorized for AVX-512 or AVX2 where the CPU
 // has them.
-#define QLGRAD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-
-QLGRAD_VECTOR_CLONES void stream_int8_rows(int64_t rows, const float* lhs, int64_t depth, const int8_t* weight,
-                                           int64_t ldw, const int32_t* zero_point, int64_t columns, float* out,
-                                           int64_t ldo) {
-  stream_rows_dispatch(rows, lhs, depth, weight, ldw, zero_point, columns, out, ldo);
+template <typename Code>
+__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void stream(
+    int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight, int64_t ldw,
+    const int32_t* zero_point, int64_t columns, float* sums, int64_t lds, float* block_sums) {
+  switch (rows) {
+    case 1: return stream_rows<1>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    case 2: return stream_rows<2>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    case 3: return stream_rows<3>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    default: return stream_rows<4>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+  }
 }
 
-QLGRAD_VECTOR_CLONES void stream_half_rows(int64_t rows, const float* lhs, int64_t depth, const at::Half* weight,
-                                           int64_t ldw, const int32_t* zero_point, int64_t columns, float* out,
-                                           int64_t ldo) {
-  stream_rows_dispatch(rows, lhs, depth, weight, ldw, zero_point, columns, out, ldo);
-}
-
-void stream_rows(const float* lhs, int64_t rows, int64_t depth, const int8_t* weight, int64_t ldw,
-                 const int32_t* zero_point, int64_t columns, float* out, int64_t ldo) {
-  stream_int8_rows(rows, lhs, depth, weight, ldw, zero_point, columns, out, ldo);
-}
-
-void stream_rows(const float* lhs, int64_t rows, int64_t depth, const at::Half* weight, int64_t ldw,
-                 const int32_t* zero_point, int64_t columns, float* out, int64_t ldo) {
-  stream_half_rows(rows, lhs, depth, weight, ldw, zero_point, columns, out, ldo);
-}
-
+// Each thread streams its own range of weight rows, one contiguous region of memory that
+// hardware prefetchers follow page after page, into sums of its own; the sums of the
+// ranges are added at the end, in a fixed order. The rows are read whole where the block
+// sums of every column fit in L1 (one or two rows of lhs), else in column chunks that do.
 template <typename Code>
 at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const int32_t* zero_point) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
-  auto result = at::empty({rows, columns}, lhs.options());
-  const int64_t width = columns_per_task(columns, kStreamedColumnsMax, kCacheLine);
+  const int64_t ranges = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
+  const int64_t chunk = std::max<int64_t>(kCacheLine, kStreamedSumBytes / int64_t{sizeof(float)} / rows);
+  auto sums = at::zeros({ranges, rows, columns}, lhs.options());
   const auto* codes = weight.const_data_ptr<Code>();
-  at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t first = task * width;
-      stream_rows(lhs.const_data_ptr<float>(), rows, depth, codes + first, weight.stride(0), zero_point,
-                  std::min(width, columns - first), result.mutable_data_ptr<float>() + first, columns);
+  at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
+    auto block_sums = at::empty({rows * std::min(chunk, columns)}, lhs.options());
+    for (int64_t range = begin; range < end; ++range) {
+      for (int64_t first = 0; first < columns; first += chunk) {
+        stream(rows, lhs.const_data_ptr<float>(), depth, depth * range / ranges, depth * (range + 1) / ranges,
+               codes + first, weight.stride(0), zero_point, std::min(chunk, columns - first),
+               sums[range].mutable_data_ptr<float>() + first, columns, block_sums.mutable_data_ptr<float>());
+      }
     }
   });
-  return result;
+  return ranges == 1 ? sums[0] : sums.sum(0);
 }
 
 // tile[n, :] = codes[n, :] - zero_point[n] for an int8 block of `depth` rows and `columns`
