@@ -19,7 +19,7 @@ workloads.configure_torch()
 @functools.cache
 def _warm_qlgrad_input_gradient(shape: str, scheme: str, precision: str):
     operation = workloads.qlgrad_input_gradient(workloads.Workload(SHAPES[shape], scheme), precision)
-    operation()  # derives the cached backward weight and initializes the GEMM
+    operation()  # unpacks the layer's weight into the cache and initializes the GEMM
     return operation
 
 
@@ -39,7 +39,7 @@ def _warm_naive_input_gradient(shape: str, scheme: str):
 
 
 class QlgradBackward:
-    """Steady state: the layer's backward weight is already in qlgrad's cache."""
+    """Steady state: the layer's int8 weight is already in qlgrad's cache."""
 
     params = (list(SHAPES), list(SCHEMES), list(PRECISIONS))
     param_names = ("shape", "scheme", "precision")

@@ -12,7 +12,7 @@ workloads.configure_torch()
 class TrainingStepMemory:
     """asv runs each parameter combination in its own process and reports its peak resident
     memory, so one step from an empty cache is measured: the peak a training run reaches,
-    with the cache entry being derived (transient unpacked copies included)."""
+    with the cache entry being unpacked (transient copies included)."""
 
     params = (list(SHAPES), list(SCHEMES), list(PRECISIONS))
     param_names = ("shape", "scheme", "precision")

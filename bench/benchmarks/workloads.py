@@ -174,7 +174,7 @@ def int8_forward(workload: Workload, mode: str):
 def training_step(workload: Workload, precision: str):
     """Forward and backward through the int8 layer in ``precision``, from a fresh input each call.
 
-    The first call in a process also derives the layer's backward weight into qlgrad's cache.
+    The first call in a process also unpacks the layer's weight into qlgrad's cache.
     """
 
     def step():

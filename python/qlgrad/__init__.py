@@ -100,7 +100,7 @@ def _type_name(value) -> str:
 
 
 def cache_info() -> CacheInfo:
-    """Statistics of the backward-weight cache (entries, bytes, hits, misses, limit_bytes)."""
+    """Statistics of the weight cache (entries, bytes, hits, misses, limit_bytes)."""
     return CacheInfo(*_C.cache_info())
 
 
