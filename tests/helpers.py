@@ -447,3 +447,26 @@ def spoilers_for(door_name: str) -> list:
 def spoil(call: ValidCall, spoilers, rng: random.Random) -> dict:
     """The call's arguments with each spoiler's argument replaced by its malformed value."""
     return {**call.arguments, **{s.argument: s.make(call, rng) for s in spoilers}}
+
+
+# ---- The dynamic linear family of quantized:: ops ---------------------------------------
+
+FAMILY = {
+    # op: (packed weights from a float weight [N, K], fused ReLU)
+    "linear_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_channel_affine")), False),
+    "linear_relu_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_tensor_affine")), True),
+    "linear_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), False),
+    "linear_relu_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), True),
+}
+
+
+def call(op_name, x, packed):
+    """The quantized:: op `op_name` on input x (int8 ops with reduce_range)."""
+    op = getattr(torch.ops.quantized, op_name)
+    return op(x, packed) if op_name.endswith("fp16") else op(x, packed, True)
+
+
+def weight_float64(packed):
+    """The weight inside packed params in float64: dequantized int8, or widened fp16."""
+    weight = packed.unpack()[0]
+    return (weight.dequantize() if weight.is_quantized else weight).double()

@@ -6,27 +6,10 @@ import torch
 from torch import nn
 
 import qlgrad  # noqa: F401  (registers the kernels)
-from helpers import dynamic_linear, packed_params, quantize_weight
+from helpers import FAMILY, call, dynamic_linear, weight_float64
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
 
-FAMILY = {
-    # op: (packed weights from a float weight [N, K], fused ReLU)
-    "linear_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_channel_affine")), False),
-    "linear_relu_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_tensor_affine")), True),
-    "linear_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), False),
-    "linear_relu_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), True),
-}
-
-
-def call(op_name, x, packed):
-    op = getattr(torch.ops.quantized, op_name)
-    return op(x, packed) if op_name.endswith("fp16") else op(x, packed, True)
-
-
-def weight_float64(packed):
-    weight = packed.unpack()[0]
-    return (weight.dequantize() if weight.is_quantized else weight).double()
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)

@@ -7,25 +7,8 @@ import torch
 from torch import nn
 
 import qlgrad
-from helpers import cosine, packed_params, quantize_weight, run_python, with_ste_reference_layers
+from helpers import FAMILY, call, cosine, packed_params, quantize_weight, run_python, weight_float64, with_ste_reference_layers
 
-FAMILY = {
-    # op: (packed weights from a float weight [N, K], fused ReLU, call with input)
-    "linear_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_channel_affine")), False),
-    "linear_relu_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_tensor_affine")), True),
-    "linear_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), False),
-    "linear_relu_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), True),
-}
-
-
-def call(op_name, x, packed):
-    op = getattr(torch.ops.quantized, op_name)
-    return op(x, packed) if op_name.endswith("fp16") else op(x, packed, True)
-
-
-def backward_weight_float64(packed):
-    weight = packed.unpack()[0]
-    return (weight.dequantize() if weight.is_quantized else weight).double()
 
 
 @pytest.mark.parametrize("op_name", FAMILY)
@@ -37,7 +20,7 @@ def test_input_gradient_matches_float64_reference(op_name):
     y = call(op_name, x, packed)
     y.backward(grad_output)
     masked = grad_output * (y > 0) if relu else grad_output
-    expected = masked.double() @ backward_weight_float64(packed)
+    expected = masked.double() @ weight_float64(packed)
     torch.testing.assert_close(x.grad.double(), expected, rtol=1e-5, atol=1e-6)
     if relu:
         assert (y == 0).any() and (y > 0).any()
