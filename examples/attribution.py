@@ -46,10 +46,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     demo.hide_quantization_deprecations()
 
     tasks = demo.load_digit_tasks(args.seed)
-    torch.manual_seed(args.seed)
-    float_model = demo.digit_classifier()
     with demo.one_intra_op_thread():
-        demo.train(float_model, tasks.train_images, tasks.train_labels, demo.PRETRAINING_STEPS, args.seed, "float model")
+        float_model = demo.pretrained_digit_classifier(tasks, args.seed)
         models = {"float": float_model.eval(), "int8": demo.quantize_int8(float_model)}
         # Requiring grad up front, as Captum expects (it warns and sets it otherwise).
         images = tasks.test_images[: args.digits].clone().requires_grad_()

@@ -131,6 +131,14 @@ def digit_classifier() -> nn.Sequential:
     )
 
 
+def pretrained_digit_classifier(tasks: DigitTasks, seed: int) -> nn.Sequential:
+    """The digit classifier trained on the normal task: the float model the demo and the examples start from."""
+    torch.manual_seed(seed)
+    model = digit_classifier()
+    train(model, tasks.train_images, tasks.train_labels, PRETRAINING_STEPS, seed, "float model")
+    return model
+
+
 def quantize_int8(model: nn.Module) -> nn.Module:
     """An int8 copy of ``model``: every ``nn.Linear`` dynamically quantized (``model`` is left as it is)."""
     return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
@@ -381,9 +389,7 @@ def run(options: argparse.Namespace) -> DemoResult:
 
         print(f"\n2. Handwritten digits (8x8, scikit-learn), MLP 64-{HIDDEN_FEATURES}-{HIDDEN_FEATURES}-10:")
         tasks = load_digit_tasks(options.seed)
-        torch.manual_seed(options.seed)
-        float_model = digit_classifier()
-        train(float_model, tasks.train_images, tasks.train_labels, PRETRAINING_STEPS, options.seed, "float model")
+        float_model = pretrained_digit_classifier(tasks, options.seed)
         # The adapters start at zero: until trained, these are the plain int8 and float models.
         models = adapted_models(float_model, options.rank, options.seed)
         before = {}
