@@ -4,9 +4,15 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <immintrin.h>
 #include <cstring>
-#include <vector>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+// Clones for AVX-512 and AVX2 where the CPU has them, chosen when the library loads.
+#define QLGRAD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
+#else
+#define QLGRAD_VECTOR_CLONES
+#endif
 
 namespace qlgrad::math {
 namespace {
@@ -84,10 +90,9 @@ template <int64_t Rows, typename Code>
   }
 }
 
-// The stream for 1 to kStreamedRowsMax rows, vectorized for AVX-512 or AVX2 where the CPU
-// has them.
+// The stream for 1 to kStreamedRowsMax rows.
 template <typename Code>
-__attribute__((target_clones("arch=x86-64-v4", "avx2", "default"))) void stream(
+QLGRAD_VECTOR_CLONES void stream(
     int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight, int64_t ldw,
     const int32_t* zero_point, int64_t columns, float* sums, int64_t lds, float* block_sums) {
   switch (rows) {
@@ -146,6 +151,7 @@ void convert_codes_portable(const int8_t* codes, int64_t ldw, const float* zero_
   }
 }
 
+#if defined(__x86_64__)
 template <typename Element>
 __attribute__((target("avx512f,avx512bw"))) void convert_codes_avx512(const int8_t* codes, int64_t ldw,
                                                                        const float* zero_point, int64_t depth,
@@ -197,18 +203,22 @@ __attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int
   }
 }
 
+#endif
+
 template <typename Element>
 void convert_codes(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth, int64_t columns,
                    Element* tile) {
+#if defined(__x86_64__)
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx512) {
-    convert_codes_avx512(codes, ldw, zero_point, depth, columns, tile);
-  } else if (avx2) {
-    convert_codes_avx2(codes, ldw, zero_point, depth, columns, tile);
-  } else {
-    convert_codes_portable(codes, ldw, zero_point, depth, columns, tile);
+    return convert_codes_avx512(codes, ldw, zero_point, depth, columns, tile);
   }
+  if (avx2) {
+    return convert_codes_avx2(codes, ldw, zero_point, depth, columns, tile);
+  }
+#endif
+  convert_codes_portable(codes, ldw, zero_point, depth, columns, tile);
 }
 
 // The block weight[:, first:first + count] into `tile` ([depth, count], contiguous), in the
