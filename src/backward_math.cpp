@@ -152,7 +152,7 @@ StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scal
                                 const std::optional<at::Tensor>& zero_point) {
   const bool rows_contiguous = values.stride(1) == 1 || values.size(1) == 1;
   return {rows_contiguous ? values : values.contiguous(), as_contiguous(in_dtype(scale, at::kFloat).reshape({-1})),
-          zero_point ? std::optional(as_contiguous(in_dtype(*zero_point, at::kInt).reshape({-1}))) : std::nullopt};
+          zero_point ? std::optional(as_contiguous(in_dtype(*zero_point, at::kFloat).reshape({-1}))) : std::nullopt};
 }
 
 StoredWeight stored_float16_weight(const at::Tensor& weight) {

@@ -16,7 +16,7 @@ namespace qlgrad::math {
 struct StoredWeight {
   at::Tensor values;  // int8 or float16 [N, K], unit stride along K
   at::Tensor scale;   // float32 [1] (per tensor) or [N] (per output channel), contiguous
-  std::optional<at::Tensor> zero_point;  // int32 shaped like scale; absent for zero
+  std::optional<at::Tensor> zero_point;  // float32 shaped like scale (integers); absent for zero
 
   int64_t out_features() const { return values.size(0); }
   bool is_int8() const;

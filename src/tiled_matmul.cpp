@@ -61,14 +61,14 @@ template <>
 // error grows as a GEMM's does rather than with the full depth.
 template <int64_t Rows, typename Code>
 [[gnu::always_inline]] inline void stream_rows(const float* lhs, int64_t ldl, int64_t begin, int64_t end,
-                                                const Code* weight, int64_t ldw, const int32_t* zero_point,
+                                                const Code* weight, int64_t ldw, const float* zero_point,
                                                 int64_t columns, float* sums, int64_t lds, float* block_sums) {
   constexpr int64_t kDepthBlock = 128;
   for (int64_t first = begin; first < end; first += kDepthBlock) {
     std::fill(block_sums, block_sums + Rows * columns, 0.0f);
     for (int64_t n = first; n < std::min(end, first + kDepthBlock); ++n) {
       const Code* row = weight + n * ldw;
-      const float offset = zero_point == nullptr ? 0.0f : static_cast<float>(zero_point[n]);
+      const float offset = zero_point == nullptr ? 0.0f : zero_point[n];
       float factor[Rows];
       for (int64_t r = 0; r < Rows; ++r) {
         factor[r] = lhs[r * ldl + n];
@@ -94,7 +94,7 @@ template <int64_t Rows, typename Code>
 template <typename Code>
 QLGRAD_VECTOR_CLONES void stream(
     int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight, int64_t ldw,
-    const int32_t* zero_point, int64_t columns, float* sums, int64_t lds, float* block_sums) {
+    const float* zero_point, int64_t columns, float* sums, int64_t lds, float* block_sums) {
   switch (rows) {
     case 1: return stream_rows<1>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
     case 2: return stream_rows<2>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
@@ -108,7 +108,7 @@ QLGRAD_VECTOR_CLONES void stream(
 // ranges are added at the end, in a fixed order. The rows are read whole where the block
 // sums of every column fit in L1 (one or two rows of lhs), else in column chunks that do.
 template <typename Code>
-at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const int32_t* zero_point) {
+at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
   const int64_t ranges = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
   const int64_t chunk = std::max<int64_t>(kCacheLine, kStreamedSumBytes / int64_t{sizeof(float)} / rows);
@@ -223,7 +223,7 @@ void convert_codes(const int8_t* codes, int64_t ldw, const float* zero_point, in
 
 // The block weight[:, first:first + count] into `tile` ([depth, count], contiguous), in the
 // tile's dtype, less the zero points.
-void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const at::Tensor& zero_point,
+void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const float* zero_point,
                    at::Tensor& tile) {
   if (weight.scalar_type() != at::kChar) {
     // float16 weights (fp16-packed layers): rare enough for ATen's conversion.
@@ -231,11 +231,10 @@ void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const
     return;
   }
   const int8_t* codes = weight.const_data_ptr<int8_t>() + first;
-  const float* offsets = zero_point.defined() ? zero_point.const_data_ptr<float>() : nullptr;
   if (tile.scalar_type() == at::kFloat) {
-    convert_codes(codes, weight.stride(0), offsets, tile.size(0), count, tile.mutable_data_ptr<float>());
+    convert_codes(codes, weight.stride(0), zero_point, tile.size(0), count, tile.mutable_data_ptr<float>());
   } else {
-    convert_codes(codes, weight.stride(0), offsets, tile.size(0), count, tile.mutable_data_ptr<at::BFloat16>());
+    convert_codes(codes, weight.stride(0), zero_point, tile.size(0), count, tile.mutable_data_ptr<at::BFloat16>());
   }
 }
 
@@ -246,7 +245,7 @@ void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const
 //   float32: shallow tiles that stay in L2, accumulated into the output block.
 //   bfloat16: tiles of full depth, so that the output, rounded to bfloat16 by the GEMM, is
 //   written once rather than rounded at every accumulation.
-at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point) {
+at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
   const bool accumulate = lhs.scalar_type() == at::kFloat;
   const int64_t element_bytes = lhs.element_size();
@@ -256,7 +255,6 @@ at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const std::opt
       align);
   const int64_t tile_depth = accumulate ? std::max(kCacheLine, kTileBytes / element_bytes / width) : depth;
   auto result = at::empty({rows, columns}, lhs.options());
-  const auto offsets = zero_point ? zero_point->to(at::kFloat) : at::Tensor();
   at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     auto tile = at::empty({std::min(depth, tile_depth) * width}, lhs.options());
     for (int64_t task = begin; task < end; ++task) {
@@ -267,7 +265,7 @@ at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const std::opt
         // The first height x count elements, so that the tile is contiguous at every size.
         auto block = tile.narrow(0, 0, height * count).view({height, count});
         convert_block(weight.narrow(0, top, height), first, count,
-                      offsets.defined() ? offsets.narrow(0, top, height) : offsets, block);
+                      zero_point == nullptr ? nullptr : zero_point + top, block);
         at::addmm_out(out, out, lhs.narrow(1, top, height), block, /*beta=*/top == 0 ? 0 : 1);
       }
     }
@@ -281,17 +279,17 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && weight.dim() == 2 && lhs.size(1) == weight.size(0));
   TORCH_INTERNAL_ASSERT(weight.stride(1) == 1 || weight.size(1) == 1);
   TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
-  TORCH_INTERNAL_ASSERT(!zero_point || (zero_point->scalar_type() == at::kInt && zero_point->is_contiguous() &&
+  TORCH_INTERNAL_ASSERT(!zero_point || (zero_point->scalar_type() == at::kFloat && zero_point->is_contiguous() &&
                                         zero_point->numel() == weight.size(0)));
   if (lhs.numel() == 0 || weight.size(1) == 0) {
     return at::zeros({lhs.size(0), weight.size(1)}, lhs.options());
   }
+  const float* offsets = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
   if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
-    const int32_t* offsets = zero_point ? zero_point->const_data_ptr<int32_t>() : nullptr;
     return weight.scalar_type() == at::kChar ? streamed<int8_t>(lhs, weight, offsets)
                                              : streamed<at::Half>(lhs, weight, offsets);
   }
-  return tiled(lhs, weight, zero_point);
+  return tiled(lhs, weight, offsets);
 }
 
 } // namespace qlgrad::math

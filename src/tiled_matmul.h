@@ -13,7 +13,7 @@ namespace qlgrad::math {
 // returned in lhs's dtype.
 //   lhs         float32 or bfloat16 [M, N], contiguous: the GEMM runs in its dtype
 //   weight      int8 or float16 [N, K] with unit stride along K (or K = 1)
-//   zero_point  int32 [N], contiguous; absent for zero
+//   zero_point  float32 [N], contiguous (integers of the int8 range); absent for zero
 // int8 codes minus a zero point are integers of magnitude at most 255, which float32 and
 // bfloat16 both hold exactly: converting a tile rounds nothing, and in float32 the result
 // differs from a product with a float32 weight only in the order of the sums.

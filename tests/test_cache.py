@@ -19,7 +19,7 @@ def backward_through(layer, batch=4):
 
 def entry_bytes(layer) -> int:
     """What the cache holds for a layer: its int8 codes, float32 scales and, where any is not
-    zero, int32 zero points."""
+    zero, float32 zero points."""
     weight = layer.weight()
     if weight.qscheme() in (torch.per_tensor_symmetric, torch.per_tensor_affine):
         scales, offset = 1, weight.q_zero_point() != 0
