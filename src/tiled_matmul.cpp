@@ -5,8 +5,12 @@
 
 #include <algorithm>
 #include <cstring>
+#include <vector>
 
 #if defined(__x86_64__)
+// GCC 12 warns that its own AVX-512 intrinsics read an uninitialized register (GCC bug
+// 105593, fixed in 13): the "undefined" source operand of an unmasked conversion.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
 // Clones for AVX-512 and AVX2 where the CPU has them, chosen when the library loads.
 #define QLGRAD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
@@ -20,7 +24,7 @@ namespace {
 // Up to this many rows the product is bound by reading the weight, not by arithmetic: one
 // pass over the stored codes (a quarter of float32's bytes) with the rows accumulated side
 // by side beats converting tiles for a GEMM.
-constexpr int64_t kStreamedRowsMax = 4;
+constexpr int64_t kStreamedRowsMax = 8;
 // A thread streams at least this many weight rows, or the streaming is not split.
 constexpr int64_t kStreamedRowsPerRangeMin = 256;
 // The block sums a stream keeps in L1.
@@ -99,7 +103,11 @@ QLGRAD_VECTOR_CLONES void stream(
     case 1: return stream_rows<1>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
     case 2: return stream_rows<2>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
     case 3: return stream_rows<3>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    default: return stream_rows<4>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    case 4: return stream_rows<4>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    case 5: return stream_rows<5>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    case 6: return stream_rows<6>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    case 7: return stream_rows<7>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
+    default: return stream_rows<8>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
   }
 }
 
@@ -203,6 +211,178 @@ __attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int
   }
 }
 
+// The float32 product from int8 codes in a GEMM of its own, for the AVX-512 CPUs it is
+// measured on. Laid out as GEMMs are (Goto and van de Geijn): each thread takes a block of
+// columns; per block of depth it converts the codes once into panels of 32 columns (the
+// form a GEMM packs its weight into anyway, so the conversion is the packing), packs the
+// rows of lhs by 12, and multiplies 12 rows by a panel with the 12 x 32 sums held in
+// registers. MKL's GEMM cannot take this path: it would pack the converted tile again.
+constexpr int64_t kPanelColumns = 32;
+// 24 accumulators, 2 panel registers and a broadcast, of the 32 vector registers.
+constexpr int64_t kKernelRows = 12;
+// A panel of this depth (32 KiB) stays in L1 while 12 rows at a time run against it.
+constexpr int64_t kDepthBlock = 256;
+// Rows packed at once: their depth slice (144 KiB) stays in L2 across the panels.
+constexpr int64_t kRowBlock = 144;
+// Columns a thread takes at once: their panels (1 MiB) stay in L2 across row blocks.
+constexpr int64_t kBlockColumns = 1024;
+
+#define QLGRAD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+
+// The first `columns` of 16 lanes.
+QLGRAD_AVX512 __mmask16 lanes_mask(int64_t columns) {
+  return columns >= 16 ? __mmask16(0xFFFF) : columns <= 0 ? __mmask16(0) : __mmask16((1u << columns) - 1);
+}
+
+// out[r, 0:32] (+)= sum_n lhs[n, r] * panel[n, 0:32] for Rows rows of a packed block of lhs
+// ([depth][kKernelRows]); `width` columns of out exist.
+template <int64_t Rows>
+QLGRAD_AVX512 void panel_kernel(const float* lhs, const float* panel, int64_t depth, float* out, int64_t ldo,
+                                int64_t width, bool accumulate) {
+  __m512 low[Rows], high[Rows];
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    low[r] = _mm512_setzero_ps();
+    high[r] = _mm512_setzero_ps();
+  }
+  for (int64_t n = 0; n < depth; ++n) {
+    const __m512 panel_low = _mm512_loadu_ps(panel + n * kPanelColumns);
+    const __m512 panel_high = _mm512_loadu_ps(panel + n * kPanelColumns + 16);
+#pragma GCC unroll 12
+    for (int64_t r = 0; r < Rows; ++r) {
+      const __m512 factor = _mm512_set1_ps(lhs[n * kKernelRows + r]);
+      low[r] = _mm512_fmadd_ps(factor, panel_low, low[r]);
+      high[r] = _mm512_fmadd_ps(factor, panel_high, high[r]);
+    }
+  }
+  const __mmask16 low_mask = lanes_mask(width), high_mask = lanes_mask(width - 16);
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    float* row = out + r * ldo;
+    if (accumulate) {
+      low[r] = _mm512_add_ps(low[r], _mm512_maskz_loadu_ps(low_mask, row));
+      high[r] = _mm512_add_ps(high[r], _mm512_maskz_loadu_ps(high_mask, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, low_mask, low[r]);
+    _mm512_mask_storeu_ps(row + 16, high_mask, high[r]);
+  }
+}
+
+// panel_kernel for 1 to kKernelRows rows.
+template <int64_t Rows = kKernelRows>
+QLGRAD_AVX512 void panel_rows(int64_t rows, const float* lhs, const float* panel, int64_t depth, float* out,
+                              int64_t ldo, int64_t width, bool accumulate) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) {
+      return panel_rows<Rows - 1>(rows, lhs, panel, depth, out, ldo, width, accumulate);
+    }
+  }
+  panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate);
+}
+
+// codes[0:depth, 0:count] - zero_point as panels of kPanelColumns columns, each
+// [depth][kPanelColumns] (zero beyond `count`), one after the other. A few rows at a time,
+// whose codes stay in L1 while each panel's share is written as one contiguous run: a row
+// at a time would store to every panel, kilobytes apart, in the same few L1 sets; a panel
+// at a time would read each row from a page of its own.
+QLGRAD_AVX512 void convert_panels(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth,
+                                  int64_t count, float* panels) {
+  constexpr int64_t kRowsAtOnce = 16;
+  for (int64_t top = 0; top < depth; top += kRowsAtOnce) {
+    for (int64_t column = 0; column < count; column += kPanelColumns) {
+      const __mmask16 low_mask = lanes_mask(count - column), high_mask = lanes_mask(count - column - 16);
+      float* panel = panels + column * depth;
+      for (int64_t n = top; n < std::min(depth, top + kRowsAtOnce); ++n) {
+        const int8_t* row = codes + n * ldw + column;
+        const __m512 offset = _mm512_set1_ps(zero_point == nullptr ? 0.0f : zero_point[n]);
+        const __m512 low = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(low_mask, row)));
+        const __m512 high = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(high_mask, row + 16)));
+        _mm512_storeu_ps(panel + n * kPanelColumns, _mm512_maskz_sub_ps(low_mask, low, offset));
+        _mm512_storeu_ps(panel + n * kPanelColumns + 16, _mm512_maskz_sub_ps(high_mask, high, offset));
+      }
+    }
+  }
+}
+
+// lhs[first:last, 0:depth] as blocks of kKernelRows rows, each [depth][kKernelRows] (zero
+// beyond `last`): the kernel reads a step's 12 factors from one or two cache lines, where
+// 12 rows of lhs a power of two apart would compete for the same L1 sets.
+QLGRAD_AVX512 void pack_rows(const float* lhs, int64_t ldl, int64_t first, int64_t last, int64_t depth,
+                             float* packed) {
+  for (int64_t row = first; row < last; row += kKernelRows) {
+    float* block = packed + (row - first) * depth;
+    const float* source = lhs + row * ldl;
+    const int64_t count = std::min(kKernelRows, last - row);
+    if (count == kKernelRows) {
+      for (int64_t n = 0; n < depth; ++n) {
+#pragma GCC unroll 12
+        for (int64_t r = 0; r < kKernelRows; ++r) {
+          block[n * kKernelRows + r] = source[r * ldl + n];
+        }
+      }
+    } else {
+      for (int64_t n = 0; n < depth; ++n) {
+        for (int64_t r = 0; r < kKernelRows; ++r) {
+          block[n * kKernelRows + r] = r < count ? source[r * ldl + n] : 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// Splits of `extent` into `parts` near-equal pieces, the i-th starting at piece_start(i).
+int64_t piece_start(int64_t extent, int64_t parts, int64_t i) {
+  return extent * i / parts;
+}
+
+// result[:, first:first + count] = lhs @ (codes - zero_point)[:, first:first + count], with
+// room in `panels` for kDepthBlock x count floats and in `packed_lhs` for kDepthBlock x
+// kRowBlock. Each depth block's sums are added to the last's in the output.
+QLGRAD_AVX512 void panel_gemm_columns(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point,
+                                      int64_t first, int64_t count, at::Tensor& result, float* panels,
+                                      float* packed_lhs) {
+  const int64_t rows = lhs.size(0), depth = lhs.size(1), ldw = weight.stride(0), ldr = result.stride(0);
+  const float* lhs_data = lhs.const_data_ptr<float>();
+  const int8_t* codes = weight.const_data_ptr<int8_t>();
+  float* out = result.mutable_data_ptr<float>();
+  const int64_t depth_blocks = (depth + kDepthBlock - 1) / kDepthBlock;
+  const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kKernelRows);
+  for (int64_t block = 0; block < depth_blocks; ++block) {
+    const int64_t top = piece_start(depth, depth_blocks, block);
+    const int64_t height = piece_start(depth, depth_blocks, block + 1) - top;
+    convert_panels(codes + top * ldw + first, ldw, zero_point == nullptr ? nullptr : zero_point + top, height, count,
+                   panels);
+    for (int64_t row_first = 0; row_first < rows; row_first += row_step) {
+      const int64_t row_last = std::min(rows, row_first + row_step);
+      pack_rows(lhs_data + top, depth, row_first, row_last, height, packed_lhs);
+      for (int64_t column = 0; column < count; column += kPanelColumns) {
+        for (int64_t row = row_first; row < row_last; row += kKernelRows) {
+          panel_rows(std::min(kKernelRows, row_last - row), packed_lhs + (row - row_first) * height,
+                     panels + column * height, height, out + row * ldr + first + column, ldr, count - column,
+                     /*accumulate=*/block > 0);
+        }
+      }
+    }
+  }
+}
+
+at::Tensor panel_gemm(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point) {
+  const int64_t columns = weight.size(1);
+  const int64_t width = columns_per_task(columns, kBlockColumns, kPanelColumns);
+  auto result = at::empty({lhs.size(0), columns}, lhs.options());
+  at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
+    auto panels = at::empty({kDepthBlock * width}, lhs.options());
+    auto packed_lhs = at::empty({kDepthBlock * round_up(kRowBlock, kKernelRows)}, lhs.options());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t first = task * width;
+      panel_gemm_columns(lhs, weight, zero_point, first, std::min(width, columns - first), result,
+                         panels.mutable_data_ptr<float>(), packed_lhs.mutable_data_ptr<float>());
+    }
+  });
+  return result;
+}
+
 #endif
 
 template <typename Element>
@@ -289,6 +469,13 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
     return weight.scalar_type() == at::kChar ? streamed<int8_t>(lhs, weight, offsets)
                                              : streamed<at::Half>(lhs, weight, offsets);
   }
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                             __builtin_cpu_supports("avx512vl");
+  if (avx512 && lhs.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar) {
+    return panel_gemm(lhs, weight, offsets);
+  }
+#endif
   return tiled(lhs, weight, offsets);
 }
 
