@@ -35,10 +35,11 @@ def test_each_mode_within_its_error_bound(precision, scheme):
 
 
 # Row counts on both sides of the switch from the streaming kernel (reading each weight row
-# once for a few gradient rows) to the GEMMs, of partial and whole blocks of the 12 rows
-# the AVX-512 kernel takes at once, and of more rows than it packs at once (144); 1100
-# columns leave a partial last tile and panel, 300 rows of weight two blocks of depth.
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 17, 64, 150])
+# once for a few gradient rows) to the GEMMs: partial and whole blocks of the 12 rows the
+# AVX-512 kernel takes at once, more rows than it runs at once (144), and the tiled GEMM
+# from 512 rows. 1100 columns leave a partial last tile and panel; 300 rows of weight make
+# two blocks of depth.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 17, 64, 150, 512])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     weight = quantize_weight(300, 1100, scheme)
