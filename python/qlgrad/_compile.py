@@ -72,7 +72,7 @@ def _register_traced_autograd(op, kernel) -> None:
 
 
 class _TracedDynamicLinear(torch.autograd.Function):
-    """The node of the native Autograd kernel (src/linear_dynamic.cpp), as tracing records it."""
+    """The node of the native Autograd kernel (src/quantized_autograd.cpp), as tracing records it."""
 
     @staticmethod
     def forward(input, packed, op, relu, backward_op, op_args, op_kwargs):
