@@ -230,8 +230,13 @@ def measure_model(shape: workloads.ModelShape, repeats: int) -> ModelRow:
     samples = interleaved_samples([Timed("float", float_backward), Timed("int8", int8_backward)], repeats)
     after = qlgrad.cache_info()
     lookups = (after.hits - before.hits) + (after.misses - before.misses)
-    return ModelRow(shape, {name: statistics.median(values) for name, values in samples.items()}, cache_bytes,
-                    resident_growth, (after.hits - before.hits) / lookups)
+    return ModelRow(
+        shape,
+        {name: statistics.median(values) for name, values in samples.items()},
+        cache_bytes,
+        resident_growth,
+        (after.hits - before.hits) / lookups,
+    )
 
 
 def model_report(row: ModelRow) -> str:
@@ -239,19 +244,21 @@ def model_report(row: ModelRow) -> str:
     held = lambda holds: "HOLDS" if holds else "MISSED"  # noqa: E731
     cache = row.per_int8_byte(row.cache_bytes)
     growth = row.per_int8_byte(row.resident_growth)
-    return "\n".join([
-        f"Whole model: {shape.blocks} blocks of width {shape.width} and MLP {shape.hidden} "
-        f"({shape.weight_elements / 1e6:.0f}M int8 weights), {shape.tokens} tokens, default cache limit "
-        f"{qlgrad.cache_info().limit_bytes / 2**30:.2f} GiB:",
-        f"- backward: float model {milliseconds(row.seconds['float'])} ms, int8 model "
-        f"{milliseconds(row.seconds['int8'])} ms ({times(row.ratio)}); cache hit rate {row.hit_rate:.0%}",
-        f"- cache: {row.cache_bytes / 2**20:.0f} MiB, {cache:.3f} bytes per int8 weight byte; the process "
-        f"grew by {row.resident_growth / 2**20:.0f} MiB ({growth:.3f} per int8 weight byte) when it was filled",
-        f"- int8 model backward ≤ {MODEL_MAX_RATIO}× the float model's: {held(row.ratio <= MODEL_MAX_RATIO)} "
-        f"({times(row.ratio)})",
-        f"- memory the cache adds ≤ {MODEL_MAX_CACHE_BYTES}× the int8 weights' bytes: "
-        f"{held(max(cache, growth) <= MODEL_MAX_CACHE_BYTES)} ({max(cache, growth):.3f}×)",
-    ])
+    return "\n".join(
+        [
+            f"Whole model: {shape.blocks} blocks of width {shape.width} and MLP {shape.hidden} "
+            f"({shape.weight_elements / 1e6:.0f}M int8 weights), {shape.tokens} tokens, default cache limit "
+            f"{qlgrad.cache_info().limit_bytes / 2**30:.2f} GiB:",
+            f"- backward: float model {milliseconds(row.seconds['float'])} ms, int8 model "
+            f"{milliseconds(row.seconds['int8'])} ms ({times(row.ratio)}); cache hit rate {row.hit_rate:.0%}",
+            f"- cache: {row.cache_bytes / 2**20:.0f} MiB, {cache:.3f} bytes per int8 weight byte; the process "
+            f"grew by {row.resident_growth / 2**20:.0f} MiB ({growth:.3f} per int8 weight byte) when it was filled",
+            f"- int8 model backward ≤ {MODEL_MAX_RATIO}× the float model's: {held(row.ratio <= MODEL_MAX_RATIO)} "
+            f"({times(row.ratio)})",
+            f"- memory the cache adds ≤ {MODEL_MAX_CACHE_BYTES}× the int8 weights' bytes: "
+            f"{held(max(cache, growth) <= MODEL_MAX_CACHE_BYTES)} ({max(cache, growth):.3f}×)",
+        ]
+    )
 
 
 def milliseconds(seconds: float) -> str:
@@ -290,7 +297,10 @@ def markdown_table(rows: list[Row]) -> str:
             row.shape.label,
             row.scheme,
             milliseconds(row.seconds[BASELINE]),
-            *(f"{milliseconds(row.seconds[name])} ({times(row.ratio(name))})" for name in (NAIVE, BF16_COPY, *PRECISIONS)),
+            *(
+                f"{milliseconds(row.seconds[name])} ({times(row.ratio(name))})"
+                for name in (NAIVE, BF16_COPY, *PRECISIONS)
+            ),
             " / ".join(f"{row.errors[precision]:.1e}" for precision in PRECISIONS),
             milliseconds(row.seconds[FORWARD_STOCK]),
             times(row.forward_ratio),
@@ -344,8 +354,10 @@ TARGETS = (
     Target(
         f"bf16 backward ≤ {BF16_COPY_MAX_RATIO}× the product with a bfloat16 copy",
         1,
-        lambda row: (row.seconds["bf16"] <= BF16_COPY_MAX_RATIO * row.seconds[BF16_COPY],
-                     times(row.seconds["bf16"] / row.seconds[BF16_COPY])),
+        lambda row: (
+            row.seconds["bf16"] <= BF16_COPY_MAX_RATIO * row.seconds[BF16_COPY],
+            times(row.seconds["bf16"] / row.seconds[BF16_COPY]),
+        ),
     ),
     *(
         Target(
@@ -358,8 +370,10 @@ TARGETS = (
     Target(
         f"forward with requires_grad ≤ {FORWARD_MAX_MICROSECONDS:g} µs over stock",
         1,
-        lambda row: (row.forward_overhead_microseconds <= FORWARD_MAX_MICROSECONDS,
-                     f"+{row.forward_overhead_microseconds:.1f} µs"),
+        lambda row: (
+            row.forward_overhead_microseconds <= FORWARD_MAX_MICROSECONDS,
+            f"+{row.forward_overhead_microseconds:.1f} µs",
+        ),
     ),
 )
 
@@ -375,7 +389,9 @@ def target_report(rows: list[Row]) -> str:
         missed = [f"{row.shape.label} {row.scheme} ({values})" for row, holds, values in outcomes if not holds]
         held = [f"{row.shape.label} {row.scheme} ({values})" for row, holds, values in outcomes if holds]
         if not missed:
-            lines.append(f"- {target.description}, {target.tokens}: HOLDS on all {len(checked)} rows: " + "; ".join(held))
+            lines.append(
+                f"- {target.description}, {target.tokens}: HOLDS on all {len(checked)} rows: " + "; ".join(held)
+            )
         else:
             lines.append(
                 f"- {target.description}, {target.tokens}: MISSED on {len(missed)} of {len(checked)} rows: "
@@ -431,8 +447,13 @@ def plot_ratios(rows: list[Row], path: str) -> None:
     backward_axes.legend(ncols=3, fontsize=8)
 
     forward_axes.bar(positions, [row.forward_overhead_microseconds for row in rows], 0.5, color="tab:gray")
-    forward_axes.axhline(FORWARD_MAX_MICROSECONDS, linestyle="--", linewidth=1, color="gray",
-                         label=f"target: ≤ {FORWARD_MAX_MICROSECONDS:g} µs")
+    forward_axes.axhline(
+        FORWARD_MAX_MICROSECONDS,
+        linestyle="--",
+        linewidth=1,
+        color="gray",
+        label=f"target: ≤ {FORWARD_MAX_MICROSECONDS:g} µs",
+    )
     forward_axes.legend(fontsize=8, loc="upper right")
     forward_axes.set_ylabel("forward requires_grad\nµs over stock")
     forward_axes.set_xticks(list(positions), [f"{row.shape.label}\n{row.scheme}" for row in rows], fontsize=8)
@@ -443,13 +464,24 @@ def plot_ratios(rows: list[Row], path: str) -> None:
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES), metavar="SHAPE",
-                        help=f"tokens×in×out to measure (default: all of {', '.join(SHAPES)})")
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        choices=list(SHAPES),
+        default=list(SHAPES),
+        metavar="SHAPE",
+        help=f"tokens×in×out to measure (default: all of {', '.join(SHAPES)})",
+    )
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds per shape and scheme (default 15)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the ratios into this file (needs matplotlib)")
-    parser.add_argument("--model-blocks", type=int, default=workloads.BERT_LARGE.blocks, metavar="N",
-                        help=f"blocks of the whole-model row (default {workloads.BERT_LARGE.blocks}, BERT-large's "
-                             "linear layers; 0 leaves the row out)")
+    parser.add_argument(
+        "--model-blocks",
+        type=int,
+        default=workloads.BERT_LARGE.blocks,
+        metavar="N",
+        help=f"blocks of the whole-model row (default {workloads.BERT_LARGE.blocks}, BERT-large's "
+        "linear layers; 0 leaves the row out)",
+    )
     arguments = parser.parse_args()
     if arguments.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -461,15 +493,20 @@ def parse_arguments() -> argparse.Namespace:
 def main() -> None:
     arguments = parse_arguments()
     workloads.configure_torch()
-    print(f"qlgrad {qlgrad.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(
+        f"qlgrad {qlgrad.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+    )
     print(cpu_description())
-    print(f"{arguments.repeats} interleaved rounds per row; times are medians; × is time over {BASELINE}'s; "
-          f"rel. error is against {BASELINE}'s float32 gradient; spread: the largest interquartile range over "
-          "median among the row's operations (how far single samples scatter); CPU wait: the share of the row's "
-          "timing during which some task waited for a CPU. A CPU wait of more than a few percent marks a row that "
-          "other processes disturbed: their threads stretch every parallel region alike and push all ratios "
-          "towards 1.\n", flush=True)
+    print(
+        f"{arguments.repeats} interleaved rounds per row; times are medians; × is time over {BASELINE}'s; "
+        f"rel. error is against {BASELINE}'s float32 gradient; spread: the largest interquartile range over "
+        "median among the row's operations (how far single samples scatter); CPU wait: the share of the row's "
+        "timing during which some task waited for a CPU. A CPU wait of more than a few percent marks a row that "
+        "other processes disturbed: their threads stretch every parallel region alike and push all ratios "
+        "towards 1.\n",
+        flush=True,
+    )
 
     rows = [measure(SHAPES[label], scheme, arguments.repeats) for label in arguments.shapes for scheme in SCHEMES]
     print(markdown_table(rows))

@@ -21,7 +21,9 @@ import torch
 import torch.nn.functional as F
 from captum.attr import IntegratedGradients, Saliency
 
-from qlgrad import demo  # importing qlgrad registers the Autograd kernels
+from qlgrad._deprecations import hide_upstream_deprecations  # importing qlgrad registers the Autograd kernels
+from qlgrad.demo import digits
+from qlgrad.demo.cli import positive_int
 
 
 def attributions(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, steps: int) -> dict:
@@ -39,16 +41,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     Returns the mean cosine of int8 to float attributions per method.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--digits", type=demo.positive_int, default=100, help="test digits to attribute (default 100)")
-    parser.add_argument("--steps", type=demo.positive_int, default=32, help="IntegratedGradients steps (default 32)")
+    parser.add_argument("--digits", type=positive_int, default=100, help="test digits to attribute (default 100)")
+    parser.add_argument("--steps", type=positive_int, default=32, help="IntegratedGradients steps (default 32)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    demo.hide_quantization_deprecations()
+    hide_upstream_deprecations()
 
-    tasks = demo.load_digit_tasks(args.seed)
-    with demo.one_intra_op_thread():
-        float_model = demo.pretrained_digit_classifier(tasks, args.seed)
-        models = {"float": float_model.eval(), "int8": demo.quantize_int8(float_model)}
+    tasks = digits.load_digit_tasks(args.seed)
+    with digits.one_intra_op_thread():
+        float_model = digits.pretrained_digit_classifier(tasks, args.seed)
+        models = {"float": float_model.eval(), "int8": digits.quantize_int8(float_model)}
         # Requiring grad up front, as Captum expects (it warns and sets it otherwise).
         images = tasks.test_images[: args.digits].clone().requires_grad_()
         labels = tasks.test_labels[: args.digits]

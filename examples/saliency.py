@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure  # not pyplot: no display or backend needed to write a file
 
-from qlgrad import demo  # importing qlgrad registers the Autograd kernel
+from qlgrad._deprecations import hide_upstream_deprecations  # importing qlgrad registers the Autograd kernel
+from qlgrad.demo import digits
+from qlgrad.demo.cli import positive_int
 
 
 def saliency(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,20 +50,21 @@ def main(argv: list[str] | None = None) -> None:
     """Train and quantize the digit classifier, print how alike the saliency maps are, and write the PNG."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="saliency.png", help="PNG to write (default saliency.png)")
-    parser.add_argument("--digits", type=demo.positive_int, default=6, help="digits to show (default 6)")
+    parser.add_argument("--digits", type=positive_int, default=6, help="digits to show (default 6)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    demo.hide_quantization_deprecations()
+    hide_upstream_deprecations()
 
-    tasks = demo.load_digit_tasks(args.seed)
-    with demo.one_intra_op_thread():
-        float_model = demo.pretrained_digit_classifier(tasks, args.seed)
-    models = {"float": float_model, "int8": demo.quantize_int8(float_model)}
+    tasks = digits.load_digit_tasks(args.seed)
+    with digits.one_intra_op_thread():
+        float_model = digits.pretrained_digit_classifier(tasks, args.seed)
+    models = {"float": float_model, "int8": digits.quantize_int8(float_model)}
 
     images, labels = tasks.test_images[: args.digits], tasks.test_labels[: args.digits]
     maps = {name: saliency(model, images, labels) for name, model in models.items()}
     for label, float_map, int8_map in zip(labels.tolist(), maps["float"], maps["int8"], strict=True):
-        print(f"label {label}: cosine of int8 to float saliency {F.cosine_similarity(int8_map, float_map, dim=0).item():+.4f}")
+        cosine = F.cosine_similarity(int8_map, float_map, dim=0).item()
+        print(f"label {label}: cosine of int8 to float saliency {cosine:+.4f}")
     plot(images, maps, labels, args.out)
     print(f"wrote {args.out}")
 

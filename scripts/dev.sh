@@ -2,7 +2,8 @@
 # Set up a development environment in .venv (idempotent) and run one job in it.
 #   scripts/dev.sh setup   create .venv, install the pinned tools, build and install qlgrad
 #   scripts/dev.sh demo    setup, then the demo
-#   scripts/dev.sh test    setup, then the whole test suite (pytest, meson test, and the C++
+#   scripts/dev.sh lint    the linters alone: ruff (lint and format) and clang-format
+#   scripts/dev.sh test    setup, the linters, then the whole test suite (pytest, meson test, and the C++
 #                          tests again under AddressSanitizer, LeakSanitizer and
 #                          UndefinedBehaviorSanitizer, and under ThreadSanitizer), then the
 #                          asv benchmarks once in quick mode
@@ -24,6 +25,14 @@ setup() {
   # No build isolation: qlgrad must compile against the very torch it runs with.
   python -m pip install --quiet --no-build-isolation --no-deps --force-reinstall \
     -Cbuild-dir="$build" "$root"
+}
+
+# The code as ruff and clang-format want it (pyproject.toml, .clang-format); checks only.
+lint() {
+  cd "$root"
+  python -m ruff check .
+  python -m ruff format --check .
+  git ls-files -co --exclude-standard '*.cpp' '*.h' | xargs clang-format --dry-run --Werror
 }
 
 run_tests() {
@@ -57,6 +66,7 @@ run_sanitized_cpp_tests() {
 case "${1:-}" in
   setup) setup ;;
   demo) setup && python -m qlgrad.demo "${@:2}" ;;
-  test) setup && run_tests ;;
-  *) echo "usage: scripts/dev.sh setup|demo|test" >&2; exit 2 ;;
+  lint) export PATH="$venv/bin:$PATH" && lint ;;
+  test) setup && lint && run_tests ;;
+  *) echo "usage: scripts/dev.sh setup|demo|lint|test" >&2; exit 2 ;;
 esac

@@ -60,7 +60,8 @@ template <typename Real>
 }
 
 template <typename Real>
-[[gnu::always_inline]] inline void round_row(const float* row, const float* channel_scale, int64_t n, Real inverse_scale, int8_t* out) {
+[[gnu::always_inline]] inline void round_row(const float* row, const float* channel_scale, int64_t n,
+                                             Real inverse_scale, int8_t* out) {
   for (int64_t j = 0; j < n; ++j) {
     const Real value = Real(row[j]) * Real(channel_scale[j]) * inverse_scale;
     out[j] = static_cast<int8_t>(static_cast<int32_t>(value + std::copysign(Real(0.5), value)));
@@ -72,9 +73,9 @@ template <typename Real>
 // because it multiplies the contraction dimension. One pass over each row (in cache)
 // for the maximum and one to round; cloned for AVX2 because this loop is what stands
 // between the gradient and the integer GEMM.
-__attribute__((target_clones("avx2", "default"))) void quantize_rows(
-    const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
-    int8_t* quantized, float* row_scale) {
+__attribute__((target_clones("avx2", "default"))) void quantize_rows(const float* grad, const float* channel_scale,
+                                                                     int64_t begin, int64_t end, int64_t n,
+                                                                     int8_t* quantized, float* row_scale) {
   for (int64_t m = begin; m < end; ++m) {
     const float* row = grad + m * n;
     int8_t* out = quantized + m * n;

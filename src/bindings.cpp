@@ -6,7 +6,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
-#include <pybind11/pytypes.h>
+#include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 namespace nb = nanobind;
@@ -34,33 +34,36 @@ struct type_caster<at::Tensor> {
 
 namespace {
 
-// c10 errors become the Python exceptions torch raises for them, without the C++ backtrace.
-void translate_c10_error(const std::exception_ptr& error, void* /*payload*/) {
+// c10 errors become the Python exceptions torch raises for them (ValueError, TypeError,
+// NotImplementedError...), without the C++ backtrace; an error_already_set from a Python
+// kernel below the dispatcher (the fake implementation, which meta tensors reach) becomes its
+// original exception. Anything else goes on to nanobind's own translation.
+void translate_torch_error(const std::exception_ptr& error, void* /*payload*/) {
   try {
     std::rethrow_exception(error);
-  } catch (pybind11::error_already_set& e) {
-    // Raised by a Python kernel below the dispatcher (the fake implementation, which meta
-    // tensors reach): the original exception rather than a RuntimeError quoting it.
-    e.restore();
-  } catch (const c10::NotImplementedError& e) {
-    PyErr_SetString(PyExc_NotImplementedError, e.what_without_backtrace());
-  } catch (const c10::ValueError& e) {
-    PyErr_SetString(PyExc_ValueError, e.what_without_backtrace());
-  } catch (const c10::TypeError& e) {
-    PyErr_SetString(PyExc_TypeError, e.what_without_backtrace());
-  } catch (const c10::IndexError& e) {
-    PyErr_SetString(PyExc_IndexError, e.what_without_backtrace());
-  } catch (const c10::Error& e) {
-    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+  } catch (const c10::Error&) {
+    torch::translate_exception_to_python(error);
+  } catch (const pybind11::error_already_set&) {
+    torch::translate_exception_to_python(error);
   }
+}
+
+// 'fp32', 'bf16' or 'int8': the precisions as a Python caller writes them.
+std::string quoted_precision_names() {
+  std::string names;
+  for (size_t i = 0; i < qlgrad::kPrecisions.size(); ++i) {
+    names += i == 0 ? "" : i + 1 == qlgrad::kPrecisions.size() ? " or " : ", ";
+    names += std::string("'") + qlgrad::precision_name(qlgrad::kPrecisions[i]) + "'";
+  }
+  return names;
 }
 
 // A precision name from Python: any object may arrive, and a non-str one is refused naming
 // the argument rather than with nanobind's generic "incompatible function arguments". The
 // functions taking one keep, through nb::sig, the signatures their stubs show.
 qlgrad::Precision precision_from_python(nb::handle name, const char* argument) {
-  TORCH_CHECK_TYPE(nb::isinstance<nb::str>(name), "qlgrad: ", argument,
-                   " must be a str ('fp32', 'bf16' or 'int8'), got ", nb::inst_name(name).c_str());
+  TORCH_CHECK_TYPE(nb::isinstance<nb::str>(name), "qlgrad: ", argument, " must be a str (", quoted_precision_names(),
+                   "), got ", nb::inst_name(name).c_str());
   return qlgrad::parse_precision(nb::borrow<nb::str>(name).c_str());
 }
 
@@ -68,11 +71,7 @@ std::optional<qlgrad::Precision> optional_precision_from_python(nb::handle name,
   return name.is_none() ? std::nullopt : std::optional(precision_from_python(name, argument));
 }
 
-// The largest cache limit accepted from Python, 4 EiB. Python ints are unbounded and no
-// machine holds that much memory: a larger value is an overflow (such as an unsigned -1)
-// or a unit mistake, not a limit.
-constexpr int64_t kMaxCacheLimitBytes = int64_t{1} << 62;
-
+// A cache limit from Python, as the int64 that qlgrad::set_cache_limit takes and bounds.
 int64_t cache_limit_from_python(nb::handle nbytes) {
   // Anything with __index__ is an int here (numpy and torch integer scalars too), except bool:
   // an int subclass in Python, but set_cache_limit(True) is a mistake, not 1 byte.
@@ -85,8 +84,8 @@ int64_t cache_limit_from_python(nb::handle nbytes) {
                    nb::inst_name(nbytes).c_str());
   int overflow = 0;
   const long long bytes = PyLong_AsLongLongAndOverflow(value.ptr(), &overflow);
-  TORCH_CHECK_VALUE(overflow == 0 && bytes >= 0 && bytes <= kMaxCacheLimitBytes,
-                    "qlgrad.set_cache_limit: nbytes must lie in [0, 2**62] (0 disables the cache), got ",
+  // An int beyond int64 lies beyond qlgrad::kMaxCacheLimitBytes too.
+  TORCH_CHECK_VALUE(overflow == 0, "qlgrad.set_cache_limit: nbytes must lie in [0, 2**62] (0 disables the cache), got ",
                     nb::str(value).c_str());
   return bytes;
 }
@@ -107,7 +106,13 @@ class PrecisionScope {
 
 NB_MODULE(_C, m) {
   m.doc() = "Native entry points of qlgrad.";
-  nb::register_exception_translator(&translate_c10_error);
+  nb::register_exception_translator(&translate_torch_error);
+
+  nb::list precisions;
+  for (const qlgrad::Precision precision : qlgrad::kPrecisions) {
+    precisions.append(qlgrad::precision_name(precision));
+  }
+  m.attr("PRECISIONS") = nb::tuple(precisions);
 
   m.def(
       "linear_int8_backward",
@@ -121,21 +126,22 @@ NB_MODULE(_C, m) {
       nb::arg("precision").none() = nb::none(),
       nb::sig("def linear_int8_backward(grad_output: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor, "
               "zero_point: torch.Tensor | None = None, precision: str | None = None) -> torch.Tensor"),
-        "Input gradient of an int8 linear layer on plain tensors:\n"
-        "``grad_output @ (scale * (weight - zero_point))``.\n\n"
-        "weight: int8 [N, K]. scale: floating, 1 element (per tensor) or [N] (per\n"
-        "output channel). zero_point: integer, shaped like scale; None for a\n"
-        "symmetric weight. grad_output: floating [..., N]; the result has its dtype\n"
-        "and shape [..., K]. Differentiable with respect to grad_output (scale and\n"
-        "zero_point are constants). precision: 'fp32', 'bf16' or 'int8'; None for\n"
-        "the one in effect on this thread.");
+      "Input gradient of an int8 linear layer on plain tensors:\n"
+      "``grad_output @ (scale * (weight - zero_point))``.\n\n"
+      "weight: int8 [N, K]. scale: floating, 1 element (per tensor) or [N] (per\n"
+      "output channel). zero_point: integer, shaped like scale; None for a\n"
+      "symmetric weight. grad_output: floating [..., N]; the result has its dtype\n"
+      "and shape [..., K]. Differentiable with respect to grad_output (scale and\n"
+      "zero_point are constants). precision: one of PRECISIONS; None for the one\n"
+      "in effect on this thread.");
 
   m.def(
-      "set_backward_precision", [](nb::handle name) { qlgrad::set_backward_precision(precision_from_python(name, "name")); },
+      "set_backward_precision",
+      [](nb::handle name) { qlgrad::set_backward_precision(precision_from_python(name, "name")); },
       nb::arg("name").none(), nb::sig("def set_backward_precision(name: str) -> None"),
-      "Set the process-wide backward precision: 'fp32', 'bf16' or 'int8'.");
+      "Set the process-wide backward precision: one of PRECISIONS.");
   m.def(
-      "get_backward_precision", [] { return std::string(qlgrad::precision_name(qlgrad::backward_precision())); },
+      "get_backward_precision", [] { return std::string(qlgrad::precision_name(qlgrad::get_backward_precision())); },
       "The backward precision in effect on this thread.");
   nb::class_<PrecisionScope>(m, "backward_precision",
                              "Context manager: the backward precision of this thread inside a with block.\n"
@@ -151,8 +157,7 @@ NB_MODULE(_C, m) {
         return std::make_tuple(info.entries, info.bytes, info.hits, info.misses, info.limit_bytes);
       },
       "Statistics of the backward-weight cache: (entries, bytes, hits, misses, limit_bytes).");
-  m.def("clear_cache", &qlgrad::clear_cache,
-        "Drop every cached backward weight and reset the hit and miss counters.");
+  m.def("clear_cache", &qlgrad::clear_cache, "Drop every cached backward weight and reset the hit and miss counters.");
   m.def(
       "set_cache_limit", [](nb::handle nbytes) { qlgrad::set_cache_limit(cache_limit_from_python(nbytes)); },
       nb::arg("nbytes").none(), nb::sig("def set_cache_limit(nbytes: int) -> None"),

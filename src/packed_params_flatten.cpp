@@ -4,7 +4,7 @@
 // registered in Python) and is guarded on at every call of the compiled function. torch
 // defines none for this class, so qlgrad adds one when it loads, unless torch has one.
 
-#include "weight_cache.h"
+#include "packed_params.h"
 
 #include <ATen/core/builtin_function.h>
 #include <ATen/core/custom_class.h>
@@ -70,8 +70,8 @@ using Flattened = std::tuple<Field, IntField, IntField>;
 Flattened flatten(const PackedParams& packed) {
   static ShapeTable table;
   const PackedShape shape = table.shape(packed);
-  return {Field{"kind", shape.kind == WeightKind::kQInt8 ? "qint8" : "fp16"},
-          IntField{"in_features", shape.in_features}, IntField{"out_features", shape.out_features}};
+  return {Field{"kind", kind_name(shape.kind)}, IntField{"in_features", shape.in_features},
+          IntField{"out_features", shape.out_features}};
 }
 
 void add_flatten_method() {

@@ -5,10 +5,6 @@
 namespace qlgrad::detail {
 namespace {
 
-const char* op_family(WeightKind kind) {
-  return kind == WeightKind::kQInt8 ? "quantized::linear_dynamic" : "quantized::linear_dynamic_fp16";
-}
-
 // The codes are only ever read: the unpacked tensor's storage is viewed as int8 in place
 // rather than copied by int_repr().
 at::Tensor codes_of(const at::Tensor& weight) {
@@ -24,8 +20,7 @@ std::optional<at::Tensor> unless_zero(const at::Tensor& zero_point) {
 
 math::StoredWeight as_int8(const at::Tensor& weight) {
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kQInt8,
-                   "qlgrad: quantized::linear_dynamic expects qint8 packed weights, got ",
-                   weight.scalar_type());
+                   "qlgrad: quantized::linear_dynamic expects qint8 packed weights, got ", weight.scalar_type());
   TORCH_CHECK(weight.dim() == 2, "qlgrad: expected a 2-D packed weight, got ", weight.dim(), " dims");
   switch (weight.qscheme()) {
     case at::kPerTensorAffine:
@@ -40,15 +35,10 @@ math::StoredWeight as_int8(const at::Tensor& weight) {
       return math::stored_int8_weight(codes_of(weight), weight.q_per_channel_scales(),
                                       unless_zero(weight.q_per_channel_zero_points()));
     default:
-      TORCH_CHECK(false, "qlgrad: unsupported weight quantization scheme ",
-                  c10::toString(weight.qscheme()),
+      TORCH_CHECK(false, "qlgrad: unsupported weight quantization scheme ", c10::toString(weight.qscheme()),
                   "; supported: per_tensor_affine, per_tensor_symmetric, per_channel_affine, "
                   "per_channel_symmetric (axis 0)");
   }
-}
-
-const char* kind_name(WeightKind kind) {
-  return kind == WeightKind::kQInt8 ? "qint8" : "fp16";
 }
 
 math::StoredWeight unpack(LinearPackedParamsBase& packed) {

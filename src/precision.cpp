@@ -12,11 +12,22 @@
 namespace qlgrad {
 namespace {
 
-constexpr std::array<std::pair<std::string_view, Precision>, 3> kNames{{
+// The one place that names the precisions: parse_precision, the error messages and the
+// Python module's PRECISIONS all read it.
+constexpr std::array<std::pair<std::string_view, Precision>, kPrecisions.size()> kNames{{
     {"fp32", Precision::kFloat32},
     {"bf16", Precision::kBFloat16},
     {"int8", Precision::kInt8},
 }};
+
+// "fp32, bf16, int8"
+std::string valid_names() {
+  std::string names;
+  for (const auto& [name, precision] : kNames) {
+    names += (names.empty() ? "" : ", ") + std::string(name);
+  }
+  return names;
+}
 
 Precision from_environment() {
   const char* name = std::getenv("QLGRAD_BACKWARD_PRECISION");
@@ -26,8 +37,7 @@ Precision from_environment() {
   try {
     return parse_precision(name);
   } catch (const c10::ValueError& e) {
-    TORCH_CHECK_VALUE(false, "qlgrad: environment variable QLGRAD_BACKWARD_PRECISION: ",
-                      e.what_without_backtrace());
+    TORCH_CHECK_VALUE(false, "qlgrad: environment variable QLGRAD_BACKWARD_PRECISION: ", e.what_without_backtrace());
   }
 }
 
@@ -48,8 +58,7 @@ Precision parse_precision(std::string_view name) {
       return precision;
     }
   }
-  TORCH_CHECK_VALUE(false, "qlgrad: unknown backward precision '", std::string(name),
-                    "'; valid: fp32, bf16, int8");
+  TORCH_CHECK_VALUE(false, "qlgrad: unknown backward precision '", std::string(name), "'; valid: ", valid_names());
 }
 
 const char* precision_name(Precision precision) {
@@ -66,12 +75,11 @@ void set_backward_precision(Precision precision) {
   process_default().store(precision);
 }
 
-Precision backward_precision() {
+Precision get_backward_precision() {
   return thread_override.value_or(process_default().load());
 }
 
-BackwardPrecisionGuard::BackwardPrecisionGuard(std::optional<Precision> precision)
-    : previous_(thread_override) {
+BackwardPrecisionGuard::BackwardPrecisionGuard(std::optional<Precision> precision) : previous_(thread_override) {
   if (precision) {
     precision_name(*precision);
   }

@@ -83,8 +83,8 @@ class WeightCache {
     }
     evict_until(limit_bytes_ - bytes);
     recency_.push_front(key);
-    entries_.emplace(key, Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), weight, bytes,
-                                recency_.begin()});
+    entries_.emplace(key,
+                     Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), weight, bytes, recency_.begin()});
     bytes_ += bytes;
   }
 
@@ -198,7 +198,8 @@ void clear_cache() {
 }
 
 void set_cache_limit(int64_t bytes) {
-  TORCH_CHECK_VALUE(bytes >= 0, "qlgrad.set_cache_limit: nbytes must be >= 0, got ", bytes);
+  TORCH_CHECK_VALUE(bytes >= 0 && bytes <= kMaxCacheLimitBytes,
+                    "qlgrad.set_cache_limit: nbytes must lie in [0, 2**62] (0 disables the cache), got ", bytes);
   detail::cache().set_limit(bytes);
 }
 

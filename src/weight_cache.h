@@ -15,16 +15,11 @@
 // the model that fits.
 
 #include "backward_math.h"
+#include "packed_params.h"
 
 #include <c10/util/FunctionRef.h>
 
 namespace qlgrad::detail {
-
-using PackedParams = c10::intrusive_ptr<LinearPackedParamsBase>;
-
-// What the quantized:: ops of the dynamic linear family pack: qint8 weights
-// (linear_dynamic, linear_relu_dynamic) or float16 ones (the *_fp16 ops).
-enum class WeightKind { kQInt8, kFloat16 };
 
 // The cached weight of `packed`, or unpack(), cached when it fits the limit and is admitted.
 // unpack() runs without the lock held, so slow unpacking never blocks other layers.

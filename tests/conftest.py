@@ -1,10 +1,19 @@
+import re
+
 import pytest
 import torch
 
-import qlgrad  # noqa: F401  (registers the Autograd kernels for every test)
+import qlgrad
 from helpers import load_hypothesis_profile
+from qlgrad._deprecations import UPSTREAM_DEPRECATIONS
 
 load_hypothesis_profile()
+
+
+def pytest_configure(config):
+    # After pyproject.toml's "error", so that these take precedence over it.
+    for message, category in UPSTREAM_DEPRECATIONS:
+        config.addinivalue_line("filterwarnings", f"ignore:{re.escape(message)}:{category.__name__}")
 
 
 @pytest.fixture(params=[e for e in torch.backends.quantized.supported_engines if e != "none"])

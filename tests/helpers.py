@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 SCHEMES = ("per_tensor_symmetric", "per_tensor_affine", "per_channel_symmetric", "per_channel_affine")
-ENGINES = tuple(e for e in torch.backends.quantized.supported_engines if e != "none")
 # Batch shapes in front of the feature dimension; quantized::linear_dynamic needs at least one.
 LEADING_DIMS = ((1,), (5,), (2, 3), (0,), (3, 0))
 
@@ -34,7 +33,7 @@ class QuantizedWeight:
 
     def dequantize_float64(self) -> torch.Tensor:
         """W_deq from the integer values, in float64: the reference weight."""
-        return (self.values.double() - self.zero_point.double()[:, None]) * self.scale[:, None]
+        return dequantize_plain(self.values, self.scale, self.zero_point)
 
 
 def quantize_weight(out_features: int, in_features: int, scheme: str, seed: int = 0) -> QuantizedWeight:
@@ -69,50 +68,22 @@ def reference_input_gradient(grad_output: torch.Tensor, weight: QuantizedWeight)
     return grad_output.double() @ weight.dequantize_float64()
 
 
-def sample_inputs(out_features: int = 6, in_features: int = 10):
-    """(scheme, leading dims, weight, grad_output) for every weight scheme and batch shape."""
-    for scheme, leading in itertools.product(SCHEMES, LEADING_DIMS):
-        weight = quantize_weight(out_features, in_features, scheme)
-        grad_output = torch.randn(*leading, out_features)
-        yield scheme, leading, weight, grad_output
+# Standalone calls take any number of leading dims, a bare feature vector included.
+GRAD_SHAPES = ((), (5,), (2, 3), (0,), (3, 0))
 
 
-class STEReferenceLinear(torch.nn.Module):
-    """A dynamic quantized Linear (int8 or fp16, with or without fused ReLU) whose backward is
-    a pure-Python straight-through estimator in float64, differentiable to any order."""
-
-    class _Function(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, layer):
-            weight = layer.weight()
-            ctx.weight = (weight.dequantize() if weight.is_quantized else weight).double()
-            output = layer(x)
-            ctx.save_for_backward(output > 0 if isinstance(layer, torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU) else None)
-            return output
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            (mask,) = ctx.saved_tensors
-            if mask is not None:
-                grad_output = grad_output * mask
-            return (grad_output.double() @ ctx.weight).to(grad_output.dtype), None
-
-    def __init__(self, layer):
-        super().__init__()
-        self.layer = layer
-
-    def forward(self, x):
-        return self._Function.apply(x, self.layer)
+def int8_args(weight: QuantizedWeight, scheme: str, dtype=torch.float32):
+    """(weight, scale, zero_point) as plain tensors; symmetric schemes pass no zero point."""
+    zero_point = weight.zero_point if scheme.endswith("affine") else None
+    return weight.values, weight.scale.to(dtype), zero_point
 
 
-def with_ste_reference_layers(model: torch.nn.Module) -> torch.nn.Module:
-    """model with every dynamic quantized Linear wrapped by STEReferenceLinear (in place)."""
-    for name, child in model.named_children():
-        if isinstance(child, torch.ao.nn.quantized.dynamic.Linear):  # LinearReLU included
-            setattr(model, name, STEReferenceLinear(child))
-        else:
-            with_ste_reference_layers(child)
-    return model
+def int8_sample_inputs(dtype=torch.float32, requires_grad=False):
+    """(args, weight) for linear_int8_backward over every scheme and grad_output shape."""
+    for scheme, shape in itertools.product(SCHEMES, GRAD_SHAPES):
+        weight = quantize_weight(6, 10, scheme)
+        grad_output = torch.randn(*shape, 6, dtype=dtype, requires_grad=requires_grad)
+        yield (grad_output, *int8_args(weight, scheme, dtype)), weight
 
 
 # Relative error (in norm) each mode may have against the float64 reference.
@@ -219,7 +190,9 @@ def pack_plain(values, scale, zero_point=None):
     if scale.numel() == 1:
         qweight = torch._make_per_tensor_quantized_tensor(values, float(scale), int(zero_points))
     else:
-        qweight = torch._make_per_channel_quantized_tensor(values, scale.double().reshape(-1), zero_points.reshape(-1), 0)
+        qweight = torch._make_per_channel_quantized_tensor(
+            values, scale.double().reshape(-1), zero_points.reshape(-1), 0
+        )
     return torch.ops.quantized.linear_prepack(qweight, None)
 
 
@@ -282,19 +255,15 @@ class ValidCall:
     out_features: int
 
 
-def _packed_op(name):
-    # The operators' schemas call the packed params `packed`.
-    return lambda a: getattr(torch.ops.qlgrad, name)(a["grad_output"], a["packed_params"], a.get("precision"))
-
-
-# Every door of the standalone backward functions: name -> (keyword arguments -> result).
+# Every door of the standalone backward functions: name -> (keyword arguments -> result). Both
+# doors of a function take the same keywords.
 BACKWARD_DOORS = {
     "qlgrad.linear_int8_backward": lambda a: _qlgrad().linear_int8_backward(**a),
     "torch.ops.qlgrad.linear_int8_backward": lambda a: torch.ops.qlgrad.linear_int8_backward(**a),
     "qlgrad.linear_dynamic_backward": lambda a: _qlgrad().linear_dynamic_backward(**a),
-    "torch.ops.qlgrad.linear_dynamic_backward": _packed_op("linear_dynamic_backward"),
+    "torch.ops.qlgrad.linear_dynamic_backward": lambda a: torch.ops.qlgrad.linear_dynamic_backward(**a),
     "qlgrad.linear_dynamic_fp16_backward": lambda a: _qlgrad().linear_dynamic_fp16_backward(**a),
-    "torch.ops.qlgrad.linear_dynamic_fp16_backward": _packed_op("linear_dynamic_fp16_backward"),
+    "torch.ops.qlgrad.linear_dynamic_fp16_backward": lambda a: torch.ops.qlgrad.linear_dynamic_fp16_backward(**a),
 }
 
 
@@ -308,7 +277,7 @@ def valid_call(door_name: str, grad_output: torch.Tensor, values, scale, zero_po
         packed = torch.ops.quantized.linear_prepack_fp16(dequantize_plain(values, scale, zero_point).float(), None)
     else:
         packed = pack_plain(values, scale, zero_point)
-    return ValidCall(dict(grad_output=grad_output, packed_params=packed), values.shape[0])
+    return ValidCall(dict(grad_output=grad_output, packed=packed), values.shape[0])
 
 
 def with_grad_recorded(arguments: dict) -> dict:
@@ -357,85 +326,223 @@ INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8
 COMPLEX_DTYPES = (torch.complex64, torch.complex128)
 
 GRAD_OUTPUT_SPOILERS = (
-    Spoiler("grad_output", "integer dtype", TypeError, "grad_output must be a floating-point tensor",
-            lambda c, r: torch.ones(_grad_shape(c), dtype=r.choice(INTEGER_DTYPES))),
-    Spoiler("grad_output", "complex dtype", TypeError, "grad_output must be a floating-point tensor",
-            lambda c, r: torch.ones(_grad_shape(c), dtype=r.choice(COMPLEX_DTYPES))),
-    Spoiler("grad_output", "wrong last dimension", ValueError, "last dimension must equal",
-            lambda c, r: torch.randn(_grad_shape(c, extra_features=r.randint(1, 3)))),
+    Spoiler(
+        "grad_output",
+        "integer dtype",
+        TypeError,
+        "grad_output must be a floating-point tensor",
+        lambda c, r: torch.ones(_grad_shape(c), dtype=r.choice(INTEGER_DTYPES)),
+    ),
+    Spoiler(
+        "grad_output",
+        "complex dtype",
+        TypeError,
+        "grad_output must be a floating-point tensor",
+        lambda c, r: torch.ones(_grad_shape(c), dtype=r.choice(COMPLEX_DTYPES)),
+    ),
+    Spoiler(
+        "grad_output",
+        "wrong last dimension",
+        ValueError,
+        "last dimension must equal",
+        lambda c, r: torch.randn(_grad_shape(c, extra_features=r.randint(1, 3))),
+    ),
     Spoiler("grad_output", "0-dim", ValueError, "at least 1 dimension", lambda c, r: torch.tensor(1.0)),
-    Spoiler("grad_output", "on the meta device", ValueError, "grad_output must be on",
-            lambda c, r: torch.empty(_grad_shape(c), device="meta")),
-    Spoiler("grad_output", "quantized", TypeError, "grad_output must be a plain tensor",
-            lambda c, r: torch.quantize_per_tensor(torch.randn(_grad_shape(c)), 0.1, 0, torch.qint8)),
-    Spoiler("grad_output", "sparse", TypeError, "grad_output must be a strided",
-            lambda c, r: torch.randn(_grad_shape(c)).to_sparse()),
+    Spoiler(
+        "grad_output",
+        "on the meta device",
+        ValueError,
+        "grad_output must be on",
+        lambda c, r: torch.empty(_grad_shape(c), device="meta"),
+    ),
+    Spoiler(
+        "grad_output",
+        "quantized",
+        TypeError,
+        "grad_output must be a plain tensor",
+        lambda c, r: torch.quantize_per_tensor(torch.randn(_grad_shape(c)), 0.1, 0, torch.qint8),
+    ),
+    Spoiler(
+        "grad_output",
+        "sparse",
+        TypeError,
+        "grad_output must be a strided",
+        lambda c, r: torch.randn(_grad_shape(c)).to_sparse(),
+    ),
     Spoiler("grad_output", "None", TypeError, "grad_output must be a", lambda c, r: None),
-    Spoiler("grad_output", "a list", TypeError, "grad_output must be a torch.Tensor",
-            lambda c, r: [0.0] * c.out_features, python_only=True),
+    Spoiler(
+        "grad_output",
+        "a list",
+        TypeError,
+        "grad_output must be a torch.Tensor",
+        lambda c, r: [0.0] * c.out_features,
+        python_only=True,
+    ),
 )
 
 PRECISION_SPOILERS = (
-    Spoiler("precision", "unknown name", ValueError, "unknown backward precision",
-            lambda c, r: r.choice(["fp8", "FP32", "", "int4", " fp32", "float32"])),
-    Spoiler("precision", "not a str", TypeError, "precision must be a str",
-            lambda c, r: r.choice([0, 32, b"fp32", 1.5]), python_only=True),
+    Spoiler(
+        "precision",
+        "unknown name",
+        ValueError,
+        "unknown backward precision",
+        lambda c, r: r.choice(["fp8", "FP32", "", "int4", " fp32", "float32"]),
+    ),
+    Spoiler(
+        "precision",
+        "not a str",
+        TypeError,
+        "precision must be a str",
+        lambda c, r: r.choice([0, 32, b"fp32", 1.5]),
+        python_only=True,
+    ),
 )
 
-INT8_SPOILERS = GRAD_OUTPUT_SPOILERS + PRECISION_SPOILERS + (
-    Spoiler("weight", "not int8", TypeError, "weight must be an int8 tensor",
+INT8_SPOILERS = (
+    GRAD_OUTPUT_SPOILERS
+    + PRECISION_SPOILERS
+    + (
+        Spoiler(
+            "weight",
+            "not int8",
+            TypeError,
+            "weight must be an int8 tensor",
             lambda c, r: c.arguments["weight"].to(
-                r.choice([torch.uint8, torch.int16, torch.int32, torch.float32, torch.float16, torch.bool]))),
-    Spoiler("weight", "1-D", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][0]),
-    Spoiler("weight", "3-D", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][None]),
-    Spoiler("weight", "empty", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][:, :0]),
-    Spoiler("weight", "quantized", TypeError, "weight must be a plain tensor",
-            lambda c, r: torch.quantize_per_tensor(c.arguments["weight"].float(), 1.0, 0, torch.qint8)),
-    # Every other tensor is then on another device than the weight: the first is named.
-    Spoiler("weight", "on the meta device", ValueError, "must be on the weight's device",
-            lambda c, r: c.arguments["weight"].to("meta")),
-    Spoiler("weight", "None", TypeError, "weight must be a", lambda c, r: None),
-    Spoiler("scale", "not floating", TypeError, "scale must be a floating-point tensor",
-            lambda c, r: torch.ones(_scale(c).shape, dtype=r.choice([torch.int32, torch.int64, torch.complex64]))),
-    Spoiler("scale", "length neither 1 nor out_features", ValueError, "scale must hold 1 element",
-            lambda c, r: torch.ones(c.out_features + r.randint(1, 3))),
-    Spoiler("scale", "2-D", ValueError, "scale must hold 1 element", lambda c, r: _scale(c).reshape(-1, 1)),
-    Spoiler("scale", "empty", ValueError, "scale must hold 1 element", lambda c, r: torch.ones(0)),
-    Spoiler("scale", "not positive", ValueError, "scale must be finite and positive",
-            lambda c, r: _scale(c) * r.choice([0.0, -1.0])),
-    Spoiler("scale", "NaN or Inf", ValueError, "scale must be finite and positive",
-            lambda c, r: _with_nonfinite(_scale(c), r)),
-    Spoiler("scale", "on the meta device", ValueError, "scale must be on the weight's device",
-            lambda c, r: _scale(c).to("meta")),
-    Spoiler("scale", "None", TypeError, "scale must be a", lambda c, r: None),
-    Spoiler("zero_point", "not an integer", TypeError, "zero_point must be an integer tensor",
-            lambda c, r: torch.zeros(_scale(c).shape, dtype=r.choice([torch.float32, torch.float64, torch.bool]))),
-    Spoiler("zero_point", "not shaped like scale", ValueError, "zero_point must have scale's shape",
-            lambda c, r: torch.zeros(_scale(c).numel() + r.randint(1, 3), dtype=torch.long)),
-    Spoiler("zero_point", "outside [-128, 127]", ValueError, "zero_point must lie in the int8 range",
-            lambda c, r: torch.full(_scale(c).shape, r.choice([128, 255, -129, -1000]), dtype=torch.long)),
-    Spoiler("zero_point", "on the meta device", ValueError, "zero_point must be on the weight's device",
-            lambda c, r: torch.zeros(_scale(c).shape, dtype=torch.long, device="meta")),
-    Spoiler("zero_point", "a list", TypeError, "zero_point must be a torch.Tensor or None",
-            lambda c, r: [0] * _scale(c).numel(), python_only=True),
+                r.choice([torch.uint8, torch.int16, torch.int32, torch.float32, torch.float16, torch.bool])
+            ),
+        ),
+        Spoiler("weight", "1-D", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][0]),
+        Spoiler(
+            "weight", "3-D", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][None]
+        ),
+        Spoiler(
+            "weight", "empty", ValueError, "weight must be a non-empty 2-D", lambda c, r: c.arguments["weight"][:, :0]
+        ),
+        Spoiler(
+            "weight",
+            "quantized",
+            TypeError,
+            "weight must be a plain tensor",
+            lambda c, r: torch.quantize_per_tensor(c.arguments["weight"].float(), 1.0, 0, torch.qint8),
+        ),
+        # Every other tensor is then on another device than the weight: the first is named.
+        Spoiler(
+            "weight",
+            "on the meta device",
+            ValueError,
+            "must be on the weight's device",
+            lambda c, r: c.arguments["weight"].to("meta"),
+        ),
+        Spoiler("weight", "None", TypeError, "weight must be a", lambda c, r: None),
+        Spoiler(
+            "scale",
+            "not floating",
+            TypeError,
+            "scale must be a floating-point tensor",
+            lambda c, r: torch.ones(_scale(c).shape, dtype=r.choice([torch.int32, torch.int64, torch.complex64])),
+        ),
+        Spoiler(
+            "scale",
+            "length neither 1 nor out_features",
+            ValueError,
+            "scale must hold 1 element",
+            lambda c, r: torch.ones(c.out_features + r.randint(1, 3)),
+        ),
+        Spoiler("scale", "2-D", ValueError, "scale must hold 1 element", lambda c, r: _scale(c).reshape(-1, 1)),
+        Spoiler("scale", "empty", ValueError, "scale must hold 1 element", lambda c, r: torch.ones(0)),
+        Spoiler(
+            "scale",
+            "not positive",
+            ValueError,
+            "scale must be finite and positive",
+            lambda c, r: _scale(c) * r.choice([0.0, -1.0]),
+        ),
+        Spoiler(
+            "scale",
+            "NaN or Inf",
+            ValueError,
+            "scale must be finite and positive",
+            lambda c, r: _with_nonfinite(_scale(c), r),
+        ),
+        Spoiler(
+            "scale",
+            "on the meta device",
+            ValueError,
+            "scale must be on the weight's device",
+            lambda c, r: _scale(c).to("meta"),
+        ),
+        Spoiler("scale", "None", TypeError, "scale must be a", lambda c, r: None),
+        Spoiler(
+            "zero_point",
+            "not an integer",
+            TypeError,
+            "zero_point must be an integer tensor",
+            lambda c, r: torch.zeros(_scale(c).shape, dtype=r.choice([torch.float32, torch.float64, torch.bool])),
+        ),
+        Spoiler(
+            "zero_point",
+            "not shaped like scale",
+            ValueError,
+            "zero_point must have scale's shape",
+            lambda c, r: torch.zeros(_scale(c).numel() + r.randint(1, 3), dtype=torch.long),
+        ),
+        Spoiler(
+            "zero_point",
+            "outside [-128, 127]",
+            ValueError,
+            "zero_point must lie in the int8 range",
+            lambda c, r: torch.full(_scale(c).shape, r.choice([128, 255, -129, -1000]), dtype=torch.long),
+        ),
+        Spoiler(
+            "zero_point",
+            "on the meta device",
+            ValueError,
+            "zero_point must be on the weight's device",
+            lambda c, r: torch.zeros(_scale(c).shape, dtype=torch.long, device="meta"),
+        ),
+        Spoiler(
+            "zero_point",
+            "a list",
+            TypeError,
+            "zero_point must be a torch.Tensor or None",
+            lambda c, r: [0] * _scale(c).numel(),
+            python_only=True,
+        ),
+    )
 )
 
 
 def _other_kind_of_packed_params(call: ValidCall, rng: random.Random):
     """Packed params of the other kind (fp16 for int8 ones and vice versa), same shape."""
-    weight = call.arguments["packed_params"].unpack()[0]
+    weight = call.arguments["packed"].unpack()[0]
     if weight.is_quantized:
         return torch.ops.quantized.linear_prepack_fp16(weight.dequantize(), None)
     return torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(weight, 0.01, 0, torch.qint8), None)
 
 
-PACKED_SPOILERS = GRAD_OUTPUT_SPOILERS + PRECISION_SPOILERS + (
-    Spoiler("packed_params", "of the other kind", TypeError, "expects (qint8|fp16) packed weights",
-            _other_kind_of_packed_params),
-    Spoiler("packed_params", "None", TypeError, "packed_params must be a LinearPackedParamsBase",
-            lambda c, r: None, python_only=True),
-    Spoiler("packed_params", "a tensor", TypeError, "packed_params must be a LinearPackedParamsBase",
-            lambda c, r: torch.randn(c.out_features, 4), python_only=True),
+PACKED_SPOILERS = (
+    GRAD_OUTPUT_SPOILERS
+    + PRECISION_SPOILERS
+    + (
+        Spoiler(
+            "packed",
+            "of the other kind",
+            TypeError,
+            "expects (qint8|fp16) packed weights",
+            _other_kind_of_packed_params,
+        ),
+        Spoiler(
+            "packed", "None", TypeError, "packed must be a LinearPackedParamsBase", lambda c, r: None, python_only=True
+        ),
+        Spoiler(
+            "packed",
+            "a tensor",
+            TypeError,
+            "packed must be a LinearPackedParamsBase",
+            lambda c, r: torch.randn(c.out_features, 4),
+            python_only=True,
+        ),
+    )
 )
 
 
@@ -466,7 +573,20 @@ def call(op_name, x, packed):
     return op(x, packed) if op_name.endswith("fp16") else op(x, packed, True)
 
 
-def weight_float64(packed):
-    """The weight inside packed params in float64: dequantized int8, or widened fp16."""
-    weight = packed.unpack()[0]
-    return (weight.dequantize() if weight.is_quantized else weight).double()
+def family_forward_calls(op_name):
+    """(x, [x -> output]) for the quantized:: op `op_name`, the same in every process: for the int8
+    ops one call per weight scheme and reduce_range, for the fp16 ones a single call."""
+    torch.manual_seed(0)
+    x = torch.randn(7, 32) * 2
+    op = getattr(torch.ops.quantized, op_name)
+    if op_name.endswith("fp16"):
+        packed = torch.ops.quantized.linear_prepack_fp16(torch.randn(16, 32) * 0.2, torch.randn(16))
+        return x, [lambda x: op(x, packed)]
+    calls = []
+    for scheme in SCHEMES:
+        packed = packed_params(quantize_weight(16, 32, scheme), torch.randn(16))
+        calls += [
+            lambda x, packed=packed, reduce_range=reduce_range: op(x, packed, reduce_range)
+            for reduce_range in (False, True)
+        ]
+    return x, calls

@@ -6,10 +6,10 @@ import torch
 from torch import nn
 
 import qlgrad  # noqa: F401  (registers the kernels)
-from helpers import FAMILY, call, dynamic_linear, weight_float64
+from helpers import FAMILY, call, dynamic_linear
+from qlgrad.reference import float64_weight
 
 AUTOCAST_DTYPES = (torch.bfloat16, torch.float16)
-
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
@@ -27,7 +27,7 @@ def test_op_runs_on_float32_and_returns_the_gradient_in_the_incoming_dtype(op_na
     y.backward(grad_output)
     assert x.grad.dtype == dtype
     masked = torch.where(y > 0, grad_output, 0.0) if relu else grad_output
-    assert_rounded_from(x.grad, masked.double() @ weight_float64(packed))
+    assert_rounded_from(x.grad, masked.double() @ float64_weight(packed))
 
 
 def assert_rounded_from(got, expected64, roundings=1):
@@ -40,7 +40,9 @@ def float_then_quantized_model():
     torch.manual_seed(0)
     fp16_layer = torch.ao.nn.quantized.dynamic.Linear(12, 4, dtype=torch.float16)
     fp16_layer.set_weight_bias(torch.randn(4, 12) * 0.3, torch.randn(4))
-    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), dynamic_linear(16, 12, "per_channel_affine"), nn.ReLU(), fp16_layer)
+    return nn.Sequential(
+        nn.Linear(10, 16), nn.ReLU(), dynamic_linear(16, 12, "per_channel_affine"), nn.ReLU(), fp16_layer
+    )
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES)
@@ -71,8 +73,12 @@ def test_float_layer_feeding_quantized_layers(dtype):
 
     # And the straight-through chain in float64 from the unpacked weights, up to the
     # roundings to the incoming dtype on the way.
-    grad_int8_out = torch.where(int8_out > 0, grad_output.double() @ weight_float64(model[4]._packed_params._packed_params), 0.0)
-    assert_rounded_from(hidden.grad, grad_int8_out @ weight_float64(model[2]._packed_params._packed_params), roundings=4)
+    grad_int8_out = torch.where(
+        int8_out > 0, grad_output.double() @ float64_weight(model[4]._packed_params._packed_params), 0.0
+    )
+    assert_rounded_from(
+        hidden.grad, grad_int8_out @ float64_weight(model[2]._packed_params._packed_params), roundings=4
+    )
 
 
 def test_float32_input_outside_autocast_is_unchanged():

@@ -33,7 +33,11 @@ FUNCTIONS = ("linear_int8_backward", "linear_dynamic_backward", "linear_dynamic_
 
 def valid_calls(door_name):
     """Per tensor and per channel, affine and symmetric, with one and two leading dims."""
-    for scheme, leading in (("per_tensor_affine", (3,)), ("per_channel_affine", (2, 3)), ("per_channel_symmetric", (4,))):
+    for scheme, leading in (
+        ("per_tensor_affine", (3,)),
+        ("per_channel_affine", (2, 3)),
+        ("per_channel_symmetric", (4,)),
+    ):
         weight = quantize_weight(6, 10, scheme)
         yield valid_call(door_name, torch.randn(*leading, 6), weight.values, weight.scale, weight.zero_point)
 
@@ -48,7 +52,9 @@ def refusal_failures(function, also_accepted=()):
     rng = random.Random(0)
     tried, failures = 0, []
     for door_name in (f"qlgrad.{function}", f"torch.ops.qlgrad.{function}"):
-        for call, spoiler, recorded in itertools.product(valid_calls(door_name), spoilers_for(door_name), (False, True)):
+        for call, spoiler, recorded in itertools.product(
+            valid_calls(door_name), spoilers_for(door_name), (False, True)
+        ):
             arguments = spoil(call, [spoiler], rng)
             if recorded:
                 arguments = with_grad_recorded(arguments)
@@ -199,7 +205,7 @@ def test_set_cache_limit_refuses_negative_absurd_and_non_int_limits():
 
 
 BAD_PRECISION_NAMES = {
-    "unknown": ("fp8", ValueError, "unknown backward precision 'fp8'"),
+    "unknown": ("fp8", ValueError, "unknown backward precision 'fp8'; valid: fp32, bf16, int8"),
     "wrong case": ("FP32", ValueError, "unknown backward precision 'FP32'"),
     "empty": ("", ValueError, "unknown backward precision ''"),
     "None": (None, TypeError, "name must be a str"),
@@ -229,9 +235,13 @@ def test_prepare_refuses_what_is_not_a_module():
         (lambda: qlgrad.prepare(torch.randn(3)), TypeError, "module must be a torch.nn.Module, got Tensor"),
         # One entry serves every precision: there is none to choose.
         (lambda: qlgrad.prepare(with_layers, "fp32"), TypeError, "takes 1 positional argument but 2 were given"),
-        (lambda: torch.ops.qlgrad.prepare(packed, "fp32"), RuntimeError, "expected at most 1 argument(s)"),
+        (lambda: torch.ops.qlgrad.cache_weight(packed, "fp32"), RuntimeError, "expected at most 1 argument(s)"),
         # torch matches the schema itself, naming the argument and both types.
-        (lambda: torch.ops.qlgrad.prepare(None), RuntimeError, "for argument 'packed' but instead found type 'NoneType'"),
+        (
+            lambda: torch.ops.qlgrad.cache_weight(None),
+            RuntimeError,
+            "for argument 'packed' but instead found type 'NoneType'",
+        ),
     ]
     for call, error, match in refusals:
         with pytest.raises(error, match=re.escape(match)):

@@ -19,7 +19,18 @@ def table_rows(output: str) -> list[dict[str, str]]:
 def test_compare_runs_on_the_smallest_shape(tmp_path):
     plot = tmp_path / "ratios.png"  # --plot needs matplotlib, pinned in requirements/dev.txt
     result = subprocess.run(
-        [sys.executable, COMPARE, "--shapes", SMALLEST_SHAPE, "--repeats", "1", "--model-blocks", "1", "--plot", str(plot)],
+        [
+            sys.executable,
+            COMPARE,
+            "--shapes",
+            SMALLEST_SHAPE,
+            "--repeats",
+            "1",
+            "--model-blocks",
+            "1",
+            "--plot",
+            str(plot),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -1,5 +1,5 @@
-"""torch.compile(fullgraph=True) of models holding dynamic linear layers, and opcheck of
-qlgrad's packed backward operators."""
+"""torch.compile(fullgraph=True) of models holding dynamic linear layers (the opchecks of qlgrad's
+operators are in test_opcheck.py)."""
 
 import contextlib
 
@@ -7,8 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-import qlgrad
-from helpers import dynamic_linear, packed_params, quantize_weight
+from helpers import dynamic_linear, quantize_weight
 
 BACKENDS = ("aot_eager", "inductor")
 
@@ -94,31 +93,8 @@ def test_python_dispatcher_records_the_straight_through_backward():
 
 def test_fake_object_refuses_a_weight_of_the_other_kind():
     packed = torch.ops.quantized.linear_prepack_fp16(torch.randn(4, 8), None)
-    f = torch.compile(lambda x: torch.ops.quantized.linear_dynamic(x, packed, True), backend="aot_eager", fullgraph=True)
+    f = torch.compile(
+        lambda x: torch.ops.quantized.linear_dynamic(x, packed, True), backend="aot_eager", fullgraph=True
+    )
     with pytest.raises(Exception, match="expects qint8 packed weights, got fp16 ones"):
         f(torch.randn(2, 8))
-
-
-# Every check but test_schema: torch's SchemaCheckMode cannot take a TorchBind argument
-# (is_iterable_of_tensors in torch/_subclasses/schema_check_mode.py calls len() on each
-# argument and catches only TypeError, where a ScriptObject raises NotImplementedError).
-OPCHECK_UTILS = ("test_autograd_registration", "test_faketensor", "test_aot_dispatch_static", "test_aot_dispatch_dynamic")
-
-
-@pytest.mark.parametrize("op_name", ["linear_dynamic_backward", "linear_dynamic_fp16_backward"])
-# opcheck passes the real packed params to fake-tensor runs, whose dispatch cache then
-# compares keys holding them: _DispatchCacheKey.__eq__ (torch/_subclasses/fake_tensor.py)
-# meets a ScriptObject's __eq__, which raises NotImplementedError. (torch.compile passes fake
-# objects, so it is not concerned.)
-@torch._dynamo.config.patch(fake_tensor_cache_enabled=False)
-def test_opcheck_of_the_packed_backward_operators(op_name):
-    packed = (
-        packed_params(quantize_weight(6, 10, "per_channel_affine"))
-        if op_name == "linear_dynamic_backward"
-        else torch.ops.quantized.linear_prepack_fp16(torch.randn(6, 10) * 0.3, None)
-    )
-    op = getattr(torch.ops.qlgrad, op_name).default
-    # grad_output without requires_grad: a compiled backward is not differentiated again.
-    for grad_output in (torch.randn(3, 6), torch.randn(2, 3, 6)):
-        results = torch.library.opcheck(op, (grad_output, packed, None), test_utils=OPCHECK_UTILS)
-        assert results == dict.fromkeys(OPCHECK_UTILS, "SUCCESS")

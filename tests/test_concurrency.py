@@ -51,7 +51,9 @@ def stress(workers=WORKERS, iterations=ITERATIONS_PER_WORKER):
     model = shared_model()
     inputs = [(torch.randn(batch, 32), torch.randn(batch, 16)) for batch in (1, 7, 33)]
     expected = {
-        (precision, i): input_gradient(model, x, g, precision) for precision in PRECISIONS for i, (x, g) in enumerate(inputs)
+        (precision, i): input_gradient(model, x, g, precision)
+        for precision in PRECISIONS
+        for i, (x, g) in enumerate(inputs)
     }
     mismatches = {precision: 0 for precision in PRECISIONS}
     errors, passes, cache_changes, bytes_over_limit = [], [0] * workers, [0], [0]

@@ -13,14 +13,14 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import qlgrad.peft
-from qlgrad import demo
-from qlgrad._data_parallel import run_data_parallel
+from qlgrad.demo import cli, digits, lora
+from qlgrad.demo.data_parallel import run_data_parallel
 
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 
 def test_demo_recovers_accuracy_on_the_shifted_task(capsys):
-    result = demo.run(demo.parse_args(["--steps", "40"]))
+    result = cli.run(cli.parse_args(["--steps", "40"]))
     for base in ("int8", "float"):
         assert result.shifted_accuracy_after[base] > result.shifted_accuracy_before[base] + 0.1
     assert result.gradient_agreement.cosine > 0.9999
@@ -30,7 +30,7 @@ def test_demo_recovers_accuracy_on_the_shifted_task(capsys):
 
 
 def test_demo_fine_tunes_through_peft_with_the_same_initial_adapters_on_both_bases():
-    models = demo.adapted_models(demo.digit_classifier(), lora_rank=2, seed=0)
+    models = lora.adapted_models(digits.digit_classifier(), lora_rank=2, seed=0)
     int8_layers = [m for m in models["int8"].modules() if isinstance(m, qlgrad.peft.DynamicQuantizedLoraLinear)]
     assert len(int8_layers) == 3
     adapters = {name: peft.get_peft_model_state_dict(model) for name, model in models.items()}
@@ -41,7 +41,7 @@ def test_demo_fine_tunes_through_peft_with_the_same_initial_adapters_on_both_bas
 
 def test_demo_is_a_console_script():
     (entry_point,) = importlib.metadata.entry_points(group="console_scripts", name="qlgrad-demo")
-    assert entry_point.load() is demo.main
+    assert entry_point.load() is cli.main
     assert os.path.exists(os.path.join(sysconfig.get_path("scripts"), "qlgrad-demo"))
 
 
@@ -54,9 +54,9 @@ def test_precision_reaches_qlgrad_backward_precision(monkeypatch):
         yield
 
     monkeypatch.setattr(qlgrad, "backward_precision", backward_precision)
-    options = demo.parse_args(["--precision", "bf16"])
+    options = cli.parse_args(["--precision", "bf16"])
     images, labels = torch.rand(8, 64), torch.randint(10, (8,))
-    demo.fine_tune_adapters(0, 1, demo.digit_classifier(), images, labels, 2, 1, 0, options.precision)
+    lora.fine_tune_adapters(0, 1, digits.digit_classifier(), images, labels, 2, 1, 0, options.precision)
     assert entered == ["bf16"]
 
 
@@ -65,7 +65,7 @@ PROCESSES = 2
 
 def adapted_models_with_random_adapters(float_model: nn.Module) -> dict[str, nn.Module]:
     """The demo's models to fine-tune, with lora_B non-zero too, so that every adapter has a gradient."""
-    models = demo.adapted_models(float_model, lora_rank=3, seed=0)
+    models = lora.adapted_models(float_model, lora_rank=3, seed=0)
     torch.manual_seed(1)
     with torch.no_grad():
         for model in models.values():
@@ -86,10 +86,12 @@ def adapter_gradients(rank, world_size, float_model, images, labels, batch):
         if world_size > 1:
             # Kept referenced until backward has run: the wrapper's hooks do the all-reduce.
             parallel_model = DistributedDataParallel(model)
-            loss = demo.shard_loss(parallel_model, images, labels, batch, rank, world_size)
+            loss = digits.shard_loss(parallel_model, images, labels, batch, rank, world_size)
         else:
             shares = range(PROCESSES)
-            loss = sum(demo.shard_loss(model, images, labels, batch, share, PROCESSES) for share in shares) / PROCESSES
+            loss = (
+                sum(digits.shard_loss(model, images, labels, batch, share, PROCESSES) for share in shares) / PROCESSES
+            )
         loss.backward()
         gradients[name] = [p.grad for p in model.parameters() if p.requires_grad]
     return gradients
@@ -97,9 +99,9 @@ def adapter_gradients(rank, world_size, float_model, images, labels, batch):
 
 def test_data_parallel_gradients_equal_single_process_gradients():
     torch.manual_seed(0)
-    float_model = demo.digit_classifier()
+    float_model = digits.digit_classifier()
     images, labels = torch.rand(40, 64), torch.randint(10, (40,))
-    batch = torch.randint(40, (demo.BATCH_SIZE,))
+    batch = torch.randint(40, (digits.BATCH_SIZE,))
     args = (float_model, images, labels, batch)
     parallel = run_data_parallel(adapter_gradients, PROCESSES, args, timeout=50)
     single = adapter_gradients(0, 1, *args)
@@ -112,7 +114,7 @@ def test_data_parallel_gradients_equal_single_process_gradients():
     # On the float base that is the whole batch's gradient too. (Not on the int8 base:
     # dynamic quantization scales activations by the range of each call's batch.)
     whole_batch = adapted_models_with_random_adapters(float_model)["float"]
-    demo.shard_loss(whole_batch, images, labels, batch).backward()
+    digits.shard_loss(whole_batch, images, labels, batch).backward()
     adapters = [p for p in whole_batch.parameters() if p.requires_grad]
     for expected, actual in zip(adapters, parallel["float"], strict=True):
         torch.testing.assert_close(actual, expected.grad)

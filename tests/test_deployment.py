@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 import qlgrad
-from helpers import dynamic_linear, quantize_weight, run_python, with_ste_reference_layers
+from helpers import dynamic_linear, quantize_weight, run_python
+from qlgrad.reference import with_reference_layers
 
 TESTS_DIR = Path(__file__).parent
 
@@ -28,7 +29,7 @@ def test_scripted_model_in_a_process_that_only_loads_the_library(tmp_path):
     model = quantized_mlp()
     x, grad_output = torch.randn(4, 16), torch.randn(4, 8)
     reference_x = x.clone().requires_grad_()
-    with_ste_reference_layers(copy.deepcopy(model))(reference_x).backward(grad_output)
+    with_reference_layers(copy.deepcopy(model))(reference_x).backward(grad_output)
     torch.jit.script(model).save(tmp_path / "model.pt")
     torch.save((x, grad_output, reference_x.grad), tmp_path / "data.pt")
 
@@ -87,10 +88,14 @@ def test_scripted_function_differentiates_through_the_op():
     torch.testing.assert_close(g.grad, 2 * (g.detach() @ w_deq) @ w_deq.T)
 
 
-@pytest.mark.skipif(shutil.which("pkg-config") is None or shutil.which("c++") is None, reason="needs pkg-config and c++")
+@pytest.mark.skipif(
+    shutil.which("pkg-config") is None or shutil.which("c++") is None, reason="needs pkg-config and c++"
+)
 def test_cpp_program_builds_against_the_installed_package(tmp_path):
     env = dict(os.environ, PKG_CONFIG_PATH=os.path.join(qlgrad.get_library_dir(), "pkgconfig"))
-    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "qlgrad"], env=env, check=True, capture_output=True, text=True)
+    flags = subprocess.run(
+        ["pkg-config", "--cflags", "--libs", "qlgrad"], env=env, check=True, capture_output=True, text=True
+    )
     binary = tmp_path / "public_api"
     subprocess.run(
         ["c++", str(TESTS_DIR / "cpp" / "public_api.cpp"), "-o", str(binary), *flags.stdout.split()],

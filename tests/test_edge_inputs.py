@@ -12,12 +12,12 @@ from helpers import (
     GRAD_OUTPUT_LAYOUTS,
     OUTPUT_DTYPE_ERROR_BOUNDS,
     SCHEMES,
-    relative_error,
     dequantize_plain,
     fp16_backward_under_test,
     int8_backwards_under_test,
     packed_params,
     quantize_weight,
+    relative_error,
 )
 
 PRECISIONS = tuple(ERROR_BOUNDS)
@@ -42,13 +42,17 @@ def test_every_layout_dtype_and_precision_matches_the_reference():
     generator = torch.Generator().manual_seed(0)
     failures = []
     for under_test in backwards_under_test():
-        for layout, leading, dtype, precision in itertools.product(GRAD_OUTPUT_LAYOUTS, LEADING_DIMS, DTYPES, PRECISIONS):
+        for layout, leading, dtype, precision in itertools.product(
+            GRAD_OUTPUT_LAYOUTS, LEADING_DIMS, DTYPES, PRECISIONS
+        ):
             grad_output = GRAD_OUTPUT_LAYOUTS[layout](leading, 24, dtype, generator)
             got = under_test.backward(grad_output, precision)
             label = f"{under_test.name} {layout} {leading} {dtype} {precision}"
             if got.dtype != dtype or got.shape != (*leading, 40):
                 failures.append(f"{label}: got {got.dtype} {tuple(got.shape)}")
-            elif got.numel() and relative_error(got, under_test.reference(grad_output)) > allowed_error(under_test, precision, dtype):
+            elif got.numel() and relative_error(got, under_test.reference(grad_output)) > allowed_error(
+                under_test, precision, dtype
+            ):
                 failures.append(f"{label}: relative error {relative_error(got, under_test.reference(grad_output)):.2e}")
     assert not failures, "\n".join(failures)
 
@@ -86,7 +90,10 @@ def test_unusual_but_valid_parameter_forms():
         (weight.values, weight.scale[:1], None),
         (transposed_values, weight.scale, weight.zero_point),
         *[(weight.values, weight.scale.to(dtype), weight.zero_point) for dtype in DTYPES],
-        *[(weight.values, weight.scale, weight.zero_point.to(dtype)) for dtype in (torch.int8, torch.int16, torch.int32)],
+        *[
+            (weight.values, weight.scale, weight.zero_point.to(dtype))
+            for dtype in (torch.int8, torch.int16, torch.int32)
+        ],
         (weight.values, weight.scale, weight.zero_point.abs().to(torch.uint8)),
     ]
     for values, scale, zero_point in forms:
@@ -124,7 +131,9 @@ def test_nonfinite_gradients_through_the_autograd_kernel():
     x = torch.randn(4, 40, requires_grad=True)
     grad_output = nonfinite_grad_output(24)
     torch.ops.quantized.linear_dynamic(x, packed, False).backward(grad_output)
-    torch.testing.assert_close(x.grad, qlgrad.linear_dynamic_backward(grad_output, packed), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(
+        x.grad, qlgrad.linear_dynamic_backward(grad_output, packed), rtol=0, atol=0, equal_nan=True
+    )
     assert (~x.grad[1:].isfinite()).any(dim=1).all() and x.grad[0].isfinite().all()
 
 
@@ -145,22 +154,30 @@ def test_no_argument_is_modified(precision):
         packed_before = [packed.unpack(), fp16_packed.unpack()]
         grad_output = torch.randn(6, 3).t().requires_grad_()
         x, gradient = torch.randn(3, 10, requires_grad=True), torch.randn(3, 6)
-        tensors = [grad_output, x, gradient, weight.values, weight.scale] + ([zero_point] if zero_point is not None else [])
+        tensors = [grad_output, x, gradient, weight.values, weight.scale] + (
+            [zero_point] if zero_point is not None else []
+        )
         before = snapshot(tensors)
 
         qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, zero_point, precision).sum().backward()
         qlgrad.linear_dynamic_backward(grad_output, packed, precision).sum().backward()
         qlgrad.linear_dynamic_fp16_backward(grad_output, fp16_packed, precision).sum().backward()
-        torch.ops.qlgrad.prepare(packed)
+        torch.ops.qlgrad.cache_weight(packed)
         with qlgrad.backward_precision(precision):
-            y = torch.ops.quantized.linear_dynamic(x, packed, False) + torch.ops.quantized.linear_dynamic_fp16(x, fp16_packed)
+            y = torch.ops.quantized.linear_dynamic(x, packed, False) + torch.ops.quantized.linear_dynamic_fp16(
+                x, fp16_packed
+            )
         y.backward(gradient)
 
         for tensor, values, version in before:
             assert tensor._version == version and torch.equal(tensor.detach(), values), scheme
-        for (weight_before, bias_before), (weight_after, bias_after) in zip(packed_before, [packed.unpack(), fp16_packed.unpack()]):
-            assert torch.equal(weight_after.int_repr() if weight_after.is_quantized else weight_after,
-                               weight_before.int_repr() if weight_before.is_quantized else weight_before)
+        for (weight_before, bias_before), (weight_after, bias_after) in zip(
+            packed_before, [packed.unpack(), fp16_packed.unpack()]
+        ):
+            assert torch.equal(
+                weight_after.int_repr() if weight_after.is_quantized else weight_after,
+                weight_before.int_repr() if weight_before.is_quantized else weight_before,
+            )
             assert torch.equal(bias_after, bias_before)
 
 
@@ -168,7 +185,7 @@ def test_no_argument_is_modified(precision):
 
 
 @pytest.mark.usefixtures("fresh_cache")
-@pytest.mark.parametrize("warm_up", ["backward", "prepare"])
+@pytest.mark.parametrize("warm_up", ["backward", "cache_weight"])
 def test_kind_check_does_not_depend_on_the_cache(warm_up):
     int8_packed = packed_params(quantize_weight(6, 10, "per_tensor_symmetric"))
     fp16_packed = torch.ops.quantized.linear_prepack_fp16(torch.randn(6, 10), None)
@@ -177,8 +194,8 @@ def test_kind_check_does_not_depend_on_the_cache(warm_up):
         qlgrad.linear_dynamic_backward(grad_output, int8_packed)
         qlgrad.linear_dynamic_fp16_backward(grad_output, fp16_packed)
     else:
-        torch.ops.qlgrad.prepare(int8_packed)
-        torch.ops.qlgrad.prepare(fp16_packed)
+        torch.ops.qlgrad.cache_weight(int8_packed)
+        torch.ops.qlgrad.cache_weight(fp16_packed)
     with pytest.raises(TypeError, match="linear_dynamic_fp16 expects fp16 packed weights"):
         qlgrad.linear_dynamic_fp16_backward(grad_output, int8_packed)
     with pytest.raises(TypeError, match="linear_dynamic expects qint8 packed weights"):

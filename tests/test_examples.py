@@ -17,7 +17,7 @@ def load_example(name: str):
 
 
 def readme_code(heading: str) -> str:
-    """The Python code blocks of the README section titled ``heading`` (up to the next heading of its level or above)."""
+    """The Python code blocks of the README section titled ``heading``, up to the next heading of its level or above."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
         text = readme.read()
     level, title = heading.split(" ", 1)
@@ -36,7 +36,9 @@ def test_captum_example_attributions_of_int8_and_float_models_agree(capsys):
     assert "IntegratedGradients" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("heading", ["## PEFT: LoRA fine-tuning of int8 models", "## Captum: attributions of int8 models"])
+@pytest.mark.parametrize(
+    "heading", ["## PEFT: LoRA fine-tuning of int8 models", "## Captum: attributions of int8 models"]
+)
 def test_readme_section_runs(heading, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the PEFT section saves adapters to the working directory
     exec(compile(readme_code(heading), f"README.md, {heading}", "exec"), {})

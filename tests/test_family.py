@@ -1,14 +1,15 @@
 """The rest of the dynamic linear family (fused ReLU, fp16 weights) and double backward."""
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import qlgrad
-from helpers import FAMILY, call, cosine, packed_params, quantize_weight, run_python, weight_float64, with_ste_reference_layers
-
+from helpers import FAMILY, SCHEMES, call, cosine, family_forward_calls, packed_params, quantize_weight, run_python
+from qlgrad.reference import float64_weight, with_reference_layers
 
 
 @pytest.mark.parametrize("op_name", FAMILY)
@@ -20,7 +21,7 @@ def test_input_gradient_matches_float64_reference(op_name):
     y = call(op_name, x, packed)
     y.backward(grad_output)
     masked = grad_output * (y > 0) if relu else grad_output
-    expected = masked.double() @ weight_float64(packed)
+    expected = masked.double() @ float64_weight(packed)
     torch.testing.assert_close(x.grad.double(), expected, rtol=1e-5, atol=1e-6)
     if relu:
         assert (y == 0).any() and (y > 0).any()
@@ -32,29 +33,30 @@ def test_no_node_without_grad(op_name):
     assert call(op_name, torch.randn(3, 8), packed).grad_fn is None
     with torch.no_grad():
         assert call(op_name, torch.randn(3, 8, requires_grad=True), packed).grad_fn is None
+    with torch.inference_mode():
+        assert call(op_name, torch.randn(3, 8), packed).grad_fn is None
 
 
 @pytest.mark.parametrize("op_name", FAMILY)
 def test_forward_is_bit_identical_to_the_stock_kernel(op_name, tmp_path):
-    code = f"""
-        import torch
-        torch.manual_seed(0)
-        w, x = torch.randn(16, 32) * 0.2, torch.randn(7, 32)
-        packed = (torch.ops.quantized.linear_prepack_fp16(w, None) if {op_name!r}.endswith("fp16")
-                  else torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(w, 0.01, 0, torch.qint8), None))
-        op = torch.ops.quantized.{op_name}
-        torch.save(op(x, packed) if {op_name!r}.endswith("fp16") else op(x, packed, True), {str(tmp_path / "y.pt")!r})
-    """
-    assert run_python(code).returncode == 0
-    stock = torch.load(tmp_path / "y.pt")
-    torch.manual_seed(0)
-    w, x = torch.randn(16, 32) * 0.2, torch.randn(7, 32)
-    packed = (
-        torch.ops.quantized.linear_prepack_fp16(w, None)
-        if op_name.endswith("fp16")
-        else torch.ops.quantized.linear_prepack(torch.quantize_per_tensor(w, 0.01, 0, torch.qint8), None)
-    )
-    assert torch.equal(call(op_name, x.requires_grad_(), packed).detach(), stock)
+    """Outputs with qlgrad loaded (through the Autograd kernel, and under no_grad) equal those of a
+    process without it, for every weight scheme and reduce_range of the int8 ops."""
+    result = run_python(f"""
+        import sys, torch
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from helpers import family_forward_calls
+        x, calls = family_forward_calls({op_name!r})
+        torch.save([f(x) for f in calls], {str(tmp_path / "stock.pt")!r})
+    """)
+    assert result.returncode == 0, result.stderr
+    stock = torch.load(tmp_path / "stock.pt")
+    x, calls = family_forward_calls(op_name)
+    assert len(calls) == len(stock) == (1 if op_name.endswith("fp16") else 2 * len(SCHEMES))
+    x.requires_grad_()
+    for f, expected in zip(calls, stock, strict=True):
+        assert torch.equal(f(x).detach(), expected)
+        with torch.no_grad():
+            assert torch.equal(f(x), expected)
 
 
 def test_fp16_backward_refuses_int8_packed_params_and_vice_versa():
@@ -93,7 +95,7 @@ def test_whole_model_with_fused_relu_matches_reference(dtype):
     model = quantized_upstream(dtype)
     layer_types = {type(m).__name__ for m in model.body.modules()}
     assert {"LinearReLU", "Linear"} <= layer_types
-    reference = with_ste_reference_layers(copy.deepcopy(model))
+    reference = with_reference_layers(copy.deepcopy(model))
     x = torch.randn(10, 16)
 
     def input_gradient(m):
@@ -110,7 +112,7 @@ def test_whole_model_with_fused_relu_matches_reference(dtype):
 def test_gradient_penalty_backpropagates_into_upstream_float_parameters(dtype):
     """Double backward: ||d loss / d x||^2 differentiated with respect to the float layer in front."""
     model = quantized_upstream(dtype)
-    reference = with_ste_reference_layers(copy.deepcopy(model))
+    reference = with_reference_layers(copy.deepcopy(model))
     x = torch.randn(10, 16)
 
     def penalty_gradient(m):

@@ -6,17 +6,10 @@ import torch
 from torch.func import grad, jacfwd, jacrev, jvp, vjp, vmap
 
 import qlgrad  # noqa: F401  (registers the kernels)
-from helpers import packed_params, quantize_weight
+from helpers import FAMILY
+from qlgrad.reference import float64_weight
 
 OUT_FEATURES, IN_FEATURES = 6, 10
-
-FAMILY = {
-    # op: (packed weights from a float weight [N, K], fused ReLU)
-    "linear_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_channel_affine")), False),
-    "linear_relu_dynamic": (lambda w: packed_params(quantize_weight(*w.shape, "per_tensor_affine")), True),
-    "linear_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), False),
-    "linear_relu_dynamic_fp16": (lambda w: torch.ops.quantized.linear_prepack_fp16(w, None), True),
-}
 
 
 def layer_of(op_name):
@@ -28,11 +21,6 @@ def layer_of(op_name):
     return packed, lambda x: op(x, packed, True)
 
 
-def weight_float64(packed):
-    weight = packed.unpack()[0]
-    return (weight.dequantize() if weight.is_quantized else weight).double()
-
-
 def eager_vjp(f, x, cotangent):
     x = x.detach().requires_grad_()
     f(x).backward(cotangent)
@@ -42,7 +30,7 @@ def eager_vjp(f, x, cotangent):
 def reference_vjp(op_name, packed, output, cotangent):
     """grad_output @ W_deq in float64, masked by output > 0 for the fused ReLU."""
     masked = torch.where(output > 0, cotangent, 0.0) if FAMILY[op_name][1] else cotangent
-    return masked.double() @ weight_float64(packed)
+    return masked.double() @ float64_weight(packed)
 
 
 @pytest.mark.parametrize("op_name", FAMILY)
@@ -55,7 +43,9 @@ def test_grad_and_vjp_equal_eager_autograd(op_name):
     eager = eager_vjp(f, x, cotangent)
     torch.testing.assert_close(output, f(x), rtol=0, atol=0)
     torch.testing.assert_close(vjp_grad, eager, rtol=0, atol=0)
-    torch.testing.assert_close(vjp_grad.double(), reference_vjp(op_name, packed, output, cotangent), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        vjp_grad.double(), reference_vjp(op_name, packed, output, cotangent), rtol=1e-5, atol=1e-6
+    )
     loss = lambda x: (f(x) * cotangent).sum()  # noqa: E731
     torch.testing.assert_close(grad(loss)(x), eager, rtol=0, atol=0)
 
@@ -83,7 +73,7 @@ def test_jacrev_and_jacfwd_equal_the_reference_jacobian(op_name):
     x = torch.randn(IN_FEATURES)
     output = f(x[None])[0]
     # The straight-through Jacobian: W_deq, with the rows the ReLU cut off zeroed.
-    expected = weight_float64(packed) * ((output > 0)[:, None] if FAMILY[op_name][1] else 1)
+    expected = float64_weight(packed) * ((output > 0)[:, None] if FAMILY[op_name][1] else 1)
     row = lambda x: f(x[None])[0]  # noqa: E731
     torch.testing.assert_close(jacrev(row)(x).double(), expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(jacfwd(row)(x).double(), expected, rtol=1e-5, atol=1e-6)
@@ -95,7 +85,7 @@ def test_jvp_equals_the_forward_mode_reference(op_name):
     x, tangent = torch.randn(3, IN_FEATURES), torch.randn(3, IN_FEATURES)
     output, output_tangent = jvp(f, (x,), (tangent,))
     torch.testing.assert_close(output, f(x), rtol=0, atol=0)
-    expected = tangent.double() @ weight_float64(packed).T
+    expected = tangent.double() @ float64_weight(packed).T
     if FAMILY[op_name][1]:
         expected = torch.where(output > 0, expected, 0.0)
     torch.testing.assert_close(output_tangent.double(), expected, rtol=1e-5, atol=1e-6)

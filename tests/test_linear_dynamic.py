@@ -1,12 +1,11 @@
-"""The Autograd kernel of quantized::linear_dynamic: gradients, forward identity, nodes."""
+"""The Autograd kernel of quantized::linear_dynamic: gradients and nodes (forward identity and the
+nodes not made without grad: test_family.py, for the whole family)."""
 
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
-import qlgrad
 from helpers import (
     LEADING_DIMS,
     SCHEMES,
@@ -14,7 +13,6 @@ from helpers import (
     packed_params,
     quantize_weight,
     reference_input_gradient,
-    run_python,
 )
 
 
@@ -52,51 +50,12 @@ def test_gradient_is_not_scaled_by_the_input_scale():
     torch.testing.assert_close(x.grad.double(), reference_input_gradient(torch.ones(3, 4), weight))
 
 
-@pytest.mark.parametrize("scheme", SCHEMES)
-def test_forward_is_bit_identical_to_the_stock_kernel(scheme, tmp_path):
-    """Outputs with qlgrad loaded (through the Autograd kernel) equal those of a process without it."""
-
-    def inputs():
-        torch.manual_seed(0)
-        packed = packed_params(quantize_weight(16, 32, scheme), torch.randn(16))
-        return packed, torch.randn(7, 32) * 2
-
-    stock_path = tmp_path / "stock.pt"
-    result = run_python(f"""
-        import sys, torch
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from helpers import packed_params, quantize_weight
-        torch.manual_seed(0)
-        packed = packed_params(quantize_weight(16, 32, {scheme!r}), torch.randn(16))
-        x = torch.randn(7, 32) * 2
-        torch.save([torch.ops.quantized.linear_dynamic(x, packed, r) for r in (False, True)], {str(stock_path)!r})
-    """)
-    assert result.returncode == 0, result.stderr
-    stock = torch.load(stock_path)
-
-    packed, x = inputs()
-    x.requires_grad_()
-    for reduce_range, expected in zip((False, True), stock):
-        assert torch.equal(torch.ops.quantized.linear_dynamic(x, packed, reduce_range).detach(), expected)
-        with torch.no_grad():
-            assert torch.equal(torch.ops.quantized.linear_dynamic(x, packed, reduce_range), expected)
-
-
 def test_backward_does_not_warn():
     layer = dynamic_linear(8, 4)
     x = torch.randn(2, 8, requires_grad=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         (layer(x).sum() + x.sum()).backward()
-
-
-def test_no_node_without_grad():
-    layer = dynamic_linear(8, 4)
-    assert layer(torch.randn(2, 8)).grad_fn is None
-    with torch.no_grad():
-        assert layer(torch.randn(2, 8, requires_grad=True)).grad_fn is None
-    with torch.inference_mode():
-        assert layer(torch.randn(2, 8)).grad_fn is None
 
 
 def test_node_saves_no_activation():
@@ -107,9 +66,3 @@ def test_node_saves_no_activation():
         y = layer(x)
     assert y.grad_fn is not None
     assert saved == []
-
-
-def test_weight_without_qint8_packing_is_refused_by_name():
-    fp16_packed = torch.ops.quantized.linear_prepack_fp16(torch.randn(4, 8), None)
-    with pytest.raises(Exception, match="qint8"):
-        qlgrad.linear_dynamic_backward(torch.randn(2, 4), fp16_packed)

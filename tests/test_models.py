@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import cosine, with_ste_reference_layers
+from helpers import cosine
+from qlgrad.reference import with_reference_layers
 
 
 class MLP(nn.Sequential):
@@ -40,9 +41,13 @@ class TransformerBlock(nn.Module):
 )
 def test_input_gradient_matches_ste_reference(make_model, input_shape, per_channel):
     torch.manual_seed(0)
-    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig if per_channel else torch.ao.quantization.default_dynamic_qconfig
+    qconfig = (
+        torch.ao.quantization.per_channel_dynamic_qconfig
+        if per_channel
+        else torch.ao.quantization.default_dynamic_qconfig
+    )
     model = torch.ao.quantization.quantize_dynamic(make_model().eval(), {nn.Linear: qconfig})
-    reference = with_ste_reference_layers(copy.deepcopy(model))
+    reference = with_reference_layers(copy.deepcopy(model))
     x = torch.randn(input_shape)
     weights = torch.randn_like(model(x))
 

@@ -1,14 +1,13 @@
 """PEFT's LoRA on dynamic int8 and fp16 layers through qlgrad.peft: gradients, saving and loading, refusals."""
 
-import copy
-
 import peft
 import pytest
 import torch
 from torch import nn
 
 import qlgrad.peft
-from helpers import relative_error, with_ste_reference_layers
+from helpers import relative_error
+from qlgrad.reference import with_reference_layers
 
 DTYPES = pytest.mark.parametrize("dtype", [torch.qint8, torch.float16], ids=["int8", "fp16"])
 INT8_LAYERS = ["body.0", "body.2", "body.4"]  # body.0 is a fused LinearReLU
@@ -73,7 +72,9 @@ def test_adapters_wrap_the_targeted_layers_and_start_as_the_base_model(dtype):
         assert type(layer) is qlgrad.peft.DynamicQuantizedLoraLinear
         assert isinstance(layer.get_base_layer(), qlgrad.peft.DynamicQuantizedLinear)
     assert type(adapted.base_model.model.float_in) is peft.tuners.lora.Linear  # PEFT's own on float layers
-    assert isinstance(adapted.base_model.model.body[0].get_base_layer(), torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU)
+    assert isinstance(
+        adapted.base_model.model.body[0].get_base_layer(), torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU
+    )
     trainable = {name for name, parameter in adapted.named_parameters() if parameter.requires_grad}
     assert len(trainable) == 8 and all(".lora_" in name for name in trainable)
     torch.testing.assert_close(adapted(x), expected, rtol=0, atol=0)  # lora_B starts at zero
@@ -90,7 +91,9 @@ def gradients(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[tor
 def assert_gradients_close(got, expected, bound: float) -> None:
     """Each gradient within ``bound`` of its reference, in relative error of the norm."""
     (input_grad, adapter_grads), (expected_input_grad, expected_adapter_grads) = got, expected
-    for gradient, reference in zip([input_grad, *adapter_grads], [expected_input_grad, *expected_adapter_grads], strict=True):
+    for gradient, reference in zip(
+        [input_grad, *adapter_grads], [expected_input_grad, *expected_adapter_grads], strict=True
+    ):
         assert reference.abs().sum() > 0
         assert relative_error(gradient, reference) <= bound
 
@@ -116,7 +119,7 @@ def test_gradients_match_the_straight_through_reference(dtype, options):
     randomize_adapters(adapted)
     reference = qlgrad.peft.get_peft_model(quantized_upstream(dtype, fuse=False), lora_config(**options))
     randomize_adapters(reference)
-    with_ste_reference_layers(reference)
+    with_reference_layers(reference)
     x = torch.randn(16, 12)
     torch.testing.assert_close(adapted(x), reference(x), rtol=0, atol=0)
     got = gradients(adapted, x)
@@ -231,7 +234,10 @@ def test_merging_is_refused_with_what_to_do_instead(dtype):
     randomize_adapters(adapted)
     x = torch.randn(4, 12)
     before = adapted(x)
-    expected = r"cannot merge LoRA adapters into DynamicQuantizedLinear.*packed.*merge_and_unload\(\).*quantize the merged model again"
+    expected = (
+        r"cannot merge LoRA adapters into DynamicQuantizedLinear.*packed.*merge_and_unload\(\)"
+        r".*quantize the merged model again"
+    )
     with pytest.raises(ValueError, match=expected):
         adapted.merge_and_unload()
     with pytest.raises(ValueError, match=expected):
@@ -249,7 +255,10 @@ def test_merging_is_refused_with_what_to_do_instead(dtype):
         ({"init_lora_weights": "pissa"}, "init_lora_weights='pissa' does not apply to an int8 layer"),
         ({"init_lora_weights": "olora"}, "init_lora_weights='olora' does not apply to an int8 layer"),
         ({"init_lora_weights": "orthogonal"}, "init_lora_weights='orthogonal' does not apply to an int8 layer"),
-        ({"init_lora_weights": "eva", "eva_config": peft.EvaConfig()}, "init_lora_weights='eva' does not apply to an int8 layer"),
+        (
+            {"init_lora_weights": "eva", "eva_config": peft.EvaConfig()},
+            "init_lora_weights='eva' does not apply to an int8 layer",
+        ),
     ],
 )
 def test_options_that_need_a_float_base_weight_are_refused(options, expected):
@@ -267,7 +276,10 @@ def test_other_peft_methods_are_refused():
 
 
 def test_all_linear_shorthand_is_refused_as_it_would_leave_the_int8_layers_out():
-    expected = r"target_modules='all-linear' selects float nn.Linear layers only.*3 dynamic quantized.*\['body.0', 'body.2', 'body.4'\]"
+    expected = (
+        r"target_modules='all-linear' selects float nn.Linear layers only"
+        r".*3 dynamic quantized.*\['body.0', 'body.2', 'body.4'\]"
+    )
     with pytest.raises(ValueError, match=expected):
         qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), peft.LoraConfig(target_modules="all-linear"))
 
@@ -303,5 +315,7 @@ def test_mixed_batches_give_each_sample_its_own_adapter():
 def test_mixed_batches_are_refused_on_a_fused_linear_relu():
     adapted = qlgrad.peft.get_peft_model(quantized_upstream(torch.qint8), lora_config(target_modules=["body.0"]))
     adapted.eval()
-    with pytest.raises(ValueError, match=r"adapter_names \(one adapter per sample\) is not supported on a fused LinearReLU"):
+    with pytest.raises(
+        ValueError, match=r"adapter_names \(one adapter per sample\) is not supported on a fused LinearReLU"
+    ):
         adapted(torch.randn(2, 12), adapter_names=["default", "default"])

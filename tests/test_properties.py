@@ -173,6 +173,7 @@ def report_examples_run():
 
 # ---- Malformed calls, in a subprocess ---------------------------------------------------
 
+
 @st.composite
 def malformed_calls(draw):
     """(door name, arguments) with one to three arguments spoiled, each differently."""

@@ -12,7 +12,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchao
-from helpers import ERROR_BOUNDS, cosine, relative_error
 from torchao.quantization import (
     Int8DynamicActivationInt8WeightConfig,
     Int8Tensor,
@@ -25,6 +24,7 @@ from torchao.quantization import (
 from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
 
 import qlgrad
+from helpers import ERROR_BOUNDS, cosine, relative_error
 from qlgrad import _torchao
 
 GRANULARITIES = {"per_row": PerRow(), "per_tensor": PerTensor()}
@@ -332,7 +332,7 @@ def test_threads_get_their_own_precision_and_the_same_results():
                 precision = precisions[(index + step) % len(precisions)]
                 if not torch.equal(gradient(precision), expected[precision]):
                     mismatches.append((index, step))
-        except Exception as error:
+        except Exception as error:  # noqa: BLE001 - reported to the test
             errors.append(error)
 
     threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]

@@ -14,7 +14,6 @@ gradient, not the weight.
 """
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -22,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import qlgrad
+from qlgrad._deprecations import hide_upstream_deprecations
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = qlgrad.PRECISIONS
 SCHEMES = ("per_tensor", "per_channel")
 THREADS = 2  # the development and CI machines have 2 cores
 
@@ -62,14 +62,13 @@ SHAPES = {
 def configure_torch() -> None:
     """Fix the thread count and silence the deprecation warnings quantized tensors emit."""
     torch.set_num_threads(THREADS)
-    warnings.filterwarnings("ignore", message=r"torch\.ao\.quantization is deprecated")
-    warnings.filterwarnings("ignore", message=r"torch\.quantize_per_tensor, torch\.quantize_per_channel")
+    hide_upstream_deprecations()
 
 
 def random_qint8_weight(
     out_features: int, in_features: int, scheme: str, generator: torch.Generator, value_range: float = _VALUE_RANGE
 ) -> torch.Tensor:
-    """A symmetric qint8 weight ``[out, in]`` within ``value_range``, one scale for the tensor or one per output channel."""
+    """A symmetric qint8 weight ``[out, in]`` within ``value_range``, one scale per tensor or per output channel."""
     codes = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
     if scheme == "per_tensor":
         return torch._make_per_tensor_quantized_tensor(codes, value_range / 127, 0)
@@ -101,7 +100,9 @@ class Workload:
         return self.input.clone().requires_grad_()
 
 
-def int8_linear(in_features: int, out_features: int, scheme: str, generator: torch.Generator, value_range: float = _VALUE_RANGE):
+def int8_linear(
+    in_features: int, out_features: int, scheme: str, generator: torch.Generator, value_range: float = _VALUE_RANGE
+):
     """A dynamic int8 ``Linear`` with random codes and a bias within ``value_range``; no float weight is made."""
     layer = torch.ao.nn.quantized.dynamic.Linear(in_features, out_features)
     weight = random_qint8_weight(out_features, in_features, scheme, generator, value_range)

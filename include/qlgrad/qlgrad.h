@@ -10,6 +10,7 @@
 #include <ATen/native/quantized/PackedParams.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -29,7 +30,11 @@ namespace qlgrad {
 // Results always have grad_output's dtype.
 enum class Precision : int8_t { kFloat32, kBFloat16, kInt8 };
 
-// "fp32", "bf16" or "int8"; any other name is refused with the list of valid ones.
+// Every precision, in the order of the enum.
+inline constexpr std::array<Precision, 3> kPrecisions{Precision::kFloat32, Precision::kBFloat16, Precision::kInt8};
+
+// The precision named `name` (precision_name() of one of kPrecisions); any other name is
+// refused with the list of valid ones.
 QLGRAD_API Precision parse_precision(std::string_view name);
 QLGRAD_API const char* precision_name(Precision precision);
 
@@ -38,7 +43,7 @@ QLGRAD_API const char* precision_name(Precision precision);
 QLGRAD_API void set_backward_precision(Precision precision);
 // The precision in effect on this thread: its BackwardPrecisionGuard, else the default.
 // The Autograd kernel records it when the forward runs, as autocast does.
-QLGRAD_API Precision backward_precision();
+QLGRAD_API Precision get_backward_precision();
 
 // Overrides the precision on this thread for its lifetime.
 class QLGRAD_API BackwardPrecisionGuard {
@@ -54,35 +59,31 @@ class QLGRAD_API BackwardPrecisionGuard {
 
 // grad_output [..., N] @ dequantize(W) [N, K] -> [..., K] for the weight inside the
 // packed params that quantized::linear_dynamic takes. Uses the weight cache.
-// Differentiable with respect to grad_output. precision: absent = backward_precision().
-QLGRAD_API at::Tensor linear_dynamic_backward(
-    const at::Tensor& grad_output,
-    const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
-    std::optional<Precision> precision = std::nullopt);
+// Differentiable with respect to grad_output. precision: absent = get_backward_precision().
+QLGRAD_API at::Tensor linear_dynamic_backward(const at::Tensor& grad_output,
+                                              const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
+                                              std::optional<Precision> precision = std::nullopt);
 
 // The same for the fp16-packed params that quantized::linear_dynamic_fp16 takes:
 // grad_output @ W with W the float16 weight widened to float32 (int8 precision runs as
 // fp32 here: the weight has no int8 form).
-QLGRAD_API at::Tensor linear_dynamic_fp16_backward(
-    const at::Tensor& grad_output,
-    const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
-    std::optional<Precision> precision = std::nullopt);
+QLGRAD_API at::Tensor linear_dynamic_fp16_backward(const at::Tensor& grad_output,
+                                                   const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
+                                                   std::optional<Precision> precision = std::nullopt);
 
 // Unpacks the weight of `packed` (int8 or fp16) into the weight cache now, so that the first
 // backward does not pay for unpacking. Every precision reads the same entry.
-QLGRAD_API void prepare(const c10::intrusive_ptr<LinearPackedParamsBase>& packed);
+QLGRAD_API void cache_weight(const c10::intrusive_ptr<LinearPackedParamsBase>& packed);
 
 // grad_output [..., N] @ (scale * (weight - zero_point)) -> [..., K] on plain tensors:
 // weight int8 [N, K]; scale floating, one element (per tensor) or [N] (per output
 // channel); zero_point integer, shaped like scale, absent for a symmetric weight.
 // No quantized dtype is involved. Differentiable with respect to grad_output;
 // scale and zero_point are constants.
-QLGRAD_API at::Tensor linear_int8_backward(
-    const at::Tensor& grad_output,
-    const at::Tensor& weight,
-    const at::Tensor& scale,
-    const std::optional<at::Tensor>& zero_point = std::nullopt,
-    std::optional<Precision> precision = std::nullopt);
+QLGRAD_API at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight,
+                                           const at::Tensor& scale,
+                                           const std::optional<at::Tensor>& zero_point = std::nullopt,
+                                           std::optional<Precision> precision = std::nullopt);
 
 // The cache of unpacked weights: one entry per packed-params object, shared by every
 // precision, holding the weight as stored (int8 codes with their scales and zero points,
@@ -96,10 +97,14 @@ struct CacheInfo {
   int64_t limit_bytes;
 };
 
+// The largest limit set_cache_limit takes, 2**62 bytes (4 EiB). No machine holds that much
+// memory: a larger value is an overflow (such as an unsigned -1) or a unit mistake, not a limit.
+inline constexpr int64_t kMaxCacheLimitBytes = int64_t{1} << 62;
+
 QLGRAD_API CacheInfo cache_info();
 QLGRAD_API void clear_cache();
-// 0 disables caching; the default is 1.5 GiB. Shrinking the limit evicts least recently used
-// entries at once.
+// bytes in [0, kMaxCacheLimitBytes]; 0 disables caching; the default is 1.5 GiB. Shrinking the
+// limit evicts least recently used entries at once.
 QLGRAD_API void set_cache_limit(int64_t bytes);
 
 } // namespace qlgrad

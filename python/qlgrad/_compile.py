@@ -38,7 +38,9 @@ class FakeLinearPackedParams:
         )
 
     def bias(self):
-        raise NotImplementedError("qlgrad: a packed bias cannot be read inside torch.compile; call layer.bias() outside it")
+        raise NotImplementedError(
+            "qlgrad: a packed bias cannot be read inside torch.compile; call layer.bias() outside it"
+        )
 
 
 _FAMILY = {"qint8": "quantized::linear_dynamic", "fp16": "quantized::linear_dynamic_fp16"}
@@ -54,7 +56,8 @@ def _fake_params(op_name: str, packed, kind: str) -> FakeLinearPackedParams:
             params = FakeLinearPackedParams.__obj_unflatten__(packed.__obj_flatten__())
     if params.kind != kind:
         raise TypeError(
-            f"qlgrad: {op_name} expects {kind} packed weights, got {params.kind} ones (packed for {_FAMILY[params.kind]})"
+            f"qlgrad: {op_name} expects {kind} packed weights, got {params.kind} ones "
+            f"(packed for {_FAMILY[params.kind]})"
         )
     return params
 
@@ -69,7 +72,7 @@ def _register_traced_autograd(op, kernel) -> None:
 
 
 class _TracedDynamicLinear(torch.autograd.Function):
-    """The node of the native Autograd kernel (src/linear_dynamic.cpp), as tracing records it."""
+    """The node of the native Autograd kernel (src/quantized_autograd.cpp), as tracing records it."""
 
     @staticmethod
     def forward(input, packed, op, relu, backward_op, op_args, op_kwargs):
@@ -140,7 +143,9 @@ def _register_packed_backward(name: str, kind: str) -> None:
         params = _fake_params(op.name(), packed, kind)
         torch._check(
             grad_output.shape[-1] == params.out_features,
-            lambda: f"qlgrad: grad_output's last dimension must equal the weight's out_features ({params.out_features})",
+            lambda: (
+                f"qlgrad: grad_output's last dimension must equal the weight's out_features ({params.out_features})"
+            ),
         )
         return grad_output.new_empty((*grad_output.shape[:-1], params.in_features))
 

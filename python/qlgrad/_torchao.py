@@ -24,8 +24,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-# qlgrad's __init__ imports this module after defining these.
-from . import get_backward_precision, linear_int8_backward
+from .ops import get_backward_precision, linear_int8_backward
 
 # The torchao releases whose Int8Tensor forward this module has been tested against: the
 # handler relies on where torchao keeps the int8 values, scales and activation settings.

@@ -69,7 +69,7 @@ class DynamicQuantizedLoraLinear(LoraLinear):
             layer.W_q = torch.empty(0)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, config: peft.LoraConfig, **kwargs) -> None:
-        """PEFT's ``update_layer`` (adds or replaces adapter ``adapter_name``), after checking that ``config`` applies."""
+        """PEFT's ``update_layer`` (adds or replaces adapter ``adapter_name``), once ``config`` is known to apply."""
         _check_applies_to_quantized_layer(config, variant=self.resolve_lora_variant(config=config))
         super().update_layer(adapter_name, r, lora_alpha, config, **kwargs)
 
@@ -109,14 +109,18 @@ class DynamicQuantizedLoraLinear(LoraLinear):
             f"{self.get_base_layer()._packed_params.dtype} and cannot take a float update. Instead, {HOW_TO_MERGE}."
         )
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         # PEFT loads adapters with load_state_dict(strict=False) from a state dict holding the
         # adapters alone, but a quantized layer reads its scale and packed weight without checking
         # that they are there, and takes the missing version to mean an old format (which changes
         # its forward). Given none of its keys, the frozen layer sits this load out.
         if not any(key.startswith(prefix + "base_layer.") for key in state_dict):
             _SkipOnLoad.stand_in_for(self, "base_layer")
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 class _SkipOnLoad(nn.Module):
@@ -173,7 +177,9 @@ def with_quantized_layers(config: peft.LoraConfig) -> peft.LoraConfig:
     int8 model load with ``qlgrad.peft.from_pretrained``.
     """
     if not isinstance(config, peft.LoraConfig):
-        raise TypeError(f"qlgrad.peft adapts quantized layers with LoRA: expected a peft.LoraConfig, got {type(config).__name__}")
+        raise TypeError(
+            f"qlgrad.peft adapts quantized layers with LoRA: expected a peft.LoraConfig, got {type(config).__name__}"
+        )
     _check_applies_to_quantized_layer(config)
     # An experimental PEFT interface (custom layer types), so used in this one place only.
     config._register_custom_module({DynamicQuantizedLinear: DynamicQuantizedLoraLinear})
@@ -226,7 +232,7 @@ def _check_targets_named(config: peft.LoraConfig, model: nn.Module) -> None:
 
 
 def from_pretrained(model: nn.Module, path: str | os.PathLike, **kwargs) -> peft.PeftModel:
-    """``peft.PeftModel.from_pretrained(model, path, **kwargs)``, for models holding dynamic quantized ``Linear`` layers.
+    """``peft.PeftModel.from_pretrained(model, path, **kwargs)``, for models with dynamic quantized ``Linear`` layers.
 
     Loads the adapters saved (``save_pretrained``) from a model adapted by ``get_peft_model`` onto
     ``model``, a fresh copy of its base: quantized the same way from the same float model, it

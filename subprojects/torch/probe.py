@@ -1,4 +1,5 @@
 """Print what a C++ build needs from this environment's torch: version, C++ ABI, library dir, include dirs."""
+
 import os
 
 import torch

@@ -58,8 +58,7 @@ std::vector<BadInt8Case> bad_int8_cases() {
        [](auto& a) { a.grad_output = a.grad_output.to(at::kComplexFloat); }},
       {"grad_output 0-dim", Expected::kValueError, [](auto& a) { a.grad_output = at::randn({}); }},
       {"grad_output wrong last dimension", Expected::kValueError, [](auto& a) { a.grad_output = at::randn({3, 7}); }},
-      {"grad_output on meta", Expected::kValueError,
-       [meta](auto& a) { a.grad_output = at::empty({3, 6}, meta); }},
+      {"grad_output on meta", Expected::kValueError, [meta](auto& a) { a.grad_output = at::empty({3, 6}, meta); }},
       {"weight undefined", Expected::kTypeError, [](auto& a) { a.weight = at::Tensor(); }},
       {"weight float", Expected::kTypeError, [](auto& a) { a.weight = a.weight.to(at::kFloat); }},
       {"weight 1-D", Expected::kValueError, [](auto& a) { a.weight = a.weight[0]; }},
@@ -73,8 +72,7 @@ std::vector<BadInt8Case> bad_int8_cases() {
       {"scale Inf", Expected::kValueError, [](auto& a) { a.scale = at::full({6}, INFINITY, at::kDouble); }},
       {"scale on meta", Expected::kValueError, [meta](auto& a) { a.scale = at::empty({6}, meta.dtype(at::kDouble)); }},
       {"zero_point float", Expected::kTypeError, [](auto& a) { a.zero_point = a.zero_point->to(at::kFloat); }},
-      {"zero_point wrong length", Expected::kValueError,
-       [](auto& a) { a.zero_point = a.zero_point->narrow(0, 0, 3); }},
+      {"zero_point wrong length", Expected::kValueError, [](auto& a) { a.zero_point = a.zero_point->narrow(0, 0, 3); }},
       {"zero_point above 127", Expected::kValueError, [](auto& a) { a.zero_point = *a.zero_point + 200; }},
       {"zero_point below -128", Expected::kValueError, [](auto& a) { a.zero_point = *a.zero_point - 200; }},
   };
@@ -99,13 +97,13 @@ int main() {
   }
 
   const auto fp16_packed = qlgrad_test::prepack_fp16(at::randn({6, 10}));
-  using PackedBackward = at::Tensor (*)(const at::Tensor&, const qlgrad_test::PackedParams&,
-                                        std::optional<qlgrad::Precision>);
+  using PackedBackward =
+      at::Tensor (*)(const at::Tensor&, const qlgrad_test::PackedParams&, std::optional<qlgrad::Precision>);
   const std::vector<std::tuple<std::string, PackedBackward, qlgrad_test::PackedParams, qlgrad_test::PackedParams>>
       packed_entry_points{
           {"linear_dynamic_backward", &qlgrad::linear_dynamic_backward, weight.packed, fp16_packed},
           {"linear_dynamic_fp16_backward", &qlgrad::linear_dynamic_fp16_backward, fp16_packed, weight.packed},
-      };
+  };
   for (const auto& [name, backward, packed, other_kind] : packed_entry_points) {
     const std::vector<std::tuple<std::string, Expected, at::Tensor, qlgrad_test::PackedParams>> cases{
         {"grad_output undefined", Expected::kTypeError, at::Tensor(), packed},
@@ -127,18 +125,17 @@ int main() {
   }
 
   ++tried;
-  expect_refused(tally, "prepare: packed null", Expected::kValueError,
-                 [] { qlgrad::prepare(qlgrad_test::PackedParams()); });
+  expect_refused(tally, "cache_weight: packed null", Expected::kValueError,
+                 [] { qlgrad::cache_weight(qlgrad_test::PackedParams()); });
   ++tried;
   expect_refused(tally, "set_cache_limit: negative", Expected::kValueError, [] { qlgrad::set_cache_limit(-1); });
   ++tried;
-  expect_refused(tally, "parse_precision: unknown name", Expected::kValueError,
-                 [] { qlgrad::parse_precision("fp8"); });
+  expect_refused(tally, "parse_precision: unknown name", Expected::kValueError, [] { qlgrad::parse_precision("fp8"); });
 
   // Still usable after every refusal.
-  const at::Tensor expected = at::matmul(
-      grad_output.to(at::kDouble),
-      (weight.values.to(at::kDouble) - weight.zero_point.unsqueeze(1)) * weight.scale.unsqueeze(1));
+  const at::Tensor expected =
+      at::matmul(grad_output.to(at::kDouble),
+                 (weight.values.to(at::kDouble) - weight.zero_point.unsqueeze(1)) * weight.scale.unsqueeze(1));
   const at::Tensor got = qlgrad::linear_dynamic_backward(grad_output, weight.packed);
   tally.check("valid call after the refusals", at::allclose(got.to(at::kDouble), expected, 1e-5, 1e-6));
 

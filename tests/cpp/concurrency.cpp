@@ -21,6 +21,7 @@
 
 namespace {
 
+using qlgrad::kPrecisions;
 using qlgrad::Precision;
 using qlgrad_test::Tally;
 
@@ -30,7 +31,6 @@ constexpr auto kDeadline = std::chrono::seconds(240);
 // Between two changes of the cache, long enough for workers to find weights in it, so that
 // hits contend with misses, insertions and changes (without a pause nearly every call misses).
 constexpr auto kCacheChangeInterval = std::chrono::milliseconds(1);
-constexpr std::array<Precision, 3> kPrecisions{Precision::kFloat32, Precision::kBFloat16, Precision::kInt8};
 // 0 disables the cache; 4 KiB holds no weight here; 1 GiB holds them all.
 constexpr std::array<int64_t, 4> kCacheLimits{0, int64_t{1} << 12, int64_t{1} << 16, int64_t{1} << 30};
 
@@ -54,10 +54,8 @@ at::Tensor call(const Shared& shared, const Key& key) {
   const auto [entry, precision, index] = key;
   const at::Tensor& grad_output = shared.grad_outputs[index];
   switch (entry) {
-    case Entry::kPackedInt8:
-      return qlgrad::linear_dynamic_backward(grad_output, shared.int8.packed, precision);
-    case Entry::kPackedFp16:
-      return qlgrad::linear_dynamic_fp16_backward(grad_output, shared.fp16_packed, precision);
+    case Entry::kPackedInt8: return qlgrad::linear_dynamic_backward(grad_output, shared.int8.packed, precision);
+    case Entry::kPackedFp16: return qlgrad::linear_dynamic_fp16_backward(grad_output, shared.fp16_packed, precision);
     case Entry::kPlainInt8:
       return qlgrad::linear_int8_backward(grad_output, shared.int8.values, shared.int8.scale, shared.int8.zero_point,
                                           precision);
@@ -70,14 +68,10 @@ at::Tensor call(const Shared& shared, const Key& key) {
 
 const char* entry_name(Entry entry) {
   switch (entry) {
-    case Entry::kPackedInt8:
-      return "linear_dynamic_backward";
-    case Entry::kPackedFp16:
-      return "linear_dynamic_fp16_backward";
-    case Entry::kPlainInt8:
-      return "linear_int8_backward";
-    case Entry::kFreshPackedInt8:
-      return "linear_dynamic_backward on params packed for the call";
+    case Entry::kPackedInt8: return "linear_dynamic_backward";
+    case Entry::kPackedFp16: return "linear_dynamic_fp16_backward";
+    case Entry::kPlainInt8: return "linear_int8_backward";
+    case Entry::kFreshPackedInt8: return "linear_dynamic_backward on params packed for the call";
   }
   std::abort();
 }
@@ -108,7 +102,8 @@ class Countdown {
 int main() {
   at::manual_seed(0);
   Tally tally;
-  Shared shared{qlgrad_test::int8_weight(64, 96), qlgrad_test::prepack_fp16(at::randn({64, 96}) * 0.1),
+  Shared shared{qlgrad_test::int8_weight(64, 96),
+                qlgrad_test::prepack_fp16(at::randn({64, 96}) * 0.1),
                 // The last has rows enough for a backward that splits rows among intra-op
                 // threads (at::parallel_for) to split them.
                 {at::randn({8, 64}), at::randn({2, 3, 64}), at::randn({64, 1}).t(), at::randn({1024, 64})},

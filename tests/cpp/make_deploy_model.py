@@ -3,7 +3,8 @@
     python make_deploy_model.py OUTPUT.pt
 
 The buffers: example_input, grad_output, and expected_input_grad — the straight-through
-input gradient from the pure-Python float64 reference, computed without qlgrad.
+input gradient from the pure-Python float64 reference (python/qlgrad/reference.py, loaded
+from the source tree), computed without qlgrad.
 """
 
 import copy
@@ -14,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import with_ste_reference_layers  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "python" / "qlgrad"))
+from reference import with_reference_layers
 
 
 class DeployModel(nn.Module):
@@ -33,13 +34,15 @@ class DeployModel(nn.Module):
 def build() -> torch.jit.ScriptModule:
     torch.manual_seed(0)
     dim = 32
-    float_model = nn.Sequential(nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim), nn.LayerNorm(dim), nn.Linear(dim, dim))
+    float_model = nn.Sequential(
+        nn.Linear(dim, 64), nn.GELU(), nn.Linear(64, dim), nn.LayerNorm(dim), nn.Linear(dim, dim)
+    )
     model = torch.ao.quantization.quantize_dynamic(float_model.eval(), {nn.Linear})
     x = torch.randn(5, dim)
     grad_output = torch.randn(5, dim)
 
     reference_x = x.clone().requires_grad_()
-    with_ste_reference_layers(copy.deepcopy(model))(reference_x).backward(grad_output)
+    with_reference_layers(copy.deepcopy(model))(reference_x).backward(grad_output)
     return torch.jit.script(DeployModel(model, x, grad_output, reference_x.grad))
 
 

@@ -10,8 +10,7 @@
 namespace {
 
 bool close(const at::Tensor& got, const at::Tensor& expected) {
-  return got.sizes() == expected.sizes() &&
-         at::allclose(got.to(at::kDouble), expected.to(at::kDouble), 1e-5, 1e-6);
+  return got.sizes() == expected.sizes() && at::allclose(got.to(at::kDouble), expected.to(at::kDouble), 1e-5, 1e-6);
 }
 
 } // namespace
@@ -37,7 +36,8 @@ int main() {
   // The map is linear in grad_output: its vector-Jacobian product is v @ W_deq.T.
   const at::Tensor g = grad_output.to(at::kDouble).requires_grad_(true);
   const at::Tensor v = at::randn({2, 3, in_features}, at::kDouble);
-  const at::Tensor gg = torch::autograd::grad({qlgrad::linear_int8_backward(g, weight, scale, zero_point)}, {g}, {v})[0];
+  const at::Tensor gg =
+      torch::autograd::grad({qlgrad::linear_int8_backward(g, weight, scale, zero_point)}, {g}, {v})[0];
   tally.check("double backward", close(gg, at::matmul(v, dequantized.t())));
 
   return tally.finish();

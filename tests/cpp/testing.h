@@ -45,18 +45,16 @@ void report_figure(const std::string& key, const Value& value) {
 }
 
 inline PackedParams prepack_int8(const at::Tensor& qweight) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("quantized::linear_prepack", "")
-          .typed<PackedParams(at::Tensor, std::optional<at::Tensor>)>();
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("quantized::linear_prepack", "")
+                             .typed<PackedParams(at::Tensor, std::optional<at::Tensor>)>();
   return op.call(qweight, std::nullopt);
 }
 
 inline PackedParams prepack_fp16(const at::Tensor& weight) {
-  static const auto op =
-      c10::Dispatcher::singleton()
-          .findSchemaOrThrow("quantized::linear_prepack_fp16", "")
-          .typed<PackedParams(at::Tensor, std::optional<at::Tensor>)>();
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("quantized::linear_prepack_fp16", "")
+                             .typed<PackedParams(at::Tensor, std::optional<at::Tensor>)>();
   return op.call(weight, std::nullopt);
 }
 

@@ -1,15 +1,16 @@
-// Autograd and AutocastCPU kernels for the dynamic linear family of quantized:: ops —
-// what quantize_dynamic puts in place of nn.Linear — none of which has them upstream:
+// The Autograd kernels, and the AutocastCPU kernels, of the dynamic linear family of
+// quantized:: ops (what quantize_dynamic puts in place of nn.Linear), none of which has them
+// upstream. Registration is at the bottom.
 //   linear_dynamic, linear_relu_dynamic            (qint8 weights)
 //   linear_dynamic_fp16, linear_relu_dynamic_fp16  (float16 weights)
 
+#include "operator_handle.h"
 #include "packed_weight.h"
-#include "registration.h"
+#include "register_once.h"
 
 #include <qlgrad/qlgrad.h>
 
 #include <ATen/autocast_mode.h>
-#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/where.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
@@ -22,6 +23,7 @@
 namespace qlgrad {
 namespace {
 
+using detail::operator_handle;
 using detail::PackedParams;
 using detail::WeightKind;
 using torch::autograd::SavedVariable;
@@ -30,11 +32,6 @@ using torch::autograd::variable_list;
 // The C++ signatures of the stock CPU kernels, argument for argument.
 using Int8Fn = at::Tensor(at::Tensor, const PackedParams&, bool);
 using Fp16Fn = at::Tensor(at::Tensor, const PackedParams&);
-
-template <typename Fn>
-c10::TypedOperatorHandle<Fn> stock_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Fn>();
-}
 
 // What one op of the family is, for its backward node.
 struct OpTraits {
@@ -57,9 +54,8 @@ at::Tensor times_weight_transposed(WeightKind kind, const at::Tensor& t, const P
   {
     // The weight is a constant of every transform: inside torch.func.jvp or grad it must
     // be unpacked (and cached) as plain tensors, not ones wrapped by the transform.
-    c10::impl::ExcludeDispatchKeyGuard outside_functorch(
-        c10::DispatchKeySet({c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
-                             c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
+    c10::impl::ExcludeDispatchKeyGuard outside_functorch(c10::DispatchKeySet(
+        {c10::DispatchKey::FuncTorchDynamicLayerFrontMode, c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
     weight = detail::stored_weight(packed, kind);
   }
   return math::input_gradient_adjoint(t, *weight);
@@ -138,8 +134,10 @@ at::Tensor output_tangent(const OpTraits& op, const at::Tensor& input_tangent, c
   return op.relu ? through_relu(tangent, output.gt(0)) : tangent;
 }
 
-at::Tensor differentiable(const OpTraits& op, const at::Tensor& input, const PackedParams& packed,
-                          c10::function_ref<at::Tensor()> stock_forward) {
+// What every Autograd kernel of the family does: the stock forward below autograd; then, for
+// an input that requires grad, the backward node, and for one with a tangent, the output's.
+at::Tensor autograd_kernel(const OpTraits& op, const at::Tensor& input, const PackedParams& packed,
+                           c10::function_ref<at::Tensor()> stock_forward) {
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -147,7 +145,7 @@ at::Tensor differentiable(const OpTraits& op, const at::Tensor& input, const Pac
   }
   // Without anything to differentiate, no node is made and nothing is saved.
   if (torch::autograd::compute_requires_grad(input)) {
-    auto node = c10::make_intrusive<DynamicLinearBackward>(op, packed, backward_precision());
+    auto node = c10::make_intrusive<DynamicLinearBackward>(op, packed, get_backward_precision());
     node->set_next_edges(torch::autograd::collect_next_edges(input));
     if (op.relu) {
       node->passed_ = SavedVariable(output.gt(0), /*is_output=*/false);
@@ -167,25 +165,25 @@ constexpr OpTraits kLinearDynamicFp16{WeightKind::kFloat16, false, "LinearDynami
 constexpr OpTraits kLinearReluDynamicFp16{WeightKind::kFloat16, true, "LinearReluDynamicFp16Backward"};
 
 const c10::TypedOperatorHandle<Int8Fn>& int8_op(bool relu) {
-  static const auto plain = stock_op<Int8Fn>("quantized::linear_dynamic");
-  static const auto with_relu = stock_op<Int8Fn>("quantized::linear_relu_dynamic");
+  static const auto plain = operator_handle<Int8Fn>("quantized::linear_dynamic");
+  static const auto with_relu = operator_handle<Int8Fn>("quantized::linear_relu_dynamic");
   return relu ? with_relu : plain;
 }
 
 const c10::TypedOperatorHandle<Fp16Fn>& fp16_op(bool relu) {
-  static const auto plain = stock_op<Fp16Fn>("quantized::linear_dynamic_fp16");
-  static const auto with_relu = stock_op<Fp16Fn>("quantized::linear_relu_dynamic_fp16");
+  static const auto plain = operator_handle<Fp16Fn>("quantized::linear_dynamic_fp16");
+  static const auto with_relu = operator_handle<Fp16Fn>("quantized::linear_relu_dynamic_fp16");
   return relu ? with_relu : plain;
 }
 
 template <const OpTraits& op>
 at::Tensor int8_autograd(at::Tensor input, const PackedParams& packed, bool reduce_range) {
-  return differentiable(op, input, packed, [&] { return int8_op(op.relu).call(input, packed, reduce_range); });
+  return autograd_kernel(op, input, packed, [&] { return int8_op(op.relu).call(input, packed, reduce_range); });
 }
 
 template <const OpTraits& op>
 at::Tensor fp16_autograd(at::Tensor input, const PackedParams& packed) {
-  return differentiable(op, input, packed, [&] { return fp16_op(op.relu).call(input, packed); });
+  return autograd_kernel(op, input, packed, [&] { return fp16_op(op.relu).call(input, packed); });
 }
 
 // Autocast: the stock kernels take float32 activations only, so a bfloat16 or float16
@@ -211,14 +209,14 @@ at::Tensor fp16_autocast(at::Tensor input, const PackedParams& packed) {
 } // namespace
 } // namespace qlgrad
 
-QLGRAD_LIBRARY_IMPL(quantized, Autograd, m) {
+QLGRAD_LIBRARY_IMPL_ONCE(quantized, Autograd, m) {
   m.impl("linear_dynamic", &qlgrad::int8_autograd<qlgrad::kLinearDynamic>);
   m.impl("linear_relu_dynamic", &qlgrad::int8_autograd<qlgrad::kLinearReluDynamic>);
   m.impl("linear_dynamic_fp16", &qlgrad::fp16_autograd<qlgrad::kLinearDynamicFp16>);
   m.impl("linear_relu_dynamic_fp16", &qlgrad::fp16_autograd<qlgrad::kLinearReluDynamicFp16>);
 }
 
-QLGRAD_LIBRARY_IMPL(quantized, AutocastCPU, m) {
+QLGRAD_LIBRARY_IMPL_ONCE(quantized, AutocastCPU, m) {
   m.impl("linear_dynamic", &qlgrad::int8_autocast<false>);
   m.impl("linear_relu_dynamic", &qlgrad::int8_autocast<true>);
   m.impl("linear_dynamic_fp16", &qlgrad::fp16_autocast<false>);

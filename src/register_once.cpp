@@ -1,4 +1,4 @@
-#include "registration.h"
+#include "register_once.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
 
@@ -8,16 +8,14 @@ namespace {
 // Decided once per copy, before that copy registers anything: a later copy finds
 // the schema that the first copy defined and stays silent.
 bool first_copy_in_process() {
-  static const bool first =
-      !c10::Dispatcher::singleton().findSchema({"qlgrad::linear_int8_backward", ""}).has_value();
+  static const bool first = !c10::Dispatcher::singleton().findSchema({"qlgrad::linear_int8_backward", ""}).has_value();
   return first;
 }
 
 } // namespace
 
-Registration::Registration(torch::Library::Kind kind, const char* ns,
-                           std::optional<c10::DispatchKey> key, Body* body, const char* file,
-                           uint32_t line) {
+RegisterOnce::RegisterOnce(torch::Library::Kind kind, const char* ns, std::optional<c10::DispatchKey> key, Body* body,
+                           const char* file, uint32_t line) {
   if (!first_copy_in_process()) {
     return;
   }

@@ -1,6 +1,6 @@
 """The int8 residual MLP whose input gradient the demo shows with and without qlgrad.
 
-Run as a script, ``python _residual_mlp.py SEED`` writes (``torch.save``, to stdout)
+Run as a script, ``python residual_mlp.py SEED`` writes (``torch.save``, to stdout)
 the input gradient that stock PyTorch computes. This file imports torch only, never
 qlgrad, so that process has no Autograd kernel for ``quantized::linear_dynamic``.
 """

@@ -1,0 +1,36 @@
+// The public C++ functions of <qlgrad/qlgrad.h> that compute gradients. Each calls its
+// qlgrad:: operator through the dispatcher, so that C++ callers get autograd too.
+
+#include "qlgrad_ops.h"
+
+#include <qlgrad/qlgrad.h>
+
+namespace qlgrad {
+namespace {
+
+detail::PrecisionName name_of(std::optional<Precision> precision) {
+  return precision ? detail::PrecisionName(precision_name(*precision)) : std::nullopt;
+}
+
+} // namespace
+
+at::Tensor linear_dynamic_backward(const at::Tensor& grad_output, const detail::PackedParams& packed,
+                                   std::optional<Precision> precision) {
+  return detail::call_packed_backward(detail::WeightKind::kQInt8, grad_output, packed, name_of(precision));
+}
+
+at::Tensor linear_dynamic_fp16_backward(const at::Tensor& grad_output, const detail::PackedParams& packed,
+                                        std::optional<Precision> precision) {
+  return detail::call_packed_backward(detail::WeightKind::kFloat16, grad_output, packed, name_of(precision));
+}
+
+at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
+                                const std::optional<at::Tensor>& zero_point, std::optional<Precision> precision) {
+  return detail::call_linear_int8_backward(grad_output, weight, scale, zero_point, name_of(precision));
+}
+
+void cache_weight(const detail::PackedParams& packed) {
+  detail::call_cache_weight(packed);
+}
+
+} // namespace qlgrad

@@ -1,0 +1,171 @@
+// qlgrad's own operators, the TorchScript door: their schemas, CPU kernels and Autograd
+// kernels. Registration is at the bottom.
+//   linear_dynamic_backward       grad_output @ W_deq for qint8 packed params
+//   linear_dynamic_fp16_backward  grad_output @ W for fp16 packed params
+//   linear_int8_backward          grad_output @ (scale * (weight - zero_point)) on plain tensors
+//   cache_weight                  unpacks a packed weight into the weight cache ahead of backward
+
+#include "qlgrad_ops.h"
+
+#include "argument_checks.h"
+#include "backward_math.h"
+#include "operator_handle.h"
+#include "packed_weight.h"
+#include "register_once.h"
+
+#include <qlgrad/qlgrad.h>
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+
+namespace qlgrad::detail {
+
+using PackedBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&, PrecisionName);
+using LinearInt8BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                        const std::optional<at::Tensor>&, PrecisionName);
+using CacheWeightFn = void(const PackedParams&);
+
+at::Tensor call_packed_backward(WeightKind kind, const at::Tensor& grad_output, const PackedParams& packed,
+                                PrecisionName precision) {
+  static const auto int8 = operator_handle<PackedBackwardFn>("qlgrad::linear_dynamic_backward");
+  static const auto fp16 = operator_handle<PackedBackwardFn>("qlgrad::linear_dynamic_fp16_backward");
+  return (kind == WeightKind::kQInt8 ? int8 : fp16).call(grad_output, packed, precision);
+}
+
+at::Tensor call_linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
+                                     const std::optional<at::Tensor>& zero_point, PrecisionName precision) {
+  static const auto op = operator_handle<LinearInt8BackwardFn>("qlgrad::linear_int8_backward");
+  return op.call(grad_output, weight, scale, zero_point, precision);
+}
+
+void call_cache_weight(const PackedParams& packed) {
+  static const auto op = operator_handle<CacheWeightFn>("qlgrad::cache_weight");
+  op.call(packed);
+}
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+Precision resolve(PrecisionName name) {
+  return name ? parse_precision(*name) : get_backward_precision();
+}
+
+// ---- linear_int8_backward -------------------------------------------------------
+
+at::Tensor linear_int8_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
+                                    const std::optional<at::Tensor>& zero_point, PrecisionName precision) {
+  check_int8_arguments(grad_output, weight, scale, zero_point);
+  return math::input_gradient(grad_output, math::stored_int8_weight(weight, scale, zero_point), resolve(precision));
+}
+
+// The map grad_output -> grad_output @ W_deq is linear, so its derivative is the
+// adjoint with the same weight (exact, in the gradient's dtype, whatever precision the
+// first order used), and every higher order follows through ATen.
+struct LinearInt8BackwardFunction : torch::autograd::Function<LinearInt8BackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& weight,
+                            const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                            PrecisionName precision) {
+    ctx->save_for_backward({weight, scale, zero_point.value_or(at::Tensor())});
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_int8_backward(grad_output, weight, scale, zero_point, precision);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const std::optional<at::Tensor> zero_point =
+        saved[2].defined() ? std::optional<at::Tensor>(saved[2]) : std::nullopt;
+    // The tensors as given: the adjoint dequantizes them in the gradient's dtype as they are.
+    const math::StoredWeight weight{saved[0], saved[1], zero_point};
+    return {math::input_gradient_adjoint(grads[0], weight), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// An ordinary backward (no create_graph) calls these operators with grad mode off: no node
+// is made then, which would only be thrown away.
+at::Tensor linear_int8_backward_autograd(const at::Tensor& grad_output, const at::Tensor& weight,
+                                         const at::Tensor& scale, const std::optional<at::Tensor>& zero_point,
+                                         PrecisionName precision) {
+  check_int8_tensors(grad_output, weight, scale, zero_point);
+  if (!torch::autograd::compute_requires_grad(grad_output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_int8_backward(grad_output, weight, scale, zero_point, precision);
+  }
+  return LinearInt8BackwardFunction::apply(grad_output, weight, scale, zero_point, precision);
+}
+
+// ---- linear_dynamic_backward, linear_dynamic_fp16_backward -----------------------
+
+template <WeightKind kind>
+at::Tensor packed_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed, PrecisionName precision) {
+  check_packed_tensors(grad_output);
+  const auto weight = stored_weight(packed, kind);
+  check_grad_output(grad_output, weight.out_features());
+  return math::input_gradient(grad_output, weight, resolve(precision));
+}
+
+template <WeightKind kind>
+struct PackedBackwardFunction : torch::autograd::Function<PackedBackwardFunction<kind>> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const PackedParams& packed,
+                            PrecisionName precision) {
+    ctx->saved_data["packed"] = packed;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_packed_backward(kind, grad_output, packed, precision);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
+    return {math::input_gradient_adjoint(grads[0], stored_weight(packed, kind)), at::Tensor(), at::Tensor()};
+  }
+};
+
+template <WeightKind kind>
+at::Tensor packed_backward_autograd(const at::Tensor& grad_output, const PackedParams& packed,
+                                    PrecisionName precision) {
+  check_packed_tensors(grad_output);
+  if (!torch::autograd::compute_requires_grad(grad_output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_packed_backward(kind, grad_output, packed, precision);
+  }
+  return PackedBackwardFunction<kind>::apply(grad_output, packed, precision);
+}
+
+// ---- cache_weight -----------------------------------------------------------------
+
+void cache_weight_kernel(const PackedParams& packed) {
+  stored_weight(packed, std::nullopt);
+}
+
+} // namespace
+} // namespace qlgrad::detail
+
+QLGRAD_LIBRARY_ONCE(qlgrad, m) {
+  m.def(
+      "linear_dynamic_backward(Tensor grad_output, "
+      "__torch__.torch.classes.quantized.LinearPackedParamsBase packed, str? precision=None) -> Tensor");
+  m.def(
+      "linear_dynamic_fp16_backward(Tensor grad_output, "
+      "__torch__.torch.classes.quantized.LinearPackedParamsBase packed, str? precision=None) -> Tensor");
+  m.def(
+      "linear_int8_backward(Tensor grad_output, Tensor weight, Tensor scale, "
+      "Tensor? zero_point=None, str? precision=None) -> Tensor");
+  // No tensor argument to dispatch on: a catch-all kernel.
+  m.def("cache_weight(__torch__.torch.classes.quantized.LinearPackedParamsBase packed) -> ()",
+        &qlgrad::detail::cache_weight_kernel);
+}
+
+QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
+  using qlgrad::detail::WeightKind;
+  m.impl("linear_dynamic_backward", &qlgrad::detail::packed_backward_cpu<WeightKind::kQInt8>);
+  m.impl("linear_dynamic_fp16_backward", &qlgrad::detail::packed_backward_cpu<WeightKind::kFloat16>);
+  m.impl("linear_int8_backward", &qlgrad::detail::linear_int8_backward_cpu);
+}
+
+QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, Autograd, m) {
+  using qlgrad::detail::WeightKind;
+  m.impl("linear_dynamic_backward", &qlgrad::detail::packed_backward_autograd<WeightKind::kQInt8>);
+  m.impl("linear_dynamic_fp16_backward", &qlgrad::detail::packed_backward_autograd<WeightKind::kFloat16>);
+  m.impl("linear_int8_backward", &qlgrad::detail::linear_int8_backward_autograd);
+}
