@@ -65,8 +65,8 @@ template <>
 // error grows as a GEMM's does rather than with the full depth.
 template <int64_t Rows, typename Code>
 [[gnu::always_inline]] inline void stream_rows(const float* lhs, int64_t ldl, int64_t begin, int64_t end,
-                                                const Code* weight, int64_t ldw, const float* zero_point,
-                                                int64_t columns, float* sums, int64_t lds, float* block_sums) {
+                                               const Code* weight, int64_t ldw, const float* zero_point,
+                                               int64_t columns, float* sums, int64_t lds, float* block_sums) {
   constexpr int64_t kDepthBlock = 128;
   for (int64_t first = begin; first < end; first += kDepthBlock) {
     std::fill(block_sums, block_sums + Rows * columns, 0.0f);
@@ -96,9 +96,9 @@ template <int64_t Rows, typename Code>
 
 // The stream for 1 to kStreamedRowsMax rows.
 template <typename Code>
-QLGRAD_VECTOR_CLONES void stream(
-    int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight, int64_t ldw,
-    const float* zero_point, int64_t columns, float* sums, int64_t lds, float* block_sums) {
+QLGRAD_VECTOR_CLONES void stream(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end,
+                                 const Code* weight, int64_t ldw, const float* zero_point, int64_t columns, float* sums,
+                                 int64_t lds, float* block_sums) {
   switch (rows) {
     case 1: return stream_rows<1>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
     case 2: return stream_rows<2>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
@@ -141,8 +141,8 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const float
 // zero, so this is exact. Written with intrinsics: GCC lowers an int8-to-float conversion
 // of generic vectors lane by lane.
 template <typename Element>
-void convert_codes_portable(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth,
-                            int64_t columns, Element* tile) {
+void convert_codes_portable(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth, int64_t columns,
+                            Element* tile) {
   for (int64_t n = 0; n < depth; ++n) {
     const int8_t* row = codes + n * ldw;
     const float offset = zero_point == nullptr ? 0.0f : zero_point[n];
@@ -162,8 +162,8 @@ void convert_codes_portable(const int8_t* codes, int64_t ldw, const float* zero_
 #if defined(__x86_64__)
 template <typename Element>
 __attribute__((target("avx512f,avx512bw"))) void convert_codes_avx512(const int8_t* codes, int64_t ldw,
-                                                                       const float* zero_point, int64_t depth,
-                                                                       int64_t columns, Element* tile) {
+                                                                      const float* zero_point, int64_t depth,
+                                                                      int64_t columns, Element* tile) {
   constexpr int64_t kLanes = 16;
   const int64_t vectorized = columns / kLanes * kLanes;
   for (int64_t n = 0; n < depth; ++n) {
@@ -187,7 +187,7 @@ __attribute__((target("avx512f,avx512bw"))) void convert_codes_avx512(const int8
 
 template <typename Element>
 __attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int64_t ldw, const float* zero_point,
-                                                         int64_t depth, int64_t columns, Element* tile) {
+                                                        int64_t depth, int64_t columns, Element* tile) {
   constexpr int64_t kLanes = 8;
   const int64_t vectorized = columns / kLanes * kLanes;
   for (int64_t n = 0; n < depth; ++n) {
@@ -403,8 +403,7 @@ void convert_codes(const int8_t* codes, int64_t ldw, const float* zero_point, in
 
 // The block weight[:, first:first + count] into `tile` ([depth, count], contiguous), in the
 // tile's dtype, less the zero points.
-void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const float* zero_point,
-                   at::Tensor& tile) {
+void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const float* zero_point, at::Tensor& tile) {
   if (weight.scalar_type() != at::kChar) {
     // float16 weights (fp16-packed layers): rare enough for ATen's conversion.
     tile.copy_(weight.narrow(1, first, count));
@@ -431,7 +430,8 @@ at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const float* z
   const int64_t element_bytes = lhs.element_size();
   const int64_t align = kCacheLine / element_bytes;
   const int64_t width = columns_per_task(
-      columns, accumulate ? kTileColumnsMax : std::max(align, kFullDepthTileBytes / element_bytes / depth / align * align),
+      columns,
+      accumulate ? kTileColumnsMax : std::max(align, kFullDepthTileBytes / element_bytes / depth / align * align),
       align);
   const int64_t tile_depth = accumulate ? std::max(kCacheLine, kTileBytes / element_bytes / width) : depth;
   auto result = at::empty({rows, columns}, lhs.options());
@@ -444,8 +444,8 @@ at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const float* z
         const int64_t height = std::min(tile_depth, depth - top);
         // The first height x count elements, so that the tile is contiguous at every size.
         auto block = tile.narrow(0, 0, height * count).view({height, count});
-        convert_block(weight.narrow(0, top, height), first, count,
-                      zero_point == nullptr ? nullptr : zero_point + top, block);
+        convert_block(weight.narrow(0, top, height), first, count, zero_point == nullptr ? nullptr : zero_point + top,
+                      block);
         at::addmm_out(out, out, lhs.narrow(1, top, height), block, /*beta=*/top == 0 ? 0 : 1);
       }
     }
@@ -470,8 +470,8 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                                              : streamed<at::Half>(lhs, weight, offsets);
   }
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                             __builtin_cpu_supports("avx512vl");
+  static const bool avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   if (avx512 && lhs.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar &&
       lhs.size(0) < kPanelGemmRowsEnd) {
     return panel_gemm(lhs, weight, offsets);
