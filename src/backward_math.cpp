@@ -179,7 +179,8 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& wei
     // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
     result = at::mm(grad, dequantize(weight, at::kDouble));
   } else {
-    result = tiled_matmul(scaled_rows(grad, weight), weight.values, channel_zero_points(weight));
+    result = tiled_matmul(as_contiguous(in_dtype(grad, at::kFloat)), weight.values, channel_zero_points(weight),
+                          weight.scale);
   }
   return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
 }

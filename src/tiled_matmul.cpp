@@ -307,13 +307,16 @@ QLGRAD_AVX512 void convert_panels(const int8_t* codes, int64_t ldw, const float*
   }
 }
 
-// lhs [rows, depth] as blocks of kKernelRows rows, each [depth][kKernelRows] (zero past the
-// last row), once for all threads: the kernel reads a step's 12 factors from one or two
-// cache lines, where 12 rows of lhs a power of two apart would compete for the same L1 sets.
-at::Tensor pack_rows(const at::Tensor& lhs) {
+// lhs [rows, depth] times the weight's scale (per row of the weight, or one for all, or none) as
+// blocks of kKernelRows rows, each [depth][kKernelRows] (zero past the last row), once for
+// all threads: the kernel reads a step's 12 factors from one or two cache lines, where 12
+// rows of lhs a power of two apart would compete for the same L1 sets.
+at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1);
   auto packed = at::empty({(rows + kKernelRows - 1) / kKernelRows, depth, kKernelRows}, lhs.options());
   const float* source = lhs.const_data_ptr<float>();
+  const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
+  const int64_t factor_stride = scale && scale->numel() > 1 ? 1 : 0;
   float* destination = packed.mutable_data_ptr<float>();
   at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
@@ -321,8 +324,9 @@ at::Tensor pack_rows(const at::Tensor& lhs) {
       float* block_out = destination + block * kKernelRows * depth;
       const int64_t count = std::min(kKernelRows, rows - block * kKernelRows);
       for (int64_t n = 0; n < depth; ++n) {
+        const float factor = factors == nullptr ? 1.0f : factors[n * factor_stride];
         for (int64_t r = 0; r < kKernelRows; ++r) {
-          block_out[n * kKernelRows + r] = r < count ? block_rows[r * depth + n] : 0.0f;
+          block_out[n * kKernelRows + r] = r < count ? block_rows[r * depth + n] * factor : 0.0f;
         }
       }
     }
@@ -367,10 +371,11 @@ QLGRAD_AVX512 void panel_gemm_columns(const at::Tensor& packed_lhs, int64_t rows
   }
 }
 
-at::Tensor panel_gemm(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point) {
+at::Tensor panel_gemm(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point,
+                      const std::optional<at::Tensor>& scale) {
   const int64_t columns = weight.size(1);
   const int64_t width = columns_per_task(columns, kBlockColumns, kPanelColumns);
-  const auto packed_lhs = pack_rows(lhs);
+  const auto packed_lhs = pack_rows(lhs, scale);
   auto result = at::empty({lhs.size(0), columns}, lhs.options());
   at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     auto panels = at::empty({kDepthBlock * width}, lhs.options());
@@ -455,29 +460,36 @@ at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const float* z
 
 } // namespace
 
-at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point) {
+at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
+                        const std::optional<at::Tensor>& scale) {
   TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && weight.dim() == 2 && lhs.size(1) == weight.size(0));
   TORCH_INTERNAL_ASSERT(weight.stride(1) == 1 || weight.size(1) == 1);
   TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
-  TORCH_INTERNAL_ASSERT(!zero_point || (zero_point->scalar_type() == at::kFloat && zero_point->is_contiguous() &&
-                                        zero_point->numel() == weight.size(0)));
+  for (const auto& per_row : {zero_point, scale}) {
+    TORCH_INTERNAL_ASSERT(!per_row || (per_row->scalar_type() == at::kFloat && per_row->is_contiguous()));
+  }
+  TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == weight.size(0));
+  TORCH_INTERNAL_ASSERT(!scale ||
+                        (lhs.scalar_type() == at::kFloat && (scale->numel() == 1 || scale->numel() == weight.size(0))));
   if (lhs.numel() == 0 || weight.size(1) == 0) {
     return at::zeros({lhs.size(0), weight.size(1)}, lhs.options());
   }
   const float* offsets = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
-  if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
-    return weight.scalar_type() == at::kChar ? streamed<int8_t>(lhs, weight, offsets)
-                                             : streamed<at::Half>(lhs, weight, offsets);
-  }
 #if defined(__x86_64__)
   static const bool avx512 =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   if (avx512 && lhs.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar &&
-      lhs.size(0) < kPanelGemmRowsEnd) {
-    return panel_gemm(lhs, weight, offsets);
+      lhs.size(0) > kStreamedRowsMax && lhs.size(0) < kPanelGemmRowsEnd) {
+    // The scale is applied as lhs is packed, which is a pass over lhs anyway.
+    return panel_gemm(lhs, weight, offsets, scale);
   }
 #endif
-  return tiled(lhs, weight, offsets);
+  const auto scaled = scale ? at::mul(lhs, *scale) : lhs;
+  if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
+    return weight.scalar_type() == at::kChar ? streamed<int8_t>(scaled, weight, offsets)
+                                             : streamed<at::Half>(scaled, weight, offsets);
+  }
+  return tiled(scaled, weight, offsets);
 }
 
 } // namespace qlgrad::math

@@ -1,7 +1,10 @@
 #pragma once
-// lhs @ (weight - zero_point) with the weight kept in its stored dtype (int8 codes, or
-// float16 for fp16-packed layers): the product runs on tiles converted on the fly, so no
-// float copy of the whole weight ever exists.
+// (lhs * scale) @ (weight - zero_point) with the weight kept in its stored dtype (int8
+// codes, or float16 for fp16-packed layers): the product runs on blocks of the weight
+// converted on the fly, so no float copy of the whole weight ever exists. float32 products
+// of up to 8 rows stream over the codes once; on AVX-512 CPUs those of 9 to 511 rows run a
+// GEMM whose packing of the weight is the conversion of the codes; the others run MKL's
+// GEMM on tiles converted in each thread's L2.
 
 #include <ATen/core/Tensor.h>
 
@@ -9,14 +12,17 @@
 
 namespace qlgrad::math {
 
-// result [M, K] = lhs [M, N] @ (weight[n, k] - zero_point[n]), accumulated in float32 and
-// returned in lhs's dtype.
+// result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
+// float32 and returned in lhs's dtype.
 //   lhs         float32 or bfloat16 [M, N], contiguous: the GEMM runs in its dtype
 //   weight      int8 or float16 [N, K] with unit stride along K (or K = 1)
 //   zero_point  float32 [N], contiguous (integers of the int8 range); absent for zero
+//   scale       float32 [N] or [1], contiguous, for a float32 lhs; absent for one. Each
+//               product lhs[m, n] * scale[n] is rounded to float32 once, as at::mul rounds.
 // int8 codes minus a zero point are integers of magnitude at most 255, which float32 and
 // bfloat16 both hold exactly: converting a tile rounds nothing, and in float32 the result
 // differs from a product with a float32 weight only in the order of the sums.
-at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point);
+at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
+                        const std::optional<at::Tensor>& scale = std::nullopt);
 
 } // namespace qlgrad::math
