@@ -226,8 +226,8 @@ constexpr int64_t kDepthBlock = 256;
 constexpr int64_t kRowBlock = 144;
 // Columns a thread takes at once: their panels (1 MiB) stay in L2 across row blocks.
 constexpr int64_t kBlockColumns = 1024;
-// From this many rows MKL's GEMM on converted tiles is the faster (measured, 2 threads:
-// 1.13x against 1.33x the float GEMM at 1024 rows); its blocking for many rows is deeper.
+// From this many rows MKL's GEMM on converted tiles is the faster (measured, 2 threads, at
+// 1024 rows: 1.10-1.14x the float GEMM against 1.20-1.33x); it blocks deeper for many rows.
 constexpr int64_t kPanelGemmRowsEnd = 512;
 
 #define QLGRAD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
