@@ -29,6 +29,13 @@ at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor&
   return detail::call_linear_int8_backward(grad_output, weight, scale, zero_point, name_of(precision));
 }
 
+at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                                    int64_t group_size, const at::Tensor& scale_and_zeros,
+                                    std::optional<Precision> precision) {
+  return detail::call_linear_int4pack_backward(grad_output, weight_int4pack, group_size, scale_and_zeros,
+                                               name_of(precision));
+}
+
 void cache_weight(const detail::PackedParams& packed) {
   detail::call_cache_weight(packed);
 }

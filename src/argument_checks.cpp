@@ -59,9 +59,17 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
   const int64_t out_features = weight.size(0);
   TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), "qlgrad: scale must be a floating-point tensor, got ",
                    scale.scalar_type());
-  TORCH_CHECK_VALUE(scale.dim() <= 1 && (scale.numel() == 1 || scale.numel() == out_features),
-                    "qlgrad: scale must hold 1 element (per tensor) or out_features = ", out_features,
-                    " elements (per channel), got shape ", scale.sizes());
+  const int64_t in_features = weight.size(1);
+  TORCH_CHECK_VALUE((scale.dim() <= 1 && (scale.numel() == 1 || scale.numel() == out_features)) ||
+                        (scale.dim() == 2 && scale.size(0) == out_features && scale.size(1) > 0),
+                    "qlgrad: scale must hold 1 element (per tensor), out_features = ", out_features,
+                    " elements (per channel) or be [out_features, groups] = [", out_features,
+                    ", G] (group-wise), got shape ", scale.sizes());
+  if (scale.dim() == 2) {
+    TORCH_CHECK_VALUE(in_features % scale.size(1) == 0, "qlgrad: group-wise scale of shape ", scale.sizes(),
+                      " needs in_features (", in_features, ") to be a multiple of its ", scale.size(1),
+                      " groups, each of in_features / groups input features");
+  }
   if (zero_point) {
     TORCH_CHECK_TYPE(at::isIntegralType(zero_point->scalar_type(), /*includeBool=*/false),
                      "qlgrad: zero_point must be an integer tensor, got ", zero_point->scalar_type());
@@ -74,6 +82,41 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
     TORCH_CHECK_VALUE(zero_point->min().item<int64_t>() >= -128 && zero_point->max().item<int64_t>() <= 127,
                       "qlgrad: zero_point must lie in the int8 range [-128, 127], got ", *zero_point);
   }
+}
+
+void check_int4pack_tensors(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                            const at::Tensor& scale_and_zeros) {
+  check_plain_tensor(weight_int4pack, "weight_int4pack");
+  check_plain_tensor(grad_output, "grad_output");
+  check_plain_tensor(scale_and_zeros, "scale_and_zeros");
+  check_device(weight_int4pack, "weight_int4pack", at::kCPU, "the CPU (the int4 packing is the CPU's)");
+  check_device(grad_output, "grad_output", weight_int4pack.device(), "the weight's device");
+  check_device(scale_and_zeros, "scale_and_zeros", weight_int4pack.device(), "the weight's device");
+}
+
+void check_int4pack_arguments(const at::Tensor& grad_output, const at::Tensor& weight_int4pack, int64_t group_size,
+                              const at::Tensor& scale_and_zeros) {
+  check_int4pack_tensors(grad_output, weight_int4pack, scale_and_zeros);
+  TORCH_CHECK_TYPE(weight_int4pack.scalar_type() == at::kByte,
+                   "qlgrad: weight_int4pack must be a uint8 tensor (aten::_convert_weight_to_int4pack_for_cpu's "
+                   "output), got ",
+                   weight_int4pack.scalar_type());
+  TORCH_CHECK_VALUE(group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256,
+                    "qlgrad: group_size must be 32, 64, 128 or 256, got ", group_size);
+  TORCH_CHECK_TYPE(at::isFloatingType(scale_and_zeros.scalar_type()),
+                   "qlgrad: scale_and_zeros must be a floating-point tensor, got ", scale_and_zeros.scalar_type());
+  TORCH_CHECK_VALUE(scale_and_zeros.dim() == 3 && scale_and_zeros.size(2) == 2 && scale_and_zeros.size(0) > 0 &&
+                        scale_and_zeros.size(1) > 0 && scale_and_zeros.size(1) % 16 == 0,
+                    "qlgrad: scale_and_zeros must be [in_features / group_size, out_features, 2] with out_features a "
+                    "multiple of 16, got shape ",
+                    scale_and_zeros.sizes());
+  const int64_t out_features = scale_and_zeros.size(1), in_features = scale_and_zeros.size(0) * group_size;
+  TORCH_CHECK_VALUE(weight_int4pack.dim() == 2 && weight_int4pack.size(0) == out_features &&
+                        weight_int4pack.size(1) == in_features / 2 && weight_int4pack.is_contiguous(),
+                    "qlgrad: weight_int4pack must be contiguous of shape [out_features, in_features / 2] = [",
+                    out_features, ", ", in_features / 2, "] for scale_and_zeros of shape ", scale_and_zeros.sizes(),
+                    " and group_size ", group_size, ", got shape ", weight_int4pack.sizes());
+  check_grad_output(grad_output, out_features);
 }
 
 } // namespace qlgrad::detail

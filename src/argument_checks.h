@@ -25,8 +25,20 @@ void check_packed_tensors(const at::Tensor& grad_output);
 void check_grad_output(const at::Tensor& grad_output, int64_t out_features);
 
 // Everything about linear_int8_backward's arguments: the tensors as above, then dtypes,
-// shapes and values (finite positive scales, zero points in the int8 range).
+// shapes (scale [1], [N] or [N, G] with K a multiple of G) and values (finite positive
+// scales, zero points in the int8 range).
 void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
                           const std::optional<at::Tensor>& zero_point);
+
+// The tensors of linear_int4pack_backward, as check_int8_tensors checks those of linear_int8_backward.
+void check_int4pack_tensors(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                            const at::Tensor& scale_and_zeros);
+
+// Everything about linear_int4pack_backward's arguments: the tensors as above, then dtypes and
+// shapes (weight_int4pack uint8 [N, K / 2], group_size 32, 64, 128 or 256, scale_and_zeros
+// floating [K / group_size, N, 2], N a multiple of 16), as aten::_weight_int4pack_mm_for_cpu
+// takes them.
+void check_int4pack_arguments(const at::Tensor& grad_output, const at::Tensor& weight_int4pack, int64_t group_size,
+                              const at::Tensor& scale_and_zeros);
 
 } // namespace qlgrad::detail

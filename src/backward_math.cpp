@@ -22,11 +22,6 @@ at::Tensor as_contiguous(const at::Tensor& tensor) {
   return tensor.is_contiguous() ? tensor : tensor.contiguous();
 }
 
-// A per-tensor or per-channel parameter as a column that broadcasts over K.
-at::Tensor as_column(const at::Tensor& parameter, at::ScalarType dtype) {
-  return in_dtype(parameter, dtype).reshape({-1, 1});
-}
-
 // [..., in] viewed as [M, in] (copying only when the strides demand it), and the
 // [..., out] shape of a result [M, out].
 at::Tensor rows_of(const at::Tensor& x) {
@@ -127,10 +122,11 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
   return result;
 }
 
-// The weight's zero points as the tiled product takes them: one per output channel.
+// The weight's zero points as the tiled product takes them: one per output channel, or
+// [N, G] for group-wise scales.
 std::optional<at::Tensor> channel_zero_points(const StoredWeight& weight) {
-  if (!weight.zero_point) {
-    return std::nullopt;
+  if (!weight.zero_point || weight.is_groupwise()) {
+    return weight.zero_point;
   }
   return as_contiguous(weight.zero_point->expand({weight.out_features()}));
 }
@@ -152,8 +148,13 @@ int64_t StoredWeight::nbytes() const {
 StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scale,
                                 const std::optional<at::Tensor>& zero_point) {
   const bool rows_contiguous = values.stride(1) == 1 || values.size(1) == 1;
-  return {rows_contiguous ? values : values.contiguous(), as_contiguous(in_dtype(scale, at::kFloat).reshape({-1})),
-          zero_point ? std::optional(as_contiguous(in_dtype(*zero_point, at::kFloat).reshape({-1}))) : std::nullopt};
+  // One group per row is per channel, which the kernels handle as such.
+  const bool groupwise = scale.dim() == 2 && scale.size(1) > 1;
+  const auto stored_shape = [&](const at::Tensor& parameter) {
+    return as_contiguous(groupwise ? parameter : parameter.reshape({-1}));
+  };
+  return {rows_contiguous ? values : values.contiguous(), stored_shape(in_dtype(scale, at::kFloat)),
+          zero_point ? std::optional(stored_shape(in_dtype(*zero_point, at::kFloat))) : std::nullopt};
 }
 
 StoredWeight stored_float16_weight(const at::Tensor& weight) {
@@ -161,18 +162,27 @@ StoredWeight stored_float16_weight(const at::Tensor& weight) {
 }
 
 at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
-  auto result = weight.values.to(dtype);
+  // [N, G, K / G] against parameters [N, G, 1]; per tensor and per channel are G = 1.
+  const int64_t n = weight.values.size(0), k = weight.values.size(1);
+  const int64_t groups = weight.is_groupwise() ? weight.scale.size(1) : 1;
+  const auto per_group = [&](const at::Tensor& parameter) {
+    return in_dtype(parameter, dtype).reshape({-1, groups, 1});
+  };
+  auto result = weight.values.to(dtype).view({n, groups, k / groups});
   if (weight.zero_point) {
-    result.sub_(as_column(*weight.zero_point, dtype));
+    result.sub_(per_group(*weight.zero_point));
   }
-  return result.mul_(as_column(weight.scale, dtype));
+  return result.mul_(per_group(weight.scale)).view({n, k});
 }
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
   const auto grad = rows_of(grad_output);
   at::Tensor result;
-  if (precision == Precision::kInt8 && weight.is_int8()) {
+  if (precision == Precision::kInt8 && weight.is_int8() && !weight.is_groupwise()) {
     result = int8_input_gradient(grad, weight);
+  } else if (precision == Precision::kBFloat16 && weight.is_groupwise()) {
+    // The scales vary along the product's columns: the tiles take them as they are converted.
+    result = tiled_matmul(grad.to(at::kBFloat16), weight.values, weight.zero_point, weight.scale);
   } else if (precision == Precision::kBFloat16) {
     result = tiled_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight));
   } else if (grad.scalar_type() == at::kDouble) {
@@ -187,6 +197,39 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& wei
 
 at::Tensor input_gradient_adjoint(const at::Tensor& grad, const StoredWeight& weight) {
   return unflatten_rows(at::mm(rows_of(grad), dequantize(weight, grad.scalar_type()).t()), grad);
+}
+
+Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
+  return {packed, group_size, as_contiguous(in_dtype(scale_and_zeros, at::kFloat))};
+}
+
+at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight, Precision precision) {
+  const auto grad = rows_of(grad_output);
+  at::Tensor result;
+  if (grad.scalar_type() == at::kDouble) {
+    // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
+    result = at::mm(grad, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros).to(at::kDouble));
+  } else {
+    const auto dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
+    result = int4pack_matmul(as_contiguous(in_dtype(grad, dtype)), weight.packed, weight.group_size,
+                             weight.scale_and_zeros);
+  }
+  return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
+}
+
+at::Tensor input_gradient_adjoint(const at::Tensor& grad, const Int4PackedWeight& weight) {
+  const auto rows = rows_of(grad);
+  at::Tensor result;
+  if (rows.scalar_type() == at::kDouble) {
+    result = at::mm(rows, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros)
+                              .to(at::kDouble)
+                              .t());
+  } else {
+    // The op takes its parameters in its activation's dtype.
+    result = at::_weight_int4pack_mm_for_cpu(as_contiguous(rows), weight.packed, weight.group_size,
+                                             in_dtype(weight.scale_and_zeros, rows.scalar_type()));
+  }
+  return unflatten_rows(result, grad);
 }
 
 } // namespace qlgrad::math

@@ -10,22 +10,26 @@
 
 namespace qlgrad::math {
 
-// A linear layer's weight as it is stored, W[n, :] = scale[n] * (values[n, :] - zero_point[n]):
-// int8 codes with their quantization parameters, or the float16 weight of an fp16-packed
-// layer (scale 1, no zero point). The backward reads it as it is; nothing wider is derived.
+// A linear layer's weight as it is stored, W[n, k] = scale[n, g] * (values[n, k] - zero_point[n, g])
+// with g = k / (K / G) (G = 1 but for group-wise scales): int8 codes with their quantization parameters, or the float16
+// weight of an fp16-packed layer (scale 1, no zero point). The backward reads it as it is;
+// nothing wider is derived.
 struct StoredWeight {
   at::Tensor values;  // int8 or float16 [N, K], unit stride along K
-  at::Tensor scale;   // float32 [1] (per tensor) or [N] (per output channel), contiguous
+  // float32, contiguous: [1] (per tensor), [N] (per output channel) or [N, G] (group-wise:
+  // G groups of K / G consecutive input features per output channel, G > 1).
+  at::Tensor scale;
   std::optional<at::Tensor> zero_point;  // float32 shaped like scale (integers); absent for zero
 
   int64_t out_features() const { return values.size(0); }
   bool is_int8() const;
+  bool is_groupwise() const { return scale.dim() == 2; }
   int64_t nbytes() const;
 };
 
 // The stored form of int8 codes and the parameters a caller gives them in (any floating
-// scale, any integer zero point, [1] or [N]). Only the N-element parameters are converted;
-// the codes are copied only when their rows are not contiguous.
+// scale, any integer zero point, [1], [N] or [N, G]; [N, 1] is per channel). Only the
+// parameters are converted; the codes are copied only when their rows are not contiguous.
 StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scale,
                                 const std::optional<at::Tensor>& zero_point);
 
@@ -39,11 +43,36 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype);
 // The straight-through input gradient grad_output [..., N] @ W [N, K] -> [..., K] in
 // `precision`, returned in grad_output's dtype. The activation's quantization scale
 // cancels (quantize divides by it, dequantize multiplies by it), so it never appears here.
-// int8 precision applies to int8 weights only; a float16 weight runs it as fp32.
+// int8 precision applies to int8 weights with per-tensor or per-channel scales only: a
+// float16 weight, or group-wise scales (which vary along the GEMM's output and so cannot
+// be taken out of an integer product), run it as fp32.
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision);
 
 // The adjoint, grad [..., K] @ W.T -> [..., N], computed in grad's dtype: the derivative
 // of the input gradient with respect to grad_output, used for double backward.
 at::Tensor input_gradient_adjoint(const at::Tensor& grad, const StoredWeight& weight);
+
+// An int4 weight as torch packs it for the CPU (aten::_convert_weight_to_int4pack_for_cpu),
+// W[n, k] = (code[n, k] - 8) * scale[k / group_size, n] + zero[k / group_size, n], read in place.
+struct Int4PackedWeight {
+  at::Tensor packed;           // uint8 [N, K / 2], contiguous, in the running CPU capability's packing
+  int64_t group_size;          // 32, 64, 128 or 256
+  at::Tensor scale_and_zeros;  // float32 [K / group_size, N, 2], contiguous
+
+  int64_t out_features() const { return scale_and_zeros.size(1); }
+  int64_t in_features() const { return scale_and_zeros.size(0) * group_size; }
+};
+
+// The packed weight and its parameters as a caller gives them (any floating scale_and_zeros);
+// only scale_and_zeros is converted, and only when it is not float32 and contiguous.
+Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros);
+
+// grad_output [..., N] @ W [N, K] -> [..., K] in `precision` (int8 runs as fp32: the weight has
+// no int8 form), in grad_output's dtype.
+at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight, Precision precision);
+
+// The adjoint, grad [..., K] @ W.T -> [..., N], in grad's dtype: the op's own product for the
+// dtypes it takes, for double backward.
+at::Tensor input_gradient_adjoint(const at::Tensor& grad, const Int4PackedWeight& weight);
 
 } // namespace qlgrad::math

@@ -3,6 +3,8 @@
 //   linear_dynamic_backward       grad_output @ W_deq for qint8 packed params
 //   linear_dynamic_fp16_backward  grad_output @ W for fp16 packed params
 //   linear_int8_backward          grad_output @ (scale * (weight - zero_point)) on plain tensors
+//   linear_int4pack_backward      grad_output @ W for torch's CPU int4 packing
+//                                 (aten::_weight_int4pack_mm_for_cpu's weight)
 //   cache_weight                  unpacks a packed weight into the weight cache ahead of backward
 
 #include "qlgrad_ops.h"
@@ -24,6 +26,8 @@ namespace qlgrad::detail {
 using PackedBackwardFn = at::Tensor(const at::Tensor&, const PackedParams&, PrecisionName);
 using LinearInt8BackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                         const std::optional<at::Tensor>&, PrecisionName);
+using LinearInt4packBackwardFn = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&,
+                                            PrecisionName);
 using CacheWeightFn = void(const PackedParams&);
 
 at::Tensor call_packed_backward(WeightKind kind, const at::Tensor& grad_output, const PackedParams& packed,
@@ -37,6 +41,13 @@ at::Tensor call_linear_int8_backward(const at::Tensor& grad_output, const at::Te
                                      const std::optional<at::Tensor>& zero_point, PrecisionName precision) {
   static const auto op = operator_handle<LinearInt8BackwardFn>("qlgrad::linear_int8_backward");
   return op.call(grad_output, weight, scale, zero_point, precision);
+}
+
+at::Tensor call_linear_int4pack_backward(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                                         int64_t group_size, const at::Tensor& scale_and_zeros,
+                                         PrecisionName precision) {
+  static const auto op = operator_handle<LinearInt4packBackwardFn>("qlgrad::linear_int4pack_backward");
+  return op.call(grad_output, weight_int4pack, group_size, scale_and_zeros, precision);
 }
 
 void call_cache_weight(const PackedParams& packed) {
@@ -96,6 +107,45 @@ at::Tensor linear_int8_backward_autograd(const at::Tensor& grad_output, const at
   return LinearInt8BackwardFunction::apply(grad_output, weight, scale, zero_point, precision);
 }
 
+// ---- linear_int4pack_backward ---------------------------------------------------
+
+at::Tensor linear_int4pack_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                                        int64_t group_size, const at::Tensor& scale_and_zeros,
+                                        PrecisionName precision) {
+  check_int4pack_arguments(grad_output, weight_int4pack, group_size, scale_and_zeros);
+  return math::input_gradient(grad_output, math::int4_packed_weight(weight_int4pack, group_size, scale_and_zeros),
+                              resolve(precision));
+}
+
+// Linear in grad_output, as linear_int8_backward: the derivative is the adjoint, which is the
+// op's own product with the packed weight.
+struct LinearInt4packBackwardFunction : torch::autograd::Function<LinearInt4packBackwardFunction> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                            int64_t group_size, const at::Tensor& scale_and_zeros, PrecisionName precision) {
+    ctx->save_for_backward({weight_int4pack, scale_and_zeros});
+    ctx->saved_data["group_size"] = group_size;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_int4pack_backward(grad_output, weight_int4pack, group_size, scale_and_zeros, precision);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const auto saved = ctx->get_saved_variables();
+    const auto weight = math::int4_packed_weight(saved[0], ctx->saved_data["group_size"].toInt(), saved[1]);
+    return {math::input_gradient_adjoint(grads[0], weight), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor linear_int4pack_backward_autograd(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                                             int64_t group_size, const at::Tensor& scale_and_zeros,
+                                             PrecisionName precision) {
+  check_int4pack_tensors(grad_output, weight_int4pack, scale_and_zeros);
+  if (!torch::autograd::compute_requires_grad(grad_output)) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_linear_int4pack_backward(grad_output, weight_int4pack, group_size, scale_and_zeros, precision);
+  }
+  return LinearInt4packBackwardFunction::apply(grad_output, weight_int4pack, group_size, scale_and_zeros, precision);
+}
+
 // ---- linear_dynamic_backward, linear_dynamic_fp16_backward -----------------------
 
 template <WeightKind kind>
@@ -151,6 +201,9 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   m.def(
       "linear_int8_backward(Tensor grad_output, Tensor weight, Tensor scale, "
       "Tensor? zero_point=None, str? precision=None) -> Tensor");
+  m.def(
+      "linear_int4pack_backward(Tensor grad_output, Tensor weight_int4pack, int group_size, "
+      "Tensor scale_and_zeros, str? precision=None) -> Tensor");
   // No tensor argument to dispatch on: a catch-all kernel.
   m.def("cache_weight(__torch__.torch.classes.quantized.LinearPackedParamsBase packed) -> ()",
         &qlgrad::detail::cache_weight_kernel);
@@ -161,6 +214,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("linear_dynamic_backward", &qlgrad::detail::packed_backward_cpu<WeightKind::kQInt8>);
   m.impl("linear_dynamic_fp16_backward", &qlgrad::detail::packed_backward_cpu<WeightKind::kFloat16>);
   m.impl("linear_int8_backward", &qlgrad::detail::linear_int8_backward_cpu);
+  m.impl("linear_int4pack_backward", &qlgrad::detail::linear_int4pack_backward_cpu);
 }
 
 QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, Autograd, m) {
@@ -168,4 +222,5 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, Autograd, m) {
   m.impl("linear_dynamic_backward", &qlgrad::detail::packed_backward_autograd<WeightKind::kQInt8>);
   m.impl("linear_dynamic_fp16_backward", &qlgrad::detail::packed_backward_autograd<WeightKind::kFloat16>);
   m.impl("linear_int8_backward", &qlgrad::detail::linear_int8_backward_autograd);
+  m.impl("linear_int4pack_backward", &qlgrad::detail::linear_int4pack_backward_autograd);
 }

@@ -23,6 +23,10 @@ at::Tensor call_packed_backward(WeightKind kind, const at::Tensor& grad_output, 
 at::Tensor call_linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
                                      const std::optional<at::Tensor>& zero_point, PrecisionName precision);
 
+at::Tensor call_linear_int4pack_backward(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                                         int64_t group_size, const at::Tensor& scale_and_zeros,
+                                         PrecisionName precision);
+
 void call_cache_weight(const PackedParams& packed);
 
 } // namespace qlgrad::detail

@@ -2,9 +2,11 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 
 #include <algorithm>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #if defined(__x86_64__)
@@ -58,30 +60,66 @@ template <>
   return c10::detail::fp16_ieee_to_fp32_value(code.x);
 }
 
-// A stream over weight rows [begin, end) and `columns` columns:
-//   sums[r, c] += sum_n lhs[r, n] * (weight[n, c] - zero_point[n])
-// for Rows rows of lhs, reading each weight row once for all of them. The sum runs in
-// blocks of kDepthBlock rows added up apart (in block_sums, Rows x columns), so its rounding
-// error grows as a GEMM's does rather than with the full depth.
+// What turns the codes of weight row n into values: value[n, k] = (code[n, k] - offset(n, g)) *
+// factor(n, g) for the group g = k / group_size. Per tensor and per channel are one group per
+// row whose scale lhs carries (factor 1); group-wise scales vary along the columns and are
+// applied as the codes are read.
+struct CodeParameters {
+  const float* zero_point = nullptr;  // [N, groups]; null for zero
+  const float* scale = nullptr;       // [N, groups]; null when lhs carries the scale
+  int64_t groups = 1;
+  int64_t group_size = 1;
+
+  float offset(int64_t n, int64_t group) const { return zero_point == nullptr ? 0.0f : zero_point[n * groups + group]; }
+  float factor(int64_t n, int64_t group) const { return scale == nullptr ? 1.0f : scale[n * groups + group]; }
+};
+
+// A block of columns from column `first` of the weight is read in runs that each lie in one
+// group: the run from `begin` (of the block's `count`) ends at group_run_end. Loops, not a
+// callback: a lambda would not take on the instruction set of the function it is in.
+[[gnu::always_inline]] inline int64_t group_run_end(int64_t first, int64_t begin, int64_t count, int64_t group_size) {
+  return std::min(count, ((first + begin) / group_size + 1) * group_size - first);
+}
+
+// float32 to bfloat16, rounded to nearest even (values here are finite). Exact for the codes
+// minus an integer zero point, whose lower 16 bits are zero.
+[[gnu::always_inline]] inline at::BFloat16 to_bfloat16(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, sizeof(bits));
+  bits += 0x7FFFu + ((bits >> 16) & 1u);
+  return at::BFloat16(static_cast<uint16_t>(bits >> 16), at::BFloat16::from_bits());
+}
+
+// A stream over weight rows [begin, end) and the `columns` columns from column `first`:
+//   sums[r, c] += sum_n lhs[r, n] * value[n, first + c]
+// for Rows rows of lhs, reading each weight row once for all of them (`weight` points at
+// column `first`). A group's scale multiplies lhs's factors, once per row and group. The sum
+// runs in blocks of kDepthBlock rows added up apart (in block_sums, Rows x columns), so its
+// rounding error grows as a GEMM's does rather than with the full depth.
 template <int64_t Rows, typename Code>
 [[gnu::always_inline]] inline void stream_rows(const float* lhs, int64_t ldl, int64_t begin, int64_t end,
-                                               const Code* weight, int64_t ldw, const float* zero_point,
-                                               int64_t columns, float* sums, int64_t lds, float* block_sums) {
+                                               const Code* weight, int64_t ldw, const CodeParameters& parameters,
+                                               int64_t first, int64_t columns, float* sums, int64_t lds,
+                                               float* block_sums) {
   constexpr int64_t kDepthBlock = 128;
-  for (int64_t first = begin; first < end; first += kDepthBlock) {
+  for (int64_t top = begin; top < end; top += kDepthBlock) {
     std::fill(block_sums, block_sums + Rows * columns, 0.0f);
-    for (int64_t n = first; n < std::min(end, first + kDepthBlock); ++n) {
+    for (int64_t n = top; n < std::min(end, top + kDepthBlock); ++n) {
       const Code* row = weight + n * ldw;
-      const float offset = zero_point == nullptr ? 0.0f : zero_point[n];
-      float factor[Rows];
-      for (int64_t r = 0; r < Rows; ++r) {
-        factor[r] = lhs[r * ldl + n];
-      }
-#pragma omp simd
-      for (int64_t c = 0; c < columns; ++c) {
-        const float value = code_value(row[c]) - offset;
+      for (int64_t run_begin = 0, run_end; run_begin < columns; run_begin = run_end) {
+        run_end = group_run_end(first, run_begin, columns, parameters.group_size);
+        const int64_t group = (first + run_begin) / parameters.group_size;
+        const float offset = parameters.offset(n, group), scale = parameters.factor(n, group);
+        float factor[Rows];
         for (int64_t r = 0; r < Rows; ++r) {
-          block_sums[r * columns + c] += factor[r] * value;
+          factor[r] = lhs[r * ldl + n] * scale;
+        }
+#pragma omp simd
+        for (int64_t c = run_begin; c < run_end; ++c) {
+          const float value = code_value(row[c]) - offset;
+          for (int64_t r = 0; r < Rows; ++r) {
+            block_sums[r * columns + c] += factor[r] * value;
+          }
         }
       }
     }
@@ -94,21 +132,24 @@ template <int64_t Rows, typename Code>
   }
 }
 
+// stream_rows for 1 to Rows rows.
+template <int64_t Rows, typename... Arguments>
+[[gnu::always_inline]] inline void stream_up_to(int64_t rows, const Arguments&... arguments) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) {
+      return stream_up_to<Rows - 1>(rows, arguments...);
+    }
+  }
+  stream_rows<Rows>(arguments...);
+}
+
 // The stream for 1 to kStreamedRowsMax rows.
 template <typename Code>
 QLGRAD_VECTOR_CLONES void stream(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end,
-                                 const Code* weight, int64_t ldw, const float* zero_point, int64_t columns, float* sums,
-                                 int64_t lds, float* block_sums) {
-  switch (rows) {
-    case 1: return stream_rows<1>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    case 2: return stream_rows<2>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    case 3: return stream_rows<3>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    case 4: return stream_rows<4>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    case 5: return stream_rows<5>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    case 6: return stream_rows<6>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    case 7: return stream_rows<7>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-    default: return stream_rows<8>(lhs, ldl, begin, end, weight, ldw, zero_point, columns, sums, lds, block_sums);
-  }
+                                 const Code* weight, int64_t ldw, const CodeParameters& parameters, int64_t first,
+                                 int64_t columns, float* sums, int64_t lds, float* block_sums) {
+  stream_up_to<kStreamedRowsMax>(rows, lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds,
+                                 block_sums);
 }
 
 // Each thread streams its own range of weight rows, one contiguous region of memory that
@@ -116,7 +157,7 @@ QLGRAD_VECTOR_CLONES void stream(int64_t rows, const float* lhs, int64_t ldl, in
 // ranges are added at the end, in a fixed order. The rows are read whole where the block
 // sums of every column fit in L1 (one or two rows of lhs), else in column chunks that do.
 template <typename Code>
-at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point) {
+at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const CodeParameters& parameters) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
   const int64_t ranges = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
   const int64_t chunk = std::max<int64_t>(kCacheLine, kStreamedSumBytes / int64_t{sizeof(float)} / rows);
@@ -127,7 +168,7 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const float
     for (int64_t range = begin; range < end; ++range) {
       for (int64_t first = 0; first < columns; first += chunk) {
         stream(rows, lhs.const_data_ptr<float>(), depth, depth * range / ranges, depth * (range + 1) / ranges,
-               codes + first, weight.stride(0), zero_point, std::min(chunk, columns - first),
+               codes + first, weight.stride(0), parameters, first, std::min(chunk, columns - first),
                sums[range].mutable_data_ptr<float>() + first, columns, block_sums.mutable_data_ptr<float>());
       }
     }
@@ -135,26 +176,34 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const float
   return ranges == 1 ? sums[0] : sums.sum(0);
 }
 
-// tile[n, :] = codes[n, :] - zero_point[n] for an int8 block of `depth` rows and `columns`
-// columns, as float32 or as bfloat16. For bfloat16 the float32 value is cut to its upper
-// half: the codes minus a zero point are integers of magnitude <= 255, whose lower half is
-// zero, so this is exact. Written with intrinsics: GCC lowers an int8-to-float conversion
-// of generic vectors lane by lane.
+// out[c] = (codes[c] - offset) * factor for c in [begin, end), as float32 or as bfloat16.
 template <typename Element>
-void convert_codes_portable(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth, int64_t columns,
-                            Element* tile) {
+[[gnu::always_inline]] inline void convert_run_portable(const int8_t* codes, float offset, float factor, int64_t begin,
+                                                        int64_t end, Element* out) {
+  for (int64_t c = begin; c < end; ++c) {
+    const float value = (static_cast<float>(codes[c]) - offset) * factor;
+    if constexpr (std::is_same_v<Element, float>) {
+      out[c] = value;
+    } else {
+      out[c] = to_bfloat16(value);
+    }
+  }
+}
+
+// tile[n, c] = value[top + n, first + c] for an int8 block of `depth` rows from weight row `top`
+// and `columns` columns from column `first` (`codes` points at its first code), as float32 or
+// as bfloat16, a run of one group at a time. Written with intrinsics: GCC lowers an
+// int8-to-float conversion of generic vectors lane by lane. Each converter takes the runs
+// its vectors do not fill to the portable loop.
+template <typename Element>
+void convert_codes_portable(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                            int64_t first, int64_t depth, int64_t columns, Element* tile) {
   for (int64_t n = 0; n < depth; ++n) {
-    const int8_t* row = codes + n * ldw;
-    const float offset = zero_point == nullptr ? 0.0f : zero_point[n];
-    for (int64_t c = 0; c < columns; ++c) {
-      const float value = static_cast<float>(row[c]) - offset;
-      if constexpr (std::is_same_v<Element, float>) {
-        tile[n * columns + c] = value;
-      } else {
-        uint32_t bits;
-        std::memcpy(&bits, &value, sizeof(bits));
-        tile[n * columns + c] = at::BFloat16(static_cast<uint16_t>(bits >> 16), at::BFloat16::from_bits());
-      }
+    for (int64_t begin = 0, end; begin < columns; begin = end) {
+      end = group_run_end(first, begin, columns, parameters.group_size);
+      const int64_t group = (first + begin) / parameters.group_size;
+      convert_run_portable(codes + n * ldw, parameters.offset(top + n, group), parameters.factor(top + n, group), begin,
+                           end, tile + n * columns);
     }
   }
 }
@@ -162,54 +211,142 @@ void convert_codes_portable(const int8_t* codes, int64_t ldw, const float* zero_
 #if defined(__x86_64__)
 template <typename Element>
 __attribute__((target("avx512f,avx512bw"))) void convert_codes_avx512(const int8_t* codes, int64_t ldw,
-                                                                      const float* zero_point, int64_t depth,
-                                                                      int64_t columns, Element* tile) {
+                                                                      const CodeParameters& parameters, int64_t top,
+                                                                      int64_t first, int64_t depth, int64_t columns,
+                                                                      Element* tile) {
   constexpr int64_t kLanes = 16;
-  const int64_t vectorized = columns / kLanes * kLanes;
   for (int64_t n = 0; n < depth; ++n) {
     const int8_t* row = codes + n * ldw;
     Element* out = tile + n * columns;
-    const __m512 offset = _mm512_set1_ps(zero_point == nullptr ? 0.0f : zero_point[n]);
-    for (int64_t c = 0; c < vectorized; c += kLanes) {
-      const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
-      const __m512 values = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(packed)), offset);
-      if constexpr (std::is_same_v<Element, float>) {
-        _mm512_storeu_ps(out + c, values);
-      } else {
-        const __m256i upper = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_castps_si512(values), 16));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), upper);
+    for (int64_t begin = 0, end; begin < columns; begin = end) {
+      end = group_run_end(first, begin, columns, parameters.group_size);
+      const int64_t group = (first + begin) / parameters.group_size;
+      const float offset = parameters.offset(top + n, group), factor = parameters.factor(top + n, group);
+      const __m512 offsets = _mm512_set1_ps(offset), factors = _mm512_set1_ps(factor);
+      int64_t c = begin;
+      for (; c + kLanes <= end; c += kLanes) {
+        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
+        const __m512 values =
+            _mm512_mul_ps(_mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(packed)), offsets), factors);
+        if constexpr (std::is_same_v<Element, float>) {
+          _mm512_storeu_ps(out + c, values);
+        } else {
+          // Rounded to nearest even, as to_bfloat16.
+          const __m512i bits = _mm512_castps_si512(values);
+          const __m512i rounding = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
+                                                    _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)));
+          const __m256i upper = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(bits, rounding), 16));
+          _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), upper);
+        }
       }
+      convert_run_portable(row, offset, factor, c, end, out);
     }
-    convert_codes_portable(row + vectorized, ldw, zero_point == nullptr ? nullptr : zero_point + n, 1,
-                           columns - vectorized, out + vectorized);
   }
 }
 
 template <typename Element>
-__attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int64_t ldw, const float* zero_point,
+__attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int64_t ldw,
+                                                        const CodeParameters& parameters, int64_t top, int64_t first,
                                                         int64_t depth, int64_t columns, Element* tile) {
   constexpr int64_t kLanes = 8;
-  const int64_t vectorized = columns / kLanes * kLanes;
   for (int64_t n = 0; n < depth; ++n) {
     const int8_t* row = codes + n * ldw;
     Element* out = tile + n * columns;
-    const __m256 offset = _mm256_set1_ps(zero_point == nullptr ? 0.0f : zero_point[n]);
-    for (int64_t c = 0; c < vectorized; c += kLanes) {
-      const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c));
-      const __m256 values = _mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(packed)), offset);
-      if constexpr (std::is_same_v<Element, float>) {
-        _mm256_storeu_ps(out + c, values);
-      } else {
-        // The upper halves, packed within each 128-bit lane, then the lanes' lower quarters joined.
-        const __m256i upper = _mm256_srli_epi32(_mm256_castps_si256(values), 16);
-        const __m256i packed_words = _mm256_permute4x64_epi64(_mm256_packus_epi32(upper, upper), 0b1000);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_castsi256_si128(packed_words));
+    for (int64_t begin = 0, end; begin < columns; begin = end) {
+      end = group_run_end(first, begin, columns, parameters.group_size);
+      const int64_t group = (first + begin) / parameters.group_size;
+      const float offset = parameters.offset(top + n, group), factor = parameters.factor(top + n, group);
+      const __m256 offsets = _mm256_set1_ps(offset), factors = _mm256_set1_ps(factor);
+      int64_t c = begin;
+      for (; c + kLanes <= end; c += kLanes) {
+        const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + c));
+        const __m256 values =
+            _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(packed)), offsets), factors);
+        if constexpr (std::is_same_v<Element, float>) {
+          _mm256_storeu_ps(out + c, values);
+        } else {
+          // Rounded to nearest even, as to_bfloat16; then the upper halves, packed within each
+          // 128-bit lane, and the lanes' lower quarters joined.
+          const __m256i bits = _mm256_castps_si256(values);
+          const __m256i rounding = _mm256_add_epi32(_mm256_set1_epi32(0x7FFF),
+                                                    _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)));
+          const __m256i upper = _mm256_srli_epi32(_mm256_add_epi32(bits, rounding), 16);
+          const __m256i packed_words = _mm256_permute4x64_epi64(_mm256_packus_epi32(upper, upper), 0b1000);
+          _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_castsi256_si128(packed_words));
+        }
       }
+      convert_run_portable(row, offset, factor, c, end, out);
     }
-    convert_codes_portable(row + vectorized, ldw, zero_point == nullptr ? nullptr : zero_point + n, 1,
-                           columns - vectorized, out + vectorized);
   }
 }
+
+// The int4 packing of the running CPU capability, as ATen's kernels chose it when the process
+// first used them (ATEN_CPU_CAPABILITY may lower it): rows per block, and whether whole
+// blocks hold rows j and j + block / 2 in byte j.
+struct Int4Packing {
+  int64_t block;
+  bool halves;
+};
+
+Int4Packing int4_packing() {
+#if defined(__x86_64__)
+  static const Int4Packing packing = [] {
+    const std::string capability = at::get_cpu_capability();
+    return capability == "AVX512" ? Int4Packing{64, true}
+           : capability == "AVX2" ? Int4Packing{32, true}
+                                  : Int4Packing{32, false};
+  }();
+  return packing;
+#else
+  TORCH_CHECK(false, "qlgrad: reading torch's int4 packing is implemented for x86-64 CPUs only");
+#endif
+}
+
+// torch's CPU int4 packing (aten::_convert_weight_to_int4pack_for_cpu) of codes [N, K] in
+// [0, 16), with W[n, k] = (code - 8) * scale[k / group_size, n] + zero[k / group_size, n] from
+// scale_and_zeros [K / group_size, N, 2]. The packing is that of the running CPU capability's
+// kernels: blocks of `block` weight rows (64 with AVX-512, 32 otherwise), each holding, for one
+// column after the other, block / 2 bytes. In a whole block of an AVX2 or AVX-512 packing, byte
+// j holds rows j (low nibble) and j + block / 2 (high nibble); in a last, partial block and in
+// the portable packing, rows 2j and 2j + 1. N is a multiple of 16, as the packing requires.
+struct Int4Pack {
+  const uint8_t* data;
+  int64_t rows;     // N
+  int64_t columns;  // K
+  int64_t block;
+  bool halves;  // whole blocks hold rows j and j + block / 2 in byte j
+  const float* scale_and_zeros;
+  int64_t group_size;
+
+  // The bytes of column `column` that hold rows [row, row + 16), row a multiple of 16, and how:
+  // `shift` 0 or 4 picks the nibble of each of 16 bytes, or, with `pairs`, 8 bytes hold the 16
+  // rows two by two, low nibble first.
+  const uint8_t* rows16(int64_t row, int64_t column, int& shift, bool& pairs) const {
+    const int64_t first_row = row / block * block;
+    const int64_t block_rows = std::min(block, rows - first_row);
+    const uint8_t* run = data + first_row * columns / 2 + column * (block_rows / 2);
+    const int64_t r = row - first_row;
+    pairs = !(halves && block_rows == block);
+    if (pairs) {
+      shift = 0;
+      return run + r / 2;
+    }
+    shift = r < block / 2 ? 0 : 4;
+    return run + r % (block / 2);
+  }
+
+  // W[row + i, column] for i in [0, 16).
+  void values16(int64_t row, int64_t column, float* out) const {
+    int shift;
+    bool pairs;
+    const uint8_t* bytes = rows16(row, column, shift, pairs);
+    const float* parameters = scale_and_zeros + (column / group_size * rows + row) * 2;
+    for (int64_t i = 0; i < 16; ++i) {
+      const int code = pairs ? (bytes[i / 2] >> (4 * (i % 2))) & 15 : (bytes[i] >> shift) & 15;
+      out[i] = std::fma(static_cast<float>(code - 8), parameters[2 * i], parameters[2 * i + 1]);
+    }
+  }
+};
 
 // The float32 product from int8 codes in a GEMM of its own, for the AVX-512 CPUs it is
 // measured on. Laid out as GEMMs are (Goto and van de Geijn): each thread takes a block of
@@ -283,25 +420,50 @@ QLGRAD_AVX512 void panel_rows(int64_t rows, const float* lhs, const float* panel
   panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate);
 }
 
-// codes[0:depth, 0:count] - zero_point as panels of kPanelColumns columns, each
-// [depth][kPanelColumns] (zero beyond `count`), one after the other. A few rows at a time,
-// whose codes stay in L1 while each panel's share is written as one contiguous run: a row
-// at a time would store to every panel, kilobytes apart, in the same few L1 sets; a panel
-// at a time would read each row from a page of its own.
-QLGRAD_AVX512 void convert_panels(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth,
-                                  int64_t count, float* panels) {
+// The offsets and factors of the 16 columns from `column` of weight row n: one group's
+// broadcast where they lie in one (group sizes that are multiples of 16), else lane by lane.
+QLGRAD_AVX512 void lane_parameters(const CodeParameters& parameters, int64_t n, int64_t column, __m512& offsets,
+                                   __m512& factors) {
+  const int64_t group = column / parameters.group_size;
+  if (column + 16 <= (group + 1) * parameters.group_size) {
+    offsets = _mm512_set1_ps(parameters.offset(n, group));
+    factors = _mm512_set1_ps(parameters.factor(n, group));
+    return;
+  }
+  alignas(64) float lane_offsets[16], lane_factors[16];
+  for (int64_t lane = 0; lane < 16; ++lane) {
+    // Columns past the weight's last take its last group: their lanes are masked off.
+    const int64_t lane_group = std::min((column + lane) / parameters.group_size, parameters.groups - 1);
+    lane_offsets[lane] = parameters.offset(n, lane_group);
+    lane_factors[lane] = parameters.factor(n, lane_group);
+  }
+  offsets = _mm512_load_ps(lane_offsets);
+  factors = _mm512_load_ps(lane_factors);
+}
+
+// value[top:top + depth, first:first + count] as panels of kPanelColumns columns, each
+// [depth][kPanelColumns] (zero beyond `count`), one after the other (`codes` points at
+// [top, first]). A few rows at a time, whose codes stay in L1 while each panel's share is
+// written as one contiguous run: a row at a time would store to every panel, kilobytes apart,
+// in the same few L1 sets; a panel at a time would read each row from a page of its own.
+QLGRAD_AVX512 void convert_panels(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                                  int64_t first, int64_t depth, int64_t count, float* panels) {
   constexpr int64_t kRowsAtOnce = 16;
-  for (int64_t top = 0; top < depth; top += kRowsAtOnce) {
+  for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
     for (int64_t column = 0; column < count; column += kPanelColumns) {
       const __mmask16 low_mask = lanes_mask(count - column), high_mask = lanes_mask(count - column - 16);
       float* panel = panels + column * depth;
-      for (int64_t n = top; n < std::min(depth, top + kRowsAtOnce); ++n) {
+      for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); ++n) {
         const int8_t* row = codes + n * ldw + column;
-        const __m512 offset = _mm512_set1_ps(zero_point == nullptr ? 0.0f : zero_point[n]);
+        __m512 low_offsets, low_factors, high_offsets, high_factors;
+        lane_parameters(parameters, top + n, first + column, low_offsets, low_factors);
+        lane_parameters(parameters, top + n, first + column + 16, high_offsets, high_factors);
         const __m512 low = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(low_mask, row)));
         const __m512 high = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(high_mask, row + 16)));
-        _mm512_storeu_ps(panel + n * kPanelColumns, _mm512_maskz_sub_ps(low_mask, low, offset));
-        _mm512_storeu_ps(panel + n * kPanelColumns + 16, _mm512_maskz_sub_ps(high_mask, high, offset));
+        _mm512_storeu_ps(panel + n * kPanelColumns,
+                         _mm512_maskz_mul_ps(low_mask, _mm512_sub_ps(low, low_offsets), low_factors));
+        _mm512_storeu_ps(panel + n * kPanelColumns + 16,
+                         _mm512_maskz_mul_ps(high_mask, _mm512_sub_ps(high, high_offsets), high_factors));
       }
     }
   }
@@ -334,29 +496,49 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
   return packed;
 }
 
-// Splits of `extent` into `parts` near-equal pieces, the i-th starting at piece_start(i).
-int64_t piece_start(int64_t extent, int64_t parts, int64_t i) {
-  return extent * i / parts;
+// Splits of `extent` into `parts` near-equal pieces, the i-th starting at piece_start(i), a
+// multiple of `align` (but for the end).
+int64_t piece_start(int64_t extent, int64_t parts, int64_t i, int64_t align = 1) {
+  return i == parts ? extent : extent * i / parts / align * align;
 }
 
-// result[:, first:first + count] = lhs @ (codes - zero_point)[:, first:first + count], from
-// lhs packed by pack_rows, with room in `panels` for kDepthBlock x count floats. Each depth
-// block's sums are added to the last's in the output.
-QLGRAD_AVX512 void panel_gemm_columns(const at::Tensor& packed_lhs, int64_t rows, const at::Tensor& weight,
-                                      const float* zero_point, int64_t first, int64_t count, at::Tensor& result,
-                                      float* panels) {
-  const int64_t depth = weight.size(0), ldw = weight.stride(0), ldr = result.stride(0);
+// 16 x 16 floats transposed in registers: four rounds that each swap the off-diagonal
+// blocks of half the size of the last round's.
+QLGRAD_AVX512 void transpose16(__m512 (&rows)[16]) {
+  for (int64_t half = 8; half >= 1; half /= 2) {
+    alignas(64) int32_t low_index[16], high_index[16];
+    for (int32_t j = 0; j < 16; ++j) {
+      const bool upper = (j & half) != 0;
+      low_index[j] = upper ? 16 + j - static_cast<int32_t>(half) : j;
+      high_index[j] = upper ? 16 + j : j + static_cast<int32_t>(half);
+    }
+    const __m512i low = _mm512_load_si512(low_index), high = _mm512_load_si512(high_index);
+    for (int64_t i = 0; i < 16; ++i) {
+      if ((i & half) == 0) {
+        const __m512 first = rows[i], second = rows[i + half];
+        rows[i] = _mm512_permutex2var_ps(first, low, second);
+        rows[i + half] = _mm512_permutex2var_ps(first, high, second);
+      }
+    }
+  }
+}
+
+// result[:, first:first + count] = lhs @ W[:, first:first + count] for the weight `reader`
+// reads, from lhs packed by pack_rows, with room in `panels` for kDepthBlock x count floats.
+// Each depth block's sums are added to the last's in the output.
+template <typename Reader>
+QLGRAD_AVX512 void panel_gemm_columns(const at::Tensor& packed_lhs, int64_t rows, const Reader& reader, int64_t first,
+                                      int64_t count, at::Tensor& result, float* panels) {
+  const int64_t depth = reader.depth(), ldr = result.stride(0);
   const float* lhs = packed_lhs.const_data_ptr<float>();
-  const int8_t* codes = weight.const_data_ptr<int8_t>();
   float* out = result.mutable_data_ptr<float>();
   const int64_t depth_blocks = (depth + kDepthBlock - 1) / kDepthBlock;
   const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kKernelRows);
   for (int64_t block = 0; block < depth_blocks; ++block) {
-    const int64_t top = piece_start(depth, depth_blocks, block);
-    const int64_t height = piece_start(depth, depth_blocks, block + 1) - top;
-    convert_panels(codes + top * ldw + first, ldw, zero_point == nullptr ? nullptr : zero_point + top, height, count,
-                   panels);
+    const int64_t top = piece_start(depth, depth_blocks, block, Reader::kRowAlignment);
+    const int64_t height = piece_start(depth, depth_blocks, block + 1, Reader::kRowAlignment) - top;
+    reader.panels(top, first, height, count, panels);
     // Rows a block at a time, whose slice of lhs stays in L2 across the panels.
     for (int64_t row_first = 0; row_first < rows; row_first += row_step) {
       const int64_t row_last = std::min(rows, row_first + row_step);
@@ -371,9 +553,9 @@ QLGRAD_AVX512 void panel_gemm_columns(const at::Tensor& packed_lhs, int64_t rows
   }
 }
 
-at::Tensor panel_gemm(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point,
-                      const std::optional<at::Tensor>& scale) {
-  const int64_t columns = weight.size(1);
+template <typename Reader>
+at::Tensor panel_gemm(const at::Tensor& lhs, const Reader& reader, const std::optional<at::Tensor>& scale) {
+  const int64_t columns = reader.columns();
   const int64_t width = columns_per_task(columns, kBlockColumns, kPanelColumns);
   const auto packed_lhs = pack_rows(lhs, scale);
   auto result = at::empty({lhs.size(0), columns}, lhs.options());
@@ -381,7 +563,7 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const at::Tensor& weight, const flo
     auto panels = at::empty({kDepthBlock * width}, lhs.options());
     for (int64_t task = begin; task < end; ++task) {
       const int64_t first = task * width;
-      panel_gemm_columns(packed_lhs, lhs.size(0), weight, zero_point, first, std::min(width, columns - first), result,
+      panel_gemm_columns(packed_lhs, lhs.size(0), reader, first, std::min(width, columns - first), result,
                          panels.mutable_data_ptr<float>());
     }
   });
@@ -390,35 +572,147 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const at::Tensor& weight, const flo
 
 #endif
 
+// An int8 (or float16) weight with its parameters, as the GEMMs read it.
+struct StoredCodes {
+  const at::Tensor& weight;
+  const CodeParameters& parameters;
+  // Depth blocks of the panel GEMM start at multiples of this.
+  static constexpr int64_t kRowAlignment = 1;
+
+  int64_t depth() const { return weight.size(0); }
+  int64_t columns() const { return weight.size(1); }
+
+#if defined(__x86_64__)
+  // value[top:top + depth, first:first + count] as panels, as convert_panels writes them.
+  QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+    convert_panels(weight.const_data_ptr<int8_t>() + top * weight.stride(0) + first, weight.stride(0), parameters, top,
+                   first, depth, count, out);
+  }
+#endif
+
+  void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const;
+};
+
+// The int4 packing as the GEMMs read it. Panels are converted 16 x 16 values at a time: 16 rows
+// of a column lie together in the packing, and a transpose in registers turns them into the
+// panels' rows.
+struct Int4Codes {
+  const Int4Pack& pack;
+  static constexpr int64_t kRowAlignment = 16;
+
+  int64_t depth() const { return pack.rows; }
+  int64_t columns() const { return pack.columns; }
+
+#if defined(__x86_64__)
+  // W[row:row + 16, column] as codes in 16 int32 lanes.
+  QLGRAD_AVX512 __m512i codes16(int64_t row, int64_t column) const {
+    int shift;
+    bool pairs;
+    const uint8_t* bytes = pack.rows16(row, column, shift, pairs);
+    const __m128i nibbles = _mm_set1_epi8(15);
+    __m128i codes;
+    if (pairs) {
+      const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes));
+      codes = _mm_unpacklo_epi8(_mm_and_si128(packed, nibbles), _mm_and_si128(_mm_srli_epi16(packed, 4), nibbles));
+    } else {
+      const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
+      codes = _mm_and_si128(shift == 0 ? packed : _mm_srli_epi16(packed, 4), nibbles);
+    }
+    return _mm512_cvtepu8_epi32(codes);
+  }
+
+  QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+    // Lanes 0, 2, ..., 30 and 1, 3, ..., 31 of two registers: the scales and the zeros.
+    alignas(64) int32_t even_index[16], odd_index[16];
+    for (int32_t i = 0; i < 16; ++i) {
+      even_index[i] = 2 * i;
+      odd_index[i] = 2 * i + 1;
+    }
+    const __m512i evens = _mm512_load_si512(even_index), odds = _mm512_load_si512(odd_index);
+    const __m512 eight = _mm512_set1_ps(8.0f);
+    for (int64_t row = 0; row < depth; row += 16) {
+      for (int64_t column = 0; column < count; column += 16) {
+        // 16 columns lie in one group: group sizes are multiples of 32.
+        const float* parameters =
+            pack.scale_and_zeros + ((first + column) / pack.group_size * pack.rows + top + row) * 2;
+        const __m512 pairs_low = _mm512_loadu_ps(parameters), pairs_high = _mm512_loadu_ps(parameters + 16);
+        const __m512 scales = _mm512_permutex2var_ps(pairs_low, evens, pairs_high);
+        const __m512 zeros = _mm512_permutex2var_ps(pairs_low, odds, pairs_high);
+        __m512 values[16];
+        for (int64_t i = 0; i < 16; ++i) {
+          const __m512 codes = _mm512_cvtepi32_ps(codes16(top + row, first + column + i));
+          values[i] = _mm512_fmadd_ps(_mm512_sub_ps(codes, eight), scales, zeros);
+        }
+        transpose16(values);
+        float* panel = out + (column / kPanelColumns * kPanelColumns) * depth + column % kPanelColumns;
+        for (int64_t i = 0; i < 16; ++i) {
+          _mm512_storeu_ps(panel + (row + i) * kPanelColumns, values[i]);
+        }
+      }
+    }
+  }
+#endif
+
+  void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const;
+};
+
 template <typename Element>
-void convert_codes(const int8_t* codes, int64_t ldw, const float* zero_point, int64_t depth, int64_t columns,
-                   Element* tile) {
+void convert_codes(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top, int64_t first,
+                   int64_t depth, int64_t columns, Element* tile) {
 #if defined(__x86_64__)
   static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
   static const bool avx2 = __builtin_cpu_supports("avx2");
   if (avx512) {
-    return convert_codes_avx512(codes, ldw, zero_point, depth, columns, tile);
+    return convert_codes_avx512(codes, ldw, parameters, top, first, depth, columns, tile);
   }
   if (avx2) {
-    return convert_codes_avx2(codes, ldw, zero_point, depth, columns, tile);
+    return convert_codes_avx2(codes, ldw, parameters, top, first, depth, columns, tile);
   }
 #endif
-  convert_codes_portable(codes, ldw, zero_point, depth, columns, tile);
+  convert_codes_portable(codes, ldw, parameters, top, first, depth, columns, tile);
 }
 
-// The block weight[:, first:first + count] into `tile` ([depth, count], contiguous), in the
-// tile's dtype, less the zero points.
-void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const float* zero_point, at::Tensor& tile) {
+// value[top:top + depth, first:first + count] into `tile` ([depth, count], contiguous), in
+// the tile's dtype.
+void StoredCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
+  const int64_t depth = tile.size(0);
   if (weight.scalar_type() != at::kChar) {
     // float16 weights (fp16-packed layers): rare enough for ATen's conversion.
-    tile.copy_(weight.narrow(1, first, count));
+    tile.copy_(weight.narrow(0, top, depth).narrow(1, first, count));
     return;
   }
-  const int8_t* codes = weight.const_data_ptr<int8_t>() + first;
+  const int8_t* codes = weight.const_data_ptr<int8_t>() + top * weight.stride(0) + first;
   if (tile.scalar_type() == at::kFloat) {
-    convert_codes(codes, weight.stride(0), zero_point, tile.size(0), count, tile.mutable_data_ptr<float>());
+    convert_codes(codes, weight.stride(0), parameters, top, first, depth, count, tile.mutable_data_ptr<float>());
   } else {
-    convert_codes(codes, weight.stride(0), zero_point, tile.size(0), count, tile.mutable_data_ptr<at::BFloat16>());
+    convert_codes(codes, weight.stride(0), parameters, top, first, depth, count,
+                  tile.mutable_data_ptr<at::BFloat16>());
+  }
+}
+
+// W[top:top + depth, first:first + count] into `tile` ([depth, count], contiguous), in the
+// tile's dtype, 16 rows of a column at a time as they lie together in the packing.
+void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
+  const int64_t depth = tile.size(0);
+  const auto convert = [&](auto* out) {
+    float values[16];
+    for (int64_t row = 0; row < depth; row += 16) {
+      for (int64_t column = 0; column < count; ++column) {
+        pack.values16(top + row, first + column, values);
+        for (int64_t i = 0; i < std::min<int64_t>(16, depth - row); ++i) {
+          if constexpr (std::is_same_v<std::remove_pointer_t<decltype(out)>, float>) {
+            out[(row + i) * count + column] = values[i];
+          } else {
+            out[(row + i) * count + column] = to_bfloat16(values[i]);
+          }
+        }
+      }
+    }
+  };
+  if (tile.scalar_type() == at::kFloat) {
+    convert(tile.mutable_data_ptr<float>());
+  } else {
+    convert(tile.mutable_data_ptr<at::BFloat16>());
   }
 }
 
@@ -429,8 +723,9 @@ void convert_block(const at::Tensor& weight, int64_t first, int64_t count, const
 //   float32: shallow tiles that stay in L2, accumulated into the output block.
 //   bfloat16: tiles of full depth, so that the output, rounded to bfloat16 by the GEMM, is
 //   written once rather than rounded at every accumulation.
-at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const float* zero_point) {
-  const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
+template <typename Reader>
+at::Tensor tiled(const at::Tensor& lhs, const Reader& reader) {
+  const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = reader.columns();
   const bool accumulate = lhs.scalar_type() == at::kFloat;
   const int64_t element_bytes = lhs.element_size();
   const int64_t align = kCacheLine / element_bytes;
@@ -438,7 +733,8 @@ at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const float* z
       columns,
       accumulate ? kTileColumnsMax : std::max(align, kFullDepthTileBytes / element_bytes / depth / align * align),
       align);
-  const int64_t tile_depth = accumulate ? std::max(kCacheLine, kTileBytes / element_bytes / width) : depth;
+  // Multiples of 16 rows, as the int4 packing holds them together.
+  const int64_t tile_depth = accumulate ? round_up(std::max(kCacheLine, kTileBytes / element_bytes / width), 16) : depth;
   auto result = at::empty({rows, columns}, lhs.options());
   at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     auto tile = at::empty({std::min(depth, tile_depth) * width}, lhs.options());
@@ -449,8 +745,7 @@ at::Tensor tiled(const at::Tensor& lhs, const at::Tensor& weight, const float* z
         const int64_t height = std::min(tile_depth, depth - top);
         // The first height x count elements, so that the tile is contiguous at every size.
         auto block = tile.narrow(0, 0, height * count).view({height, count});
-        convert_block(weight.narrow(0, top, height), first, count, zero_point == nullptr ? nullptr : zero_point + top,
-                      block);
+        reader.tile(top, first, count, block);
         at::addmm_out(out, out, lhs.narrow(1, top, height), block, /*beta=*/top == 0 ? 0 : 1);
       }
     }
@@ -465,31 +760,85 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && weight.dim() == 2 && lhs.size(1) == weight.size(0));
   TORCH_INTERNAL_ASSERT(weight.stride(1) == 1 || weight.size(1) == 1);
   TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
-  for (const auto& per_row : {zero_point, scale}) {
-    TORCH_INTERNAL_ASSERT(!per_row || (per_row->scalar_type() == at::kFloat && per_row->is_contiguous()));
+  for (const auto& parameter : {zero_point, scale}) {
+    TORCH_INTERNAL_ASSERT(!parameter || (parameter->scalar_type() == at::kFloat && parameter->is_contiguous()));
   }
-  TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == weight.size(0));
-  TORCH_INTERNAL_ASSERT(!scale ||
-                        (lhs.scalar_type() == at::kFloat && (scale->numel() == 1 || scale->numel() == weight.size(0))));
+  const bool groupwise = scale && scale->dim() == 2;
+  if (groupwise) {
+    TORCH_INTERNAL_ASSERT(weight.scalar_type() == at::kChar && scale->size(0) == weight.size(0) &&
+                          weight.size(1) % scale->size(1) == 0);
+    TORCH_INTERNAL_ASSERT(!zero_point || zero_point->sizes() == scale->sizes());
+  } else {
+    TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == weight.size(0));
+    TORCH_INTERNAL_ASSERT(!scale || (lhs.scalar_type() == at::kFloat &&
+                                     (scale->numel() == 1 || scale->numel() == weight.size(0))));
+  }
   if (lhs.numel() == 0 || weight.size(1) == 0) {
     return at::zeros({lhs.size(0), weight.size(1)}, lhs.options());
   }
-  const float* offsets = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
+  CodeParameters parameters;
+  parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
+  parameters.groups = groupwise ? scale->size(1) : 1;
+  parameters.group_size = weight.size(1) / parameters.groups;
+  // Per tensor and per channel, lhs carries the scale; group-wise scales are applied as the
+  // codes are read.
+  parameters.scale = groupwise ? scale->const_data_ptr<float>() : nullptr;
+  const auto row_scale = groupwise ? std::nullopt : scale;
 #if defined(__x86_64__)
   static const bool avx512 =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
   if (avx512 && lhs.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar &&
       lhs.size(0) > kStreamedRowsMax && lhs.size(0) < kPanelGemmRowsEnd) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
-    return panel_gemm(lhs, weight, offsets, scale);
+    return panel_gemm(lhs, StoredCodes{weight, parameters}, row_scale);
   }
 #endif
-  const auto scaled = scale ? at::mul(lhs, *scale) : lhs;
+  const auto scaled = row_scale ? at::mul(lhs, *row_scale) : lhs;
   if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
-    return weight.scalar_type() == at::kChar ? streamed<int8_t>(scaled, weight, offsets)
-                                             : streamed<at::Half>(scaled, weight, offsets);
+    return weight.scalar_type() == at::kChar ? streamed<int8_t>(scaled, weight, parameters)
+                                             : streamed<at::Half>(scaled, weight, parameters);
   }
-  return tiled(scaled, weight, offsets);
+  return tiled(scaled, StoredCodes{weight, parameters});
+}
+
+namespace {
+
+Int4Pack int4_pack(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
+  TORCH_INTERNAL_ASSERT(packed.is_contiguous() && packed.scalar_type() == at::kByte);
+  TORCH_INTERNAL_ASSERT(scale_and_zeros.scalar_type() == at::kFloat && scale_and_zeros.is_contiguous());
+  const int64_t rows = scale_and_zeros.size(1), columns = scale_and_zeros.size(0) * group_size;
+  TORCH_INTERNAL_ASSERT(rows % 16 == 0 && group_size % 32 == 0 && packed.numel() == rows * columns / 2);
+  const auto packing = int4_packing();
+  return {packed.const_data_ptr<uint8_t>(),        rows,      columns, packing.block, packing.halves,
+          scale_and_zeros.const_data_ptr<float>(), group_size};
+}
+
+} // namespace
+
+at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
+  const auto pack = int4_pack(packed, group_size, scale_and_zeros);
+  auto weight = at::empty({pack.rows, pack.columns}, scale_and_zeros.options());
+  Int4Codes{pack}.tile(0, 0, pack.columns, weight);
+  return weight;
+}
+
+at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int64_t group_size,
+                           const at::Tensor& scale_and_zeros) {
+  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous());
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
+  const auto pack = int4_pack(packed, group_size, scale_and_zeros);
+  TORCH_INTERNAL_ASSERT(lhs.size(1) == pack.rows);
+  if (lhs.size(0) == 0) {
+    return at::zeros({0, pack.columns}, lhs.options());
+  }
+#if defined(__x86_64__)
+  static const bool avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  if (avx512 && lhs.scalar_type() == at::kFloat) {
+    return panel_gemm(lhs, Int4Codes{pack}, std::nullopt);
+  }
+#endif
+  return tiled(lhs, Int4Codes{pack});
 }
 
 } // namespace qlgrad::math

@@ -13,16 +13,36 @@
 namespace qlgrad::math {
 
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
-// float32 and returned in lhs's dtype.
+// float32 and returned in lhs's dtype; or, with group-wise parameters,
+// lhs @ (scale[n, g] * (weight[n, k] - zero_point[n, g])) with g = k / (K / G).
 //   lhs         float32 or bfloat16 [M, N], contiguous: the GEMM runs in its dtype
 //   weight      int8 or float16 [N, K] with unit stride along K (or K = 1)
-//   zero_point  float32 [N], contiguous (integers of the int8 range); absent for zero
-//   scale       float32 [N] or [1], contiguous, for a float32 lhs; absent for one. Each
-//               product lhs[m, n] * scale[n] is rounded to float32 once, as at::mul rounds.
+//   zero_point  float32 [N] or [N, G] (like scale), contiguous (integers of the int8 range);
+//               absent for zero
+//   scale       float32 [N] or [1], contiguous, for a float32 lhs; or [N, G] for an int8
+//               weight and either lhs. Absent for one. Each product lhs[m, n] * scale[n] is
+//               rounded to float32 once, as at::mul rounds; a group-wise scale multiplies
+//               the code minus its zero point once, in float32 (then rounded to bfloat16
+//               for a bfloat16 lhs), or lhs's factor in the streaming kernel.
 // int8 codes minus a zero point are integers of magnitude at most 255, which float32 and
-// bfloat16 both hold exactly: converting a tile rounds nothing, and in float32 the result
-// differs from a product with a float32 weight only in the order of the sums.
+// bfloat16 both hold exactly: without group-wise scales converting a tile rounds nothing, and
+// in float32 the result differs from a product with a float32 weight only in the order of
+// the sums.
 at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
                         const std::optional<at::Tensor>& scale = std::nullopt);
+
+// result [M, K] = lhs @ W for an int4 weight [N, K] as torch packs it for the CPU
+// (aten::_convert_weight_to_int4pack_for_cpu under the running CPU capability), read in place:
+// W[n, k] = (code[n, k] - 8) * scale[k / group_size, n] + zero[k / group_size, n], each value
+// rounded to float32 once (then to bfloat16 for a bfloat16 lhs), as the op dequantizes it.
+//   lhs              float32 or bfloat16 [M, N], contiguous, N a multiple of 16
+//   packed           uint8, contiguous, N * K / 2 bytes
+//   group_size       a multiple of 32
+//   scale_and_zeros  float32 [K / group_size, N, 2], contiguous
+at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int64_t group_size,
+                           const at::Tensor& scale_and_zeros);
+
+// W [N, K] in float32, each value as int4pack_matmul computes it.
+at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros);
 
 } // namespace qlgrad::math

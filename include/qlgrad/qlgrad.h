@@ -3,8 +3,9 @@
 //
 // Linking libqlgrad registers an Autograd kernel for quantized::linear_dynamic, so
 // autograd propagates grad_input = grad_output @ W_deq (straight-through estimator)
-// through every dynamically quantized nn.Linear. The functions below expose the same
-// backward math without an autograd graph.
+// through every dynamically quantized nn.Linear, and one for
+// aten::_weight_int4pack_mm_for_cpu (grad_input = grad_output @ W). The functions below
+// expose the same backward math without an autograd graph.
 
 #include <ATen/core/Tensor.h>
 #include <ATen/native/quantized/PackedParams.h>
@@ -76,14 +77,27 @@ QLGRAD_API at::Tensor linear_dynamic_fp16_backward(const at::Tensor& grad_output
 QLGRAD_API void cache_weight(const c10::intrusive_ptr<LinearPackedParamsBase>& packed);
 
 // grad_output [..., N] @ (scale * (weight - zero_point)) -> [..., K] on plain tensors:
-// weight int8 [N, K]; scale floating, one element (per tensor) or [N] (per output
-// channel); zero_point integer, shaped like scale, absent for a symmetric weight.
-// No quantized dtype is involved. Differentiable with respect to grad_output;
-// scale and zero_point are constants.
+// weight int8 [N, K]; scale floating, one element (per tensor), [N] (per output channel)
+// or [N, G] (group-wise: scale[n, k / (K / G)] for K a multiple of G); zero_point integer,
+// shaped like scale, absent for a symmetric weight. No quantized dtype is involved.
+// Differentiable with respect to grad_output; scale and zero_point are constants. int8
+// precision runs as fp32 for group-wise scales.
 QLGRAD_API at::Tensor linear_int8_backward(const at::Tensor& grad_output, const at::Tensor& weight,
                                            const at::Tensor& scale,
                                            const std::optional<at::Tensor>& zero_point = std::nullopt,
                                            std::optional<Precision> precision = std::nullopt);
+
+// grad_output [..., N] @ W -> [..., K] for the int4 weight that
+// aten::_weight_int4pack_mm_for_cpu(x, weight_int4pack, group_size, scale_and_zeros) multiplies
+// by, W[n, k] = (code[n, k] - 8) * scale_and_zeros[k / group_size, n, 0]
+// + scale_and_zeros[k / group_size, n, 1], read from the packing in place (no copy of the
+// weight is made or kept). weight_int4pack: uint8 [N, K / 2] from
+// aten::_convert_weight_to_int4pack_for_cpu in this process's CPU capability; group_size 32, 64,
+// 128 or 256; scale_and_zeros floating [K / group_size, N, 2]. Differentiable with respect to
+// grad_output. int8 precision runs as fp32 (the weight has no int8 form).
+QLGRAD_API at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
+                                               int64_t group_size, const at::Tensor& scale_and_zeros,
+                                               std::optional<Precision> precision = std::nullopt);
 
 // The cache of unpacked weights: one entry per packed-params object, shared by every
 // precision, holding the weight as stored (int8 codes with their scales and zero points,

@@ -1,0 +1,74 @@
+// The Autograd kernel of aten::_weight_int4pack_mm_for_cpu, torch's CPU int4 weight-only linear
+// (torchao's Int4OpaqueTensor calls it), whose derivative upstream is "not implemented".
+// Registration is at the bottom.
+
+#include "operator_handle.h"
+#include "register_once.h"
+
+#include <qlgrad/qlgrad.h>
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
+
+namespace qlgrad {
+namespace {
+
+using Int4packMmFn = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, const at::Tensor&);
+
+// y = x @ W.T, so grad_x = grad_y @ W: the straight-through gradient for an activation that was
+// never quantized. The weight, its group size and its parameters are the op's constants; the
+// node keeps references to them (no copy) and the backward precision in effect at forward time.
+// No gradient flows to the packed weight or to scale_and_zeros.
+struct Int4packMmBackward final : torch::autograd::TraceableFunction {
+  Int4packMmBackward(at::Tensor packed, int64_t group_size, at::Tensor scale_and_zeros, Precision precision)
+      : packed_(std::move(packed)),
+        group_size_(group_size),
+        scale_and_zeros_(std::move(scale_and_zeros)),
+        precision_(precision) {}
+
+  torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
+    if (!grads[0].defined()) {
+      return {at::Tensor()};
+    }
+    // Through the dispatcher: with create_graph, qlgrad::linear_int4pack_backward's own Autograd
+    // kernel records the double backward.
+    return {linear_int4pack_backward(grads[0], packed_, group_size_, scale_and_zeros_, precision_)};
+  }
+
+  std::string name() const override { return "WeightInt4PackMmForCpuBackward"; }
+
+  void release_variables() override {
+    packed_.reset();
+    scale_and_zeros_.reset();
+  }
+
+  at::Tensor packed_;
+  const int64_t group_size_;
+  at::Tensor scale_and_zeros_;
+  const Precision precision_;
+};
+
+at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
+                                const at::Tensor& scale_and_zeros) {
+  static const auto op = detail::operator_handle<Int4packMmFn>("aten::_weight_int4pack_mm_for_cpu");
+  at::Tensor output;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    output = op.call(input, packed, group_size, scale_and_zeros);
+  }
+  if (torch::autograd::compute_requires_grad(input)) {
+    auto node = c10::make_intrusive<Int4packMmBackward>(packed, group_size, scale_and_zeros, get_backward_precision());
+    node->set_next_edges(torch::autograd::collect_next_edges(input));
+    torch::autograd::set_history(output, node);
+  }
+  return output;
+}
+
+} // namespace
+} // namespace qlgrad
+
+// AutogradCPU, not the Autograd alias: a kernel registered for the runtime key takes precedence
+// over upstream's "not implemented" one for the alias, without replacing it.
+QLGRAD_LIBRARY_IMPL_ONCE(aten, AutogradCPU, m) {
+  m.impl("_weight_int4pack_mm_for_cpu", &qlgrad::int4pack_mm_autograd);
+}
