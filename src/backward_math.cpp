@@ -208,11 +208,12 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight&
   at::Tensor result;
   if (grad.scalar_type() == at::kDouble) {
     // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
-    result = at::mm(grad, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros).to(at::kDouble));
+    result =
+        at::mm(grad, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros).to(at::kDouble));
   } else {
     const auto dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
-    result = int4pack_matmul(as_contiguous(in_dtype(grad, dtype)), weight.packed, weight.group_size,
-                             weight.scale_and_zeros);
+    result =
+        int4pack_matmul(as_contiguous(in_dtype(grad, dtype)), weight.packed, weight.group_size, weight.scale_and_zeros);
   }
   return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
 }
@@ -221,9 +222,8 @@ at::Tensor input_gradient_adjoint(const at::Tensor& grad, const Int4PackedWeight
   const auto rows = rows_of(grad);
   at::Tensor result;
   if (rows.scalar_type() == at::kDouble) {
-    result = at::mm(rows, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros)
-                              .to(at::kDouble)
-                              .t());
+    result =
+        at::mm(rows, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros).to(at::kDouble).t());
   } else {
     // The op takes its parameters in its activation's dtype.
     result = at::_weight_int4pack_mm_for_cpu(as_contiguous(rows), weight.packed, weight.group_size,

@@ -233,8 +233,8 @@ __attribute__((target("avx512f,avx512bw"))) void convert_codes_avx512(const int8
         } else {
           // Rounded to nearest even, as to_bfloat16.
           const __m512i bits = _mm512_castps_si512(values);
-          const __m512i rounding = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
-                                                    _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)));
+          const __m512i rounding = _mm512_add_epi32(
+              _mm512_set1_epi32(0x7FFF), _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)));
           const __m256i upper = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(bits, rounding), 16));
           _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), upper);
         }
@@ -268,8 +268,8 @@ __attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int
           // Rounded to nearest even, as to_bfloat16; then the upper halves, packed within each
           // 128-bit lane, and the lanes' lower quarters joined.
           const __m256i bits = _mm256_castps_si256(values);
-          const __m256i rounding = _mm256_add_epi32(_mm256_set1_epi32(0x7FFF),
-                                                    _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)));
+          const __m256i rounding = _mm256_add_epi32(
+              _mm256_set1_epi32(0x7FFF), _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1)));
           const __m256i upper = _mm256_srli_epi32(_mm256_add_epi32(bits, rounding), 16);
           const __m256i packed_words = _mm256_permute4x64_epi64(_mm256_packus_epi32(upper, upper), 0b1000);
           _mm_storeu_si128(reinterpret_cast<__m128i*>(out + c), _mm256_castsi256_si128(packed_words));
@@ -685,8 +685,7 @@ void StoredCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& ti
   if (tile.scalar_type() == at::kFloat) {
     convert_codes(codes, weight.stride(0), parameters, top, first, depth, count, tile.mutable_data_ptr<float>());
   } else {
-    convert_codes(codes, weight.stride(0), parameters, top, first, depth, count,
-                  tile.mutable_data_ptr<at::BFloat16>());
+    convert_codes(codes, weight.stride(0), parameters, top, first, depth, count, tile.mutable_data_ptr<at::BFloat16>());
   }
 }
 
@@ -734,7 +733,8 @@ at::Tensor tiled(const at::Tensor& lhs, const Reader& reader) {
       accumulate ? kTileColumnsMax : std::max(align, kFullDepthTileBytes / element_bytes / depth / align * align),
       align);
   // Multiples of 16 rows, as the int4 packing holds them together.
-  const int64_t tile_depth = accumulate ? round_up(std::max(kCacheLine, kTileBytes / element_bytes / width), 16) : depth;
+  const int64_t tile_depth =
+      accumulate ? round_up(std::max(kCacheLine, kTileBytes / element_bytes / width), 16) : depth;
   auto result = at::empty({rows, columns}, lhs.options());
   at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
     auto tile = at::empty({std::min(depth, tile_depth) * width}, lhs.options());
@@ -770,8 +770,8 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
     TORCH_INTERNAL_ASSERT(!zero_point || zero_point->sizes() == scale->sizes());
   } else {
     TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == weight.size(0));
-    TORCH_INTERNAL_ASSERT(!scale || (lhs.scalar_type() == at::kFloat &&
-                                     (scale->numel() == 1 || scale->numel() == weight.size(0))));
+    TORCH_INTERNAL_ASSERT(
+        !scale || (lhs.scalar_type() == at::kFloat && (scale->numel() == 1 || scale->numel() == weight.size(0))));
   }
   if (lhs.numel() == 0 || weight.size(1) == 0) {
     return at::zeros({lhs.size(0), weight.size(1)}, lhs.options());

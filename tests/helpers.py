@@ -448,7 +448,21 @@ INT8_SPOILERS = (
             "scale must hold 1 element",
             lambda c, r: torch.ones(c.out_features + r.randint(1, 3)),
         ),
-        Spoiler("scale", "2-D", ValueError, "scale must hold 1 element", lambda c, r: _scale(c).reshape(-1, 1)),
+        # [out_features, groups] is group-wise; a 2-D scale of any other first dimension is not.
+        Spoiler(
+            "scale",
+            "2-D, not [out_features, groups]",
+            ValueError,
+            "scale must hold 1 element",
+            lambda c, r: torch.ones(c.out_features + r.randint(1, 3), r.randint(1, 3)),
+        ),
+        Spoiler(
+            "scale",
+            "group-wise, groups not dividing in_features",
+            ValueError,
+            "needs in_features",
+            lambda c, r: torch.ones(c.out_features, c.arguments["weight"].shape[1] + r.randint(1, 3)),
+        ),
         Spoiler("scale", "empty", ValueError, "scale must hold 1 element", lambda c, r: torch.ones(0)),
         Spoiler(
             "scale",

@@ -32,6 +32,26 @@ def linear_int8_backward_cases():
             yield args, None
 
 
+def linear_int4pack_backward_cases():
+    from test_int4pack import int4_weight
+
+    for dtype in (torch.float32, torch.bfloat16):
+        packed, scale_and_zeros = int4_weight(32, 64, 32, dtype=dtype)
+        for requires_grad in (False, True):
+            for shape in ((3,), (2, 3), ()):
+                grad_output = torch.randn(*shape, 32, dtype=dtype, requires_grad=requires_grad)
+                yield (grad_output, packed, 32, scale_and_zeros), None
+
+
+def int8_groupwise_cases():
+    from test_groupwise import groupwise_weight
+
+    for requires_grad in (False, True):
+        values, scale, zero_point = groupwise_weight(16, 64, 4)
+        yield (torch.randn(3, 16, requires_grad=requires_grad), values, scale, zero_point), None
+        yield (torch.randn(2, 3, 16, requires_grad=requires_grad), values, scale, None), None
+
+
 def int8_packed():
     return packed_params(quantize_weight(6, 10, "per_channel_affine"))
 
@@ -59,7 +79,8 @@ def cache_weight_cases():
 
 # operator -> () -> (args, test_utils or None for every check) for each call to check
 OPCHECK_CASES = {
-    "linear_int8_backward": linear_int8_backward_cases,
+    "linear_int8_backward": lambda: (*linear_int8_backward_cases(), *int8_groupwise_cases()),
+    "linear_int4pack_backward": linear_int4pack_backward_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),
     "cache_weight": cache_weight_cases,

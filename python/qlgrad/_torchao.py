@@ -1,17 +1,27 @@
-"""Input gradients through torchao's int8 dynamic-activation linear layers.
+"""Input gradients through torchao's activation-quantizing linear layers.
 
-``torchao.quantization.quantize_(model, Int8DynamicActivationInt8WeightConfig())``
-puts an ``Int8Tensor`` in place of each ``nn.Linear`` weight, and ``F.linear`` on that
-weight quantizes its input to int8 first: the output has no autograd connection to
-the input, so ``x.grad`` stays ``None``. Here qlgrad puts its own ``F.linear`` handler
-into ``Int8Tensor``'s torch-function table, torchao's extension point for tensor
-subclass operations. The handler runs torchao's own handler for the forward (outputs
+``torchao.quantization.quantize_`` puts a tensor subclass in place of each ``nn.Linear``
+weight, and ``F.linear`` on that weight may quantize its input first: the output then has no
+autograd connection to the input, so ``x.grad`` stays ``None``. Here qlgrad puts its own
+``F.linear`` handler into the subclass's torch-function table, torchao's extension point for
+tensor subclass operations. The handler runs torchao's own handler for the forward (outputs
 are bit-identical) and gives the input the straight-through gradient
-``grad_output @ (scale * W_int8)`` through :func:`qlgrad.linear_int8_backward`.
+``grad_output @ W_deq`` through :func:`qlgrad.linear_int8_backward`:
 
-torchao is optional and heavy to import, so nothing here imports it: when qlgrad is
-imported first, the handler is registered as soon as torchao's ``Int8Tensor`` module
-has been executed.
+- ``Int8Tensor`` (``Int8DynamicActivationInt8WeightConfig``, ``Int8StaticActivationInt8WeightConfig``):
+  int8 weights with a scale per row or per tensor;
+- ``IntxUnpackedToInt8Tensor`` (``Int8DynamicActivationIntxWeightConfig`` with
+  ``IntxPackingFormat.UNPACKED_TO_INT8``): int1-int8 weights held as int8, with scales and zero
+  points per group or per row.
+
+``Int4OpaqueTensor`` (``PrototypeInt4WeightOnlyConfig``) needs no handler: its forward calls
+``aten::_weight_int4pack_mm_for_cpu`` above autograd, which libqlgrad gives an Autograd kernel.
+Its int8-activation variant (DA8W4), which qlgrad cannot differentiate, is refused with an error
+when the input requires grad.
+
+torchao is optional and heavy to import, so nothing here imports it: when qlgrad is imported
+first, each handler is registered as soon as torchao's module defining its class has been
+executed.
 """
 
 import functools
@@ -20,67 +30,124 @@ import importlib.metadata
 import sys
 import threading
 import warnings
+from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .ops import get_backward_precision, linear_int8_backward
 
-# The torchao releases whose Int8Tensor forward this module has been tested against: the
-# handler relies on where torchao keeps the int8 values, scales and activation settings.
+# The torchao releases whose tensor subclasses this module has been tested against: the
+# handlers rely on where torchao keeps the int values, scales and activation settings.
 SUPPORTED_TORCHAO_VERSIONS = ("0.18.0",)
 
-_INT8_TENSOR_MODULE = "torchao.quantization.quantize_.workflows.int8.int8_tensor"
-
 _NOT_COVERED = (
-    "input gradients through torchao's int8 dynamic-activation linear layers "
-    "(quantize_ with Int8DynamicActivationInt8WeightConfig) stay None"
+    "input gradients through torchao's activation-quantizing linear layers (quantize_ with "
+    "Int8DynamicActivationInt8WeightConfig, Int8StaticActivationInt8WeightConfig or "
+    "Int8DynamicActivationIntxWeightConfig) stay None"
 )
 
 # Guards the import hook's insertion into and removal from sys.meta_path.
 _lock = threading.Lock()
 
 
-class _StraightThroughInt8Linear(torch.autograd.Function):
+class _StraightThroughLinear(torch.autograd.Function):
     """torchao's own forward; the straight-through input gradient in backward."""
 
     @staticmethod
-    def forward(ctx, input, bias, weight, stock_forward, precision):
-        # The weight's tensors are constants: backward reads its int8 values, scales and pre-scale.
-        ctx.save_for_backward(weight.qdata, weight.scale, weight.act_pre_scale)
+    def forward(ctx, input, bias, weight, stock_forward, precision, subclass):
+        # The weight is a constant: backward reads its int values and parameters.
+        ctx.weight = weight
+        ctx.subclass = subclass
         ctx.precision = precision
-        # torchao adds the bias to the int8 product rescaled by the float32 weight scale (so in
-        # float32 for bfloat16 inputs), then casts to the input's dtype: the bias gradient is
-        # summed in that dtype.
-        ctx.bias_sum_dtype = torch.promote_types(input.dtype, weight.scale.dtype)
+        ctx.bias_sum_dtype = subclass.bias_sum_dtype(input, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.bias_shape = None if bias is None else bias.shape
         return stock_forward(input, bias)
 
     @staticmethod
     def backward(ctx, grad_output):
-        values, scale, act_pre_scale = ctx.saved_tensors
         grad_input = grad_bias = None
         if ctx.needs_input_grad[0]:
-            # Per row or per tensor, torchao keeps the scale as [N, 1] or [1, 1]. Its forward
-            # multiplies by the scales only, ignoring the weight's zero point (torchao
-            # quantizes these weights symmetrically: it is zero), and so does this gradient.
-            grad_input = linear_int8_backward(grad_output, values, scale.reshape(-1), None, ctx.precision)
-            if act_pre_scale is not None:
-                # The forward multiplies the input by it before quantizing (SmoothQuant, AWQ).
-                grad_input = grad_input * act_pre_scale
+            grad_input = ctx.subclass.input_gradient(grad_output, ctx.weight, ctx.precision)
         if ctx.needs_input_grad[1]:
-            # The gradient torchao's own `y += bias` would give the bias, bit for bit.
+            # The gradient torchao's own `+ bias` would give the bias, bit for bit.
             grad_bias = grad_output.to(ctx.bias_sum_dtype).sum_to_size(ctx.bias_shape).to(ctx.bias_dtype)
-        return grad_input, grad_bias, None, None, None
+        return grad_input, grad_bias, None, None, None, None
 
 
-def _make_linear_handler(stock_handler, int8_tensor_class):
-    """An F.linear handler for Int8Tensor weights that adds the input gradient to ``stock_handler``."""
+def _int8_tensor_input_gradient(grad_output, weight, precision):
+    # Per row or per tensor, torchao keeps the scale as [N, 1] or [1, 1]. Its forward multiplies
+    # by the scales only, ignoring the weight's zero point (torchao quantizes these weights
+    # symmetrically: it is zero), and so does this gradient.
+    grad_input = linear_int8_backward(grad_output, weight.qdata, weight.scale.reshape(-1), None, precision)
+    if weight.act_pre_scale is not None:
+        # The forward multiplies the input by it before quantizing (SmoothQuant, AWQ).
+        grad_input = grad_input * weight.act_pre_scale
+    return grad_input
+
+
+def _intx_input_gradient(grad_output, weight, precision):
+    # qdata holds the int1-int8 values as int8; scale and zero_point are [N, K / group] (one
+    # group for PerAxis(0)): linear_int8_backward's group-wise form, read as stored.
+    return linear_int8_backward(grad_output, weight.qdata, weight.scale, weight.zero_point, precision)
+
+
+def _refuse_int8_activation_int4(weight):
+    raise NotImplementedError(
+        "qlgrad: torchao's Int4OpaqueTensor with int8 activations (DA8W4) gives no input gradient and "
+        "qlgrad does not differentiate it; use PrototypeInt4WeightOnlyConfig's float activations, or "
+        "Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4), whose layers qlgrad differentiates"
+    )
+
+
+class _Subclass(NamedTuple):
+    """A torchao weight subclass whose F.linear qlgrad takes over, and how."""
+
+    module: str  # where torchao defines it
+    name: str
+    # Whether the forward on this weight cuts the input's gradient (it quantizes the input).
+    cuts_gradient: Callable
+    input_gradient: Callable | None  # (grad_output, weight, precision) -> grad_input; None: refuse
+    # The dtype torchao's forward adds the bias in: the bias gradient is summed in it.
+    bias_sum_dtype: Callable = lambda input, weight: input.dtype
+
+
+_SUBCLASSES = (
+    _Subclass(
+        "torchao.quantization.quantize_.workflows.int8.int8_tensor",
+        "Int8Tensor",
+        # Without activation quantization (weight-only configs) torchao's forward is a float
+        # matmul that autograd already differentiates.
+        cuts_gradient=lambda weight: weight.act_quant_kwargs is not None and weight.qdata.dim() == 2,
+        input_gradient=_int8_tensor_input_gradient,
+        # torchao adds the bias to the int8 product rescaled by the float32 weight scale (so in
+        # float32 for bfloat16 inputs), then casts to the input's dtype.
+        bias_sum_dtype=lambda input, weight: torch.promote_types(input.dtype, weight.scale.dtype),
+    ),
+    _Subclass(
+        "torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor",
+        "IntxUnpackedToInt8Tensor",
+        # IntxWeightOnlyConfig's layers have none: a float matmul on the dequantized weight.
+        cuts_gradient=lambda weight: weight.activation_quantization is not None and weight.qdata.dim() == 2,
+        input_gradient=_intx_input_gradient,
+    ),
+    _Subclass(
+        "torchao.prototype.quantization.int4.int4_opaque_tensor",
+        "Int4OpaqueTensor",
+        cuts_gradient=lambda weight: weight.act_mapping_type is not None,
+        input_gradient=None,
+    ),
+)
+
+
+def _make_linear_handler(stock_handler, subclass_type, subclass: _Subclass):
+    """An F.linear handler for subclass_type weights that adds the input gradient to ``stock_handler``."""
 
     @functools.wraps(stock_handler)
     def linear_with_input_gradient(func, types, args, kwargs):
-        # torchao's handler reads input, weight and bias from args only (nn.Linear passes them
+        # torchao's handlers read input, weight and bias from args only (nn.Linear passes them
         # so); any other call goes to it unchanged.
         if len(args) < 2 or not torch.is_grad_enabled():
             return stock_handler(func, types, args, kwargs)
@@ -90,58 +157,59 @@ def _make_linear_handler(stock_handler, int8_tensor_class):
             # Otherwise torchao's forward already gives every gradient there is (the bias's).
             isinstance(input, torch.Tensor)
             and input.requires_grad
-            and isinstance(weight, int8_tensor_class)
-            # Without activation quantization (weight-only configs) torchao's forward is a
-            # float matmul that autograd already differentiates.
-            and weight.act_quant_kwargs is not None
-            and weight.qdata.dim() == 2
+            and isinstance(weight, subclass_type)
+            and subclass.cuts_gradient(weight)
         ):
             return stock_handler(func, types, args, kwargs)
+        if subclass.input_gradient is None:
+            _refuse_int8_activation_int4(weight)
 
         def stock_forward(input, bias):
             return stock_handler(func, types, (input, weight, bias)[: len(args)], kwargs)
 
         # The precision in effect at forward time is the one backward uses, as for
         # quantized::linear_dynamic.
-        return _StraightThroughInt8Linear.apply(input, bias, weight, stock_forward, get_backward_precision())
+        return _StraightThroughLinear.apply(input, bias, weight, stock_forward, get_backward_precision(), subclass)
 
     linear_with_input_gradient.qlgrad_input_gradient = True
     return linear_with_input_gradient
 
 
-def _register(int8_tensor_module) -> None:
-    """Put the gradient-giving F.linear handler into Int8Tensor's torch-function table."""
-    int8_tensor_class = getattr(int8_tensor_module, "Int8Tensor", None)
-    table = getattr(int8_tensor_class, "_TORCH_FN_TABLE", {}).get(int8_tensor_class, {})
+def _register(module, subclass: _Subclass) -> None:
+    """Put the gradient-giving F.linear handler into the subclass's torch-function table."""
+    subclass_type = getattr(module, subclass.name, None)
+    table = getattr(subclass_type, "_TORCH_FN_TABLE", {}).get(subclass_type, {})
     stock_handler = table.get(F.linear)
     if stock_handler is None:
         warnings.warn(
-            f"qlgrad: torchao's Int8Tensor has no F.linear handler where qlgrad expects one; {_NOT_COVERED}",
+            f"qlgrad: torchao's {subclass.name} has no F.linear handler where qlgrad expects one; "
+            f"input gradients through its layers stay None",
             stacklevel=2,
         )
         return
     if getattr(stock_handler, "qlgrad_input_gradient", False):
         return  # registered already
     # Only the torch-function table: torchao's aten.linear entry runs below autograd, where no
-    # gradient can be attached. Int8Tensor's own registration decorator keeps the table's format.
-    int8_tensor_class.implements_torch_function(F.linear)(_make_linear_handler(stock_handler, int8_tensor_class))
+    # gradient can be attached. The subclass's own registration decorator keeps the table's format.
+    subclass_type.implements_torch_function(F.linear)(_make_linear_handler(stock_handler, subclass_type, subclass))
+
+
+_SUBCLASS_OF_MODULE = {subclass.module: subclass for subclass in _SUBCLASSES}
 
 
 class _LoaderThenRegister(importlib.abc.Loader):
-    """Executes the Int8Tensor module with its own loader, then registers the handler."""
+    """Executes a torchao module with its own loader, then registers its subclass's handler."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, subclass: _Subclass):
         self._loader = loader
+        self._subclass = subclass
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        _register(module)
-        # Only now: should executing the module fail, a later import of it registers instead.
-        with _lock:
-            sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _RegisterWhenImported)]
+        _register(module, self._subclass)
 
     def __getattr__(self, name):
         # get_source, get_code, is_package...: inspect and torch.compile read sources through them.
@@ -149,10 +217,11 @@ class _LoaderThenRegister(importlib.abc.Loader):
 
 
 class _RegisterWhenImported(importlib.abc.MetaPathFinder):
-    """Finds torchao's Int8Tensor module like the other finders would, with a loader that registers."""
+    """Finds torchao's subclass modules like the other finders would, with a loader that registers."""
 
     def find_spec(self, fullname, path, target=None):
-        if fullname != _INT8_TENSOR_MODULE:
+        subclass = _SUBCLASS_OF_MODULE.get(fullname)
+        if subclass is None:
             return None
         for finder in list(sys.meta_path):
             if finder is self or not hasattr(finder, "find_spec"):
@@ -160,7 +229,7 @@ class _RegisterWhenImported(importlib.abc.MetaPathFinder):
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
                 if spec.loader is not None:
-                    spec.loader = _LoaderThenRegister(spec.loader)
+                    spec.loader = _LoaderThenRegister(spec.loader, subclass)
                 return spec
         return None
 
@@ -188,10 +257,12 @@ def install(torchao_version: str | None) -> None:
             stacklevel=3,
         )
         return
-    module = sys.modules.get(_INT8_TENSOR_MODULE)
-    if module is not None:
-        _register(module)
-        return
+    for subclass in _SUBCLASSES:
+        module = sys.modules.get(subclass.module)
+        if module is not None:
+            _register(module, subclass)
+    # The modules not executed yet register when they are, whichever import comes first; the
+    # finder stays, as a module may be imported later (torchao's prototypes are imported apart).
     with _lock:
         if not any(isinstance(finder, _RegisterWhenImported) for finder in sys.meta_path):
             sys.meta_path.insert(0, _RegisterWhenImported())

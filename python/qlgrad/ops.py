@@ -30,6 +30,7 @@ __all__ = [
     "get_backward_precision",
     "linear_dynamic_backward",
     "linear_dynamic_fp16_backward",
+    "linear_int4pack_backward",
     "linear_int8_backward",
     "prepare",
     "set_backward_precision",
@@ -108,13 +109,15 @@ def linear_int8_backward(
 ) -> torch.Tensor:
     """Input gradient of an int8 linear layer on plain tensors: ``grad_output @ (scale * (weight - zero_point))``.
 
-    ``weight`` int8 ``[N, K]``; ``scale`` floating, one element (per tensor) or ``[N]``
-    (per output channel); ``zero_point`` integer, shaped like ``scale``, ``None`` for a
-    symmetric weight. ``grad_output`` floating ``[..., N]``; the result has its dtype
-    and shape ``[..., K]``. No quantized dtype is involved. Differentiable with respect
-    to ``grad_output`` (any order); ``scale`` and ``zero_point`` are constants.
-    ``precision``: one of ``PRECISIONS`` (see ``set_backward_precision``); ``None`` for
-    the one in effect on this thread.
+    ``weight`` int8 ``[N, K]``; ``scale`` floating, one element (per tensor), ``[N]``
+    (per output channel) or ``[N, G]`` (group-wise: ``W[n, k] = scale[n, k // (K // G)] *
+    (weight[n, k] - zero_point[n, k // (K // G)])``, K a multiple of G); ``zero_point``
+    integer, shaped like ``scale``, ``None`` for a symmetric weight. ``grad_output``
+    floating ``[..., N]``; the result has its dtype and shape ``[..., K]``. No quantized
+    dtype is involved. Differentiable with respect to ``grad_output`` (any order); ``scale``
+    and ``zero_point`` are constants. ``precision``: one of ``PRECISIONS`` (see
+    ``set_backward_precision``); ``None`` for the one in effect on this thread. ``"int8"``
+    runs as ``"fp32"`` for group-wise scales, which no integer GEMM can take out of its sums.
 
     Eager calls go through the nanobind module; under ``torch.compile`` the call is the
     operator ``torch.ops.qlgrad.linear_int8_backward``, which reaches the same kernel.
@@ -125,6 +128,54 @@ def linear_int8_backward(
     if torch.compiler.is_compiling():
         return torch.ops.qlgrad.linear_int8_backward(grad_output, weight, scale, zero_point, precision)
     return _C.linear_int8_backward(grad_output, weight, scale, zero_point, precision)
+
+
+@torch.library.register_fake("qlgrad::linear_int4pack_backward")
+def _linear_int4pack_backward_fake(grad_output, weight_int4pack, group_size, scale_and_zeros, precision=None):
+    for name, tensor in (("grad_output", grad_output), ("scale_and_zeros", scale_and_zeros)):
+        if tensor.device != weight_int4pack.device:
+            raise ValueError(
+                f"qlgrad: {name} must be on the weight's device ({weight_int4pack.device}), got {tensor.device}"
+            )
+    torch._check(
+        grad_output.shape[-1] == scale_and_zeros.shape[1],
+        lambda: "grad_output's last dimension must equal out_features",
+    )
+    return grad_output.new_empty((*grad_output.shape[:-1], scale_and_zeros.shape[0] * group_size))
+
+
+def linear_int4pack_backward(
+    grad_output: torch.Tensor,
+    weight_int4pack: torch.Tensor,
+    group_size: int,
+    scale_and_zeros: torch.Tensor,
+    precision: str | None = None,
+) -> torch.Tensor:
+    """Input gradient of ``aten::_weight_int4pack_mm_for_cpu``: ``grad_output @ W``.
+
+    ``W[n, k] = (code[n, k] - 8) * scale_and_zeros[k // group_size, n, 0] +
+    scale_and_zeros[k // group_size, n, 1]``, read from the packing in place: no int8 or
+    float copy of the weight is made or kept. ``weight_int4pack``: uint8 ``[N, K // 2]``
+    from ``aten::_convert_weight_to_int4pack_for_cpu`` in this process (the packing follows
+    the CPU capability, ``ATEN_CPU_CAPABILITY``); ``group_size`` 32, 64, 128 or 256;
+    ``scale_and_zeros`` floating ``[K // group_size, N, 2]`` (torchao's ``Int4OpaqueTensor``
+    holds all three). ``grad_output`` floating ``[..., N]``; the result has its dtype and shape
+    ``[..., K]``. Differentiable with respect to ``grad_output`` (any order). ``precision`` as
+    for ``linear_int8_backward``; ``"int8"`` runs as ``"fp32"`` (the weight has no int8 form).
+    Goes through ``torch.ops.qlgrad.linear_int4pack_backward``.
+    """
+    for name, value in (
+        ("grad_output", grad_output),
+        ("weight_int4pack", weight_int4pack),
+        ("scale_and_zeros", scale_and_zeros),
+    ):
+        _check_tensor("linear_int4pack_backward", name, value)
+    if not isinstance(group_size, int) or isinstance(group_size, bool):
+        raise TypeError(f"qlgrad.linear_int4pack_backward: group_size must be an int, got {_type_name(group_size)}")
+    _check_precision("linear_int4pack_backward", precision)
+    return torch.ops.qlgrad.linear_int4pack_backward(
+        grad_output, weight_int4pack, group_size, scale_and_zeros, precision
+    )
 
 
 def _check_packed_arguments(function: str, grad_output, packed, precision) -> None:

@@ -1,0 +1,172 @@
+"""torch's CPU int4 weight-only linear, aten::_weight_int4pack_mm_for_cpu: its Autograd kernel and
+linear_int4pack_backward on the packing, read in place, against W_deq as the op itself dequantizes
+it (the op applied to the identity), in float64 (opcheck is in test_opcheck.py)."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import qlgrad
+from helpers import ERROR_BOUNDS, relative_error
+
+# (out_features, in_features, group_size): whole and partial blocks of packed rows (16, 48, 80,
+# 208 rows: the last block is partial in the AVX-512 and AVX2 packings), every group size.
+SHAPES = ((16, 64, 32), (48, 128, 64), (80, 256, 128), (208, 512, 256), (256, 1024, 128), (1040, 256, 32))
+ROW_COUNTS = (1, 3, 8, 9, 13, 100, 520)
+
+
+def int4_weight(out_features, in_features, group_size, dtype=torch.float32, seed=0):
+    """(packed, scale_and_zeros) as torchao's Int4OpaqueTensor holds them."""
+    generator = torch.Generator().manual_seed(seed)
+    codes = torch.randint(0, 16, (out_features, in_features), dtype=torch.int32, generator=generator)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    groups = in_features // group_size
+    scales = torch.rand(groups, out_features, generator=generator) * 0.02 + 1e-3
+    zeros = torch.randn(groups, out_features, generator=generator) * 0.01
+    return packed, torch.stack([scales, zeros], -1).to(dtype).contiguous()
+
+
+def dequantized_by_the_op(packed, group_size, scale_and_zeros) -> torch.Tensor:
+    """W [N, K] in float64 as aten::_weight_int4pack_mm_for_cpu computes it: x = I gives W.T."""
+    in_features = scale_and_zeros.shape[0] * group_size
+    eye = torch.eye(in_features, dtype=scale_and_zeros.dtype)
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, packed, group_size, scale_and_zeros).t().double()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("precision", qlgrad.PRECISIONS)
+def test_matches_the_ops_weight(precision, shape):
+    packed, scale_and_zeros = int4_weight(*shape)
+    weight = dequantized_by_the_op(packed, shape[2], scale_and_zeros)
+    for rows in ROW_COUNTS:
+        grad_output = torch.randn(rows, shape[0])
+        got = qlgrad.linear_int4pack_backward(grad_output, packed, shape[2], scale_and_zeros, precision)
+        assert got.dtype == torch.float32 and got.shape == (rows, shape[1])
+        bound = ERROR_BOUNDS["fp32" if precision == "int8" else precision]
+        assert relative_error(got, grad_output.double() @ weight) <= bound, rows
+
+
+@pytest.mark.parametrize("capability", ["avx2", "default"])
+def test_every_cpu_capabilitys_packing(capability):
+    """The packing follows ATEN_CPU_CAPABILITY: another process packs and reads in another layout."""
+    code = textwrap.dedent(
+        """
+        import sys, torch, qlgrad
+        sys.path.insert(0, sys.argv[1])
+        from test_int4pack import SHAPES, ROW_COUNTS, dequantized_by_the_op, int4_weight
+        from helpers import relative_error
+        assert torch.backends.cpu.get_cpu_capability() == sys.argv[2].upper(), torch.backends.cpu.get_cpu_capability()
+        worst = 0.0
+        for shape in SHAPES:
+            packed, scale_and_zeros = int4_weight(*shape)
+            weight = dequantized_by_the_op(packed, shape[2], scale_and_zeros)
+            for rows in ROW_COUNTS:
+                grad_output = torch.randn(rows, shape[0])
+                got = qlgrad.linear_int4pack_backward(grad_output, packed, shape[2], scale_and_zeros)
+                worst = max(worst, relative_error(got, grad_output.double() @ weight))
+        print(worst)
+        """
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    tests_dir = os.path.dirname(__file__)
+    result = subprocess.run(
+        [sys.executable, "-c", code, tests_dir, capability], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert result.returncode == 0, result.stderr
+    assert float(result.stdout.strip()) <= ERROR_BOUNDS["fp32"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_autograd_kernel_of_the_aten_op(dtype):
+    packed, scale_and_zeros = int4_weight(64, 256, 64, dtype=dtype)
+    x = torch.randn(2, 5, 256, dtype=dtype)
+    leaf = x.clone().requires_grad_()
+    output = torch.ops.aten._weight_int4pack_mm_for_cpu(leaf.reshape(-1, 256), packed, 64, scale_and_zeros)
+    with torch.no_grad():
+        stock = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, 256), packed, 64, scale_and_zeros)
+    assert torch.equal(output, stock)  # the forward is the op's own
+    grad_output = torch.randn_like(output)
+    output.backward(grad_output)
+    expected = (grad_output.double() @ dequantized_by_the_op(packed, 64, scale_and_zeros)).reshape(2, 5, 256)
+    assert leaf.grad.dtype == dtype
+    assert relative_error(leaf.grad, expected) <= (ERROR_BOUNDS["fp32"] if dtype == torch.float32 else 1e-2)
+
+
+def test_double_backward_and_gradcheck():
+    packed, scale_and_zeros = int4_weight(32, 64, 32)
+    grad_output = torch.randn(3, 32, dtype=torch.float64, requires_grad=True)
+
+    def backward(g):
+        return qlgrad.linear_int4pack_backward(g, packed, 32, scale_and_zeros)
+
+    assert torch.autograd.gradcheck(backward, (grad_output,))
+    assert torch.autograd.gradgradcheck(backward, (grad_output,))
+    # Through the aten op: a gradient penalty differentiates the input gradient again.
+    x = torch.randn(4, 64, requires_grad=True)
+    output = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_and_zeros)
+    (grad_x,) = torch.autograd.grad(output.square().sum(), x, create_graph=True)
+    grad_x.square().sum().backward()
+    weight = dequantized_by_the_op(packed, 32, scale_and_zeros)
+    # d/dx |2 (x W.T) W|^2 = 8 x W.T W W.T W
+    gram = weight.t() @ weight
+    assert relative_error(x.grad, 8 * x.double() @ gram @ gram) <= 1e-5
+
+
+def test_precision_at_forward_time_applies():
+    packed, scale_and_zeros = int4_weight(64, 128, 32)
+    x = torch.randn(16, 128, requires_grad=True)
+    with qlgrad.backward_precision("bf16"):
+        output = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_and_zeros)
+    grad_output = torch.randn_like(output)
+    output.backward(grad_output)
+    expected = qlgrad.linear_int4pack_backward(grad_output, packed, 32, scale_and_zeros, "bf16")
+    assert torch.equal(x.grad, expected)
+
+
+def test_no_node_without_requires_grad():
+    packed, scale_and_zeros = int4_weight(16, 64, 32)
+    output = torch.ops.aten._weight_int4pack_mm_for_cpu(torch.randn(2, 64), packed, 32, scale_and_zeros)
+    assert output.grad_fn is None
+
+
+def test_arguments_are_not_modified():
+    packed, scale_and_zeros = int4_weight(48, 128, 64, dtype=torch.bfloat16)
+    copies = (packed.clone(), scale_and_zeros.clone())
+    qlgrad.linear_int4pack_backward(torch.randn(20, 48), packed, 64, scale_and_zeros)
+    assert torch.equal(packed, copies[0]) and torch.equal(scale_and_zeros, copies[1])
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (dict(group_size=48), ValueError, "group_size must be 32, 64, 128 or 256"),
+        (dict(group_size=True), TypeError, "group_size must be an int"),
+        (dict(weight_int4pack=torch.zeros(32, 32, dtype=torch.int8)), TypeError, "weight_int4pack must be a uint8"),
+        (dict(weight_int4pack=torch.zeros(32, 16, dtype=torch.uint8)), ValueError, "must be contiguous of shape"),
+        (dict(scale_and_zeros=torch.ones(2, 32, 3)), ValueError, "scale_and_zeros must be"),
+        (dict(scale_and_zeros=torch.ones(2, 24, 2)), ValueError, "multiple of 16"),
+        (dict(scale_and_zeros=torch.ones(2, 32, 2, dtype=torch.int32)), TypeError, "floating-point"),
+        (dict(grad_output=torch.randn(3, 31)), ValueError, "last dimension must equal"),
+        (dict(grad_output=torch.randint(0, 3, (3, 32))), TypeError, "grad_output must be a floating-point"),
+        (dict(grad_output=None), TypeError, "grad_output must be a torch.Tensor"),
+        (dict(precision="fp8"), ValueError, "unknown backward precision"),
+    ],
+    ids=lambda value: str(value)[:40],
+)
+def test_bad_arguments_are_named(change, error, match):
+    packed, scale_and_zeros = int4_weight(32, 64, 32)
+    arguments = dict(
+        grad_output=torch.randn(3, 32), weight_int4pack=packed, group_size=32, scale_and_zeros=scale_and_zeros
+    )
+    arguments.update(change)
+    with pytest.raises(error, match=match):
+        qlgrad.linear_int4pack_backward(**arguments)
+    # torch.ops refuses a bool group_size and a None grad_output itself, while matching the schema.
+    python_only = isinstance(arguments["group_size"], bool) or arguments["grad_output"] is None
+    if not python_only:
+        with pytest.raises(error, match=match):
+            torch.ops.qlgrad.linear_int4pack_backward(**arguments)
