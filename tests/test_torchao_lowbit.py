@@ -1,0 +1,297 @@
+"""torchao's low-bit CPU layers: Int8DynamicActivationIntxWeightConfig (IntxUnpackedToInt8Tensor:
+int1-int8 weights per group or per row, int8 per-token activations) and PrototypeInt4WeightOnlyConfig
+(Int4OpaqueTensor, aten::_weight_int4pack_mm_for_cpu). Their layers, and models held out from the
+kernels' tests (an MLP, two transformer blocks with residuals, a trainable adapter in front, PEFT's
+LoRA), against a straight-through oracle: torchao's own forward below autograd, the backward
+grad_output @ W_deq in float64 from the layer's dequantized weight."""
+
+import copy
+import itertools
+
+import peft
+import pytest
+import torch
+import torch.nn.functional as F
+from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
+from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+from torchao.quantization import (
+    Int8DynamicActivationIntxWeightConfig,
+    IntxUnpackedToInt8Tensor,
+    IntxWeightOnlyConfig,
+    MappingType,
+    PerAxis,
+    PerGroup,
+    quantize_,
+)
+
+import qlgrad
+from helpers import cosine, relative_error
+
+WEIGHT_DTYPES = [getattr(torch, f"int{bits}") for bits in range(1, 9)]
+GRANULARITIES = {"per_group_32": PerGroup(32), "per_row": PerAxis(0)}
+MAPPINGS = {"symmetric": MappingType.SYMMETRIC, "asymmetric": MappingType.ASYMMETRIC}
+DTYPES = (torch.float32, torch.bfloat16)
+# The issue's bounds on the input gradient: cosine and relative norm difference per dtype.
+BOUNDS = {torch.float32: (0.9999, 1e-3), torch.bfloat16: (0.998, 1e-2)}
+# PEFT's torchao layers warn that merging would need a re-quantization function; not merging here.
+NO_MERGE_WARNING = "ignore:TorchaoLoraLinear was instantiated without:UserWarning"
+
+
+def intx_config(weight_dtype=torch.int4, granularity="per_group_32", mapping="symmetric"):
+    return Int8DynamicActivationIntxWeightConfig(
+        weight_dtype=weight_dtype,
+        weight_granularity=GRANULARITIES[granularity],
+        weight_mapping_type=MAPPINGS[mapping],
+    )
+
+
+def int4_config(group_size=32):
+    return PrototypeInt4WeightOnlyConfig(group_size=group_size, set_inductor_config=False)
+
+
+def quantized(model, config, dtype):
+    model = model.to(dtype)
+    quantize_(model, config)
+    return model
+
+
+def dequantized_float64(weight) -> torch.Tensor:
+    """W_deq [N, K] in float64 from the values and parameters the layer holds."""
+    if isinstance(weight, IntxUnpackedToInt8Tensor):
+        n, k = weight.qdata.shape
+        groups = weight.scale.shape[1]
+        values = weight.qdata.double().view(n, groups, -1) - weight.zero_point.double().view(n, groups, 1)
+        return (values * weight.scale.double().view(n, groups, 1)).view(n, k)
+    assert isinstance(weight, Int4OpaqueTensor)
+    group_size, in_features = weight.block_size[1], weight.shape[1]
+    eye = torch.eye(in_features, dtype=weight.scale_and_zero.dtype)
+    transposed = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, weight.qdata, group_size, weight.scale_and_zero)
+    return transposed[:, : weight.shape[0]].t().double()
+
+
+class _OracleLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, input, layer):
+        ctx.weight = layer.weight
+        with torch.no_grad():  # torchao's own forward, untouched by qlgrad
+            return F.linear(input, layer.weight, layer.bias)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (grad_output.double() @ dequantized_float64(ctx.weight)).to(grad_output.dtype), None
+
+
+def quantized_linears(model):
+    weights = (IntxUnpackedToInt8Tensor, Int4OpaqueTensor)
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and isinstance(m.weight, weights)]
+
+
+def oracle_gradients(model, x, grad_output, parameters=()):
+    """(x.grad, parameter grads) with every quantized layer's backward the float64 oracle's."""
+    layers = quantized_linears(model)
+    assert layers
+    for layer in layers:
+        layer.forward = lambda input, layer=layer: _OracleLinear.apply(input, layer)
+    try:
+        return gradients(model, x, grad_output, parameters)
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+def gradients(model, x, grad_output, parameters=()):
+    x = x.detach().clone().requires_grad_()
+    output = model(x)
+    grads = torch.autograd.grad(output, [x, *parameters], grad_output)
+    return grads[0], grads[1:]
+
+
+def assert_straight_through(got, expected, dtype):
+    if expected.norm() == 0:  # int1 symmetric weights: every value dequantizes to zero
+        assert torch.count_nonzero(got) == 0
+        return
+    min_cosine, max_norm_difference = BOUNDS[dtype]
+    assert cosine(got, expected) >= min_cosine
+    assert abs(got.double().norm().item() / expected.double().norm().item() - 1) <= max_norm_difference
+
+
+# ---- single layers ----------------------------------------------------------------------
+
+
+def intx_cases():
+    for weight_dtype, granularity, mapping in itertools.product(WEIGHT_DTYPES, GRANULARITIES, MAPPINGS):
+        yield pytest.param(
+            intx_config(weight_dtype, granularity, mapping), id=f"{weight_dtype}-{granularity}-{mapping}"
+        )
+    for group_size in (32, 64, 128):
+        yield pytest.param(int4_config(group_size), id=f"int4_opaque-group_{group_size}")
+
+
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("config", list(intx_cases()))
+def test_layer_input_gradient_is_straight_through(config, dtype, bias):
+    torch.manual_seed(0)
+    layer = quantized(torch.nn.Linear(256, 64, bias=bias), config, dtype)
+    for leading in ((1,), (5,), (2, 3)):
+        x = torch.randn(*leading, 256, dtype=dtype)
+        grad_output = torch.randn(*leading, 64, dtype=dtype)
+        with torch.no_grad():
+            stock = layer(x)
+        leaf = x.clone().requires_grad_()
+        output = layer(leaf)
+        assert torch.equal(output, stock)  # torchao's forward, bit for bit
+        output.backward(grad_output)
+        expected = grad_output.double() @ dequantized_float64(layer.weight)
+        assert leaf.grad.dtype == dtype and leaf.grad.shape == x.shape
+        if dtype == torch.float32 and expected.norm() > 0:
+            assert relative_error(leaf.grad, expected) <= 1e-6
+        assert_straight_through(leaf.grad, expected, dtype)
+        if bias:
+            # The gradient torchao's own forward gives the bias, with or without qlgrad's node.
+            layer.bias.grad = None
+            layer(x).backward(grad_output)
+            stock_bias_grad = layer.bias.grad.clone()
+            layer.bias.grad = None
+            layer(x.clone().requires_grad_()).backward(grad_output)
+            assert torch.equal(layer.bias.grad, stock_bias_grad)
+            layer.bias.grad = None
+
+
+def test_weight_only_layers_keep_torchaos_gradient():
+    torch.manual_seed(0)
+    layer = quantized(torch.nn.Linear(64, 32), IntxWeightOnlyConfig(weight_dtype=torch.int4), torch.float32)
+    x = torch.randn(3, 64, requires_grad=True)
+    output = layer(x)
+    assert "StraightThrough" not in type(output.grad_fn).__name__  # torchao's float matmul
+    output.sum().backward()
+    torch.testing.assert_close(x.grad, torch.ones(3, 32) @ layer.weight.dequantize())
+
+
+def test_precision_at_forward_time_applies():
+    torch.manual_seed(0)
+    layer = quantized(torch.nn.Linear(128, 64), intx_config(), torch.float32)
+    x = torch.randn(16, 128, requires_grad=True)
+    with qlgrad.backward_precision("bf16"):
+        output = layer(x)
+    grad_output = torch.randn_like(output)
+    output.backward(grad_output)
+    weight = layer.weight
+    expected = qlgrad.linear_int8_backward(grad_output, weight.qdata, weight.scale, weight.zero_point, "bf16")
+    assert torch.equal(x.grad, expected)
+
+
+# ---- held-out models --------------------------------------------------------------------
+
+
+class Block(torch.nn.Module):
+    """A pre-norm transformer block: causal attention and an MLP, each on a residual path."""
+
+    def __init__(self, width=64, heads=4, bias=True):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = torch.nn.LayerNorm(width), torch.nn.LayerNorm(width)
+        self.qkv = torch.nn.Linear(width, 3 * width, bias=bias)
+        self.out = torch.nn.Linear(width, width, bias=bias)
+        self.up = torch.nn.Linear(width, 4 * width, bias=bias)
+        self.down = torch.nn.Linear(4 * width, width, bias=bias)
+
+    def forward(self, x):
+        batch, tokens, width = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(batch, tokens, 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.out(attended.transpose(1, 2).reshape(batch, tokens, width))
+        return x + self.down(F.gelu(self.up(self.norm2(x))))
+
+
+def mlp(bias):
+    return torch.nn.Sequential(
+        torch.nn.Linear(64, 128, bias=bias),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 64, bias=bias),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 32, bias=bias),
+    )
+
+
+def transformer(bias):
+    return torch.nn.Sequential(Block(bias=bias), Block(bias=bias))
+
+
+MODELS = {"mlp": (mlp, (4, 64)), "transformer": (transformer, (2, 8, 64))}
+MODEL_CONFIGS = {
+    "intx_int4_group32": lambda: intx_config(torch.int4, "per_group_32", "symmetric"),
+    "intx_int8_row_asymmetric": lambda: intx_config(torch.int8, "per_row", "asymmetric"),
+    "intx_int2_group32_asymmetric": lambda: intx_config(torch.int2, "per_group_32", "asymmetric"),
+    "int4_opaque_group32": lambda: int4_config(32),
+}
+
+
+@pytest.mark.parametrize("adapter", [False, True], ids=["input", "adapter"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("config", MODEL_CONFIGS)
+@pytest.mark.parametrize("model_name", MODELS)
+def test_model_gradient_is_straight_through(model_name, config, dtype, bias, adapter):
+    make_model, input_shape = MODELS[model_name]
+    torch.manual_seed(0)
+    model = quantized(make_model(bias).eval(), MODEL_CONFIGS[config](), dtype)
+    front = torch.nn.Linear(64, 64, dtype=dtype)  # a trainable float layer before the quantized ones
+    if adapter:
+        model = torch.nn.Sequential(front, model)
+    x = torch.randn(*input_shape, dtype=dtype)
+    with torch.no_grad():
+        grad_output = torch.randn_like(model(x))
+    parameters = [front.weight] if adapter else []
+    got, got_parameters = gradients(model, x, grad_output, parameters)
+    expected, expected_parameters = oracle_gradients(model, x, grad_output, parameters)
+    assert_straight_through(got, expected, dtype)
+    for got_grad, expected_grad in zip(got_parameters, expected_parameters):
+        assert_straight_through(got_grad, expected_grad, dtype)
+
+
+# ---- PEFT ---------------------------------------------------------------------------------
+
+
+@pytest.mark.filterwarnings(NO_MERGE_WARNING)
+@pytest.mark.parametrize("config", MODEL_CONFIGS)
+def test_peft_lora_trains_saves_and_loads(config, tmp_path):
+    """PEFT's own torchao layers take both subclasses; qlgrad supplies the base layers' input gradient."""
+    torch.manual_seed(0)
+    float_model = transformer(bias=True).eval()
+    model = quantized(copy.deepcopy(float_model), MODEL_CONFIGS[config](), torch.float32)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["qkv", "out", "up", "down"], init_lora_weights=False)
+    model = peft.get_peft_model(model, lora)
+    x = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        grad_output = torch.randn_like(model(x))
+    adapters = [p for p in model.parameters() if p.requires_grad]
+    assert adapters
+    got, got_adapters = gradients(model, x, grad_output, adapters)
+    expected, expected_adapters = oracle_gradients(model, x, grad_output, adapters)
+    assert_straight_through(got, expected, torch.float32)
+    for got_grad, expected_grad in zip(got_adapters, expected_adapters):
+        assert_straight_through(got_grad, expected_grad, torch.float32)
+
+    optimizer = torch.optim.AdamW(adapters, lr=1e-2)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.mse_loss(model(x), torch.zeros_like(grad_output)).backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        trained = model(x)
+    model.save_pretrained(tmp_path)
+    fresh = quantized(copy.deepcopy(float_model), MODEL_CONFIGS[config](), torch.float32)
+    loaded = peft.PeftModel.from_pretrained(fresh, tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trained)
+
+
+def test_int8_activation_int4_weight_is_refused_not_dropped():
+    """The DA8W4 path of Int4OpaqueTensor (torchao's CPU kernel library only) has no gradient to give."""
+    torch.manual_seed(0)
+    layer = quantized(torch.nn.Linear(64, 32), int4_config(32), torch.float32)
+    layer.weight.act_mapping_type = MappingType.ASYMMETRIC
+    with pytest.raises(NotImplementedError, match="DA8W4"):
+        layer(torch.randn(2, 64, requires_grad=True))
