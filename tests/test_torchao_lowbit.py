@@ -12,8 +12,8 @@ import peft
 import pytest
 import torch
 import torch.nn.functional as F
-from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
 from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
 from torchao.quantization import (
     Int8DynamicActivationIntxWeightConfig,
     IntxUnpackedToInt8Tensor,
