@@ -49,6 +49,13 @@ SPEEDUP_MIN_TOKENS = 256
 SPEEDUP_TARGETS = {"bf16": (3.0, 0.01), "int8": (4.0, 0.02)}
 FORWARD_MAX_MICROSECONDS = 3.0  # forward with an input that requires grad, over the stock forward
 MODEL_MAX_RATIO = 1.1  # the whole int8 model's backward over the float model's
+# Low-bit weights read in place: int4 against F.linear with a few tokens (it reads an eighth of
+# the bytes) and against the best fp32 GEMM of the CPU from 64 tokens; group-wise int8 against
+# int8 per channel at the same shape.
+INT4_FEW_TOKENS_MAX_RATIO = 0.3
+INT4_MANY_TOKENS_MAX_RATIO = 1.10
+GROUPWISE_MAX_RATIO = 1.10
+ONEDNN = "oneDNN"
 MODEL_MAX_CACHE_BYTES = 1.05  # per byte of the model's int8 weights
 
 
@@ -400,6 +407,78 @@ def target_report(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+@dataclass
+class LowBitRow:
+    tokens: int
+    medians: dict[str, float]  # operation -> seconds
+    errors: dict[str, float]  # low-bit weight -> relative error against float64
+
+    @property
+    def best_float(self) -> tuple[str, float]:
+        """The faster fp32 GEMM of this CPU on the same product, and its time."""
+        return min(((name, self.medians[name]) for name in (BASELINE, ONEDNN)), key=lambda item: item[1])
+
+
+def measure_low_bit(tokens: int, repeats: int) -> LowBitRow:
+    """Every low-bit weight's fp32 backward and both fp32 GEMMs, interleaved, 4096x4096."""
+    operations, errors = [], {}
+    for kind in workloads.LOW_BIT_WEIGHTS:
+        workload = workloads.LowBitWorkload(tokens, kind)
+        run = workload.qlgrad_input_gradient()
+        errors[kind] = workloads.relative_error(run(), workload.reference())
+        operations.append(Timed(kind, run))
+    operations += [Timed(BASELINE, workload.float_input_gradient()), Timed(ONEDNN, workload.onednn_input_gradient())]
+    samples = interleaved_samples(operations, repeats)
+    return LowBitRow(tokens, {name: statistics.median(values) for name, values in samples.items()}, errors)
+
+
+def low_bit_report(rows: list[LowBitRow]) -> str:
+    lines = [
+        "| tokens | F.linear ms | oneDNN ms | "
+        + " | ".join(f"{kind} ms (× best fp32)" for kind in workloads.LOW_BIT_WEIGHTS)
+        + " | group32, group128 × per channel | int4 × F.linear | rel. error ("
+        + ", ".join(workloads.LOW_BIT_WEIGHTS)
+        + ") |",
+        "|---" * (6 + len(workloads.LOW_BIT_WEIGHTS)) + "|",
+    ]
+    verdicts = []
+    for row in rows:
+        best_name, best = row.best_float
+        kinds = " | ".join(
+            f"{milliseconds(row.medians[kind])} ({times(row.medians[kind] / best)})"
+            for kind in workloads.LOW_BIT_WEIGHTS
+        )
+        per_channel = row.medians["int8_per_channel"]
+        groupwise = ", ".join(times(row.medians[kind] / per_channel) for kind in ("int8_group32", "int8_group128"))
+        int4_over_linear = row.medians["int4_group128"] / row.medians[BASELINE]
+        errors = " / ".join(f"{row.errors[kind]:.1e}" for kind in workloads.LOW_BIT_WEIGHTS)
+        lines.append(
+            f"| {row.tokens} | {milliseconds(row.medians[BASELINE])} | {milliseconds(row.medians[ONEDNN])} | {kinds} "
+            f"| {groupwise} | {times(int4_over_linear)} | {errors} |"
+        )
+        if row.tokens <= 4:
+            held = int4_over_linear <= INT4_FEW_TOKENS_MAX_RATIO
+            verdicts.append(
+                f"- int4, {row.tokens} tokens, ≤ {INT4_FEW_TOKENS_MAX_RATIO}× F.linear: "
+                f"{'HOLDS' if held else 'MISSED'} ({times(int4_over_linear)})"
+            )
+        if row.tokens >= 64:
+            ratio = row.medians["int4_group128"] / best
+            held = ratio <= INT4_MANY_TOKENS_MAX_RATIO
+            verdicts.append(
+                f"- int4, {row.tokens} tokens, ≤ {INT4_MANY_TOKENS_MAX_RATIO}× the best fp32 GEMM "
+                f"({best_name}): {'HOLDS' if held else 'MISSED'} ({times(ratio)})"
+            )
+        for kind in ("int8_group32", "int8_group128"):
+            ratio = row.medians[kind] / per_channel
+            held = ratio <= GROUPWISE_MAX_RATIO
+            verdicts.append(
+                f"- {kind}, {row.tokens} tokens, ≤ {GROUPWISE_MAX_RATIO}× int8 per channel: "
+                f"{'HOLDS' if held else 'MISSED'} ({times(ratio)})"
+            )
+    return "\n".join(lines) + "\n\n" + "\n".join(verdicts)
+
+
 def cpu_description() -> str:
     """CPU model and the instruction-set extensions that decide bf16 and int8 GEMM speed."""
     model, flags = "unknown CPU", set()
@@ -475,6 +554,12 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=15, help="interleaved rounds per shape and scheme (default 15)")
     parser.add_argument("--plot", metavar="FILE.png", help="also draw the ratios into this file (needs matplotlib)")
     parser.add_argument(
+        "--low-bit",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time group-wise int8 and int4 weights at 4096x4096 (default: yes)",
+    )
+    parser.add_argument(
         "--model-blocks",
         type=int,
         default=workloads.BERT_LARGE.blocks,
@@ -512,6 +597,10 @@ def main() -> None:
     print(markdown_table(rows))
     print("\nTargets on this run:")
     print(target_report(rows))
+    if arguments.low_bit:
+        print(f"\nLow-bit weights, 4096x4096, fp32 backward; best fp32 GEMM: the faster of {BASELINE} and {ONEDNN}:")
+        low_bit_rows = [measure_low_bit(tokens, arguments.repeats) for tokens in workloads.LOW_BIT_TOKENS]
+        print(low_bit_report(low_bit_rows), flush=True)
     if arguments.model_blocks:
         shape = dataclasses.replace(workloads.BERT_LARGE, blocks=arguments.model_blocks)
         print()

@@ -318,28 +318,35 @@ struct Int4Pack {
   const float* scale_and_zeros;
   int64_t group_size;
 
-  // The bytes of column `column` that hold rows [row, row + 16), row a multiple of 16, and how:
-  // `shift` 0 or 4 picks the nibble of each of 16 bytes, or, with `pairs`, 8 bytes hold the 16
-  // rows two by two, low nibble first.
-  const uint8_t* rows16(int64_t row, int64_t column, int& shift, bool& pairs) const {
+  // Where 16 rows [row, row + 16) lie, row a multiple of 16: column c's bytes start at
+  // first + c * stride; `shift` 0 or 4 picks the nibble of each of 16 bytes, or, with `pairs`, 8
+  // bytes hold the 16 rows two by two, low nibble first.
+  struct Rows16 {
+    const uint8_t* first;
+    int64_t stride;
+    int shift;
+    bool pairs;
+
+    const uint8_t* column(int64_t c) const { return first + c * stride; }
+  };
+
+  Rows16 rows16(int64_t row) const {
     const int64_t first_row = row / block * block;
     const int64_t block_rows = std::min(block, rows - first_row);
-    const uint8_t* run = data + first_row * columns / 2 + column * (block_rows / 2);
+    const uint8_t* run = data + first_row * columns / 2;
     const int64_t r = row - first_row;
-    pairs = !(halves && block_rows == block);
-    if (pairs) {
-      shift = 0;
-      return run + r / 2;
+    if (!(halves && block_rows == block)) {
+      return {run + r / 2, block_rows / 2, 0, true};
     }
-    shift = r < block / 2 ? 0 : 4;
-    return run + r % (block / 2);
+    return {run + r % (block / 2), block_rows / 2, r < block / 2 ? 0 : 4, false};
   }
 
   // W[row + i, column] for i in [0, 16).
   void values16(int64_t row, int64_t column, float* out) const {
-    int shift;
-    bool pairs;
-    const uint8_t* bytes = rows16(row, column, shift, pairs);
+    const auto where = rows16(row);
+    const uint8_t* bytes = where.column(column);
+    const bool pairs = where.pairs;
+    const int shift = where.shift;
     const float* parameters = scale_and_zeros + (column / group_size * rows + row) * 2;
     for (int64_t i = 0; i < 16; ++i) {
       const int code = pairs ? (bytes[i / 2] >> (4 * (i % 2))) & 15 : (bytes[i] >> shift) & 15;
@@ -502,26 +509,38 @@ int64_t piece_start(int64_t extent, int64_t parts, int64_t i, int64_t align = 1)
   return i == parts ? extent : extent * i / parts / align * align;
 }
 
-// 16 x 16 floats transposed in registers: four rounds that each swap the off-diagonal
-// blocks of half the size of the last round's.
-QLGRAD_AVX512 void transpose16(__m512 (&rows)[16]) {
-  for (int64_t half = 8; half >= 1; half /= 2) {
-    alignas(64) int32_t low_index[16], high_index[16];
-    for (int32_t j = 0; j < 16; ++j) {
-      const bool upper = (j & half) != 0;
-      low_index[j] = upper ? 16 + j - static_cast<int32_t>(half) : j;
-      high_index[j] = upper ? 16 + j : j + static_cast<int32_t>(half);
+// 16 x 16 floats transposed in registers: four rounds that each swap the off-diagonal blocks
+// of half the size of the last round's, with the lane selections made once.
+struct Transpose16 {
+  __m512i low[4], high[4];
+
+  QLGRAD_AVX512 Transpose16() {
+    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
+      alignas(64) int32_t low_index[16], high_index[16];
+      for (int32_t j = 0; j < 16; ++j) {
+        const bool upper = (j & half) != 0;
+        low_index[j] = upper ? 16 + j - half : j;
+        high_index[j] = upper ? 16 + j : j + half;
+      }
+      low[round] = _mm512_load_si512(low_index);
+      high[round] = _mm512_load_si512(high_index);
     }
-    const __m512i low = _mm512_load_si512(low_index), high = _mm512_load_si512(high_index);
-    for (int64_t i = 0; i < 16; ++i) {
-      if ((i & half) == 0) {
-        const __m512 first = rows[i], second = rows[i + half];
-        rows[i] = _mm512_permutex2var_ps(first, low, second);
-        rows[i + half] = _mm512_permutex2var_ps(first, high, second);
+  }
+
+  QLGRAD_AVX512 void operator()(__m512 (&rows)[16]) const {
+#pragma GCC unroll 4
+    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        if ((i & half) == 0) {
+          const __m512 first = rows[i], second = rows[i + half];
+          rows[i] = _mm512_permutex2var_ps(first, low[round], second);
+          rows[i + half] = _mm512_permutex2var_ps(first, high[round], second);
+        }
       }
     }
   }
-}
+};
 
 // result[:, first:first + count] = lhs @ W[:, first:first + count] for the weight `reader`
 // reads, from lhs packed by pack_rows, with room in `panels` for kDepthBlock x count floats.
@@ -604,19 +623,17 @@ struct Int4Codes {
   int64_t columns() const { return pack.columns; }
 
 #if defined(__x86_64__)
-  // W[row:row + 16, column] as codes in 16 int32 lanes.
-  QLGRAD_AVX512 __m512i codes16(int64_t row, int64_t column) const {
-    int shift;
-    bool pairs;
-    const uint8_t* bytes = pack.rows16(row, column, shift, pairs);
+  // W[row:row + 16, column] as codes in 16 int32 lanes, for the 16 rows `where` describes.
+  QLGRAD_AVX512 static __m512i codes16(const Int4Pack::Rows16& where, int64_t column) {
+    const uint8_t* bytes = where.column(column);
     const __m128i nibbles = _mm_set1_epi8(15);
     __m128i codes;
-    if (pairs) {
+    if (where.pairs) {
       const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes));
       codes = _mm_unpacklo_epi8(_mm_and_si128(packed, nibbles), _mm_and_si128(_mm_srli_epi16(packed, 4), nibbles));
     } else {
       const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
-      codes = _mm_and_si128(shift == 0 ? packed : _mm_srli_epi16(packed, 4), nibbles);
+      codes = _mm_and_si128(where.shift == 0 ? packed : _mm_srli_epi16(packed, 4), nibbles);
     }
     return _mm512_cvtepu8_epi32(codes);
   }
@@ -630,7 +647,9 @@ struct Int4Codes {
     }
     const __m512i evens = _mm512_load_si512(even_index), odds = _mm512_load_si512(odd_index);
     const __m512 eight = _mm512_set1_ps(8.0f);
+    const Transpose16 transpose16;
     for (int64_t row = 0; row < depth; row += 16) {
+      const auto where = pack.rows16(top + row);
       for (int64_t column = 0; column < count; column += 16) {
         // 16 columns lie in one group: group sizes are multiples of 32.
         const float* parameters =
@@ -640,7 +659,7 @@ struct Int4Codes {
         const __m512 zeros = _mm512_permutex2var_ps(pairs_low, odds, pairs_high);
         __m512 values[16];
         for (int64_t i = 0; i < 16; ++i) {
-          const __m512 codes = _mm512_cvtepi32_ps(codes16(top + row, first + column + i));
+          const __m512 codes = _mm512_cvtepi32_ps(codes16(where, first + column + i));
           values[i] = _mm512_fmadd_ps(_mm512_sub_ps(codes, eight), scales, zeros);
         }
         transpose16(values);

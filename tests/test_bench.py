@@ -28,6 +28,7 @@ def test_compare_runs_on_the_smallest_shape(tmp_path):
             "1",
             "--model-blocks",
             "1",
+            "--no-low-bit",
             "--plot",
             str(plot),
         ],
@@ -48,3 +49,20 @@ def test_compare_runs_on_the_smallest_shape(tmp_path):
     assert "Targets on this run:" in result.stdout
     assert "Whole model: 1 blocks" in result.stdout and "cache hit rate 100%" in result.stdout
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_compare_times_the_low_bit_weights():
+    result = subprocess.run(
+        [sys.executable, COMPARE, "--shapes", SMALLEST_SHAPE, "--repeats", "1", "--model-blocks", "0"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    low_bit = result.stdout.split("Low-bit weights")[1]
+    rows = table_rows(low_bit)
+    assert [row["tokens"] for row in rows] == ["1", "16", "256"]
+    for row in rows:
+        errors = [float(error) for error in next(v for k, v in row.items() if k.startswith("rel. error")).split(" / ")]
+        assert max(errors) < 1e-5  # every weight's fp32 backward is exact
+    assert "int4, 1 tokens" in low_bit and "int8_group32, 256 tokens" in low_bit

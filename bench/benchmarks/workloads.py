@@ -289,3 +289,67 @@ def model_input_gradient(model: nn.Module, workload: ModelWorkload):
     x = workload.input.clone().requires_grad_()
     y = model(x)
     return lambda: torch.autograd.grad(y, x, workload.grad_output, retain_graph=True)[0]
+
+
+# ---- Low-bit weights: group-wise int8 codes, torch's CPU int4 packing --------------------
+
+# 4096x4096 projections at these token counts, for each low-bit weight.
+LOW_BIT_TOKENS = (1, 16, 256)
+LOW_BIT_WEIGHTS = ("int8_group32", "int8_group128", "int4_group128", "int8_per_channel")
+
+
+class LowBitWorkload:
+    """A 4096x4096 weight as ``kind`` stores it, the same weight in float32, and an output gradient.
+
+    ``int8_groupG``: int8 codes with a scale and zero point per group of G input features
+    (torchao's ``IntxUnpackedToInt8Tensor``); ``int4_group128``: torch's CPU int4 packing with
+    its scales and zeros (torchao's ``Int4OpaqueTensor``); ``int8_per_channel``: int8 codes with a
+    scale per output channel, what the group-wise weights are compared with.
+    """
+
+    def __init__(self, tokens: int, kind: str, features: int = 4096, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.kind = kind
+        self.grad_output = torch.randn(tokens, features, generator=generator)
+        if kind.startswith("int4"):
+            group_size = int(kind.removeprefix("int4_group"))
+            codes = torch.randint(0, 16, (features, features), dtype=torch.int32, generator=generator)
+            self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+            scales = _VALUE_RANGE / 8 * (0.5 + torch.rand(features // group_size, features, generator=generator))
+            zeros = _VALUE_RANGE / 8 * torch.randn(features // group_size, features, generator=generator)
+            self.group_size, self.scale_and_zeros = group_size, torch.stack([scales, zeros], -1).contiguous()
+            eye = torch.eye(features)
+            self.weight = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, group_size, self.scale_and_zeros)
+            self.weight = self.weight.t().contiguous()
+            return
+        groups = 1 if kind == "int8_per_channel" else features // int(kind.removeprefix("int8_group"))
+        self.values = torch.randint(-127, 128, (features, features), dtype=torch.int8, generator=generator)
+        self.scale = _VALUE_RANGE / 127 * (0.5 + torch.rand(features, groups, generator=generator))
+        self.zero_point = torch.randint(-8, 8, (features, groups), generator=generator)
+        if groups == 1:
+            self.scale, self.zero_point = self.scale.reshape(-1), self.zero_point.reshape(-1)
+        deviation = self.values.float().view(features, groups, -1) - self.zero_point.view(features, groups, 1)
+        self.weight = (deviation * self.scale.view(features, groups, 1)).view(features, features)
+
+    def qlgrad_input_gradient(self, precision: str = "fp32"):
+        """qlgrad's backward from the stored weight, as the layers' autograd nodes call it."""
+        if self.kind.startswith("int4"):
+            return lambda: qlgrad.linear_int4pack_backward(
+                self.grad_output, self.packed, self.group_size, self.scale_and_zeros, precision
+            )
+        return lambda: qlgrad.linear_int8_backward(
+            self.grad_output, self.values, self.scale, self.zero_point, precision
+        )
+
+    def float_input_gradient(self):
+        """The baseline, F.linear's input gradient with the float weight: grad_output @ W."""
+        return lambda: self.grad_output @ self.weight
+
+    def onednn_input_gradient(self):
+        """The same product through oneDNN (torch's mkldnn linear), the faster fp32 GEMM on some CPUs."""
+        weight = self.weight.t().contiguous().to_mkldnn()
+        grad_output = self.grad_output.to_mkldnn()
+        return lambda: torch._C._nn.mkldnn_linear(grad_output, weight, None).to_dense()
+
+    def reference(self) -> torch.Tensor:
+        return self.grad_output.double() @ self.weight.double()

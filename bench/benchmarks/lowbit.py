@@ -1,0 +1,40 @@
+"""Input-gradient time for low-bit weights read in place: int8 codes with group-wise scales
+(torchao's IntxUnpackedToInt8Tensor) and torch's CPU int4 packing (torchao's Int4OpaqueTensor),
+4096x4096, beside int8 per channel and the float baseline."""
+
+import functools
+
+from . import workloads
+from .workloads import LOW_BIT_TOKENS, LOW_BIT_WEIGHTS
+
+workloads.configure_torch()
+
+
+@functools.cache
+def _warm(tokens: int, kind: str, operation: str):
+    workload = workloads.LowBitWorkload(tokens, kind)
+    run = workload.float_input_gradient() if operation == "float" else workload.qlgrad_input_gradient()
+    run()
+    return run
+
+
+class LowBitBackward:
+    params = (list(LOW_BIT_TOKENS), list(LOW_BIT_WEIGHTS))
+    param_names = ("tokens", "weight")
+
+    def setup(self, tokens, weight):
+        self.input_gradient = _warm(tokens, weight, "qlgrad")
+
+    def time_input_gradient(self, tokens, weight):
+        self.input_gradient()
+
+
+class LowBitFloatBaseline:
+    params = (list(LOW_BIT_TOKENS),)
+    param_names = ("tokens",)
+
+    def setup(self, tokens):
+        self.input_gradient = _warm(tokens, "int8_per_channel", "float")
+
+    def time_input_gradient(self, tokens):
+        self.input_gradient()
