@@ -12,15 +12,21 @@ import peft
 import pytest
 import torch
 import torch.nn.functional as F
+from torchao.prototype._nf4tensor_api import NF4WeightOnlyConfig
 from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
 from torchao.prototype.quantization.int4.int4_opaque_tensor import Int4OpaqueTensor
 from torchao.quantization import (
+    Float8WeightOnlyConfig,
     Int8DynamicActivationIntxWeightConfig,
+    Int8StaticActivationInt8WeightConfig,
+    Int8Tensor,
+    Int8WeightOnlyConfig,
     IntxUnpackedToInt8Tensor,
     IntxWeightOnlyConfig,
     MappingType,
     PerAxis,
     PerGroup,
+    PerTensor,
     quantize_,
 )
 
@@ -57,6 +63,8 @@ def quantized(model, config, dtype):
 
 def dequantized_float64(weight) -> torch.Tensor:
     """W_deq [N, K] in float64 from the values and parameters the layer holds."""
+    if isinstance(weight, Int8Tensor):
+        return weight.qdata.double() * weight.scale.double().reshape(-1, 1)
     if isinstance(weight, IntxUnpackedToInt8Tensor):
         n, k = weight.qdata.shape
         groups = weight.scale.shape[1]
@@ -82,7 +90,7 @@ class _OracleLinear(torch.autograd.Function):
 
 
 def quantized_linears(model):
-    weights = (IntxUnpackedToInt8Tensor, Int4OpaqueTensor)
+    weights = (Int8Tensor, IntxUnpackedToInt8Tensor, Int4OpaqueTensor)
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and isinstance(m.weight, weights)]
 
 
@@ -158,14 +166,37 @@ def test_layer_input_gradient_is_straight_through(config, dtype, bias):
             layer.bias.grad = None
 
 
-def test_weight_only_layers_keep_torchaos_gradient():
+WEIGHT_ONLY_CONFIGS = {
+    "int8": lambda: Int8WeightOnlyConfig(),
+    "intx_int4": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4),
+    "float8": lambda: Float8WeightOnlyConfig(),
+    "nf4": lambda: NF4WeightOnlyConfig(),
+}
+
+
+@pytest.mark.parametrize("config", WEIGHT_ONLY_CONFIGS)
+def test_weight_only_layers_keep_torchaos_gradient(config):
+    """Their forward is a float matmul that autograd differentiates: qlgrad leaves it alone."""
     torch.manual_seed(0)
-    layer = quantized(torch.nn.Linear(64, 32), IntxWeightOnlyConfig(weight_dtype=torch.int4), torch.float32)
-    x = torch.randn(3, 64, requires_grad=True)
+    # NF4 quantizes blocks of 64 values, their scales in blocks of 256: 256 x 64 weights.
+    layer = quantized(torch.nn.Linear(256, 64), WEIGHT_ONLY_CONFIGS[config](), torch.float32)
+    x = torch.randn(3, 256, requires_grad=True)
     output = layer(x)
-    assert "StraightThrough" not in type(output.grad_fn).__name__  # torchao's float matmul
+    assert "StraightThrough" not in type(output.grad_fn).__name__
     output.sum().backward()
-    torch.testing.assert_close(x.grad, torch.ones(3, 32) @ layer.weight.dequantize())
+    with torch.no_grad():  # the forward is linear in x: its rows at the identity are W.T, plus the bias
+        weight_t = layer(torch.eye(256)) - layer(torch.zeros(1, 256))
+    torch.testing.assert_close(x.grad, torch.ones(3, 64) @ weight_t.t(), rtol=1e-4, atol=1e-4)
+
+
+def test_static_int8_activation_layers_are_straight_through():
+    torch.manual_seed(0)
+    config = Int8StaticActivationInt8WeightConfig(act_quant_scale=torch.tensor([[0.05]]), granularity=PerTensor())
+    model = quantized(mlp(bias=True).eval(), config, torch.float32)
+    x, grad_output = torch.randn(4, 64), torch.randn(4, 32)
+    got, _ = gradients(model, x, grad_output)
+    expected, _ = oracle_gradients(model, x, grad_output)
+    assert_straight_through(got, expected, torch.float32)
 
 
 def test_precision_at_forward_time_applies():
