@@ -318,9 +318,9 @@ class LowBitWorkload:
             scales = _VALUE_RANGE / 8 * (0.5 + torch.rand(features // group_size, features, generator=generator))
             zeros = _VALUE_RANGE / 8 * torch.randn(features // group_size, features, generator=generator)
             self.group_size, self.scale_and_zeros = group_size, torch.stack([scales, zeros], -1).contiguous()
-            eye = torch.eye(features)
-            self.weight = torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, group_size, self.scale_and_zeros)
-            self.weight = self.weight.t().contiguous()
+            # W[n, k] = (code - 8) * scale[k // group, n] + zero[k // group, n], from the codes themselves.
+            per_column = torch.arange(features) // group_size
+            self.weight = torch.addcmul(zeros[per_column].t(), codes.float() - 8, scales[per_column].t())
             return
         groups = 1 if kind == "int8_per_channel" else features // int(kind.removeprefix("int8_group"))
         self.values = torch.randint(-127, 128, (features, features), dtype=torch.int8, generator=generator)
