@@ -2,6 +2,8 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+
 namespace qlgrad::detail {
 namespace {
 
@@ -76,10 +78,14 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
     TORCH_CHECK_VALUE(zero_point->sizes() == scale.sizes(), "qlgrad: zero_point must have scale's shape ",
                       scale.sizes(), ", got ", zero_point->sizes());
   }
-  TORCH_CHECK_VALUE(at::isfinite(scale).all().item<bool>() && (scale > 0).all().item<bool>(),
+  // One pass over each parameter, on every backward (group-wise ones hold a value per group):
+  // a NaN anywhere makes both extremes NaN, which fails the first comparison.
+  const auto [scale_min, scale_max] = at::aminmax(scale);
+  TORCH_CHECK_VALUE(scale_min.item<double>() > 0 && std::isfinite(scale_max.item<double>()),
                     "qlgrad: scale must be finite and positive, got ", scale);
   if (zero_point && zero_point->numel() > 0) {
-    TORCH_CHECK_VALUE(zero_point->min().item<int64_t>() >= -128 && zero_point->max().item<int64_t>() <= 127,
+    const auto [zero_point_min, zero_point_max] = at::aminmax(*zero_point);
+    TORCH_CHECK_VALUE(zero_point_min.item<int64_t>() >= -128 && zero_point_max.item<int64_t>() <= 127,
                       "qlgrad: zero_point must lie in the int8 range [-128, 127], got ", *zero_point);
   }
 }

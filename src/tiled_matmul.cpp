@@ -74,12 +74,29 @@ struct CodeParameters {
   float factor(int64_t n, int64_t group) const { return scale == nullptr ? 1.0f : scale[n * groups + group]; }
 };
 
-// A block of columns from column `first` of the weight is read in runs that each lie in one
-// group: the run from `begin` (of the block's `count`) ends at group_run_end. Loops, not a
-// callback: a lambda would not take on the instruction set of the function it is in.
-[[gnu::always_inline]] inline int64_t group_run_end(int64_t first, int64_t begin, int64_t count, int64_t group_size) {
-  return std::min(count, ((first + begin) / group_size + 1) * group_size - first);
-}
+// The runs of a block of `count` columns from column `first` of the weight that each lie in one
+// group, in order: the run's group, and its columns [begin, end) within the block. Advanced by
+// additions (a division per run costs as much as a run of 32 columns), in loops rather than
+// through a callback: a lambda would not take on the instruction set of the function it is in.
+struct GroupRuns {
+  int64_t group, begin, end;
+  int64_t count, group_size;
+
+  [[gnu::always_inline]] GroupRuns(int64_t first, int64_t count, int64_t group_size)
+      : group(first / group_size),
+        begin(0),
+        end(std::min(count, (group + 1) * group_size - first)),
+        count(count),
+        group_size(group_size) {}
+
+  [[gnu::always_inline]] bool more() const { return begin < count; }
+
+  [[gnu::always_inline]] void next() {
+    ++group;
+    begin = end;
+    end = std::min(count, end + group_size);
+  }
+};
 
 // float32 to bfloat16, rounded to nearest even (values here are finite). Exact for the codes
 // minus an integer zero point, whose lower 16 bits are zero.
@@ -88,6 +105,16 @@ struct CodeParameters {
   std::memcpy(&bits, &value, sizeof(bits));
   bits += 0x7FFFu + ((bits >> 16) & 1u);
   return at::BFloat16(static_cast<uint16_t>(bits >> 16), at::BFloat16::from_bits());
+}
+
+// *out = value, in out's dtype: float32, or bfloat16 rounded to nearest even.
+template <typename Element>
+[[gnu::always_inline]] inline void store_value(float value, Element* out) {
+  if constexpr (std::is_same_v<Element, float>) {
+    *out = value;
+  } else {
+    *out = to_bfloat16(value);
+  }
 }
 
 // A stream over weight rows [begin, end) and the `columns` columns from column `first`:
@@ -106,9 +133,8 @@ template <int64_t Rows, typename Code>
     std::fill(block_sums, block_sums + Rows * columns, 0.0f);
     for (int64_t n = top; n < std::min(end, top + kDepthBlock); ++n) {
       const Code* row = weight + n * ldw;
-      for (int64_t run_begin = 0, run_end; run_begin < columns; run_begin = run_end) {
-        run_end = group_run_end(first, run_begin, columns, parameters.group_size);
-        const int64_t group = (first + run_begin) / parameters.group_size;
+      for (GroupRuns run(first, columns, parameters.group_size); run.more(); run.next()) {
+        const int64_t group = run.group, run_begin = run.begin, run_end = run.end;
         const float offset = parameters.offset(n, group), scale = parameters.factor(n, group);
         float factor[Rows];
         for (int64_t r = 0; r < Rows; ++r) {
@@ -152,24 +178,33 @@ QLGRAD_VECTOR_CLONES void stream(int64_t rows, const float* lhs, int64_t ldl, in
                                  block_sums);
 }
 
+// A stream's signature: stream's, or stream_groups's on AVX-512.
+template <typename Code>
+using StreamFn = void(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight,
+                      int64_t ldw, const CodeParameters& parameters, int64_t first, int64_t columns, float* sums,
+                      int64_t lds, float* block_sums);
+
 // Each thread streams its own range of weight rows, one contiguous region of memory that
 // hardware prefetchers follow page after page, into sums of its own; the sums of the
 // ranges are added at the end, in a fixed order. The rows are read whole where the block
 // sums of every column fit in L1 (one or two rows of lhs), else in column chunks that do.
 template <typename Code>
-at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const CodeParameters& parameters) {
+at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const CodeParameters& parameters,
+                    StreamFn<Code>* stream_range = &stream<Code>) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
   const int64_t ranges = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
-  const int64_t chunk = std::max<int64_t>(kCacheLine, kStreamedSumBytes / int64_t{sizeof(float)} / rows);
+  // Whole cache lines of sums, so that chunks start where groups of a multiple of 16 columns do.
+  const int64_t chunk =
+      std::max<int64_t>(kCacheLine, kStreamedSumBytes / int64_t{sizeof(float)} / rows / kCacheLine * kCacheLine);
   auto sums = at::zeros({ranges, rows, columns}, lhs.options());
   const auto* codes = weight.const_data_ptr<Code>();
   at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
     auto block_sums = at::empty({rows * std::min(chunk, columns)}, lhs.options());
     for (int64_t range = begin; range < end; ++range) {
       for (int64_t first = 0; first < columns; first += chunk) {
-        stream(rows, lhs.const_data_ptr<float>(), depth, depth * range / ranges, depth * (range + 1) / ranges,
-               codes + first, weight.stride(0), parameters, first, std::min(chunk, columns - first),
-               sums[range].mutable_data_ptr<float>() + first, columns, block_sums.mutable_data_ptr<float>());
+        stream_range(rows, lhs.const_data_ptr<float>(), depth, depth * range / ranges, depth * (range + 1) / ranges,
+                     codes + first, weight.stride(0), parameters, first, std::min(chunk, columns - first),
+                     sums[range].mutable_data_ptr<float>() + first, columns, block_sums.mutable_data_ptr<float>());
       }
     }
   });
@@ -181,12 +216,7 @@ template <typename Element>
 [[gnu::always_inline]] inline void convert_run_portable(const int8_t* codes, float offset, float factor, int64_t begin,
                                                         int64_t end, Element* out) {
   for (int64_t c = begin; c < end; ++c) {
-    const float value = (static_cast<float>(codes[c]) - offset) * factor;
-    if constexpr (std::is_same_v<Element, float>) {
-      out[c] = value;
-    } else {
-      out[c] = to_bfloat16(value);
-    }
+    store_value((static_cast<float>(codes[c]) - offset) * factor, out + c);
   }
 }
 
@@ -199,9 +229,8 @@ template <typename Element>
 void convert_codes_portable(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
                             int64_t first, int64_t depth, int64_t columns, Element* tile) {
   for (int64_t n = 0; n < depth; ++n) {
-    for (int64_t begin = 0, end; begin < columns; begin = end) {
-      end = group_run_end(first, begin, columns, parameters.group_size);
-      const int64_t group = (first + begin) / parameters.group_size;
+    for (GroupRuns run(first, columns, parameters.group_size); run.more(); run.next()) {
+      const int64_t group = run.group, begin = run.begin, end = run.end;
       convert_run_portable(codes + n * ldw, parameters.offset(top + n, group), parameters.factor(top + n, group), begin,
                            end, tile + n * columns);
     }
@@ -218,9 +247,8 @@ __attribute__((target("avx512f,avx512bw"))) void convert_codes_avx512(const int8
   for (int64_t n = 0; n < depth; ++n) {
     const int8_t* row = codes + n * ldw;
     Element* out = tile + n * columns;
-    for (int64_t begin = 0, end; begin < columns; begin = end) {
-      end = group_run_end(first, begin, columns, parameters.group_size);
-      const int64_t group = (first + begin) / parameters.group_size;
+    for (GroupRuns run(first, columns, parameters.group_size); run.more(); run.next()) {
+      const int64_t group = run.group, begin = run.begin, end = run.end;
       const float offset = parameters.offset(top + n, group), factor = parameters.factor(top + n, group);
       const __m512 offsets = _mm512_set1_ps(offset), factors = _mm512_set1_ps(factor);
       int64_t c = begin;
@@ -252,9 +280,8 @@ __attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int
   for (int64_t n = 0; n < depth; ++n) {
     const int8_t* row = codes + n * ldw;
     Element* out = tile + n * columns;
-    for (int64_t begin = 0, end; begin < columns; begin = end) {
-      end = group_run_end(first, begin, columns, parameters.group_size);
-      const int64_t group = (first + begin) / parameters.group_size;
+    for (GroupRuns run(first, columns, parameters.group_size); run.more(); run.next()) {
+      const int64_t group = run.group, begin = run.begin, end = run.end;
       const float offset = parameters.offset(top + n, group), factor = parameters.factor(top + n, group);
       const __m256 offsets = _mm256_set1_ps(offset), factors = _mm256_set1_ps(factor);
       int64_t c = begin;
@@ -341,15 +368,12 @@ struct Int4Pack {
     return {run + r % (block / 2), block_rows / 2, r < block / 2 ? 0 : 4, false};
   }
 
-  // W[row + i, column] for i in [0, 16).
-  void values16(int64_t row, int64_t column, float* out) const {
-    const auto where = rows16(row);
+  // W[row + i, column] for i in [0, 16), the rows `where` (rows16(row)) describes.
+  void values16(const Rows16& where, int64_t row, int64_t column, float* out) const {
     const uint8_t* bytes = where.column(column);
-    const bool pairs = where.pairs;
-    const int shift = where.shift;
     const float* parameters = scale_and_zeros + (column / group_size * rows + row) * 2;
     for (int64_t i = 0; i < 16; ++i) {
-      const int code = pairs ? (bytes[i / 2] >> (4 * (i % 2))) & 15 : (bytes[i] >> shift) & 15;
+      const int code = where.pairs ? (bytes[i / 2] >> (4 * (i % 2))) & 15 : (bytes[i] >> where.shift) & 15;
       out[i] = std::fma(static_cast<float>(code - 8), parameters[2 * i], parameters[2 * i + 1]);
     }
   }
@@ -425,6 +449,60 @@ QLGRAD_AVX512 void panel_rows(int64_t rows, const float* lhs, const float* panel
     }
   }
   panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate);
+}
+
+// stream_rows for int8 codes with group-wise scales whose groups are whole 16-column vectors,
+// written with intrinsics: the compiler's loop over a run of unknown length spends more on its
+// prologue and remainder than on the 2 to 16 vectors of a group. Each group's run takes lhs's
+// factors times its scale once, as stream_rows does.
+template <int64_t Rows>
+QLGRAD_AVX512 void stream_groups_rows(const float* lhs, int64_t ldl, int64_t begin, int64_t end, const int8_t* weight,
+                                      int64_t ldw, const CodeParameters& parameters, int64_t first, int64_t columns,
+                                      float* sums, int64_t lds, float* block_sums) {
+  constexpr int64_t kDepthBlock = 128, kLanes = 16;
+  for (int64_t top = begin; top < end; top += kDepthBlock) {
+    std::fill(block_sums, block_sums + Rows * columns, 0.0f);
+    for (int64_t n = top; n < std::min(end, top + kDepthBlock); ++n) {
+      const int8_t* row = weight + n * ldw;
+      for (GroupRuns run(first, columns, parameters.group_size); run.more(); run.next()) {
+        const int64_t group = run.group, run_begin = run.begin, run_end = run.end;
+        const __m512 offset = _mm512_set1_ps(parameters.offset(n, group));
+        const float scale = parameters.factor(n, group);
+        __m512 factor[Rows];
+        for (int64_t r = 0; r < Rows; ++r) {
+          factor[r] = _mm512_set1_ps(lhs[r * ldl + n] * scale);
+        }
+        for (int64_t c = run_begin; c < run_end; c += kLanes) {
+          const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
+          const __m512 value = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes)), offset);
+          for (int64_t r = 0; r < Rows; ++r) {
+            float* sum = block_sums + r * columns + c;
+            _mm512_storeu_ps(sum, _mm512_fmadd_ps(factor[r], value, _mm512_loadu_ps(sum)));
+          }
+        }
+      }
+    }
+    for (int64_t r = 0; r < Rows; ++r) {
+      for (int64_t c = 0; c < columns; c += kLanes) {
+        float* sum = sums + r * lds + c;
+        _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), _mm512_loadu_ps(block_sums + r * columns + c)));
+      }
+    }
+  }
+}
+
+// stream_groups_rows for 1 to Rows rows, as stream for int8 codes.
+template <int64_t Rows = kStreamedRowsMax>
+QLGRAD_AVX512 void stream_groups(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end,
+                                 const int8_t* weight, int64_t ldw, const CodeParameters& parameters, int64_t first,
+                                 int64_t columns, float* sums, int64_t lds, float* block_sums) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) {
+      return stream_groups<Rows - 1>(rows, lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds,
+                                     block_sums);
+    }
+  }
+  stream_groups_rows<Rows>(lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds, block_sums);
 }
 
 // The offsets and factors of the 16 columns from `column` of weight row n: one group's
@@ -612,6 +690,9 @@ struct StoredCodes {
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const;
 };
 
+// Up to this many rows, the int4 product runs as dot products on the codes (Int4Codes::stream).
+constexpr int64_t kInt4StreamedRowsMax = 4;
+
 // The int4 packing as the GEMMs read it. Panels are converted 16 x 16 values at a time: 16 rows
 // of a column lie together in the packing, and a transpose in registers turns them into the
 // panels' rows.
@@ -623,8 +704,10 @@ struct Int4Codes {
   int64_t columns() const { return pack.columns; }
 
 #if defined(__x86_64__)
-  // W[row:row + 16, column] as codes in 16 int32 lanes, for the 16 rows `where` describes.
-  QLGRAD_AVX512 static __m512i codes16(const Int4Pack::Rows16& where, int64_t column) {
+  // The 16 values W[row:row + 16, column] of the rows `where` describes, with their group's
+  // scales and zeros (as scales_and_zeros16 gives them): fma(code - 8, scale, zero), as the op
+  // computes them.
+  QLGRAD_AVX512 static __m512 values16(const Int4Pack::Rows16& where, int64_t column, __m512 scales, __m512 zeros) {
     const uint8_t* bytes = where.column(column);
     const __m128i nibbles = _mm_set1_epi8(15);
     __m128i codes;
@@ -635,32 +718,31 @@ struct Int4Codes {
       const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
       codes = _mm_and_si128(where.shift == 0 ? packed : _mm_srli_epi16(packed, 4), nibbles);
     }
-    return _mm512_cvtepu8_epi32(codes);
+    const __m512 centered = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(codes)), _mm512_set1_ps(8.0f));
+    return _mm512_fmadd_ps(centered, scales, zeros);
+  }
+
+  // The scales and the zeros of rows [row, row + 16) in the group of `column`: lanes 0, 2, ..., 30
+  // and 1, 3, ..., 31 of their 16 pairs.
+  QLGRAD_AVX512 void scales_and_zeros16(int64_t row, int64_t column, __m512& scales, __m512& zeros) const {
+    const float* pairs = pack.scale_and_zeros + (column / pack.group_size * pack.rows + row) * 2;
+    const __m512 low = _mm512_loadu_ps(pairs), high = _mm512_loadu_ps(pairs + 16);
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    scales = _mm512_permutex2var_ps(low, evens, high);
+    zeros = _mm512_permutex2var_ps(low, _mm512_add_epi32(evens, _mm512_set1_epi32(1)), high);
   }
 
   QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
-    // Lanes 0, 2, ..., 30 and 1, 3, ..., 31 of two registers: the scales and the zeros.
-    alignas(64) int32_t even_index[16], odd_index[16];
-    for (int32_t i = 0; i < 16; ++i) {
-      even_index[i] = 2 * i;
-      odd_index[i] = 2 * i + 1;
-    }
-    const __m512i evens = _mm512_load_si512(even_index), odds = _mm512_load_si512(odd_index);
-    const __m512 eight = _mm512_set1_ps(8.0f);
     const Transpose16 transpose16;
     for (int64_t row = 0; row < depth; row += 16) {
       const auto where = pack.rows16(top + row);
       for (int64_t column = 0; column < count; column += 16) {
         // 16 columns lie in one group: group sizes are multiples of 32.
-        const float* parameters =
-            pack.scale_and_zeros + ((first + column) / pack.group_size * pack.rows + top + row) * 2;
-        const __m512 pairs_low = _mm512_loadu_ps(parameters), pairs_high = _mm512_loadu_ps(parameters + 16);
-        const __m512 scales = _mm512_permutex2var_ps(pairs_low, evens, pairs_high);
-        const __m512 zeros = _mm512_permutex2var_ps(pairs_low, odds, pairs_high);
+        __m512 scales, zeros;
+        scales_and_zeros16(top + row, first + column, scales, zeros);
         __m512 values[16];
         for (int64_t i = 0; i < 16; ++i) {
-          const __m512 codes = _mm512_cvtepi32_ps(codes16(where, first + column + i));
-          values[i] = _mm512_fmadd_ps(_mm512_sub_ps(codes, eight), scales, zeros);
+          values[i] = values16(where, first + column + i, scales, zeros);
         }
         transpose16(values);
         float* panel = out + (column / kPanelColumns * kPanelColumns) * depth + column % kPanelColumns;
@@ -669,6 +751,53 @@ struct Int4Codes {
         }
       }
     }
+  }
+
+  // out[r, first + c] = sum_n lhs[r, n] * W[n, first + c] for Rows rows and the columns
+  // [first, first + count), in dot products along the packing's 16 rows of a column: no value
+  // is stored, where the panels would convert and transpose every one for a single row.
+  // `partial` holds a 16-lane sum per column and row, reduced at the end.
+  template <int64_t Rows>
+  QLGRAD_AVX512 void stream_columns(const float* lhs, int64_t ldl, int64_t first, int64_t count, float* partial,
+                                    float* out, int64_t ldo) const {
+    constexpr int64_t kLanes = 16;
+    std::fill(partial, partial + count * Rows * kLanes, 0.0f);
+    for (int64_t row = 0; row < pack.rows; row += kLanes) {
+      const auto where = pack.rows16(row);
+      __m512 factors[Rows];
+      for (int64_t r = 0; r < Rows; ++r) {
+        factors[r] = _mm512_loadu_ps(lhs + r * ldl + row);
+      }
+      for (int64_t column = 0; column < count; column += kLanes) {
+        __m512 scales, zeros;
+        scales_and_zeros16(row, first + column, scales, zeros);
+        for (int64_t i = 0; i < kLanes; ++i) {
+          const __m512 values = values16(where, first + column + i, scales, zeros);
+          float* sums = partial + (column + i) * Rows * kLanes;
+          for (int64_t r = 0; r < Rows; ++r) {
+            _mm512_storeu_ps(sums + r * kLanes,
+                             _mm512_fmadd_ps(factors[r], values, _mm512_loadu_ps(sums + r * kLanes)));
+          }
+        }
+      }
+    }
+    for (int64_t c = 0; c < count; ++c) {
+      for (int64_t r = 0; r < Rows; ++r) {
+        out[r * ldo + first + c] = _mm512_reduce_add_ps(_mm512_loadu_ps(partial + (c * Rows + r) * kLanes));
+      }
+    }
+  }
+
+  // stream_columns for 1 to Rows rows.
+  template <int64_t Rows = kInt4StreamedRowsMax>
+  QLGRAD_AVX512 void stream(int64_t rows, const float* lhs, int64_t ldl, int64_t first, int64_t count, float* partial,
+                            float* out, int64_t ldo) const {
+    if constexpr (Rows > 1) {
+      if (rows < Rows) {
+        return stream<Rows - 1>(rows, lhs, ldl, first, count, partial, out, ldo);
+      }
+    }
+    stream_columns<Rows>(lhs, ldl, first, count, partial, out, ldo);
   }
 #endif
 
@@ -715,14 +844,11 @@ void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile
   const auto convert = [&](auto* out) {
     float values[16];
     for (int64_t row = 0; row < depth; row += 16) {
+      const auto where = pack.rows16(top + row);
       for (int64_t column = 0; column < count; ++column) {
-        pack.values16(top + row, first + column, values);
+        pack.values16(where, top + row, first + column, values);
         for (int64_t i = 0; i < std::min<int64_t>(16, depth - row); ++i) {
-          if constexpr (std::is_same_v<std::remove_pointer_t<decltype(out)>, float>) {
-            out[(row + i) * count + column] = values[i];
-          } else {
-            out[(row + i) * count + column] = to_bfloat16(values[i]);
-          }
+          store_value(values[i], out + (row + i) * count + column);
         }
       }
     }
@@ -814,8 +940,16 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 #endif
   const auto scaled = row_scale ? at::mul(lhs, *row_scale) : lhs;
   if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
-    return weight.scalar_type() == at::kChar ? streamed<int8_t>(scaled, weight, parameters)
-                                             : streamed<at::Half>(scaled, weight, parameters);
+    if (weight.scalar_type() != at::kChar) {
+      return streamed<at::Half>(scaled, weight, parameters);
+    }
+#if defined(__x86_64__)
+    // Groups of whole vectors (the streamed chunks start at multiples of 16 columns too).
+    if (avx512 && groupwise && parameters.group_size % 16 == 0) {
+      return streamed<int8_t>(scaled, weight, parameters, &stream_groups<>);
+    }
+#endif
+    return streamed<int8_t>(scaled, weight, parameters);
   }
   return tiled(scaled, StoredCodes{weight, parameters});
 }
@@ -853,6 +987,21 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
 #if defined(__x86_64__)
   static const bool avx512 =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  if (avx512 && lhs.scalar_type() == at::kFloat && lhs.size(0) <= kInt4StreamedRowsMax) {
+    // Each thread takes a range of columns; its partial sums stay in L2.
+    auto result = at::empty({lhs.size(0), pack.columns}, lhs.options());
+    const int64_t tasks = std::min<int64_t>(at::get_num_threads(), pack.columns / 16);
+    at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t task = begin; task < end; ++task) {
+        const int64_t first = piece_start(pack.columns, tasks, task, 16);
+        const int64_t count = piece_start(pack.columns, tasks, task + 1, 16) - first;
+        auto partial = at::empty({count * lhs.size(0) * 16}, lhs.options());
+        Int4Codes{pack}.stream(lhs.size(0), lhs.const_data_ptr<float>(), lhs.size(1), first, count,
+                               partial.mutable_data_ptr<float>(), result.mutable_data_ptr<float>(), pack.columns);
+      }
+    });
+    return result;
+  }
   if (avx512 && lhs.scalar_type() == at::kFloat) {
     return panel_gemm(lhs, Int4Codes{pack}, std::nullopt);
   }

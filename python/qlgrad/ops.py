@@ -87,13 +87,17 @@ def _check_precision(function: str, precision) -> None:
         raise TypeError(f"qlgrad.{function}: precision must be a str ({names}) or None, got {_type_name(precision)}")
 
 
-@torch.library.register_fake("qlgrad::linear_int8_backward")
-def _linear_int8_backward_fake(grad_output, weight, scale, zero_point=None, precision=None):
-    # Shapes and devices only, for torch.compile and other tracers; the real kernel checks
-    # everything. Calls mixing the meta device with another one land here as well.
-    for name, tensor in (("grad_output", grad_output), ("scale", scale), ("zero_point", zero_point)):
+# The fake kernels check shapes and devices only, for torch.compile and other tracers; the real
+# kernels check everything. Calls mixing the meta device with another one land there as well.
+def _check_fake_devices(weight: torch.Tensor, **tensors) -> None:
+    for name, tensor in tensors.items():
         if tensor is not None and tensor.device != weight.device:
             raise ValueError(f"qlgrad: {name} must be on the weight's device ({weight.device}), got {tensor.device}")
+
+
+@torch.library.register_fake("qlgrad::linear_int8_backward")
+def _linear_int8_backward_fake(grad_output, weight, scale, zero_point=None, precision=None):
+    _check_fake_devices(weight, grad_output=grad_output, scale=scale, zero_point=zero_point)
     torch._check(
         grad_output.shape[-1] == weight.shape[0], lambda: "grad_output's last dimension must equal out_features"
     )
@@ -132,11 +136,7 @@ def linear_int8_backward(
 
 @torch.library.register_fake("qlgrad::linear_int4pack_backward")
 def _linear_int4pack_backward_fake(grad_output, weight_int4pack, group_size, scale_and_zeros, precision=None):
-    for name, tensor in (("grad_output", grad_output), ("scale_and_zeros", scale_and_zeros)):
-        if tensor.device != weight_int4pack.device:
-            raise ValueError(
-                f"qlgrad: {name} must be on the weight's device ({weight_int4pack.device}), got {tensor.device}"
-            )
+    _check_fake_devices(weight_int4pack, grad_output=grad_output, scale_and_zeros=scale_and_zeros)
     torch._check(
         grad_output.shape[-1] == scale_and_zeros.shape[1],
         lambda: "grad_output's last dimension must equal out_features",
