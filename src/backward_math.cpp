@@ -203,7 +203,7 @@ Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size
   return {packed, group_size, as_contiguous(in_dtype(scale_and_zeros, at::kFloat))};
 }
 
-at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight, Precision precision) {
+at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight) {
   const auto grad = rows_of(grad_output);
   at::Tensor result;
   if (grad.scalar_type() == at::kDouble) {
@@ -211,9 +211,8 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight&
     result =
         at::mm(grad, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros).to(at::kDouble));
   } else {
-    const auto dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
-    result =
-        int4pack_matmul(as_contiguous(in_dtype(grad, dtype)), weight.packed, weight.group_size, weight.scale_and_zeros);
+    result = int4pack_matmul(as_contiguous(in_dtype(grad, at::kFloat)), weight.packed, weight.group_size,
+                             weight.scale_and_zeros);
   }
   return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
 }

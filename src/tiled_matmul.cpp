@@ -374,7 +374,9 @@ struct Int4Pack {
     const float* parameters = scale_and_zeros + (column / group_size * rows + row) * 2;
     for (int64_t i = 0; i < 16; ++i) {
       const int code = where.pairs ? (bytes[i / 2] >> (4 * (i % 2))) & 15 : (bytes[i] >> where.shift) & 15;
-      out[i] = std::fma(static_cast<float>(code - 8), parameters[2 * i], parameters[2 * i + 1]);
+      // Not std::fma, a library call where the build does not assume FMA instructions: the values
+      // differ from the op's fused ones by a rounding at most, well within float32 exactness.
+      out[i] = static_cast<float>(code - 8) * parameters[2 * i] + parameters[2 * i + 1];
     }
   }
 };
@@ -837,26 +839,20 @@ void StoredCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& ti
   }
 }
 
-// W[top:top + depth, first:first + count] into `tile` ([depth, count], contiguous), in the
-// tile's dtype, 16 rows of a column at a time as they lie together in the packing.
+// W[top:top + depth, first:first + count] into `tile` (float32 [depth, count], contiguous), 16
+// rows of a column at a time as they lie together in the packing.
 void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
   const int64_t depth = tile.size(0);
-  const auto convert = [&](auto* out) {
-    float values[16];
-    for (int64_t row = 0; row < depth; row += 16) {
-      const auto where = pack.rows16(top + row);
-      for (int64_t column = 0; column < count; ++column) {
-        pack.values16(where, top + row, first + column, values);
-        for (int64_t i = 0; i < std::min<int64_t>(16, depth - row); ++i) {
-          store_value(values[i], out + (row + i) * count + column);
-        }
+  float* out = tile.mutable_data_ptr<float>();
+  float values[16];
+  for (int64_t row = 0; row < depth; row += 16) {
+    const auto where = pack.rows16(top + row);
+    for (int64_t column = 0; column < count; ++column) {
+      pack.values16(where, top + row, first + column, values);
+      for (int64_t i = 0; i < std::min<int64_t>(16, depth - row); ++i) {
+        out[(row + i) * count + column] = values[i];
       }
     }
-  };
-  if (tile.scalar_type() == at::kFloat) {
-    convert(tile.mutable_data_ptr<float>());
-  } else {
-    convert(tile.mutable_data_ptr<at::BFloat16>());
   }
 }
 
@@ -978,7 +974,7 @@ at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, con
 at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int64_t group_size,
                            const at::Tensor& scale_and_zeros) {
   TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous());
-  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat);
   const auto pack = int4_pack(packed, group_size, scale_and_zeros);
   TORCH_INTERNAL_ASSERT(lhs.size(1) == pack.rows);
   if (lhs.size(0) == 0) {
@@ -987,7 +983,7 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
 #if defined(__x86_64__)
   static const bool avx512 =
       __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
-  if (avx512 && lhs.scalar_type() == at::kFloat && lhs.size(0) <= kInt4StreamedRowsMax) {
+  if (avx512 && lhs.size(0) <= kInt4StreamedRowsMax) {
     // Each thread takes a range of columns; its partial sums stay in L2.
     auto result = at::empty({lhs.size(0), pack.columns}, lhs.options());
     const int64_t tasks = std::min<int64_t>(at::get_num_threads(), pack.columns / 16);
@@ -1002,7 +998,7 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
     });
     return result;
   }
-  if (avx512 && lhs.scalar_type() == at::kFloat) {
+  if (avx512) {
     return panel_gemm(lhs, Int4Codes{pack}, std::nullopt);
   }
 #endif

@@ -33,9 +33,9 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 
 // result [M, K] = lhs @ W for an int4 weight [N, K] as torch packs it for the CPU
 // (aten::_convert_weight_to_int4pack_for_cpu under the running CPU capability), read in place:
-// W[n, k] = (code[n, k] - 8) * scale[k / group_size, n] + zero[k / group_size, n], each value
-// rounded to float32 once (then to bfloat16 for a bfloat16 lhs), as the op dequantizes it.
-//   lhs              float32 or bfloat16 [M, N], contiguous, N a multiple of 16
+// W[n, k] = (code[n, k] - 8) * scale[k / group_size, n] + zero[k / group_size, n] in float32,
+// as the op dequantizes it (fused on AVX-512, as the op's AVX kernels compute it).
+//   lhs              float32 [M, N], contiguous, N a multiple of 16
 //   packed           uint8, contiguous, N * K / 2 bytes
 //   group_size       a multiple of 32
 //   scale_and_zeros  float32 [K / group_size, N, 2], contiguous
