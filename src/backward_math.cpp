@@ -97,6 +97,21 @@ at::Tensor scaled_rows(const at::Tensor& grad_rows, const StoredWeight& weight) 
   return as_contiguous(at::mul(in_dtype(grad_rows, at::kFloat), weight.scale));
 }
 
+// The codes [N, K] in rows: the stored tensor, or a copy out of a blocked packing, made for an
+// integer GEMM or a float64 product that takes a tensor.
+at::Tensor codes_in_rows(const StoredWeight& weight) {
+  if (!weight.blocked) {
+    return weight.values;
+  }
+  const auto& layout = *weight.blocked;
+  auto codes = at::empty({layout.rows, layout.columns}, weight.values.options());
+  at::parallel_for(0, layout.rows, 16, [&](int64_t begin, int64_t end) {
+    layout.copy(weight.values.const_data_ptr<int8_t>(), begin, end - begin, 0, layout.columns,
+                codes.mutable_data_ptr<int8_t>() + begin * layout.columns, layout.columns);
+  });
+  return codes;
+}
+
 // grad [M, N] quantized per row to symmetric int8 (the weight's scale folded in first,
 // because it multiplies the contraction dimension), an integer GEMM with the int8 codes,
 // and a per-row rescale.
@@ -112,7 +127,7 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
                   quantized.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>());
   });
   // int32 times float32 gives float32: the rescale is also the conversion, in one pass.
-  auto result = at::mul(at::_int_mm(quantized, weight.values), row_scale);
+  auto result = at::mul(at::_int_mm(quantized, codes_in_rows(weight)), row_scale);
   if (weight.zero_point) {
     // sum_n q[m, n] * zero_point[n], exact in float64, taken off every column.
     const auto zero_point = weight.zero_point->to(at::kDouble).expand({n});
@@ -129,6 +144,14 @@ std::optional<at::Tensor> channel_zero_points(const StoredWeight& weight) {
     return weight.zero_point;
   }
   return as_contiguous(weight.zero_point->expand({weight.out_features()}));
+}
+
+// A scale or zero point in its stored form: float32, contiguous, [N, G] for group-wise
+// parameters and flat otherwise (one group per row is per channel, which the kernels handle as such).
+at::Tensor stored_parameter(const at::Tensor& parameter) {
+  const bool groupwise = parameter.dim() == 2 && parameter.size(1) > 1;
+  const auto as_float = in_dtype(parameter, at::kFloat);
+  return as_contiguous(groupwise ? as_float : as_float.reshape({-1}));
 }
 
 } // namespace
@@ -148,13 +171,14 @@ int64_t StoredWeight::nbytes() const {
 StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scale,
                                 const std::optional<at::Tensor>& zero_point) {
   const bool rows_contiguous = values.stride(1) == 1 || values.size(1) == 1;
-  // One group per row is per channel, which the kernels handle as such.
-  const bool groupwise = scale.dim() == 2 && scale.size(1) > 1;
-  const auto stored_shape = [&](const at::Tensor& parameter) {
-    return as_contiguous(groupwise ? parameter : parameter.reshape({-1}));
-  };
-  return {rows_contiguous ? values : values.contiguous(), stored_shape(in_dtype(scale, at::kFloat)),
-          zero_point ? std::optional(stored_shape(in_dtype(*zero_point, at::kFloat))) : std::nullopt};
+  return {rows_contiguous ? values : values.contiguous(), stored_parameter(scale),
+          zero_point ? std::optional(stored_parameter(*zero_point)) : std::nullopt};
+}
+
+StoredWeight blocked_int8_weight(const at::Tensor& packed, const BlockedLayout& blocked, const at::Tensor& scale,
+                                 const std::optional<at::Tensor>& zero_point) {
+  return {packed, stored_parameter(scale), zero_point ? std::optional(stored_parameter(*zero_point)) : std::nullopt,
+          blocked};
 }
 
 StoredWeight stored_float16_weight(const at::Tensor& weight) {
@@ -163,12 +187,12 @@ StoredWeight stored_float16_weight(const at::Tensor& weight) {
 
 at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
   // [N, G, K / G] against parameters [N, G, 1]; per tensor and per channel are G = 1.
-  const int64_t n = weight.values.size(0), k = weight.values.size(1);
+  const int64_t n = weight.out_features(), k = weight.in_features();
   const int64_t groups = weight.is_groupwise() ? weight.scale.size(1) : 1;
   const auto per_group = [&](const at::Tensor& parameter) {
     return in_dtype(parameter, dtype).reshape({-1, groups, 1});
   };
-  auto result = weight.values.to(dtype).view({n, groups, k / groups});
+  auto result = codes_in_rows(weight).to(dtype).view({n, groups, k / groups});
   if (weight.zero_point) {
     result.sub_(per_group(*weight.zero_point));
   }
@@ -182,15 +206,16 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& wei
     result = int8_input_gradient(grad, weight);
   } else if (precision == Precision::kBFloat16 && weight.is_groupwise()) {
     // The scales vary along the product's columns: the tiles take them as they are converted.
-    result = tiled_matmul(grad.to(at::kBFloat16), weight.values, weight.zero_point, weight.scale);
+    result = tiled_matmul(grad.to(at::kBFloat16), weight.values, weight.zero_point, weight.scale, weight.blocked);
   } else if (precision == Precision::kBFloat16) {
-    result = tiled_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight));
+    result = tiled_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight),
+                          std::nullopt, weight.blocked);
   } else if (grad.scalar_type() == at::kDouble) {
     // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
     result = at::mm(grad, dequantize(weight, at::kDouble));
   } else {
     result = tiled_matmul(as_contiguous(in_dtype(grad, at::kFloat)), weight.values, channel_zero_points(weight),
-                          weight.scale);
+                          weight.scale, weight.blocked);
   }
   return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
 }

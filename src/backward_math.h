@@ -2,6 +2,8 @@
 // The backward math of an int8 linear layer on plain ATen tensors: no dispatcher,
 // no autograd, no quantized dtypes.
 
+#include "blocked_codes.h"
+
 #include <qlgrad/qlgrad.h>
 
 #include <ATen/core/Tensor.h>
@@ -15,13 +17,17 @@ namespace qlgrad::math {
 // weight of an fp16-packed layer (scale 1, no zero point). The backward reads it as it is;
 // nothing wider is derived.
 struct StoredWeight {
-  at::Tensor values;  // int8 or float16 [N, K], unit stride along K
+  // int8 or float16 [N, K], unit stride along K; or, with `blocked`, int8 codes in that layout
+  // (a packed layer's own buffer, read in place).
+  at::Tensor values;
   // float32, contiguous: [1] (per tensor), [N] (per output channel) or [N, G] (group-wise:
   // G groups of K / G consecutive input features per output channel, G > 1).
   at::Tensor scale;
   std::optional<at::Tensor> zero_point;  // float32 shaped like scale (integers); absent for zero
+  std::optional<BlockedLayout> blocked;  // per tensor or per channel only
 
-  int64_t out_features() const { return values.size(0); }
+  int64_t out_features() const { return blocked ? blocked->rows : values.size(0); }
+  int64_t in_features() const { return blocked ? blocked->columns : values.size(1); }
   bool is_int8() const;
   bool is_groupwise() const { return scale.dim() == 2; }
   int64_t nbytes() const;
@@ -32,6 +38,11 @@ struct StoredWeight {
 // parameters are converted; the codes are copied only when their rows are not contiguous.
 StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scale,
                                 const std::optional<at::Tensor>& zero_point);
+
+// The stored form of int8 codes in a blocked packing (`packed`, int8, blocked.size() bytes), with
+// their scale [1] or [N] and zero point (absent for zero), as a caller gives them.
+StoredWeight blocked_int8_weight(const at::Tensor& packed, const BlockedLayout& blocked, const at::Tensor& scale,
+                                 const std::optional<at::Tensor>& zero_point);
 
 // The stored form of a float weight [N, K] (fp16-packed layers): float16, which holds it exactly.
 StoredWeight stored_float16_weight(const at::Tensor& weight);

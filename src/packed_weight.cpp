@@ -1,5 +1,7 @@
 #include "packed_weight.h"
 
+#include "fbgemm_weight.h"
+
 #include <ATen/ATen.h>
 
 namespace qlgrad::detail {
@@ -51,7 +53,9 @@ math::StoredWeight unpack(LinearPackedParamsBase& packed) {
 
 math::StoredWeight stored_weight(const PackedParams& packed, std::optional<WeightKind> kind) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
-  auto weight = cached_weight(packed, [&] { return unpack(*packed); });
+  // fbgemm's packing is read where it lies; other engines' weights are unpacked once and cached.
+  auto in_place = fbgemm_weight(packed);
+  auto weight = in_place ? *std::move(in_place) : cached_weight(packed, [&] { return unpack(*packed); });
   const WeightKind found = weight.is_int8() ? WeightKind::kQInt8 : WeightKind::kFloat16;
   TORCH_CHECK_TYPE(!kind || *kind == found, "qlgrad: ", op_family(*kind), " expects ", kind_name(*kind),
                    " packed weights, got ", kind_name(found), " ones (packed for ", op_family(found), ")");

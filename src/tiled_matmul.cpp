@@ -31,6 +31,8 @@ constexpr int64_t kStreamedRowsMax = 8;
 constexpr int64_t kStreamedRowsPerRangeMin = 256;
 // The block sums a stream keeps in L1.
 constexpr int64_t kStreamedSumBytes = 32 << 10;
+// Codes copied out of a blocked packing for a stream stay in L2: slabs of this many bytes.
+constexpr int64_t kCopiedSlabBytes = 256 << 10;
 // A converted float32 tile stays in L2 while the GEMM reads it, with up to this many columns.
 constexpr int64_t kTileBytes = int64_t{1} << 20;
 constexpr int64_t kTileColumnsMax = 1024;
@@ -72,7 +74,25 @@ struct CodeParameters {
 
   float offset(int64_t n, int64_t group) const { return zero_point == nullptr ? 0.0f : zero_point[n * groups + group]; }
   float factor(int64_t n, int64_t group) const { return scale == nullptr ? 1.0f : scale[n * groups + group]; }
+
+  // The parameters of weight rows from `top` on, as those of rows from 0.
+  CodeParameters from_row(int64_t top) const {
+    CodeParameters shifted = *this;
+    shifted.zero_point = zero_point == nullptr ? nullptr : zero_point + top * groups;
+    shifted.scale = scale == nullptr ? nullptr : scale + top * groups;
+    return shifted;
+  }
 };
+
+// A thread's scratch for codes copied out of a blocked packing (BlockedLayout::copy): at most a
+// few hundred KiB, reused by every product on the thread.
+int8_t* scratch_codes(int64_t bytes) {
+  thread_local std::vector<int8_t> scratch;
+  if (static_cast<int64_t>(scratch.size()) < bytes) {
+    scratch.resize(bytes);
+  }
+  return scratch.data();
+}
 
 // The runs of a block of `count` columns from column `first` of the weight that each lie in one
 // group, in order: the run's group, and its columns [begin, end) within the block. Advanced by
@@ -188,11 +208,19 @@ using StreamFn = void(int64_t rows, const float* lhs, int64_t ldl, int64_t begin
 // hardware prefetchers follow page after page, into sums of its own; the sums of the
 // ranges are added at the end, in a fixed order. The rows are read whole where the block
 // sums of every column fit in L1 (one or two rows of lhs), else in column chunks that do.
+// A blocked packing (int8 codes only) is copied into rows a slab at a time, each slab's codes
+// staying in L2 while its column chunks are streamed.
 template <typename Code>
-at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const CodeParameters& parameters,
-                    StreamFn<Code>* stream_range = &stream<Code>) {
-  const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = weight.size(1);
+at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<BlockedLayout>& blocked,
+                    const CodeParameters& parameters, StreamFn<Code>* stream_range = &stream<Code>) {
+  const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = blocked ? blocked->columns : weight.size(1);
   const int64_t ranges = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
+  // Slabs and ranges of whole 16-row bands, which the blocked copy moves 16 x 16 at a time.
+  const int64_t align = blocked ? 16 : 1;
+  const int64_t slab = blocked ? std::max<int64_t>(16, kCopiedSlabBytes / columns / 16 * 16) : depth;
+  const auto range_start = [&](int64_t range) {
+    return range == ranges ? depth : depth * range / ranges / align * align;
+  };
   // Whole cache lines of sums, so that chunks start where groups of a multiple of 16 columns do.
   const int64_t chunk =
       std::max<int64_t>(kCacheLine, kStreamedSumBytes / int64_t{sizeof(float)} / rows / kCacheLine * kCacheLine);
@@ -201,10 +229,24 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const CodeP
   at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
     auto block_sums = at::empty({rows * std::min(chunk, columns)}, lhs.options());
     for (int64_t range = begin; range < end; ++range) {
-      for (int64_t first = 0; first < columns; first += chunk) {
-        stream_range(rows, lhs.const_data_ptr<float>(), depth, depth * range / ranges, depth * (range + 1) / ranges,
-                     codes + first, weight.stride(0), parameters, first, std::min(chunk, columns - first),
-                     sums[range].mutable_data_ptr<float>() + first, columns, block_sums.mutable_data_ptr<float>());
+      const int64_t range_end = range_start(range + 1);
+      for (int64_t top = range_start(range); top < range_end; top += slab) {
+        const int64_t height = std::min(slab, range_end - top);
+        const Code* slab_codes = codes + top * (blocked ? 0 : weight.stride(0));
+        const int64_t ldw = blocked ? columns : weight.stride(0);
+        if constexpr (std::is_same_v<Code, int8_t>) {
+          if (blocked) {
+            int8_t* copied = scratch_codes(height * columns);
+            blocked->copy(codes, top, height, 0, columns, copied, columns);
+            slab_codes = copied;
+          }
+        }
+        const auto slab_parameters = parameters.from_row(top);
+        for (int64_t first = 0; first < columns; first += chunk) {
+          stream_range(rows, lhs.const_data_ptr<float>() + top, depth, 0, height, slab_codes + first, ldw,
+                       slab_parameters, first, std::min(chunk, columns - first),
+                       sums[range].mutable_data_ptr<float>() + first, columns, block_sums.mutable_data_ptr<float>());
+        }
       }
     }
   });
@@ -692,6 +734,32 @@ struct StoredCodes {
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const;
 };
 
+// int8 codes in a blocked packing (fbgemm's), as the GEMMs read it: a block's codes are copied
+// into rows in the thread's scratch, then converted as stored codes are. The copy is a pass
+// over int8 codes in cache, beside the conversion's writes of four times as many bytes.
+struct BlockedCodes {
+  const int8_t* packed;
+  const BlockedLayout& layout;
+  const CodeParameters& parameters;
+  // Whole 16-row bands, which the copy moves 16 x 16 at a time.
+  static constexpr int64_t kRowAlignment = 16;
+  // A tile's rows are copied and converted this many at a time (bfloat16 tiles have full depth).
+  static constexpr int64_t kTileSlabRows = 64;
+
+  int64_t depth() const { return layout.rows; }
+  int64_t columns() const { return layout.columns; }
+
+#if defined(__x86_64__)
+  QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+    int8_t* codes = scratch_codes(depth * count);
+    layout.copy(packed, top, depth, first, count, codes, count);
+    convert_panels(codes, count, parameters, top, first, depth, count, out);
+  }
+#endif
+
+  void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const;
+};
+
 // Up to this many rows, the int4 product runs as dot products on the codes (Int4Codes::stream).
 constexpr int64_t kInt4StreamedRowsMax = 4;
 
@@ -839,6 +907,22 @@ void StoredCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& ti
   }
 }
 
+void BlockedCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
+  const int64_t depth = tile.size(0);
+  int8_t* codes = scratch_codes(std::min(depth, kTileSlabRows) * count);
+  for (int64_t slab = 0; slab < depth; slab += kTileSlabRows) {
+    const int64_t height = std::min(kTileSlabRows, depth - slab);
+    layout.copy(packed, top + slab, height, first, count, codes, count);
+    if (tile.scalar_type() == at::kFloat) {
+      convert_codes(codes, count, parameters, top + slab, first, height, count,
+                    tile.mutable_data_ptr<float>() + slab * count);
+    } else {
+      convert_codes(codes, count, parameters, top + slab, first, height, count,
+                    tile.mutable_data_ptr<at::BFloat16>() + slab * count);
+    }
+  }
+}
+
 // W[top:top + depth, first:first + count] into `tile` (float32 [depth, count], contiguous), 16
 // rows of a column at a time as they lie together in the packing.
 void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
@@ -897,30 +981,32 @@ at::Tensor tiled(const at::Tensor& lhs, const Reader& reader) {
 } // namespace
 
 at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
-                        const std::optional<at::Tensor>& scale) {
-  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && weight.dim() == 2 && lhs.size(1) == weight.size(0));
-  TORCH_INTERNAL_ASSERT(weight.stride(1) == 1 || weight.size(1) == 1);
+                        const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked) {
+  const int64_t rows = blocked ? blocked->rows : weight.size(0), columns = blocked ? blocked->columns : weight.size(1);
+  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && lhs.size(1) == rows);
+  TORCH_INTERNAL_ASSERT(blocked ? weight.scalar_type() == at::kChar && weight.is_contiguous() &&
+                                      weight.numel() == blocked->size()
+                                : weight.dim() == 2 && (weight.stride(1) == 1 || weight.size(1) == 1));
   TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
   for (const auto& parameter : {zero_point, scale}) {
     TORCH_INTERNAL_ASSERT(!parameter || (parameter->scalar_type() == at::kFloat && parameter->is_contiguous()));
   }
   const bool groupwise = scale && scale->dim() == 2;
   if (groupwise) {
-    TORCH_INTERNAL_ASSERT(weight.scalar_type() == at::kChar && scale->size(0) == weight.size(0) &&
-                          weight.size(1) % scale->size(1) == 0);
+    TORCH_INTERNAL_ASSERT(weight.scalar_type() == at::kChar && scale->size(0) == rows && columns % scale->size(1) == 0);
     TORCH_INTERNAL_ASSERT(!zero_point || zero_point->sizes() == scale->sizes());
   } else {
-    TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == weight.size(0));
-    TORCH_INTERNAL_ASSERT(
-        !scale || (lhs.scalar_type() == at::kFloat && (scale->numel() == 1 || scale->numel() == weight.size(0))));
+    TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == rows);
+    TORCH_INTERNAL_ASSERT(!scale ||
+                          (lhs.scalar_type() == at::kFloat && (scale->numel() == 1 || scale->numel() == rows)));
   }
-  if (lhs.numel() == 0 || weight.size(1) == 0) {
-    return at::zeros({lhs.size(0), weight.size(1)}, lhs.options());
+  if (lhs.numel() == 0 || columns == 0) {
+    return at::zeros({lhs.size(0), columns}, lhs.options());
   }
   CodeParameters parameters;
   parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
   parameters.groups = groupwise ? scale->size(1) : 1;
-  parameters.group_size = weight.size(1) / parameters.groups;
+  parameters.group_size = columns / parameters.groups;
   // Per tensor and per channel, lhs carries the scale; group-wise scales are applied as the
   // codes are read.
   parameters.scale = groupwise ? scale->const_data_ptr<float>() : nullptr;
@@ -931,23 +1017,25 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   if (avx512 && lhs.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar &&
       lhs.size(0) > kStreamedRowsMax && lhs.size(0) < kPanelGemmRowsEnd) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
-    return panel_gemm(lhs, StoredCodes{weight, parameters}, row_scale);
+    return blocked ? panel_gemm(lhs, BlockedCodes{weight.const_data_ptr<int8_t>(), *blocked, parameters}, row_scale)
+                   : panel_gemm(lhs, StoredCodes{weight, parameters}, row_scale);
   }
 #endif
   const auto scaled = row_scale ? at::mul(lhs, *row_scale) : lhs;
   if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
     if (weight.scalar_type() != at::kChar) {
-      return streamed<at::Half>(scaled, weight, parameters);
+      return streamed<at::Half>(scaled, weight, std::nullopt, parameters);
     }
 #if defined(__x86_64__)
     // Groups of whole vectors (the streamed chunks start at multiples of 16 columns too).
     if (avx512 && groupwise && parameters.group_size % 16 == 0) {
-      return streamed<int8_t>(scaled, weight, parameters, &stream_groups<>);
+      return streamed<int8_t>(scaled, weight, blocked, parameters, &stream_groups<>);
     }
 #endif
-    return streamed<int8_t>(scaled, weight, parameters);
+    return streamed<int8_t>(scaled, weight, blocked, parameters);
   }
-  return tiled(scaled, StoredCodes{weight, parameters});
+  return blocked ? tiled(scaled, BlockedCodes{weight.const_data_ptr<int8_t>(), *blocked, parameters})
+                 : tiled(scaled, StoredCodes{weight, parameters});
 }
 
 namespace {

@@ -6,6 +6,8 @@
 // GEMM whose packing of the weight is the conversion of the codes; the others run MKL's
 // GEMM on tiles converted in each thread's L2.
 
+#include "blocked_codes.h"
+
 #include <ATen/core/Tensor.h>
 
 #include <optional>
@@ -16,7 +18,8 @@ namespace qlgrad::math {
 // float32 and returned in lhs's dtype; or, with group-wise parameters,
 // lhs @ (scale[n, g] * (weight[n, k] - zero_point[n, g])) with g = k / (K / G).
 //   lhs         float32 or bfloat16 [M, N], contiguous: the GEMM runs in its dtype
-//   weight      int8 or float16 [N, K] with unit stride along K (or K = 1)
+//   weight      int8 or float16 [N, K] with unit stride along K (or K = 1); or, with `blocked`,
+//               int8 codes in that layout (contiguous, blocked->size() bytes), read in place
 //   zero_point  float32 [N] or [N, G] (like scale), contiguous (integers of the int8 range);
 //               absent for zero
 //   scale       float32 [N] or [1], contiguous, for a float32 lhs; or [N, G] for an int8
@@ -29,7 +32,8 @@ namespace qlgrad::math {
 // in float32 the result differs from a product with a float32 weight only in the order of
 // the sums.
 at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
-                        const std::optional<at::Tensor>& scale = std::nullopt);
+                        const std::optional<at::Tensor>& scale = std::nullopt,
+                        const std::optional<BlockedLayout>& blocked = std::nullopt);
 
 // result [M, K] = lhs @ W for an int4 weight [N, K] as torch packs it for the CPU
 // (aten::_convert_weight_to_int4pack_for_cpu under the running CPU capability), read in place:

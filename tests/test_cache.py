@@ -1,4 +1,7 @@
-"""The weight cache: one int8 entry per layer, reuse, release with its layer, byte limit, admission."""
+"""The weight cache: one int8 entry per layer, reuse, release with its layer, byte limit, admission.
+
+Weights that fbgemm packed (the x86 and fbgemm engines) are read in place and never cached
+(test_fbgemm_in_place.py); the layers here are packed by QNNPACK, whose weights are unpacked and cached."""
 
 import gc
 
@@ -8,7 +11,15 @@ import torch
 import qlgrad
 from helpers import SCHEMES, dynamic_linear, packed_params, quantize_weight, reference_input_gradient
 
-pytestmark = pytest.mark.usefixtures("fresh_cache")
+pytestmark = pytest.mark.usefixtures("fresh_cache", "qnnpack_engine")
+
+
+@pytest.fixture
+def qnnpack_engine():
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "qnnpack"
+    yield
+    torch.backends.quantized.engine = previous
 
 
 def backward_through(layer, batch=4):

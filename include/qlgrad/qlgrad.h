@@ -59,7 +59,8 @@ class QLGRAD_API BackwardPrecisionGuard {
 };
 
 // grad_output [..., N] @ dequantize(W) [N, K] -> [..., K] for the weight inside the
-// packed params that quantized::linear_dynamic takes. Uses the weight cache.
+// packed params that quantized::linear_dynamic takes: read in place where fbgemm packed it
+// (the x86 and fbgemm engines), else from the weight cache.
 // Differentiable with respect to grad_output. precision: absent = get_backward_precision().
 QLGRAD_API at::Tensor linear_dynamic_backward(const at::Tensor& grad_output,
                                               const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
@@ -73,7 +74,8 @@ QLGRAD_API at::Tensor linear_dynamic_fp16_backward(const at::Tensor& grad_output
                                                    std::optional<Precision> precision = std::nullopt);
 
 // Unpacks the weight of `packed` (int8 or fp16) into the weight cache now, so that the first
-// backward does not pay for unpacking. Every precision reads the same entry.
+// backward does not pay for unpacking. Every precision reads the same entry. Weights that
+// fbgemm packed are read in place and never cached: for them this does nothing.
 QLGRAD_API void cache_weight(const c10::intrusive_ptr<LinearPackedParamsBase>& packed);
 
 // grad_output [..., N] @ (scale * (weight - zero_point)) -> [..., K] on plain tensors:
@@ -100,8 +102,8 @@ QLGRAD_API at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, co
                                                int64_t group_size, const at::Tensor& scale_and_zeros,
                                                std::optional<Precision> precision = std::nullopt);
 
-// The cache of unpacked weights: one entry per packed-params object, shared by every
-// precision, holding the weight as stored (int8 codes with their scales and zero points,
+// The cache of unpacked weights (those of engines other than fbgemm's, and fp16 weights): one
+// entry per packed-params object, shared by every precision, holding the weight as stored (int8 codes with their scales and zero points,
 // about 1 byte per element; float16 for fp16-packed layers). An entry is dropped when its
 // object is destroyed, or when the byte limit needs room for a layer asked for more often.
 struct CacheInfo {

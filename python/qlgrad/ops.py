@@ -217,8 +217,9 @@ def prepare(module: torch.nn.Module) -> int:
 
     The first backward through a layer otherwise pays for unpacking its weight (tens of
     milliseconds for 4096x4096). Every precision reads the same entry: the int8 codes with
-    their scales and zero points (float16 for fp16 layers). Returns the number of layers
-    prepared.
+    their scales and zero points (float16 for fp16 layers). int8 weights that fbgemm packed
+    (the x86 and fbgemm engines, torch's default on x86 CPUs) are read where they lie and never
+    cached: they need no preparing. Returns the number of layers prepared.
     """
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"qlgrad.prepare: module must be a torch.nn.Module, got {_type_name(module)}")

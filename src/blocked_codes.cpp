@@ -1,0 +1,108 @@
+#include "blocked_codes.h"
+
+#include <algorithm>
+#include <cstring>
+
+#if defined(__x86_64__)
+// GCC 12 warns that its own AVX-512 intrinsics read an uninitialized register (GCC bug
+// 105593, fixed in 13): the "undefined" source operand of the unmasked unpacks.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+#endif
+
+namespace qlgrad::math {
+namespace {
+
+// The portable copy: each n's codes a run of up to `interleave` bytes at a time, the runs of
+// one block `block_width * interleave` bytes apart.
+void copy_portable(const BlockedLayout& layout, const int8_t* packed, int64_t top, int64_t depth, int64_t first,
+                   int64_t count, int8_t* out, int64_t ldo) {
+  const int64_t interleave = layout.interleave, run_stride = layout.block_width * interleave;
+  for (int64_t i = 0; i < depth; ++i) {
+    int8_t* row = out + i * ldo;
+    for (int64_t j = 0; j < count;) {
+      // The rest of this block's range of k, from k = first + j.
+      const int64_t k = first + j, block_end = std::min(count, j + layout.block_depth - k % layout.block_depth);
+      const int8_t* run = packed + layout.offset(top + i, k - k % interleave);
+      for (int64_t skip = k % interleave; j < block_end; run += run_stride, skip = 0) {
+        const int64_t length = std::min(interleave - skip, block_end - j);
+        if (length == 4) {
+          std::memcpy(row + j, run, 4);  // fbgemm's int8 interleave: one 4-byte move
+        } else {
+          std::memcpy(row + j, run + skip, length);
+        }
+        j += length;
+      }
+    }
+  }
+}
+
+#if defined(__x86_64__)
+// 16 n x 16 k from fbgemm's AVX-512 packings (interleave 4, blocks of multiples of 16 both
+// ways): four 64-byte lines, line g holding k + 4g to k + 4g + 3 of the 16 n as 32-bit lanes,
+// transposed as 4 x 16 lanes into 16 rows of 16 codes.
+__attribute__((target("avx512f"))) void copy_16x16(const int8_t* lines, int64_t line_stride, int8_t* out, int64_t ldo) {
+  const __m512i line0 = _mm512_loadu_si512(lines), line1 = _mm512_loadu_si512(lines + line_stride);
+  const __m512i line2 = _mm512_loadu_si512(lines + 2 * line_stride),
+                line3 = _mm512_loadu_si512(lines + 3 * line_stride);
+  const __m512i low01 = _mm512_unpacklo_epi32(line0, line1), high01 = _mm512_unpackhi_epi32(line0, line1);
+  const __m512i low23 = _mm512_unpacklo_epi32(line2, line3), high23 = _mm512_unpackhi_epi32(line2, line3);
+  // rows[i], 128-bit lane j: the 16 codes of n = 4j + i.
+  const __m512i rows[4] = {_mm512_unpacklo_epi64(low01, low23), _mm512_unpackhi_epi64(low01, low23),
+                           _mm512_unpacklo_epi64(high01, high23), _mm512_unpackhi_epi64(high01, high23)};
+  for (int64_t i = 0; i < 4; ++i) {
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i * ldo), _mm512_extracti32x4_epi32(rows[i], 0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (4 + i) * ldo), _mm512_extracti32x4_epi32(rows[i], 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (8 + i) * ldo), _mm512_extracti32x4_epi32(rows[i], 2));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (12 + i) * ldo), _mm512_extracti32x4_epi32(rows[i], 3));
+  }
+}
+
+int64_t round_up16(int64_t value) {
+  return (value + 15) / 16 * 16;
+}
+
+int64_t round_down16(int64_t value) {
+  return value / 16 * 16;
+}
+#endif
+
+} // namespace
+
+void BlockedLayout::copy(const int8_t* packed, int64_t top, int64_t depth, int64_t first, int64_t count, int8_t* out,
+                         int64_t ldo) const {
+#if defined(__x86_64__)
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  if (avx512 && interleave == 4 && block_width % 16 == 0 && block_depth % 16 == 0) {
+    // Squares of 16 x 16 aligned to 16 lie in one block; the margins around them go the portable way.
+    const int64_t n_begin = round_up16(top), n_end = std::max(n_begin, round_down16(top + depth));
+    const int64_t k_begin = round_up16(first), k_end = std::max(k_begin, round_down16(first + count));
+    if (n_begin < n_end && k_begin < k_end) {
+      // Offsets advance by additions: divisions per square would cost more than its copy.
+      const int64_t range_bytes = blocks_across() * block_depth * block_width, square_bytes = 16 * block_width;
+      for (int64_t n = n_begin; n < n_end; n += 16) {
+        const int8_t* band = packed + offset(n, 0);
+        int8_t* rows = out + (n - top) * ldo - first;
+        for (int64_t k = k_begin; k < k_end;) {
+          const int64_t range_end = std::min(k_end, (k / block_depth + 1) * block_depth);
+          const int8_t* lines = band + k / block_depth * range_bytes + k % block_depth * block_width;
+          for (; k < range_end; k += 16, lines += square_bytes) {
+            copy_16x16(lines, block_width * interleave, rows + k, ldo);
+          }
+        }
+      }
+      const auto margin = [&](int64_t n0, int64_t n1, int64_t k0, int64_t k1) {
+        copy_portable(*this, packed, n0, n1 - n0, k0, k1 - k0, out + (n0 - top) * ldo + (k0 - first), ldo);
+      };
+      margin(top, n_begin, first, first + count);
+      margin(n_end, top + depth, first, first + count);
+      margin(n_begin, n_end, first, k_begin);
+      margin(n_begin, n_end, k_end, first + count);
+      return;
+    }
+  }
+#endif
+  copy_portable(*this, packed, top, depth, first, count, out, ldo);
+}
+
+} // namespace qlgrad::math

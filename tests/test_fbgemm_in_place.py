@@ -1,0 +1,79 @@
+"""int8 weights that fbgemm packed (the x86 and fbgemm engines) are read where they lie: the
+backward of every kernel path matches the float64 reference, and the layer holds one byte per
+weight, nothing cached beside its packed weight."""
+
+import gc
+
+import pytest
+import torch
+
+import qlgrad
+from helpers import SCHEMES, packed_params, quantize_weight, reference_input_gradient
+
+pytestmark = pytest.mark.usefixtures("fresh_cache")
+
+FBGEMM_ENGINES = [engine for engine in ("x86", "fbgemm") if engine in torch.backends.quantized.supported_engines]
+# Shapes [N, K] on both sides of fbgemm's blocks (multiples of 16 n and of 4, 16 and 256+ k),
+# and the row counts on both sides of every kernel switch (streams up to 8 rows, the panel GEMM
+# up to 511 on AVX-512 CPUs, tiles beyond).
+SHAPES = [(1, 1), (3, 5), (16, 16), (17, 33), (48, 300), (130, 1030), (512, 768)]
+ROWS = [1, 4, 8, 9, 40, 511, 512, 700]
+TOLERANCE = {"fp32": 2e-6, "bf16": 1.5e-2, "int8": 3e-2}
+
+
+@pytest.fixture(params=FBGEMM_ENGINES)
+def fbgemm_engine(request):
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = request.param
+    yield request.param
+    torch.backends.quantized.engine = previous
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((actual.double() - expected).norm() / expected.norm().clamp_min(1e-30)).item()
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("out_features, in_features", SHAPES, ids=str)
+def test_every_kernel_path_matches_the_float64_reference(fbgemm_engine, scheme, out_features, in_features):
+    weight = quantize_weight(out_features, in_features, scheme)
+    packed = packed_params(weight)
+    for precision, rows in ((p, r) for p in qlgrad.PRECISIONS for r in ROWS):
+        grad_output = torch.randn(rows, out_features)
+        grad_input = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
+        error = relative_error(grad_input, reference_input_gradient(grad_output, weight))
+        assert error <= TOLERANCE[precision], (precision, rows, error)
+    assert qlgrad.cache_info()[:2] == (0, 0)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_training_through_a_model_caches_nothing(fbgemm_engine, scheme):
+    model = torch.nn.Sequential(torch.nn.Linear(96, 160), torch.nn.ReLU(), torch.nn.Linear(160, 64))
+    qconfig = torch.ao.quantization.per_channel_dynamic_qconfig if scheme.startswith("per_channel") else None
+    int8_model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear: qconfig} if qconfig else None)
+    assert qlgrad.prepare(int8_model) == 2
+    x = torch.randn(12, 96, requires_grad=True)
+    int8_model(x).square().sum().backward()
+    assert x.grad.abs().sum() > 0
+    assert qlgrad.cache_info()[:4] == (0, 0, 0, 0)
+
+
+def test_double_backward_and_float64_read_the_packing(fbgemm_engine):
+    weight = quantize_weight(40, 70, "per_channel_affine")
+    packed = packed_params(weight)
+    grad_output = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
+    torch.autograd.gradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
+    torch.autograd.gradgradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
+
+
+def test_pending_backward_keeps_the_packing_alive(fbgemm_engine):
+    """The view of fbgemm's buffer holds the packed params: a backward after the layer is gone reads valid memory."""
+    weight = quantize_weight(64, 48, "per_tensor_affine")
+    packed = packed_params(weight)
+    x = torch.randn(5, 48, requires_grad=True)
+    y = torch.ops.quantized.linear_dynamic(x, packed, False)
+    del packed
+    gc.collect()
+    grad_output = torch.randn(5, 64)
+    y.backward(grad_output)
+    torch.testing.assert_close(x.grad.double(), reference_input_gradient(grad_output, weight), rtol=1e-5, atol=1e-6)
