@@ -211,7 +211,7 @@ class ModelRow:
     seconds: dict[str, float]  # "float", "int8": median backward
     cache_bytes: int  # qlgrad's cache after one backward, default limit
     resident_growth: int  # the process's resident memory grown by that backward
-    hit_rate: float  # of the timed backwards
+    hit_rate: float  # of the timed backwards; NaN where no weight went through the cache (read in place)
 
     @property
     def ratio(self) -> float:
@@ -242,7 +242,7 @@ def measure_model(shape: workloads.ModelShape, repeats: int) -> ModelRow:
         {name: statistics.median(values) for name, values in samples.items()},
         cache_bytes,
         resident_growth,
-        (after.hits - before.hits) / lookups,
+        (after.hits - before.hits) / lookups if lookups else math.nan,
     )
 
 
@@ -257,7 +257,8 @@ def model_report(row: ModelRow) -> str:
             f"({shape.weight_elements / 1e6:.0f}M int8 weights), {shape.tokens} tokens, default cache limit "
             f"{qlgrad.cache_info().limit_bytes / 2**30:.2f} GiB:",
             f"- backward: float model {milliseconds(row.seconds['float'])} ms, int8 model "
-            f"{milliseconds(row.seconds['int8'])} ms ({times(row.ratio)}); cache hit rate {row.hit_rate:.0%}",
+            f"{milliseconds(row.seconds['int8'])} ms ({times(row.ratio)}); cache hit rate "
+            + ("– (fbgemm's packing read in place)" if math.isnan(row.hit_rate) else f"{row.hit_rate:.0%}"),
             f"- cache: {row.cache_bytes / 2**20:.0f} MiB, {cache:.3f} bytes per int8 weight byte; the process "
             f"grew by {row.resident_growth / 2**20:.0f} MiB ({growth:.3f} per int8 weight byte) when it was filled",
             f"- int8 model backward ≤ {MODEL_MAX_RATIO}× the float model's: {held(row.ratio <= MODEL_MAX_RATIO)} "

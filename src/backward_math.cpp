@@ -181,6 +181,10 @@ StoredWeight blocked_int8_weight(const at::Tensor& packed, const BlockedLayout& 
           blocked};
 }
 
+StoredWeight in_rows(const StoredWeight& weight) {
+  return weight.blocked ? StoredWeight{codes_in_rows(weight), weight.scale, weight.zero_point} : weight;
+}
+
 StoredWeight stored_float16_weight(const at::Tensor& weight) {
   return {as_contiguous(in_dtype(weight, at::kHalf)), at::ones({1}, weight.options().dtype(at::kFloat)), std::nullopt};
 }

@@ -47,6 +47,10 @@ StoredWeight blocked_int8_weight(const at::Tensor& packed, const BlockedLayout& 
 // The stored form of a float weight [N, K] (fp16-packed layers): float16, which holds it exactly.
 StoredWeight stored_float16_weight(const at::Tensor& weight);
 
+// The weight with its codes in rows: `weight` itself, or a copy of the codes out of its blocked
+// packing (for a product that takes them as a tensor, such as the adjoint's).
+StoredWeight in_rows(const StoredWeight& weight);
+
 // W [N, K] in `dtype`, computed in that dtype in the order the stock dequantize uses:
 // (values - zero_point) * scale.
 at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype);

@@ -53,10 +53,11 @@ at::Tensor times_weight_transposed(WeightKind kind, const at::Tensor& t, const P
   std::optional<math::StoredWeight> weight;
   {
     // The weight is a constant of every transform: inside torch.func.jvp or grad it must
-    // be unpacked (and cached) as plain tensors, not ones wrapped by the transform.
+    // be unpacked (and cached), or its codes copied out of their packing, as plain tensors, not
+    // ones wrapped by the transform.
     c10::impl::ExcludeDispatchKeyGuard outside_functorch(c10::DispatchKeySet(
         {c10::DispatchKey::FuncTorchDynamicLayerFrontMode, c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
-    weight = detail::stored_weight(packed, kind);
+    weight = math::in_rows(detail::stored_weight(packed, kind));
   }
   return math::input_gradient_adjoint(t, *weight);
 }

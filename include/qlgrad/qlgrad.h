@@ -103,9 +103,10 @@ QLGRAD_API at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, co
                                                std::optional<Precision> precision = std::nullopt);
 
 // The cache of unpacked weights (those of engines other than fbgemm's, and fp16 weights): one
-// entry per packed-params object, shared by every precision, holding the weight as stored (int8 codes with their scales and zero points,
-// about 1 byte per element; float16 for fp16-packed layers). An entry is dropped when its
-// object is destroyed, or when the byte limit needs room for a layer asked for more often.
+// entry per packed-params object, shared by every precision, holding the weight as stored
+// (int8 codes with their scales and zero points, about 1 byte per element; float16 for
+// fp16-packed layers). An entry is dropped when its object is destroyed, or when the byte
+// limit needs room for a layer asked for more often.
 struct CacheInfo {
   int64_t entries;
   int64_t bytes;
