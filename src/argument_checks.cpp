@@ -40,6 +40,16 @@ void check_packed_tensors(const at::Tensor& grad_output) {
   check_device(grad_output, "grad_output", at::kCPU, "the device of packed weights");
 }
 
+void check_stored_weight_tensors(const at::Tensor& grad_output, const at::Tensor& values, const at::Tensor& description,
+                                 const at::Tensor& scale, const at::Tensor& zero_point) {
+  check_packed_tensors(grad_output);
+  for (const auto& [tensor, name] :
+       {std::pair{values, "values"}, {description, "description"}, {scale, "scale"}, {zero_point, "zero_point"}}) {
+    check_plain_tensor(tensor, name);
+    check_device(tensor, name, at::kCPU, "the device of packed weights");
+  }
+}
+
 void check_grad_output(const at::Tensor& grad_output, int64_t out_features) {
   TORCH_CHECK_TYPE(at::isFloatingType(grad_output.scalar_type()),
                    "qlgrad: grad_output must be a floating-point tensor, got ", grad_output.scalar_type());

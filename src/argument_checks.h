@@ -21,6 +21,10 @@ void check_int8_tensors(const at::Tensor& grad_output, const at::Tensor& weight,
 // The same for the packed backward operators: packed weights live on the CPU.
 void check_packed_tensors(const at::Tensor& grad_output);
 
+// The same for qlgrad::_stored_weight_backward: every tensor a plain CPU tensor.
+void check_stored_weight_tensors(const at::Tensor& grad_output, const at::Tensor& values, const at::Tensor& description,
+                                 const at::Tensor& scale, const at::Tensor& zero_point);
+
 // grad_output is floating, at least 1-D, and its last dimension is out_features.
 void check_grad_output(const at::Tensor& grad_output, int64_t out_features);
 

@@ -5,6 +5,7 @@
 // defines none for this class, so qlgrad adds one when it loads, unless torch has one.
 
 #include "packed_params.h"
+#include "packed_weight.h"
 
 #include <ATen/core/builtin_function.h>
 #include <ATen/core/custom_class.h>
@@ -18,21 +19,31 @@
 namespace qlgrad::detail {
 namespace {
 
+// What a compiled graph knows of a packed weight: its kind, its shape, and the sizes of the
+// flat tensors that qlgrad::_stored_weight returns for it (fbgemm's packing depends on the CPU).
 struct PackedShape {
   WeightKind kind;
   int64_t in_features;
   int64_t out_features;
+  int64_t values_numel;
+  int64_t description_numel;
+  int64_t scale_numel;
+  int64_t zero_point_numel;
 };
 
-PackedShape unpacked_shape(LinearPackedParamsBase& packed) {
-  // fp16-packed params unpack to a float32 weight, int8-packed ones to a qint8 tensor.
-  const at::Tensor weight = std::get<0>(packed.unpack());
-  TORCH_CHECK(weight.dim() == 2, "qlgrad: expected a 2-D packed weight, got ", weight.dim(), " dims");
-  return {weight.is_quantized() ? WeightKind::kQInt8 : WeightKind::kFloat16, weight.size(1), weight.size(0)};
+PackedShape shape_of(const PackedParams& packed) {
+  const auto weight = uncached_weight(packed);
+  return {kind_of(weight),
+          weight.in_features(),
+          weight.out_features(),
+          weight.values.numel(),
+          weight.blocked ? 6 : 3,
+          weight.scale.numel(),
+          weight.zero_point ? weight.zero_point->numel() : 0};
 }
 
-// The shape of each packed-params object, found once: unpack() copies the whole weight,
-// and __obj_flatten__ runs on every call of a compiled function. An entry holds a weak
+// The shape of each packed-params object, found once: unpack() copies the whole weight (for
+// engines other than fbgemm), and __obj_flatten__ runs on every call of a compiled function. An entry holds a weak
 // reference (the memory of a destroyed object stays allocated while it exists, so its
 // address is never reused meanwhile) and is swept on the next miss once its object is gone.
 class ShapeTable {
@@ -46,7 +57,7 @@ class ShapeTable {
       }
     }
     // Unpacking runs without the lock, so that it never blocks other objects.
-    const PackedShape shape = unpacked_shape(*packed);
+    const PackedShape shape = shape_of(packed);
     std::lock_guard<std::mutex> lock(mutex_);
     std::erase_if(entries_, [](const auto& entry) { return entry.second.object.expired(); });
     entries_.insert_or_assign(packed.get(), Entry{c10::weak_intrusive_ptr<LinearPackedParamsBase>(packed), shape});
@@ -64,14 +75,19 @@ class ShapeTable {
 
 using Field = std::tuple<std::string, std::string>;
 using IntField = std::tuple<std::string, int64_t>;
-using Flattened = std::tuple<Field, IntField, IntField>;
+using Flattened = std::tuple<Field, IntField, IntField, IntField, IntField, IntField, IntField>;
 
-// The weight's kind and shape: what the fake kernels need.
+// The weight's kind and shape, and the sizes of its stored tensors: what the fake kernels need.
 Flattened flatten(const PackedParams& packed) {
   static ShapeTable table;
   const PackedShape shape = table.shape(packed);
-  return {Field{"kind", kind_name(shape.kind)}, IntField{"in_features", shape.in_features},
-          IntField{"out_features", shape.out_features}};
+  return {Field{"kind", kind_name(shape.kind)},
+          IntField{"in_features", shape.in_features},
+          IntField{"out_features", shape.out_features},
+          IntField{"values_numel", shape.values_numel},
+          IntField{"description_numel", shape.description_numel},
+          IntField{"scale_numel", shape.scale_numel},
+          IntField{"zero_point_numel", shape.zero_point_numel}};
 }
 
 void add_flatten_method() {

@@ -51,12 +51,21 @@ math::StoredWeight unpack(LinearPackedParamsBase& packed) {
 
 } // namespace
 
+WeightKind kind_of(const math::StoredWeight& weight) {
+  return weight.is_int8() ? WeightKind::kQInt8 : WeightKind::kFloat16;
+}
+
+math::StoredWeight uncached_weight(const PackedParams& packed) {
+  auto in_place = fbgemm_weight(packed);
+  return in_place ? *std::move(in_place) : unpack(*packed);
+}
+
 math::StoredWeight stored_weight(const PackedParams& packed, std::optional<WeightKind> kind) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
   // fbgemm's packing is read where it lies; other engines' weights are unpacked once and cached.
   auto in_place = fbgemm_weight(packed);
   auto weight = in_place ? *std::move(in_place) : cached_weight(packed, [&] { return unpack(*packed); });
-  const WeightKind found = weight.is_int8() ? WeightKind::kQInt8 : WeightKind::kFloat16;
+  const WeightKind found = kind_of(weight);
   TORCH_CHECK_TYPE(!kind || *kind == found, "qlgrad: ", op_family(*kind), " expects ", kind_name(*kind),
                    " packed weights, got ", kind_name(found), " ones (packed for ", op_family(found), ")");
   return weight;

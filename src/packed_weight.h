@@ -11,4 +11,10 @@ namespace qlgrad::detail {
 // tensor or per output channel (axis 0).
 math::StoredWeight stored_weight(const PackedParams& packed, std::optional<WeightKind> kind);
 
+// The same without the weight cache: fbgemm's packing in place, or the weight unpacked now.
+math::StoredWeight uncached_weight(const PackedParams& packed);
+
+// The kind of packed weight a stored weight comes from.
+WeightKind kind_of(const math::StoredWeight& weight);
+
 } // namespace qlgrad::detail

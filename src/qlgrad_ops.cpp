@@ -6,6 +6,9 @@
 //   linear_int4pack_backward      grad_output @ W for torch's CPU int4 packing
 //                                 (aten::_weight_int4pack_mm_for_cpu's weight)
 //   cache_weight                  unpacks a packed weight into the weight cache ahead of backward
+//   _linear_dynamic_with_weight, _stored_weight_backward
+//                                 torch.compile's door to the packed backward (internal,
+//                                 implemented in traced_ops.cpp)
 
 #include "qlgrad_ops.h"
 
@@ -209,6 +212,14 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // No tensor argument to dispatch on: a catch-all kernel.
   m.def("cache_weight(__torch__.torch.classes.quantized.LinearPackedParamsBase packed) -> ()",
         &qlgrad::detail::cache_weight_kernel);
+  // torch.compile's door to the backward of the dynamic linear family (src/traced_ops.cpp).
+  m.def(
+      "_linear_dynamic_with_weight(Tensor input, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, "
+      "bool relu, bool reduce_range) -> (Tensor output, Tensor values, Tensor description, Tensor scale, "
+      "Tensor zero_point)");
+  m.def(
+      "_stored_weight_backward(Tensor grad_output, Tensor values, Tensor description, Tensor scale, "
+      "Tensor zero_point, SymInt in_features) -> Tensor");
 }
 
 QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {

@@ -5,21 +5,28 @@ import contextlib
 
 import pytest
 import torch
+from functorch.compile import make_boxed_func
 from torch import nn
+from torch._dynamo.backends.common import aot_autograd
 
+import qlgrad
 from helpers import dynamic_linear, quantize_weight
 
 BACKENDS = ("aot_eager", "inductor")
 
 
-def mixed_model():
-    """int8 (per channel, fused ReLU) and fp16 dynamic layers around a float one."""
+def mixed_model(fp16=True):
+    """int8 (per channel, fused ReLU) and fp16 dynamic layers around a float one; int8 only for
+    engines that pack no fp16 weights (QNNPACK)."""
     torch.manual_seed(0)
     relu_layer = torch.ao.nn.intrinsic.quantized.dynamic.LinearReLU(12, 16)
     relu_layer.set_weight_bias(quantize_weight(16, 12, "per_tensor_affine", seed=1).qweight, torch.randn(16))
-    fp16_layer = torch.ao.nn.quantized.dynamic.Linear(16, 4, dtype=torch.float16)
-    fp16_layer.set_weight_bias(torch.randn(4, 16) * 0.3, torch.randn(4))
-    return nn.Sequential(dynamic_linear(10, 12, "per_channel_affine"), nn.Tanh(), relu_layer, fp16_layer)
+    if fp16:
+        last_layer = torch.ao.nn.quantized.dynamic.Linear(16, 4, dtype=torch.float16)
+        last_layer.set_weight_bias(torch.randn(4, 16) * 0.3, torch.randn(4))
+    else:
+        last_layer = dynamic_linear(16, 4, "per_channel_symmetric", seed=2)
+    return nn.Sequential(dynamic_linear(10, 12, "per_channel_affine"), nn.Tanh(), relu_layer, last_layer)
 
 
 @pytest.fixture(autouse=True)
@@ -58,21 +65,55 @@ def test_compiled_graph_holds_the_quantized_ops():
     }, targets
 
 
-def test_compile_with_graph_breaks_differentiates_through_the_eager_layers():
-    # Through a compiled graph the input gradient is blocked by torch (see _compile.py): each
-    # layer whose input requires grad breaks the graph and runs eagerly.
-    model = mixed_model()
-    compiled = torch.compile(model, backend="aot_eager")
-    x, grad_output = torch.randn(6, 10), torch.randn(6, 4)
+def input_gradients(model, compiled, precision="fp32", batch=6):
+    """The input gradients of the eager and of the compiled model, for the same input and grad_output."""
+    torch.manual_seed(1)
+    x, grad_output = torch.randn(batch, 10), torch.randn(batch, 4)
     grads = []
-    for f in (model, compiled):
-        leaf = x.clone().requires_grad_()
-        f(leaf).backward(grad_output)
-        grads.append(leaf.grad)
-    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
-    torch._dynamo.reset()  # else the frames compiled with graph breaks are reused
-    with pytest.raises(torch._dynamo.exc.Unsupported, match="quantized.linear_dynamic"):
-        torch.compile(model, backend="aot_eager", fullgraph=True)(x.clone().requires_grad_())
+    with qlgrad.backward_precision(precision):
+        for f in (model, compiled):
+            leaf = x.clone().requires_grad_()
+            f(leaf).backward(grad_output)
+            grads.append(leaf.grad)
+    return grads
+
+
+@pytest.mark.parametrize("engine_name", ["x86", "qnnpack"])
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch._inductor.config.patch(fx_graph_cache=False)
+def test_fullgraph_compile_differentiates_through_every_layer(backend, engine_name):
+    """One graph whose backward takes the stored weight as plain tensors, read in place (fbgemm's
+    packing, the x86 engine) or from the cache (QNNPACK): the eager input gradient, exactly."""
+    previous, torch.backends.quantized.engine = torch.backends.quantized.engine, engine_name
+    try:
+        model = mixed_model(fp16=engine_name != "qnnpack")
+        compiled = torch.compile(model, backend=backend, fullgraph=True)
+        # Inductor may fuse the float ops around the layers (the tanh's backward) differently.
+        tolerance = {"rtol": 0, "atol": 0} if backend == "aot_eager" else {"rtol": 1e-5, "atol": 1e-6}
+        for precision in qlgrad.PRECISIONS:
+            eager, traced = input_gradients(model, compiled, precision)
+            torch.testing.assert_close(traced, eager, **tolerance)
+    finally:
+        torch.backends.quantized.engine = previous
+
+
+def test_compiled_backward_saves_tensors_not_the_packed_params():
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        def compiler(graph, inputs):
+            graphs.append(graph)
+            return make_boxed_func(graph.forward)
+
+        return aot_autograd(fw_compiler=compiler, bw_compiler=compiler)(graph_module, example_inputs)
+
+    model = mixed_model()
+    input_gradients(model, torch.compile(model, backend=backend, fullgraph=True))
+    forward, backward = graphs
+    targets = {str(node.target) for node in backward.graph.nodes if node.op == "call_function"}
+    assert "qlgrad._stored_weight_backward.default" in targets, targets
+    placeholders = [node for node in backward.graph.nodes if node.op == "placeholder"]
+    assert all(isinstance(node.meta.get("val"), torch.Tensor) for node in placeholders), placeholders
 
 
 def test_python_dispatcher_records_the_straight_through_backward():

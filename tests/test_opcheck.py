@@ -77,6 +77,29 @@ def cache_weight_cases():
         yield (make_packed(),), CACHE_WEIGHT_OPCHECK_UTILS
 
 
+def linear_dynamic_with_weight_cases():
+    """The traced forward of every kind of packed weight, read in place (fbgemm's packing) and from
+    the cache (QNNPACK's, and fp16 weights); with and without the fused ReLU."""
+    for engine, make_packed in (("x86", int8_packed), ("qnnpack", int8_packed), ("x86", fp16_packed)):
+        previous, torch.backends.quantized.engine = torch.backends.quantized.engine, engine
+        try:
+            packed = make_packed()
+        finally:
+            torch.backends.quantized.engine = previous
+        for relu in (False, True):
+            yield (torch.randn(3, 10), packed, relu, True), PACKED_OPCHECK_UTILS
+
+
+def stored_weight_backward_cases():
+    """The backward from the tensors the traced forward returns for each kind of packed weight."""
+    for (x, packed, relu, reduce_range), _ in linear_dynamic_with_weight_cases():
+        if relu:
+            continue
+        _, *stored = torch.ops.qlgrad._linear_dynamic_with_weight(x, packed, relu, reduce_range)
+        for grad_output in (torch.randn(3, 6), torch.randn(2, 3, 6)):
+            yield (grad_output, *stored, 10), None
+
+
 # operator -> () -> (args, test_utils or None for every check) for each call to check
 OPCHECK_CASES = {
     "linear_int8_backward": lambda: (*linear_int8_backward_cases(), *int8_groupwise_cases()),
@@ -84,6 +107,8 @@ OPCHECK_CASES = {
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),
     "cache_weight": cache_weight_cases,
+    "_linear_dynamic_with_weight": linear_dynamic_with_weight_cases,
+    "_stored_weight_backward": stored_weight_backward_cases,
 }
 
 

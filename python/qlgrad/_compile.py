@@ -13,20 +13,33 @@ eager calls and TorchScript keep the native kernels.
 import torch
 from torch._C import DispatchKey
 from torch._library.fake_class_registry import FakeScriptObject, register_fake_class
-from torch._subclasses.fake_tensor import FakeTensorMode, UnsupportedOperatorException
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import _disable_current_modes
-
-from . import _C
 
 
 @register_fake_class("quantized::LinearPackedParamsBase")
 class FakeLinearPackedParams:
-    """What tracing knows of a packed weight: its kind and shape."""
+    """What tracing knows of a packed weight: its kind and shape, and the sizes of the flat
+    tensors that ``qlgrad::_stored_weight`` returns for it."""
 
-    def __init__(self, kind: str, in_features: int, out_features: int):
+    def __init__(
+        self,
+        kind: str,
+        in_features: int,
+        out_features: int,
+        values_numel: int,
+        description_numel: int,
+        scale_numel: int,
+        zero_point_numel: int,
+    ):
         self.kind = kind
         self.in_features = in_features
         self.out_features = out_features
+        # Each field an attribute of its own name, which Dynamo reads back.
+        self.values_numel = values_numel
+        self.description_numel = description_numel
+        self.scale_numel = scale_numel
+        self.zero_point_numel = zero_point_numel
 
     @classmethod
     def __obj_unflatten__(cls, flattened):
@@ -46,7 +59,7 @@ class FakeLinearPackedParams:
 _FAMILY = {"qint8": "quantized::linear_dynamic", "fp16": "quantized::linear_dynamic_fp16"}
 
 
-def _fake_params(op_name: str, packed, kind: str) -> FakeLinearPackedParams:
+def _fake_params(op_name: str, packed, kind: str | None = None) -> FakeLinearPackedParams:
     # A fake object while torch.compile traces; a real one in a fake-tensor run (opcheck).
     if isinstance(packed, FakeScriptObject):
         params = packed.wrapped_obj
@@ -54,7 +67,7 @@ def _fake_params(op_name: str, packed, kind: str) -> FakeLinearPackedParams:
         # Unpacking a weight the first time makes real tensors: outside the fake mode.
         with _disable_current_modes():
             params = FakeLinearPackedParams.__obj_unflatten__(packed.__obj_flatten__())
-    if params.kind != kind:
+    if kind is not None and params.kind != kind:
         raise TypeError(
             f"qlgrad: {op_name} expects {kind} packed weights, got {params.kind} ones "
             f"(packed for {_FAMILY[params.kind]})"
@@ -72,36 +85,43 @@ def _register_traced_autograd(op, kernel) -> None:
 
 
 class _TracedDynamicLinear(torch.autograd.Function):
-    """The node of the native Autograd kernel (src/quantized_autograd.cpp), as tracing records it."""
+    """The node of the native Autograd kernel (src/quantized_autograd.cpp), as tracing records it.
+
+    A compiled graph cannot save the packed params (a TorchBind object) for its backward:
+    AOTAutograd's runtime refuses them (``save_from_forward`` in
+    torch/_functorch/_aot_autograd/runtime_wrappers.py). So the traced forward is
+    ``qlgrad::_linear_dynamic_with_weight``: the stock op, and the stored weight as plain tensors
+    (the weight the packed backward reads, nothing copied), which the backward takes.
+    """
 
     @staticmethod
-    def forward(input, packed, op, relu, backward_op, op_args, op_kwargs):
+    def forward(input, packed, relu, reduce_range):
         with torch._C._AutoDispatchBelowAutograd():
-            return op(input, packed, *op_args, **op_kwargs)
+            return torch.ops.qlgrad._linear_dynamic_with_weight(input, packed, relu, reduce_range)
 
     @staticmethod
-    def setup_context(ctx, inputs, output):
-        _, packed, _, relu, backward_op, _, _ = inputs
-        ctx.packed = packed
-        ctx.backward_op = backward_op
-        ctx.precision = _C.get_backward_precision()  # at forward time, as the native kernel records it
-        if relu:
-            ctx.save_for_backward(output > 0)
+    def setup_context(ctx, inputs, outputs):
+        input, _, relu, _ = inputs
+        output, *stored = outputs
+        ctx.mark_non_differentiable(*stored)
+        ctx.in_features = input.shape[-1]
+        ctx.save_for_backward(*stored, *((output > 0,) if relu else ()))
 
     @staticmethod
-    def backward(ctx, grad_output):
-        if ctx.saved_tensors:
-            (passed,) = ctx.saved_tensors
+    def backward(ctx, grad_output, *_):
+        # description holds the precision in effect when the forward ran, as the native node records it.
+        values, description, scale, zero_point, *passed = ctx.saved_tensors
+        if passed:
             # where, as the native node: a NaN cut off by the ReLU must not come back.
-            grad_output = torch.where(passed, grad_output, 0.0)
-        return ctx.backward_op(grad_output, ctx.packed, ctx.precision), None, None, None, None, None, None
+            grad_output = torch.where(passed[0], grad_output, 0.0)
+        grad_input = torch.ops.qlgrad._stored_weight_backward(
+            grad_output, values, description, scale, zero_point, ctx.in_features
+        )
+        return grad_input, None, None, None
 
 
 def _register_dynamic_linear(name: str, kind: str, relu: bool) -> None:
     op = getattr(torch.ops.quantized, name).default
-    backward_op = (
-        torch.ops.qlgrad.linear_dynamic_backward if kind == "qint8" else torch.ops.qlgrad.linear_dynamic_fp16_backward
-    ).default
 
     def fake(input, packed, *op_args, **op_kwargs):
         # Shapes only; the real kernel checks everything else.
@@ -113,14 +133,13 @@ def _register_dynamic_linear(name: str, kind: str, relu: bool) -> None:
         return input.new_empty((*input.shape[:-1], params.out_features))
 
     def traced_autograd(input, packed, *op_args, **op_kwargs):
-        if isinstance(packed, FakeScriptObject) and torch.is_grad_enabled() and input.requires_grad:
-            # A compiled graph cannot differentiate through the layer yet: AOTAutograd would
-            # save the packed params for backward, which its runtime refuses for a TorchBind
-            # object (save_from_forward in torch/_functorch/_aot_autograd/runtime_wrappers.py).
-            # Dynamo takes this exception as a graph break, so the layer runs eagerly, with
-            # the native kernel, as it did before qlgrad could trace it.
-            raise UnsupportedOperatorException(op)
-        return _TracedDynamicLinear.apply(input, packed, op, relu, backward_op, op_args, op_kwargs)
+        if not (torch.is_grad_enabled() and input.requires_grad):
+            with torch._C._AutoDispatchBelowAutograd():
+                return op(input, packed, *op_args, **op_kwargs)
+        # The int8 ops' reduce_range: the only argument beside input and packed.
+        reduce_range = bool(op_args[0] if op_args else op_kwargs.get("reduce_range", False))
+        output, *_ = _TracedDynamicLinear.apply(input, packed, relu, reduce_range)
+        return output
 
     # Not torch.library.register_fake: torch's quantized library names a Python module of
     # its own for fake kernels (m.set_python_module in aten/src/ATen/native/quantized/library.cpp),
@@ -128,6 +147,21 @@ def _register_dynamic_linear(name: str, kind: str, relu: bool) -> None:
     # torch.compile calls with a fake object.
     op.py_impl(FakeTensorMode)(lambda mode, *args, **kwargs: fake(*args, **kwargs))
     _register_traced_autograd(op, traced_autograd)
+
+
+@torch.library.register_fake("qlgrad::_linear_dynamic_with_weight")
+def _linear_dynamic_with_weight_fake(input, packed, relu, reduce_range):
+    params = _fake_params("qlgrad::_linear_dynamic_with_weight", packed)
+    output = input.new_empty((*input.shape[:-1], params.out_features))
+    values_dtype = torch.int8 if params.kind == "qint8" else torch.float16
+    dtypes = (values_dtype, torch.int64, torch.float32, torch.float32)
+    numels = (params.values_numel, params.description_numel, params.scale_numel, params.zero_point_numel)
+    return output, *(input.new_empty(n, dtype=dtype) for n, dtype in zip(numels, dtypes))
+
+
+@torch.library.register_fake("qlgrad::_stored_weight_backward")
+def _stored_weight_backward_fake(grad_output, values, description, scale, zero_point, in_features):
+    return grad_output.new_empty((*grad_output.shape[:-1], in_features))
 
 
 def _register_packed_backward(name: str, kind: str) -> None:
