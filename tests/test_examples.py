@@ -1,4 +1,4 @@
-"""The Captum example, and the README's PEFT and Captum sections run as they are written."""
+"""The Captum and language-model examples, and the README's PEFT and Captum sections run as they are written."""
 
 import importlib.util
 import os
@@ -34,6 +34,18 @@ def test_captum_example_attributions_of_int8_and_float_models_agree(capsys):
     assert set(mean_cosines) == {"Saliency", "IntegratedGradients"}
     assert all(cosine > 0.98 for cosine in mean_cosines.values())
     assert "IntegratedGradients" in capsys.readouterr().out
+
+
+def test_llm_lora_example_fine_tunes_an_int8_language_model(tmp_path, capsys):
+    results = load_example("llm_lora").main(["--small", "--output", str(tmp_path)])
+    before, after = results["before"], results["after"]
+    assert after["eval_count_down_loss"] < before["eval_count_down_loss"] / 10  # the new rule, learned
+    assert results["int8_forwards_per_step"] == 2  # checkpointing recomputed every int8 layer
+    assert results["reloaded_logits_equal"]
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert all(len(text.split()) == 6 for text in before["continuations"] + after["continuations"])
+    assert after["continuations"] != before["continuations"]
+    assert "greedy continuations" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
