@@ -1,4 +1,5 @@
 #include "backward_math.h"
+#include "cpu_capability.h"
 #include "tiled_matmul.h"
 
 #include <ATen/ATen.h>
@@ -66,11 +67,10 @@ template <typename Real>
 // q[m, :] = round(grad[m, :] * channel_scale / s[m]) with s[m] = max_n |grad[m, n] *
 // channel_scale[n]| / 127: symmetric int8 per row, the channel scale folded in first
 // because it multiplies the contraction dimension. One pass over each row (in cache)
-// for the maximum and one to round; cloned for AVX2 because this loop is what stands
+// for the maximum and one to round; compiled for AVX2 too because this loop is what stands
 // between the gradient and the integer GEMM.
-__attribute__((target_clones("avx2", "default"))) void quantize_rows(const float* grad, const float* channel_scale,
-                                                                     int64_t begin, int64_t end, int64_t n,
-                                                                     int8_t* quantized, float* row_scale) {
+[[gnu::always_inline]] inline void quantize_rows_body(const float* grad, const float* channel_scale, int64_t begin,
+                                                      int64_t end, int64_t n, int8_t* quantized, float* row_scale) {
   for (int64_t m = begin; m < end; ++m) {
     const float* row = grad + m * n;
     int8_t* out = quantized + m * n;
@@ -88,6 +88,29 @@ __attribute__((target_clones("avx2", "default"))) void quantize_rows(const float
       row_scale[m] = static_cast<float>(tiny_max_abs / 127.0);
     }
   }
+}
+
+void quantize_rows_portable(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
+                            int8_t* quantized, float* row_scale) {
+  quantize_rows_body(grad, channel_scale, begin, end, n, quantized, row_scale);
+}
+
+#if defined(__x86_64__)
+__attribute__((target("avx2"))) void quantize_rows_avx2(const float* grad, const float* channel_scale, int64_t begin,
+                                                        int64_t end, int64_t n, int8_t* quantized, float* row_scale) {
+  quantize_rows_body(grad, channel_scale, begin, end, n, quantized, row_scale);
+}
+#endif
+
+// quantize_rows_body for the CPU capability in use.
+void quantize_rows(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
+                   int8_t* quantized, float* row_scale) {
+#if defined(__x86_64__)
+  if (cpu_capability() >= CpuCapability::kAvx2) {
+    return quantize_rows_avx2(grad, channel_scale, begin, end, n, quantized, row_scale);
+  }
+#endif
+  quantize_rows_portable(grad, channel_scale, begin, end, n, quantized, row_scale);
 }
 
 // grad [M, N] scaled by the weight's scale along N, in float32: the factor the integer

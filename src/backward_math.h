@@ -24,7 +24,7 @@ struct StoredWeight {
   // G groups of K / G consecutive input features per output channel, G > 1).
   at::Tensor scale;
   std::optional<at::Tensor> zero_point;  // float32 shaped like scale (integers); absent for zero
-  std::optional<BlockedLayout> blocked;  // per tensor or per channel only
+  std::optional<BlockedLayout> blocked = std::nullopt;  // per tensor or per channel only
 
   int64_t out_features() const { return blocked ? blocked->rows : values.size(0); }
   int64_t in_features() const { return blocked ? blocked->columns : values.size(1); }

@@ -157,6 +157,10 @@ NB_MODULE(_C, m) {
         return std::make_tuple(info.entries, info.bytes, info.hits, info.misses, info.limit_bytes);
       },
       "Statistics of the backward-weight cache: (entries, bytes, hits, misses, limit_bytes).");
+  m.def(
+      "cpu_capability", [] { return std::string(qlgrad::cpu_capability()); },
+      "The instruction set of qlgrad's kernels: 'default' (portable), 'avx2' or 'avx512'. It is ATen's CPU "
+      "capability, which ATEN_CPU_CAPABILITY may lower, as for ATen's own kernels.");
   m.def("clear_cache", &qlgrad::clear_cache, "Drop every cached backward weight and reset the hit and miss counters.");
   m.def(
       "set_cache_limit", [](nb::handle nbytes) { qlgrad::set_cache_limit(cache_limit_from_python(nbytes)); },

@@ -1,5 +1,7 @@
 #include "blocked_codes.h"
 
+#include "cpu_capability.h"
+
 #include <algorithm>
 #include <cstring>
 
@@ -72,8 +74,7 @@ int64_t round_down16(int64_t value) {
 void BlockedLayout::copy(const int8_t* packed, int64_t top, int64_t depth, int64_t first, int64_t count, int8_t* out,
                          int64_t ldo) const {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f");
-  if (avx512 && interleave == 4 && block_width % 16 == 0 && block_depth % 16 == 0) {
+  if (cpu_capability() == CpuCapability::kAvx512 && interleave == 4 && block_width % 16 == 0 && block_depth % 16 == 0) {
     // Squares of 16 x 16 aligned to 16 lie in one block; the margins around them go the portable way.
     const int64_t n_begin = round_up16(top), n_end = std::max(n_begin, round_down16(top + depth));
     const int64_t k_begin = round_up16(first), k_end = std::max(k_begin, round_down16(first + count));

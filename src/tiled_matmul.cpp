@@ -1,8 +1,9 @@
 #include "tiled_matmul.h"
 
+#include "cpu_capability.h"
+
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/Version.h>
 
 #include <algorithm>
 #include <cstring>
@@ -14,10 +15,6 @@
 // 105593, fixed in 13): the "undefined" source operand of an unmasked conversion.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
-// Clones for AVX-512 and AVX2 where the CPU has them, chosen when the library loads.
-#define QLGRAD_VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
-#else
-#define QLGRAD_VECTOR_CLONES
 #endif
 
 namespace qlgrad::math {
@@ -189,20 +186,41 @@ template <int64_t Rows, typename... Arguments>
   stream_rows<Rows>(arguments...);
 }
 
-// The stream for 1 to kStreamedRowsMax rows.
-template <typename Code>
-QLGRAD_VECTOR_CLONES void stream(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end,
-                                 const Code* weight, int64_t ldw, const CodeParameters& parameters, int64_t first,
-                                 int64_t columns, float* sums, int64_t lds, float* block_sums) {
-  stream_up_to<kStreamedRowsMax>(rows, lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds,
-                                 block_sums);
-}
-
 // A stream's signature: stream's, or stream_groups's on AVX-512.
 template <typename Code>
 using StreamFn = void(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight,
                       int64_t ldw, const CodeParameters& parameters, int64_t first, int64_t columns, float* sums,
                       int64_t lds, float* block_sums);
+
+// The stream for 1 to kStreamedRowsMax rows, compiled for each instruction set qlgrad chooses
+// between (the compiler vectorizes stream_rows for each).
+#define QLGRAD_STREAM(name, attributes)                                                                             \
+  template <typename Code>                                                                                          \
+  attributes void name(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight, \
+                       int64_t ldw, const CodeParameters& parameters, int64_t first, int64_t columns, float* sums,  \
+                       int64_t lds, float* block_sums) {                                                            \
+    stream_up_to<kStreamedRowsMax>(rows, lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds,  \
+                                   block_sums);                                                                     \
+  }
+QLGRAD_STREAM(stream_portable, )
+#if defined(__x86_64__)
+QLGRAD_STREAM(stream_avx2, __attribute__((target("avx2,fma"))))
+QLGRAD_STREAM(stream_avx512, __attribute__((target("arch=x86-64-v4"))))
+#endif
+#undef QLGRAD_STREAM
+
+// The stream for the CPU capability in use.
+template <typename Code>
+StreamFn<Code>* stream() {
+#if defined(__x86_64__)
+  switch (cpu_capability()) {
+    case CpuCapability::kAvx512: return &stream_avx512<Code>;
+    case CpuCapability::kAvx2: return &stream_avx2<Code>;
+    case CpuCapability::kDefault: break;
+  }
+#endif
+  return &stream_portable<Code>;
+}
 
 // Each thread streams its own range of weight rows, one contiguous region of memory that
 // hardware prefetchers follow page after page, into sums of its own; the sums of the
@@ -212,7 +230,7 @@ using StreamFn = void(int64_t rows, const float* lhs, int64_t ldl, int64_t begin
 // staying in L2 while its column chunks are streamed.
 template <typename Code>
 at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<BlockedLayout>& blocked,
-                    const CodeParameters& parameters, StreamFn<Code>* stream_range = &stream<Code>) {
+                    const CodeParameters& parameters, StreamFn<Code>* stream_range = stream<Code>()) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = blocked ? blocked->columns : weight.size(1);
   const int64_t ranges = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
   // Slabs and ranges of whole 16-row bands, which the blocked copy moves 16 x 16 at a time.
@@ -359,13 +377,12 @@ struct Int4Packing {
 
 Int4Packing int4_packing() {
 #if defined(__x86_64__)
-  static const Int4Packing packing = [] {
-    const std::string capability = at::get_cpu_capability();
-    return capability == "AVX512" ? Int4Packing{64, true}
-           : capability == "AVX2" ? Int4Packing{32, true}
-                                  : Int4Packing{32, false};
-  }();
-  return packing;
+  switch (cpu_capability()) {
+    case CpuCapability::kAvx512: return {64, true};
+    case CpuCapability::kAvx2: return {32, true};
+    case CpuCapability::kDefault: break;
+  }
+  return {32, false};
 #else
   TORCH_CHECK(false, "qlgrad: reading torch's int4 packing is implemented for x86-64 CPUs only");
 #endif
@@ -878,13 +895,10 @@ template <typename Element>
 void convert_codes(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top, int64_t first,
                    int64_t depth, int64_t columns, Element* tile) {
 #if defined(__x86_64__)
-  static const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  static const bool avx2 = __builtin_cpu_supports("avx2");
-  if (avx512) {
-    return convert_codes_avx512(codes, ldw, parameters, top, first, depth, columns, tile);
-  }
-  if (avx2) {
-    return convert_codes_avx2(codes, ldw, parameters, top, first, depth, columns, tile);
+  switch (cpu_capability()) {
+    case CpuCapability::kAvx512: return convert_codes_avx512(codes, ldw, parameters, top, first, depth, columns, tile);
+    case CpuCapability::kAvx2: return convert_codes_avx2(codes, ldw, parameters, top, first, depth, columns, tile);
+    case CpuCapability::kDefault: break;
   }
 #endif
   convert_codes_portable(codes, ldw, parameters, top, first, depth, columns, tile);
@@ -1012,8 +1026,7 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   parameters.scale = groupwise ? scale->const_data_ptr<float>() : nullptr;
   const auto row_scale = groupwise ? std::nullopt : scale;
 #if defined(__x86_64__)
-  static const bool avx512 =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  const bool avx512 = cpu_capability() == CpuCapability::kAvx512;
   if (avx512 && lhs.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar &&
       lhs.size(0) > kStreamedRowsMax && lhs.size(0) < kPanelGemmRowsEnd) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
@@ -1069,8 +1082,7 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
     return at::zeros({0, pack.columns}, lhs.options());
   }
 #if defined(__x86_64__)
-  static const bool avx512 =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  const bool avx512 = cpu_capability() == CpuCapability::kAvx512;
   if (avx512 && lhs.size(0) <= kInt4StreamedRowsMax) {
     // Each thread takes a range of columns; its partial sums stay in L2.
     auto result = at::empty({lhs.size(0), pack.columns}, lhs.options());

@@ -102,6 +102,10 @@ QLGRAD_API at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, co
                                                int64_t group_size, const at::Tensor& scale_and_zeros,
                                                std::optional<Precision> precision = std::nullopt);
 
+// The instruction set of qlgrad's kernels: "default" (portable), "avx2" or "avx512". It is
+// ATen's CPU capability, so ATEN_CPU_CAPABILITY chooses it as it chooses ATen's kernels.
+QLGRAD_API const char* cpu_capability();
+
 // The cache of unpacked weights (those of engines other than fbgemm's, and fp16 weights): one
 // entry per packed-params object, shared by every precision, holding the weight as stored
 // (int8 codes with their scales and zero points, about 1 byte per element; float16 for

@@ -1,0 +1,83 @@
+"""qlgrad.cpu_capability() follows ATEN_CPU_CAPABILITY as ATen does, and the kernel tests pass under
+every capability below the machine's, so that the AVX2 and portable kernels are tested on every
+machine (the machine's own capability is the rest of the suite's)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import qlgrad
+from helpers import run_python
+
+TESTS_DIR = Path(__file__).parent
+CAPABILITIES = ("default", "avx2", "avx512")  # in increasing order, as ATen's
+# Every kernel path of every weight kind, row count and precision: per tensor and per channel in
+# rows and in fbgemm's packing, group-wise, fp16 weights, through the ops and the standalone API.
+# (test_int4pack.py runs its own tests under each capability.)
+KERNEL_TESTS = (
+    "test_linear_dynamic.py",
+    "test_family.py",
+    "test_standalone.py",
+    "test_precision.py",
+    "test_groupwise.py",
+    "test_fbgemm_in_place.py",
+)
+
+
+def machine_capability() -> str:
+    return torch.backends.cpu.get_cpu_capability().lower()
+
+
+def capability_under(variable: str) -> tuple[str, str]:
+    """(qlgrad's, ATen's) capability in a fresh process with ATEN_CPU_CAPABILITY set to ``variable``."""
+    os.environ["ATEN_CPU_CAPABILITY"] = variable
+    try:
+        result = run_python(
+            "import torch, qlgrad\nprint(qlgrad.cpu_capability(), torch.backends.cpu.get_cpu_capability().lower())"
+        )
+    finally:
+        del os.environ["ATEN_CPU_CAPABILITY"]
+    assert result.returncode == 0, result.stderr[-3000:]
+    qlgrad_capability, aten_capability = result.stdout.split()
+    return qlgrad_capability, aten_capability
+
+
+def test_cpu_capability_is_aten_s():
+    assert qlgrad.cpu_capability() == machine_capability()
+    assert qlgrad.cpu_capability() in CAPABILITIES
+
+
+@pytest.mark.parametrize("variable", [*CAPABILITIES, "not-a-capability"])
+def test_cpu_capability_follows_the_variable_as_aten_does(variable):
+    """A capability the CPU has is taken; one above it, or an unknown one, falls back as ATen decides."""
+    qlgrad_capability, aten_capability = capability_under(variable)
+    assert qlgrad_capability == aten_capability
+    if variable in CAPABILITIES and CAPABILITIES.index(variable) <= CAPABILITIES.index(machine_capability()):
+        assert qlgrad_capability == variable
+
+
+@pytest.mark.parametrize(
+    "capability",
+    [c for c in CAPABILITIES if CAPABILITIES.index(c) < CAPABILITIES.index(machine_capability())],
+)
+def test_kernel_tests_pass_under_a_lower_capability(capability, tmp_path):
+    env = dict(
+        os.environ,
+        ATEN_CPU_CAPABILITY=capability,
+        # The figures of these runs are not the machine's: kept out of the reliability report.
+        QLGRAD_RELIABILITY_REPORT=str(tmp_path / "reliability.json"),
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS],
+        cwd=TESTS_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert result.returncode == 0, result.stdout[-5000:] + result.stderr[-2000:]
+    assert "passed" in result.stdout.splitlines()[-1]
