@@ -40,23 +40,54 @@ void copy_portable(const BlockedLayout& layout, const int8_t* packed, int64_t to
 }
 
 #if defined(__x86_64__)
+#define QLGRAD_AVX512F __attribute__((target("avx512f")))
+
 // 16 n x 16 k from fbgemm's AVX-512 packings (interleave 4, blocks of multiples of 16 both
 // ways): four 64-byte lines, line g holding k + 4g to k + 4g + 3 of the 16 n as 32-bit lanes,
-// transposed as 4 x 16 lanes into 16 rows of 16 codes.
-__attribute__((target("avx512f"))) void copy_16x16(const int8_t* lines, int64_t line_stride, int8_t* out, int64_t ldo) {
+// transposed as 4 x 16 lanes. rows[i], 128-bit lane j: the 16 codes of n = 4j + i.
+QLGRAD_AVX512F void transpose_square(const int8_t* lines, int64_t line_stride, __m512i rows[4]) {
   const __m512i line0 = _mm512_loadu_si512(lines), line1 = _mm512_loadu_si512(lines + line_stride);
   const __m512i line2 = _mm512_loadu_si512(lines + 2 * line_stride),
                 line3 = _mm512_loadu_si512(lines + 3 * line_stride);
   const __m512i low01 = _mm512_unpacklo_epi32(line0, line1), high01 = _mm512_unpackhi_epi32(line0, line1);
   const __m512i low23 = _mm512_unpacklo_epi32(line2, line3), high23 = _mm512_unpackhi_epi32(line2, line3);
-  // rows[i], 128-bit lane j: the 16 codes of n = 4j + i.
-  const __m512i rows[4] = {_mm512_unpacklo_epi64(low01, low23), _mm512_unpackhi_epi64(low01, low23),
-                           _mm512_unpacklo_epi64(high01, high23), _mm512_unpackhi_epi64(high01, high23)};
+  rows[0] = _mm512_unpacklo_epi64(low01, low23);
+  rows[1] = _mm512_unpackhi_epi64(low01, low23);
+  rows[2] = _mm512_unpacklo_epi64(high01, high23);
+  rows[3] = _mm512_unpackhi_epi64(high01, high23);
+}
+
+// One square into 16 rows of 16 codes, `ldo` bytes apart.
+QLGRAD_AVX512F void copy_16x16(const int8_t* lines, int64_t line_stride, int8_t* out, int64_t ldo) {
+  __m512i rows[4];
+  transpose_square(lines, line_stride, rows);
   for (int64_t i = 0; i < 4; ++i) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + i * ldo), _mm512_extracti32x4_epi32(rows[i], 0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (4 + i) * ldo), _mm512_extracti32x4_epi32(rows[i], 1));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (8 + i) * ldo), _mm512_extracti32x4_epi32(rows[i], 2));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(out + (12 + i) * ldo), _mm512_extracti32x4_epi32(rows[i], 3));
+  }
+}
+
+// Four squares side by side (16 n x 64 k, `square_stride` bytes apart in the packing) into 16
+// rows of 64 codes: each row one 64-byte store, the 128-bit lanes of the squares regrouped in
+// registers, where one square at a time stores 16 bytes to each of 16 rows.
+QLGRAD_AVX512F void copy_16x64(const int8_t* lines, int64_t line_stride, int64_t square_stride, int8_t* out,
+                               int64_t ldo) {
+  __m512i squares[4][4];
+  for (int64_t q = 0; q < 4; ++q) {
+    transpose_square(lines + q * square_stride, line_stride, squares[q]);
+  }
+  for (int64_t i = 0; i < 4; ++i) {
+    // Lane j of squares[q][i] is row 4j + i's codes k + 16q to k + 16q + 15.
+    const __m512i first01 = _mm512_shuffle_i64x2(squares[0][i], squares[1][i], 0x44);  // rows 0, 1 of squares 0, 1
+    const __m512i last01 = _mm512_shuffle_i64x2(squares[0][i], squares[1][i], 0xEE);   // rows 2, 3
+    const __m512i first23 = _mm512_shuffle_i64x2(squares[2][i], squares[3][i], 0x44);
+    const __m512i last23 = _mm512_shuffle_i64x2(squares[2][i], squares[3][i], 0xEE);
+    _mm512_storeu_si512(out + i * ldo, _mm512_shuffle_i64x2(first01, first23, 0x88));
+    _mm512_storeu_si512(out + (4 + i) * ldo, _mm512_shuffle_i64x2(first01, first23, 0xDD));
+    _mm512_storeu_si512(out + (8 + i) * ldo, _mm512_shuffle_i64x2(last01, last23, 0x88));
+    _mm512_storeu_si512(out + (12 + i) * ldo, _mm512_shuffle_i64x2(last01, last23, 0xDD));
   }
 }
 
@@ -87,6 +118,9 @@ void BlockedLayout::copy(const int8_t* packed, int64_t top, int64_t depth, int64
         for (int64_t k = k_begin; k < k_end;) {
           const int64_t range_end = std::min(k_end, (k / block_depth + 1) * block_depth);
           const int8_t* lines = band + k / block_depth * range_bytes + k % block_depth * block_width;
+          for (; k + 64 <= range_end; k += 64, lines += 4 * square_bytes) {
+            copy_16x64(lines, block_width * interleave, square_bytes, rows + k, ldo);
+          }
           for (; k < range_end; k += 16, lines += square_bytes) {
             copy_16x16(lines, block_width * interleave, rows + k, ldo);
           }

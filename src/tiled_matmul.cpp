@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -80,6 +81,13 @@ struct CodeParameters {
     return shifted;
   }
 };
+
+// The row stride of codes copied out of a blocked packing: a cache line more than the row, so
+// that the 16 rows a 16 x 16 copy stores to do not fall into one L1 set when the row is a
+// multiple of 4 KiB (16 rows would evict each other from a 12-way set at every square).
+int64_t copied_row_stride(int64_t columns) {
+  return (columns + kCacheLine - 1) / kCacheLine * kCacheLine + kCacheLine;
+}
 
 // A thread's scratch for codes copied out of a blocked packing (BlockedLayout::copy): at most a
 // few hundred KiB, reused by every product on the thread.
@@ -233,9 +241,11 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::
                     const CodeParameters& parameters, StreamFn<Code>* stream_range = stream<Code>()) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = blocked ? blocked->columns : weight.size(1);
   const int64_t ranges = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
-  // Slabs and ranges of whole 16-row bands, which the blocked copy moves 16 x 16 at a time.
-  const int64_t align = blocked ? 16 : 1;
-  const int64_t slab = blocked ? std::max<int64_t>(16, kCopiedSlabBytes / columns / 16 * 16) : depth;
+  // Whole blocks of the packing (which a 16 x 16 copy needs in bands of 16 rows), so that no
+  // block is read by two slabs.
+  const int64_t align = blocked ? std::lcm<int64_t>(16, blocked->block_width) : 1;
+  const int64_t ldc = blocked ? copied_row_stride(columns) : 0;
+  const int64_t slab = blocked ? std::max<int64_t>(align, kCopiedSlabBytes / ldc / align * align) : depth;
   const auto range_start = [&](int64_t range) {
     return range == ranges ? depth : depth * range / ranges / align * align;
   };
@@ -251,11 +261,11 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::
       for (int64_t top = range_start(range); top < range_end; top += slab) {
         const int64_t height = std::min(slab, range_end - top);
         const Code* slab_codes = codes + top * (blocked ? 0 : weight.stride(0));
-        const int64_t ldw = blocked ? columns : weight.stride(0);
+        const int64_t ldw = blocked ? ldc : weight.stride(0);
         if constexpr (std::is_same_v<Code, int8_t>) {
           if (blocked) {
-            int8_t* copied = scratch_codes(height * columns);
-            blocked->copy(codes, top, height, 0, columns, copied, columns);
+            int8_t* copied = scratch_codes(height * ldc);
+            blocked->copy(codes, top, height, 0, columns, copied, ldc);
             slab_codes = copied;
           }
         }
@@ -768,9 +778,10 @@ struct BlockedCodes {
 
 #if defined(__x86_64__)
   QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
-    int8_t* codes = scratch_codes(depth * count);
-    layout.copy(packed, top, depth, first, count, codes, count);
-    convert_panels(codes, count, parameters, top, first, depth, count, out);
+    const int64_t ldc = copied_row_stride(count);
+    int8_t* codes = scratch_codes(depth * ldc);
+    layout.copy(packed, top, depth, first, count, codes, ldc);
+    convert_panels(codes, ldc, parameters, top, first, depth, count, out);
   }
 #endif
 
@@ -923,15 +934,16 @@ void StoredCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& ti
 
 void BlockedCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
   const int64_t depth = tile.size(0);
-  int8_t* codes = scratch_codes(std::min(depth, kTileSlabRows) * count);
+  const int64_t ldc = copied_row_stride(count);
+  int8_t* codes = scratch_codes(std::min(depth, kTileSlabRows) * ldc);
   for (int64_t slab = 0; slab < depth; slab += kTileSlabRows) {
     const int64_t height = std::min(kTileSlabRows, depth - slab);
-    layout.copy(packed, top + slab, height, first, count, codes, count);
+    layout.copy(packed, top + slab, height, first, count, codes, ldc);
     if (tile.scalar_type() == at::kFloat) {
-      convert_codes(codes, count, parameters, top + slab, first, height, count,
+      convert_codes(codes, ldc, parameters, top + slab, first, height, count,
                     tile.mutable_data_ptr<float>() + slab * count);
     } else {
-      convert_codes(codes, count, parameters, top + slab, first, height, count,
+      convert_codes(codes, ldc, parameters, top + slab, first, height, count,
                     tile.mutable_data_ptr<at::BFloat16>() + slab * count);
     }
   }
