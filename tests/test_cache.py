@@ -58,19 +58,6 @@ def test_entry_released_with_its_layer():
     assert qlgrad.cache_info()[:2] == (0, 0)
 
 
-def test_graph_keeps_packed_params_alive():
-    """A pending backward still works after the module is gone: its node holds the packed params."""
-    weight = quantize_weight(8, 16, "per_channel_affine")
-    packed = packed_params(weight)
-    x = torch.randn(3, 16, requires_grad=True)
-    y = torch.ops.quantized.linear_dynamic(x, packed, True)
-    del packed
-    gc.collect()
-    grad_output = torch.randn(3, 8)
-    y.backward(grad_output)
-    torch.testing.assert_close(x.grad.double(), reference_input_gradient(grad_output, weight), rtol=1e-5, atol=1e-6)
-
-
 def test_prepare_fills_one_entry_per_layer_that_every_precision_reads():
     """About one byte per weight element, unpacked once by prepare, then hit by every precision."""
     for scheme in SCHEMES:

@@ -2,8 +2,6 @@
 backward of every kernel path matches the float64 reference, and the layer holds one byte per
 weight, nothing cached beside its packed weight."""
 
-import gc
-
 import pytest
 import torch
 
@@ -64,16 +62,3 @@ def test_double_backward_and_float64_read_the_packing(fbgemm_engine):
     grad_output = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
     torch.autograd.gradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
     torch.autograd.gradgradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
-
-
-def test_pending_backward_keeps_the_packing_alive(fbgemm_engine):
-    """The view of fbgemm's buffer holds the packed params: a backward after the layer is gone reads valid memory."""
-    weight = quantize_weight(64, 48, "per_tensor_affine")
-    packed = packed_params(weight)
-    x = torch.randn(5, 48, requires_grad=True)
-    y = torch.ops.quantized.linear_dynamic(x, packed, False)
-    del packed
-    gc.collect()
-    grad_output = torch.randn(5, 64)
-    y.backward(grad_output)
-    torch.testing.assert_close(x.grad.double(), reference_input_gradient(grad_output, weight), rtol=1e-5, atol=1e-6)

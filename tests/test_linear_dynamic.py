@@ -1,6 +1,7 @@
 """The Autograd kernel of quantized::linear_dynamic: gradients and nodes (forward identity and the
 nodes not made without grad: test_family.py, for the whole family)."""
 
+import gc
 import warnings
 
 import pytest
@@ -39,6 +40,20 @@ def test_input_gradient_matches_float64_reference(engine, scheme, leading, reduc
 
     assert grad_x.shape == x.shape and grad_x.dtype == torch.float32
     torch.testing.assert_close(grad_x.double(), reference_input_gradient(grad_output, weight), rtol=1e-5, atol=1e-6)
+
+
+def test_pending_backward_outlives_the_packed_params(engine):
+    """A backward after the layer is gone: its node holds the packed params, so the weight read in
+    place (fbgemm's packing) or from the cache is still there."""
+    weight = quantize_weight(64, 48, "per_channel_symmetric")
+    packed = pack_or_skip(weight, engine)
+    x = torch.randn(5, 48, requires_grad=True)
+    y = torch.ops.quantized.linear_dynamic(x, packed, False)
+    del packed
+    gc.collect()
+    grad_output = torch.randn(5, 64)
+    y.backward(grad_output)
+    torch.testing.assert_close(x.grad.double(), reference_input_gradient(grad_output, weight), rtol=1e-5, atol=1e-6)
 
 
 def test_gradient_is_not_scaled_by_the_input_scale():
