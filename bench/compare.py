@@ -16,6 +16,7 @@ import math
 import os
 import random
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from benchmarks import workloads
 from benchmarks.workloads import PRECISIONS, SCHEMES, SHAPES, Shape, Workload
 
 BASELINE = "F.linear"
+ONEDNN = "oneDNN"  # the CPU's other fp32 GEMM: the best fp32 GEMM is the faster of the two
 NAIVE = "naive"
 FORWARD_STOCK = "forward stock"
 FORWARD_REQUIRES_GRAD = "forward requires_grad"
@@ -41,6 +43,8 @@ BF16_COPY = "bf16 copy"
 # (first, last) tokens at most this ratio; with a few tokens, reading a quarter of the bytes
 # makes it faster.
 FP32_TARGETS = (((64, None), 1.05), ((5, 63), 1.15), ((1, 4), 0.5))
+# The same against the best fp32 GEMM of the CPU (F.linear's MKL or oneDNN, whichever is faster).
+FP32_BEST_GEMM_TARGETS = (((9, None), 1.10), ((1, 8), 0.5))
 # bf16 from the int8 codes, against the product with a bfloat16 copy of the weight.
 BF16_COPY_MAX_RATIO = 1.05
 # The reduced precisions pay off from SPEEDUP_MIN_TOKENS tokens on, at (speedup over
@@ -55,7 +59,6 @@ MODEL_MAX_RATIO = 1.1  # the whole int8 model's backward over the float model's
 INT4_FEW_TOKENS_MAX_RATIO = 0.3
 INT4_MANY_TOKENS_MAX_RATIO = 1.10
 GROUPWISE_MAX_RATIO = 1.10
-ONEDNN = "oneDNN"
 MODEL_MAX_CACHE_BYTES = 1.05  # per byte of the model's int8 weights
 
 
@@ -153,6 +156,14 @@ class Row:
         return self.seconds[name] / self.seconds[BASELINE]
 
     @property
+    def best_gemm(self) -> str:
+        """The faster fp32 GEMM of the CPU on this product: F.linear's (MKL) or oneDNN's."""
+        return min((BASELINE, ONEDNN), key=lambda name: self.seconds[name])
+
+    def ratio_to_best_gemm(self, name: str) -> float:
+        return self.seconds[name] / self.seconds[self.best_gemm]
+
+    @property
     def forward_ratio(self) -> float:
         """Forward with an input that requires grad, over the stock forward (no_grad)."""
         return self.seconds[FORWARD_REQUIRES_GRAD] / self.seconds[FORWARD_STOCK]
@@ -170,6 +181,7 @@ def measure(shape: Shape, scheme: str, repeats: int) -> Row:
     gradients = {precision: workloads.qlgrad_input_gradient(workload, precision) for precision in PRECISIONS}
     operations = [
         Timed(BASELINE, baseline),
+        Timed(ONEDNN, workloads.onednn_linear_input_gradient(workload)),
         Timed(NAIVE, workloads.naive_input_gradient(workload)),
         Timed(BF16_COPY, workloads.bf16_copy_input_gradient(workload)),
         Timed(FORWARD_STOCK, workloads.int8_forward(workload, "no_grad")),
@@ -286,9 +298,10 @@ def percent(share: float) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     header = (
-        ["shape (tokens×in×out)", "scheme", f"{BASELINE} ms", f"{NAIVE} ms (×)", f"{BF16_COPY} ms (×)"]
+        ["shape (tokens×in×out)", "scheme", f"{BASELINE} ms", f"{ONEDNN} ms", f"{NAIVE} ms (×)", f"{BF16_COPY} ms (×)"]
         + [f"{precision} ms (×)" for precision in PRECISIONS]
         + [
+            "fp32 × best fp32 GEMM",
             "rel. error " + " / ".join(PRECISIONS),
             "forward stock ms",
             "forward requires_grad ×",
@@ -305,10 +318,12 @@ def markdown_table(rows: list[Row]) -> str:
             row.shape.label,
             row.scheme,
             milliseconds(row.seconds[BASELINE]),
+            milliseconds(row.seconds[ONEDNN]),
             *(
                 f"{milliseconds(row.seconds[name])} ({times(row.ratio(name))})"
                 for name in (NAIVE, BF16_COPY, *PRECISIONS)
             ),
+            f"{times(row.ratio_to_best_gemm('fp32'))} ({row.best_gemm})",
             " / ".join(f"{row.errors[precision]:.1e}" for precision in PRECISIONS),
             milliseconds(row.seconds[FORWARD_STOCK]),
             times(row.forward_ratio),
@@ -358,6 +373,18 @@ TARGETS = (
     *(
         Target(f"fp32 backward ≤ {limit}× F.linear", first, _at_most_times_baseline("fp32", limit), last)
         for (first, last), limit in FP32_TARGETS
+    ),
+    *(
+        Target(
+            f"fp32 backward ≤ {limit}× the best fp32 GEMM",
+            first,
+            lambda row, limit=limit: (
+                row.ratio_to_best_gemm("fp32") <= limit,
+                f"{times(row.ratio_to_best_gemm('fp32'))} {row.best_gemm}",
+            ),
+            last,
+        )
+        for (first, last), limit in FP32_BEST_GEMM_TARGETS
     ),
     Target(
         f"bf16 backward ≤ {BF16_COPY_MAX_RATIO}× the product with a bfloat16 copy",
@@ -568,6 +595,12 @@ def parse_arguments() -> argparse.Namespace:
         help=f"blocks of the whole-model row (default {workloads.BERT_LARGE.blocks}, BERT-large's "
         "linear layers; 0 leaves the row out)",
     )
+    parser.add_argument(
+        "--capability",
+        choices=("default", "avx2", "avx512"),
+        help="time the kernels of this CPU capability (ATEN_CPU_CAPABILITY, for ATen's kernels and qlgrad's "
+        "alike; one above the CPU's falls back); default: the CPU's",
+    )
     arguments = parser.parse_args()
     if arguments.repeats < 1:
         parser.error("--repeats must be at least 1")
@@ -578,10 +611,15 @@ def parse_arguments() -> argparse.Namespace:
 
 def main() -> None:
     arguments = parse_arguments()
+    if arguments.capability and os.environ.get("ATEN_CPU_CAPABILITY") != arguments.capability:
+        # ATen reads the variable once, when it first dispatches: the script starts again with it set.
+        environment = dict(os.environ, ATEN_CPU_CAPABILITY=arguments.capability)
+        os.execve(sys.executable, [sys.executable, *sys.argv], environment)
     workloads.configure_torch()
     print(
         f"qlgrad {qlgrad.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+        f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()} "
+        f"(qlgrad's kernels: {qlgrad.cpu_capability()})"
     )
     print(cpu_description())
     print(

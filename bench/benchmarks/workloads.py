@@ -130,6 +130,20 @@ def float_linear_input_gradient(workload: Workload):
     return lambda: torch.autograd.grad(y, x, workload.grad_output, retain_graph=True)[0]
 
 
+def onednn_product(lhs: torch.Tensor, weight: torch.Tensor):
+    """``lhs @ weight`` through oneDNN's fp32 GEMM (torch's mkldnn linear, which takes the weight
+    transposed and, like its inputs, in oneDNN's own tensors): the faster fp32 GEMM on CPUs where
+    MKL takes its AVX2 path (AMD's)."""
+    transposed = weight.t().contiguous().to_mkldnn()
+    lhs = lhs.to_mkldnn()
+    return lambda: torch._C._nn.mkldnn_linear(lhs, transposed, None).to_dense()
+
+
+def onednn_linear_input_gradient(workload: Workload):
+    """The baseline's product, ``grad_output @ W_deq``, through oneDNN."""
+    return onednn_product(workload.grad_output, workload.qweight.dequantize())
+
+
 class _UnpackOnEveryBackward(torch.autograd.Function):
     """The straight-through estimator as written without qlgrad: each backward unpacks and dequantizes."""
 
@@ -347,9 +361,7 @@ class LowBitWorkload:
 
     def onednn_input_gradient(self):
         """The same product through oneDNN (torch's mkldnn linear), the faster fp32 GEMM on some CPUs."""
-        weight = self.weight.t().contiguous().to_mkldnn()
-        grad_output = self.grad_output.to_mkldnn()
-        return lambda: torch._C._nn.mkldnn_linear(grad_output, weight, None).to_dense()
+        return onednn_product(self.grad_output, self.weight)
 
     def reference(self) -> torch.Tensor:
         return self.grad_output.double() @ self.weight.double()
