@@ -139,3 +139,5 @@ def test_fake_object_refuses_a_weight_of_the_other_kind():
     )
     with pytest.raises(Exception, match="expects qint8 packed weights, got fp16 ones"):
         f(torch.randn(2, 8))
+    with pytest.raises(Exception, match="expects qint8 packed weights, got fp16 ones"):
+        f(torch.randn(2, 8, requires_grad=True))  # the traced forward of training refuses it too

@@ -136,6 +136,7 @@ def _register_dynamic_linear(name: str, kind: str, relu: bool) -> None:
         if not (torch.is_grad_enabled() and input.requires_grad):
             with torch._C._AutoDispatchBelowAutograd():
                 return op(input, packed, *op_args, **op_kwargs)
+        _fake_params(op.name(), packed, kind)  # refuses a weight of the other kind, as the stock op does
         # The int8 ops' reduce_range: the only argument beside input and packed.
         reduce_range = bool(op_args[0] if op_args else op_kwargs.get("reduce_range", False))
         output, *_ = _TracedDynamicLinear.apply(input, packed, relu, reduce_range)
