@@ -65,11 +65,6 @@ std::optional<math::StoredWeight> fbgemm_weight(const PackedParams& packed) {
       weight->w_zp.size() != weight->w_scale.size() || !matches(layout, packing)) {
     return std::nullopt;
   }
-  // Plain real tensors, also where a caller traces under a fake-tensor mode or runs inside a
-  // torch.func transform: they are constants that describe a real object.
-  c10::impl::ExcludeDispatchKeyGuard plain_tensors(c10::DispatchKeySet(
-      {c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot, c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
-       c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
   // The view keeps the packed params alive for as long as a backward holds it.
   auto codes = at::from_blob(
       packing.getBuf(), {layout.size()}, [owner = packed](void*) mutable { owner.reset(); },

@@ -49,6 +49,14 @@ math::StoredWeight unpack(LinearPackedParamsBase& packed) {
   return weight.is_quantized() ? as_int8(weight) : math::stored_float16_weight(weight);
 }
 
+// A stored weight is a constant made of plain real tensors, also where its caller traces under a
+// fake-tensor mode (torch.compile calls __obj_flatten__ so) or runs inside a torch.func transform.
+c10::DispatchKeySet outside_modes_and_transforms() {
+  return c10::DispatchKeySet({c10::DispatchKey::Python, c10::DispatchKey::PythonTLSSnapshot,
+                              c10::DispatchKey::FuncTorchDynamicLayerFrontMode,
+                              c10::DispatchKey::FuncTorchDynamicLayerBackMode});
+}
+
 } // namespace
 
 WeightKind kind_of(const math::StoredWeight& weight) {
@@ -56,12 +64,14 @@ WeightKind kind_of(const math::StoredWeight& weight) {
 }
 
 math::StoredWeight uncached_weight(const PackedParams& packed) {
+  c10::impl::ExcludeDispatchKeyGuard plain_tensors(outside_modes_and_transforms());
   auto in_place = fbgemm_weight(packed);
   return in_place ? *std::move(in_place) : unpack(*packed);
 }
 
 math::StoredWeight stored_weight(const PackedParams& packed, std::optional<WeightKind> kind) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
+  c10::impl::ExcludeDispatchKeyGuard plain_tensors(outside_modes_and_transforms());
   // fbgemm's packing is read where it lies; other engines' weights are unpacked once and cached.
   auto in_place = fbgemm_weight(packed);
   auto weight = in_place ? *std::move(in_place) : cached_weight(packed, [&] { return unpack(*packed); });

@@ -4,7 +4,7 @@
 //   linear_dynamic, linear_relu_dynamic            (qint8 weights)
 //   linear_dynamic_fp16, linear_relu_dynamic_fp16  (float16 weights)
 
-#include "operator_handle.h"
+#include "dynamic_linear_ops.h"
 #include "packed_weight.h"
 #include "register_once.h"
 
@@ -23,15 +23,12 @@
 namespace qlgrad {
 namespace {
 
-using detail::operator_handle;
+using detail::fp16_op;
+using detail::int8_op;
 using detail::PackedParams;
 using detail::WeightKind;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-
-// The C++ signatures of the stock CPU kernels, argument for argument.
-using Int8Fn = at::Tensor(at::Tensor, const PackedParams&, bool);
-using Fp16Fn = at::Tensor(at::Tensor, const PackedParams&);
 
 // What one op of the family is, for its backward node.
 struct OpTraits {
@@ -52,9 +49,9 @@ at::Tensor through_relu(const at::Tensor& grad, const at::Tensor& passed) {
 at::Tensor times_weight_transposed(WeightKind kind, const at::Tensor& t, const PackedParams& packed) {
   std::optional<math::StoredWeight> weight;
   {
-    // The weight is a constant of every transform: inside torch.func.jvp or grad it must
-    // be unpacked (and cached), or its codes copied out of their packing, as plain tensors, not
-    // ones wrapped by the transform.
+    // The weight is a constant of every transform: inside torch.func.jvp or grad its codes must
+    // be copied out of their packing as plain tensors, not ones wrapped by the transform
+    // (stored_weight itself makes plain tensors).
     c10::impl::ExcludeDispatchKeyGuard outside_functorch(c10::DispatchKeySet(
         {c10::DispatchKey::FuncTorchDynamicLayerFrontMode, c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
     weight = math::in_rows(detail::stored_weight(packed, kind));
@@ -164,18 +161,6 @@ constexpr OpTraits kLinearDynamic{WeightKind::kQInt8, false, "LinearDynamicBackw
 constexpr OpTraits kLinearReluDynamic{WeightKind::kQInt8, true, "LinearReluDynamicBackward"};
 constexpr OpTraits kLinearDynamicFp16{WeightKind::kFloat16, false, "LinearDynamicFp16Backward"};
 constexpr OpTraits kLinearReluDynamicFp16{WeightKind::kFloat16, true, "LinearReluDynamicFp16Backward"};
-
-const c10::TypedOperatorHandle<Int8Fn>& int8_op(bool relu) {
-  static const auto plain = operator_handle<Int8Fn>("quantized::linear_dynamic");
-  static const auto with_relu = operator_handle<Int8Fn>("quantized::linear_relu_dynamic");
-  return relu ? with_relu : plain;
-}
-
-const c10::TypedOperatorHandle<Fp16Fn>& fp16_op(bool relu) {
-  static const auto plain = operator_handle<Fp16Fn>("quantized::linear_dynamic_fp16");
-  static const auto with_relu = operator_handle<Fp16Fn>("quantized::linear_relu_dynamic_fp16");
-  return relu ? with_relu : plain;
-}
 
 template <const OpTraits& op>
 at::Tensor int8_autograd(at::Tensor input, const PackedParams& packed, bool reduce_range) {

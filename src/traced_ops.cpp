@@ -16,7 +16,7 @@
 
 #include "argument_checks.h"
 #include "backward_math.h"
-#include "operator_handle.h"
+#include "dynamic_linear_ops.h"
 #include "packed_weight.h"
 #include "register_once.h"
 
@@ -46,17 +46,9 @@ WeightTensors weight_tensors(const math::StoredWeight& weight) {
 // The stock forward of the op that `kind` and `relu` name, below autograd.
 at::Tensor stock_forward(const at::Tensor& input, const PackedParams& packed, WeightKind kind, bool relu,
                          bool reduce_range) {
-  using Int8Fn = at::Tensor(at::Tensor, const PackedParams&, bool);
-  using Fp16Fn = at::Tensor(at::Tensor, const PackedParams&);
-  static const auto int8_plain = operator_handle<Int8Fn>("quantized::linear_dynamic");
-  static const auto int8_relu = operator_handle<Int8Fn>("quantized::linear_relu_dynamic");
-  static const auto fp16_plain = operator_handle<Fp16Fn>("quantized::linear_dynamic_fp16");
-  static const auto fp16_relu = operator_handle<Fp16Fn>("quantized::linear_relu_dynamic_fp16");
   at::AutoDispatchBelowADInplaceOrView below_autograd;
-  if (kind == WeightKind::kQInt8) {
-    return (relu ? int8_relu : int8_plain).call(input, packed, reduce_range);
-  }
-  return (relu ? fp16_relu : fp16_plain).call(input, packed);
+  return kind == WeightKind::kQInt8 ? int8_op(relu).call(input, packed, reduce_range)
+                                    : fp16_op(relu).call(input, packed);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_dynamic_with_weight(
