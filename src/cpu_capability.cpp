@@ -4,7 +4,12 @@
 
 #include <ATen/Version.h>
 
+#include <cstring>
 #include <string>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
 
 namespace qlgrad {
 namespace math {
@@ -24,6 +29,24 @@ CpuCapability cpu_capability() {
     return CpuCapability::kDefault;
   }();
   return capability;
+}
+
+bool is_intel_cpu() {
+  static const bool intel = [] {
+#if defined(__x86_64__)
+    // Leaf 0 names the vendor in EBX, EDX, ECX.
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) != 0) {
+      char vendor[12];
+      std::memcpy(vendor, &ebx, 4);
+      std::memcpy(vendor + 4, &edx, 4);
+      std::memcpy(vendor + 8, &ecx, 4);
+      return std::memcmp(vendor, "GenuineIntel", 12) == 0;
+    }
+#endif
+    return false;
+  }();
+  return intel;
 }
 
 const char* cpu_capability_name(CpuCapability capability) {

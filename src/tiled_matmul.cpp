@@ -1,6 +1,7 @@
 #include "tiled_matmul.h"
 
 #include "cpu_capability.h"
+#include "panel_tasks.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -21,10 +22,6 @@
 namespace qlgrad::math {
 namespace {
 
-// Up to this many rows the product is bound by reading the weight, not by arithmetic: one
-// pass over the stored codes (a quarter of float32's bytes) with the rows accumulated side
-// by side beats converting tiles for a GEMM.
-constexpr int64_t kStreamedRowsMax = 8;
 // A thread streams at least this many weight rows, or the streaming is not split.
 constexpr int64_t kStreamedRowsPerRangeMin = 256;
 // The block sums a stream keeps in L1.
@@ -194,7 +191,7 @@ template <int64_t Rows, typename... Arguments>
   stream_rows<Rows>(arguments...);
 }
 
-// A stream's signature: stream's, or stream_groups's on AVX-512.
+// A stream's signature: stream's, or stream_vectors's on AVX-512.
 template <typename Code>
 using StreamFn = void(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight,
                       int64_t ldw, const CodeParameters& parameters, int64_t first, int64_t columns, float* sums,
@@ -377,6 +374,8 @@ __attribute__((target("avx2"))) void convert_codes_avx2(const int8_t* codes, int
   }
 }
 
+#endif
+
 // The int4 packing of the running CPU capability, as ATen's kernels chose it when the process
 // first used them (ATEN_CPU_CAPABILITY may lower it): rows per block, and whether whole
 // blocks hold rows j and j + block / 2 in byte j.
@@ -450,23 +449,35 @@ struct Int4Pack {
   }
 };
 
-// The float32 product from int8 codes in a GEMM of its own, for the AVX-512 CPUs it is
-// measured on. Laid out as GEMMs are (Goto and van de Geijn): each thread takes a block of
-// columns; per block of depth it converts the codes once into panels of 32 columns (the
-// form a GEMM packs its weight into anyway, so the conversion is the packing), packs the
-// rows of lhs by 12, and multiplies 12 rows by a panel with the 12 x 32 sums held in
-// registers. MKL's GEMM cannot take this path: it would pack the converted tile again.
-constexpr int64_t kPanelColumns = 32;
-// 24 accumulators, 2 panel registers and a broadcast, of the 32 vector registers.
-constexpr int64_t kKernelRows = 12;
-// A panel of this depth (32 KiB) stays in L1 while 12 rows at a time run against it.
-constexpr int64_t kDepthBlock = 256;
-// Rows run against a depth block's panels at once: their slice of lhs (144 KiB) stays in L2.
-constexpr int64_t kRowBlock = 144;
-// Columns a thread takes at once: their panels (1 MiB) stay in L2 across row blocks.
+#if defined(__x86_64__)
+
+// The float32 product from int8 (or float16) values in a GEMM of its own, for AVX-512 CPUs.
+// Laid out as GEMMs are (Goto and van de Geijn): per block of depth the weight is converted
+// into panels of 32 columns (the form a GEMM packs its weight into anyway, so the conversion is
+// the packing), the rows of lhs are packed by 12 once, and the kernel multiplies 12 rows by a
+// panel with the 12 x 32 sums held in registers. MKL's GEMM cannot take this path: it would pack
+// the converted tile again. The work is divided in one of two ways:
+//   - by columns, below kSharedPanelRowsMin rows: each thread converts the panels of its block of
+//     columns into its own L2 and runs every row against them. Few rows cannot repay a trip to
+//     memory of the converted weight (four times the codes' bytes).
+//   - by rows and columns from kSharedPanelRowsMin rows: all threads convert one depth block's
+//     panels for every column, then share the tasks of PanelTasks (panel_tasks.h), so that any
+//     number of threads get equal shares, on layers as narrow as 768 columns.
+constexpr int64_t kSharedPanelRowsMin = 256;
+// The depth of a block of panels divided by columns: a panel (32 KiB) stays in L1 while 12 rows
+// at a time run against it.
+constexpr int64_t kColumnTaskDepth = 256;
+// The depth of a block of shared panels (a panel is 128 KiB, in L2). Each block's sums are added
+// to the output: deeper blocks add fewer times. Measured on a Zen 5 EPYC at 256 x 768 x 3072,
+// 2048 x 768 x 3072 and 256 x 4096 x 4096: 1024 rows 1.05-1.16x oneDNN's fp32 GEMM, 512 rows
+// 1.05-1.17x, 256 rows 1.07-1.25x.
+constexpr int64_t kSharedDepth = 1024;
+// Columns a thread takes at once when dividing by columns (their panels, 1 MiB, stay in L2), and
+// the pieces in which shared panels are converted.
 constexpr int64_t kBlockColumns = 1024;
-// From this many rows MKL's GEMM on converted tiles is the faster (measured, 2 threads, at
-// 1024 rows: 1.10-1.14x the float GEMM against 1.20-1.33x); it blocks deeper for many rows.
+// Where MKL's GEMM runs its AVX-512 code (Intel CPUs), MKL on converted tiles is the faster from
+// this many rows (measured on a Xeon, 2 threads, at 1024 rows: 1.10-1.14x the float GEMM against
+// 1.20-1.33x); elsewhere MKL takes its AVX2 path and the panel GEMM serves every row count.
 constexpr int64_t kPanelGemmRowsEnd = 512;
 
 #define QLGRAD_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
@@ -522,19 +533,29 @@ QLGRAD_AVX512 void panel_rows(int64_t rows, const float* lhs, const float* panel
   panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate);
 }
 
-// stream_rows for int8 codes with group-wise scales whose groups are whole 16-column vectors,
-// written with intrinsics: the compiler's loop over a run of unknown length spends more on its
-// prologue and remainder than on the 2 to 16 vectors of a group. Each group's run takes lhs's
-// factors times its scale once, as stream_rows does.
-template <int64_t Rows>
-QLGRAD_AVX512 void stream_groups_rows(const float* lhs, int64_t ldl, int64_t begin, int64_t end, const int8_t* weight,
-                                      int64_t ldw, const CodeParameters& parameters, int64_t first, int64_t columns,
-                                      float* sums, int64_t lds, float* block_sums) {
+// Up to 16 codes from `codes` as float32 lanes, zero past the mask.
+QLGRAD_AVX512 __m512 load_values16(__mmask16 mask, const int8_t* codes) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, codes)));
+}
+
+QLGRAD_AVX512 __m512 load_values16(__mmask16 mask, const at::Half* values) {
+  return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values));
+}
+
+// stream_rows written with intrinsics, 16 columns at a time (masked at the end of a run): for
+// int8 codes with group-wise scales whose groups are whole vectors, where the compiler's loop over
+// a run of unknown length spends more on its prologue and remainder than on the 2 to 16 vectors
+// of a group, and for float16 values, which GCC converts one at a time. Each group's run takes
+// lhs's factors times its scale once, as stream_rows does.
+template <int64_t Rows, typename Code>
+QLGRAD_AVX512 void stream_vectors_rows(const float* lhs, int64_t ldl, int64_t begin, int64_t end, const Code* weight,
+                                       int64_t ldw, const CodeParameters& parameters, int64_t first, int64_t columns,
+                                       float* sums, int64_t lds, float* block_sums) {
   constexpr int64_t kDepthBlock = 128, kLanes = 16;
   for (int64_t top = begin; top < end; top += kDepthBlock) {
     std::fill(block_sums, block_sums + Rows * columns, 0.0f);
     for (int64_t n = top; n < std::min(end, top + kDepthBlock); ++n) {
-      const int8_t* row = weight + n * ldw;
+      const Code* row = weight + n * ldw;
       for (GroupRuns run(first, columns, parameters.group_size); run.more(); run.next()) {
         const int64_t group = run.group, run_begin = run.begin, run_end = run.end;
         const __m512 offset = _mm512_set1_ps(parameters.offset(n, group));
@@ -544,36 +565,39 @@ QLGRAD_AVX512 void stream_groups_rows(const float* lhs, int64_t ldl, int64_t beg
           factor[r] = _mm512_set1_ps(lhs[r * ldl + n] * scale);
         }
         for (int64_t c = run_begin; c < run_end; c += kLanes) {
-          const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(row + c));
-          const __m512 value = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes)), offset);
+          const __mmask16 mask = lanes_mask(run_end - c);
+          const __m512 value = _mm512_sub_ps(load_values16(mask, row + c), offset);
           for (int64_t r = 0; r < Rows; ++r) {
             float* sum = block_sums + r * columns + c;
-            _mm512_storeu_ps(sum, _mm512_fmadd_ps(factor[r], value, _mm512_loadu_ps(sum)));
+            _mm512_mask_storeu_ps(sum, mask, _mm512_fmadd_ps(factor[r], value, _mm512_maskz_loadu_ps(mask, sum)));
           }
         }
       }
     }
     for (int64_t r = 0; r < Rows; ++r) {
       for (int64_t c = 0; c < columns; c += kLanes) {
+        const __mmask16 mask = lanes_mask(columns - c);
         float* sum = sums + r * lds + c;
-        _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), _mm512_loadu_ps(block_sums + r * columns + c)));
+        _mm512_mask_storeu_ps(
+            sum, mask,
+            _mm512_add_ps(_mm512_maskz_loadu_ps(mask, sum), _mm512_maskz_loadu_ps(mask, block_sums + r * columns + c)));
       }
     }
   }
 }
 
-// stream_groups_rows for 1 to Rows rows, as stream for int8 codes.
-template <int64_t Rows = kStreamedRowsMax>
-QLGRAD_AVX512 void stream_groups(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end,
-                                 const int8_t* weight, int64_t ldw, const CodeParameters& parameters, int64_t first,
-                                 int64_t columns, float* sums, int64_t lds, float* block_sums) {
+// stream_vectors_rows for 1 to Rows rows, as stream.
+template <typename Code, int64_t Rows = kStreamedRowsMax>
+QLGRAD_AVX512 void stream_vectors(int64_t rows, const float* lhs, int64_t ldl, int64_t begin, int64_t end,
+                                  const Code* weight, int64_t ldw, const CodeParameters& parameters, int64_t first,
+                                  int64_t columns, float* sums, int64_t lds, float* block_sums) {
   if constexpr (Rows > 1) {
     if (rows < Rows) {
-      return stream_groups<Rows - 1>(rows, lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds,
-                                     block_sums);
+      return stream_vectors<Code, Rows - 1>(rows, lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums,
+                                            lds, block_sums);
     }
   }
-  stream_groups_rows<Rows>(lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds, block_sums);
+  stream_vectors_rows<Rows>(lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds, block_sums);
 }
 
 // The offsets and factors of the 16 columns from `column` of weight row n: one group's
@@ -602,7 +626,8 @@ QLGRAD_AVX512 void lane_parameters(const CodeParameters& parameters, int64_t n, 
 // [top, first]). A few rows at a time, whose codes stay in L1 while each panel's share is
 // written as one contiguous run: a row at a time would store to every panel, kilobytes apart,
 // in the same few L1 sets; a panel at a time would read each row from a page of its own.
-QLGRAD_AVX512 void convert_panels(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+template <typename Code>
+QLGRAD_AVX512 void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
                                   int64_t first, int64_t depth, int64_t count, float* panels) {
   constexpr int64_t kRowsAtOnce = 16;
   for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
@@ -610,12 +635,11 @@ QLGRAD_AVX512 void convert_panels(const int8_t* codes, int64_t ldw, const CodePa
       const __mmask16 low_mask = lanes_mask(count - column), high_mask = lanes_mask(count - column - 16);
       float* panel = panels + column * depth;
       for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); ++n) {
-        const int8_t* row = codes + n * ldw + column;
+        const Code* row = codes + n * ldw + column;
         __m512 low_offsets, low_factors, high_offsets, high_factors;
         lane_parameters(parameters, top + n, first + column, low_offsets, low_factors);
         lane_parameters(parameters, top + n, first + column + 16, high_offsets, high_factors);
-        const __m512 low = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(low_mask, row)));
-        const __m512 high = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(high_mask, row + 16)));
+        const __m512 low = load_values16(low_mask, row), high = load_values16(high_mask, row + 16);
         _mm512_storeu_ps(panel + n * kPanelColumns,
                          _mm512_maskz_mul_ps(low_mask, _mm512_sub_ps(low, low_offsets), low_factors));
         _mm512_storeu_ps(panel + n * kPanelColumns + 16,
@@ -691,49 +715,79 @@ struct Transpose16 {
   }
 };
 
-// result[:, first:first + count] = lhs @ W[:, first:first + count] for the weight `reader`
-// reads, from lhs packed by pack_rows, with room in `panels` for kDepthBlock x count floats.
-// Each depth block's sums are added to the last's in the output.
+// The depth blocks of a reader's weight, `depth` rows deep or a little less: calls
+// each(block, top, height) in order.
+template <typename Reader, typename Each>
+void for_each_depth_block(const Reader& reader, int64_t depth, const Each& each) {
+  const int64_t blocks = (reader.depth() + depth - 1) / depth;
+  for (int64_t block = 0; block < blocks; ++block) {
+    const int64_t top = piece_start(reader.depth(), blocks, block, Reader::kRowAlignment);
+    each(block, top, piece_start(reader.depth(), blocks, block + 1, Reader::kRowAlignment) - top);
+  }
+}
+
+// result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
+// in `panels` for kColumnTaskDepth x count floats.
 template <typename Reader>
-QLGRAD_AVX512 void panel_gemm_columns(const at::Tensor& packed_lhs, int64_t rows, const Reader& reader, int64_t first,
-                                      int64_t count, at::Tensor& result, float* panels) {
-  const int64_t depth = reader.depth(), ldr = result.stride(0);
-  const float* lhs = packed_lhs.const_data_ptr<float>();
-  float* out = result.mutable_data_ptr<float>();
-  const int64_t depth_blocks = (depth + kDepthBlock - 1) / kDepthBlock;
+QLGRAD_AVX512 void panel_gemm_columns(const float* packed_lhs, int64_t rows, const Reader& reader, int64_t first,
+                                      int64_t count, float* out, int64_t ldo, float* panels) {
+  const int64_t depth = reader.depth();
   const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kKernelRows);
-  for (int64_t block = 0; block < depth_blocks; ++block) {
-    const int64_t top = piece_start(depth, depth_blocks, block, Reader::kRowAlignment);
-    const int64_t height = piece_start(depth, depth_blocks, block + 1, Reader::kRowAlignment) - top;
+  for_each_depth_block(reader, kColumnTaskDepth, [&](int64_t block, int64_t top, int64_t height) {
     reader.panels(top, first, height, count, panels);
     // Rows a block at a time, whose slice of lhs stays in L2 across the panels.
     for (int64_t row_first = 0; row_first < rows; row_first += row_step) {
       const int64_t row_last = std::min(rows, row_first + row_step);
       for (int64_t column = 0; column < count; column += kPanelColumns) {
         for (int64_t row = row_first; row < row_last; row += kKernelRows) {
-          panel_rows(std::min(kKernelRows, row_last - row), lhs + (row * depth + top * kKernelRows),
-                     panels + column * height, height, out + row * ldr + first + column, ldr, count - column,
+          panel_rows(std::min(kKernelRows, row_last - row), packed_lhs + (row * depth + top * kKernelRows),
+                     panels + column * height, height, out + row * ldo + first + column, ldo, count - column,
                      /*accumulate=*/block > 0);
         }
       }
     }
-  }
+  });
 }
 
 template <typename Reader>
 at::Tensor panel_gemm(const at::Tensor& lhs, const Reader& reader, const std::optional<at::Tensor>& scale) {
-  const int64_t columns = reader.columns();
-  const int64_t width = columns_per_task(columns, kBlockColumns, kPanelColumns);
+  const int64_t rows = lhs.size(0), depth = reader.depth(), columns = reader.columns();
   const auto packed_lhs = pack_rows(lhs, scale);
-  auto result = at::empty({lhs.size(0), columns}, lhs.options());
-  at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
-    auto panels = at::empty({kDepthBlock * width}, lhs.options());
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t first = task * width;
-      panel_gemm_columns(packed_lhs, lhs.size(0), reader, first, std::min(width, columns - first), result,
-                         panels.mutable_data_ptr<float>());
-    }
+  const float* packed = packed_lhs.const_data_ptr<float>();
+  auto result = at::empty({rows, columns}, lhs.options());
+  float* out = result.mutable_data_ptr<float>();
+  const int64_t chunk = columns_per_task(columns, kBlockColumns, kPanelColumns);
+  const int64_t chunks = (columns + chunk - 1) / chunk;
+  if (rows < kSharedPanelRowsMin) {
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      auto panels = at::empty({kColumnTaskDepth * chunk}, lhs.options());
+      for (int64_t piece = begin; piece < end; ++piece) {
+        panel_gemm_columns(packed, rows, reader, piece * chunk, std::min(chunk, columns - piece * chunk), out, columns,
+                           panels.mutable_data_ptr<float>());
+      }
+    });
+    return result;
+  }
+  // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
+  // measured slower than packing it once).
+  auto shared_panels = at::empty({kSharedDepth * round_up(columns, kPanelColumns)}, lhs.options());
+  float* panels = shared_panels.mutable_data_ptr<float>();
+  const PanelTasks tasks(rows, columns, chunk);
+  for_each_depth_block(reader, kSharedDepth, [&](int64_t block, int64_t top, int64_t height) {
+    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t piece = begin; piece < end; ++piece) {
+        const int64_t first = piece * chunk;
+        reader.panels(top, first, height, std::min(chunk, columns - first), panels + first * height);
+      }
+    });
+    at::parallel_for(0, tasks.size(), 1, [&](int64_t begin, int64_t end) {
+      for (int64_t index = begin; index < end; ++index) {
+        const PanelTask task = tasks[index];
+        panel_rows(task.rows, packed + (task.row * depth + top * kKernelRows), panels + task.column * height, height,
+                   out + task.row * columns + task.column, columns, task.columns, /*accumulate=*/block > 0);
+      }
+    });
   });
   return result;
 }
@@ -753,8 +807,13 @@ struct StoredCodes {
 #if defined(__x86_64__)
   // value[top:top + depth, first:first + count] as panels, as convert_panels writes them.
   QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
-    convert_panels(weight.const_data_ptr<int8_t>() + top * weight.stride(0) + first, weight.stride(0), parameters, top,
-                   first, depth, count, out);
+    if (weight.scalar_type() == at::kChar) {
+      convert_panels(weight.const_data_ptr<int8_t>() + top * weight.stride(0) + first, weight.stride(0), parameters,
+                     top, first, depth, count, out);
+    } else {
+      convert_panels(weight.const_data_ptr<at::Half>() + top * weight.stride(0) + first, weight.stride(0), parameters,
+                     top, first, depth, count, out);
+    }
   }
 #endif
 
@@ -1039,8 +1098,8 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   const auto row_scale = groupwise ? std::nullopt : scale;
 #if defined(__x86_64__)
   const bool avx512 = cpu_capability() == CpuCapability::kAvx512;
-  if (avx512 && lhs.scalar_type() == at::kFloat && weight.scalar_type() == at::kChar &&
-      lhs.size(0) > kStreamedRowsMax && lhs.size(0) < kPanelGemmRowsEnd) {
+  if (avx512 && lhs.scalar_type() == at::kFloat && lhs.size(0) > kStreamedRowsMax &&
+      (lhs.size(0) < kPanelGemmRowsEnd || !is_intel_cpu())) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     return blocked ? panel_gemm(lhs, BlockedCodes{weight.const_data_ptr<int8_t>(), *blocked, parameters}, row_scale)
                    : panel_gemm(lhs, StoredCodes{weight, parameters}, row_scale);
@@ -1048,15 +1107,18 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 #endif
   const auto scaled = row_scale ? at::mul(lhs, *row_scale) : lhs;
   if (lhs.scalar_type() == at::kFloat && lhs.size(0) <= kStreamedRowsMax) {
+#if defined(__x86_64__)
+    if (avx512 && weight.scalar_type() != at::kChar) {
+      return streamed<at::Half>(scaled, weight, std::nullopt, parameters, &stream_vectors<at::Half>);
+    }
+    // Groups of whole vectors (the streamed chunks start at multiples of 16 columns too).
+    if (avx512 && groupwise && parameters.group_size % 16 == 0) {
+      return streamed<int8_t>(scaled, weight, blocked, parameters, &stream_vectors<int8_t>);
+    }
+#endif
     if (weight.scalar_type() != at::kChar) {
       return streamed<at::Half>(scaled, weight, std::nullopt, parameters);
     }
-#if defined(__x86_64__)
-    // Groups of whole vectors (the streamed chunks start at multiples of 16 columns too).
-    if (avx512 && groupwise && parameters.group_size % 16 == 0) {
-      return streamed<int8_t>(scaled, weight, blocked, parameters, &stream_groups<>);
-    }
-#endif
     return streamed<int8_t>(scaled, weight, blocked, parameters);
   }
   return blocked ? tiled(scaled, BlockedCodes{weight.const_data_ptr<int8_t>(), *blocked, parameters})

@@ -1,0 +1,62 @@
+#pragma once
+// How the panel GEMM (tiled_matmul.cpp) divides its output among threads: plain arithmetic,
+// kept apart so that the division is tested on its own.
+
+#include <algorithm>
+#include <cstdint>
+
+namespace qlgrad::math {
+
+// The kernel's width: one panel of the converted weight, two AVX-512 vectors.
+constexpr int64_t kPanelColumns = 32;
+// The kernel's height: 24 accumulators, 2 panel registers and a broadcast, of the 32 vector registers.
+constexpr int64_t kKernelRows = 12;
+// Rows run against a depth block's panels at once: their slice of lhs (576 KiB at the panel
+// GEMM's depth of 1024) stays in L2.
+constexpr int64_t kRowBlock = 144;
+
+// One task: the sums of kKernelRows rows by one panel (fewer at the last rows and columns).
+struct PanelTask {
+  int64_t row, rows, column, columns;
+};
+
+// The output [rows, columns] as tasks of kKernelRows rows by kPanelColumns columns, all of
+// them equal but at the last rows and columns, so that any number of threads taking runs of
+// consecutive tasks (as at::parallel_for hands them out) get equal shares to within one task:
+// ceil(rows / 12) * ceil(columns / 32) tasks, 528 for 256 x 768. In the order a single
+// thread would run them: by chunks of `chunk_columns` (a multiple of kPanelColumns: the pieces
+// in which the weight's panels are converted, so that a thread mostly reads panels it converted
+// itself), then by blocks of kRowBlock rows, then panel by panel (each panel stays in L2 while
+// the block's rows run against it).
+class PanelTasks {
+ public:
+  PanelTasks(int64_t rows, int64_t columns, int64_t chunk_columns)
+      : rows_(rows),
+        columns_(columns),
+        row_groups_((rows + kKernelRows - 1) / kKernelRows),
+        panels_((columns + kPanelColumns - 1) / kPanelColumns),
+        chunk_panels_(chunk_columns / kPanelColumns) {}
+
+  int64_t size() const { return row_groups_ * panels_; }
+
+  PanelTask operator[](int64_t index) const {
+    // Every chunk but the last has chunk_panels_ panels, every row block but the last
+    // kGroupsPerBlock groups of kernel rows.
+    constexpr int64_t kGroupsPerBlock = kRowBlock / kKernelRows;
+    const int64_t chunk = index / (chunk_panels_ * row_groups_);
+    const int64_t panels_in_chunk = std::min(chunk_panels_, panels_ - chunk * chunk_panels_);
+    const int64_t in_chunk = index - chunk * chunk_panels_ * row_groups_;
+    const int64_t block = in_chunk / (panels_in_chunk * kGroupsPerBlock);
+    const int64_t groups_in_block = std::min(kGroupsPerBlock, row_groups_ - block * kGroupsPerBlock);
+    const int64_t in_block = in_chunk - block * panels_in_chunk * kGroupsPerBlock;
+    const int64_t panel = chunk * chunk_panels_ + in_block / groups_in_block;
+    const int64_t row = (block * kGroupsPerBlock + in_block % groups_in_block) * kKernelRows;
+    const int64_t column = panel * kPanelColumns;
+    return {row, std::min(kKernelRows, rows_ - row), column, std::min(kPanelColumns, columns_ - column)};
+  }
+
+ private:
+  int64_t rows_, columns_, row_groups_, panels_, chunk_panels_;
+};
+
+} // namespace qlgrad::math
