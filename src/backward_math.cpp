@@ -228,6 +228,11 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
   const auto grad = rows_of(grad_output);
+  if (grad.size(0) <= kStreamedRowsMax) {
+    // A few rows are bound by reading the weight, which the float32 stream does at one byte
+    // per code: the reduced precisions could only be slower.
+    precision = Precision::kFloat32;
+  }
   at::Tensor result;
   if (precision == Precision::kInt8 && weight.is_int8() && !weight.is_groupwise()) {
     result = int8_input_gradient(grad, weight);

@@ -36,10 +36,11 @@ def test_each_mode_within_its_error_bound(precision, scheme):
 
 # Row counts on both sides of the switch from the streaming kernel (reading each weight row
 # once for a few gradient rows) to the GEMMs: partial and whole blocks of the 12 rows the
-# AVX-512 kernel takes at once, more rows than it runs at once (144), and the tiled GEMM
-# from 512 rows. 1100 columns leave a partial last tile and panel; 300 rows of weight make
+# AVX-512 kernel takes at once, more rows than it runs at once (144), both sides of the panel
+# GEMM's division by columns (up to 255 rows) and by rows and columns, and the tiled GEMM from 512
+# rows on Intel CPUs. 1100 columns leave a partial last tile and panel; 300 rows of weight make
 # two blocks of depth.
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 17, 64, 150, 512])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 17, 64, 150, 255, 256, 512])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     weight = quantize_weight(300, 1100, scheme)
@@ -55,11 +56,26 @@ def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     assert relative_error(got, grad_output.double() @ fp16_weight.double()) <= ERROR_BOUNDS["fp32"]
 
 
+@pytest.mark.parametrize("rows", [1, 8, 9])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
+    # Up to 8 rows the product is bound by reading the weight: every precision streams it in
+    # float32, as fast as any narrower arithmetic and exact; from 9 rows they part.
+    weight = quantize_weight(300, 200, scheme)
+    packed = packed_params(weight)
+    grad_output = torch.randn(rows, 300)
+    fp32 = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
+    for precision in ("bf16", "int8"):
+        got = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
+        assert torch.equal(got, fp32) == (rows <= 8), precision
+
+
 def test_precision_is_recorded_when_the_forward_runs():
     weight = quantize_weight(64, 96, "per_channel_affine")
     packed = packed_params(weight)
-    x = torch.randn(8, 96, requires_grad=True)
-    grad_output = torch.randn(8, 64)
+    # More than 8 rows: up to 8, every precision runs fp32's stream.
+    x = torch.randn(16, 96, requires_grad=True)
+    grad_output = torch.randn(16, 64)
     with qlgrad.backward_precision("int8"):
         y = torch.ops.quantized.linear_dynamic(x, packed, False)
     assert qlgrad.get_backward_precision() == "fp32"
@@ -80,12 +96,12 @@ def test_double_backward_uses_the_exact_adjoint(precision):
 
 def test_int8_mode_turns_rows_with_nan_or_inf_into_nan():
     weight = quantize_weight(8, 12, "per_channel_symmetric")
-    grad_output = torch.randn(4, 8)
+    grad_output = torch.randn(12, 8)  # more than 8 rows, which run fp32's stream
     grad_output[1, 3] = float("nan")
     grad_output[2, 0] = float("inf")
     got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, precision="int8")
     assert got[1].isnan().all() and got[2].isnan().all()
-    assert got[[0, 3]].isfinite().all()
+    assert got[[0, *range(3, 12)]].isfinite().all()
 
 
 def test_zero_rows_give_zero_gradients_in_int8_mode():
