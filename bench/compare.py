@@ -59,6 +59,9 @@ MODEL_MAX_RATIO = 1.1  # the whole int8 model's backward over the float model's
 INT4_FEW_TOKENS_MAX_RATIO = 0.3
 INT4_MANY_TOKENS_MAX_RATIO = 1.10
 GROUPWISE_MAX_RATIO = 1.10
+# Every stored weight's fp32 backward against the best fp32 GEMM with 1 to 8 tokens (from 9, the
+# 1.10 of FP32_BEST_GEMM_TARGETS): a quarter of the bytes for int8 codes, half for float16.
+STORED_WEIGHT_FEW_TOKENS_MAX_RATIO = {"int8_per_channel": 0.5, "int8_group32": 0.5, "int8_group128": 0.5, "fp16": 0.7}
 MODEL_MAX_CACHE_BYTES = 1.05  # per byte of the model's int8 weights
 
 
@@ -496,6 +499,13 @@ def low_bit_report(rows: list[LowBitRow]) -> str:
             verdicts.append(
                 f"- int4, {row.tokens} tokens, ≤ {INT4_MANY_TOKENS_MAX_RATIO}× the best fp32 GEMM "
                 f"({best_name}): {'HOLDS' if held else 'MISSED'} ({times(ratio)})"
+            )
+        for kind, few_tokens_ratio in STORED_WEIGHT_FEW_TOKENS_MAX_RATIO.items():
+            limit = few_tokens_ratio if row.tokens <= 8 else FP32_BEST_GEMM_TARGETS[0][1]
+            ratio = row.medians[kind] / best
+            verdicts.append(
+                f"- {kind}, {row.tokens} tokens, ≤ {limit}× the best fp32 GEMM ({best_name}): "
+                f"{'HOLDS' if ratio <= limit else 'MISSED'} ({times(ratio)})"
             )
         for kind in ("int8_group32", "int8_group128"):
             ratio = row.medians[kind] / per_channel

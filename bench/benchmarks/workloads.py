@@ -309,7 +309,7 @@ def model_input_gradient(model: nn.Module, workload: ModelWorkload):
 
 # 4096x4096 projections at these token counts, for each low-bit weight.
 LOW_BIT_TOKENS = (1, 16, 256)
-LOW_BIT_WEIGHTS = ("int8_group32", "int8_group128", "int4_group128", "int8_per_channel")
+LOW_BIT_WEIGHTS = ("int8_group32", "int8_group128", "int4_group128", "int8_per_channel", "fp16")
 
 
 class LowBitWorkload:
@@ -318,7 +318,8 @@ class LowBitWorkload:
     ``int8_groupG``: int8 codes with a scale and zero point per group of G input features
     (torchao's ``IntxUnpackedToInt8Tensor``); ``int4_group128``: torch's CPU int4 packing with
     its scales and zeros (torchao's ``Int4OpaqueTensor``); ``int8_per_channel``: int8 codes with a
-    scale per output channel, what the group-wise weights are compared with.
+    scale per output channel, what the group-wise weights are compared with; ``fp16``: a float16
+    weight packed as ``quantize_dynamic(..., dtype=torch.float16)`` packs it.
     """
 
     def __init__(self, tokens: int, kind: str, features: int = 4096, seed: int = 0):
@@ -336,6 +337,10 @@ class LowBitWorkload:
             per_column = torch.arange(features) // group_size
             self.weight = torch.addcmul(zeros[per_column].t(), codes.float() - 8, scales[per_column].t())
             return
+        if kind == "fp16":
+            self.weight = (_VALUE_RANGE * torch.randn(features, features, generator=generator)).half().float()
+            self.packed = torch.ops.quantized.linear_prepack_fp16(self.weight, None)
+            return
         groups = 1 if kind == "int8_per_channel" else features // int(kind.removeprefix("int8_group"))
         self.values = torch.randint(-127, 128, (features, features), dtype=torch.int8, generator=generator)
         self.scale = _VALUE_RANGE / 127 * (0.5 + torch.rand(features, groups, generator=generator))
@@ -347,6 +352,8 @@ class LowBitWorkload:
 
     def qlgrad_input_gradient(self, precision: str = "fp32"):
         """qlgrad's backward from the stored weight, as the layers' autograd nodes call it."""
+        if self.kind == "fp16":
+            return lambda: qlgrad.linear_dynamic_fp16_backward(self.grad_output, self.packed, precision)
         if self.kind.startswith("int4"):
             return lambda: qlgrad.linear_int4pack_backward(
                 self.grad_output, self.packed, self.group_size, self.scale_and_zeros, precision
