@@ -5,8 +5,9 @@
 #   scripts/dev.sh lint    the linters alone: ruff (lint and format) and clang-format
 #   scripts/dev.sh test    setup, the linters, then the whole test suite (pytest, meson test, and the C++
 #                          tests again under AddressSanitizer, LeakSanitizer and
-#                          UndefinedBehaviorSanitizer, and under ThreadSanitizer), then the
-#                          asv benchmarks once in quick mode
+#                          UndefinedBehaviorSanitizer, and under ThreadSanitizer; the aarch64
+#                          cross-build and its test program under qemu), then the asv benchmarks
+#                          once in quick mode
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -46,6 +47,9 @@ run_tests() {
   run_sanitized_cpp_tests asan-ubsan -Db_sanitize=address,undefined -Dcpp_args=-fsanitize=float-cast-overflow
   # ThreadSanitizer excludes the others. The parameter is explained in tests/cpp/meson.build.
   run_sanitized_cpp_tests tsan -Db_sanitize=thread -Dcpp_args=--param=tsan-instrument-func-entry-exit=0
+  # libqlgrad cross-compiled for aarch64 against torch's aarch64 wheel, and a C++ program using it
+  # run under qemu: the ARM build, which no machine here runs natively, keeps compiling and working.
+  bash "$root/scripts/check_aarch64.sh"
   # The benchmarks once, quickly: this fails when a benchmark errors, not on any timing.
   bash "$root/bench/run_asv.sh"
 }
