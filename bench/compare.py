@@ -39,6 +39,7 @@ MIN_SAMPLE_SECONDS = 0.005
 CPU_FLAGS_OF_INTEREST = ("avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 BF16_COPY = "bf16 copy"
+INT8_GEMM = "int8 GEMM"  # torch._int_mm on an int8 gradient and the codes
 # Targets. The exact backward, from the int8 codes, against F.linear's by token count: from
 # (first, last) tokens at most this ratio; with a few tokens, reading a quarter of the bytes
 # makes it faster.
@@ -47,6 +48,8 @@ FP32_TARGETS = (((64, None), 1.05), ((5, 63), 1.15), ((1, 4), 0.5))
 FP32_BEST_GEMM_TARGETS = (((9, None), 1.10), ((1, 8), 0.5))
 # bf16 from the int8 codes, against the product with a bfloat16 copy of the weight.
 BF16_COPY_MAX_RATIO = 1.05
+# int8 from SPEEDUP_MIN_TOKENS tokens, against the integer GEMM alone (torch._int_mm).
+INT8_GEMM_MAX_RATIO = 1.10
 # The reduced precisions pay off from SPEEDUP_MIN_TOKENS tokens on, at (speedup over
 # F.linear, largest relative error).
 SPEEDUP_MIN_TOKENS = 256
@@ -187,6 +190,7 @@ def measure(shape: Shape, scheme: str, repeats: int) -> Row:
         Timed(ONEDNN, workloads.onednn_linear_input_gradient(workload)),
         Timed(NAIVE, workloads.naive_input_gradient(workload)),
         Timed(BF16_COPY, workloads.bf16_copy_input_gradient(workload)),
+        Timed(INT8_GEMM, workloads.int8_gemm_input_gradient(workload)),
         Timed(FORWARD_STOCK, workloads.int8_forward(workload, "no_grad")),
         Timed(FORWARD_REQUIRES_GRAD, workloads.int8_forward(workload, "input_requires_grad")),
     ]
@@ -301,7 +305,15 @@ def percent(share: float) -> str:
 
 def markdown_table(rows: list[Row]) -> str:
     header = (
-        ["shape (tokens×in×out)", "scheme", f"{BASELINE} ms", f"{ONEDNN} ms", f"{NAIVE} ms (×)", f"{BF16_COPY} ms (×)"]
+        [
+            "shape (tokens×in×out)",
+            "scheme",
+            f"{BASELINE} ms",
+            f"{ONEDNN} ms",
+            f"{NAIVE} ms (×)",
+            f"{BF16_COPY} ms (×)",
+            f"{INT8_GEMM} ms (×)",
+        ]
         + [f"{precision} ms (×)" for precision in PRECISIONS]
         + [
             "fp32 × best fp32 GEMM",
@@ -324,7 +336,7 @@ def markdown_table(rows: list[Row]) -> str:
             milliseconds(row.seconds[ONEDNN]),
             *(
                 f"{milliseconds(row.seconds[name])} ({times(row.ratio(name))})"
-                for name in (NAIVE, BF16_COPY, *PRECISIONS)
+                for name in (NAIVE, BF16_COPY, INT8_GEMM, *PRECISIONS)
             ),
             f"{times(row.ratio_to_best_gemm('fp32'))} ({row.best_gemm})",
             " / ".join(f"{row.errors[precision]:.1e}" for precision in PRECISIONS),
@@ -395,6 +407,14 @@ TARGETS = (
         lambda row: (
             row.seconds["bf16"] <= BF16_COPY_MAX_RATIO * row.seconds[BF16_COPY],
             times(row.seconds["bf16"] / row.seconds[BF16_COPY]),
+        ),
+    ),
+    Target(
+        f"int8 backward ≤ {INT8_GEMM_MAX_RATIO}× the integer GEMM alone (torch._int_mm)",
+        SPEEDUP_MIN_TOKENS,
+        lambda row: (
+            row.seconds["int8"] <= INT8_GEMM_MAX_RATIO * row.seconds[INT8_GEMM],
+            times(row.seconds["int8"] / row.seconds[INT8_GEMM]),
         ),
     ),
     *(

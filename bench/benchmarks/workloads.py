@@ -224,6 +224,14 @@ def bf16_copy_input_gradient(workload: Workload):
     return lambda: (workload.grad_output.bfloat16() @ weight).float()
 
 
+def int8_gemm_input_gradient(workload: Workload):
+    """The integer GEMM alone, ``torch._int_mm`` of an int8 gradient and the weight's codes: the limit
+    of qlgrad's int8 mode, which adds quantizing the gradient's rows and rescaling the sums."""
+    quantized = torch.randint(-127, 128, tuple(workload.grad_output.shape), dtype=torch.int8)
+    codes = workload.qweight.int_repr().contiguous()
+    return lambda: torch._int_mm(quantized, codes)
+
+
 # ---- A whole model ------------------------------------------------------------------
 
 
