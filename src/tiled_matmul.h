@@ -2,10 +2,10 @@
 // (lhs * scale) @ (weight - zero_point) with the weight kept in its stored dtype (int8
 // codes, or float16 for fp16-packed layers): the product runs on blocks of the weight
 // converted on the fly, so no float copy of the whole weight ever exists. float32 products
-// of up to 8 rows stream over the codes once; on AVX-512 CPUs the others run a GEMM whose
-// packing of the weight is the conversion of the codes (but from 512 rows on Intel's, where
-// MKL's GEMM on tiles converted in each thread's L2 is the faster); bfloat16 products, and
-// all products on other CPUs, run tiles.
+// of up to 8 rows stream over the codes once (up to 32 rows, in passes of 8, on AVX-512 CPUs);
+// on AVX-512 CPUs the others run a GEMM whose packing of the weight is the conversion of the
+// codes (but from 512 rows on Intel's, where MKL's GEMM on tiles converted in each thread's L2
+// is the faster); bfloat16 products, and all products on other CPUs, run tiles.
 
 #include "blocked_codes.h"
 
@@ -17,7 +17,8 @@ namespace qlgrad::math {
 
 // Up to this many rows the product is bound by reading the weight, not by arithmetic: one
 // float32 pass over the stored codes (a quarter of float32's bytes) with the rows accumulated
-// side by side beats converting tiles for a GEMM, and any narrower arithmetic.
+// side by side beats converting tiles for a GEMM, and any narrower arithmetic. On AVX-512 CPUs
+// up to four such passes (32 rows) still do.
 constexpr int64_t kStreamedRowsMax = 8;
 
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
