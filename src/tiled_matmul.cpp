@@ -841,6 +841,122 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const Reader& reader, const std::op
   return result;
 }
 
+// Rows of lhs a direct stream over fbgemm's packing takes at once: 4 x 4 sums in registers.
+constexpr int64_t kBlockedStreamRows = 4;
+// Bands of 16 weight rows whose codes a direct stream adds up in registers before it adds them to
+// its partial sums: 8 blocks of a 48-wide packing, read as 24 sequential streams.
+constexpr int64_t kBlockedStreamBands = 24;
+
+// sums[r, k0 + k] = sum_n lhs[r, n] * (W[n, k0 + k] - zero_point[n]) for Rows rows, the weight rows
+// n in [n_begin, n_end) (multiples of 16 but the end) and one range of block_depth columns from
+// k0, read in fbgemm's AVX-512 packing (interleave 4, blocks 16-aligned in width) as it lies:
+// each 64-byte line holds 4 consecutive k of 16 n, one per 32-bit lane. Vectorized over n, so
+// nothing is copied or transposed: kBlockedStreamBands bands at a time are summed in registers,
+// 4 k at a time, into 16-lane sums per k (`partial`, Rows x block_depth x 16 floats), which are
+// reduced once, at the end.
+template <int64_t Rows>
+QLGRAD_AVX512 void stream_blocked_rows(const float* lhs, int64_t ldl, const int8_t* packed, const BlockedLayout& layout,
+                                       const float* zero_point, int64_t k0, int64_t n_begin, int64_t n_end,
+                                       float* partial, float* sums, int64_t lds) {
+  constexpr int64_t kLanes = 16;
+  const int64_t count = std::min(layout.block_depth, layout.columns - k0), quads = (count + 3) / 4;
+  const int64_t line_stride = layout.block_width * 4;
+  std::fill(partial, partial + Rows * quads * 4 * kLanes, 0.0f);
+  for (int64_t chunk = n_begin; chunk < n_end; chunk += kBlockedStreamBands * kLanes) {
+    const int64_t bands = std::min(kBlockedStreamBands, (n_end - chunk + kLanes - 1) / kLanes);
+    const int8_t* lines[kBlockedStreamBands];
+    for (int64_t band = 0; band < bands; ++band) {
+      lines[band] = packed + layout.offset(chunk + band * kLanes, k0);
+    }
+    for (int64_t quad = 0; quad < quads; ++quad) {
+      __m512 total[Rows][4];
+      for (int64_t r = 0; r < Rows; ++r) {
+        for (int64_t t = 0; t < 4; ++t) {
+          total[r][t] = _mm512_setzero_ps();
+        }
+      }
+      for (int64_t band = 0; band < bands; ++band) {
+        const int64_t n = chunk + band * kLanes;
+        const __mmask16 mask = lanes_mask(n_end - n);
+        const __m512i codes = _mm512_loadu_si512(lines[band] + quad * line_stride);
+        const __m512 offset = zero_point == nullptr ? _mm512_setzero_ps() : _mm512_maskz_loadu_ps(mask, zero_point + n);
+        __m512 value[4];
+        value[0] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(codes, 24), 24));
+        value[1] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(codes, 16), 24));
+        value[2] = _mm512_cvtepi32_ps(_mm512_srai_epi32(_mm512_slli_epi32(codes, 8), 24));
+        value[3] = _mm512_cvtepi32_ps(_mm512_srai_epi32(codes, 24));
+        for (int64_t r = 0; r < Rows; ++r) {
+          // Zero past the weight's last row: the packing's padding codes add nothing.
+          const __m512 factor = _mm512_maskz_loadu_ps(mask, lhs + r * ldl + n);
+          for (int64_t t = 0; t < 4; ++t) {
+            total[r][t] = _mm512_fmadd_ps(factor, _mm512_sub_ps(value[t], offset), total[r][t]);
+          }
+        }
+      }
+      for (int64_t r = 0; r < Rows; ++r) {
+        for (int64_t t = 0; t < 4; ++t) {
+          float* sum = partial + ((r * quads + quad) * 4 + t) * kLanes;
+          _mm512_storeu_ps(sum, _mm512_add_ps(_mm512_loadu_ps(sum), total[r][t]));
+        }
+      }
+    }
+  }
+  for (int64_t r = 0; r < Rows; ++r) {
+    for (int64_t k = 0; k < count; ++k) {
+      sums[r * lds + k0 + k] = _mm512_reduce_add_ps(_mm512_loadu_ps(partial + (r * quads * 4 + k) * kLanes));
+    }
+  }
+}
+
+// stream_blocked_rows for 1 to Rows rows.
+template <int64_t Rows = kBlockedStreamRows>
+QLGRAD_AVX512 void stream_blocked_up_to(int64_t rows, const float* lhs, int64_t ldl, const int8_t* packed,
+                                        const BlockedLayout& layout, const float* zero_point, int64_t k0,
+                                        int64_t n_begin, int64_t n_end, float* partial, float* sums, int64_t lds) {
+  if constexpr (Rows > 1) {
+    if (rows < Rows) {
+      return stream_blocked_up_to<Rows - 1>(rows, lhs, ldl, packed, layout, zero_point, k0, n_begin, n_end, partial,
+                                            sums, lds);
+    }
+  }
+  stream_blocked_rows<Rows>(lhs, ldl, packed, layout, zero_point, k0, n_begin, n_end, partial, sums, lds);
+}
+
+// Whether stream_blocked reads this packing: fbgemm's AVX-512 one.
+bool streams_in_place(const BlockedLayout& layout) {
+  return layout.interleave == 4 && layout.block_width % 16 == 0 && layout.block_depth % 4 == 0;
+}
+
+// lhs [rows, N] @ (W - zero_point) from fbgemm's packing, rows a group of up to kBlockedStreamRows
+// at a time. The tasks are the packing's ranges of block_depth columns (each holding every row
+// of the weight, contiguous), times as many parts of the weight's rows as it takes to give every
+// thread one; the parts' sums are added at the end, in a fixed order.
+at::Tensor stream_blocked(const at::Tensor& lhs, const int8_t* packed, const BlockedLayout& layout,
+                          const float* zero_point) {
+  const int64_t rows = lhs.size(0), depth = lhs.size(1);
+  const int64_t column_ranges = (layout.columns + layout.block_depth - 1) / layout.block_depth;
+  const int64_t threads = at::get_num_threads();
+  const int64_t parts = std::clamp<int64_t>((threads + column_ranges - 1) / column_ranges, 1,
+                                            std::max<int64_t>(1, depth / kStreamedRowsPerRangeMin));
+  auto sums = at::empty({parts, rows, layout.columns}, lhs.options());
+  const float* source = lhs.const_data_ptr<float>();
+  at::parallel_for(0, column_ranges * parts, 1, [&](int64_t begin, int64_t end) {
+    const int64_t quads = (layout.block_depth + 3) / 4;
+    auto partial = at::empty({std::min(rows, kBlockedStreamRows) * quads * 4 * 16}, lhs.options());
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t range = task / parts, part = task % parts;
+      const int64_t n_begin = piece_start(depth, parts, part, 16), n_end = piece_start(depth, parts, part + 1, 16);
+      float* part_sums = sums[part].mutable_data_ptr<float>();
+      for (int64_t row = 0; row < rows; row += kBlockedStreamRows) {
+        stream_blocked_up_to(std::min(kBlockedStreamRows, rows - row), source + row * depth, depth, packed, layout,
+                             zero_point, range * layout.block_depth, n_begin, n_end, partial.mutable_data_ptr<float>(),
+                             part_sums + row * layout.columns, layout.columns);
+      }
+    }
+  });
+  return parts == 1 ? sums[0] : sums.sum(0);
+}
+
 #endif
 
 // An int8 (or float16) weight with its parameters, as the GEMMs read it.
@@ -1165,6 +1281,9 @@ at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 #if defined(__x86_64__)
     if (avx512 && weight.scalar_type() != at::kChar) {
       return streamed<at::Half>(scaled, weight, std::nullopt, parameters, &stream_vectors<at::Half>);
+    }
+    if (avx512 && blocked && streams_in_place(*blocked)) {
+      return stream_blocked(scaled, weight.const_data_ptr<int8_t>(), *blocked, parameters.zero_point);
     }
     // One group per row, or groups of whole vectors (the streamed chunks start at multiples of
     // 16 columns too).
