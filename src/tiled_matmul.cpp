@@ -242,10 +242,10 @@ StreamFn<Code>* stream() {
 // hardware prefetchers follow page after page, into sums of its own; the sums of the
 // ranges are added at the end, in a fixed order. The rows are read whole where the block
 // sums of every column fit in L2, else in column chunks that do.
-// A blocked packing (int8 codes only) lies one range of block_depth columns after the other,
-// each holding every row, and is read in that order: a range of columns at a time, copied into
-// rows a slab at a time, each slab's codes staying in L2 while they are streamed. Whole rows at
-// a time would read a few KiB from each range, megabytes apart (1.9x slower at 4096 x 4096).
+// A blocked packing (int8 codes only; on AVX-512 CPUs fbgemm's is streamed in place, by
+// stream_blocked) lies one range of block_depth columns after the other, each holding every
+// row, and is read in that order: a range of columns at a time, copied into rows a slab at a
+// time, each slab's codes staying in L2 while they are streamed.
 template <typename Code>
 at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<BlockedLayout>& blocked,
                     const CodeParameters& parameters, StreamFn<Code>* stream_range = stream<Code>()) {
@@ -671,18 +671,18 @@ QLGRAD_AVX512 void lane_parameters(const CodeParameters& parameters, int64_t n, 
 }
 
 // value[top:top + depth, first:first + count] as panels of kPanelColumns columns, each
-// [depth][kPanelColumns] (zero beyond `count`), one after the other (`codes` points at
-// [top, first]). A few rows at a time, whose codes stay in L1 while each panel's share is
-// written as one contiguous run: a row at a time would store to every panel, kilobytes apart,
-// in the same few L1 sets; a panel at a time would read each row from a page of its own.
+// [depth][kPanelColumns] (zero beyond `count`), `panel_depth` rows of kPanelColumns apart (`codes`
+// points at [top, first]; `panels` at the first panel's row for `top`). A few rows at a time, whose codes stay in L1
+// while each panel's share is written as one contiguous run: a row at a time would store to every panel, kilobytes
+// apart, in the same few L1 sets; a panel at a time would read each row from a page of its own.
 template <typename Code>
 QLGRAD_AVX512 void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
-                                  int64_t first, int64_t depth, int64_t count, float* panels) {
+                                  int64_t first, int64_t depth, int64_t count, float* panels, int64_t panel_depth) {
   constexpr int64_t kRowsAtOnce = 16;
   for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
     for (int64_t column = 0; column < count; column += kPanelColumns) {
       const __mmask16 low_mask = lanes_mask(count - column), high_mask = lanes_mask(count - column - 16);
-      float* panel = panels + column * depth;
+      float* panel = panels + column * panel_depth;
       for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); ++n) {
         const Code* row = codes + n * ldw + column;
         __m512 low_offsets, low_factors, high_offsets, high_factors;
@@ -928,23 +928,22 @@ bool streams_in_place(const BlockedLayout& layout) {
 }
 
 // lhs [rows, N] @ (W - zero_point) from fbgemm's packing, rows a group of up to kBlockedStreamRows
-// at a time. The tasks are the packing's ranges of block_depth columns (each holding every row
-// of the weight, contiguous), times as many parts of the weight's rows as it takes to give every
-// thread one; the parts' sums are added at the end, in a fixed order.
+// at a time. The weight's rows are split into a part per thread (each part's codes in every
+// range of block_depth columns contiguous), each thread summing its part over every range, so
+// that the threads' shares are equal whatever the number of ranges (768 columns are a range of
+// 512 and one of 256); the parts' sums are added at the end, in a fixed order.
 at::Tensor stream_blocked(const at::Tensor& lhs, const int8_t* packed, const BlockedLayout& layout,
                           const float* zero_point) {
   const int64_t rows = lhs.size(0), depth = lhs.size(1);
   const int64_t column_ranges = (layout.columns + layout.block_depth - 1) / layout.block_depth;
-  const int64_t threads = at::get_num_threads();
-  const int64_t parts = std::clamp<int64_t>((threads + column_ranges - 1) / column_ranges, 1,
-                                            std::max<int64_t>(1, depth / kStreamedRowsPerRangeMin));
+  const int64_t parts = std::clamp<int64_t>(depth / kStreamedRowsPerRangeMin, 1, at::get_num_threads());
   auto sums = at::empty({parts, rows, layout.columns}, lhs.options());
   const float* source = lhs.const_data_ptr<float>();
   at::parallel_for(0, column_ranges * parts, 1, [&](int64_t begin, int64_t end) {
     const int64_t quads = (layout.block_depth + 3) / 4;
     auto partial = at::empty({std::min(rows, kBlockedStreamRows) * quads * 4 * 16}, lhs.options());
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t range = task / parts, part = task % parts;
+      const int64_t part = task / column_ranges, range = task % column_ranges;
       const int64_t n_begin = piece_start(depth, parts, part, 16), n_end = piece_start(depth, parts, part + 1, 16);
       float* part_sums = sums[part].mutable_data_ptr<float>();
       for (int64_t row = 0; row < rows; row += kBlockedStreamRows) {
@@ -974,10 +973,10 @@ struct StoredCodes {
   QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
     if (weight.scalar_type() == at::kChar) {
       convert_panels(weight.const_data_ptr<int8_t>() + top * weight.stride(0) + first, weight.stride(0), parameters,
-                     top, first, depth, count, out);
+                     top, first, depth, count, out, depth);
     } else {
       convert_panels(weight.const_data_ptr<at::Half>() + top * weight.stride(0) + first, weight.stride(0), parameters,
-                     top, first, depth, count, out);
+                     top, first, depth, count, out, depth);
     }
   }
 #endif
@@ -994,18 +993,23 @@ struct BlockedCodes {
   const CodeParameters& parameters;
   // Whole 16-row bands, which the copy moves 16 x 16 at a time.
   static constexpr int64_t kRowAlignment = 16;
-  // A tile's rows are copied and converted this many at a time (bfloat16 tiles have full depth).
+  // A tile's or a panel's rows are copied and converted this many at a time (bfloat16 tiles and
+  // shared panels have a depth of 1024 and more).
   static constexpr int64_t kTileSlabRows = 64;
 
   int64_t depth() const { return layout.rows; }
   int64_t columns() const { return layout.columns; }
 
 #if defined(__x86_64__)
+  // A slab of kTileSlabRows rows at a time, whose copied codes stay in L1.
   QLGRAD_AVX512 void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
     const int64_t ldc = copied_row_stride(count);
-    int8_t* codes = scratch_codes(depth * ldc);
-    layout.copy(packed, top, depth, first, count, codes, ldc);
-    convert_panels(codes, ldc, parameters, top, first, depth, count, out);
+    int8_t* codes = scratch_codes(std::min(depth, kTileSlabRows) * ldc);
+    for (int64_t slab = 0; slab < depth; slab += kTileSlabRows) {
+      const int64_t height = std::min(kTileSlabRows, depth - slab);
+      layout.copy(packed, top + slab, height, first, count, codes, ldc);
+      convert_panels(codes, ldc, parameters, top + slab, first, height, count, out + slab * kPanelColumns, depth);
+    }
   }
 #endif
 
