@@ -69,8 +69,20 @@ run_sanitized_cpp_tests() {
 
 case "${1:-}" in
   setup) setup ;;
-  demo) setup && python -m qlgrad.demo "${@:2}" ;;
-  lint) export PATH="$venv/bin:$PATH" && lint ;;
-  test) setup && lint && run_tests ;;
+  # One command per line: under `set -e` a failure inside a function stops the script only
+  # where the function is not part of an && list.
+  demo)
+    setup
+    python -m qlgrad.demo "${@:2}"
+    ;;
+  lint)
+    export PATH="$venv/bin:$PATH"
+    lint
+    ;;
+  test)
+    setup
+    lint
+    run_tests
+    ;;
   *) echo "usage: scripts/dev.sh setup|demo|lint|test" >&2; exit 2 ;;
 esac

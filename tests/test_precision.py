@@ -35,11 +35,11 @@ def test_each_mode_within_its_error_bound(precision, scheme):
 
 
 # Row counts on both sides of the switches from the streaming kernel (reading each weight row
-# once for up to 8 gradient rows; in up to four passes on AVX-512 CPUs) to the GEMMs: partial and whole blocks of the 12 rows the
-# AVX-512 kernel takes at once, more rows than it runs at once (144), both sides of the panel
-# GEMM's division by columns (up to 255 rows) and by rows and columns, and the tiled GEMM from 512
-# rows on Intel CPUs. 1100 columns leave a partial last tile and panel; 300 rows of weight make
-# two blocks of depth.
+# once for up to 8 gradient rows; in up to four passes on AVX-512 CPUs) to the GEMMs: partial
+# and whole blocks of the 12 rows the AVX-512 kernel takes at once, more rows than it runs at
+# once (144), both sides of the panel GEMM's division by columns (up to 255 rows) and by rows
+# and columns, and the tiled GEMM from 512 rows on Intel CPUs. 1100 columns leave a partial last
+# tile and panel; 300 rows of weight make two blocks of depth.
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 17, 32, 33, 64, 150, 255, 256, 512])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
