@@ -11,8 +11,8 @@ namespace qlgrad::math {
 constexpr int64_t kPanelColumns = 32;
 // The kernel's height: 24 accumulators, 2 panel registers and a broadcast, of the 32 vector registers.
 constexpr int64_t kKernelRows = 12;
-// Rows run against a depth block's panels at once: their slice of lhs (576 KiB at the panel
-// GEMM's depth of 1024) stays in L2.
+// Rows run against a depth block's panels at once: their slice of lhs stays in L2 (144 KiB at the
+// depth of the division by columns, 256; 576 KiB at that of the shared panels, 1024).
 constexpr int64_t kRowBlock = 144;
 
 // One task: the sums of kKernelRows rows by one panel (fewer at the last rows and columns).
