@@ -1,6 +1,8 @@
-// The public C++ functions of <qlgrad/qlgrad.h> that compute gradients. Each calls its
-// qlgrad:: operator through the dispatcher, so that C++ callers get autograd too.
+// The public C++ functions of <qlgrad/qlgrad.h> that compute gradients, and cpu_capability().
+// Each backward calls its qlgrad:: operator through the dispatcher, so that C++ callers get
+// autograd too.
 
+#include "kernels/instruction_set.h"
 #include "qlgrad_ops.h"
 
 #include <qlgrad/qlgrad.h>
@@ -38,6 +40,10 @@ at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, const at::Ten
 
 void cache_weight(const detail::PackedParams& packed) {
   detail::call_cache_weight(packed);
+}
+
+const char* cpu_capability() {
+  return math::instruction_set_name(math::instruction_set());
 }
 
 } // namespace qlgrad

@@ -1,13 +1,12 @@
 #include "backward_math.h"
-#include "cpu_capability.h"
-#include "tiled_matmul.h"
+
+#include "kernels/kernels.h"
+#include "matmul.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cmath>
-#include <limits>
 
 namespace qlgrad::math {
 namespace {
@@ -25,92 +24,14 @@ at::Tensor as_contiguous(const at::Tensor& tensor) {
 
 // [..., in] viewed as [M, in] (copying only when the strides demand it), and the
 // [..., out] shape of a result [M, out].
-at::Tensor rows_of(const at::Tensor& x) {
+at::Tensor flatten_leading(const at::Tensor& x) {
   return x.reshape({-1, x.size(-1)});
 }
 
-at::Tensor unflatten_rows(const at::Tensor& result, const at::Tensor& like) {
+at::Tensor unflatten_leading(const at::Tensor& result, const at::Tensor& like) {
   auto sizes = like.sizes().vec();
   sizes.back() = result.size(-1);
   return result.view(sizes);
-}
-
-// Rows whose largest |grad * channel_scale| lies below this are quantized in double:
-// in float, 127 / max would overflow near 3.7e-37 and the products lose their digits
-// to underflow some decades before.
-constexpr float kTinyRowMax = 0x1p-100f;
-
-// max_n |row[n] * channel_scale[n]|, NaN when any product is NaN. The NaNs are counted
-// apart so that both reductions vectorize (a NaN-propagating maximum does not).
-template <typename Real>
-[[gnu::always_inline]] inline Real row_max_abs(const float* row, const float* channel_scale, int64_t n) {
-  Real max_abs = 0;
-  int64_t nans = 0;
-#pragma omp simd reduction(max : max_abs) reduction(+ : nans)
-  for (int64_t j = 0; j < n; ++j) {
-    const Real value = std::fabs(Real(row[j]) * Real(channel_scale[j]));
-    max_abs = value > max_abs ? value : max_abs;
-    nans += value != value;
-  }
-  return nans > 0 ? std::numeric_limits<Real>::quiet_NaN() : max_abs;
-}
-
-template <typename Real>
-[[gnu::always_inline]] inline void round_row(const float* row, const float* channel_scale, int64_t n,
-                                             Real inverse_scale, int8_t* out) {
-  for (int64_t j = 0; j < n; ++j) {
-    const Real value = Real(row[j]) * Real(channel_scale[j]) * inverse_scale;
-    out[j] = static_cast<int8_t>(static_cast<int32_t>(value + std::copysign(Real(0.5), value)));
-  }
-}
-
-// q[m, :] = round(grad[m, :] * channel_scale / s[m]) with s[m] = max_n |grad[m, n] *
-// channel_scale[n]| / 127: symmetric int8 per row, the channel scale folded in first
-// because it multiplies the contraction dimension. One pass over each row (in cache)
-// for the maximum and one to round; compiled for AVX2 too because this loop is what stands
-// between the gradient and the integer GEMM.
-[[gnu::always_inline]] inline void quantize_rows_body(const float* grad, const float* channel_scale, int64_t begin,
-                                                      int64_t end, int64_t n, int8_t* quantized, float* row_scale) {
-  for (int64_t m = begin; m < end; ++m) {
-    const float* row = grad + m * n;
-    int8_t* out = quantized + m * n;
-    const float max_abs = row_max_abs<float>(row, channel_scale, n);
-    if (!std::isfinite(max_abs)) {
-      // No int8 code stands for NaN or Inf: the row's result becomes NaN instead.
-      std::fill(out, out + n, int8_t{0});
-      row_scale[m] = std::numeric_limits<float>::quiet_NaN();
-    } else if (max_abs >= kTinyRowMax) {
-      round_row<float>(row, channel_scale, n, 127.0f / max_abs, out);
-      row_scale[m] = max_abs / 127.0f;
-    } else {
-      const double tiny_max_abs = row_max_abs<double>(row, channel_scale, n);
-      round_row<double>(row, channel_scale, n, tiny_max_abs > 0 ? 127.0 / tiny_max_abs : 0.0, out);
-      row_scale[m] = static_cast<float>(tiny_max_abs / 127.0);
-    }
-  }
-}
-
-void quantize_rows_portable(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
-                            int8_t* quantized, float* row_scale) {
-  quantize_rows_body(grad, channel_scale, begin, end, n, quantized, row_scale);
-}
-
-#if defined(__x86_64__)
-__attribute__((target("avx2"))) void quantize_rows_avx2(const float* grad, const float* channel_scale, int64_t begin,
-                                                        int64_t end, int64_t n, int8_t* quantized, float* row_scale) {
-  quantize_rows_body(grad, channel_scale, begin, end, n, quantized, row_scale);
-}
-#endif
-
-// quantize_rows_body for the CPU capability in use.
-void quantize_rows(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
-                   int8_t* quantized, float* row_scale) {
-#if defined(__x86_64__)
-  if (cpu_capability() >= CpuCapability::kAvx2) {
-    return quantize_rows_avx2(grad, channel_scale, begin, end, n, quantized, row_scale);
-  }
-#endif
-  quantize_rows_portable(grad, channel_scale, begin, end, n, quantized, row_scale);
 }
 
 // grad [M, N] scaled by the weight's scale along N, in float32: the factor the integer
@@ -122,15 +43,15 @@ at::Tensor scaled_rows(const at::Tensor& grad_rows, const StoredWeight& weight) 
 
 // The codes [N, K] in rows: the stored tensor, or a copy out of a blocked packing, made for an
 // integer GEMM or a float64 product that takes a tensor.
-at::Tensor codes_in_rows(const StoredWeight& weight) {
+at::Tensor unblocked_codes(const StoredWeight& weight) {
   if (!weight.blocked) {
     return weight.values;
   }
   const auto& layout = *weight.blocked;
   auto codes = at::empty({layout.rows, layout.columns}, weight.values.options());
   at::parallel_for(0, layout.rows, 16, [&](int64_t begin, int64_t end) {
-    layout.copy(weight.values.const_data_ptr<int8_t>(), begin, end - begin, 0, layout.columns,
-                codes.mutable_data_ptr<int8_t>() + begin * layout.columns, layout.columns);
+    kernels().copy_blocked(layout, weight.values.const_data_ptr<int8_t>(), begin, end - begin, 0, layout.columns,
+                           codes.mutable_data_ptr<int8_t>() + begin * layout.columns, layout.columns);
   });
   return codes;
 }
@@ -145,12 +66,13 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
   auto quantized = at::empty({m, n}, grad.options().dtype(at::kChar));
   auto row_scale = at::empty({m, 1}, grad.options());
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(n, 1));
+  const auto quantize_rows = kernels().quantize_rows;
   at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
     quantize_rows(grad.const_data_ptr<float>(), channel_scale.const_data_ptr<float>(), begin, end, n,
                   quantized.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>());
   });
   // int32 times float32 gives float32: the rescale is also the conversion, in one pass.
-  auto result = at::mul(at::_int_mm(quantized, codes_in_rows(weight)), row_scale);
+  auto result = at::mul(at::_int_mm(quantized, unblocked_codes(weight)), row_scale);
   if (weight.zero_point) {
     // sum_n q[m, n] * zero_point[n], exact in float64, taken off every column.
     const auto zero_point = weight.zero_point->to(at::kDouble).expand({n});
@@ -204,8 +126,8 @@ StoredWeight blocked_int8_weight(const at::Tensor& packed, const BlockedLayout& 
           blocked};
 }
 
-StoredWeight in_rows(const StoredWeight& weight) {
-  return weight.blocked ? StoredWeight{codes_in_rows(weight), weight.scale, weight.zero_point} : weight;
+StoredWeight unblocked(const StoredWeight& weight) {
+  return weight.blocked ? StoredWeight{unblocked_codes(weight), weight.scale, weight.zero_point} : weight;
 }
 
 StoredWeight stored_float16_weight(const at::Tensor& weight) {
@@ -219,7 +141,7 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
   const auto per_group = [&](const at::Tensor& parameter) {
     return in_dtype(parameter, dtype).reshape({-1, groups, 1});
   };
-  auto result = codes_in_rows(weight).to(dtype).view({n, groups, k / groups});
+  auto result = unblocked_codes(weight).to(dtype).view({n, groups, k / groups});
   if (weight.zero_point) {
     result.sub_(per_group(*weight.zero_point));
   }
@@ -227,7 +149,7 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
 }
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
-  const auto grad = rows_of(grad_output);
+  const auto grad = flatten_leading(grad_output);
   if (grad.size(0) <= kStreamedRowsMax) {
     // A few rows are bound by reading the weight, which the float32 stream does at one byte
     // per code: the reduced precisions could only be slower.
@@ -238,22 +160,22 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& wei
     result = int8_input_gradient(grad, weight);
   } else if (precision == Precision::kBFloat16 && weight.is_groupwise()) {
     // The scales vary along the product's columns: the tiles take them as they are converted.
-    result = tiled_matmul(grad.to(at::kBFloat16), weight.values, weight.zero_point, weight.scale, weight.blocked);
+    result = codes_matmul(grad.to(at::kBFloat16), weight.values, weight.zero_point, weight.scale, weight.blocked);
   } else if (precision == Precision::kBFloat16) {
-    result = tiled_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight),
+    result = codes_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight),
                           std::nullopt, weight.blocked);
   } else if (grad.scalar_type() == at::kDouble) {
     // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
     result = at::mm(grad, dequantize(weight, at::kDouble));
   } else {
-    result = tiled_matmul(as_contiguous(in_dtype(grad, at::kFloat)), weight.values, channel_zero_points(weight),
+    result = codes_matmul(as_contiguous(in_dtype(grad, at::kFloat)), weight.values, channel_zero_points(weight),
                           weight.scale, weight.blocked);
   }
-  return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
+  return unflatten_leading(in_dtype(result, grad_output.scalar_type()), grad_output);
 }
 
 at::Tensor input_gradient_adjoint(const at::Tensor& grad, const StoredWeight& weight) {
-  return unflatten_rows(at::mm(rows_of(grad), dequantize(weight, grad.scalar_type()).t()), grad);
+  return unflatten_leading(at::mm(flatten_leading(grad), dequantize(weight, grad.scalar_type()).t()), grad);
 }
 
 Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
@@ -261,7 +183,7 @@ Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size
 }
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight) {
-  const auto grad = rows_of(grad_output);
+  const auto grad = flatten_leading(grad_output);
   at::Tensor result;
   if (grad.scalar_type() == at::kDouble) {
     // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
@@ -271,11 +193,11 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight&
     result = int4pack_matmul(as_contiguous(in_dtype(grad, at::kFloat)), weight.packed, weight.group_size,
                              weight.scale_and_zeros);
   }
-  return unflatten_rows(in_dtype(result, grad_output.scalar_type()), grad_output);
+  return unflatten_leading(in_dtype(result, grad_output.scalar_type()), grad_output);
 }
 
 at::Tensor input_gradient_adjoint(const at::Tensor& grad, const Int4PackedWeight& weight) {
-  const auto rows = rows_of(grad);
+  const auto rows = flatten_leading(grad);
   at::Tensor result;
   if (rows.scalar_type() == at::kDouble) {
     result =
@@ -285,7 +207,7 @@ at::Tensor input_gradient_adjoint(const at::Tensor& grad, const Int4PackedWeight
     result = at::_weight_int4pack_mm_for_cpu(as_contiguous(rows), weight.packed, weight.group_size,
                                              in_dtype(weight.scale_and_zeros, rows.scalar_type()));
   }
-  return unflatten_rows(result, grad);
+  return unflatten_leading(result, grad);
 }
 
 } // namespace qlgrad::math

@@ -2,7 +2,7 @@
 // The backward math of an int8 linear layer on plain ATen tensors: no dispatcher,
 // no autograd, no quantized dtypes.
 
-#include "blocked_codes.h"
+#include "blocked_layout.h"
 
 #include <qlgrad/qlgrad.h>
 
@@ -49,7 +49,7 @@ StoredWeight stored_float16_weight(const at::Tensor& weight);
 
 // The weight with its codes in rows: `weight` itself, or a copy of the codes out of its blocked
 // packing (for a product that takes them as a tensor, such as the adjoint's).
-StoredWeight in_rows(const StoredWeight& weight);
+StoredWeight unblocked(const StoredWeight& weight);
 
 // W [N, K] in `dtype`, computed in that dtype in the order the stock dequantize uses:
 // (values - zero_point) * scale.

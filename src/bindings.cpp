@@ -128,9 +128,10 @@ NB_MODULE(_C, m) {
               "zero_point: torch.Tensor | None = None, precision: str | None = None) -> torch.Tensor"),
       "Input gradient of an int8 linear layer on plain tensors:\n"
       "``grad_output @ (scale * (weight - zero_point))``.\n\n"
-      "weight: int8 [N, K]. scale: floating, 1 element (per tensor) or [N] (per\n"
-      "output channel). zero_point: integer, shaped like scale; None for a\n"
-      "symmetric weight. grad_output: floating [..., N]; the result has its dtype\n"
+      "weight: int8 [N, K]. scale: floating, 1 element (per tensor), [N] (per\n"
+      "output channel) or [N, G] (group-wise: W[n, k] = scale[n, k // (K // G)] *\n"
+      "(weight[n, k] - zero_point[n, k // (K // G)]), G dividing K). zero_point:\n"
+      "integer, shaped like scale; None for a symmetric weight. grad_output: floating [..., N]; the result has its dtype\n"
       "and shape [..., K]. Differentiable with respect to grad_output (scale and\n"
       "zero_point are constants). precision: one of PRECISIONS; None for the one\n"
       "in effect on this thread.");

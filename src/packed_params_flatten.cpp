@@ -20,7 +20,8 @@ namespace qlgrad::detail {
 namespace {
 
 // What a compiled graph knows of a packed weight: its kind, its shape, and the sizes of the
-// flat tensors that qlgrad::_stored_weight returns for it (fbgemm's packing depends on the CPU).
+// flat tensors that qlgrad::_linear_dynamic_with_weight returns beside its output (fbgemm's packing depends on the
+// CPU).
 struct PackedShape {
   WeightKind kind;
   int64_t in_features;

@@ -69,7 +69,7 @@ math::StoredWeight uncached_weight(const PackedParams& packed) {
   return in_place ? *std::move(in_place) : unpack(*packed);
 }
 
-math::StoredWeight stored_weight(const PackedParams& packed, std::optional<WeightKind> kind) {
+math::StoredWeight weight_of_packed(const PackedParams& packed, std::optional<WeightKind> kind) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
   c10::impl::ExcludeDispatchKeyGuard plain_tensors(outside_modes_and_transforms());
   // fbgemm's packing is read where it lies; other engines' weights are unpacked once and cached.

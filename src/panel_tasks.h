@@ -1,16 +1,14 @@
 #pragma once
-// How the panel GEMM (tiled_matmul.cpp) divides its output among threads: plain arithmetic,
+// How the panel GEMM (matmul_panels.cpp) divides its output among threads: plain arithmetic,
 // kept apart so that the division is tested on its own.
+
+#include "kernels/kernels.h"
 
 #include <algorithm>
 #include <cstdint>
 
 namespace qlgrad::math {
 
-// The kernel's width: one panel of the converted weight, two AVX-512 vectors.
-constexpr int64_t kPanelColumns = 32;
-// The kernel's height: 24 accumulators, 2 panel registers and a broadcast, of the 32 vector registers.
-constexpr int64_t kKernelRows = 12;
 // Rows run against a depth block's panels at once: their slice of lhs stays in L2 (144 KiB at the
 // depth of the division by columns, 256; 576 KiB at that of the shared panels, 1024).
 constexpr int64_t kRowBlock = 144;

@@ -156,7 +156,7 @@ at::Tensor linear_int4pack_backward_autograd(const at::Tensor& grad_output, cons
 template <WeightKind kind>
 at::Tensor packed_backward_cpu(const at::Tensor& grad_output, const PackedParams& packed, PrecisionName precision) {
   check_packed_tensors(grad_output);
-  const auto weight = stored_weight(packed, kind);
+  const auto weight = weight_of_packed(packed, kind);
   check_grad_output(grad_output, weight.out_features());
   return math::input_gradient(grad_output, weight, resolve(precision));
 }
@@ -172,7 +172,7 @@ struct PackedBackwardFunction : torch::autograd::Function<PackedBackwardFunction
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const auto packed = ctx->saved_data["packed"].toCustomClass<LinearPackedParamsBase>();
-    return {math::input_gradient_adjoint(grads[0], stored_weight(packed, kind)), at::Tensor(), at::Tensor()};
+    return {math::input_gradient_adjoint(grads[0], weight_of_packed(packed, kind)), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -190,7 +190,7 @@ at::Tensor packed_backward_autograd(const at::Tensor& grad_output, const PackedP
 // ---- cache_weight -----------------------------------------------------------------
 
 void cache_weight_kernel(const PackedParams& packed) {
-  stored_weight(packed, std::nullopt);
+  weight_of_packed(packed, std::nullopt);
 }
 
 } // namespace

@@ -51,10 +51,10 @@ at::Tensor times_weight_transposed(WeightKind kind, const at::Tensor& t, const P
   {
     // The weight is a constant of every transform: inside torch.func.jvp or grad its codes must
     // be copied out of their packing as plain tensors, not ones wrapped by the transform
-    // (stored_weight itself makes plain tensors).
+    // (weight_of_packed itself makes plain tensors).
     c10::impl::ExcludeDispatchKeyGuard outside_functorch(c10::DispatchKeySet(
         {c10::DispatchKey::FuncTorchDynamicLayerFrontMode, c10::DispatchKey::FuncTorchDynamicLayerBackMode}));
-    weight = math::in_rows(detail::stored_weight(packed, kind));
+    weight = math::unblocked(detail::weight_of_packed(packed, kind));
   }
   return math::input_gradient_adjoint(t, *weight);
 }

@@ -54,16 +54,16 @@ at::Tensor stock_forward(const at::Tensor& input, const PackedParams& packed, We
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_dynamic_with_weight(
     const at::Tensor& input, const PackedParams& packed, bool relu, bool reduce_range) {
   TORCH_CHECK_VALUE(packed, "qlgrad: packed must be a LinearPackedParamsBase object, got None");
-  const auto weight = stored_weight(packed, std::nullopt);
+  const auto weight = weight_of_packed(packed, std::nullopt);
   auto [values, description, scale, zero_point] = weight_tensors(weight);
   return {stock_forward(input, packed, kind_of(weight), relu, reduce_range), values, description, scale, zero_point};
 }
 
 // The precision and the stored weight that weight_tensors' tensors describe, every size checked
 // against the others, so that no layout reads outside `values`.
-std::pair<Precision, math::StoredWeight> stored_weight_of(const at::Tensor& values, const at::Tensor& description,
-                                                          const at::Tensor& scale, const at::Tensor& zero_point,
-                                                          int64_t in_features) {
+std::pair<Precision, math::StoredWeight> traced_weight(const at::Tensor& values, const at::Tensor& description,
+                                                       const at::Tensor& scale, const at::Tensor& zero_point,
+                                                       int64_t in_features) {
   TORCH_CHECK_VALUE(description.scalar_type() == at::kLong && description.dim() == 1 &&
                         (description.numel() == 3 || description.numel() == 6),
                     "qlgrad: description must be an int64 tensor of 3 or 6 elements, as "
@@ -106,7 +106,7 @@ at::Tensor stored_weight_backward(const at::Tensor& grad_output, const at::Tenso
                                   const at::Tensor& description, const at::Tensor& scale, const at::Tensor& zero_point,
                                   int64_t in_features) {
   check_stored_weight_tensors(grad_output, values, description, scale, zero_point);
-  const auto [precision, weight] = stored_weight_of(values, description, scale, zero_point, in_features);
+  const auto [precision, weight] = traced_weight(values, description, scale, zero_point, in_features);
   check_grad_output(grad_output, weight.out_features());
   return math::input_gradient(grad_output, weight, precision);
 }

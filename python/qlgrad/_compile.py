@@ -20,7 +20,7 @@ from torch.utils._python_dispatch import _disable_current_modes
 @register_fake_class("quantized::LinearPackedParamsBase")
 class FakeLinearPackedParams:
     """What tracing knows of a packed weight: its kind and shape, and the sizes of the flat
-    tensors that ``qlgrad::_stored_weight`` returns for it."""
+    tensors that ``qlgrad::_linear_dynamic_with_weight`` returns beside its output."""
 
     def __init__(
         self,

@@ -1,25 +1,22 @@
 #pragma once
-// (lhs * scale) @ (weight - zero_point) with the weight kept in its stored dtype (int8
-// codes, or float16 for fp16-packed layers): the product runs on blocks of the weight
-// converted on the fly, so no float copy of the whole weight ever exists. float32 products
-// of up to 8 rows stream over the codes once (up to 32 rows, in passes of 8, on AVX-512 CPUs);
-// on AVX-512 CPUs the others run a GEMM whose packing of the weight is the conversion of the
-// codes (but from 512 rows on Intel's, where MKL's GEMM on tiles converted in each thread's L2
-// is the faster); bfloat16 products, and all products on other CPUs, run tiles.
+// Products with a stored weight, lhs @ W, with the weight kept in its stored form (int8 codes,
+// float16 for fp16-packed layers, torch's int4 packing): the product runs on blocks of the weight
+// converted on the fly, so no float copy of the whole weight ever exists. Which way it runs, by
+// row count (matmul_strategies.h has the ways):
+//   - float32 products of up to kStreamedRowsMax rows stream over the codes once (up to 32 rows,
+//     in passes of 8, where the AVX-512 streams are), reading fbgemm's AVX-512 packing in place;
+//   - where the AVX-512 panel GEMM is, it runs the others (but from 512 rows on Intel's CPUs,
+//     where MKL's GEMM on tiles converted in each thread's L2 is the faster);
+//   - bfloat16 products, and all products on other CPUs, run MKL's GEMM on tiles.
 
-#include "blocked_codes.h"
+#include "blocked_layout.h"
+#include "kernels/kernels.h"
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
 
 namespace qlgrad::math {
-
-// Up to this many rows the product is bound by reading the weight, not by arithmetic: one
-// float32 pass over the stored codes (a quarter of float32's bytes) with the rows accumulated
-// side by side beats converting tiles for a GEMM, and any narrower arithmetic. On AVX-512 CPUs
-// up to four such passes (32 rows) still do.
-constexpr int64_t kStreamedRowsMax = 8;
 
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
 // float32 and returned in lhs's dtype; or, with group-wise parameters,
@@ -38,7 +35,7 @@ constexpr int64_t kStreamedRowsMax = 8;
 // bfloat16 both hold exactly: without group-wise scales converting a tile rounds nothing, and
 // in float32 the result differs from a product with a float32 weight only in the order of
 // the sums.
-at::Tensor tiled_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
+at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
                         const std::optional<at::Tensor>& scale = std::nullopt,
                         const std::optional<BlockedLayout>& blocked = std::nullopt);
 

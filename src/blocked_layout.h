@@ -32,9 +32,9 @@ struct BlockedLayout {
     return (columns + block_depth - 1) / block_depth * blocks_across() * block_depth * block_width;
   }
 
-  // out[i, j] = W[top + i, first + j] for i < depth and j < count, out's rows `ldo` bytes apart.
-  void copy(const int8_t* packed, int64_t top, int64_t depth, int64_t first, int64_t count, int8_t* out,
-            int64_t ldo) const;
+  // Whether fbgemm's AVX-512 packing: interleave 4, blocks of multiples of 16 both ways, which the
+  // AVX-512 kernels read 16 x 16 codes (four 64-byte lines) at a time.
+  bool in_squares() const { return interleave == 4 && block_width % 16 == 0 && block_depth % 16 == 0; }
 };
 
 } // namespace qlgrad::math

@@ -1,0 +1,57 @@
+#include "instruction_set.h"
+
+#include <ATen/Version.h>
+
+#include <cstring>
+#include <string>
+
+#if defined(__x86_64__)
+#include <cpuid.h>
+#endif
+
+namespace qlgrad::math {
+
+InstructionSet instruction_set() {
+  static const InstructionSet set = [] {
+    // ATen's AVX512 requires AVX512F, BW, VL and DQ, and its AVX2 FMA too: what the kernels of
+    // kernels/avx512.h and kernels/avx2.h are compiled for.
+    const std::string aten = at::get_cpu_capability();
+    if (aten == "AVX512") {
+      return InstructionSet::kAvx512;
+    }
+    if (aten == "AVX2") {
+      return InstructionSet::kAvx2;
+    }
+    return InstructionSet::kDefault;
+  }();
+  return set;
+}
+
+const char* instruction_set_name(InstructionSet set) {
+  switch (set) {
+    case InstructionSet::kAvx512: return "avx512";
+    case InstructionSet::kAvx2: return "avx2";
+    case InstructionSet::kDefault: break;
+  }
+  return "default";
+}
+
+bool is_intel_cpu() {
+  static const bool intel = [] {
+#if defined(__x86_64__)
+    // Leaf 0 names the vendor in EBX, EDX, ECX.
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) != 0) {
+      char vendor[12];
+      std::memcpy(vendor, &ebx, 4);
+      std::memcpy(vendor + 4, &edx, 4);
+      std::memcpy(vendor + 8, &ecx, 4);
+      return std::memcmp(vendor, "GenuineIntel", 12) == 0;
+    }
+#endif
+    return false;
+  }();
+  return intel;
+}
+
+} // namespace qlgrad::math

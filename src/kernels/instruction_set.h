@@ -1,0 +1,21 @@
+#pragma once
+// The instruction set of qlgrad's kernels: ATen's CPU capability, which ATEN_CPU_CAPABILITY may
+// set below what the CPU has (a value above it falls back, as ATen decides), so that one variable
+// chooses ATen's kernels and qlgrad's alike. qlgrad::cpu_capability() reports its name.
+
+namespace qlgrad::math {
+
+// In increasing order: each set's kernels run on every CPU of the ones after it.
+enum class InstructionSet { kDefault, kAvx2, kAvx512 };
+
+// Found once per process, as ATen finds its own capability.
+InstructionSet instruction_set();
+
+// "default", "avx2" or "avx512".
+const char* instruction_set_name(InstructionSet set);
+
+// Whether the CPU is Intel's: MKL, torch's float GEMM, runs its AVX-512 code there only (on AMD
+// CPUs with AVX-512 it takes its AVX2 path, at less than half oneDNN's speed).
+bool is_intel_cpu();
+
+} // namespace qlgrad::math

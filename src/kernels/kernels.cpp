@@ -1,0 +1,80 @@
+#include "kernels.h"
+
+#include "variants.h"
+
+namespace qlgrad::math {
+namespace {
+
+Kernels portable_kernels() {
+  Kernels table{};
+  table.instruction_set = InstructionSet::kDefault;
+  table.stream_int8 = &stream_int8_portable;
+  table.stream_int8_vector_groups = &stream_int8_portable;
+  table.stream_float16 = &stream_float16_portable;
+  table.convert_codes_float = &convert_codes_float_portable;
+  table.convert_codes_bfloat16 = &convert_codes_bfloat16_portable;
+  table.copy_blocked = &copy_blocked_portable;
+  table.quantize_rows = &quantize_rows_portable;
+  // ATen's portable int4 kernel packs rows two by two; off x86-64, its packing is not read.
+#if defined(__x86_64__)
+  table.int4_packing = {32, false};
+#else
+  table.int4_packing = {0, false};
+#endif
+  return table;
+}
+
+#if defined(__x86_64__)
+Kernels avx2_kernels() {
+  Kernels table = portable_kernels();
+  table.instruction_set = InstructionSet::kAvx2;
+  table.stream_int8 = &stream_int8_avx2;
+  table.stream_int8_vector_groups = &stream_int8_avx2;
+  table.stream_float16 = &stream_float16_avx2;
+  table.convert_codes_float = &convert_codes_float_avx2;
+  table.convert_codes_bfloat16 = &convert_codes_bfloat16_avx2;
+  table.quantize_rows = &quantize_rows_avx2;
+  table.int4_packing = {32, true};
+  return table;
+}
+
+Kernels avx512_kernels() {
+  // The row quantizer is AVX2's: its loops are short and bound by the rounding.
+  Kernels table = avx2_kernels();
+  table.instruction_set = InstructionSet::kAvx512;
+  table.stream_int8 = &stream_int8_avx512;
+  table.stream_int8_vector_groups = &stream_int8_vectors_avx512;
+  table.stream_float16 = &stream_float16_vectors_avx512;
+  table.convert_codes_float = &convert_codes_float_avx512;
+  table.convert_codes_bfloat16 = &convert_codes_bfloat16_avx512;
+  table.copy_blocked = &copy_blocked_avx512;
+  table.int4_packing = {64, true};
+  table.panel_rows = &panel_rows_avx512;
+  table.convert_panels_int8 = &convert_panels_int8_avx512;
+  table.convert_panels_float16 = &convert_panels_float16_avx512;
+  table.int4_panels = &int4_panels_avx512;
+  table.int4_stream = &int4_stream_avx512;
+  table.stream_blocked = &stream_blocked_avx512;
+  return table;
+}
+#endif
+
+Kernels chosen_kernels() {
+#if defined(__x86_64__)
+  switch (instruction_set()) {
+    case InstructionSet::kAvx512: return avx512_kernels();
+    case InstructionSet::kAvx2: return avx2_kernels();
+    case InstructionSet::kDefault: break;
+  }
+#endif
+  return portable_kernels();
+}
+
+} // namespace
+
+const Kernels& kernels() {
+  static const Kernels table = chosen_kernels();
+  return table;
+}
+
+} // namespace qlgrad::math

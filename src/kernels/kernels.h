@@ -1,0 +1,149 @@
+#pragma once
+// The kernels: the loops over codes, packings and products that are written (or compiled) once
+// per instruction set, on raw pointers. kernels() is the one table of them, chosen once per
+// process from the instruction set in use (instruction_set.h); nothing else in qlgrad asks which
+// instruction set runs. The strategy that calls them (which kernel for which row count, how the
+// work is divided among threads) lives outside this folder, in src/matmul*.
+//
+// A kernel file of an x86-64 instruction set includes its headers first and avx2.h or avx512.h
+// last: from there on every function it defines is compiled for that set.
+
+#include "../blocked_layout.h"
+#include "code_parameters.h"
+#include "instruction_set.h"
+#include "int4_packing.h"
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <cstdint>
+
+namespace qlgrad::math {
+
+constexpr int64_t kCacheLine = 64;
+
+// Rows of lhs a stream (StreamFn) takes at once, summed side by side: up to this many rows, the
+// product is bound by reading the weight, not by arithmetic.
+constexpr int64_t kStreamedRowsMax = 8;
+// Rows of lhs the direct stream over fbgemm's packing (BlockedStreamFn) takes at once.
+constexpr int64_t kBlockedStreamRows = 4;
+// Rows of lhs the int4 stream (Int4StreamFn) takes at once.
+constexpr int64_t kInt4StreamedRowsMax = 4;
+// The panel kernel's width: one panel of the converted weight, two AVX-512 vectors.
+constexpr int64_t kPanelColumns = 32;
+// The panel kernel's height: 24 accumulators, 2 panel registers and a broadcast, of the 32 vector registers.
+constexpr int64_t kKernelRows = 12;
+
+// The row stride of a stream's block sums: a cache line more than the row, so that the sums of
+// one row are not stored to addresses 4 KiB apart from those of the next, which the CPU would
+// take for the same when it orders loads after stores (measured 2.4x slower at 4 rows of 4096
+// columns).
+inline int64_t block_sums_stride(int64_t columns) {
+  constexpr int64_t kLineFloats = kCacheLine / int64_t{sizeof(float)};
+  return (columns + kLineFloats - 1) / kLineFloats * kLineFloats + kLineFloats;
+}
+
+// A stream over weight rows [begin, end) and the `columns` columns from column `first`:
+//   sums[r, c] += sum_n lhs[r, n] * value[n, first + c]
+// for `rows` (1 to kStreamedRowsMax) rows of lhs, reading each weight row once for all of them
+// (`weight` points at column `first`). A group's scale multiplies lhs's factors, once per row and
+// group. The sum runs in blocks of 128 weight rows added up apart (in `block_sums`, rows x
+// block_sums_stride(columns) floats), so that its rounding error grows as a GEMM's does rather
+// than with the full depth.
+template <typename Code>
+struct StreamArguments {
+  const float* lhs;
+  int64_t ldl;
+  int64_t begin, end;
+  const Code* weight;
+  int64_t ldw;
+  const CodeParameters* parameters;
+  int64_t first, columns;
+  float* sums;
+  int64_t lds;
+  float* block_sums;
+};
+template <typename Code>
+using StreamFn = void(int64_t rows, const StreamArguments<Code>& arguments);
+
+// tile[n, c] = value[top + n, first + c] for an int8 block of `depth` rows from weight row `top`
+// and `columns` columns from column `first` (`codes` points at its first code), as float32 or
+// as bfloat16 rounded to nearest even, a run of one group at a time.
+template <typename Element>
+using ConvertCodesFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                            int64_t first, int64_t depth, int64_t columns, Element* tile);
+
+// out[i, j] = W[top + i, first + j] for i < depth and j < count from a blocked packing, out's rows
+// `ldo` bytes apart.
+using CopyBlockedFn = void(const BlockedLayout& layout, const int8_t* packed, int64_t top, int64_t depth, int64_t first,
+                           int64_t count, int8_t* out, int64_t ldo);
+
+// q[m, :] = round(grad[m, :] * channel_scale / s[m]) for rows m in [begin, end) of grad [M, n], with
+// s[m] = max_j |grad[m, j] * channel_scale[j]| / 127 into row_scale[m]: symmetric int8 per row,
+// the channel scale folded in first because it multiplies the contraction dimension. A row with a
+// NaN or an infinity gets codes 0 and a NaN scale.
+using QuantizeRowsFn = void(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
+                            int8_t* quantized, float* row_scale);
+
+// out[r, 0:32] (+)= sum_n lhs[n, r] * panel[n, 0:32] for `rows` (1 to kKernelRows) rows of a packed
+// block of lhs ([depth][kKernelRows]); `width` columns of out exist.
+using PanelRowsFn = void(int64_t rows, const float* lhs, const float* panel, int64_t depth, float* out, int64_t ldo,
+                         int64_t width, bool accumulate);
+
+// value[top:top + depth, first:first + count] as panels of kPanelColumns columns, each
+// [depth][kPanelColumns] (zero beyond `count`), `panel_depth` rows of kPanelColumns apart (`codes`
+// points at [top, first]; `panels` at the first panel's row for `top`).
+template <typename Code>
+using ConvertPanelsFn = void(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                             int64_t first, int64_t depth, int64_t count, float* panels, int64_t panel_depth);
+
+// W[top:top + depth, first:first + count] of an int4 packing as panels, as ConvertPanelsFn
+// writes them with panel_depth = depth (top, depth and count multiples of 16).
+using Int4PanelsFn = void(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count, float* out);
+
+// out[r, first + c] = sum_n lhs[r, n] * W[n, first + c] for `rows` (1 to kInt4StreamedRowsMax)
+// rows and the columns [first, first + count) of an int4 packing, as dot products along the
+// packing's 16 rows of a column; `partial` holds count * rows * 16 floats.
+using Int4StreamFn = void(const Int4Pack& pack, int64_t rows, const float* lhs, int64_t ldl, int64_t first,
+                          int64_t count, float* partial, float* out, int64_t ldo);
+
+// sums[r, k0 + k] = sum_n lhs[r, n] * (W[n, k0 + k] - zero_point[n]) for `rows` (1 to
+// kBlockedStreamRows) rows, the weight rows n in [n_begin, n_end) (multiples of 16 but the end)
+// and one range of block_depth columns from k0, read in fbgemm's AVX-512 packing where it lies
+// (reads_in_place). `partial` holds rows * round_up(block_depth, 4) * 16 floats.
+using BlockedStreamFn = void(int64_t rows, const float* lhs, int64_t ldl, const int8_t* packed,
+                             const BlockedLayout& layout, const float* zero_point, int64_t k0, int64_t n_begin,
+                             int64_t n_end, float* partial, float* sums, int64_t lds);
+
+// Whether a BlockedStreamFn reads this packing: 4 consecutive k of 16 n in each 64-byte line.
+inline bool reads_in_place(const BlockedLayout& layout) {
+  return layout.interleave == 4 && layout.block_width % 16 == 0 && layout.block_depth % 4 == 0;
+}
+
+struct Kernels {
+  InstructionSet instruction_set;
+  // Streams over codes in rows: int8 with any group size, int8 per tensor or channel or with
+  // groups of whole 16-lane vectors, and float16 values.
+  StreamFn<int8_t>* stream_int8;
+  StreamFn<int8_t>* stream_int8_vector_groups;
+  StreamFn<at::Half>* stream_float16;
+  ConvertCodesFn<float>* convert_codes_float;
+  ConvertCodesFn<at::BFloat16>* convert_codes_bfloat16;
+  CopyBlockedFn* copy_blocked;
+  QuantizeRowsFn* quantize_rows;
+  // torch's int4 packing under this instruction set (block 0 where qlgrad does not read it).
+  Int4Packing int4_packing;
+  // The panel GEMM, the int4 stream and the direct stream over fbgemm's packing: AVX-512 only,
+  // null elsewhere.
+  PanelRowsFn* panel_rows = nullptr;
+  ConvertPanelsFn<int8_t>* convert_panels_int8 = nullptr;
+  ConvertPanelsFn<at::Half>* convert_panels_float16 = nullptr;
+  Int4PanelsFn* int4_panels = nullptr;
+  Int4StreamFn* int4_stream = nullptr;
+  BlockedStreamFn* stream_blocked = nullptr;
+};
+
+// The kernels of the instruction set in use, chosen at the first call.
+const Kernels& kernels();
+
+} // namespace qlgrad::math

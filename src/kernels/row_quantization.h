@@ -1,0 +1,65 @@
+#pragma once
+// The row quantizer (QuantizeRowsFn) as plain loops that the compiler vectorizes:
+// row_quantization_portable.cpp and row_quantization_avx2.cpp compile it for their instruction
+// sets, because this loop is what stands between the gradient and the integer GEMM.
+
+#include "kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+namespace qlgrad::math {
+
+// Rows whose largest |grad * channel_scale| lies below this are quantized in double:
+// in float, 127 / max would overflow near 3.7e-37 and the products lose their digits
+// to underflow some decades before.
+constexpr float kTinyRowMax = 0x1p-100f;
+
+// max_n |row[n] * channel_scale[n]|, NaN when any product is NaN. The NaNs are counted
+// apart so that both reductions vectorize (a NaN-propagating maximum does not).
+template <typename Real>
+[[gnu::always_inline]] inline Real row_max_abs(const float* row, const float* channel_scale, int64_t n) {
+  Real max_abs = 0;
+  int64_t nans = 0;
+#pragma omp simd reduction(max : max_abs) reduction(+ : nans)
+  for (int64_t j = 0; j < n; ++j) {
+    const Real value = std::fabs(Real(row[j]) * Real(channel_scale[j]));
+    max_abs = value > max_abs ? value : max_abs;
+    nans += value != value;
+  }
+  return nans > 0 ? std::numeric_limits<Real>::quiet_NaN() : max_abs;
+}
+
+template <typename Real>
+[[gnu::always_inline]] inline void round_row(const float* row, const float* channel_scale, int64_t n,
+                                             Real inverse_scale, int8_t* out) {
+  for (int64_t j = 0; j < n; ++j) {
+    const Real value = Real(row[j]) * Real(channel_scale[j]) * inverse_scale;
+    out[j] = static_cast<int8_t>(static_cast<int32_t>(value + std::copysign(Real(0.5), value)));
+  }
+}
+
+// The row quantizer of kernels.h: one pass over each row (in cache) for the maximum and one to round.
+[[gnu::always_inline]] inline void quantize_rows(const float* grad, const float* channel_scale, int64_t begin,
+                                                 int64_t end, int64_t n, int8_t* quantized, float* row_scale) {
+  for (int64_t m = begin; m < end; ++m) {
+    const float* row = grad + m * n;
+    int8_t* out = quantized + m * n;
+    const float max_abs = row_max_abs<float>(row, channel_scale, n);
+    if (!std::isfinite(max_abs)) {
+      // No int8 code stands for NaN or Inf: the row's result becomes NaN instead.
+      std::fill(out, out + n, int8_t{0});
+      row_scale[m] = std::numeric_limits<float>::quiet_NaN();
+    } else if (max_abs >= kTinyRowMax) {
+      round_row<float>(row, channel_scale, n, 127.0f / max_abs, out);
+      row_scale[m] = max_abs / 127.0f;
+    } else {
+      const double tiny_max_abs = row_max_abs<double>(row, channel_scale, n);
+      round_row<double>(row, channel_scale, n, tiny_max_abs > 0 ? 127.0 / tiny_max_abs : 0.0, out);
+      row_scale[m] = static_cast<float>(tiny_max_abs / 127.0);
+    }
+  }
+}
+
+} // namespace qlgrad::math

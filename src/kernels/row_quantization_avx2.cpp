@@ -1,0 +1,13 @@
+#include "row_quantization.h"
+#include "variants.h"
+
+#include "avx2.h"
+
+namespace qlgrad::math {
+
+void quantize_rows_avx2(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
+                        int8_t* quantized, float* row_scale) {
+  quantize_rows(grad, channel_scale, begin, end, n, quantized, row_scale);
+}
+
+} // namespace qlgrad::math

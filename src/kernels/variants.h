@@ -1,0 +1,39 @@
+#pragma once
+// Each instruction set's kernels, defined in the kernel file named after their concern and set
+// (streams_avx2.cpp, ...): kernels.cpp puts those of the set in use into the table; no one else
+// calls them by name, but for an AVX-512 kernel that hands its margins to the portable one.
+
+#include "kernels.h"
+
+namespace qlgrad::math {
+
+// Portable, compiled for the baseline of the target.
+StreamFn<int8_t> stream_int8_portable;
+StreamFn<at::Half> stream_float16_portable;
+ConvertCodesFn<float> convert_codes_float_portable;
+ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_portable;
+CopyBlockedFn copy_blocked_portable;
+QuantizeRowsFn quantize_rows_portable;
+
+// AVX2 (x86-64 only).
+StreamFn<int8_t> stream_int8_avx2;
+StreamFn<at::Half> stream_float16_avx2;
+ConvertCodesFn<float> convert_codes_float_avx2;
+ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_avx2;
+QuantizeRowsFn quantize_rows_avx2;
+
+// AVX-512 (x86-64 only).
+StreamFn<int8_t> stream_int8_avx512;
+StreamFn<int8_t> stream_int8_vectors_avx512;
+StreamFn<at::Half> stream_float16_vectors_avx512;
+ConvertCodesFn<float> convert_codes_float_avx512;
+ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_avx512;
+CopyBlockedFn copy_blocked_avx512;
+PanelRowsFn panel_rows_avx512;
+ConvertPanelsFn<int8_t> convert_panels_int8_avx512;
+ConvertPanelsFn<at::Half> convert_panels_float16_avx512;
+Int4PanelsFn int4_panels_avx512;
+Int4StreamFn int4_stream_avx512;
+BlockedStreamFn stream_blocked_avx512;
+
+} // namespace qlgrad::math

@@ -1,0 +1,122 @@
+#include "matmul.h"
+
+#include "matmul_strategies.h"
+
+#include <ATen/ATen.h>
+
+namespace qlgrad::math {
+namespace {
+
+// Where MKL's GEMM runs its AVX-512 code (Intel CPUs), MKL on converted tiles is the faster from
+// this many rows (measured on a Xeon, 2 threads, at 1024 rows: 1.10-1.14x the float GEMM against
+// 1.20-1.33x); elsewhere MKL takes its AVX2 path and the panel GEMM serves every row count.
+constexpr int64_t kPanelGemmRowsEnd = 512;
+// Where the AVX-512 streams are (eight weight rows into each sum at once), they stay the faster
+// up to four groups of kStreamedRowsMax rows: on a Zen 5 EPYC, from 12 x 768 x 768 to
+// 32 x 4096 x 4096, 0.73-1.05x oneDNN's fp32 GEMM against the panel GEMM's 1.02-1.26x.
+constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
+
+void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
+                           const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked) {
+  const int64_t rows = blocked ? blocked->rows : weight.size(0), columns = blocked ? blocked->columns : weight.size(1);
+  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && lhs.size(1) == rows);
+  TORCH_INTERNAL_ASSERT(blocked ? weight.scalar_type() == at::kChar && weight.is_contiguous() &&
+                                      weight.numel() == blocked->size()
+                                : weight.dim() == 2 && (weight.stride(1) == 1 || weight.size(1) == 1));
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
+  for (const auto& parameter : {zero_point, scale}) {
+    TORCH_INTERNAL_ASSERT(!parameter || (parameter->scalar_type() == at::kFloat && parameter->is_contiguous()));
+  }
+  if (scale && scale->dim() == 2) {
+    TORCH_INTERNAL_ASSERT(weight.scalar_type() == at::kChar && scale->size(0) == rows && columns % scale->size(1) == 0);
+    TORCH_INTERNAL_ASSERT(!zero_point || zero_point->sizes() == scale->sizes());
+  } else {
+    TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == rows);
+    TORCH_INTERNAL_ASSERT(!scale ||
+                          (lhs.scalar_type() == at::kFloat && (scale->numel() == 1 || scale->numel() == rows)));
+  }
+}
+
+Int4Pack int4_pack(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
+  TORCH_INTERNAL_ASSERT(packed.is_contiguous() && packed.scalar_type() == at::kByte);
+  TORCH_INTERNAL_ASSERT(scale_and_zeros.scalar_type() == at::kFloat && scale_and_zeros.is_contiguous());
+  const int64_t rows = scale_and_zeros.size(1), columns = scale_and_zeros.size(0) * group_size;
+  TORCH_INTERNAL_ASSERT(rows % 16 == 0 && group_size % 32 == 0 && packed.numel() == rows * columns / 2);
+  const auto packing = kernels().int4_packing;
+  TORCH_CHECK(packing.block > 0, "qlgrad: reading torch's int4 packing is implemented for x86-64 CPUs only");
+  return {packed.const_data_ptr<uint8_t>(),        rows,      columns, packing.block, packing.halves,
+          scale_and_zeros.const_data_ptr<float>(), group_size};
+}
+
+} // namespace
+
+at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
+                        const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked) {
+  check_codes_arguments(lhs, weight, zero_point, scale, blocked);
+  const int64_t columns = blocked ? blocked->columns : weight.size(1);
+  if (lhs.numel() == 0 || columns == 0) {
+    return at::zeros({lhs.size(0), columns}, lhs.options());
+  }
+  const bool groupwise = scale && scale->dim() == 2;
+  CodeParameters parameters;
+  parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
+  parameters.groups = groupwise ? scale->size(1) : 1;
+  parameters.group_size = columns / parameters.groups;
+  // Per tensor and per channel, lhs carries the scale; group-wise scales are applied as the
+  // codes are read.
+  parameters.scale = groupwise ? scale->const_data_ptr<float>() : nullptr;
+  const auto row_scale = groupwise ? std::nullopt : scale;
+  const auto& kernel = kernels();
+  const bool is_float = lhs.scalar_type() == at::kFloat, is_int8 = weight.scalar_type() == at::kChar;
+  const int64_t rows = lhs.size(0);
+  const int64_t streamed_rows_end = kernel.panel_rows != nullptr ? kVectorStreamedRowsEnd : kStreamedRowsMax;
+  if (kernel.panel_rows != nullptr && is_float && rows > streamed_rows_end &&
+      (rows < kPanelGemmRowsEnd || !is_intel_cpu())) {
+    // The scale is applied as lhs is packed, which is a pass over lhs anyway.
+    return blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters), row_scale)
+                   : panel_gemm(lhs, RowCodes(weight, parameters), row_scale);
+  }
+  const auto scaled = row_scale ? at::mul(lhs, *row_scale) : lhs;
+  if (is_float && rows <= streamed_rows_end) {
+    if (!is_int8) {
+      return streamed<at::Half>(scaled, weight, std::nullopt, parameters, kernel.stream_float16);
+    }
+    if (blocked && kernel.stream_blocked != nullptr && reads_in_place(*blocked)) {
+      return stream_blocked(scaled, weight.const_data_ptr<int8_t>(), *blocked, parameters.zero_point);
+    }
+    // One group per row, or groups of whole vectors (the streamed chunks start at multiples of
+    // 16 columns too).
+    const bool vector_groups = !groupwise || parameters.group_size % 16 == 0;
+    return streamed<int8_t>(scaled, weight, blocked, parameters,
+                            vector_groups ? kernel.stream_int8_vector_groups : kernel.stream_int8);
+  }
+  return blocked ? tiled_gemm(scaled, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters))
+                 : tiled_gemm(scaled, RowCodes(weight, parameters));
+}
+
+at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
+  const auto pack = int4_pack(packed, group_size, scale_and_zeros);
+  auto weight = at::empty({pack.rows, pack.columns}, scale_and_zeros.options());
+  Int4Codes(pack).tile(0, 0, pack.columns, weight);
+  return weight;
+}
+
+at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int64_t group_size,
+                           const at::Tensor& scale_and_zeros) {
+  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous());
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat);
+  const auto pack = int4_pack(packed, group_size, scale_and_zeros);
+  TORCH_INTERNAL_ASSERT(lhs.size(1) == pack.rows);
+  if (lhs.size(0) == 0) {
+    return at::zeros({0, pack.columns}, lhs.options());
+  }
+  if (kernels().int4_stream != nullptr && lhs.size(0) <= kInt4StreamedRowsMax) {
+    return stream_int4(lhs, pack);
+  }
+  if (kernels().panel_rows != nullptr) {
+    return panel_gemm(lhs, Int4Codes(pack), std::nullopt);
+  }
+  return tiled_gemm(lhs, Int4Codes(pack));
+}
+
+} // namespace qlgrad::math

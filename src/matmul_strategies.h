@@ -1,0 +1,57 @@
+#pragma once
+// The ways a product lhs @ W with a stored weight runs (matmul.cpp chooses among them by row
+// count), and the arithmetic of dividing it among threads that they share.
+
+#include "kernels/kernels.h"
+#include "weight_readers.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+
+#include <algorithm>
+#include <optional>
+
+namespace qlgrad::math {
+
+inline int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
+// The i-th of `parts` near-equal pieces of `extent` starts here, a multiple of `align` (but for the end).
+inline int64_t piece_start(int64_t extent, int64_t parts, int64_t i, int64_t align = 1) {
+  return i == parts ? extent : extent * i / parts / align * align;
+}
+
+// Columns per task, at most `widest`, such that the tasks are a multiple of the threads: the
+// output is often only a few tile widths wide, and 3 tasks on 2 threads take as long as 4.
+inline int64_t columns_per_task(int64_t columns, int64_t widest, int64_t multiple) {
+  const int64_t threads = at::get_num_threads();
+  const int64_t tasks = threads * ((columns + threads * widest - 1) / (threads * widest));
+  return std::clamp<int64_t>(round_up((columns + tasks - 1) / tasks, multiple), multiple, widest);
+}
+
+// Streams: float32 lhs [rows, depth] @ W in one pass over the weight per kStreamedRowsMax rows,
+// each thread over a range of the weight's rows, the ranges' sums added at the end in a fixed
+// order. `stream` is a stream of kernels(); `weight` holds codes in rows, or, with `blocked`,
+// int8 codes in that packing, copied into rows a slab at a time.
+template <typename Code>
+at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<BlockedLayout>& blocked,
+                    const CodeParameters& parameters, StreamFn<Code>* stream);
+
+// The direct stream over fbgemm's AVX-512 packing (reads_in_place), nothing copied:
+// lhs [rows, N] @ (W - zero_point).
+at::Tensor stream_blocked(const at::Tensor& lhs, const int8_t* packed, const BlockedLayout& layout,
+                          const float* zero_point);
+
+// The int4 stream for up to kInt4StreamedRowsMax rows of lhs.
+at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack);
+
+// The panel GEMM (where kernels().panel_rows is): float32 (lhs * scale) @ W, with `scale` [N] or
+// [1] or none, the weight converted into panels as it goes.
+at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale);
+
+// MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or
+// bfloat16).
+at::Tensor tiled_gemm(const at::Tensor& lhs, const WeightReader& reader);
+
+} // namespace qlgrad::math

@@ -1,0 +1,92 @@
+#pragma once
+// The stored weights as the GEMMs read them: a block of values at a time, converted on the fly
+// from the codes where they lie, so that no float copy of the whole weight ever exists.
+
+#include "kernels/kernels.h"
+
+#include <ATen/core/Tensor.h>
+
+namespace qlgrad::math {
+
+// A weight W [depth, columns] (the product's K x N, lhs [M, depth] @ W) in its stored form.
+class WeightReader {
+ public:
+  virtual ~WeightReader() = default;
+
+  virtual int64_t depth() const = 0;
+  virtual int64_t columns() const = 0;
+  // Blocks of depth start at multiples of this.
+  virtual int64_t row_alignment() const = 0;
+
+  // W[top:top + depth, first:first + count] as the panel GEMM's panels: ceil(count / kPanelColumns)
+  // panels of [depth][kPanelColumns] floats, zero beyond `count`. Where kernels().panel_rows is.
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const = 0;
+
+  // W[top:top + depth, first:first + count] into `tile` ([depth, count], contiguous), in the
+  // tile's dtype: float32, or bfloat16 for int8 codes.
+  virtual void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const = 0;
+};
+
+// int8 codes (or float16 values) in rows, [depth, columns] with unit stride along the columns.
+class RowCodes final : public WeightReader {
+ public:
+  RowCodes(const at::Tensor& weight, const CodeParameters& parameters) : weight_(weight), parameters_(parameters) {}
+
+  int64_t depth() const override { return weight_.size(0); }
+  int64_t columns() const override { return weight_.size(1); }
+  int64_t row_alignment() const override { return 1; }
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
+
+ private:
+  const at::Tensor& weight_;
+  const CodeParameters& parameters_;
+};
+
+// int8 codes in a blocked packing (fbgemm's): a slab of codes at a time is copied into rows in
+// the thread's scratch, then converted as codes in rows are. The copy is a pass over int8 codes
+// in cache, beside the conversion's writes of four times as many bytes.
+class BlockedCodes final : public WeightReader {
+ public:
+  BlockedCodes(const int8_t* packed, const BlockedLayout& layout, const CodeParameters& parameters)
+      : packed_(packed), layout_(layout), parameters_(parameters) {}
+
+  int64_t depth() const override { return layout_.rows; }
+  int64_t columns() const override { return layout_.columns; }
+  // Whole 16-row bands, which the copy moves 16 x 16 at a time.
+  int64_t row_alignment() const override { return 16; }
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
+
+ private:
+  const int8_t* packed_;
+  const BlockedLayout& layout_;
+  const CodeParameters& parameters_;
+};
+
+// torch's CPU int4 packing: 16 rows of a column lie together, and are read 16 at a time.
+class Int4Codes final : public WeightReader {
+ public:
+  explicit Int4Codes(const Int4Pack& pack) : pack_(pack) {}
+
+  int64_t depth() const override { return pack_.rows; }
+  int64_t columns() const override { return pack_.columns; }
+  int64_t row_alignment() const override { return 16; }
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  // float32 tiles only.
+  void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
+
+ private:
+  const Int4Pack& pack_;
+};
+
+// The row stride of codes copied out of a blocked packing: a cache line more than the row, so
+// that the 16 rows a 16 x 16 copy stores to do not fall into one L1 set when the row is a
+// multiple of 4 KiB (16 rows would evict each other from a 12-way set at every square).
+int64_t copied_row_stride(int64_t columns);
+
+// A thread's scratch for codes copied out of a blocked packing: at most a few hundred KiB,
+// reused by every product on the thread.
+int8_t* scratch_codes(int64_t bytes);
+
+} // namespace qlgrad::math
