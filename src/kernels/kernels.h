@@ -22,8 +22,10 @@ namespace qlgrad::math {
 
 constexpr int64_t kCacheLine = 64;
 
-// Rows of lhs a stream (StreamFn) takes at once, summed side by side: up to this many rows, the
-// product is bound by reading the weight, not by arithmetic.
+// Rows of lhs a stream (StreamFn) takes at once, summed side by side. Up to this many rows the
+// product is bound by reading the weight, not by arithmetic: one float32 pass over the stored
+// codes (a quarter of float32's bytes) beats converting tiles for a GEMM, and any narrower
+// arithmetic.
 constexpr int64_t kStreamedRowsMax = 8;
 // Rows of lhs the direct stream over fbgemm's packing (BlockedStreamFn) takes at once.
 constexpr int64_t kBlockedStreamRows = 4;
