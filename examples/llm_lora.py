@@ -1,28 +1,44 @@
-"""LoRA fine-tuning of an int8 language model on the CPU, with the Hugging Face Trainer.
+"""LoRA fine-tuning of an int8 or int4 language model on the CPU, with the Hugging Face Trainer.
 
     python examples/llm_lora.py [--model PATH] [--output DIR] [--steps 200] [--small] [--reentrant]
+        [--quantization {quantize_dynamic,torchao-int8,torchao-int4}] [--dtype {float32,bfloat16}]
 
 A small Llama decoder learns a tiny language in float: the numbers 0 to 99, counting up
-("41 42 43 ..."). Its projections are then quantized with ``quantize_dynamic`` (int8 weights,
-one scale per output channel; the embeddings and the output head stay float), and LoRA
-adapters beside the int8 projections (``qlgrad.peft``) learn another rule with
+("41 42 43 ..."). Its projections are then quantized (the embeddings and the output head stay
+float), and LoRA adapters beside the quantized projections learn another rule with
 ``transformers.Trainer``: counting down ("41 40 39 ..."). The Trainer checkpoints the decoder
-layers: their activations are not kept but recomputed in the backward pass, through the int8
-layers, and the adapters learn from the straight-through gradients qlgrad gives those layers.
+layers: their activations are not kept but recomputed in the backward pass, through the
+quantized layers, and the adapters learn from the straight-through gradients qlgrad gives those
+layers. ``--quantization`` chooses how the projections are quantized:
+
+- ``quantize_dynamic`` (the default): int8 weights, one scale per output channel, float32 only;
+  the adapters come from ``qlgrad.peft``;
+- ``torchao-int8``: torchao's ``Int8DynamicActivationInt8WeightConfig``, int8 weights per row and
+  int8 activations per token;
+- ``torchao-int4``: torchao's ``PrototypeInt4WeightOnlyConfig``, int4 weights in groups of 128;
+  best with ``--dtype bfloat16``: torch's int4 CPU matmul (the forward) has no fast float32 path,
+  and runs some 100 times slower in float32 than in bfloat16 here.
+
+The torchao ones quantize the way Hugging Face models are quantized:
+``AutoModelForCausalLM.from_pretrained(path, dtype=..., quantization_config=TorchAoConfig(config))``,
+in float32 or bfloat16 (``--dtype``), with PEFT's own adapters (``peft.get_peft_model``); with qlgrad
+imported the Trainer trains them (transformers alone calls int4 models untrainable).
 
 The example checks, before training, that checkpointing leaves the adapters' gradients exactly
-as they are without it, and counts the int8 layers' forward passes while training (two per
+as they are without it, and counts the quantized layers' forward passes while training (two per
 step: the second is the recomputation). It prints the eval loss of both rules and greedy
 continuations of a few prompts before and after the fine-tune, then saves the adapters
 (``save_pretrained``), loads them onto a freshly quantized copy of the base model
-(``qlgrad.peft.from_pretrained``) and checks that this gives the trained model's logits exactly.
+(``qlgrad.peft.from_pretrained``, or PEFT's ``PeftModel.from_pretrained`` on a torchao model) and
+checks that this gives the trained model's logits exactly.
 
 Everything runs offline: the tokenizer is built here from the language's words, the model from
 a ``LlamaConfig``. ``--model PATH`` fine-tunes a local checkpoint instead, skipping the
 pre-training: loaded with ``AutoModelForCausalLM`` and ``AutoTokenizer``, it can be any decoder
 whose projections are ``nn.Linear`` layers (Llama, Mistral, Qwen, ...).
 
-Needs PEFT, which brings transformers and accelerate (tested with transformers 5.24): pip install 'qlgrad[peft]'.
+Needs PEFT, which brings transformers and accelerate (tested with transformers 5.24): pip install 'qlgrad[peft]';
+and torchao for its quantizations: pip install 'qlgrad[torchao]'.
 """
 
 import argparse
@@ -31,7 +47,7 @@ import re
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import peft
 import torch
@@ -45,6 +61,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
     PrinterCallback,
+    TorchAoConfig,
     Trainer,
     TrainingArguments,
 )
@@ -64,6 +81,29 @@ FINE_TUNING_TEXTS = 2000
 EVAL_TEXTS = 64
 PROMPTS = ["41", "7", "90"]
 GENERATED_WORDS = 6
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def torchao_int8_config():
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig
+
+    # set_inductor_config=False: quantizing need not change torch.compile's settings for the whole process.
+    return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+
+
+def torchao_int4_config():
+    from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
+
+    return PrototypeInt4WeightOnlyConfig(group_size=128, set_inductor_config=False)
+
+
+# --quantization: what the projections become, and the torchao config that makes them so
+# (None: quantize_dynamic). torchao is imported only when one of its quantizations is chosen.
+QUANTIZATIONS = {
+    "quantize_dynamic": ("int8 (quantize_dynamic)", None),
+    "torchao-int8": ("int8 (torchao)", torchao_int8_config),
+    "torchao-int4": ("int4 (torchao)", torchao_int4_config),
+}
 
 
 def counting_tokenizer() -> PreTrainedTokenizerFast:
@@ -151,9 +191,37 @@ def quantize(float_model: nn.Module) -> nn.Module:
     return torch.ao.quantization.quantize_dynamic(float_model.eval(), layers)
 
 
-def int8_layers(model: nn.Module) -> dict[str, nn.Module]:
-    """``model``'s dynamic quantized ``Linear`` layers, by name."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, DynamicQuantizedLinear)}
+def quantized_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``model``'s quantized linear layers, by name: dynamic quantized ``Linear`` layers, or ``nn.Linear``
+    layers whose weight is a torchao tensor (told by its class's module, so that torchao need not be imported)."""
+    return {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, DynamicQuantizedLinear)
+        or (isinstance(module, nn.Linear) and type(module.weight).__module__.startswith("torchao."))
+    }
+
+
+def quantized_loader(
+    args: argparse.Namespace, float_model: nn.Module | None, directory: str
+) -> Callable[[], nn.Module]:
+    """A function that gives a freshly quantized copy of the base model at each call, as ``args.quantization`` says.
+
+    torchao's quantizations load the base model with ``from_pretrained`` and a ``TorchAoConfig``:
+    from ``args.model``, or from ``float_model`` saved to ``directory``. transformers leaves the
+    output head float.
+    """
+    torchao_config = QUANTIZATIONS[args.quantization][1]
+    if torchao_config is None:
+        return lambda: quantize(float_model)
+    path = args.model
+    if path is None:
+        float_model.save_pretrained(directory)
+        path = directory
+    dtype = DTYPES[args.dtype]
+    return lambda: AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, quantization_config=TorchAoConfig(torchao_config())
+    )
 
 
 @contextlib.contextmanager
@@ -182,7 +250,7 @@ def adapter_gradients(model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[
 def check_checkpointing(model: peft.PeftModel, batch: dict[str, torch.Tensor], checkpointing: dict) -> None:
     """Assert that checkpointing the layers of ``model`` gives its adapters exactly the gradients they get without.
 
-    The gradient reaches an adapter through the int8 layers after it in the same decoder layer,
+    The gradient reaches an adapter through the quantized layers after it in the same decoder layer,
     which checkpointing recomputes in the backward pass, and through those of the layers above.
     """
     model.train()
@@ -211,12 +279,19 @@ def continuations(model: nn.Module, tokenizer: PreTrainedTokenizerBase) -> list[
     return texts
 
 
-def pretrained_model(args: argparse.Namespace, generator: torch.Generator) -> tuple[nn.Module, PreTrainedTokenizerBase]:
-    """The float model and its tokenizer: ``args.model`` loaded, or a small Llama pre-trained here on counting up."""
+def pretrained_model(
+    args: argparse.Namespace, generator: torch.Generator
+) -> tuple[nn.Module | None, PreTrainedTokenizerBase]:
+    """The float model and its tokenizer: ``args.model`` loaded, or a small Llama pre-trained here on counting up.
+
+    No float model (None) for ``args.model`` with a torchao quantization, which loads it quantized.
+    """
     if args.model:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
         if tokenizer.pad_token is None:  # many decoders' tokenizers have none; the labels leave padding out
             tokenizer.pad_token = tokenizer.eos_token
+        if args.quantization != "quantize_dynamic":
+            return None, tokenizer
         # quantize_dynamic quantizes float32 layers only, whatever dtype the checkpoint is stored in.
         return AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32), tokenizer
     tokenizer = counting_tokenizer()
@@ -234,21 +309,25 @@ def pretrained_model(args: argparse.Namespace, generator: torch.Generator) -> tu
 
 def fine_tune(
     args: argparse.Namespace,
-    float_model: nn.Module,
+    quantized_model: Callable[[], nn.Module],
     tokenizer: PreTrainedTokenizerBase,
     train_examples: list[dict],
     eval_examples: dict[str, list[dict]],
     output: str,
 ) -> dict:
-    """Quantize ``float_model``, train LoRA adapters on it with the Trainer, save them to ``output`` and reload them."""
-    int8_model = quantize(float_model)
-    # Every int8 projection, by the last part of its name (q_proj, ..., down_proj on a Llama).
-    targets = sorted({name.rsplit(".", 1)[-1] for name in int8_layers(int8_model)})
+    """Train LoRA adapters on a ``quantized_model()`` with the Trainer, save them to ``output`` and reload them."""
+    base_model = quantized_model()
+    # Every quantized projection, by the last part of its name (q_proj, ..., down_proj on a Llama).
+    targets = sorted({name.rsplit(".", 1)[-1] for name in quantized_layers(base_model)})
     config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=targets, task_type="CAUSAL_LM")
+    # PEFT's own adapters take torchao's layers; qlgrad.peft's take quantize_dynamic's.
+    torchao = QUANTIZATIONS[args.quantization][1] is not None
+    get_peft_model = peft.get_peft_model if torchao else qlgrad.peft.get_peft_model
     with peft_reading_deprecated_flag():
-        model = qlgrad.peft.get_peft_model(int8_model, config)
+        model = get_peft_model(base_model, config)
     print(
-        f"quantized {len(int8_layers(model))} projections to int8 ({', '.join(targets)}); "
+        f"quantized {len(quantized_layers(model))} projections to {QUANTIZATIONS[args.quantization][0]} "
+        f"in {args.dtype} ({', '.join(targets)}); "
         f"LoRA rank {config.r} beside each: {model.get_nb_trainable_parameters()[0]:,} trainable weights"
     )
 
@@ -258,7 +337,7 @@ def fine_tune(
     # the recomputed layer, to those of its inputs that require grad only: with the embeddings
     # frozen, their output must be made to, or no gradient would reach any adapter.
     # activation_checkpointing_enable, which the Trainer calls, does that for either kind
-    # (enable_input_require_grads). Through qlgrad's int8 layers both kinds give exactly the
+    # (enable_input_require_grads). Through the quantized layers both kinds give exactly the
     # gradients of the model without checkpointing, as check_checkpointing asserts.
     checkpointing = {"use_reentrant": args.reentrant}
     # A key/value cache is of no use in training, and with checkpointing transformers turns it off, saying so.
@@ -285,16 +364,17 @@ def fine_tune(
     trainer.remove_callback(PrinterCallback)  # the losses are printed below, as a table
 
     before = {"continuations": continuations(model, tokenizer), **trainer.evaluate()}
-    # Counted to show checkpointing at work: every int8 layer runs twice a step, once without.
-    int8_forwards = []
-    hooks = [layer.register_forward_hook(lambda *_: int8_forwards.append(1)) for layer in int8_layers(model).values()]
+    # Counted to show checkpointing at work: every quantized layer runs twice a step, once without.
+    forwards = []
+    layers = quantized_layers(model).values()
+    hooks = [layer.register_forward_hook(lambda *_: forwards.append(1)) for layer in layers]
     started = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - started
     for hook in hooks:
         hook.remove()
     after = {"continuations": continuations(model, tokenizer), **trainer.evaluate()}
-    int8_forwards_per_step = len(int8_forwards) / (len(hooks) * args.steps)
+    quantized_forwards_per_step = len(forwards) / (len(hooks) * args.steps)
 
     print(
         f"fine-tuned on {FINE_TUNING_RULE} with the Trainer, checkpointing {'' if args.reentrant else 'non-'}reentrant:"
@@ -303,13 +383,14 @@ def fine_tune(
         if "loss" in log:
             print(f"  step {log['step']:>4}  training loss {log['loss']:.4f}")
     print(
-        f"  {args.steps} steps in {seconds:.1f} s; every int8 layer ran {int8_forwards_per_step:g} forward passes "
-        "a step (the second recomputed in the backward pass)"
+        f"  {args.steps} steps in {seconds:.1f} s; every quantized layer ran {quantized_forwards_per_step:g} "
+        "forward passes a step (the second recomputed in the backward pass)"
     )
 
     model.save_pretrained(output)
+    from_pretrained = peft.PeftModel.from_pretrained if torchao else qlgrad.peft.from_pretrained
     with peft_reading_deprecated_flag():
-        loaded = qlgrad.peft.from_pretrained(quantize(float_model), output)
+        loaded = from_pretrained(quantized_model(), output)
     ids = stack(eval_examples[FINE_TUNING_RULE])["input_ids"]
     with torch.no_grad():
         reloaded_logits_equal = torch.equal(loaded.eval()(ids).logits, model.eval()(ids).logits)
@@ -317,7 +398,7 @@ def fine_tune(
     return {
         "before": before,
         "after": after,
-        "int8_forwards_per_step": int8_forwards_per_step,
+        "quantized_forwards_per_step": quantized_forwards_per_step,
         "reloaded_logits_equal": reloaded_logits_equal,
     }
 
@@ -326,8 +407,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Pre-train (or load) a model, quantize it, fine-tune adapters with the Trainer, save, reload and compare.
 
     Returns the eval losses (``eval_<rule>_loss``) and continuations ``before`` and ``after`` the
-    fine-tune, the int8 forward passes per layer and training step, and whether the reloaded
-    adapters give the trained model's logits exactly.
+    fine-tune, the quantized layers' forward passes per layer and training step, and whether the
+    reloaded adapters give the trained model's logits exactly.
     """
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a local causal language model to fine-tune instead of the one built here")
@@ -340,8 +421,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--threads", type=positive_int, help="intra-op threads (default: 1 for the model built here, all for --model)"
     )
+    parser.add_argument(
+        "--quantization", choices=QUANTIZATIONS, default="quantize_dynamic", help="(default: quantize_dynamic)"
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="of the quantized model's float parts (default float32)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    if args.quantization == "quantize_dynamic" and args.dtype != "float32":
+        parser.error(
+            f"--dtype {args.dtype} needs a torchao quantization (--quantization torchao-int8 or torchao-int4): "
+            "quantize_dynamic quantizes float32 layers only"
+        )
     if args.small:
         args.layers, args.pretraining_steps, args.steps = 2, 60, 60
     hide_upstream_deprecations()
@@ -356,10 +448,10 @@ def main(argv: list[str] | None = None) -> dict:
         float_model, tokenizer = pretrained_model(args, generator)
         fine_tuning = counting_texts(RULES[FINE_TUNING_RULE], FINE_TUNING_TEXTS, generator)
         evaluation = {rule: counting_texts(step, EVAL_TEXTS, generator) for rule, step in RULES.items()}
-        with tempfile.TemporaryDirectory() as temporary:
+        with tempfile.TemporaryDirectory() as temporary, tempfile.TemporaryDirectory() as base_directory:
             results = fine_tune(
                 args,
-                float_model,
+                quantized_loader(args, float_model, base_directory),
                 tokenizer,
                 language_modelling_examples(tokenizer, fine_tuning),
                 {rule: language_modelling_examples(tokenizer, texts) for rule, texts in evaluation.items()},

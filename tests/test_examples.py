@@ -40,12 +40,30 @@ def test_llm_lora_example_fine_tunes_an_int8_language_model(tmp_path, capsys):
     results = load_example("llm_lora").main(["--small", "--output", str(tmp_path)])
     before, after = results["before"], results["after"]
     assert after["eval_count_down_loss"] < before["eval_count_down_loss"] / 10  # the new rule, learned
-    assert results["int8_forwards_per_step"] == 2  # checkpointing recomputed every int8 layer
+    assert results["quantized_forwards_per_step"] == 2  # checkpointing recomputed every int8 layer
     assert results["reloaded_logits_equal"]
     assert (tmp_path / "adapter_model.safetensors").is_file()
     assert all(len(text.split()) == 6 for text in before["continuations"] + after["continuations"])
     assert after["continuations"] != before["continuations"]
     assert "greedy continuations" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("quantization, dtype", [("torchao-int4", "bfloat16"), ("torchao-int8", "float32")])
+def test_llm_lora_example_fine_tunes_a_torchao_model_loaded_by_transformers(quantization, dtype, tmp_path):
+    # A shorter run: one layer, 20 steps of each training.
+    arguments = ["--layers", "1", "--pretraining-steps", "20", "--steps", "20", "--output", str(tmp_path)]
+    results = load_example("llm_lora").main(["--quantization", quantization, "--dtype", dtype, *arguments])
+    before, after = results["before"], results["after"]
+    assert after["eval_count_down_loss"] < before["eval_count_down_loss"] / 1.5
+    assert results["quantized_forwards_per_step"] == 2
+    assert results["reloaded_logits_equal"]
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+
+
+def test_llm_lora_example_refuses_bfloat16_with_quantize_dynamic(capsys):
+    with pytest.raises(SystemExit):
+        load_example("llm_lora").main(["--dtype", "bfloat16"])
+    assert "quantize_dynamic quantizes float32 layers only" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

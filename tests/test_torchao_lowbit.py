@@ -5,6 +5,7 @@ kernels' tests (an MLP, two transformer blocks with residuals, a trainable adapt
 LoRA), against a straight-through oracle: torchao's own forward below autograd, the backward
 grad_output @ W_deq in float64 from the layer's dequantized weight."""
 
+import contextlib
 import copy
 import itertools
 
@@ -94,17 +95,24 @@ def quantized_linears(model):
     return [m for m in model.modules() if isinstance(m, torch.nn.Linear) and isinstance(m.weight, weights)]
 
 
-def oracle_gradients(model, x, grad_output, parameters=()):
-    """(x.grad, parameter grads) with every quantized layer's backward the float64 oracle's."""
+@contextlib.contextmanager
+def oracle_layers(model):
+    """Every quantized layer of ``model`` has the float64 oracle's backward inside the with block."""
     layers = quantized_linears(model)
     assert layers
     for layer in layers:
         layer.forward = lambda input, layer=layer: _OracleLinear.apply(input, layer)
     try:
-        return gradients(model, x, grad_output, parameters)
+        yield layers
     finally:
         for layer in layers:
             del layer.forward
+
+
+def oracle_gradients(model, x, grad_output, parameters=()):
+    """(x.grad, parameter grads) with every quantized layer's backward the float64 oracle's."""
+    with oracle_layers(model):
+        return gradients(model, x, grad_output, parameters)
 
 
 def gradients(model, x, grad_output, parameters=()):

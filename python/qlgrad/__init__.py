@@ -24,10 +24,12 @@ if torch.__version__ != _BUILT_FOR_TORCH:
 
 torch.ops.load_library(library_path())
 
-# Everything below needs the library loaded above.
-from . import _compile, _torchao, _vmap, ops  # noqa: E402, F401  (torch.compile, torchao, torch.vmap support)
-from .ops import *  # noqa: E402, F403  (the Python API)
+# Everything below needs the library loaded above: torch.compile, torchao, transformers and
+# torch.vmap support, and the Python API.
+from . import _compile, _import_hooks, _torchao, _transformers, _vmap, ops  # noqa: E402, F401
+from .ops import *  # noqa: E402, F403
 
-_torchao.install(_torchao.installed_torchao_version())
+_torchao.install(_import_hooks.installed_version("torchao"))
+_transformers.install(_import_hooks.installed_version("transformers"), _import_hooks.installed_version("torchao"))
 
 __all__ = ["__version__", "get_include", "get_library_dir", "library_path", *ops.__all__]

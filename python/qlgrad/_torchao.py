@@ -25,10 +25,6 @@ executed.
 """
 
 import functools
-import importlib.abc
-import importlib.metadata
-import sys
-import threading
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -36,6 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from . import _import_hooks
 from .ops import get_backward_precision, linear_int8_backward
 
 # The torchao releases whose tensor subclasses this module has been tested against: the
@@ -47,9 +44,6 @@ _NOT_COVERED = (
     "Int8DynamicActivationInt8WeightConfig, Int8StaticActivationInt8WeightConfig or "
     "Int8DynamicActivationIntxWeightConfig) stay None"
 )
-
-# Guards the import hook's insertion into and removal from sys.meta_path.
-_lock = threading.Lock()
 
 
 class _StraightThroughLinear(torch.autograd.Function):
@@ -194,53 +188,6 @@ def _register(module, subclass: _Subclass) -> None:
     subclass_type.implements_torch_function(F.linear)(_make_linear_handler(stock_handler, subclass_type, subclass))
 
 
-_SUBCLASS_OF_MODULE = {subclass.module: subclass for subclass in _SUBCLASSES}
-
-
-class _LoaderThenRegister(importlib.abc.Loader):
-    """Executes a torchao module with its own loader, then registers its subclass's handler."""
-
-    def __init__(self, loader, subclass: _Subclass):
-        self._loader = loader
-        self._subclass = subclass
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module):
-        self._loader.exec_module(module)
-        _register(module, self._subclass)
-
-    def __getattr__(self, name):
-        # get_source, get_code, is_package...: inspect and torch.compile read sources through them.
-        return getattr(self._loader, name)
-
-
-class _RegisterWhenImported(importlib.abc.MetaPathFinder):
-    """Finds torchao's subclass modules like the other finders would, with a loader that registers."""
-
-    def find_spec(self, fullname, path, target=None):
-        subclass = _SUBCLASS_OF_MODULE.get(fullname)
-        if subclass is None:
-            return None
-        for finder in list(sys.meta_path):
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                if spec.loader is not None:
-                    spec.loader = _LoaderThenRegister(spec.loader, subclass)
-                return spec
-        return None
-
-
-def installed_torchao_version() -> str | None:
-    try:
-        return importlib.metadata.version("torchao")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def install(torchao_version: str | None) -> None:
     """Give torchao ``torchao_version`` (None: not installed) qlgrad's gradients, or say why not.
 
@@ -248,21 +195,10 @@ def install(torchao_version: str | None) -> None:
     """
     if torchao_version is None:
         return
-    # Local builds carry a suffix (0.18.0+cpu, 0.18.0+git...): the release number decides.
-    if torchao_version.split("+")[0] not in SUPPORTED_TORCHAO_VERSIONS:
-        warnings.warn(
-            f"qlgrad: torchao {torchao_version} is installed, but qlgrad supports torchao "
-            f"{', '.join(SUPPORTED_TORCHAO_VERSIONS)} only; {_NOT_COVERED}. Install "
-            f"qlgrad[torchao] for a supported torchao.",
-            stacklevel=3,
-        )
+    remedy = "Install qlgrad[torchao] for a supported torchao."
+    if not _import_hooks.check_supported("torchao", torchao_version, SUPPORTED_TORCHAO_VERSIONS, _NOT_COVERED, remedy):
         return
+    # The modules executed already register now, the others when they are, whichever import comes
+    # first (torchao's prototypes are imported apart, maybe much later).
     for subclass in _SUBCLASSES:
-        module = sys.modules.get(subclass.module)
-        if module is not None:
-            _register(module, subclass)
-    # The modules not executed yet register when they are, whichever import comes first; the
-    # finder stays, as a module may be imported later (torchao's prototypes are imported apart).
-    with _lock:
-        if not any(isinstance(finder, _RegisterWhenImported) for finder in sys.meta_path):
-            sys.meta_path.insert(0, _RegisterWhenImported())
+        _import_hooks.when_imported(subclass.module, functools.partial(_register, subclass=subclass))
