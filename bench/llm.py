@@ -16,8 +16,6 @@ prints one JSON line, which the parent collects into a markdown table with ratio
 """
 
 import argparse
-import ctypes
-import gc
 import importlib
 import importlib.util
 import json
@@ -26,363 +24,41 @@ import statistics
 import subprocess
 import sys
 import time
-import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
-import peft
 import torch
-import transformers
-from torch import nn
 
 import qlgrad
-import qlgrad.peft
-import qlgrad.reference
 from benchmarks import workloads
-from compare import cpu_description, cpu_wait_microseconds, milliseconds, relative_spread, resident_bytes, times
+from benchmarks.decoder import (
+    ARCHS,
+    DEFAULT_SIZE,
+    LEARNING_RATE,
+    LORA_ALPHA,
+    LORA_RANK,
+    PROJECTIONS,
+    SIZES,
+    WARMUP_STEPS,
+    TrainingRun,
+    import_training_libraries,
+    synthetic_batches,
+)
+from benchmarks.decoder_modes import MODES, REFERENCES
+from benchmarks.machine import (
+    CpuWaitMeter,
+    cpu_description,
+    peak_resident_bytes,
+    reset_peak_resident_bytes,
+    trimmed_resident_bytes,
+)
+from benchmarks.reporting import Target, markdown_table, target_report
+from benchmarks.timing import milliseconds, percent, relative_spread, times
 from qlgrad._deprecations import hide_upstream_deprecations
 
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-LORA_RANK, LORA_ALPHA = 16, 32
-LEARNING_RATE = 5e-3
-SEED = 0
-WARMUP_STEPS = 2  # left out of the time per step: the first steps fill caches and create AdamW's state
 BASELINE = "float"
 # The child's result line on stdout starts with this, whatever else libraries print there.
 RESULT_PREFIX = "llm.py result: "
-
-
-@dataclass(frozen=True)
-class Size:
-    """The shape of the decoder; the same for every architecture."""
-
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-
-    @property
-    def projection_weights(self) -> int:
-        """Weight elements of the seven projections of every layer: what each mode quantizes."""
-        kv_width = self.kv_heads * self.hidden // self.heads
-        return self.layers * (
-            2 * self.hidden * self.hidden + 2 * self.hidden * kv_width + 3 * self.hidden * self.intermediate
-        )
-
-    @property
-    def weights(self) -> int:
-        """The projections, the embeddings and the (untied) ``lm_head``; norms and biases add under 0.1%."""
-        return self.projection_weights + 2 * self.vocab * self.hidden
-
-    def describe(self) -> str:
-        return (
-            f"{self.layers} layers, hidden {self.hidden}, intermediate {self.intermediate}, {self.heads} heads "
-            f"({self.kv_heads} for keys and values), vocabulary {self.vocab}: {self.weights / 1e6:.0f}M weights, "
-            f"{self.projection_weights / 1e6:.0f}M of them in the projections"
-        )
-
-
-SIZES = {
-    "tiny": Size(layers=2, hidden=128, intermediate=384, heads=4, kv_heads=2, vocab=512),  # tests
-    "small": Size(layers=4, hidden=512, intermediate=1536, heads=8, kv_heads=2, vocab=4096),  # the asv suite
-    # Qwen2-0.5B's layer with a third of its layers and a short vocabulary.
-    "150m": Size(layers=8, hidden=896, intermediate=4864, heads=14, kv_heads=2, vocab=12000),
-    # Qwen2-0.5B's 24 layers, with a 32k vocabulary.
-    "400m": Size(layers=24, hidden=896, intermediate=4864, heads=14, kv_heads=2, vocab=32000),
-    # Llama-3.2-1B's layers, with a 32k vocabulary.
-    "1b": Size(layers=16, hidden=2048, intermediate=8192, heads=32, kv_heads=8, vocab=32000),
-}
-DEFAULT_SIZE = "150m"
-
-# Architecture: (config class, model class) in transformers. Qwen2 adds biases to q, k and v.
-ARCHS = {"llama": ("LlamaConfig", "LlamaForCausalLM"), "qwen2": ("Qwen2Config", "Qwen2ForCausalLM")}
-
-
-def build_decoder(arch: str, size: Size) -> nn.Module:
-    """A float32 decoder of ``arch`` and ``size`` with transformers' random initialisation."""
-    config_name, model_name = ARCHS[arch]
-    config = getattr(transformers, config_name)(
-        num_hidden_layers=size.layers,
-        hidden_size=size.hidden,
-        intermediate_size=size.intermediate,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        vocab_size=size.vocab,
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-    )
-    return getattr(transformers, model_name)(config)
-
-
-def projections(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
-    """(parent, name, layer) for every projection of ``model``, before adapters are added."""
-    return [
-        (parent, name, layer)
-        for parent in model.modules()
-        for name, layer in parent.named_children()
-        if name in PROJECTIONS
-    ]
-
-
-# ---- Quantization, one function per path; each changes the model in place -------------------
-
-
-def quantize_dynamic_int8(model: nn.Module) -> None:
-    """``quantize_dynamic`` on the projections, int8 weights with one scale per output channel."""
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    qconfig_spec = {
-        name: per_channel_dynamic_qconfig for name, _ in model.named_modules() if name.endswith(PROJECTIONS)
-    }
-    quantize_dynamic(model, qconfig_spec, inplace=True)  # in place: a copy would double the float model's memory
-
-
-def torchao_int8(model: nn.Module) -> None:
-    """torchao: int8 weights per row, activations quantized per token at each call (``Int8Tensor``)."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
-
-    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_is_projection)
-
-
-def torchao_int4(model: nn.Module) -> None:
-    """torchao: int4 weights in groups of 32, int8 activations per token (``IntxUnpackedToInt8Tensor``,
-    which holds each int4 code in an int8)."""
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerGroup, quantize_
-
-    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
-    quantize_(model, config, filter_fn=_is_projection)
-
-
-def _is_projection(module: nn.Module, name: str) -> bool:
-    return isinstance(module, nn.Linear) and name.endswith(PROJECTIONS)
-
-
-def bitsandbytes_8bit(model: nn.Module) -> None:
-    """bitsandbytes' ``Linear8bitLt``: int8 weights per row (LLM.int8(), no outlier threshold)."""
-    import bitsandbytes as bnb
-
-    for parent, name, layer in projections(model):
-        quantized = bnb.nn.Linear8bitLt(
-            layer.in_features, layer.out_features, layer.bias is not None, has_fp16_weights=False
-        )
-        # Moving the float weight to a device is what quantizes it, the CPU included.
-        quantized.weight = bnb.nn.Int8Params(layer.weight.data, requires_grad=False, has_fp16_weights=False).to("cpu")
-        quantized.bias = layer.bias
-        setattr(parent, name, quantized)
-    model.is_loaded_in_8bit = True  # as transformers marks such a model; PEFT then adds its bitsandbytes LoRA layers
-
-
-def bitsandbytes_4bit(model: nn.Module) -> None:
-    """bitsandbytes' ``Linear4bit``: NF4 weights in blocks of 64 with double-quantized scales (QLoRA's
-    choice), computing in float32."""
-    import bitsandbytes as bnb
-
-    for parent, name, layer in projections(model):
-        quantized = bnb.nn.Linear4bit(
-            layer.in_features, layer.out_features, layer.bias is not None, compute_dtype=torch.float32
-        )
-        quantized.weight = bnb.nn.Params4bit(
-            layer.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=quantized
-        ).to("cpu")
-        quantized.bias = layer.bias
-        setattr(parent, name, quantized)
-    model.is_loaded_in_4bit = True
-
-
-# ---- The float64 straight-through reference ------------------------------------------------
-
-
-class _StraightThroughFloat64(torch.autograd.Function):
-    """The quantized layer's own forward, on an input that needs no grad (so nothing of qlgrad's
-    runs), and the input gradient ``grad_output @ W_deq`` in float64."""
-
-    @staticmethod
-    def forward(ctx, x, stock_forward, weight):
-        ctx.weight = weight
-        return stock_forward(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return (grad_output.double() @ ctx.weight).to(grad_output.dtype), None, None
-
-
-def float64_dequantized_weight(layer: nn.Module) -> torch.Tensor:
-    """``W_deq`` of a quantized projection in float64, as its own dequantization gives it."""
-    if isinstance(layer, torch.ao.nn.quantized.dynamic.Linear):
-        return qlgrad.reference.float64_weight(layer._packed_params._packed_params)
-    return layer.weight.dequantize().double()  # torchao's subclasses
-
-
-def with_float64_straight_through(model: nn.Module) -> None:
-    """Every quantized projection of ``model`` gets the float64 straight-through backward.
-
-    The dequantized weight is taken once per layer (8 bytes per weight element, held for the run)
-    and the layer keeps its type, so PEFT adapts it exactly as it adapts the unwrapped layer.
-    """
-    for _, _, layer in projections(model):
-        weight = float64_dequantized_weight(layer)
-        layer.forward = lambda x, stock=layer.forward, weight=weight: _StraightThroughFloat64.apply(x, stock, weight)
-
-
-# ---- Modes -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Mode:
-    """How one row's model is quantized, adapted and differentiated."""
-
-    backward: str  # what computes the input gradient of the projections, for the table
-    quantize: Callable[[nn.Module], None] | None = None
-    get_peft_model: Callable = peft.get_peft_model
-    precision: str = "fp32"  # qlgrad's backward precision during the forward (where qlgrad differentiates)
-    float64_reference: bool = False
-    compiled: bool = False
-    requires: str | None = None  # a package the mode needs beyond this project's own
-    reference: str | None = None  # the float64 straight-through mode whose loss this one's is compared with
-
-
-MODES = {
-    "float": Mode("float autograd"),
-    **{
-        f"qd-{precision}": Mode(
-            f"qlgrad {precision}",
-            quantize_dynamic_int8,
-            qlgrad.peft.get_peft_model,
-            precision=precision,
-            reference="qd-ste64",
-        )
-        for precision in qlgrad.PRECISIONS
-    },
-    "qd-ste64": Mode(
-        "float64 straight-through", quantize_dynamic_int8, qlgrad.peft.get_peft_model, float64_reference=True
-    ),
-    "qd-fp32-compiled": Mode(
-        "qlgrad fp32, torch.compile",
-        quantize_dynamic_int8,
-        qlgrad.peft.get_peft_model,
-        compiled=True,
-        reference="qd-ste64",
-    ),
-    "torchao-int8": Mode("qlgrad fp32", torchao_int8, requires="torchao", reference="torchao-int8-ste64"),
-    "torchao-int8-ste64": Mode("float64 straight-through", torchao_int8, float64_reference=True, requires="torchao"),
-    "torchao-int4": Mode("qlgrad fp32", torchao_int4, requires="torchao", reference="torchao-int4-ste64"),
-    "torchao-int4-ste64": Mode("float64 straight-through", torchao_int4, float64_reference=True, requires="torchao"),
-    "bnb-8bit": Mode("bitsandbytes", bitsandbytes_8bit, requires="bitsandbytes"),
-    "bnb-4bit": Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes"),
-}
-
-
-def lora_config() -> peft.LoraConfig:
-    return peft.LoraConfig(r=LORA_RANK, lora_alpha=LORA_ALPHA, lora_dropout=0.0, target_modules=list(PROJECTIONS))
-
-
-class TrainingRun:
-    """The decoder as ``mode`` quantizes it, with LoRA adapters on its projections and AdamW over them."""
-
-    def __init__(self, mode: Mode, arch: str, size: Size, seed: int = SEED, learning_rate: float = LEARNING_RATE):
-        self.mode = mode
-        torch.manual_seed(seed)
-        model = build_decoder(arch, size)
-        if mode.quantize is not None:
-            mode.quantize(model)
-        if mode.float64_reference:
-            with_float64_straight_through(model)
-        torch.manual_seed(seed + 1)  # the same adapters in every mode, whatever quantizing drew
-        with warnings.catch_warnings():
-            # PEFT's torchao layers warn that merging would need torchao's re-quantization (nothing is
-            # merged here), and PEFT asks transformers a question under a deprecated name.
-            warnings.filterwarnings("ignore", "TorchaoLoraLinear was instantiated without", UserWarning)
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
-            self.peft_model = mode.get_peft_model(model, lora_config())
-        # The transformers model with the adapters in it; PEFT's wrapper adds nothing to a training step.
-        self.model = self.peft_model.get_base_model().train()
-        adapters = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
-        self.optimizer = torch.optim.AdamW(adapters, lr=learning_rate)
-        self.forward = self.model
-        if mode.compiled:
-            # Inductor's FX graph cache cannot hash the packed params' quantized weight (README,
-            # "torch.compile"); off until it can.
-            torch._inductor.config.fx_graph_cache = False
-            self.forward = torch.compile(self.model, fullgraph=True)
-
-    def step(self, input_ids: torch.Tensor) -> float:
-        """Forward, backward and optimizer step on one batch; returns its loss."""
-        with qlgrad.backward_precision(self.mode.precision):  # the precision the forward records
-            loss = self.forward(input_ids=input_ids, labels=input_ids).loss
-        loss.backward()
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss.item()
-
-    def loss(self, input_ids: torch.Tensor) -> float:
-        """The loss on ``input_ids``, without training."""
-        with torch.no_grad():
-            return self.model(input_ids=input_ids, labels=input_ids).loss.item()
-
-    def bytes_beside_projections(self) -> int:
-        """Bytes of every plain tensor of the model but the projections' weights: embeddings,
-        norms, ``lm_head``, the adapters."""
-        tensors = [*self.model.named_parameters(), *self.model.named_buffers()]
-        return sum(tensor.nbytes for name, tensor in tensors if ".base_layer." not in name)
-
-
-# ---- Data ----------------------------------------------------------------------------------
-
-ALPHABET = 256  # tokens the synthetic text uses
-FOLLOW_PROBABILITY = 0.75
-
-
-def synthetic_batches(vocab: int, batch: int, tokens: int, count: int, seed: int = SEED) -> list[torch.Tensor]:
-    """``count`` batches of token ids ``[batch, tokens]`` from one fixed random bigram chain.
-
-    The chain runs over an alphabet of up to 256 of the vocabulary's tokens: each token is followed
-    by its own successor with probability 3/4, otherwise by any token of the alphabet. A model
-    learns first which tokens occur at all, then their successors, so the loss keeps falling over
-    the first steps, and modes whose gradients differ end at different losses.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    alphabet = torch.randperm(vocab, generator=generator)[: min(ALPHABET, vocab)]
-    successor = torch.randint(len(alphabet), (len(alphabet),), generator=generator)
-
-    def one_batch() -> torch.Tensor:
-        follows = torch.rand(batch, tokens, generator=generator) < FOLLOW_PROBABILITY
-        jumps = torch.randint(len(alphabet), (batch, tokens), generator=generator)
-        positions = jumps.clone()
-        for token in range(1, tokens):
-            positions[:, token] = torch.where(follows[:, token], successor[positions[:, token - 1]], jumps[:, token])
-        return alphabet[positions]
-
-    return [one_batch() for _ in range(count)]
-
-
-# ---- Memory ----------------------------------------------------------------------------------
-
-_LIBC = ctypes.CDLL("libc.so.6")
-
-
-def trimmed_resident_bytes() -> int:
-    """The process's resident memory, once the garbage collector and glibc have returned what they can."""
-    gc.collect()
-    _LIBC.malloc_trim(0)
-    return resident_bytes()
-
-
-def reset_peak_resident_bytes() -> bool:
-    """Make the kernel's high-water mark of resident memory (VmHWM) the current RSS; False where it cannot."""
-    try:
-        with open("/proc/self/clear_refs", "w") as clear_refs:
-            clear_refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_resident_bytes() -> int:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
 
 
 # ---- One mode, in this process ---------------------------------------------------------------
@@ -395,6 +71,7 @@ def measure(name: str, arguments: argparse.Namespace) -> dict:
         if importlib.util.find_spec(mode.requires) is None:
             return {"mode": name, "skipped": f"{mode.requires} not installed"}
         importlib.import_module(mode.requires)  # before the baseline: importing is not the model's memory
+    import_training_libraries()  # transformers and PEFT, likewise
     if mode.compiled:
         importlib.import_module("torch._inductor.compile_fx")  # the compiler's own modules, likewise
     size = SIZES[arguments.size]
@@ -409,11 +86,11 @@ def measure(name: str, arguments: argparse.Namespace) -> dict:
     warmup = min(WARMUP_STEPS, arguments.steps - 1)
     for index, input_ids in enumerate(batches):
         if index == warmup:
-            wait_before, timed_start = cpu_wait_microseconds(), time.perf_counter()
+            cpu_wait = CpuWaitMeter()
         start = time.perf_counter()
         losses.append(run.step(input_ids))
         seconds.append(time.perf_counter() - start)
-    wait_after, timed = cpu_wait_microseconds(), time.perf_counter() - timed_start
+    cpu_wait_share = cpu_wait.share()
     peak = peak_resident_bytes() - baseline if peak_known else None
     after_bytes = trimmed_resident_bytes() - baseline
     elements = size.projection_weights
@@ -425,7 +102,7 @@ def measure(name: str, arguments: argparse.Namespace) -> dict:
         "seconds_per_step": statistics.median(seconds[warmup:]),
         "step_seconds": seconds,
         "spread": None if len(seconds) - warmup < 2 else relative_spread(seconds[warmup:]),
-        "cpu_wait": None if wait_before is None else (wait_after - wait_before) / 1e6 / timed,
+        "cpu_wait": cpu_wait_share,
         "model_bytes": model_bytes,
         "after_steps_bytes": after_bytes,
         "peak_step_bytes": peak,
@@ -500,7 +177,7 @@ def loss_difference(rows: dict[str, dict], name: str) -> float | None:
     return rows[name]["loss"] / rows[reference]["loss"] - 1
 
 
-def markdown_table(rows: dict[str, dict], steps: int) -> str:
+def table(rows: dict[str, dict], steps: int) -> str:
     header = [
         "mode",
         "backward",
@@ -515,58 +192,60 @@ def markdown_table(rows: dict[str, dict], steps: int) -> str:
         "spread",
         "CPU wait",
     ]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return markdown_table(header, [cells(name, row, rows, len(header)) for name, row in rows.items()])
+
+
+def cells(name: str, row: dict, rows: dict[str, dict], columns: int) -> list[str]:
+    """The table's cells of ``name``'s row: what it measured, or why it measured nothing."""
+    if not measured(row):
+        outcome = f"failed: {row['failed']}" if "failed" in row else f"skipped: {row['skipped']}"
+        outcome = outcome.replace("|", "\\|")  # an error message must not end the cell
+        return [name, outcome] + ["–"] * (columns - 2)
     baseline = rows.get(BASELINE) if measured(rows.get(BASELINE)) else {}
-    for name, row in rows.items():
-        if not measured(row):
-            outcome = f"failed: {row['failed']}" if "failed" in row else f"skipped: {row['skipped']}"
-            outcome = outcome.replace("|", "\\|")  # an error message must not end the cell
-            lines.append("| " + " | ".join([name, outcome] + ["–"] * (len(header) - 2)) + " |")
-            continue
-        difference = loss_difference(rows, name)
-        is_reference = name in {mode.reference for mode in MODES.values()}
-        cells = [
-            name,
-            row["backward"],
-            with_ratio(
-                milliseconds(row["seconds_per_step"]), row["seconds_per_step"], baseline.get("seconds_per_step")
-            ),
-            *(
-                with_ratio(mebibytes(row[key]), row[key], baseline.get(key))
-                for key in ("model_bytes", "after_steps_bytes", "peak_step_bytes")
-            ),
-            f"{row['loss']:.4f}",
-            "reference" if is_reference else "–" if difference is None else f"{difference:+.2%}",
-            f"{row['cache_bytes_per_weight']:.2f}",
-            f"{row['held_bytes_per_weight']:.2f}",
-            "–" if row["spread"] is None else f"{row['spread']:.0%}",
-            "–" if row["cpu_wait"] is None else f"{row['cpu_wait']:.0%}",
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    difference = loss_difference(rows, name)
+    return [
+        name,
+        row["backward"],
+        with_ratio(milliseconds(row["seconds_per_step"]), row["seconds_per_step"], baseline.get("seconds_per_step")),
+        *(
+            with_ratio(mebibytes(row[key]), row[key], baseline.get(key))
+            for key in ("model_bytes", "after_steps_bytes", "peak_step_bytes")
+        ),
+        f"{row['loss']:.4f}",
+        "reference" if name in REFERENCES else "–" if difference is None else f"{difference:+.2%}",
+        f"{row['cache_bytes_per_weight']:.2f}",
+        f"{row['held_bytes_per_weight']:.2f}",
+        percent(row["spread"]),
+        percent(row["cpu_wait"]),
+    ]
 
 
-@dataclass(frozen=True)
-class Target:
-    """A goal: ``value(rows)`` at most ``limit``; the rows it needs."""
+def at_most(
+    description: str,
+    needs: tuple[str, ...],
+    value: Callable[[dict[str, dict]], float],
+    limit: float,
+    shown: Callable[[float], str] = times,
+) -> Target:
+    """A target on a run's rows: ``value(rows)`` at most ``limit``, where the rows ``needs`` names were measured."""
 
-    description: str
-    needs: tuple[str, ...]
-    value: Callable[[dict[str, dict]], float]
-    limit: float
-    shown: Callable[[float], str] = times
+    def unmeasured(rows: dict[str, dict]) -> str | None:
+        missing = [name for name in needs if not measured(rows.get(name))]
+        return f"no result for {', '.join(missing)}" if missing else None
+
+    def check(rows: dict[str, dict]) -> tuple[bool, str]:
+        measured_value = value(rows)
+        return measured_value <= limit, shown(measured_value)
+
+    return Target(description, check, unmeasured)
 
 
 def _ratio(name: str, against: str, key: str) -> Callable[[dict[str, dict]], float]:
     return lambda rows: rows[name][key] / rows[against][key]
 
 
-def _loss_gap(name: str) -> Callable[[dict[str, dict]], float]:
-    return lambda rows: abs(loss_difference(rows, name))
-
-
 def _time_target(name: str, limit: float) -> Target:
-    return Target(
+    return at_most(
         f"{name} time per step ≤ {limit}× {BASELINE}'s",
         (name, BASELINE),
         _ratio(name, BASELINE, "seconds_per_step"),
@@ -575,15 +254,19 @@ def _time_target(name: str, limit: float) -> Target:
 
 
 def _memory_target(name: str, limit: float) -> Target:
-    return Target(
+    return at_most(
         f"{name} model memory ≤ {limit}× {BASELINE}'s", (name, BASELINE), _ratio(name, BASELINE, "model_bytes"), limit
     )
 
 
 def _loss_target(name: str, limit: float) -> Target:
     reference = MODES[name].reference
-    return Target(
-        f"{name} loss within {limit:.0%} of {reference}'s", (name, reference), _loss_gap(name), limit, "{:.2%}".format
+    return at_most(
+        f"{name} loss within {limit:.0%} of {reference}'s",
+        (name, reference),
+        lambda rows: abs(loss_difference(rows, name)),
+        limit,
+        "{:.2%}".format,
     )
 
 
@@ -596,34 +279,20 @@ TARGETS = (
     _memory_target("qd-fp32", 0.45),
     _memory_target("torchao-int8", 0.4),
     _memory_target("torchao-int4", 0.4),
-    Target(
+    at_most(
         "qd-fp32 bytes held per projection weight after training (packed weight and qlgrad's cache) ≤ 1.1",
         ("qd-fp32",),
         lambda rows: rows["qd-fp32"]["held_bytes_per_weight"],
         1.1,
         "{:.2f}".format,
     ),
-    Target(
+    at_most(
         "qd-fp32-compiled time per step ≤ qd-fp32's (eager)",
         ("qd-fp32-compiled", "qd-fp32"),
         _ratio("qd-fp32-compiled", "qd-fp32", "seconds_per_step"),
         1.0,
     ),
 )
-
-
-def target_report(rows: dict[str, dict]) -> str:
-    lines = []
-    for target in TARGETS:
-        unmeasured = [name for name in target.needs if not measured(rows.get(name))]
-        if unmeasured:
-            lines.append(f"- {target.description}: not measured (no result for {', '.join(unmeasured)})")
-            continue
-        value = target.value(rows)
-        lines.append(
-            f"- {target.description}: {'HOLDS' if value <= target.limit else 'MISSED'} ({target.shown(value)})"
-        )
-    return "\n".join(lines)
 
 
 def parse_arguments() -> argparse.Namespace:
@@ -696,9 +365,9 @@ def main() -> None:
         "straight-through backward. B/weight: bytes per weight element of the projections; held: the model's "
         "memory but its plain float tensors (embeddings, norms, lm_head, adapters), plus qlgrad's cache.\n",
     )
-    print(markdown_table(rows, arguments.steps))
+    print(table(rows, arguments.steps))
     print("\nTargets on this run:")
-    print(target_report(rows), flush=True)
+    print(target_report(TARGETS, [rows]), flush=True)
     if arguments.json:
         with open(arguments.json, "w") as output:
             json.dump(

@@ -4,10 +4,10 @@ it (its "small" size, 4 layers of width 512, 16M weights; 256 tokens): float, th
 memory of building the model and its first step."""
 
 import functools
-import sys
-from pathlib import Path
 
 from . import workloads
+from .decoder import SIZES, WARMUP_STEPS, TrainingRun, synthetic_batches
+from .decoder_modes import MODES as LLM_MODES
 
 workloads.configure_torch()
 
@@ -15,32 +15,21 @@ MODES = ["float", "qd-fp32", "torchao-int8"]  # names of bench/llm.py's modes
 ARCH, SIZE, TOKENS = "qwen2", "small", 256
 
 
-@functools.cache
-def _llm():
-    """``bench/llm.py``, beside this folder, imported on first use: it imports transformers and PEFT,
-    which the processes of the other benchmarks, forked from the one that imports this suite, would
-    otherwise carry in their peak memory."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import llm
-
-    return llm
-
-
-def _training_run(mode: str):
-    llm = _llm()
-    return llm.TrainingRun(llm.MODES[mode], ARCH, llm.SIZES[SIZE])
+def _training_run(mode: str) -> TrainingRun:
+    # Builds the decoder, importing transformers and PEFT on first use: the processes of the other
+    # benchmarks, forked from the one that imports this suite, do not carry them in their peak memory.
+    return TrainingRun(LLM_MODES[mode], ARCH, SIZES[SIZE])
 
 
 @functools.cache
 def _batch():
-    llm = _llm()
-    return llm.synthetic_batches(llm.SIZES[SIZE].vocab, 1, TOKENS, 1)[0]
+    return synthetic_batches(SIZES[SIZE].vocab, 1, TOKENS, 1)[0]
 
 
 @functools.cache
 def _warm_run(mode: str):
     run = _training_run(mode)
-    for _ in range(_llm().WARMUP_STEPS):  # fills qlgrad's cache, creates AdamW's state
+    for _ in range(WARMUP_STEPS):  # fills qlgrad's cache, creates AdamW's state
         run.step(_batch())
     return run
 

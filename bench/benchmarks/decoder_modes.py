@@ -1,0 +1,175 @@
+"""The modes of ``bench/llm.py``: how each quantizes the decoder's projections (or not), which PEFT
+adapts them, and what computes their input gradient.
+
+Every mode quantizes the projections only: the embeddings, the norms and ``lm_head`` keep the
+base's dtype. torchao and bitsandbytes are imported when a mode quantizes with them, never when
+this module is (asv imports every module of this folder). No asv benchmark is defined here.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+import qlgrad
+import qlgrad.reference
+
+from .decoder import PROJECTIONS, projections
+
+# ---- Quantization, one function per path; each changes the model in place -------------------
+
+
+def quantize_dynamic_int8(model: nn.Module) -> None:
+    """``quantize_dynamic`` on the projections, int8 weights with one scale per output channel."""
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    qconfig_spec = {
+        name: per_channel_dynamic_qconfig for name, _ in model.named_modules() if name.endswith(PROJECTIONS)
+    }
+    quantize_dynamic(model, qconfig_spec, inplace=True)  # in place: a copy would double the float model's memory
+
+
+def torchao_int8(model: nn.Module) -> None:
+    """torchao: int8 weights per row, activations quantized per token at each call (``Int8Tensor``)."""
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+
+    quantize_(model, Int8DynamicActivationInt8WeightConfig(), filter_fn=_is_projection)
+
+
+def torchao_int4(model: nn.Module) -> None:
+    """torchao: int4 weights in groups of 32, int8 activations per token (``IntxUnpackedToInt8Tensor``,
+    which holds each int4 code in an int8)."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, PerGroup, quantize_
+
+    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
+    quantize_(model, config, filter_fn=_is_projection)
+
+
+def _is_projection(module: nn.Module, name: str) -> bool:
+    return isinstance(module, nn.Linear) and name.endswith(PROJECTIONS)
+
+
+def bitsandbytes_8bit(model: nn.Module) -> None:
+    """bitsandbytes' ``Linear8bitLt``: int8 weights per row (LLM.int8(), no outlier threshold)."""
+    import bitsandbytes as bnb
+
+    for parent, name, layer in projections(model):
+        quantized = bnb.nn.Linear8bitLt(
+            layer.in_features, layer.out_features, layer.bias is not None, has_fp16_weights=False
+        )
+        # Moving the float weight to a device is what quantizes it, the CPU included.
+        quantized.weight = bnb.nn.Int8Params(layer.weight.data, requires_grad=False, has_fp16_weights=False).to("cpu")
+        quantized.bias = layer.bias
+        setattr(parent, name, quantized)
+    model.is_loaded_in_8bit = True  # as transformers marks such a model; PEFT then adds its bitsandbytes LoRA layers
+
+
+def bitsandbytes_4bit(model: nn.Module) -> None:
+    """bitsandbytes' ``Linear4bit``: NF4 weights in blocks of 64 with double-quantized scales (QLoRA's
+    choice), computing in float32."""
+    import bitsandbytes as bnb
+
+    for parent, name, layer in projections(model):
+        quantized = bnb.nn.Linear4bit(
+            layer.in_features, layer.out_features, layer.bias is not None, compute_dtype=torch.float32
+        )
+        quantized.weight = bnb.nn.Params4bit(
+            layer.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=quantized
+        ).to("cpu")
+        quantized.bias = layer.bias
+        setattr(parent, name, quantized)
+    model.is_loaded_in_4bit = True
+
+
+# ---- The float64 straight-through reference ------------------------------------------------
+
+
+class _StraightThroughFloat64(torch.autograd.Function):
+    """The quantized layer's own forward, on an input that needs no grad (so nothing of qlgrad's
+    runs), and the input gradient ``grad_output @ W_deq`` in float64."""
+
+    @staticmethod
+    def forward(ctx, x, stock_forward, weight):
+        ctx.weight = weight
+        return stock_forward(x)
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        return (grad_output.double() @ ctx.weight).to(grad_output.dtype), None, None
+
+
+def float64_dequantized_weight(layer: nn.Module) -> torch.Tensor:
+    """``W_deq`` of a quantized projection in float64, as its own dequantization gives it."""
+    if isinstance(layer, torch.ao.nn.quantized.dynamic.Linear):
+        return qlgrad.reference.float64_weight(layer._packed_params._packed_params)
+    return layer.weight.dequantize().double()  # torchao's subclasses
+
+
+def with_float64_straight_through(model: nn.Module) -> None:
+    """Every quantized projection of ``model`` gets the float64 straight-through backward.
+
+    The dequantized weight is taken once per layer (8 bytes per weight element, held for the run)
+    and the layer keeps its type, so PEFT adapts it exactly as it adapts the unwrapped layer.
+    """
+    for _, _, layer in projections(model):
+        weight = float64_dequantized_weight(layer)
+        layer.forward = lambda x, stock=layer.forward, weight=weight: _StraightThroughFloat64.apply(x, stock, weight)
+
+
+def in_turn(*changes: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
+    """One change of the model that makes ``changes``, in order."""
+
+    def change(model: nn.Module) -> None:
+        for each in changes:
+            each(model)
+
+    return change
+
+
+# ---- Modes -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How one row's model is quantized, adapted and differentiated."""
+
+    backward: str  # what computes the input gradient of the projections, for the table
+    quantize: Callable[[nn.Module], None] | None = None  # changes the float32 model in place
+    qlgrad_adapters: bool = False  # adapted by qlgrad.peft.get_peft_model rather than peft.get_peft_model
+    precision: str = "fp32"  # qlgrad's backward precision during the forward (where qlgrad differentiates)
+    compiled: bool = False
+    requires: str | None = None  # a package the mode needs beyond this project's own
+    reference: str | None = None  # the float64 straight-through mode whose loss this one's is compared with
+
+
+MODES = {
+    "float": Mode("float autograd"),
+    **{
+        f"qd-{precision}": Mode(
+            f"qlgrad {precision}",
+            quantize_dynamic_int8,
+            qlgrad_adapters=True,
+            precision=precision,
+            reference="qd-ste64",
+        )
+        for precision in qlgrad.PRECISIONS
+    },
+    "qd-ste64": Mode(
+        "float64 straight-through", in_turn(quantize_dynamic_int8, with_float64_straight_through), qlgrad_adapters=True
+    ),
+    "qd-fp32-compiled": Mode(
+        "qlgrad fp32, torch.compile", quantize_dynamic_int8, qlgrad_adapters=True, compiled=True, reference="qd-ste64"
+    ),
+    "torchao-int8": Mode("qlgrad fp32", torchao_int8, requires="torchao", reference="torchao-int8-ste64"),
+    "torchao-int8-ste64": Mode(
+        "float64 straight-through", in_turn(torchao_int8, with_float64_straight_through), requires="torchao"
+    ),
+    "torchao-int4": Mode("qlgrad fp32", torchao_int4, requires="torchao", reference="torchao-int4-ste64"),
+    "torchao-int4-ste64": Mode(
+        "float64 straight-through", in_turn(torchao_int4, with_float64_straight_through), requires="torchao"
+    ),
+    "bnb-8bit": Mode("bitsandbytes", bitsandbytes_8bit, requires="bitsandbytes"),
+    "bnb-4bit": Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes"),
+}
+REFERENCES = {mode.reference for mode in MODES.values()} - {None}  # the float64 straight-through modes
