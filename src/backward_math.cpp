@@ -150,8 +150,8 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
   const auto grad = flatten_leading(grad_output);
-  if (grad.size(0) <= kStreamedRowsMax) {
-    // A few rows are bound by reading the weight, which the float32 stream does at one byte
+  if (grad.size(0) <= streamed_rows_end()) {
+    // A few rows are bound by reading the weight, which the float32 streams do at one byte
     // per code: the reduced precisions could only be slower.
     precision = Precision::kFloat32;
   }
@@ -182,7 +182,7 @@ Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size
   return {packed, group_size, as_contiguous(in_dtype(scale_and_zeros, at::kFloat))};
 }
 
-at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight) {
+at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight, Precision precision) {
   const auto grad = flatten_leading(grad_output);
   at::Tensor result;
   if (grad.scalar_type() == at::kDouble) {
@@ -190,8 +190,10 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight&
     result =
         at::mm(grad, int4pack_dequantize(weight.packed, weight.group_size, weight.scale_and_zeros).to(at::kDouble));
   } else {
-    result = int4pack_matmul(as_contiguous(in_dtype(grad, at::kFloat)), weight.packed, weight.group_size,
-                             weight.scale_and_zeros);
+    // bf16 in bfloat16 products; fp32, and int8 (the weight has no int8 form), in float32 ones.
+    const auto dtype = precision == Precision::kBFloat16 ? at::kBFloat16 : at::kFloat;
+    result =
+        int4pack_matmul(as_contiguous(in_dtype(grad, dtype)), weight.packed, weight.group_size, weight.scale_and_zeros);
   }
   return unflatten_leading(in_dtype(result, grad_output.scalar_type()), grad_output);
 }

@@ -82,10 +82,12 @@ struct Int4PackedWeight {
 // only scale_and_zeros is converted, and only when it is not float32 and contiguous.
 Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros);
 
-// grad_output [..., N] @ W [N, K] -> [..., K] in float32 (float64 for a float64 grad_output),
-// in grad_output's dtype. Every precision runs so: the weight has no int8 form, and float32 from
-// the packing measured 1.1-30x faster than converting it to bfloat16 tiles.
-at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight);
+// grad_output [..., N] @ W [N, K] -> [..., K] in grad_output's dtype: in bfloat16 products with
+// float32 sums for `bf16` (the weight's values rounded to bfloat16; float32 products where the CPU
+// lacks AVX512-BF16 or at up to kInt4StreamedRowsMax rows), else in float32 products (float64 for
+// a float64 grad_output): the weight has no int8 form.
+at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight,
+                          Precision precision = Precision::kFloat32);
 
 // The adjoint, grad [..., K] @ W.T -> [..., N], in grad's dtype: the op's own product for the
 // dtypes it takes, for double backward.

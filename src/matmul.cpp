@@ -67,31 +67,42 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   parameters.scale = groupwise ? scale->const_data_ptr<float>() : nullptr;
   const auto row_scale = groupwise ? std::nullopt : scale;
   const auto& kernel = kernels();
-  const bool is_float = lhs.scalar_type() == at::kFloat, is_int8 = weight.scalar_type() == at::kChar;
+  const bool is_int8 = weight.scalar_type() == at::kChar;
   const int64_t rows = lhs.size(0);
-  const int64_t streamed_rows_end = kernel.panel_rows != nullptr ? kVectorStreamedRowsEnd : kStreamedRowsMax;
-  if (kernel.panel_rows != nullptr && is_float && rows > streamed_rows_end &&
-      (rows < kPanelGemmRowsEnd || !is_intel_cpu())) {
+  const bool panels =
+      lhs.scalar_type() == at::kFloat ? kernel.panel_rows != nullptr : kernel.panel_rows_bfloat16 != nullptr;
+  if (panels && rows > streamed_rows_end() && (rows < kPanelGemmRowsEnd || !is_intel_cpu())) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
-    return blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters), row_scale)
-                   : panel_gemm(lhs, RowCodes(weight, parameters), row_scale);
+    const auto result =
+        blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters), row_scale)
+                : panel_gemm(lhs, RowCodes(weight, parameters), row_scale);
+    return result.to(lhs.scalar_type());
+  }
+  if (rows <= streamed_rows_end()) {
+    // The streams read the weight once, which a few rows are bound by, in float32 for any lhs.
+    const auto lhs_float = lhs.to(at::kFloat);
+    const auto scaled = row_scale ? at::mul(lhs_float, *row_scale) : lhs_float;
+    at::Tensor result;
+    if (!is_int8) {
+      result = streamed<at::Half>(scaled, weight, std::nullopt, parameters, kernel.stream_float16);
+    } else if (blocked && kernel.stream_blocked != nullptr && reads_in_place(*blocked)) {
+      result = stream_blocked(scaled, weight.const_data_ptr<int8_t>(), *blocked, parameters.zero_point);
+    } else {
+      // One group per row, or groups of whole vectors (the streamed chunks start at multiples of
+      // 16 columns too).
+      const bool vector_groups = !groupwise || parameters.group_size % 16 == 0;
+      result = streamed<int8_t>(scaled, weight, blocked, parameters,
+                                vector_groups ? kernel.stream_int8_vector_groups : kernel.stream_int8);
+    }
+    return result.to(lhs.scalar_type());
   }
   const auto scaled = row_scale ? at::mul(lhs, *row_scale) : lhs;
-  if (is_float && rows <= streamed_rows_end) {
-    if (!is_int8) {
-      return streamed<at::Half>(scaled, weight, std::nullopt, parameters, kernel.stream_float16);
-    }
-    if (blocked && kernel.stream_blocked != nullptr && reads_in_place(*blocked)) {
-      return stream_blocked(scaled, weight.const_data_ptr<int8_t>(), *blocked, parameters.zero_point);
-    }
-    // One group per row, or groups of whole vectors (the streamed chunks start at multiples of
-    // 16 columns too).
-    const bool vector_groups = !groupwise || parameters.group_size % 16 == 0;
-    return streamed<int8_t>(scaled, weight, blocked, parameters,
-                            vector_groups ? kernel.stream_int8_vector_groups : kernel.stream_int8);
-  }
   return blocked ? tiled_gemm(scaled, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters))
                  : tiled_gemm(scaled, RowCodes(weight, parameters));
+}
+
+int64_t streamed_rows_end() {
+  return kernels().panel_rows != nullptr ? kVectorStreamedRowsEnd : kStreamedRowsMax;
 }
 
 at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
@@ -104,19 +115,28 @@ at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, con
 at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int64_t group_size,
                            const at::Tensor& scale_and_zeros) {
   TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous());
-  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat);
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kFloat || lhs.scalar_type() == at::kBFloat16);
   const auto pack = int4_pack(packed, group_size, scale_and_zeros);
   TORCH_INTERNAL_ASSERT(lhs.size(1) == pack.rows);
   if (lhs.size(0) == 0) {
     return at::zeros({0, pack.columns}, lhs.options());
   }
-  if (kernels().int4_stream != nullptr && lhs.size(0) <= kInt4StreamedRowsMax) {
-    return stream_int4(lhs, pack);
+  const auto& kernel = kernels();
+  if (lhs.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr &&
+      lhs.size(0) > kInt4StreamedRowsMax) {
+    return panel_gemm(lhs, Int4Codes(pack), std::nullopt).to(at::kBFloat16);
   }
-  if (kernels().panel_rows != nullptr) {
-    return panel_gemm(lhs, Int4Codes(pack), std::nullopt);
+  // Else in float32, from the packing's float32 values.
+  const auto lhs_float = lhs.to(at::kFloat);
+  at::Tensor result;
+  if (kernel.int4_stream != nullptr && lhs.size(0) <= kInt4StreamedRowsMax) {
+    result = stream_int4(lhs_float, pack);
+  } else if (kernel.panel_rows != nullptr) {
+    result = panel_gemm(lhs_float, Int4Codes(pack), std::nullopt);
+  } else {
+    result = tiled_gemm(lhs_float, Int4Codes(pack));
   }
-  return tiled_gemm(lhs, Int4Codes(pack));
+  return result.to(lhs.scalar_type());
 }
 
 } // namespace qlgrad::math

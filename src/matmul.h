@@ -3,11 +3,12 @@
 // float16 for fp16-packed layers, torch's int4 packing): the product runs on blocks of the weight
 // converted on the fly, so no float copy of the whole weight ever exists. Which way it runs, by
 // row count (matmul_strategies.h has the ways):
-//   - float32 products of up to kStreamedRowsMax rows stream over the codes once (up to 32 rows,
-//     in passes of 8, where the AVX-512 streams are), reading fbgemm's AVX-512 packing in place;
+//   - products of up to streamed_rows_end() rows stream over the codes once, in float32 whatever
+//     lhs's dtype, reading fbgemm's AVX-512 packing in place;
 //   - where the AVX-512 panel GEMM is, it runs the others (but from 512 rows on Intel's CPUs,
-//     where MKL's GEMM on tiles converted in each thread's L2 is the faster);
-//   - bfloat16 products, and all products on other CPUs, run MKL's GEMM on tiles.
+//     where MKL's GEMM on tiles converted in each thread's L2 is the faster), in bfloat16
+//     products for a bfloat16 lhs where the CPU has AVX512-BF16;
+//   - the rest, and all products on other CPUs, run MKL's GEMM on tiles.
 
 #include "blocked_layout.h"
 #include "kernels/kernels.h"
@@ -17,6 +18,10 @@
 #include <optional>
 
 namespace qlgrad::math {
+
+// Rows up to which products stream: kStreamedRowsMax, or four passes of it (32) where the AVX-512
+// streams are.
+int64_t streamed_rows_end();
 
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
 // float32 and returned in lhs's dtype; or, with group-wise parameters,
@@ -43,7 +48,10 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 // (aten::_convert_weight_to_int4pack_for_cpu under the running CPU capability), read in place:
 // W[n, k] = (code[n, k] - 8) * scale[k / group_size, n] + zero[k / group_size, n] in float32,
 // as the op dequantizes it (fused on AVX-512, as the op's AVX kernels compute it).
-//   lhs              float32 [M, N], contiguous, N a multiple of 16
+//   lhs              float32 or bfloat16 [M, N], contiguous, N a multiple of 16; with a bfloat16
+//                    lhs, bfloat16 products (the values rounded to bfloat16) where the CPU has
+//                    AVX512-BF16 and M > kInt4StreamedRowsMax, else float32 ones. The result
+//                    is in lhs's dtype.
 //   packed           uint8, contiguous, N * K / 2 bytes
 //   group_size       a multiple of 32
 //   scale_and_zeros  float32 [K / group_size, N, 2], contiguous

@@ -16,6 +16,8 @@
 
 #include <ATen/ATen.h>
 
+#include <numeric>
+
 namespace qlgrad::math {
 namespace {
 
@@ -32,26 +34,48 @@ constexpr int64_t kSharedDepth = 1024;
 // the pieces in which shared panels are converted.
 constexpr int64_t kBlockColumns = 1024;
 
-// lhs [rows, depth] times the weight's scale (per row of the weight, or one for all, or none) as
-// blocks of kKernelRows rows, each [depth][kKernelRows] (zero past the last row), once for
-// all threads: the kernel reads a step's 12 factors from one or two cache lines, where 12
+// What the panel GEMM multiplies in: float32, or pairs of bfloat16 along the depth (the kernel's
+// products take two at once), which the packed rows and the panels then hold in [depth / 2]
+// [width][2], an odd depth padded with a zero row.
+template <typename Element>
+struct PanelArithmetic;
+
+template <>
+struct PanelArithmetic<float> {
+  static constexpr int64_t kPair = 1;
+  static PanelRowsFn* kernel() { return kernels().panel_rows; }
+};
+
+template <>
+struct PanelArithmetic<at::BFloat16> {
+  static constexpr int64_t kPair = 2;
+  static PanelRowsBFloat16Fn* kernel() { return kernels().panel_rows_bfloat16; }
+};
+
+// lhs [rows, depth] (in Element) times the weight's scale (per row of the weight, or one for all,
+// or none) as blocks of kKernelRows rows, each [depth][kKernelRows] (zero past the last row), once
+// for all threads: the kernel reads a step's 12 factors from one or two cache lines, where 12
 // rows of lhs a power of two apart would compete for the same L1 sets.
+template <typename Element>
 at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
-  const int64_t rows = lhs.size(0), depth = lhs.size(1);
-  auto packed = at::empty({(rows + kKernelRows - 1) / kKernelRows, depth, kKernelRows}, lhs.options());
-  const float* source = lhs.const_data_ptr<float>();
+  constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
+  const int64_t rows = lhs.size(0), depth = lhs.size(1), stored_depth = round_up(depth, kPair);
+  at::Tensor packed = at::zeros({(rows + kKernelRows - 1) / kKernelRows, stored_depth, kKernelRows},
+                                lhs.options().dtype(c10::CppTypeToScalarType<Element>::value));
+  const Element* source = lhs.const_data_ptr<Element>();
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
   const int64_t factor_stride = scale && scale->numel() > 1 ? 1 : 0;
-  float* destination = packed.mutable_data_ptr<float>();
+  Element* destination = packed.mutable_data_ptr<Element>();
   at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      const float* block_rows = source + block * kKernelRows * depth;
-      float* block_out = destination + block * kKernelRows * depth;
+      const Element* block_rows = source + block * kKernelRows * depth;
+      Element* block_out = destination + block * kKernelRows * stored_depth;
       const int64_t count = std::min(kKernelRows, rows - block * kKernelRows);
       for (int64_t n = 0; n < depth; ++n) {
         const float factor = factors == nullptr ? 1.0f : factors[n * factor_stride];
-        for (int64_t r = 0; r < kKernelRows; ++r) {
-          block_out[n * kKernelRows + r] = r < count ? block_rows[r * depth + n] * factor : 0.0f;
+        Element* step = block_out + n / kPair * kKernelRows * kPair + n % kPair;
+        for (int64_t r = 0; r < count; ++r) {
+          store_value(static_cast<float>(block_rows[r * depth + n]) * factor, step + r * kPair);
         }
       }
     }
@@ -59,34 +83,44 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
   return packed;
 }
 
-// The depth blocks of a reader's weight, `depth` rows deep or a little less: calls
+// The depth blocks of a reader's weight, `depth` rows deep or a little more (at most
+// depth_block_max(depth, alignment)), starting at multiples of `alignment`: calls
 // each(block, top, height) in order.
 template <typename Each>
-void for_each_depth_block(const WeightReader& reader, int64_t depth, const Each& each) {
+void for_each_depth_block(const WeightReader& reader, int64_t depth, int64_t alignment, const Each& each) {
   const int64_t blocks = (reader.depth() + depth - 1) / depth;
   for (int64_t block = 0; block < blocks; ++block) {
-    const int64_t top = piece_start(reader.depth(), blocks, block, reader.row_alignment());
-    each(block, top, piece_start(reader.depth(), blocks, block + 1, reader.row_alignment()) - top);
+    const int64_t top = piece_start(reader.depth(), blocks, block, alignment);
+    each(block, top, piece_start(reader.depth(), blocks, block + 1, alignment) - top);
   }
 }
 
+// The deepest block for_each_depth_block makes: a near-equal share of the depth rounded down to
+// the alignment can leave up to alignment - 1 rows more to another block.
+int64_t depth_block_max(int64_t depth, int64_t alignment) {
+  return depth + alignment;
+}
+
 // result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
-// in `panels` for kColumnTaskDepth x count floats.
-void panel_gemm_columns(const float* packed_lhs, int64_t rows, const WeightReader& reader, int64_t first, int64_t count,
-                        float* out, int64_t ldo, float* panels) {
-  const int64_t depth = reader.depth();
+// in `panels` for depth_block_max(kColumnTaskDepth) x count elements.
+template <typename Element>
+void panel_gemm_columns(const Element* packed_lhs, int64_t rows, const WeightReader& reader, int64_t alignment,
+                        int64_t first, int64_t count, float* out, int64_t ldo, Element* panels) {
+  constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
+  const int64_t depth = round_up(reader.depth(), kPair);
   const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kKernelRows);
-  const auto panel_rows = kernels().panel_rows;
-  for_each_depth_block(reader, kColumnTaskDepth, [&](int64_t block, int64_t top, int64_t height) {
+  const auto panel_rows = PanelArithmetic<Element>::kernel();
+  for_each_depth_block(reader, kColumnTaskDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     reader.panels(top, first, height, count, panels);
+    const int64_t panel_depth = round_up(height, kPair);
     // Rows a block at a time, whose slice of lhs stays in L2 across the panels.
     for (int64_t row_first = 0; row_first < rows; row_first += row_step) {
       const int64_t row_last = std::min(rows, row_first + row_step);
       for (int64_t column = 0; column < count; column += kPanelColumns) {
         for (int64_t row = row_first; row < row_last; row += kKernelRows) {
           panel_rows(std::min(kKernelRows, row_last - row), packed_lhs + (row * depth + top * kKernelRows),
-                     panels + column * height, height, out + row * ldo + first + column, ldo, count - column,
+                     panels + column * panel_depth, panel_depth, out + row * ldo + first + column, ldo, count - column,
                      /*accumulate=*/block > 0);
         }
       }
@@ -94,48 +128,62 @@ void panel_gemm_columns(const float* packed_lhs, int64_t rows, const WeightReade
   });
 }
 
-} // namespace
-
-at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
-  const int64_t rows = lhs.size(0), depth = reader.depth(), columns = reader.columns();
-  const auto packed_lhs = pack_rows(lhs, scale);
-  const float* packed = packed_lhs.const_data_ptr<float>();
-  auto result = at::empty({rows, columns}, lhs.options());
+template <typename Element>
+at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
+  constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
+  const int64_t rows = lhs.size(0), depth = round_up(reader.depth(), kPair), columns = reader.columns();
+  const int64_t alignment = std::lcm(reader.row_alignment(), kPair);
+  const at::Tensor packed_lhs = pack_rows<Element>(lhs, scale);
+  const Element* packed = packed_lhs.const_data_ptr<Element>();
+  const at::TensorOptions element_options = lhs.options().dtype(c10::CppTypeToScalarType<Element>::value);
+  auto result = at::empty({rows, columns}, lhs.options().dtype(at::kFloat));
   float* out = result.mutable_data_ptr<float>();
   const int64_t chunk = columns_per_task(columns, kBlockColumns, kPanelColumns);
   const int64_t chunks = (columns + chunk - 1) / chunk;
   if (rows < kSharedPanelRowsMin) {
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      auto panels = at::empty({kColumnTaskDepth * chunk}, lhs.options());
+      at::Tensor panels = at::empty({depth_block_max(kColumnTaskDepth, alignment) * chunk}, element_options);
       for (int64_t piece = begin; piece < end; ++piece) {
-        panel_gemm_columns(packed, rows, reader, piece * chunk, std::min(chunk, columns - piece * chunk), out, columns,
-                           panels.mutable_data_ptr<float>());
+        panel_gemm_columns(packed, rows, reader, alignment, piece * chunk, std::min(chunk, columns - piece * chunk),
+                           out, columns, panels.mutable_data_ptr<Element>());
       }
     });
     return result;
   }
   // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
-  auto shared_panels = at::empty({kSharedDepth * round_up(columns, kPanelColumns)}, lhs.options());
-  float* panels = shared_panels.mutable_data_ptr<float>();
+  at::Tensor shared_panels =
+      at::empty({depth_block_max(kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, element_options);
+  Element* panels = shared_panels.mutable_data_ptr<Element>();
   const PanelTasks tasks(rows, columns, chunk);
-  const auto panel_rows = kernels().panel_rows;
-  for_each_depth_block(reader, kSharedDepth, [&](int64_t block, int64_t top, int64_t height) {
+  const auto panel_rows = PanelArithmetic<Element>::kernel();
+  for_each_depth_block(reader, kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
+    const int64_t panel_depth = round_up(height, kPair);
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t piece = begin; piece < end; ++piece) {
         const int64_t first = piece * chunk;
-        reader.panels(top, first, height, std::min(chunk, columns - first), panels + first * height);
+        reader.panels(top, first, height, std::min(chunk, columns - first), panels + first * panel_depth);
       }
     });
     at::parallel_for(0, tasks.size(), 1, [&](int64_t begin, int64_t end) {
       for (int64_t index = begin; index < end; ++index) {
         const PanelTask task = tasks[index];
-        panel_rows(task.rows, packed + (task.row * depth + top * kKernelRows), panels + task.column * height, height,
-                   out + task.row * columns + task.column, columns, task.columns, /*accumulate=*/block > 0);
+        panel_rows(task.rows, packed + (task.row * depth + top * kKernelRows), panels + task.column * panel_depth,
+                   panel_depth, out + task.row * columns + task.column, columns, task.columns,
+                   /*accumulate=*/block > 0);
       }
     });
   });
   return result;
+}
+
+} // namespace
+
+at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
+  if (lhs.scalar_type() == at::kBFloat16) {
+    return panel_gemm_in<at::BFloat16>(lhs, reader, scale);
+  }
+  return panel_gemm_in<float>(lhs, reader, scale);
 }
 
 } // namespace qlgrad::math

@@ -13,10 +13,6 @@
 
 namespace qlgrad::math {
 
-inline int64_t round_up(int64_t value, int64_t multiple) {
-  return (value + multiple - 1) / multiple * multiple;
-}
-
 // The i-th of `parts` near-equal pieces of `extent` starts here, a multiple of `align` (but for the end).
 inline int64_t piece_start(int64_t extent, int64_t parts, int64_t i, int64_t align = 1) {
   return i == parts ? extent : extent * i / parts / align * align;
@@ -46,8 +42,10 @@ at::Tensor stream_blocked(const at::Tensor& lhs, const int8_t* packed, const Blo
 // The int4 stream for up to kInt4StreamedRowsMax rows of lhs.
 at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack);
 
-// The panel GEMM (where kernels().panel_rows is): float32 (lhs * scale) @ W, with `scale` [N] or
-// [1] or none, the weight converted into panels as it goes.
+// The panel GEMM (where kernels().panel_rows is): (lhs * scale) @ W in float32, with `scale` [N] or
+// [1] or none, the weight converted into panels as it goes. With a bfloat16 lhs (where
+// kernels().panel_rows_bfloat16 is), in bfloat16 products and float32 sums, each lhs[m, n] *
+// scale[n] rounded to bfloat16 once. The result is float32.
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale);
 
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or

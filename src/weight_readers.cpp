@@ -63,6 +63,17 @@ void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, 
   }
 }
 
+void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
+  const int64_t ldw = weight_.stride(0), panel_depth = round_up(depth, 2);
+  if (weight_.scalar_type() == at::kChar) {
+    kernels().convert_panels_int8_bfloat16(weight_.const_data_ptr<int8_t>() + top * ldw + first, ldw, parameters_, top,
+                                           first, depth, count, out, panel_depth);
+  } else {
+    kernels().convert_panels_float16_bfloat16(weight_.const_data_ptr<at::Half>() + top * ldw + first, ldw, parameters_,
+                                              top, first, depth, count, out, panel_depth);
+  }
+}
+
 void RowCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
   const int64_t depth = tile.size(0);
   if (weight_.scalar_type() != at::kChar) {
@@ -83,6 +94,15 @@ void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t cou
                        });
 }
 
+void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
+  const int64_t panel_depth = round_up(depth, 2);
+  for_each_copied_slab(packed_, layout_, top, first, depth, count,
+                       [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
+                         kernels().convert_panels_int8_bfloat16(codes, ldc, parameters_, top + slab, first, height,
+                                                                count, out + slab * kPanelColumns, panel_depth);
+                       });
+}
+
 void BlockedCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
   for_each_copied_slab(packed_, layout_, top, first, tile.size(0), count,
                        [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
@@ -92,6 +112,10 @@ void BlockedCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& t
 
 void Int4Codes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
   kernels().int4_panels(pack_, top, first, depth, count, out);
+}
+
+void Int4Codes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
+  kernels().int4_panels_bfloat16(pack_, top, first, depth, count, out);
 }
 
 void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {

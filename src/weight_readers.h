@@ -22,6 +22,11 @@ class WeightReader {
   // panels of [depth][kPanelColumns] floats, zero beyond `count`. Where kernels().panel_rows is.
   virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const = 0;
 
+  // The same as bfloat16 panels of pairs of rows (rounded to nearest even; an odd depth's last
+  // pair ends in a zero row), [(depth + 1) / 2][kPanelColumns][2] each. Where
+  // kernels().panel_rows_bfloat16 is.
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const = 0;
+
   // W[top:top + depth, first:first + count] into `tile` ([depth, count], contiguous), in the
   // tile's dtype: float32, or bfloat16 for int8 codes.
   virtual void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const = 0;
@@ -36,6 +41,7 @@ class RowCodes final : public WeightReader {
   int64_t columns() const override { return weight_.size(1); }
   int64_t row_alignment() const override { return 1; }
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
  private:
@@ -56,6 +62,7 @@ class BlockedCodes final : public WeightReader {
   // Whole 16-row bands, which the copy moves 16 x 16 at a time.
   int64_t row_alignment() const override { return 16; }
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
  private:
@@ -73,6 +80,7 @@ class Int4Codes final : public WeightReader {
   int64_t columns() const override { return pack_.columns; }
   int64_t row_alignment() const override { return 16; }
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
   // float32 tiles only.
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 

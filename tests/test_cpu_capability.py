@@ -25,7 +25,10 @@ KERNEL_TESTS = (
     "test_precision.py",
     "test_groupwise.py",
     "test_fbgemm_in_place.py",
+    "test_bfloat16_products.py",
 )
+# The kernels that AVX512-BF16 replaces on AVX-512 CPUs that have it: those of the bf16 precision.
+BFLOAT16_KERNEL_TESTS = ("test_bfloat16_products.py", "test_precision.py", "test_int4pack.py")
 
 
 def machine_capability() -> str:
@@ -65,14 +68,26 @@ def test_cpu_capability_follows_the_variable_as_aten_does(variable):
     [c for c in CAPABILITIES if CAPABILITIES.index(c) < CAPABILITIES.index(machine_capability())],
 )
 def test_kernel_tests_pass_under_a_lower_capability(capability, tmp_path):
+    run_kernel_tests(KERNEL_TESTS, tmp_path, ATEN_CPU_CAPABILITY=capability)
+
+
+@pytest.mark.skipif(
+    machine_capability() != "avx512" or "avx512_bf16" not in Path("/proc/cpuinfo").read_text(),
+    reason="the CPU runs AVX-512 without AVX512-BF16 already, or no AVX-512",
+)
+def test_kernel_tests_pass_on_avx512_without_bfloat16_products(tmp_path):
+    run_kernel_tests(BFLOAT16_KERNEL_TESTS, tmp_path, QLGRAD_AVX512_BF16="0")
+
+
+def run_kernel_tests(tests, tmp_path, **variables):
     env = dict(
         os.environ,
-        ATEN_CPU_CAPABILITY=capability,
+        **variables,
         # The figures of these runs are not the machine's: kept out of the reliability report.
         QLGRAD_RELIABILITY_REPORT=str(tmp_path / "reliability.json"),
     )
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
         cwd=TESTS_DIR,
         env=env,
         capture_output=True,

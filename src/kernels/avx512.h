@@ -7,8 +7,11 @@
 
 #include <immintrin.h>
 
+#include "code_parameters.h"
+
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cstdint>
 
 // GCC 12 warns that its own AVX-512 intrinsics read an uninitialized register (GCC bug 105593,
@@ -31,6 +34,58 @@ inline __m512 load_values16(__mmask16 mask, const int8_t* codes) {
 
 inline __m512 load_values16(__mmask16 mask, const at::Half* values) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values));
+}
+
+// The offsets and factors of the 16 columns from `column` of weight row n: one group's
+// broadcast where they lie in one (group sizes that are multiples of 16), else lane by lane.
+inline void lane_parameters(const CodeParameters& parameters, int64_t n, int64_t column, __m512& offsets,
+                            __m512& factors) {
+  const int64_t group = column / parameters.group_size;
+  if (column + 16 <= (group + 1) * parameters.group_size) {
+    offsets = _mm512_set1_ps(parameters.offset(n, group));
+    factors = _mm512_set1_ps(parameters.factor(n, group));
+    return;
+  }
+  alignas(64) float lane_offsets[16], lane_factors[16];
+  for (int64_t lane = 0; lane < 16; ++lane) {
+    // Columns past the weight's last take its last group: their lanes are masked off.
+    const int64_t lane_group = std::min((column + lane) / parameters.group_size, parameters.groups - 1);
+    lane_offsets[lane] = parameters.offset(n, lane_group);
+    lane_factors[lane] = parameters.factor(n, lane_group);
+  }
+  offsets = _mm512_load_ps(lane_offsets);
+  factors = _mm512_load_ps(lane_factors);
+}
+
+// The values of 32 columns of weight row n from `column` (`row` points at its codes there), zero
+// past `count` columns, as two vectors of 16.
+template <typename Code>
+inline void values32(const Code* row, const CodeParameters& parameters, int64_t n, int64_t column, int64_t count,
+                     __m512& low, __m512& high) {
+  const __mmask16 low_mask = lanes_mask(count), high_mask = lanes_mask(count - 16);
+  __m512 low_offsets, low_factors, high_offsets, high_factors;
+  lane_parameters(parameters, n, column, low_offsets, low_factors);
+  lane_parameters(parameters, n, column + 16, high_offsets, high_factors);
+  low = _mm512_maskz_mul_ps(low_mask, _mm512_sub_ps(load_values16(low_mask, row), low_offsets), low_factors);
+  high = _mm512_maskz_mul_ps(high_mask, _mm512_sub_ps(load_values16(high_mask, row + 16), high_offsets), high_factors);
+}
+
+// A panel kernel's sums (Rows rows of 32 columns, as two vectors each) into out, `width` of whose
+// columns exist, added to what is there with `accumulate`.
+template <int64_t Rows>
+inline void store_sums(__m512 (&low)[Rows], __m512 (&high)[Rows], float* out, int64_t ldo, int64_t width,
+                       bool accumulate) {
+  const __mmask16 low_mask = lanes_mask(width), high_mask = lanes_mask(width - 16);
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    float* row = out + r * ldo;
+    if (accumulate) {
+      low[r] = _mm512_add_ps(low[r], _mm512_maskz_loadu_ps(low_mask, row));
+      high[r] = _mm512_add_ps(high[r], _mm512_maskz_loadu_ps(high_mask, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, low_mask, low[r]);
+    _mm512_mask_storeu_ps(row + 16, high_mask, high[r]);
+  }
 }
 
 } // namespace qlgrad::math::avx512

@@ -2,6 +2,7 @@
 
 #include <ATen/Version.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -34,6 +35,23 @@ const char* instruction_set_name(InstructionSet set) {
     case InstructionSet::kDefault: break;
   }
   return "default";
+}
+
+bool has_avx512_bf16() {
+  static const bool bf16 = [] {
+    const char* variable = std::getenv("QLGRAD_AVX512_BF16");
+    if (instruction_set() != InstructionSet::kAvx512 || (variable != nullptr && std::string(variable) == "0")) {
+      return false;
+    }
+#if defined(__x86_64__)
+    // Leaf 7, subleaf 1: EAX bit 5.
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 5)) != 0;
+#else
+    return false;
+#endif
+  }();
+  return bf16;
 }
 
 bool is_intel_cpu() {

@@ -14,6 +14,11 @@ InstructionSet instruction_set();
 // "default", "avx2" or "avx512".
 const char* instruction_set_name(InstructionSet set);
 
+// Whether the instruction set is AVX-512 and the CPU has AVX512-BF16 (bfloat16 dot products,
+// vdpbf16ps), unless QLGRAD_AVX512_BF16=0 leaves them out (to test the kernels of AVX-512 CPUs
+// without them).
+bool has_avx512_bf16();
+
 // Whether the CPU is Intel's: MKL, torch's float GEMM, runs its AVX-512 code there only (on AMD
 // CPUs with AVX-512 it takes its AVX2 path, at less than half oneDNN's speed).
 bool is_intel_cpu();

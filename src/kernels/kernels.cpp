@@ -55,6 +55,12 @@ Kernels avx512_kernels() {
   table.int4_panels = &int4_panels_avx512;
   table.int4_stream = &int4_stream_avx512;
   table.stream_blocked = &stream_blocked_avx512;
+  if (has_avx512_bf16()) {
+    table.panel_rows_bfloat16 = &panel_rows_bfloat16_avx512;
+    table.convert_panels_int8_bfloat16 = &convert_panels_int8_bfloat16_avx512;
+    table.convert_panels_float16_bfloat16 = &convert_panels_float16_bfloat16_avx512;
+    table.int4_panels_bfloat16 = &int4_panels_bfloat16_avx512;
+  }
   return table;
 }
 #endif

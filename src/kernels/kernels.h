@@ -22,6 +22,10 @@ namespace qlgrad::math {
 
 constexpr int64_t kCacheLine = 64;
 
+inline int64_t round_up(int64_t value, int64_t multiple) {
+  return (value + multiple - 1) / multiple * multiple;
+}
+
 // Rows of lhs a stream (StreamFn) takes at once, summed side by side. Up to this many rows the
 // product is bound by reading the weight, not by arithmetic: one float32 pass over the stored
 // codes (a quarter of float32's bytes) beats converting tiles for a GEMM, and any narrower
@@ -42,7 +46,7 @@ constexpr int64_t kKernelRows = 12;
 // columns).
 inline int64_t block_sums_stride(int64_t columns) {
   constexpr int64_t kLineFloats = kCacheLine / int64_t{sizeof(float)};
-  return (columns + kLineFloats - 1) / kLineFloats * kLineFloats + kLineFloats;
+  return round_up(columns, kLineFloats) + kLineFloats;
 }
 
 // A stream over weight rows [begin, end) and the `columns` columns from column `first`:
@@ -99,9 +103,24 @@ template <typename Code>
 using ConvertPanelsFn = void(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
                              int64_t first, int64_t depth, int64_t count, float* panels, int64_t panel_depth);
 
+// The same with bfloat16 products (vdpbf16ps) and float32 sums: lhs packed as [depth / 2][kKernelRows]
+// pairs of bfloat16 (rows n and n + 1 of lhs's column side by side), the panel [depth / 2]
+// [kPanelColumns] pairs (weight rows n and n + 1 of each column side by side); depth even.
+using PanelRowsBFloat16Fn = void(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
+                                 float* out, int64_t ldo, int64_t width, bool accumulate);
+
+// value[top:top + depth, first:first + count] as such bfloat16 panels, rounded to nearest even,
+// panel_depth (even) rows of kPanelColumns apart; an odd depth's last pair ends in a zero row.
+template <typename Code>
+using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                                     int64_t first, int64_t depth, int64_t count, at::BFloat16* panels,
+                                     int64_t panel_depth);
+
 // W[top:top + depth, first:first + count] of an int4 packing as panels, as ConvertPanelsFn
 // writes them with panel_depth = depth (top, depth and count multiples of 16).
 using Int4PanelsFn = void(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count, float* out);
+using Int4PanelsBFloat16Fn = void(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count,
+                                  at::BFloat16* out);
 
 // out[r, first + c] = sum_n lhs[r, n] * W[n, first + c] for `rows` (1 to kInt4StreamedRowsMax)
 // rows and the columns [first, first + count) of an int4 packing, as dot products along the
@@ -143,6 +162,11 @@ struct Kernels {
   Int4PanelsFn* int4_panels = nullptr;
   Int4StreamFn* int4_stream = nullptr;
   BlockedStreamFn* stream_blocked = nullptr;
+  // The panel GEMM in bfloat16 products: AVX512-BF16 only (has_avx512_bf16), null elsewhere.
+  PanelRowsBFloat16Fn* panel_rows_bfloat16 = nullptr;
+  ConvertPanelsBFloat16Fn<int8_t>* convert_panels_int8_bfloat16 = nullptr;
+  ConvertPanelsBFloat16Fn<at::Half>* convert_panels_float16_bfloat16 = nullptr;
+  Int4PanelsBFloat16Fn* int4_panels_bfloat16 = nullptr;
 };
 
 // The kernels of the instruction set in use, chosen at the first call.

@@ -36,4 +36,10 @@ Int4PanelsFn int4_panels_avx512;
 Int4StreamFn int4_stream_avx512;
 BlockedStreamFn stream_blocked_avx512;
 
+// AVX512-BF16 (x86-64 only).
+PanelRowsBFloat16Fn panel_rows_bfloat16_avx512;
+ConvertPanelsBFloat16Fn<int8_t> convert_panels_int8_bfloat16_avx512;
+ConvertPanelsBFloat16Fn<at::Half> convert_panels_float16_bfloat16_avx512;
+Int4PanelsBFloat16Fn int4_panels_bfloat16_avx512;
+
 } // namespace qlgrad::math

@@ -1,0 +1,95 @@
+#pragma once
+// The int4 packing's vectors, for the int4 kernel files of AVX-512 CPUs: included after avx512.h
+// or avx512_bf16.h, and of internal linkage, so that each file compiles them for its own
+// instruction set.
+
+#include "int4_packing.h"
+
+namespace qlgrad::math {
+namespace {
+
+// 16 x 16 floats transposed in registers: four rounds that each swap the off-diagonal blocks
+// of half the size of the last round's, with the lane selections made once.
+struct Transpose16 {
+  __m512i low[4], high[4];
+
+  Transpose16() {
+    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
+      alignas(64) int32_t low_index[16], high_index[16];
+      for (int32_t j = 0; j < 16; ++j) {
+        const bool upper = (j & half) != 0;
+        low_index[j] = upper ? 16 + j - half : j;
+        high_index[j] = upper ? 16 + j : j + half;
+      }
+      low[round] = _mm512_load_si512(low_index);
+      high[round] = _mm512_load_si512(high_index);
+    }
+  }
+
+  void operator()(__m512 (&rows)[16]) const {
+#pragma GCC unroll 4
+    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        if ((i & half) == 0) {
+          const __m512 first = rows[i], second = rows[i + half];
+          rows[i] = _mm512_permutex2var_ps(first, low[round], second);
+          rows[i + half] = _mm512_permutex2var_ps(first, high[round], second);
+        }
+      }
+    }
+  }
+};
+
+// The 16 values W[row:row + 16, column] of the rows `where` describes, with their group's
+// scales and zeros (as scales_and_zeros16 gives them): fma(code - 8, scale, zero), as the op
+// computes them.
+__m512 values16(const Int4Pack::Rows16& where, int64_t column, __m512 scales, __m512 zeros) {
+  const uint8_t* bytes = where.column(column);
+  const __m128i nibbles = _mm_set1_epi8(15);
+  __m128i codes;
+  if (where.pairs) {
+    const __m128i packed = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(bytes));
+    codes = _mm_unpacklo_epi8(_mm_and_si128(packed, nibbles), _mm_and_si128(_mm_srli_epi16(packed, 4), nibbles));
+  } else {
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(bytes));
+    codes = _mm_and_si128(where.shift == 0 ? packed : _mm_srli_epi16(packed, 4), nibbles);
+  }
+  const __m512 centered = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(codes)), _mm512_set1_ps(8.0f));
+  return _mm512_fmadd_ps(centered, scales, zeros);
+}
+
+// The scales and the zeros of rows [row, row + 16) in the group of `column`: lanes 0, 2, ..., 30
+// and 1, 3, ..., 31 of their 16 pairs.
+void scales_and_zeros16(const Int4Pack& pack, int64_t row, int64_t column, __m512& scales, __m512& zeros) {
+  const float* pairs = pack.scale_and_zeros + (column / pack.group_size * pack.rows + row) * 2;
+  const __m512 low = _mm512_loadu_ps(pairs), high = _mm512_loadu_ps(pairs + 16);
+  const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+  scales = _mm512_permutex2var_ps(low, evens, high);
+  zeros = _mm512_permutex2var_ps(low, _mm512_add_epi32(evens, _mm512_set1_epi32(1)), high);
+}
+
+// store(row, column, values) for each 16 x 16 square of W[top:top + depth, first:first + count]
+// (row and column from top and first), values[i] holding its row i's 16 columns.
+template <typename Store>
+void for_each_square(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count,
+                     const Store& store) {
+  const Transpose16 transpose16;
+  for (int64_t row = 0; row < depth; row += 16) {
+    const auto where = pack.rows16(top + row);
+    for (int64_t column = 0; column < count; column += 16) {
+      // 16 columns lie in one group: group sizes are multiples of 32.
+      __m512 scales, zeros;
+      scales_and_zeros16(pack, top + row, first + column, scales, zeros);
+      __m512 values[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        values[i] = values16(where, first + column + i, scales, zeros);
+      }
+      transpose16(values);
+      store(row, column, values);
+    }
+  }
+}
+
+} // namespace
+} // namespace qlgrad::math

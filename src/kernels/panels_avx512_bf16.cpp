@@ -1,0 +1,77 @@
+// The panel GEMM's kernels in bfloat16 products (AVX512-BF16): panels of pairs of weight rows,
+// rounded to nearest even as they are converted, and the kernel that multiplies kKernelRows rows
+// of packed lhs pairs by a panel with vdpbf16ps, the sums in float32 registers.
+
+#include "variants.h"
+
+#include "avx512_bf16.h"
+
+namespace qlgrad::math {
+namespace {
+
+template <int64_t Rows>
+void panel_kernel(const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo,
+                  int64_t width, bool accumulate) {
+  __m512 low[Rows], high[Rows];
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    low[r] = _mm512_setzero_ps();
+    high[r] = _mm512_setzero_ps();
+  }
+  const auto* lhs_pairs = reinterpret_cast<const int32_t*>(lhs);
+  for (int64_t pair = 0; pair < depth / 2; ++pair) {
+    const __m512bh panel_low = (__m512bh)_mm512_loadu_si512(panel + pair * 2 * kPanelColumns);
+    const __m512bh panel_high = (__m512bh)_mm512_loadu_si512(panel + pair * 2 * kPanelColumns + kPanelColumns);
+#pragma GCC unroll 12
+    for (int64_t r = 0; r < Rows; ++r) {
+      const __m512bh factors = (__m512bh)_mm512_set1_epi32(lhs_pairs[pair * kKernelRows + r]);
+      low[r] = _mm512_dpbf16_ps(low[r], factors, panel_low);
+      high[r] = _mm512_dpbf16_ps(high[r], factors, panel_high);
+    }
+  }
+  avx512::store_sums<Rows>(low, high, out, ldo, width, accumulate);
+}
+
+// As the float32 panels are converted (panels_avx512.cpp), two rows at a time.
+template <typename Code>
+void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top, int64_t first,
+                    int64_t depth, int64_t count, at::BFloat16* panels, int64_t panel_depth) {
+  constexpr int64_t kRowsAtOnce = 16;
+  for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
+    for (int64_t column = 0; column < count; column += kPanelColumns) {
+      at::BFloat16* panel = panels + column * panel_depth;
+      for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); n += 2) {
+        __m512 low, high, next_low = _mm512_setzero_ps(), next_high = _mm512_setzero_ps();
+        avx512::values32(codes + n * ldw + column, parameters, top + n, first + column, count - column, low, high);
+        if (n + 1 < depth) {
+          avx512::values32(codes + (n + 1) * ldw + column, parameters, top + n + 1, first + column, count - column,
+                           next_low, next_high);
+        }
+        _mm512_storeu_si512(panel + n * kPanelColumns, avx512::bfloat16_pairs(low, next_low));
+        _mm512_storeu_si512(panel + n * kPanelColumns + kPanelColumns, avx512::bfloat16_pairs(high, next_high));
+      }
+    }
+  }
+}
+
+} // namespace
+
+void panel_rows_bfloat16_avx512(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
+                                float* out, int64_t ldo, int64_t width, bool accumulate) {
+  with_rows<kKernelRows>(rows,
+                         [&]<int64_t Rows>() { panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate); });
+}
+
+void convert_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters,
+                                         int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* panels,
+                                         int64_t panel_depth) {
+  convert_panels(codes, ldw, parameters, top, first, depth, count, panels, panel_depth);
+}
+
+void convert_panels_float16_bfloat16_avx512(const at::Half* values, int64_t ldw, const CodeParameters& parameters,
+                                            int64_t top, int64_t first, int64_t depth, int64_t count,
+                                            at::BFloat16* panels, int64_t panel_depth) {
+  convert_panels(values, ldw, parameters, top, first, depth, count, panels, panel_depth);
+}
+
+} // namespace qlgrad::math

@@ -1,0 +1,90 @@
+"""bfloat16 products from the stored weight: the `bf16` precision of every stored weight (int8 codes
+in rows or in fbgemm's packing, per tensor, per channel or group-wise, float16 weights, torch's int4
+packing) against float64, no worse than the dense bfloat16 product of the same inputs, at row
+counts on both sides of every switch: the float32 streams (up to 8 rows, 32 on AVX-512 CPUs), the
+panel GEMM in bfloat16 products (AVX512-BF16 CPUs; divided by columns below 256 rows, by rows and
+columns from 256), MKL on bfloat16 tiles elsewhere. An odd depth ends the bfloat16 pairs in a zero
+row."""
+
+import pytest
+import torch
+
+import qlgrad
+from helpers import quantize_weight, relative_error
+
+ROWS = [9, 32, 33, 100, 255, 256, 300]
+# The output is rounded to bfloat16 (relative 2^-9 per element), as the dense product's is; the
+# products' roundings add less. 1.5 times the dense product's error, and a floor for the rows
+# where qlgrad's float32 streams beat it.
+DENSE_ERROR_FACTOR = 1.5
+
+
+def assert_as_accurate_as_dense(got, grad_output, weight_float64):
+    expected = grad_output.double() @ weight_float64
+    dense = grad_output @ weight_float64.to(torch.bfloat16)
+    assert got.dtype == torch.bfloat16
+    assert relative_error(got, expected) <= DENSE_ERROR_FACTOR * relative_error(dense, expected) + 1e-4
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("scheme", ["per_tensor_affine", "per_channel_affine", "per_channel_symmetric"])
+def test_int8_codes(rows, scheme, engine):
+    # 301 output features: an odd depth of the product. The x86 and fbgemm engines' packing is
+    # read in place, the other engines' codes are held in rows.
+    if engine == "onednn" and scheme.endswith("affine"):
+        pytest.skip("oneDNN packs symmetric weights only")
+    weight = quantize_weight(301, 520, scheme)
+    packed = torch.ops.quantized.linear_prepack(weight.qweight, None)
+    grad_output = torch.randn(rows, 301).to(torch.bfloat16)
+    got = qlgrad.linear_dynamic_backward(grad_output, packed, "bf16")
+    assert_as_accurate_as_dense(got, grad_output, weight.dequantize_float64())
+
+
+@pytest.mark.parametrize("rows", ROWS)
+@pytest.mark.parametrize("group_size", [16, 32, 40])
+def test_groupwise_codes(rows, group_size):
+    gen = torch.Generator().manual_seed(rows)
+    codes = torch.randint(-128, 128, (257, 480), dtype=torch.int8, generator=gen)
+    scale = torch.rand(257, 480 // group_size, generator=gen) * 0.02 + 0.01
+    zero_point = torch.randint(-8, 8, scale.shape, generator=gen)
+    weight = (codes.double().view(257, -1, group_size) - zero_point.double()[..., None]) * scale.double()[..., None]
+    grad_output = torch.randn(rows, 257, generator=gen).to(torch.bfloat16)
+    got = qlgrad.linear_int8_backward(grad_output, codes, scale, zero_point, "bf16")
+    assert_as_accurate_as_dense(got, grad_output, weight.view(257, 480))
+
+
+@pytest.mark.parametrize("rows", ROWS)
+def test_float16_weights(rows):
+    gen = torch.Generator().manual_seed(rows)
+    weight = (torch.randn(301, 200, generator=gen) * 0.1).half()
+    packed = torch.ops.quantized.linear_prepack_fp16(weight.float(), None)
+    grad_output = torch.randn(rows, 301, generator=gen).to(torch.bfloat16)
+    got = qlgrad.linear_dynamic_fp16_backward(grad_output, packed, "bf16")
+    assert_as_accurate_as_dense(got, grad_output, weight.double())
+
+
+@pytest.mark.parametrize("rows", [1, 4, 5, *ROWS])
+def test_int4_packing(rows):
+    gen = torch.Generator().manual_seed(rows)
+    out_features, in_features, group_size = 320, 256, 64
+    codes = torch.randint(0, 16, (out_features, in_features), dtype=torch.int32, generator=gen)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    scale_and_zeros = torch.rand(in_features // group_size, out_features, 2, generator=gen) * 0.02
+    groups = torch.arange(in_features) // group_size
+    weight = (codes.double() - 8) * scale_and_zeros[groups, :, 0].double().t() + scale_and_zeros[
+        groups, :, 1
+    ].double().t()
+    grad_output = torch.randn(rows, out_features, generator=gen).to(torch.bfloat16)
+    got = qlgrad.linear_int4pack_backward(grad_output, packed, group_size, scale_and_zeros, "bf16")
+    assert_as_accurate_as_dense(got, grad_output, weight)
+
+
+def test_bf16_multiplies_in_bfloat16_past_the_streams():
+    # Past the streams, `bf16` multiplies in bfloat16: it parts from `fp32` (one rounding of the
+    # float32 result) by the products' roundings.
+    weight = quantize_weight(256, 384, "per_channel_affine")
+    packed = torch.ops.quantized.linear_prepack(weight.qweight, None)
+    grad_output = torch.randn(64, 256).to(torch.bfloat16)
+    bf16 = qlgrad.linear_dynamic_backward(grad_output, packed, "bf16")
+    fp32 = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
+    assert not torch.equal(bf16, fp32)
