@@ -2,15 +2,16 @@
 
 A Llama- or Qwen2-shaped decoder is built from a ``transformers`` config with random weights (no
 download), and LoRA adapters (rank 16, alpha 32) are put on all seven projections of every layer
-(q, k, v, o, gate, up, down). Each mode quantizes those projections its own way, or not at all;
-the embeddings, the norms and ``lm_head`` stay float32 in every mode. All modes train from the
-same weights, adapters and synthetic batches with AdamW, so their losses differ by what their
-quantization and their backward change, and nothing else.
+(q, k, v, o, gate, up, down). Each mode quantizes those projections its own way, or not at all,
+on a float32 base or (the ``-bf16`` modes) the same decoder converted to bfloat16; the embeddings,
+the norms and ``lm_head`` keep the base's dtype. All modes train from the same weights, adapters
+and synthetic batches with AdamW, so their losses differ by what their base, their quantization
+and their backward change, and nothing else.
 
 Each mode runs in a process of its own (this script, started again with ``--mode``), so that what
 one mode leaves in memory, in the allocator or in qlgrad's cache never reaches the next; the child
 prints one JSON line, which the parent collects into a markdown table with ratios against
-``float``, and which targets held on this run. It only reports and never fails on a target.
+``float`` and ``float-bf16``, and which targets held on this run. It only reports and never fails on a target.
 
     python bench/llm.py [--arch qwen2] [--size 150m] [--modes float,qd-fp32] [--steps 8] [--json results.json]
 """
@@ -56,7 +57,8 @@ from benchmarks.reporting import Target, markdown_table, target_report
 from benchmarks.timing import milliseconds, percent, relative_spread, times
 from qlgrad._deprecations import hide_upstream_deprecations
 
-BASELINE = "float"
+BASELINE, BF16_BASELINE = "float", "float-bf16"  # every row's ratios are against both
+BASELINES = f"× {BASELINE} / × {BF16_BASELINE}"
 # The child's result line on stdout starts with this, whatever else libraries print there.
 RESULT_PREFIX = "llm.py result: "
 
@@ -162,11 +164,11 @@ def mebibytes(nbytes: float | None) -> str:
     return "–" if nbytes is None else f"{nbytes / 2**20:.0f}"
 
 
-def with_ratio(text: str, value: float | None, baseline: float | None) -> str:
-    """``text``, and in brackets ``value`` over ``baseline`` where both are known."""
-    if value is None or not baseline:
+def with_ratios(text: str, value: float | None, baselines: list[float | None]) -> str:
+    """``text``, and in brackets ``value`` over each of ``baselines`` where it is known."""
+    if value is None or not any(baselines):
         return text
-    return f"{text} ({times(value / baseline)})"
+    return f"{text} ({' / '.join(times(value / baseline) if baseline else '–' for baseline in baselines)})"
 
 
 def loss_difference(rows: dict[str, dict], name: str) -> float | None:
@@ -181,10 +183,10 @@ def table(rows: dict[str, dict], steps: int) -> str:
     header = [
         "mode",
         "backward",
-        f"ms per step (× {BASELINE})",
-        f"model MiB (× {BASELINE})",
-        f"after steps MiB (× {BASELINE})",
-        f"peak MiB (× {BASELINE})",
+        f"ms per step ({BASELINES})",
+        f"model MiB ({BASELINES})",
+        f"after steps MiB ({BASELINES})",
+        f"peak MiB ({BASELINES})",
         f"loss after {steps} steps",
         "loss vs float64 straight-through",
         "cache B/weight",
@@ -201,14 +203,18 @@ def cells(name: str, row: dict, rows: dict[str, dict], columns: int) -> list[str
         outcome = f"failed: {row['failed']}" if "failed" in row else f"skipped: {row['skipped']}"
         outcome = outcome.replace("|", "\\|")  # an error message must not end the cell
         return [name, outcome] + ["–"] * (columns - 2)
-    baseline = rows.get(BASELINE) if measured(rows.get(BASELINE)) else {}
+    baselines = [rows[baseline] if measured(rows.get(baseline)) else {} for baseline in (BASELINE, BF16_BASELINE)]
+
+    def ratios_against(key: str) -> list[float | None]:
+        return [baseline.get(key) for baseline in baselines]
+
     difference = loss_difference(rows, name)
     return [
         name,
         row["backward"],
-        with_ratio(milliseconds(row["seconds_per_step"]), row["seconds_per_step"], baseline.get("seconds_per_step")),
+        with_ratios(milliseconds(row["seconds_per_step"]), row["seconds_per_step"], ratios_against("seconds_per_step")),
         *(
-            with_ratio(mebibytes(row[key]), row[key], baseline.get(key))
+            with_ratios(mebibytes(row[key]), row[key], ratios_against(key))
             for key in ("model_bytes", "after_steps_bytes", "peak_step_bytes")
         ),
         f"{row['loss']:.4f}",
@@ -244,19 +250,27 @@ def _ratio(name: str, against: str, key: str) -> Callable[[dict[str, dict]], flo
     return lambda rows: rows[name][key] / rows[against][key]
 
 
-def _time_target(name: str, limit: float) -> Target:
+def _time_target(name: str, limit: float, against: str = BASELINE) -> Target:
     return at_most(
-        f"{name} time per step ≤ {limit}× {BASELINE}'s",
-        (name, BASELINE),
-        _ratio(name, BASELINE, "seconds_per_step"),
+        f"{name} time per step ≤ {limit}× {against}'s",
+        (name, against),
+        _ratio(name, against, "seconds_per_step"),
         limit,
     )
 
 
-def _memory_target(name: str, limit: float) -> Target:
+def _no_slower(name: str, than: str, which: str) -> Target:
+    """``name``'s time per step at most ``than``'s, ``which`` says what ``than`` is."""
     return at_most(
-        f"{name} model memory ≤ {limit}× {BASELINE}'s", (name, BASELINE), _ratio(name, BASELINE, "model_bytes"), limit
+        f"{name} time per step ≤ {than}'s ({which})", (name, than), _ratio(name, than, "seconds_per_step"), 1.0
     )
+
+
+MEMORY = {"model_bytes": "model memory", "after_steps_bytes": "memory after the steps"}
+
+
+def _memory_target(name: str, limit: float, against: str = BASELINE, key: str = "model_bytes") -> Target:
+    return at_most(f"{name} {MEMORY[key]} ≤ {limit}× {against}'s", (name, against), _ratio(name, against, key), limit)
 
 
 def _loss_target(name: str, limit: float) -> Target:
@@ -286,12 +300,17 @@ TARGETS = (
         1.1,
         "{:.2f}".format,
     ),
-    at_most(
-        "qd-fp32-compiled time per step ≤ qd-fp32's (eager)",
-        ("qd-fp32-compiled", "qd-fp32"),
-        _ratio("qd-fp32-compiled", "qd-fp32", "seconds_per_step"),
-        1.0,
-    ),
+    _no_slower("qd-fp32-compiled", "qd-fp32", "eager"),
+    # On a bfloat16 base, against float-bf16; int4pack on float32, against float.
+    _time_target("torchao-int8-bf16", 0.85, BF16_BASELINE),
+    _time_target("torchao-int4pack-bf16", 1.0, BF16_BASELINE),
+    _no_slower("torchao-int4pack-bf16", "bnb-4bit-bf16", "NF4"),
+    _time_target("torchao-int4-bf16", 1.0, BF16_BASELINE),
+    _time_target("torchao-int4pack", 0.6),
+    _memory_target("torchao-int8-bf16", 0.72, BF16_BASELINE, "after_steps_bytes"),
+    _memory_target("torchao-int4pack-bf16", 0.58, BF16_BASELINE, "after_steps_bytes"),
+    _loss_target("torchao-int8-bf16", 0.01),
+    _loss_target("torchao-int4-bf16", 0.01),
 )
 
 

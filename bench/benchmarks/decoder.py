@@ -126,6 +126,8 @@ class TrainingRun:
         self.mode = mode
         torch.manual_seed(seed)
         model = build_decoder(arch, size)
+        if mode.bfloat16:
+            model.to(torch.bfloat16)
         if mode.quantize is not None:
             mode.quantize(model)
         torch.manual_seed(seed + 1)  # the same adapters in every mode, whatever quantizing drew

@@ -1,5 +1,6 @@
-"""The modes of ``bench/llm.py``: how each quantizes the decoder's projections (or not), which PEFT
-adapts them, and what computes their input gradient.
+"""The modes of ``bench/llm.py``: the decoder's base dtype (float32, or bfloat16 in the ``-bf16``
+modes), how each quantizes its projections (or not), which PEFT adapts them, and what computes
+their input gradient.
 
 Every mode quantizes the projections only: the embeddings, the norms and ``lm_head`` keep the
 base's dtype. torchao and bitsandbytes are imported when a mode quantizes with them, never when
@@ -7,7 +8,7 @@ this module is (asv imports every module of this folder). No asv benchmark is de
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -46,6 +47,18 @@ def torchao_int4(model: nn.Module) -> None:
     quantize_(model, config, filter_fn=_is_projection)
 
 
+def torchao_int4pack(model: nn.Module) -> None:
+    """torchao: int4 weights in groups of 128 in torch's CPU int4 packing, activations as they come
+    (``PrototypeInt4WeightOnlyConfig``, ``Int4OpaqueTensor``, whose forward is
+    ``aten::_weight_int4pack_mm_for_cpu``)."""
+    from torchao.prototype.quantization.int4 import PrototypeInt4WeightOnlyConfig
+    from torchao.quantization import quantize_
+
+    # set_inductor_config would import the compiler to change its settings; nothing is compiled here.
+    config = PrototypeInt4WeightOnlyConfig(group_size=128, set_inductor_config=False)
+    quantize_(model, config, filter_fn=_is_projection)
+
+
 def _is_projection(module: nn.Module, name: str) -> bool:
     return isinstance(module, nn.Linear) and name.endswith(PROJECTIONS)
 
@@ -67,12 +80,12 @@ def bitsandbytes_8bit(model: nn.Module) -> None:
 
 def bitsandbytes_4bit(model: nn.Module) -> None:
     """bitsandbytes' ``Linear4bit``: NF4 weights in blocks of 64 with double-quantized scales (QLoRA's
-    choice), computing in float32."""
+    choice), computing in the base's dtype (float32 or bfloat16)."""
     import bitsandbytes as bnb
 
     for parent, name, layer in projections(model):
         quantized = bnb.nn.Linear4bit(
-            layer.in_features, layer.out_features, layer.bias is not None, compute_dtype=torch.float32
+            layer.in_features, layer.out_features, layer.bias is not None, compute_dtype=layer.weight.dtype
         )
         quantized.weight = bnb.nn.Params4bit(
             layer.weight.data, requires_grad=False, quant_type="nf4", compress_statistics=True, module=quantized
@@ -135,7 +148,8 @@ class Mode:
     """How one row's model is quantized, adapted and differentiated."""
 
     backward: str  # what computes the input gradient of the projections, for the table
-    quantize: Callable[[nn.Module], None] | None = None  # changes the float32 model in place
+    quantize: Callable[[nn.Module], None] | None = None  # changes the model in place, once in the base's dtype
+    bfloat16: bool = False  # the base: the float32 decoder converted to bfloat16 (all of it) before quantizing
     qlgrad_adapters: bool = False  # adapted by qlgrad.peft.get_peft_model rather than peft.get_peft_model
     precision: str = "fp32"  # qlgrad's backward precision during the forward (where qlgrad differentiates)
     compiled: bool = False
@@ -143,8 +157,30 @@ class Mode:
     reference: str | None = None  # the float64 straight-through mode whose loss this one's is compared with
 
 
+def _on_bfloat16(mode: Mode, reference: str | None = None) -> Mode:
+    """``mode`` on a bfloat16 base, its loss compared with ``reference``'s."""
+    return replace(mode, bfloat16=True, reference=reference)
+
+
+def _torchao(quantize: Callable[[nn.Module], None], reference: str | None) -> Mode:
+    """A torchao mode: qlgrad's fp32 backward, its loss compared with ``reference``'s."""
+    return Mode("qlgrad fp32", quantize, requires="torchao", reference=reference)
+
+
+def _torchao_float64(quantize: Callable[[nn.Module], None]) -> Mode:
+    """The float64 straight-through reference of a torchao mode."""
+    return Mode("float64 straight-through", in_turn(quantize, with_float64_straight_through), requires="torchao")
+
+
+_FLOAT = Mode("float autograd")
+_BNB_8BIT = Mode("bitsandbytes", bitsandbytes_8bit, requires="bitsandbytes")
+_BNB_4BIT = Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes")
+
+# quantize_dynamic's layers take float32 only: the qd-* modes have no bfloat16 base. Int4OpaqueTensor
+# (int4pack) has no dequantize(), so no float64 straight-through mode.
 MODES = {
-    "float": Mode("float autograd"),
+    "float": _FLOAT,
+    "float-bf16": _on_bfloat16(_FLOAT),
     **{
         f"qd-{precision}": Mode(
             f"qlgrad {precision}",
@@ -161,15 +197,19 @@ MODES = {
     "qd-fp32-compiled": Mode(
         "qlgrad fp32, torch.compile", quantize_dynamic_int8, qlgrad_adapters=True, compiled=True, reference="qd-ste64"
     ),
-    "torchao-int8": Mode("qlgrad fp32", torchao_int8, requires="torchao", reference="torchao-int8-ste64"),
-    "torchao-int8-ste64": Mode(
-        "float64 straight-through", in_turn(torchao_int8, with_float64_straight_through), requires="torchao"
-    ),
-    "torchao-int4": Mode("qlgrad fp32", torchao_int4, requires="torchao", reference="torchao-int4-ste64"),
-    "torchao-int4-ste64": Mode(
-        "float64 straight-through", in_turn(torchao_int4, with_float64_straight_through), requires="torchao"
-    ),
-    "bnb-8bit": Mode("bitsandbytes", bitsandbytes_8bit, requires="bitsandbytes"),
-    "bnb-4bit": Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes"),
+    "torchao-int8": _torchao(torchao_int8, "torchao-int8-ste64"),
+    "torchao-int8-ste64": _torchao_float64(torchao_int8),
+    "torchao-int8-bf16": _on_bfloat16(_torchao(torchao_int8, None), "torchao-int8-bf16-ste64"),
+    "torchao-int8-bf16-ste64": _on_bfloat16(_torchao_float64(torchao_int8)),
+    "torchao-int4": _torchao(torchao_int4, "torchao-int4-ste64"),
+    "torchao-int4-ste64": _torchao_float64(torchao_int4),
+    "torchao-int4-bf16": _on_bfloat16(_torchao(torchao_int4, None), "torchao-int4-bf16-ste64"),
+    "torchao-int4-bf16-ste64": _on_bfloat16(_torchao_float64(torchao_int4)),
+    "torchao-int4pack": _torchao(torchao_int4pack, None),
+    "torchao-int4pack-bf16": _on_bfloat16(_torchao(torchao_int4pack, None)),
+    "bnb-8bit": _BNB_8BIT,
+    "bnb-8bit-bf16": _on_bfloat16(_BNB_8BIT),
+    "bnb-4bit": _BNB_4BIT,
+    "bnb-4bit-bf16": _on_bfloat16(_BNB_4BIT),
 }
 REFERENCES = {mode.reference for mode in MODES.values()} - {None}  # the float64 straight-through modes
