@@ -74,21 +74,46 @@ def test_compare_times_the_low_bit_weights():
     assert "int4, 1 tokens" in low_bit and "int8_group32, 256 tokens" in low_bit
 
 
-def test_llm_trains_the_tiny_decoder_in_each_mode(tmp_path):
-    modes = ["float", "qd-fp32", "torchao-int8"]
-    results = tmp_path / "llm.json"
-    command = [sys.executable, LLM, "--size", "tiny", "--steps", "2", "--modes", ",".join(modes), "--json", results]
+def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[str, str]]]:
+    """bench/llm.py's output over two steps of ``modes`` on its tiny decoder, and its table's rows,
+    once each mode was measured (neither failed nor skipped)."""
+    command = [sys.executable, LLM, "--size", "tiny", "--steps", "2", "--modes", ",".join(modes), *options]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-
     rows = table_rows(result.stdout)
     assert [row["mode"] for row in rows] == modes
     for row in rows:
         assert not row["backward"].startswith(("failed", "skipped")), row["backward"]
         assert math.isfinite(float(row["loss after 2 steps"]))
+    return result.stdout, rows
+
+
+def test_llm_trains_the_tiny_decoder_in_each_mode(tmp_path):
+    modes = ["float", "qd-fp32", "torchao-int8"]
+    results = tmp_path / "llm.json"
+    output, rows = train_tiny_decoder(modes, "--json", str(results))
     # Every mode starts from the same weights, adapters and batches; int8 weights and activations
     # move the loss by far less than the two steps do.
     float_loss, *quantized_losses = (float(row["loss after 2 steps"]) for row in rows)
     assert all(abs(loss / float_loss - 1) < 0.05 for loss in quantized_losses)
-    assert "Targets on this run:" in result.stdout and "qd-fp32 time per step" in result.stdout
+    assert "Targets on this run:" in output and "qd-fp32 time per step" in output
     assert [row["mode"] for row in json.loads(results.read_text())["rows"]] == modes
+
+
+def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
+    modes = [
+        "float",
+        "float-bf16",
+        "torchao-int8-bf16",
+        "torchao-int4-bf16",
+        "torchao-int4pack",
+        "torchao-int4pack-bf16",
+    ]
+    output, rows = train_tiny_decoder(modes)
+    for row in rows:
+        # Each time against both baselines, float32 and bfloat16.
+        assert row["ms per step (× float / × float-bf16)"].count("×") == 2
+    # A bfloat16 base and int4 weights move the loss by far less than the two steps do.
+    float_loss, *other_losses = (float(row["loss after 2 steps"]) for row in rows)
+    assert all(abs(loss / float_loss - 1) < 0.05 for loss in other_losses)
+    assert "torchao-int4pack-bf16 time per step ≤ 1.0× float-bf16's" in output
