@@ -311,6 +311,7 @@ TARGETS = (
     _memory_target("torchao-int4pack-bf16", 0.58, BF16_BASELINE, "after_steps_bytes"),
     _loss_target("torchao-int8-bf16", 0.01),
     _loss_target("torchao-int4-bf16", 0.01),
+    _loss_target("torchao-int4pack-bf16", 0.01),
 )
 
 

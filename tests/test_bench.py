@@ -107,7 +107,9 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
         "torchao-int8-bf16",
         "torchao-int4-bf16",
         "torchao-int4pack",
+        "torchao-int4pack-ste64",
         "torchao-int4pack-bf16",
+        "torchao-int4pack-bf16-ste64",
     ]
     output, rows = train_tiny_decoder(modes)
     for row in rows:
@@ -117,3 +119,5 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
     float_loss, *other_losses = (float(row["loss after 2 steps"]) for row in rows)
     assert all(abs(loss / float_loss - 1) < 0.05 for loss in other_losses)
     assert "torchao-int4pack-bf16 time per step ≤ 1.0× float-bf16's" in output
+    # The float64 straight-through reference of torch's int4 packing, against which qlgrad's loss is compared.
+    assert "torchao-int4pack-bf16 loss within 1% of torchao-int4pack-bf16-ste64's: HOLDS" in output

@@ -7,6 +7,7 @@ base's dtype. torchao and bitsandbytes are imported when a mode quantizes with t
 this module is (asv imports every module of this folder). No asv benchmark is defined here.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 
 import qlgrad
-import qlgrad.reference
+from qlgrad.reference import float64_weight, straight_through
 
 from .decoder import PROJECTIONS, projections
 
@@ -98,36 +99,20 @@ def bitsandbytes_4bit(model: nn.Module) -> None:
 # ---- The float64 straight-through reference ------------------------------------------------
 
 
-class _StraightThroughFloat64(torch.autograd.Function):
-    """The quantized layer's own forward, on an input that needs no grad (so nothing of qlgrad's
-    runs), and the input gradient ``grad_output @ W_deq`` in float64."""
-
-    @staticmethod
-    def forward(ctx, x, stock_forward, weight):
-        ctx.weight = weight
-        return stock_forward(x)
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        return (grad_output.double() @ ctx.weight).to(grad_output.dtype), None, None
-
-
-def float64_dequantized_weight(layer: nn.Module) -> torch.Tensor:
-    """``W_deq`` of a quantized projection in float64, as its own dequantization gives it."""
-    if isinstance(layer, torch.ao.nn.quantized.dynamic.Linear):
-        return qlgrad.reference.float64_weight(layer._packed_params._packed_params)
-    return layer.weight.dequantize().double()  # torchao's subclasses
-
-
 def with_float64_straight_through(model: nn.Module) -> None:
-    """Every quantized projection of ``model`` gets the float64 straight-through backward.
+    """Every quantized projection of ``model`` gets ``qlgrad.reference``'s float64 straight-through
+    backward: its own forward, on an input that needs no grad (so nothing of qlgrad's runs), and
+    the input gradient ``grad_output @ W_deq`` in float64.
 
-    The dequantized weight is taken once per layer (8 bytes per weight element, held for the run)
-    and the layer keeps its type, so PEFT adapts it exactly as it adapts the unwrapped layer.
+    ``W_deq`` is taken once per layer (8 bytes per weight element, held for the run) and the layer
+    keeps its type, so PEFT adapts it exactly as it adapts the unwrapped layer.
     """
     for _, _, layer in projections(model):
-        weight = float64_dequantized_weight(layer)
-        layer.forward = lambda x, stock=layer.forward, weight=weight: _StraightThroughFloat64.apply(x, stock, weight)
+        if isinstance(layer, torch.ao.nn.quantized.dynamic.Linear):
+            weight = float64_weight(layer._packed_params._packed_params)
+        else:  # torchao's subclasses
+            weight = float64_weight(layer.weight)
+        layer.forward = functools.partial(straight_through, forward=layer.forward, weight_float64=weight)
 
 
 def in_turn(*changes: Callable[[nn.Module], None]) -> Callable[[nn.Module], None]:
@@ -176,8 +161,7 @@ _FLOAT = Mode("float autograd")
 _BNB_8BIT = Mode("bitsandbytes", bitsandbytes_8bit, requires="bitsandbytes")
 _BNB_4BIT = Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes")
 
-# quantize_dynamic's layers take float32 only: the qd-* modes have no bfloat16 base. Int4OpaqueTensor
-# (int4pack) has no dequantize(), so no float64 straight-through mode.
+# quantize_dynamic's layers take float32 only: the qd-* modes have no bfloat16 base.
 MODES = {
     "float": _FLOAT,
     "float-bf16": _on_bfloat16(_FLOAT),
@@ -205,8 +189,10 @@ MODES = {
     "torchao-int4-ste64": _torchao_float64(torchao_int4),
     "torchao-int4-bf16": _on_bfloat16(_torchao(torchao_int4, None), "torchao-int4-bf16-ste64"),
     "torchao-int4-bf16-ste64": _on_bfloat16(_torchao_float64(torchao_int4)),
-    "torchao-int4pack": _torchao(torchao_int4pack, None),
-    "torchao-int4pack-bf16": _on_bfloat16(_torchao(torchao_int4pack, None)),
+    "torchao-int4pack": _torchao(torchao_int4pack, "torchao-int4pack-ste64"),
+    "torchao-int4pack-ste64": _torchao_float64(torchao_int4pack),
+    "torchao-int4pack-bf16": _on_bfloat16(_torchao(torchao_int4pack, None), "torchao-int4pack-bf16-ste64"),
+    "torchao-int4pack-bf16-ste64": _on_bfloat16(_torchao_float64(torchao_int4pack)),
     "bnb-8bit": _BNB_8BIT,
     "bnb-8bit-bf16": _on_bfloat16(_BNB_8BIT),
     "bnb-4bit": _BNB_4BIT,
