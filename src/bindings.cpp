@@ -6,6 +6,7 @@
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 
@@ -67,8 +68,25 @@ qlgrad::Precision precision_from_python(nb::handle name, const char* argument) {
   return qlgrad::parse_precision(nb::borrow<nb::str>(name).c_str());
 }
 
+// A precision name or None (none chosen, or the thread's choice, as the caller says).
 std::optional<qlgrad::Precision> optional_precision_from_python(nb::handle name, const char* argument) {
+  TORCH_CHECK_TYPE(name.is_none() || nb::isinstance<nb::str>(name), "qlgrad: ", argument, " must be a str (",
+                   quoted_precision_names(), ") or None, got ", nb::inst_name(name).c_str());
   return name.is_none() ? std::nullopt : std::optional(precision_from_python(name, argument));
+}
+
+nb::object optional_precision_to_python(std::optional<qlgrad::Precision> precision) {
+  if (!precision) {
+    return nb::none();
+  }
+  return nb::str(qlgrad::precision_name(*precision));
+}
+
+// A torch.dtype from Python, as the ScalarType it stands for.
+at::ScalarType dtype_from_python(nb::handle dtype, const char* argument) {
+  TORCH_CHECK_TYPE(THPDtype_Check(dtype.ptr()), "qlgrad: ", argument, " must be a torch.dtype, got ",
+                   nb::inst_name(dtype).c_str());
+  return reinterpret_cast<THPDtype*>(dtype.ptr())->scalar_type;
 }
 
 // A cache limit from Python, as the int64 that qlgrad::set_cache_limit takes and bounds.
@@ -131,22 +149,45 @@ NB_MODULE(_C, m) {
       "weight: int8 [N, K]. scale: floating, 1 element (per tensor), [N] (per\n"
       "output channel) or [N, G] (group-wise: W[n, k] = scale[n, k // (K // G)] *\n"
       "(weight[n, k] - zero_point[n, k // (K // G)]), G dividing K). zero_point:\n"
-      "integer, shaped like scale; None for a symmetric weight. grad_output: floating [..., N]; the result has its dtype\n"
-      "and shape [..., K]. Differentiable with respect to grad_output (scale and\n"
-      "zero_point are constants). precision: one of PRECISIONS; None for the one\n"
-      "in effect on this thread.");
+      "integer, shaped like scale; None for a symmetric weight. grad_output: floating\n"
+      "[..., N]; the result has its dtype and shape [..., K]. Differentiable with respect\n"
+      "to grad_output (scale and zero_point are constants). precision: one of PRECISIONS;\n"
+      "None for the one chosen on this thread, else grad_output's dtype's\n"
+      "(effective_backward_precision).");
 
   m.def(
       "set_backward_precision",
-      [](nb::handle name) { qlgrad::set_backward_precision(precision_from_python(name, "name")); },
-      nb::arg("name").none(), nb::sig("def set_backward_precision(name: str) -> None"),
-      "Set the process-wide backward precision: one of PRECISIONS.");
+      [](nb::handle name) { qlgrad::set_backward_precision(optional_precision_from_python(name, "name")); },
+      nb::arg("name").none(), nb::sig("def set_backward_precision(name: str | None) -> None"),
+      "Choose the process-wide backward precision: one of PRECISIONS, for gradients of every dtype.\n"
+      "None chooses none: backward then follows the gradient's dtype, 'bf16' for bfloat16\n"
+      "gradients and 'fp32' for every other dtype (the initial state, unless the environment\n"
+      "variable QLGRAD_BACKWARD_PRECISION chose one).");
   m.def(
       "get_backward_precision", [] { return std::string(qlgrad::precision_name(qlgrad::get_backward_precision())); },
-      "The backward precision in effect on this thread.");
+      "The backward precision in effect on this thread for float32 gradients: the one chosen\n"
+      "(chosen_backward_precision()), else 'fp32', the float32 default; bfloat16 gradients then\n"
+      "run 'bf16'.");
+  m.def(
+      "chosen_backward_precision", [] { return optional_precision_to_python(qlgrad::chosen_backward_precision()); },
+      nb::sig("def chosen_backward_precision() -> str | None"),
+      "The backward precision chosen on this thread: its backward_precision block, else\n"
+      "set_backward_precision's (or QLGRAD_BACKWARD_PRECISION's); None where none was chosen.\n"
+      "Layers record it when their forward runs.");
+  m.def(
+      "effective_backward_precision",
+      [](nb::handle chosen, nb::handle dtype) {
+        return std::string(qlgrad::precision_name(qlgrad::effective_backward_precision(
+            optional_precision_from_python(chosen, "chosen"), dtype_from_python(dtype, "dtype"))));
+      },
+      nb::arg("chosen").none(), nb::arg("dtype").none(),
+      nb::sig("def effective_backward_precision(chosen: str | None, dtype: torch.dtype) -> str"),
+      "The backward precision a gradient of dtype `dtype` runs in for the choice `chosen`\n"
+      "(chosen_backward_precision() when a layer's forward ran): `chosen`, else 'bf16' for\n"
+      "torch.bfloat16 and 'fp32' for every other dtype.");
   nb::class_<PrecisionScope>(m, "backward_precision",
-                             "Context manager: the backward precision of this thread inside a with block.\n"
-                             "Layers record it when their forward runs.")
+                             "Context manager: the backward precision chosen on this thread inside a with\n"
+                             "block, for gradients of every dtype. Layers record it when their forward runs.")
       .def(nb::init<nb::handle>(), nb::arg("name").none(), nb::sig("def __init__(self, name: str) -> None"))
       .def("__enter__", [](PrecisionScope& scope) { scope.enter(); })
       .def("__exit__", [](PrecisionScope& scope, nb::args) { scope.exit(); });

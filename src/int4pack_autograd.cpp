@@ -17,11 +17,15 @@ using Int4packMmFn = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c
 
 // y = x @ W.T, so grad_x = grad_y @ W: the straight-through gradient for an activation that was
 // never quantized. The weight, its group size and its parameters are the op's constants; the
-// node keeps references to them (no copy). Every backward precision runs as fp32 from the int4
-// packing, so none is recorded. No gradient flows to the packed weight or to scale_and_zeros.
+// node keeps references to them (no copy), and the backward precision chosen at forward time,
+// resolved against the gradient's dtype when backward runs, as for the other layers. No gradient
+// flows to the packed weight or to scale_and_zeros.
 struct Int4packMmBackward final : torch::autograd::TraceableFunction {
-  Int4packMmBackward(at::Tensor packed, int64_t group_size, at::Tensor scale_and_zeros)
-      : packed_(std::move(packed)), group_size_(group_size), scale_and_zeros_(std::move(scale_and_zeros)) {}
+  Int4packMmBackward(at::Tensor packed, int64_t group_size, at::Tensor scale_and_zeros, std::optional<Precision> chosen)
+      : packed_(std::move(packed)),
+        group_size_(group_size),
+        scale_and_zeros_(std::move(scale_and_zeros)),
+        chosen_(chosen) {}
 
   torch::autograd::variable_list apply(torch::autograd::variable_list&& grads) override {
     if (!grads[0].defined()) {
@@ -29,7 +33,8 @@ struct Int4packMmBackward final : torch::autograd::TraceableFunction {
     }
     // Through the dispatcher: with create_graph, qlgrad::linear_int4pack_backward's own Autograd
     // kernel records the double backward.
-    return {linear_int4pack_backward(grads[0], packed_, group_size_, scale_and_zeros_)};
+    const Precision precision = effective_backward_precision(chosen_, grads[0].scalar_type());
+    return {linear_int4pack_backward(grads[0], packed_, group_size_, scale_and_zeros_, precision)};
   }
 
   std::string name() const override { return "WeightInt4PackMmForCpuBackward"; }
@@ -42,6 +47,7 @@ struct Int4packMmBackward final : torch::autograd::TraceableFunction {
   at::Tensor packed_;
   const int64_t group_size_;
   at::Tensor scale_and_zeros_;
+  const std::optional<Precision> chosen_;
 };
 
 at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
@@ -53,7 +59,8 @@ at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packe
     output = op.call(input, packed, group_size, scale_and_zeros);
   }
   if (torch::autograd::compute_requires_grad(input)) {
-    auto node = c10::make_intrusive<Int4packMmBackward>(packed, group_size, scale_and_zeros);
+    auto node =
+        c10::make_intrusive<Int4packMmBackward>(packed, group_size, scale_and_zeros, chosen_backward_precision());
     node->set_next_edges(torch::autograd::collect_next_edges(input));
     torch::autograd::set_history(output, node);
   }

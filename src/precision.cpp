@@ -1,4 +1,5 @@
-// Which precision the input-gradient GEMM uses: a process default and a per-thread override.
+// Which precision the input-gradient GEMM uses: the precision chosen (process-wide, overridden per
+// thread), else the one that follows the gradient's dtype.
 
 #include <qlgrad/qlgrad.h>
 
@@ -7,6 +8,7 @@
 #include <array>
 #include <atomic>
 #include <cstdlib>
+#include <optional>
 #include <string>
 
 namespace qlgrad {
@@ -29,10 +31,11 @@ std::string valid_names() {
   return names;
 }
 
-Precision from_environment() {
+// The environment's choice; none where the variable is unset or empty.
+std::optional<Precision> from_environment() {
   const char* name = std::getenv("QLGRAD_BACKWARD_PRECISION");
   if (name == nullptr || *name == '\0') {
-    return Precision::kFloat32;
+    return std::nullopt;
   }
   try {
     return parse_precision(name);
@@ -43,8 +46,8 @@ Precision from_environment() {
 
 // Read from the environment on first use, not at load time, so that a bad value is a
 // catchable error rather than a failure to load the library.
-std::atomic<Precision>& process_default() {
-  static std::atomic<Precision> precision{from_environment()};
+std::atomic<std::optional<Precision>>& process_choice() {
+  static std::atomic<std::optional<Precision>> precision{from_environment()};
   return precision;
 }
 
@@ -70,13 +73,31 @@ const char* precision_name(Precision precision) {
   TORCH_CHECK(false, "qlgrad: invalid Precision value ", static_cast<int>(precision));
 }
 
+void set_backward_precision(std::optional<Precision> precision) {
+  if (precision) {
+    precision_name(*precision);  // refuses values outside the enum
+  }
+  process_choice().store(precision);
+}
+
 void set_backward_precision(Precision precision) {
-  precision_name(precision);  // refuses values outside the enum
-  process_default().store(precision);
+  set_backward_precision(std::optional(precision));
+}
+
+std::optional<Precision> chosen_backward_precision() {
+  return thread_override ? thread_override : process_choice().load();
+}
+
+// The one place where a precision follows the gradient's dtype.
+Precision effective_backward_precision(std::optional<Precision> chosen, at::ScalarType grad_dtype) {
+  if (chosen) {
+    return *chosen;
+  }
+  return grad_dtype == at::kBFloat16 ? Precision::kBFloat16 : Precision::kFloat32;
 }
 
 Precision get_backward_precision() {
-  return thread_override.value_or(process_default().load());
+  return effective_backward_precision(chosen_backward_precision(), at::kFloat);
 }
 
 BackwardPrecisionGuard::BackwardPrecisionGuard(std::optional<Precision> precision) : previous_(thread_override) {

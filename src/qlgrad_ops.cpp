@@ -63,8 +63,11 @@ namespace {
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-Precision resolve(PrecisionName name) {
-  return name ? parse_precision(*name) : get_backward_precision();
+// The precision a backward of grad_output runs in: the one named, else the choice in effect on
+// this thread, else grad_output's dtype's.
+Precision resolve(PrecisionName name, const at::Tensor& grad_output) {
+  return effective_backward_precision(name ? std::optional(parse_precision(*name)) : chosen_backward_precision(),
+                                      grad_output.scalar_type());
 }
 
 // ---- linear_int8_backward -------------------------------------------------------
@@ -72,7 +75,8 @@ Precision resolve(PrecisionName name) {
 at::Tensor linear_int8_backward_cpu(const at::Tensor& grad_output, const at::Tensor& weight, const at::Tensor& scale,
                                     const std::optional<at::Tensor>& zero_point, PrecisionName precision) {
   check_int8_arguments(grad_output, weight, scale, zero_point);
-  return math::input_gradient(grad_output, math::stored_int8_weight(weight, scale, zero_point), resolve(precision));
+  return math::input_gradient(grad_output, math::stored_int8_weight(weight, scale, zero_point),
+                              resolve(precision, grad_output));
 }
 
 // The map grad_output -> grad_output @ W_deq is linear, so its derivative is the
@@ -116,9 +120,9 @@ at::Tensor linear_int4pack_backward_cpu(const at::Tensor& grad_output, const at:
                                         int64_t group_size, const at::Tensor& scale_and_zeros,
                                         PrecisionName precision) {
   check_int4pack_arguments(grad_output, weight_int4pack, group_size, scale_and_zeros);
-  if (precision) {
-    parse_precision(*precision);  // a valid name is required, though every precision runs as fp32 here
-  }
+  // Resolved as for the other weights (a valid name is required), though every precision runs as
+  // fp32 here: the int4 input_gradient takes none.
+  [[maybe_unused]] const Precision resolved = resolve(precision, grad_output);
   return math::input_gradient(grad_output, math::int4_packed_weight(weight_int4pack, group_size, scale_and_zeros));
 }
 
@@ -158,7 +162,7 @@ at::Tensor packed_backward_cpu(const at::Tensor& grad_output, const PackedParams
   check_packed_tensors(grad_output);
   const auto weight = weight_of_packed(packed, kind);
   check_grad_output(grad_output, weight.out_features());
-  return math::input_gradient(grad_output, weight, resolve(precision));
+  return math::input_gradient(grad_output, weight, resolve(precision, grad_output));
 }
 
 template <WeightKind kind>

@@ -12,8 +12,8 @@
 
 namespace qlgrad::detail {
 
-// The operators take the precision by name (`str? precision=None`); None means the one in
-// effect on the calling thread.
+// The operators take the precision by name (`str? precision=None`); None means the choice in
+// effect on the calling thread, else grad_output's dtype's (effective_backward_precision).
 using PrecisionName = std::optional<c10::string_view>;
 
 // qlgrad::linear_dynamic_backward for qint8 weights, qlgrad::linear_dynamic_fp16_backward for fp16 ones.

@@ -81,11 +81,12 @@ struct InputGradientBackward final : torch::autograd::TraceableFunction {
 // cheaper to record than a C++ autograd::Function (whose saved data is a string-keyed
 // map of IValues), and functorch transforms (torch.func.grad, vjp, vmap) accept it,
 // where they refuse any C++ autograd::Function. It holds the packed params, the
-// backward precision in effect at forward time (as autocast records its dtype) and,
-// with ReLU, a 1-byte mask; no activation is saved.
+// backward precision chosen at forward time (as autocast records its dtype; none: the
+// gradient's dtype decides when backward runs) and, with ReLU, a 1-byte mask; no activation
+// is saved.
 struct DynamicLinearBackward final : torch::autograd::TraceableFunction {
-  DynamicLinearBackward(const OpTraits& op, PackedParams packed, Precision precision)
-      : op_(op), packed_(std::move(packed)), precision_(precision) {}
+  DynamicLinearBackward(const OpTraits& op, PackedParams packed, std::optional<Precision> chosen)
+      : op_(op), packed_(std::move(packed)), chosen_(chosen) {}
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -114,13 +115,14 @@ struct DynamicLinearBackward final : torch::autograd::TraceableFunction {
   }
 
   at::Tensor input_gradient(const at::Tensor& grad_output) const {
-    return op_.kind == WeightKind::kQInt8 ? linear_dynamic_backward(grad_output, packed_, precision_)
-                                          : linear_dynamic_fp16_backward(grad_output, packed_, precision_);
+    const Precision precision = effective_backward_precision(chosen_, grad_output.scalar_type());
+    return op_.kind == WeightKind::kQInt8 ? linear_dynamic_backward(grad_output, packed_, precision)
+                                          : linear_dynamic_fp16_backward(grad_output, packed_, precision);
   }
 
   const OpTraits& op_;
   const PackedParams packed_;
-  const Precision precision_;
+  const std::optional<Precision> chosen_;
   SavedVariable passed_;  // ReLU only: output > 0
 };
 
@@ -143,7 +145,7 @@ at::Tensor autograd_kernel(const OpTraits& op, const at::Tensor& input, const Pa
   }
   // Without anything to differentiate, no node is made and nothing is saved.
   if (torch::autograd::compute_requires_grad(input)) {
-    auto node = c10::make_intrusive<DynamicLinearBackward>(op, packed, get_backward_precision());
+    auto node = c10::make_intrusive<DynamicLinearBackward>(op, packed, chosen_backward_precision());
     node->set_next_edges(torch::autograd::collect_next_edges(input));
     if (op.relu) {
       node->passed_ = SavedVariable(output.gt(0), /*is_output=*/false);

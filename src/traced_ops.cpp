@@ -6,9 +6,10 @@
 // Internal: the tensors' form may change with qlgrad's.
 //   values       int8 codes or float16 values, flat: [N * K] in rows, or fbgemm's blocked packing
 //   description  int64 [precision, N, K], or [precision, N, K, block_depth, block_width, interleave]
-//                for the packing: the backward precision in effect at forward time (its Precision
-//                value, read when the compiled forward runs, not when it was traced), the shape
-//                and the layout
+//                for the packing: the backward precision chosen at forward time (its Precision
+//                value, or kNoPrecisionChosen for none, when the gradient's dtype decides in the
+//                backward; read when the compiled forward runs, not when it was traced), the
+//                shape and the layout
 //   scale        float32 [1] or [N]
 //   zero_point   float32 like scale, or empty for zero
 // One op for the forward and the weight: an op whose outputs only the backward uses would be
@@ -32,9 +33,13 @@ namespace {
 
 using WeightTensors = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 
+// description[0] where no precision was chosen: no Precision value.
+constexpr int64_t kNoPrecisionChosen = -1;
+
 WeightTensors weight_tensors(const math::StoredWeight& weight) {
-  std::vector<int64_t> description = {static_cast<int64_t>(get_backward_precision()), weight.out_features(),
-                                      weight.in_features()};
+  const auto chosen = chosen_backward_precision();
+  std::vector<int64_t> description = {chosen ? static_cast<int64_t>(*chosen) : kNoPrecisionChosen,
+                                      weight.out_features(), weight.in_features()};
   if (weight.blocked) {
     description.insert(description.end(),
                        {weight.blocked->block_depth, weight.blocked->block_width, weight.blocked->interleave});
@@ -59,11 +64,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> linear_dy
   return {stock_forward(input, packed, kind_of(weight), relu, reduce_range), values, description, scale, zero_point};
 }
 
-// The precision and the stored weight that weight_tensors' tensors describe, every size checked
-// against the others, so that no layout reads outside `values`.
-std::pair<Precision, math::StoredWeight> traced_weight(const at::Tensor& values, const at::Tensor& description,
-                                                       const at::Tensor& scale, const at::Tensor& zero_point,
-                                                       int64_t in_features) {
+// The precision chosen and the stored weight that weight_tensors' tensors describe, every size
+// checked against the others, so that no layout reads outside `values`.
+std::pair<std::optional<Precision>, math::StoredWeight> traced_weight(const at::Tensor& values,
+                                                                      const at::Tensor& description,
+                                                                      const at::Tensor& scale,
+                                                                      const at::Tensor& zero_point,
+                                                                      int64_t in_features) {
   TORCH_CHECK_VALUE(description.scalar_type() == at::kLong && description.dim() == 1 &&
                         (description.numel() == 3 || description.numel() == 6),
                     "qlgrad: description must be an int64 tensor of 3 or 6 elements, as "
@@ -71,9 +78,11 @@ std::pair<Precision, math::StoredWeight> traced_weight(const at::Tensor& values,
                     description.scalar_type(), " of shape ", description.sizes());
   const auto fields = description.contiguous();
   const int64_t* field = fields.const_data_ptr<int64_t>();
-  TORCH_CHECK_VALUE(field[0] >= 0 && field[0] < static_cast<int64_t>(kPrecisions.size()),
-                    "qlgrad: description[0] must be a Precision value, got ", field[0]);
-  const auto precision = kPrecisions[field[0]];
+  TORCH_CHECK_VALUE(field[0] >= kNoPrecisionChosen && field[0] < static_cast<int64_t>(kPrecisions.size()),
+                    "qlgrad: description[0] must be a Precision value or ", kNoPrecisionChosen, " (none chosen), got ",
+                    field[0]);
+  const auto precision =
+      field[0] == kNoPrecisionChosen ? std::nullopt : std::optional(kPrecisions[static_cast<size_t>(field[0])]);
   const int64_t rows = field[1], columns = field[2];
   const bool blocked = description.numel() == 6;
   TORCH_CHECK_VALUE(rows > 0 && columns == in_features, "qlgrad: description's shape [", rows, ", ", columns,
@@ -106,9 +115,9 @@ at::Tensor stored_weight_backward(const at::Tensor& grad_output, const at::Tenso
                                   const at::Tensor& description, const at::Tensor& scale, const at::Tensor& zero_point,
                                   int64_t in_features) {
   check_stored_weight_tensors(grad_output, values, description, scale, zero_point);
-  const auto [precision, weight] = traced_weight(values, description, scale, zero_point, in_features);
+  const auto [chosen, weight] = traced_weight(values, description, scale, zero_point, in_features);
   check_grad_output(grad_output, weight.out_features());
-  return math::input_gradient(grad_output, weight, precision);
+  return math::input_gradient(grad_output, weight, effective_backward_precision(chosen, grad_output.scalar_type()));
 }
 
 } // namespace

@@ -1,5 +1,6 @@
 """Sample inputs and independent references shared by the tests."""
 
+import contextlib
 import fcntl
 import itertools
 import json
@@ -153,6 +154,11 @@ def _qlgrad():
     import qlgrad
 
     return qlgrad
+
+
+def choosing(precision: str | None):
+    """``with qlgrad.backward_precision(precision)``, or with nothing chosen on this thread for None."""
+    return contextlib.nullcontext() if precision is None else _qlgrad().backward_precision(precision)
 
 
 def _randn(*shape, dtype, generator):

@@ -208,20 +208,27 @@ BAD_PRECISION_NAMES = {
     "unknown": ("fp8", ValueError, "unknown backward precision 'fp8'; valid: fp32, bf16, int8"),
     "wrong case": ("FP32", ValueError, "unknown backward precision 'FP32'"),
     "empty": ("", ValueError, "unknown backward precision ''"),
-    "None": (None, TypeError, "name must be a str"),
     "int": (32, TypeError, "name must be a str"),
     "bytes": (b"fp32", TypeError, "name must be a str"),
+    # Where none is chosen the precision follows the gradient's dtype, but a dtype names none.
+    "dtype": (torch.bfloat16, TypeError, "name must be a str"),
 }
+# set_backward_precision(None) chooses no precision; a with block takes a name.
+BAD_CONTEXT_PRECISION_NAMES = {**BAD_PRECISION_NAMES, "None": (None, TypeError, "name must be a str")}
 
 
 def test_precision_controls_refuse_bad_names_and_change_nothing():
     tried = 0
-    for name, (value, error, match) in BAD_PRECISION_NAMES.items():
-        for control in (qlgrad.set_backward_precision, qlgrad.backward_precision):
+    for control, bad_names in (
+        (qlgrad.set_backward_precision, BAD_PRECISION_NAMES),
+        (qlgrad.backward_precision, BAD_CONTEXT_PRECISION_NAMES),
+    ):
+        for name, (value, error, match) in bad_names.items():
             tried += 1
             with pytest.raises(error, match=re.escape(match)):
                 control(value)
             assert qlgrad.get_backward_precision() == "fp32", (name, control)
+            assert qlgrad.chosen_backward_precision() is None, (name, control)
     record_reliability("bad_inputs", "set_backward_precision, backward_precision", {"tried": tried})
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from torch._dynamo.backends.common import aot_autograd
 
 import qlgrad
-from helpers import dynamic_linear, quantize_weight
+from helpers import choosing, dynamic_linear, quantize_weight
 
 BACKENDS = ("aot_eager", "inductor")
 
@@ -141,3 +141,64 @@ def test_fake_object_refuses_a_weight_of_the_other_kind():
         f(torch.randn(2, 8))
     with pytest.raises(Exception, match="expects qint8 packed weights, got fp16 ones"):
         f(torch.randn(2, 8, requires_grad=True))  # the traced forward of training refuses it too
+
+
+@pytest.mark.parametrize("engine_name", ["x86", "qnnpack"])
+def test_traced_forward_records_the_choice_not_the_resolved_precision(engine_name):
+    """description[0] holds the precision chosen when the forward runs, -1 for none; the backward
+    resolves it against grad_output's dtype, as the eager node does."""
+    previous, torch.backends.quantized.engine = torch.backends.quantized.engine, engine_name
+    try:
+        weight = quantize_weight(16, 24, "per_channel_affine")
+        packed = torch.ops.quantized.linear_prepack(weight.qweight, None)
+    finally:
+        torch.backends.quantized.engine = previous
+    x = torch.randn(3, 24)
+    grad_output = torch.randn(64, 16)  # more rows than the streams (float32 in every precision) take
+    for chosen, code in ((None, -1), *((name, qlgrad.PRECISIONS.index(name)) for name in qlgrad.PRECISIONS)):
+        with choosing(chosen):
+            _, values, description, scale, zero_point = torch.ops.qlgrad._linear_dynamic_with_weight(
+                x, packed, False, False
+            )
+        assert description[0].item() == code
+        # Run under another choice: the recorded one decides.
+        with qlgrad.backward_precision("int8" if chosen != "int8" else "fp32"):
+            for dtype in (torch.float32, torch.bfloat16):
+                g = grad_output.to(dtype)
+                got = torch.ops.qlgrad._stored_weight_backward(g, values, description, scale, zero_point, 24)
+                expected = qlgrad.linear_dynamic_backward(
+                    g, packed, chosen or ("bf16" if dtype == torch.bfloat16 else "fp32")
+                )
+                assert torch.equal(got, expected), (chosen, dtype)
+    for bad in (-2, len(qlgrad.PRECISIONS)):
+        description[0] = bad
+        with pytest.raises(ValueError, match=r"description\[0\] must be a Precision value or -1 \(none chosen\)"):
+            torch.ops.qlgrad._stored_weight_backward(grad_output, values, description, scale, zero_point, 24)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch._inductor.config.patch(fx_graph_cache=False)
+def test_compiled_training_records_the_choice_at_forward(backend):
+    """Nothing chosen at forward: the float32 gradients run fp32, whatever is chosen when backward
+    runs; a choice at forward holds in backward."""
+    model = mixed_model()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    tolerance = {"rtol": 0, "atol": 0} if backend == "aot_eager" else {"rtol": 1e-5, "atol": 1e-6}
+    torch.manual_seed(1)
+    # More rows than the streams (float32 in every precision) take: each precision its own kernel.
+    x, grad_output = torch.randn(64, 10), torch.randn(64, 4)
+    for at_forward, at_backward in ((None, "int8"), ("int8", None), ("bf16", "fp32")):
+        grads = []
+        for f in (model, compiled):
+            leaf = x.clone().requires_grad_()
+            with choosing(at_forward):
+                y = f(leaf)
+            with choosing(at_backward):
+                y.backward(grad_output)
+            grads.append(leaf.grad)
+        eager, traced = grads
+        torch.testing.assert_close(traced, eager, **tolerance)
+        leaf = x.clone().requires_grad_()
+        with qlgrad.backward_precision(at_forward or "fp32"):
+            model(leaf).backward(grad_output)
+        torch.testing.assert_close(traced, leaf.grad, **tolerance)

@@ -1,5 +1,5 @@
-"""Backward precision modes: accuracy bounds, recording at forward time, controls (their refusals:
-test_bad_arguments.py)."""
+"""Backward precision modes: accuracy bounds, recording at forward time, the default that follows
+the gradient's dtype, controls (their refusals: test_bad_arguments.py)."""
 
 import threading
 
@@ -10,6 +10,7 @@ import qlgrad
 from helpers import (
     ERROR_BOUNDS,
     SCHEMES,
+    choosing,
     packed_params,
     quantize_weight,
     reference_input_gradient,
@@ -115,21 +116,26 @@ def test_every_precision_has_an_error_bound():
 
 
 def test_context_manager_restores_and_nests():
-    assert qlgrad.get_backward_precision() == "fp32"
+    assert qlgrad.get_backward_precision() == "fp32" and qlgrad.chosen_backward_precision() is None
     with qlgrad.backward_precision("bf16"):
         with qlgrad.backward_precision("int8"):
             assert qlgrad.get_backward_precision() == "int8"
+            assert qlgrad.chosen_backward_precision() == "int8"
         assert qlgrad.get_backward_precision() == "bf16"
-    assert qlgrad.get_backward_precision() == "fp32"
+    assert qlgrad.get_backward_precision() == "fp32" and qlgrad.chosen_backward_precision() is None
 
 
 def test_context_manager_is_per_thread():
     seen = []
+
+    def look():
+        seen.append((qlgrad.get_backward_precision(), qlgrad.chosen_backward_precision()))
+
     with qlgrad.backward_precision("int8"):
-        thread = threading.Thread(target=lambda: seen.append(qlgrad.get_backward_precision()))
+        thread = threading.Thread(target=look)
         thread.start()
         thread.join()
-    assert seen == ["fp32"]
+    assert seen == [("fp32", None)]
 
 
 def test_process_default_is_settable():
@@ -139,17 +145,204 @@ def test_process_default_is_settable():
         with qlgrad.backward_precision("int8"):
             assert qlgrad.get_backward_precision() == "int8"
         assert qlgrad.get_backward_precision() == "bf16"
+        assert qlgrad.chosen_backward_precision() == "bf16"
     finally:
-        qlgrad.set_backward_precision("fp32")
+        qlgrad.set_backward_precision(None)
+    assert qlgrad.get_backward_precision() == "fp32" and qlgrad.chosen_backward_precision() is None
 
 
 def test_environment_variable_sets_the_default():
     result = run_python(
         "import os; os.environ['QLGRAD_BACKWARD_PRECISION'] = 'int8'\n"
-        "import qlgrad; print(qlgrad.get_backward_precision())\n"
+        "import qlgrad; print(qlgrad.get_backward_precision(), qlgrad.chosen_backward_precision())\n"
+        "qlgrad.set_backward_precision(None); print(qlgrad.chosen_backward_precision())\n"
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "int8"
+    assert result.stdout.split() == ["int8", "int8", "None"]
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_nothing_chosen_without_the_environment_variable(value):
+    set_variable = "os.environ.pop(name, None)" if value is None else "os.environ[name] = ''"
+    result = run_python(
+        f"import os; name = 'QLGRAD_BACKWARD_PRECISION'; {set_variable}\n"
+        "import qlgrad; print(qlgrad.get_backward_precision(), qlgrad.chosen_backward_precision())\n"
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["fp32", "None"]
+
+
+# ---- The default follows the gradient's dtype ------------------------------------------------
+
+# More gradient rows than the streams take (up to 32 on AVX-512 CPUs, which run every precision
+# in float32), so that bf16 can be told from fp32.
+DEFAULT_ROWS = 64
+
+
+def bf16_weight_and_grad(scheme="per_channel_affine"):
+    weight = quantize_weight(96, 160, scheme)
+    grad_output = torch.randn(DEFAULT_ROWS, 96, generator=torch.Generator().manual_seed(3)).bfloat16()
+    return weight, grad_output
+
+
+def standalone_backwards(weight, scheme="per_channel_affine"):
+    """name -> (grad_output, precision) -> input gradient, for the int8 doors and the fp16 one."""
+    zero_point = weight.zero_point if scheme.endswith("affine") else None
+    packed = packed_params(weight)
+    fp16_packed = torch.ops.quantized.linear_prepack_fp16(weight.qweight.dequantize(), None)
+    return {
+        "linear_int8_backward": lambda g, p=None: qlgrad.linear_int8_backward(
+            g, weight.values, weight.scale, zero_point, p
+        ),
+        "linear_dynamic_backward": lambda g, p=None: qlgrad.linear_dynamic_backward(g, packed, p),
+        "linear_dynamic_fp16_backward": lambda g, p=None: qlgrad.linear_dynamic_fp16_backward(g, fp16_packed, p),
+    }
+
+
+def assert_float32_rounded_once(got, grad_output, weight):
+    """got is a float32 product rounded once to bfloat16. A float32 product lies within
+    1e-5 * (|grad_output| @ |W_deq|) of the float64 one (the dot products here are 96 long), so
+    got is, bit for bit, the float64 product rounded to bfloat16 wherever that interval holds no
+    bfloat16 rounding boundary, and lies between the roundings of its ends everywhere."""
+    dequantized = weight.dequantize_float64()
+    exact = grad_output.double() @ dequantized
+    tolerance = 1e-5 * (grad_output.double().abs() @ dequantized.abs())
+    low, high = (exact - tolerance).bfloat16(), (exact + tolerance).bfloat16()
+    assert got.dtype == torch.bfloat16
+    assert ((low <= got) & (got <= high)).all()
+    unambiguous = low == high
+    assert unambiguous.float().mean() > 0.8  # about 90% here
+    assert torch.equal(got[unambiguous], exact.bfloat16()[unambiguous])
+
+
+def test_nothing_chosen_runs_bf16_for_bfloat16_gradients():
+    assert qlgrad.chosen_backward_precision() is None
+    weight, grad_output = bf16_weight_and_grad()
+    for name, backward in standalone_backwards(weight).items():
+        got = backward(grad_output)
+        assert got.dtype == torch.bfloat16
+        assert torch.equal(got, backward(grad_output, "bf16")), name
+        assert not torch.equal(got, backward(grad_output, "fp32")), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.float64])
+def test_nothing_chosen_runs_fp32_for_every_other_dtype(dtype):
+    weight, grad_output = bf16_weight_and_grad()
+    grad_output = grad_output.to(dtype)
+    for name, backward in standalone_backwards(weight).items():
+        got = backward(grad_output)
+        assert got.dtype == dtype
+        assert torch.equal(got, backward(grad_output, "fp32")), name
+        assert not torch.equal(got, backward(grad_output, "bf16")), name
+    if dtype == torch.float64:  # as exact as before
+        got = standalone_backwards(weight)["linear_int8_backward"](grad_output)
+        torch.testing.assert_close(got, reference_input_gradient(grad_output, weight), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fp32_chosen_is_exact_for_bfloat16_gradients(scheme):
+    """However fp32 is chosen (argument, thread, process, environment), a bfloat16 gradient gets the
+    float32 product rounded once to bfloat16."""
+    weight, grad_output = bf16_weight_and_grad(scheme)
+    for name, backward in standalone_backwards(weight, scheme).items():
+        if name == "linear_dynamic_fp16_backward":
+            continue  # its weight is the float16 one, not W_deq
+        expected = backward(grad_output, "fp32")
+        assert_float32_rounded_once(expected, grad_output, weight)
+        with qlgrad.backward_precision("fp32"):
+            assert torch.equal(backward(grad_output), expected), name
+        try:
+            qlgrad.set_backward_precision("fp32")
+            assert torch.equal(backward(grad_output), expected), name
+        finally:
+            qlgrad.set_backward_precision(None)
+        assert torch.equal(backward(grad_output), backward(grad_output, "bf16")), name
+
+
+def test_fp32_from_the_environment_applies_to_bfloat16_gradients():
+    result = run_python(
+        """
+        import os
+        os.environ["QLGRAD_BACKWARD_PRECISION"] = "fp32"
+        import torch, qlgrad
+        weight = torch.randint(-128, 128, (96, 160), dtype=torch.int8)
+        scale = torch.rand(96) / 100
+        grad_output = torch.randn(64, 96).bfloat16()
+        default = qlgrad.linear_int8_backward(grad_output, weight, scale)
+        print(torch.equal(default, qlgrad.linear_int8_backward(grad_output, weight, scale, precision="fp32")))
+        qlgrad.set_backward_precision(None)
+        default = qlgrad.linear_int8_backward(grad_output, weight, scale)
+        print(torch.equal(default, qlgrad.linear_int8_backward(grad_output, weight, scale, precision="bf16")))
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["True", "True"]
+
+
+def test_set_backward_precision_none_restores_following_the_dtype():
+    weight, grad_output = bf16_weight_and_grad()
+    backward = standalone_backwards(weight)["linear_int8_backward"]
+    try:
+        qlgrad.set_backward_precision("int8")
+        assert torch.equal(backward(grad_output), backward(grad_output, "int8"))
+        assert torch.equal(backward(grad_output.float()), backward(grad_output.float(), "int8"))
+    finally:
+        qlgrad.set_backward_precision(None)
+    assert qlgrad.chosen_backward_precision() is None and qlgrad.get_backward_precision() == "fp32"
+    assert torch.equal(backward(grad_output), backward(grad_output, "bf16"))
+    assert torch.equal(backward(grad_output.float()), backward(grad_output.float(), "fp32"))
+
+
+def test_thread_choice_overrides_the_process_one_and_restores_it():
+    weight, grad_output = bf16_weight_and_grad()
+    backward = standalone_backwards(weight)["linear_int8_backward"]
+    try:
+        qlgrad.set_backward_precision("int8")
+        with qlgrad.backward_precision("fp32"):
+            assert qlgrad.chosen_backward_precision() == "fp32"
+            assert torch.equal(backward(grad_output), backward(grad_output, "fp32"))
+        assert qlgrad.chosen_backward_precision() == "int8"
+    finally:
+        qlgrad.set_backward_precision(None)
+    with qlgrad.backward_precision("fp32"):
+        assert torch.equal(backward(grad_output), backward(grad_output, "fp32"))
+    assert qlgrad.chosen_backward_precision() is None
+    assert torch.equal(backward(grad_output), backward(grad_output, "bf16"))
+
+
+def test_layers_record_the_choice_not_the_resolved_precision():
+    """A forward with nothing chosen resolves against the gradient's dtype when backward runs,
+    whatever is chosen by then; a forward under a choice keeps it."""
+    weight = quantize_weight(64, 96, "per_channel_affine")
+    packed = packed_params(weight)
+    x = torch.randn(DEFAULT_ROWS, 96)
+    grad_output = torch.randn(DEFAULT_ROWS, 64)
+    for chosen_at_forward, chosen_at_backward, expected in (
+        (None, "int8", "fp32"),
+        ("int8", None, "int8"),
+        ("bf16", "fp32", "bf16"),
+    ):
+        leaf = x.clone().requires_grad_()
+        with choosing(chosen_at_forward):
+            y = torch.ops.quantized.linear_dynamic(leaf, packed, False)
+        with choosing(chosen_at_backward):
+            y.backward(grad_output)
+        assert torch.equal(leaf.grad, qlgrad.linear_dynamic_backward(grad_output, packed, expected)), chosen_at_forward
+
+
+def test_effective_backward_precision():
+    for dtype in (torch.float32, torch.float16, torch.float64):
+        assert qlgrad.effective_backward_precision(None, dtype) == "fp32"
+    assert qlgrad.effective_backward_precision(None, torch.bfloat16) == "bf16"
+    for precision in qlgrad.PRECISIONS:
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+            assert qlgrad.effective_backward_precision(precision, dtype) == precision
+    with pytest.raises(TypeError, match="dtype must be a torch.dtype, got str"):
+        qlgrad.effective_backward_precision(None, "bfloat16")
+    with pytest.raises(TypeError, match="chosen must be a str"):
+        qlgrad.effective_backward_precision(torch.bfloat16, torch.bfloat16)
+    with pytest.raises(ValueError, match="unknown backward precision 'fp64'"):
+        qlgrad.effective_backward_precision("fp64", torch.float32)
 
 
 def test_bad_environment_variable_is_a_clear_error_not_a_crash():

@@ -24,7 +24,7 @@ from torchao.quantization import (
 from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
 
 import qlgrad
-from helpers import ERROR_BOUNDS, cosine, relative_error
+from helpers import ERROR_BOUNDS, choosing, cosine, relative_error
 from qlgrad import _torchao
 
 GRANULARITIES = {"per_row": PerRow(), "per_tensor": PerTensor()}
@@ -197,6 +197,31 @@ def test_precision_in_effect_at_forward_is_used(precision):
     assert relative_error(x.grad, reference_input_gradient(grad_output, layer.weight)) <= ERROR_BOUNDS[precision]
 
 
+@pytest.mark.parametrize("chosen", [None, *ERROR_BOUNDS])
+def test_bfloat16_layers_follow_the_gradients_dtype_unless_a_precision_is_chosen(chosen):
+    """Nothing chosen at forward: a bfloat16 gradient runs bf16; a choice holds for it too, fp32's
+    exact product included. The choice at forward decides, not the one when backward runs."""
+    layer = quantized_linear(64, 48, dtype=torch.bfloat16)
+    # More rows than the streams (float32 in every precision) take.
+    x = torch.randn(64, 64, dtype=torch.bfloat16, requires_grad=True)
+    grad_output = torch.randn(64, 48, dtype=torch.bfloat16)
+    with choosing(chosen):
+        output = layer(x)
+    with qlgrad.backward_precision("int8" if chosen != "int8" else "fp32"):
+        output.backward(grad_output)
+    weight = layer.weight
+
+    def gradient(precision):
+        return qlgrad.linear_int8_backward(grad_output, weight.qdata, weight.scale.reshape(-1), None, precision)
+
+    assert x.grad.dtype == torch.bfloat16
+    assert torch.equal(x.grad, gradient(chosen or "bf16"))
+    if chosen is None:
+        assert not torch.equal(x.grad, gradient("fp32"))
+    expected = reference_input_gradient(grad_output, weight)
+    assert relative_error(x.grad, expected) <= max(ERROR_BOUNDS[chosen or "bf16"], DTYPE_ERROR_BOUNDS[torch.bfloat16])
+
+
 @pytest.mark.parametrize("granularity", GRANULARITIES)
 def test_gradcheck_of_the_backward_on_torchaos_weight(granularity):
     # The forward is piecewise constant in the input (and torchao refuses float64 inputs), so
@@ -222,12 +247,14 @@ def test_double_backward_through_the_layer():
     assert relative_error(grad_grad_output, expected) <= ERROR_BOUNDS["fp32"]
 
 
-def test_torch_compile_gives_the_eager_gradient():
+@pytest.mark.parametrize("dtype", DTYPE_ERROR_BOUNDS, ids=str)
+def test_torch_compile_gives_the_eager_gradient(dtype):
     # aot_eager traces torchao's handler and qlgrad's autograd Function as inductor does,
-    # without compiling C++.
-    layer = quantized_linear(24, 16)
-    x = torch.randn(4, 24)
-    grad_output = torch.randn(4, 16)
+    # without compiling C++. More rows than the streams (float32 in every precision) take:
+    # bfloat16 gradients run bf16's own kernel.
+    layer = quantized_linear(24, 16, dtype=dtype)
+    x = torch.randn(64, 24, dtype=dtype)
+    grad_output = torch.randn(64, 16, dtype=dtype)
     compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
     assert torch.equal(input_gradient(compiled, x, grad_output), input_gradient(layer, x, grad_output))
 

@@ -21,9 +21,8 @@
 namespace qlgrad {
 
 // How the input-gradient GEMM runs:
-//   kFloat32  exact to float32 rounding ("fp32", the default): grad_output times the
-//             scale, against the int8 codes converted tile by tile (no float copy of the
-//             weight is kept);
+//   kFloat32  exact to float32 rounding ("fp32"): grad_output times the scale, against the
+//             int8 codes converted tile by tile (no float copy of the weight is kept);
 //   kBFloat16 the same in bfloat16 with float32 accumulation ("bf16"): the codes are exact
 //             in bfloat16, so only grad_output times the scale is rounded;
 //   kInt8     grad_output quantized per row to symmetric int8, integer GEMM against the
@@ -39,14 +38,31 @@ inline constexpr std::array<Precision, 3> kPrecisions{Precision::kFloat32, Preci
 QLGRAD_API Precision parse_precision(std::string_view name);
 QLGRAD_API const char* precision_name(Precision precision);
 
-// The process-wide default, initially from the environment variable
-// QLGRAD_BACKWARD_PRECISION (else fp32).
+// Which precision a backward runs in. A precision may be chosen: by the backward function's
+// `precision` argument, else this thread's BackwardPrecisionGuard, else set_backward_precision,
+// else the environment variable QLGRAD_BACKWARD_PRECISION (read once, as set_backward_precision's
+// initial value). A choice applies to gradients of every dtype. Where none was chosen, the
+// precision follows the gradient's dtype: kBFloat16 for a bfloat16 grad_output, kFloat32 for
+// every other dtype (float32, float16, float64).
+
+// The process-wide choice; std::nullopt chooses none: backward follows the gradient's dtype.
+QLGRAD_API void set_backward_precision(std::optional<Precision> precision);
 QLGRAD_API void set_backward_precision(Precision precision);
-// The precision in effect on this thread: its BackwardPrecisionGuard, else the default.
-// The Autograd kernel records it when the forward runs, as autocast does.
+// The choice in effect on this thread: its BackwardPrecisionGuard, else the process-wide one;
+// std::nullopt where none was chosen. The Autograd kernels record it when the forward runs, as
+// autocast records its dtype, and resolve it against grad_output's dtype when backward runs.
+QLGRAD_API std::optional<Precision> chosen_backward_precision();
+// The precision a backward runs in for the choice `chosen` and a grad_output of dtype
+// `grad_dtype`: `chosen` where there is one, else kBFloat16 for bfloat16 and kFloat32 for
+// every other dtype.
+QLGRAD_API Precision effective_backward_precision(std::optional<Precision> chosen, at::ScalarType grad_dtype);
+// The precision in effect on this thread for float32 gradients:
+// effective_backward_precision(chosen_backward_precision(), at::kFloat). kFloat32 where none
+// was chosen, and bfloat16 gradients then run kBFloat16.
 QLGRAD_API Precision get_backward_precision();
 
-// Overrides the precision on this thread for its lifetime.
+// Overrides the process-wide choice on this thread for its lifetime; std::nullopt leaves
+// it in effect.
 class QLGRAD_API BackwardPrecisionGuard {
  public:
   explicit BackwardPrecisionGuard(std::optional<Precision> precision);
@@ -61,7 +77,8 @@ class QLGRAD_API BackwardPrecisionGuard {
 // grad_output [..., N] @ dequantize(W) [N, K] -> [..., K] for the weight inside the
 // packed params that quantized::linear_dynamic takes: read in place where fbgemm packed it
 // (the x86 and fbgemm engines), else from the weight cache.
-// Differentiable with respect to grad_output. precision: absent = get_backward_precision().
+// Differentiable with respect to grad_output. precision: absent for
+// effective_backward_precision(chosen_backward_precision(), grad_output.scalar_type()).
 QLGRAD_API at::Tensor linear_dynamic_backward(const at::Tensor& grad_output,
                                               const c10::intrusive_ptr<LinearPackedParamsBase>& packed,
                                               std::optional<Precision> precision = std::nullopt);

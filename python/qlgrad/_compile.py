@@ -109,7 +109,8 @@ class _TracedDynamicLinear(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output, *_):
-        # description holds the precision in effect when the forward ran, as the native node records it.
+        # description holds the precision chosen when the forward ran (-1: none, grad_output's dtype
+        # decides), as the native node records it.
         values, description, scale, zero_point, *passed = ctx.saved_tensors
         if passed:
             # where, as the native node: a NaN cut off by the ReLU must not come back.

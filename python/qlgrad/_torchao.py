@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from . import _import_hooks
-from .ops import get_backward_precision, linear_int8_backward
+from .ops import chosen_backward_precision, effective_backward_precision, linear_int8_backward
 
 # The torchao releases whose tensor subclasses this module has been tested against: the
 # handlers rely on where torchao keeps the int values, scales and activation settings.
@@ -50,11 +50,11 @@ class _StraightThroughLinear(torch.autograd.Function):
     """torchao's own forward; the straight-through input gradient in backward."""
 
     @staticmethod
-    def forward(ctx, input, bias, weight, stock_forward, precision, subclass):
+    def forward(ctx, input, bias, weight, stock_forward, chosen_precision, subclass):
         # The weight is a constant: backward reads its int values and parameters.
         ctx.weight = weight
         ctx.subclass = subclass
-        ctx.precision = precision
+        ctx.chosen_precision = chosen_precision
         ctx.bias_sum_dtype = subclass.bias_sum_dtype(input, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.bias_shape = None if bias is None else bias.shape
@@ -64,7 +64,8 @@ class _StraightThroughLinear(torch.autograd.Function):
     def backward(ctx, grad_output):
         grad_input = grad_bias = None
         if ctx.needs_input_grad[0]:
-            grad_input = ctx.subclass.input_gradient(grad_output, ctx.weight, ctx.precision)
+            precision = effective_backward_precision(ctx.chosen_precision, grad_output.dtype)
+            grad_input = ctx.subclass.input_gradient(grad_output, ctx.weight, precision)
         if ctx.needs_input_grad[1]:
             # The gradient torchao's own `+ bias` would give the bias, bit for bit.
             grad_bias = grad_output.to(ctx.bias_sum_dtype).sum_to_size(ctx.bias_shape).to(ctx.bias_dtype)
@@ -161,9 +162,10 @@ def _make_linear_handler(stock_handler, subclass_type, subclass: _Subclass):
         def stock_forward(input, bias):
             return stock_handler(func, types, (input, weight, bias)[: len(args)], kwargs)
 
-        # The precision in effect at forward time is the one backward uses, as for
-        # quantized::linear_dynamic.
-        return _StraightThroughLinear.apply(input, bias, weight, stock_forward, get_backward_precision(), subclass)
+        # The precision chosen at forward time is the one backward uses (none: the gradient's
+        # dtype decides), as for quantized::linear_dynamic.
+        chosen = chosen_backward_precision()
+        return _StraightThroughLinear.apply(input, bias, weight, stock_forward, chosen, subclass)
 
     linear_with_input_gradient.qlgrad_input_gradient = True
     return linear_with_input_gradient

@@ -1,5 +1,12 @@
 """qlgrad's Python API: the backward functions, the precision and cache controls, ``prepare``.
 
+The backward precision (``PRECISIONS``) is the one chosen, for gradients of every dtype: by a
+backward function's ``precision=``, else the thread's ``with backward_precision(name):``, else
+``set_backward_precision(name)``, else the environment variable ``QLGRAD_BACKWARD_PRECISION``.
+Where none was chosen, it follows the gradient's dtype: ``"bf16"`` for bfloat16 gradients,
+``"fp32"`` for every other dtype. Layers record the choice when their forward runs and resolve it
+against the gradient's dtype when their backward runs (``effective_backward_precision``).
+
 The backward functions check their arguments here, naming the wrong one, and call the
 native code: ``linear_int8_backward`` the nanobind module (or, under ``torch.compile``, its
 operator, whose fake kernel is below), the packed ones their ``torch.ops.qlgrad`` operators.
@@ -15,8 +22,10 @@ from . import _C
 from ._C import (
     PRECISIONS,
     backward_precision,
+    chosen_backward_precision,
     clear_cache,
     cpu_capability,
+    effective_backward_precision,
     get_backward_precision,
     set_backward_precision,
     set_cache_limit,
@@ -27,8 +36,10 @@ __all__ = [
     "CacheInfo",
     "backward_precision",
     "cache_info",
+    "chosen_backward_precision",
     "clear_cache",
     "cpu_capability",
+    "effective_backward_precision",
     "get_backward_precision",
     "linear_dynamic_backward",
     "linear_dynamic_fp16_backward",
@@ -122,7 +133,8 @@ def linear_int8_backward(
     floating ``[..., N]``; the result has its dtype and shape ``[..., K]``. No quantized
     dtype is involved. Differentiable with respect to ``grad_output`` (any order); ``scale``
     and ``zero_point`` are constants. ``precision``: one of ``PRECISIONS`` (see
-    ``set_backward_precision``); ``None`` for the one in effect on this thread. ``"int8"``
+    ``set_backward_precision``); ``None`` for the one chosen on this thread, else
+    ``grad_output``'s dtype's (``"bf16"`` for bfloat16, ``"fp32"`` otherwise). ``"int8"``
     runs as ``"fp32"`` for group-wise scales, which no integer GEMM can take out of its sums.
 
     Eager calls go through the nanobind module; under ``torch.compile`` the call is the

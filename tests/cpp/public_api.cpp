@@ -1,5 +1,6 @@
 // The public C++ API used directly, without TorchScript: the packed and the plain-int8
-// backward against a float64 reference, and double backward through the plain one.
+// backward against a float64 reference, double backward through the plain one, and the backward
+// precision that follows the gradient's dtype where none is chosen.
 
 #include "testing.h"
 
@@ -39,6 +40,38 @@ int main() {
   const at::Tensor gg =
       torch::autograd::grad({qlgrad::linear_int8_backward(g, weight, scale, zero_point)}, {g}, {v})[0];
   tally.check("double backward", close(gg, at::matmul(v, dequantized.t())));
+
+  // With no precision chosen the precision follows the gradient's dtype: bf16 for bfloat16.
+  tally.check("nothing chosen",
+              !qlgrad::chosen_backward_precision() && qlgrad::get_backward_precision() == qlgrad::Precision::kFloat32);
+  tally.check("bfloat16 gradients run bf16",
+              qlgrad::effective_backward_precision(std::nullopt, at::kBFloat16) == qlgrad::Precision::kBFloat16);
+  for (const auto dtype : {at::kFloat, at::kHalf, at::kDouble}) {
+    tally.check("other gradients run fp32",
+                qlgrad::effective_backward_precision(std::nullopt, dtype) == qlgrad::Precision::kFloat32);
+  }
+  for (const qlgrad::Precision precision : qlgrad::kPrecisions) {
+    tally.check("a choice holds for bfloat16",
+                qlgrad::effective_backward_precision(precision, at::kBFloat16) == precision);
+  }
+  // More rows than the streams (float32 in every precision) take.
+  const at::Tensor grad_bf16 = at::randn({64, out_features}).to(at::kBFloat16);
+  const auto backward = [&](std::optional<qlgrad::Precision> precision) {
+    return qlgrad::linear_int8_backward(grad_bf16, weight, scale, zero_point, precision);
+  };
+  const at::Tensor as_bf16 = backward(qlgrad::Precision::kBFloat16);
+  const at::Tensor as_fp32 = backward(qlgrad::Precision::kFloat32);
+  tally.check("default for bfloat16 is bf16", at::equal(backward(std::nullopt), as_bf16));
+  tally.check("bf16 is not fp32 here", !at::equal(as_bf16, as_fp32));
+  {
+    qlgrad::BackwardPrecisionGuard guard(qlgrad::Precision::kFloat32);
+    tally.check("guard's fp32", at::equal(backward(std::nullopt), as_fp32));
+  }
+  qlgrad::set_backward_precision(qlgrad::Precision::kFloat32);
+  tally.check("process-wide fp32", at::equal(backward(std::nullopt), as_fp32) &&
+                                       qlgrad::chosen_backward_precision() == qlgrad::Precision::kFloat32);
+  qlgrad::set_backward_precision(std::nullopt);
+  tally.check("none chosen again", !qlgrad::chosen_backward_precision() && at::equal(backward(std::nullopt), as_bf16));
 
   return tally.finish();
 }
