@@ -120,10 +120,8 @@ at::Tensor linear_int4pack_backward_cpu(const at::Tensor& grad_output, const at:
                                         int64_t group_size, const at::Tensor& scale_and_zeros,
                                         PrecisionName precision) {
   check_int4pack_arguments(grad_output, weight_int4pack, group_size, scale_and_zeros);
-  // Resolved as for the other weights (a valid name is required), though every precision runs as
-  // fp32 here: the int4 input_gradient takes none.
-  [[maybe_unused]] const Precision resolved = resolve(precision, grad_output);
-  return math::input_gradient(grad_output, math::int4_packed_weight(weight_int4pack, group_size, scale_and_zeros));
+  return math::input_gradient(grad_output, math::int4_packed_weight(weight_int4pack, group_size, scale_and_zeros),
+                              resolve(precision, grad_output));
 }
 
 // Linear in grad_output, as linear_int8_backward: the derivative is the adjoint, which is the

@@ -104,13 +104,14 @@ def test_unusual_but_valid_parameter_forms():
 
 # The rows of nonfinite_grad_output holding a NaN or an Inf, and the finite ones.
 NONFINITE_ROWS = slice(1, 4)
-FINITE_ROWS = [0, *range(4, 12)]
+FINITE_ROWS = [0, *range(4, 40)]
 
 
 def nonfinite_grad_output(out_features, dtype=torch.float32):
-    """Rows: finite, one NaN, one +Inf, one -Inf, then finite: 12 in all, so that the reduced
-    precisions run their own kernels (up to 8 rows, every precision runs fp32's)."""
-    grad_output = torch.randn(12, out_features)
+    """Rows: finite, one NaN, one +Inf, one -Inf, then finite: 40 in all, so that the reduced
+    precisions run their own kernels (up to 8 rows, 32 on AVX-512 CPUs, every precision runs
+    fp32's)."""
+    grad_output = torch.randn(40, out_features)
     grad_output[1, 2], grad_output[2, 0], grad_output[3, out_features - 1] = float("nan"), float("inf"), float("-inf")
     return grad_output.to(dtype)
 
@@ -134,7 +135,7 @@ def test_nonfinite_gradients_propagate_as_documented(precision, dtype):
 def test_nonfinite_gradients_through_the_autograd_kernel():
     weight = quantize_weight(24, 40, "per_channel_affine")
     packed = packed_params(weight)
-    x = torch.randn(12, 40, requires_grad=True)
+    x = torch.randn(40, 40, requires_grad=True)
     grad_output = nonfinite_grad_output(24)
     torch.ops.quantized.linear_dynamic(x, packed, False).backward(grad_output)
     torch.testing.assert_close(

@@ -46,7 +46,9 @@ def test_matches_the_ops_weight(precision, shape):
         grad_output = torch.randn(rows, shape[0])
         got = qlgrad.linear_int4pack_backward(grad_output, packed, shape[2], scale_and_zeros, precision)
         assert got.dtype == torch.float32 and got.shape == (rows, shape[1])
-        assert relative_error(got, grad_output.double() @ weight) <= ERROR_BOUNDS["fp32"], rows
+        # bf16 multiplies in bfloat16 on CPUs with AVX512-BF16; int8 runs as fp32.
+        bound = ERROR_BOUNDS["bf16" if precision == "bf16" else "fp32"]
+        assert relative_error(got, grad_output.double() @ weight) <= bound, rows
 
 
 @pytest.mark.parametrize("capability", ["avx2", "default"])
@@ -115,20 +117,24 @@ def test_double_backward_and_gradcheck():
     assert relative_error(x.grad, 8 * x.double() @ gram @ gram) <= 1e-5
 
 
-def test_every_precision_runs_as_fp32():
-    """The int4 weight has no int8 form, and fp32 from the packing is the fastest path: every
-    precision gives the fp32 gradient, through the op's node and the standalone function."""
+def test_precisions_through_the_node_and_the_standalone_function():
+    """The int4 weight has no int8 form: int8 gives the fp32 gradient. bf16 multiplies in
+    bfloat16 (where the CPU has AVX512-BF16; its accuracy: test_bfloat16_products.py), as fp32
+    elsewhere. The node and the standalone function agree in every precision."""
     packed, scale_and_zeros = int4_weight(64, 128, 32)
     grad_output = torch.randn(16, 64)
     expected = qlgrad.linear_int4pack_backward(grad_output, packed, 32, scale_and_zeros, "fp32")
     for precision in qlgrad.PRECISIONS:
         got = qlgrad.linear_int4pack_backward(grad_output, packed, 32, scale_and_zeros, precision)
-        assert torch.equal(got, expected)
+        if precision == "bf16":
+            assert relative_error(got, expected) <= 1e-2
+        else:
+            assert torch.equal(got, expected)
         x = torch.randn(16, 128, requires_grad=True)
         with qlgrad.backward_precision(precision):
             output = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_and_zeros)
         output.backward(grad_output)
-        assert torch.equal(x.grad, expected)
+        assert torch.equal(x.grad, got)
 
 
 def test_no_node_without_requires_grad():

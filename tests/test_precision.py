@@ -16,6 +16,7 @@ from helpers import (
     reference_input_gradient,
     relative_error,
     run_python,
+    streamed_rows_end,
 )
 
 
@@ -57,26 +58,27 @@ def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     assert relative_error(got, grad_output.double() @ fp16_weight.double()) <= ERROR_BOUNDS["fp32"]
 
 
-@pytest.mark.parametrize("rows", [1, 8, 9])
+@pytest.mark.parametrize("rows", [1, 8, 9, 32, 33])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
-    # Up to 8 rows the product is bound by reading the weight: every precision streams it in
-    # float32, as fast as any narrower arithmetic and exact; from 9 rows they part.
+    # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs) the product is bound by reading
+    # the weight: every precision streams it in float32, as fast as any narrower arithmetic and
+    # exact; past it they part.
     weight = quantize_weight(300, 200, scheme)
     packed = packed_params(weight)
     grad_output = torch.randn(rows, 300)
     fp32 = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
     for precision in ("bf16", "int8"):
         got = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
-        assert torch.equal(got, fp32) == (rows <= 8), precision
+        assert torch.equal(got, fp32) == (rows <= streamed_rows_end()), precision
 
 
 def test_precision_is_recorded_when_the_forward_runs():
     weight = quantize_weight(64, 96, "per_channel_affine")
     packed = packed_params(weight)
-    # More than 8 rows: up to 8, every precision runs fp32's stream.
-    x = torch.randn(16, 96, requires_grad=True)
-    grad_output = torch.randn(16, 64)
+    # Past the streams, where every precision runs fp32's.
+    x = torch.randn(40, 96, requires_grad=True)
+    grad_output = torch.randn(40, 64)
     with qlgrad.backward_precision("int8"):
         y = torch.ops.quantized.linear_dynamic(x, packed, False)
     assert qlgrad.get_backward_precision() == "fp32"
@@ -97,12 +99,12 @@ def test_double_backward_uses_the_exact_adjoint(precision):
 
 def test_int8_mode_turns_rows_with_nan_or_inf_into_nan():
     weight = quantize_weight(8, 12, "per_channel_symmetric")
-    grad_output = torch.randn(12, 8)  # more than 8 rows, which run fp32's stream
+    grad_output = torch.randn(40, 8)  # past the streams, which run fp32's
     grad_output[1, 3] = float("nan")
     grad_output[2, 0] = float("inf")
     got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, precision="int8")
     assert got[1].isnan().all() and got[2].isnan().all()
-    assert got[[0, *range(3, 12)]].isfinite().all()
+    assert got[[0, *range(3, 40)]].isfinite().all()
 
 
 def test_zero_rows_give_zero_gradients_in_int8_mode():

@@ -113,8 +113,9 @@ QLGRAD_API at::Tensor linear_int8_backward(const at::Tensor& grad_output, const 
 // weight is made or kept). weight_int4pack: uint8 [N, K / 2] from
 // aten::_convert_weight_to_int4pack_for_cpu in this process's CPU capability; group_size 32, 64,
 // 128 or 256; scale_and_zeros floating [K / group_size, N, 2]. Differentiable with respect to
-// grad_output. Every precision runs as fp32: the weight has no int8 form, and fp32 from the
-// packing measured faster than bf16 tiles converted from it.
+// grad_output. bf16 multiplies in bfloat16 (the packing's values rounded to bfloat16, float32
+// sums) on CPUs with AVX512-BF16, past 4 rows; int8, for which the weight has no form, and bf16
+// elsewhere run as fp32.
 QLGRAD_API at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, const at::Tensor& weight_int4pack,
                                                int64_t group_size, const at::Tensor& scale_and_zeros,
                                                std::optional<Precision> precision = std::nullopt);

@@ -175,9 +175,10 @@ def linear_int4pack_backward(
     ``scale_and_zeros`` floating ``[K // group_size, N, 2]`` (torchao's ``Int4OpaqueTensor``
     holds all three). ``grad_output`` floating ``[..., N]``; the result has its dtype and shape
     ``[..., K]``. Differentiable with respect to ``grad_output`` (any order). ``precision``: one
-    of ``PRECISIONS`` or ``None``, as for ``linear_int8_backward``, but every precision runs as
-    ``"fp32"`` here: the weight has no int8 form, and fp32 from the packing measured faster than
-    bfloat16 tiles converted from it (1.1x at 256 tokens, 30x at one token).
+    of ``PRECISIONS`` or ``None``, as for ``linear_int8_backward``: ``"bf16"`` multiplies in
+    bfloat16 (the packing's values rounded to bfloat16, float32 sums) on CPUs with AVX512-BF16,
+    past 4 rows; ``"int8"``, for which the weight has no form, and ``"bf16"`` elsewhere run as
+    ``"fp32"``.
     Goes through ``torch.ops.qlgrad.linear_int4pack_backward``.
     """
     for name, value in (
