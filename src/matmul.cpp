@@ -15,6 +15,12 @@ constexpr int64_t kPanelGemmRowsEnd = 512;
 // up to four groups of kStreamedRowsMax rows: on a Zen 5 EPYC, from 12 x 768 x 768 to
 // 32 x 4096 x 4096, 0.73-1.05x oneDNN's fp32 GEMM against the panel GEMM's 1.02-1.26x.
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
+// The bfloat16 panel GEMM of int8 codes and float16 weights is the faster below this many rows;
+// from it, MKL on bfloat16 tiles. On a Zen 5 EPYC, 2 threads, over the dense bfloat16 GEMM: at
+// 33-128 rows 0.92-1.09x against 1.45-1.72x at 4096x4096, and within 10% of each other on layers
+// of 768 and 1024 inputs; at 1024 rows 1.8-2.2x against 1.2-1.8x on those layers. (torch's int4
+// packing has no bfloat16 tiles: its bfloat16 products are the panel GEMM's at every row count.)
+constexpr int64_t kBFloat16PanelRowsEnd = 256;
 
 void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
                            const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked) {
@@ -69,8 +75,9 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   const auto& kernel = kernels();
   const bool is_int8 = weight.scalar_type() == at::kChar;
   const int64_t rows = lhs.size(0);
-  const bool panels =
-      lhs.scalar_type() == at::kFloat ? kernel.panel_rows != nullptr : kernel.panel_rows_bfloat16 != nullptr;
+  const bool panels = lhs.scalar_type() == at::kFloat
+                          ? kernel.panel_rows != nullptr
+                          : kernel.panel_rows_bfloat16 != nullptr && rows < kBFloat16PanelRowsEnd;
   if (panels && rows > streamed_rows_end() && (rows < kPanelGemmRowsEnd || !is_intel_cpu())) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const auto result =

@@ -7,7 +7,7 @@
 //     lhs's dtype, reading fbgemm's AVX-512 packing in place;
 //   - where the AVX-512 panel GEMM is, it runs the others (but from 512 rows on Intel's CPUs,
 //     where MKL's GEMM on tiles converted in each thread's L2 is the faster), in bfloat16
-//     products for a bfloat16 lhs where the CPU has AVX512-BF16;
+//     products for a bfloat16 lhs of up to 255 rows where the CPU has AVX512-BF16;
 //   - the rest, and all products on other CPUs, run MKL's GEMM on tiles.
 
 #include "blocked_layout.h"

@@ -40,6 +40,12 @@ inline __m512 load_values16(__mmask16 mask, const at::Half* values) {
 // broadcast where they lie in one (group sizes that are multiples of 16), else lane by lane.
 inline void lane_parameters(const CodeParameters& parameters, int64_t n, int64_t column, __m512& offsets,
                             __m512& factors) {
+  if (parameters.groups == 1) {
+    // Per tensor or per channel: no division by the group size, which costs as much as the rest.
+    offsets = _mm512_set1_ps(parameters.offset(n, 0));
+    factors = _mm512_set1_ps(parameters.factor(n, 0));
+    return;
+  }
   const int64_t group = column / parameters.group_size;
   if (column + 16 <= (group + 1) * parameters.group_size) {
     offsets = _mm512_set1_ps(parameters.offset(n, group));
