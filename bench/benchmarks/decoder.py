@@ -10,6 +10,7 @@ forked from, which would otherwise carry them in every process's peak memory. No
 defined here.
 """
 
+import contextlib
 import importlib
 import warnings
 from dataclasses import dataclass
@@ -150,7 +151,9 @@ class TrainingRun:
 
     def step(self, input_ids: torch.Tensor) -> float:
         """Forward, backward and optimizer step on one batch; returns its loss."""
-        with qlgrad.backward_precision(self.mode.precision):  # the precision the forward records
+        chosen = self.mode.precision
+        # The precision the forward records; none chosen, the gradient's dtype decides.
+        with qlgrad.backward_precision(chosen) if chosen else contextlib.nullcontext():
             loss = self.forward(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
         self.optimizer.step()

@@ -136,7 +136,9 @@ class Mode:
     quantize: Callable[[nn.Module], None] | None = None  # changes the model in place, once in the base's dtype
     bfloat16: bool = False  # the base: the float32 decoder converted to bfloat16 (all of it) before quantizing
     qlgrad_adapters: bool = False  # adapted by qlgrad.peft.get_peft_model rather than peft.get_peft_model
-    precision: str = "fp32"  # qlgrad's backward precision during the forward (where qlgrad differentiates)
+    # qlgrad's backward precision chosen during the forward (where qlgrad differentiates); None
+    # chooses none, so that it follows the gradient's dtype (bf16 on a bfloat16 base, else fp32)
+    precision: str | None = None
     compiled: bool = False
     requires: str | None = None  # a package the mode needs beyond this project's own
     reference: str | None = None  # the float64 straight-through mode whose loss this one's is compared with
@@ -148,8 +150,9 @@ def _on_bfloat16(mode: Mode, reference: str | None = None) -> Mode:
 
 
 def _torchao(quantize: Callable[[nn.Module], None], reference: str | None) -> Mode:
-    """A torchao mode: qlgrad's fp32 backward, its loss compared with ``reference``'s."""
-    return Mode("qlgrad fp32", quantize, requires="torchao", reference=reference)
+    """A torchao mode: qlgrad's default backward (the gradient's dtype's precision), its loss
+    compared with ``reference``'s."""
+    return Mode("qlgrad, dtype's precision", quantize, requires="torchao", reference=reference)
 
 
 def _torchao_float64(quantize: Callable[[nn.Module], None]) -> Mode:
@@ -179,7 +182,12 @@ MODES = {
         "float64 straight-through", in_turn(quantize_dynamic_int8, with_float64_straight_through), qlgrad_adapters=True
     ),
     "qd-fp32-compiled": Mode(
-        "qlgrad fp32, torch.compile", quantize_dynamic_int8, qlgrad_adapters=True, compiled=True, reference="qd-ste64"
+        "qlgrad fp32, torch.compile",
+        quantize_dynamic_int8,
+        qlgrad_adapters=True,
+        precision="fp32",
+        compiled=True,
+        reference="qd-ste64",
     ),
     "torchao-int8": _torchao(torchao_int8, "torchao-int8-ste64"),
     "torchao-int8-ste64": _torchao_float64(torchao_int8),
