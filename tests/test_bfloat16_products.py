@@ -3,8 +3,8 @@ in rows or in fbgemm's packing, per tensor, per channel or group-wise, float16 w
 packing) against float64, no worse than the dense bfloat16 product of the same inputs, at row
 counts on both sides of every switch: the float32 streams (up to 8 rows, 32 on AVX-512 CPUs), the
 panel GEMM in bfloat16 products (AVX512-BF16 CPUs, up to 255 rows; for the int4 packing at every
-row count, divided by rows and columns from 256), MKL on bfloat16 tiles elsewhere. An odd depth ends the bfloat16 pairs in a zero
-row."""
+row count, divided by rows and columns from 256), MKL on bfloat16 tiles elsewhere. An odd depth
+ends the bfloat16 pairs in a zero row."""
 
 import pytest
 import torch
