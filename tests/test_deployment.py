@@ -106,7 +106,8 @@ def test_cpp_program_builds_against_the_installed_package(tmp_path):
     env.pop("LD_LIBRARY_PATH", None)
     result = subprocess.run([str(binary)], env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 passed, 0 failed" in result.stdout
+    passes = result.stdout.count("PASS ")
+    assert passes > 0 and f"{passes} passed, 0 failed" in result.stdout
 
 
 def test_headers_and_stubs_are_installed():
