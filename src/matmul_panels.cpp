@@ -60,7 +60,7 @@ template <typename Element>
 at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
   constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
   const int64_t rows = lhs.size(0), depth = lhs.size(1), stored_depth = round_up(depth, kPair);
-  at::Tensor packed = at::zeros({(rows + kKernelRows - 1) / kKernelRows, stored_depth, kKernelRows},
+  at::Tensor packed = at::empty({(rows + kKernelRows - 1) / kKernelRows, stored_depth, kKernelRows},
                                 lhs.options().dtype(c10::CppTypeToScalarType<Element>::value));
   const Element* source = lhs.const_data_ptr<Element>();
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
@@ -71,11 +71,13 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
       const Element* block_rows = source + block * kKernelRows * depth;
       Element* block_out = destination + block * kKernelRows * stored_depth;
       const int64_t count = std::min(kKernelRows, rows - block * kKernelRows);
-      for (int64_t n = 0; n < depth; ++n) {
-        const float factor = factors == nullptr ? 1.0f : factors[n * factor_stride];
+      // Every element written once: zero past the last row and in the padding of an odd depth.
+      for (int64_t n = 0; n < stored_depth; ++n) {
+        const float factor = factors == nullptr || n >= depth ? 1.0f : factors[n * factor_stride];
         Element* step = block_out + n / kPair * kKernelRows * kPair + n % kPair;
-        for (int64_t r = 0; r < count; ++r) {
-          store_value(static_cast<float>(block_rows[r * depth + n]) * factor, step + r * kPair);
+        for (int64_t r = 0; r < kKernelRows; ++r) {
+          const float value = r < count && n < depth ? static_cast<float>(block_rows[r * depth + n]) * factor : 0.0f;
+          store_value(value, step + r * kPair);
         }
       }
     }
