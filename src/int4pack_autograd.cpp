@@ -1,7 +1,9 @@
 // The Autograd kernel of aten::_weight_int4pack_mm_for_cpu, torch's CPU int4 weight-only linear
-// (torchao's Int4OpaqueTensor calls it), whose derivative upstream is "not implemented".
-// Registration is at the bottom.
+// (torchao's Int4OpaqueTensor calls it), whose derivative upstream is "not implemented", and
+// the training forward it runs where the input requires grad. Registration is at the bottom.
 
+#include "backward_math.h"
+#include "matmul.h"
 #include "operator_handle.h"
 #include "register_once.h"
 
@@ -50,15 +52,46 @@ struct Int4packMmBackward final : torch::autograd::TraceableFunction {
   const std::optional<Precision> chosen_;
 };
 
+// Whether qlgrad's forward reads these arguments, as torch's op takes them: else torch's op runs
+// (and refuses what it does not take, with its own message).
+bool reads_packing(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
+                   const at::Tensor& scale_and_zeros) {
+  const auto dtype = input.scalar_type();
+  return (dtype == at::kFloat || dtype == at::kBFloat16) && input.dim() == 2 && input.device().is_cpu() &&
+         packed.device().is_cpu() && packed.scalar_type() == at::kByte && packed.dim() == 2 && packed.is_contiguous() &&
+         (group_size == 32 || group_size == 64 || group_size == 128 || group_size == 256) &&
+         scale_and_zeros.scalar_type() == dtype && scale_and_zeros.device().is_cpu() && scale_and_zeros.dim() == 3 &&
+         scale_and_zeros.size(2) == 2 && scale_and_zeros.size(1) == packed.size(0) &&
+         scale_and_zeros.size(1) % 16 == 0 && scale_and_zeros.size(0) * group_size == input.size(1) &&
+         packed.size(1) * 2 == input.size(1);
+}
+
+// qlgrad::_int4pack_linear: torch's op where it is the faster (a few rows), else the product
+// from the packing (math::int4pack_linear), equal to torch's up to the rounding of float sums
+// (and, with bfloat16 products, of the weight to bfloat16).
+at::Tensor int4pack_linear_cpu(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
+                               const at::Tensor& scale_and_zeros) {
+  if (!math::int4pack_linear_is_faster(input.size(0), input.scalar_type()) ||
+      !reads_packing(input, packed, group_size, scale_and_zeros)) {
+    return at::_weight_int4pack_mm_for_cpu(input, packed, group_size, scale_and_zeros);
+  }
+  return math::int4pack_linear(input.contiguous(), packed, group_size,
+                               math::int4_packed_weight(packed, group_size, scale_and_zeros).scale_and_zeros);
+}
+
+// Where the input requires grad, the forward is qlgrad's op, which reads the packing when that is
+// the faster; elsewhere it is torch's, bit for bit.
 at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                                 const at::Tensor& scale_and_zeros) {
-  static const auto op = detail::operator_handle<Int4packMmFn>("aten::_weight_int4pack_mm_for_cpu");
+  static const auto stock = detail::operator_handle<Int4packMmFn>("aten::_weight_int4pack_mm_for_cpu");
+  static const auto from_packing = detail::operator_handle<Int4packMmFn>("qlgrad::_int4pack_linear");
+  const bool requires_grad = torch::autograd::compute_requires_grad(input);
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    output = op.call(input, packed, group_size, scale_and_zeros);
+    output = (requires_grad ? from_packing : stock).call(input, packed, group_size, scale_and_zeros);
   }
-  if (torch::autograd::compute_requires_grad(input)) {
+  if (requires_grad) {
     auto node =
         c10::make_intrusive<Int4packMmBackward>(packed, group_size, scale_and_zeros, chosen_backward_precision());
     node->set_next_edges(torch::autograd::collect_next_edges(input));
@@ -69,6 +102,10 @@ at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packe
 
 } // namespace
 } // namespace qlgrad
+
+QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
+  m.impl("_int4pack_linear", &qlgrad::int4pack_linear_cpu);
+}
 
 // AutogradCPU, not the Autograd alias: a kernel registered for the runtime key takes precedence
 // over upstream's "not implemented" one for the alias, without replacing it.

@@ -146,4 +146,43 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
   return result.to(lhs.scalar_type());
 }
 
+bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype) {
+  return kernels().int4_packing.block > 0 && rows >= (dtype == at::kBFloat16 ? 16 : 1);
+}
+
+at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
+                           const at::Tensor& scale_and_zeros) {
+  TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous());
+  TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16);
+  const auto pack = int4_pack(packed, group_size, scale_and_zeros);
+  TORCH_INTERNAL_ASSERT(input.size(1) == pack.columns);
+  if (input.size(0) == 0) {
+    return at::zeros({0, pack.rows}, input.options());
+  }
+  const Int4CodesTransposed weight(pack);
+  const auto& kernel = kernels();
+  if (input.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr) {
+    return panel_gemm(input, weight, std::nullopt).to(at::kBFloat16);
+  }
+  const auto input_float = input.to(at::kFloat);
+  const auto result =
+      kernel.panel_rows != nullptr ? panel_gemm(input_float, weight, std::nullopt) : tiled_gemm(input_float, weight);
+  return result.to(input.scalar_type());
+}
+
+at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
+  TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous() && input.scalar_type() == at::kChar);
+  TORCH_INTERNAL_ASSERT(codes.dim() == 2 && codes.is_contiguous() && codes.scalar_type() == at::kChar);
+  TORCH_INTERNAL_ASSERT(input.size(1) == codes.size(1));
+  if (kernels().panel_rows_int8 == nullptr) {
+    return at::_int_mm(input, codes.t());
+  }
+  if (input.numel() == 0 || codes.size(0) == 0) {
+    return at::zeros({input.size(0), codes.size(0)}, input.options().dtype(at::kInt));
+  }
+  // The panels hold each code plus 128: their product is 128 * sum_k input[m, k] too many.
+  auto result = panel_gemm(input, Int8CodesTransposed(codes), std::nullopt);
+  return result.sub_(at::sum(input, {1}, /*keepdim=*/true, at::kInt).mul_(128));
+}
+
 } // namespace qlgrad::math

@@ -58,6 +58,24 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int64_t group_size,
                            const at::Tensor& scale_and_zeros);
 
+// result [M, N] = input @ W.T, the forward of aten::_weight_int4pack_mm_for_cpu, from the same
+// packing read in place (the panels of W.T need no transpose: see Int4CodesTransposed).
+//   input  float32 or bfloat16 [M, K], contiguous; bfloat16 products (input and weight rounded
+//          to bfloat16, as a bfloat16 nn.Linear has them) where the CPU has AVX512-BF16, else
+//          float32 ones, with float32 sums. The result is in input's dtype.
+// The packing's arguments as int4pack_matmul takes them.
+at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
+                           const at::Tensor& scale_and_zeros);
+
+// Whether int4pack_linear is the faster than torch's own int4 kernel at this many rows of an
+// input of this dtype (it runs everywhere int4pack_matmul does).
+bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
+
+// result [M, N] int32 = input @ codes.T for int8 input [M, K] and int8 codes [N, K] (both
+// contiguous): torch._int_mm(input, codes.t()), exactly. In the int8 panel GEMM where the CPU
+// has AVX512-VNNI (the codes read in place, each panel converted as it goes), else torch._int_mm.
+at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes);
+
 // W [N, K] in float32, each value as int4pack_matmul computes it.
 at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros);
 

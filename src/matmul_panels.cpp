@@ -34,22 +34,35 @@ constexpr int64_t kSharedDepth = 1024;
 // the pieces in which shared panels are converted.
 constexpr int64_t kBlockColumns = 1024;
 
-// What the panel GEMM multiplies in: float32, or pairs of bfloat16 along the depth (the kernel's
-// products take two at once), which the packed rows and the panels then hold in [depth / 2]
-// [width][2], an odd depth padded with a zero row.
+// What the panel GEMM multiplies in, named by lhs's packed element: float32; pairs of bfloat16
+// along the depth (the kernel's products take two at once), which the packed rows and the panels
+// then hold in [depth / 2][width][2], an odd depth padded with a zero row; or quads of int8
+// values (panels of uint8, each value plus 128) in [depth / 4][width][4], with int32 sums.
 template <typename Element>
 struct PanelArithmetic;
 
 template <>
 struct PanelArithmetic<float> {
   static constexpr int64_t kPair = 1;
+  using Panel = float;
+  using Sum = float;
   static PanelRowsFn* kernel() { return kernels().panel_rows; }
 };
 
 template <>
 struct PanelArithmetic<at::BFloat16> {
   static constexpr int64_t kPair = 2;
+  using Panel = at::BFloat16;
+  using Sum = float;
   static PanelRowsBFloat16Fn* kernel() { return kernels().panel_rows_bfloat16; }
+};
+
+template <>
+struct PanelArithmetic<int8_t> {
+  static constexpr int64_t kPair = 4;
+  using Panel = uint8_t;
+  using Sum = int32_t;
+  static PanelRowsInt8Fn* kernel() { return kernels().panel_rows_int8; }
 };
 
 // lhs [rows, depth] (in Element) times the weight's scale (per row of the weight, or one for all,
@@ -105,14 +118,15 @@ int64_t depth_block_max(int64_t depth, int64_t alignment) {
 
 // result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
 // in `panels` for depth_block_max(kColumnTaskDepth) x count elements.
-template <typename Element>
+template <typename Element, typename Arithmetic = PanelArithmetic<Element>>
 void panel_gemm_columns(const Element* packed_lhs, int64_t rows, const WeightReader& reader, int64_t alignment,
-                        int64_t first, int64_t count, float* out, int64_t ldo, Element* panels) {
-  constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
+                        int64_t first, int64_t count, typename Arithmetic::Sum* out, int64_t ldo,
+                        typename Arithmetic::Panel* panels) {
+  constexpr int64_t kPair = Arithmetic::kPair;
   const int64_t depth = round_up(reader.depth(), kPair);
   const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
   const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kKernelRows);
-  const auto panel_rows = PanelArithmetic<Element>::kernel();
+  const auto panel_rows = Arithmetic::kernel();
   for_each_depth_block(reader, kColumnTaskDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     reader.panels(top, first, height, count, panels);
     const int64_t panel_depth = round_up(height, kPair);
@@ -132,22 +146,25 @@ void panel_gemm_columns(const Element* packed_lhs, int64_t rows, const WeightRea
 
 template <typename Element>
 at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
-  constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
+  using Arithmetic = PanelArithmetic<Element>;
+  using Panel = typename Arithmetic::Panel;
+  using Sum = typename Arithmetic::Sum;
+  constexpr int64_t kPair = Arithmetic::kPair;
   const int64_t rows = lhs.size(0), depth = round_up(reader.depth(), kPair), columns = reader.columns();
   const int64_t alignment = std::lcm(reader.row_alignment(), kPair);
   const at::Tensor packed_lhs = pack_rows<Element>(lhs, scale);
   const Element* packed = packed_lhs.const_data_ptr<Element>();
-  const at::TensorOptions element_options = lhs.options().dtype(c10::CppTypeToScalarType<Element>::value);
-  auto result = at::empty({rows, columns}, lhs.options().dtype(at::kFloat));
-  float* out = result.mutable_data_ptr<float>();
+  const at::TensorOptions panel_options = lhs.options().dtype(c10::CppTypeToScalarType<Panel>::value);
+  auto result = at::empty({rows, columns}, lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value));
+  Sum* out = result.template mutable_data_ptr<Sum>();
   const int64_t chunk = columns_per_task(columns, kBlockColumns, kPanelColumns);
   const int64_t chunks = (columns + chunk - 1) / chunk;
   if (rows < kSharedPanelRowsMin) {
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      at::Tensor panels = at::empty({depth_block_max(kColumnTaskDepth, alignment) * chunk}, element_options);
+      at::Tensor panels = at::empty({depth_block_max(kColumnTaskDepth, alignment) * chunk}, panel_options);
       for (int64_t piece = begin; piece < end; ++piece) {
         panel_gemm_columns(packed, rows, reader, alignment, piece * chunk, std::min(chunk, columns - piece * chunk),
-                           out, columns, panels.mutable_data_ptr<Element>());
+                           out, columns, panels.template mutable_data_ptr<Panel>());
       }
     });
     return result;
@@ -155,10 +172,10 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
   at::Tensor shared_panels =
-      at::empty({depth_block_max(kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, element_options);
-  Element* panels = shared_panels.mutable_data_ptr<Element>();
+      at::empty({depth_block_max(kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_options);
+  Panel* panels = shared_panels.template mutable_data_ptr<Panel>();
   const PanelTasks tasks(rows, columns, chunk);
-  const auto panel_rows = PanelArithmetic<Element>::kernel();
+  const auto panel_rows = Arithmetic::kernel();
   for_each_depth_block(reader, kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kPair);
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
@@ -184,6 +201,9 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
   if (lhs.scalar_type() == at::kBFloat16) {
     return panel_gemm_in<at::BFloat16>(lhs, reader, scale);
+  }
+  if (lhs.scalar_type() == at::kChar) {
+    return panel_gemm_in<int8_t>(lhs, reader, scale);
   }
   return panel_gemm_in<float>(lhs, reader, scale);
 }

@@ -45,7 +45,9 @@ at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack);
 // The panel GEMM (where kernels().panel_rows is): (lhs * scale) @ W in float32, with `scale` [N] or
 // [1] or none, the weight converted into panels as it goes. With a bfloat16 lhs (where
 // kernels().panel_rows_bfloat16 is), in bfloat16 products and float32 sums, each lhs[m, n] *
-// scale[n] rounded to bfloat16 once. The result is float32.
+// scale[n] rounded to bfloat16 once. The result is float32; with an int8 lhs (where
+// kernels().panel_rows_int8 is, no scale), the int32 sums of int8 products with W's uint8 panels
+// (each value plus 128), short of 128 times each row's sum of lhs.
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale);
 
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or

@@ -6,6 +6,10 @@
 //   linear_int4pack_backward      grad_output @ W for torch's CPU int4 packing
 //                                 (aten::_weight_int4pack_mm_for_cpu's weight)
 //   cache_weight                  unpacks a packed weight into the weight cache ahead of backward
+//   _int4pack_linear              the training forward of torch's CPU int4 linear
+//                                 (internal, implemented in int4pack_autograd.cpp)
+//   _int8_linear                  the integer product of torchao's int8 layers' training
+//                                 forward (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
 //                                 torch.compile's door to the packed backward (internal,
 //                                 implemented in traced_ops.cpp)
@@ -14,6 +18,7 @@
 
 #include "argument_checks.h"
 #include "backward_math.h"
+#include "matmul.h"
 #include "operator_handle.h"
 #include "packed_weight.h"
 #include "register_once.h"
@@ -189,6 +194,19 @@ at::Tensor packed_backward_autograd(const at::Tensor& grad_output, const PackedP
   return PackedBackwardFunction<kind>::apply(grad_output, packed, precision);
 }
 
+// ---- _int8_linear ---------------------------------------------------------------
+
+at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& weight) {
+  for (const auto& [tensor, name] : {std::pair{&input, "input"}, std::pair{&weight, "weight"}}) {
+    TORCH_CHECK_TYPE(tensor->scalar_type() == at::kChar, "qlgrad: ", name, " must be an int8 tensor, got ",
+                     tensor->scalar_type());
+    TORCH_CHECK_VALUE(tensor->dim() == 2, "qlgrad: ", name, " must be 2-D, got shape ", tensor->sizes());
+  }
+  TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "qlgrad: input [M, K] and weight [N, K] must share K, got ",
+                    input.sizes(), " and ", weight.sizes());
+  return math::int8_linear(input.contiguous(), weight.contiguous());
+}
+
 // ---- cache_weight -----------------------------------------------------------------
 
 void cache_weight_kernel(const PackedParams& packed) {
@@ -214,6 +232,12 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // No tensor argument to dispatch on: a catch-all kernel.
   m.def("cache_weight(__torch__.torch.classes.quantized.LinearPackedParamsBase packed) -> ()",
         &qlgrad::detail::cache_weight_kernel);
+  // The forward of aten::_weight_int4pack_mm_for_cpu where the input requires grad, from the
+  // packing when that is the faster (src/int4pack_autograd.cpp; internal).
+  m.def("_int4pack_linear(Tensor input, Tensor weight_int4pack, int group_size, Tensor scale_and_zeros) -> Tensor");
+  // int8 input @ int8 weight.T in int32, exactly as torch._int_mm: the integer product of the
+  // training forward of torchao's int8 layers (python/qlgrad/_torchao.py; internal).
+  m.def("_int8_linear(Tensor input, Tensor weight) -> Tensor");
   // torch.compile's door to the backward of the dynamic linear family (src/traced_ops.cpp).
   m.def(
       "_linear_dynamic_with_weight(Tensor input, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, "
@@ -230,6 +254,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("linear_dynamic_fp16_backward", &qlgrad::detail::packed_backward_cpu<WeightKind::kFloat16>);
   m.impl("linear_int8_backward", &qlgrad::detail::linear_int8_backward_cpu);
   m.impl("linear_int4pack_backward", &qlgrad::detail::linear_int4pack_backward_cpu);
+  m.impl("_int8_linear", &qlgrad::detail::int8_linear_cpu);
 }
 
 QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, Autograd, m) {

@@ -38,7 +38,40 @@ void for_each_copied_slab(const int8_t* packed, const BlockedLayout& layout, int
   }
 }
 
+// each(row, column, i, W[top + row + i, first + column]) for W[top:top + depth, first:first + count]
+// of an int4 packing, 16 rows of a column at a time (top a multiple of 16), on any CPU.
+template <typename Each>
+void for_each_values16(const Int4Pack& pack, int64_t top, int64_t depth, int64_t first, int64_t count,
+                       const Each& each) {
+  float values[16];
+  for (int64_t row = 0; row < depth; row += 16) {
+    const auto where = pack.rows16(top + row);
+    for (int64_t column = 0; column < count; ++column) {
+      pack.values16(where, top + row, first + column, values);
+      for (int64_t i = 0; i < std::min<int64_t>(16, depth - row); ++i) {
+        each(row, column, i, values[i]);
+      }
+    }
+  }
+}
+
 } // namespace
+
+void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, float*) const {
+  TORCH_INTERNAL_ASSERT(false, "qlgrad: this weight has no float32 panels");
+}
+
+void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, at::BFloat16*) const {
+  TORCH_INTERNAL_ASSERT(false, "qlgrad: this weight has no bfloat16 panels");
+}
+
+void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, uint8_t*) const {
+  TORCH_INTERNAL_ASSERT(false, "qlgrad: this weight has no int8 panels");
+}
+
+void WeightReader::tile(int64_t, int64_t, int64_t, at::Tensor&) const {
+  TORCH_INTERNAL_ASSERT(false, "qlgrad: this weight has no tiles");
+}
 
 int64_t copied_row_stride(int64_t columns) {
   return (columns + kCacheLine - 1) / kCacheLine * kCacheLine + kCacheLine;
@@ -119,18 +152,31 @@ void Int4Codes::panels(int64_t top, int64_t first, int64_t depth, int64_t count,
 }
 
 void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
-  const int64_t depth = tile.size(0);
   float* out = tile.mutable_data_ptr<float>();
-  float values[16];
-  for (int64_t row = 0; row < depth; row += 16) {
-    const auto where = pack_.rows16(top + row);
-    for (int64_t column = 0; column < count; ++column) {
-      pack_.values16(where, top + row, first + column, values);
-      for (int64_t i = 0; i < std::min<int64_t>(16, depth - row); ++i) {
-        out[(row + i) * count + column] = values[i];
-      }
-    }
-  }
+  for_each_values16(pack_, top, tile.size(0), first, count, [&](int64_t row, int64_t column, int64_t i, float value) {
+    out[(row + i) * count + column] = value;
+  });
+}
+
+void Int4CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+  kernels().int4_transposed_panels(pack_, top, first, depth, count, out);
+}
+
+void Int4CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
+  kernels().int4_transposed_panels_bfloat16(pack_, top, first, depth, count, out);
+}
+
+void Int4CodesTransposed::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
+  float* out = tile.mutable_data_ptr<float>();
+  for_each_values16(pack_, first, count, top, tile.size(0), [&](int64_t row, int64_t column, int64_t i, float value) {
+    out[column * count + row + i] = value;
+  });
+}
+
+void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const {
+  const int64_t ldw = codes_.stride(0);
+  kernels().int8_transposed_panels(codes_.const_data_ptr<int8_t>() + first * ldw + top, ldw, depth, count, out,
+                                   round_up(depth, 4));
 }
 
 } // namespace qlgrad::math

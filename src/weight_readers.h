@@ -18,18 +18,26 @@ class WeightReader {
   // Blocks of depth start at multiples of this.
   virtual int64_t row_alignment() const = 0;
 
+  // Each reader gives the forms of W that the products it serves take; the others are not
+  // called (they assert).
+
   // W[top:top + depth, first:first + count] as the panel GEMM's panels: ceil(count / kPanelColumns)
   // panels of [depth][kPanelColumns] floats, zero beyond `count`. Where kernels().panel_rows is.
-  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const = 0;
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const;
 
   // The same as bfloat16 panels of pairs of rows (rounded to nearest even; an odd depth's last
   // pair ends in a zero row), [(depth + 1) / 2][kPanelColumns][2] each. Where
   // kernels().panel_rows_bfloat16 is.
-  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const = 0;
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const;
+
+  // The same as int8 panels of quads of rows, each value plus 128 as a uint8 (PanelRowsInt8Fn),
+  // [(depth + 3) / 4][kPanelColumns][4] each, for a weight of integer values. Where
+  // kernels().panel_rows_int8 is.
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const;
 
   // W[top:top + depth, first:first + count] into `tile` ([depth, count], contiguous), in the
   // tile's dtype: float32, or bfloat16 for int8 codes.
-  virtual void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const = 0;
+  virtual void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const;
 };
 
 // int8 codes (or float16 values) in rows, [depth, columns] with unit stride along the columns.
@@ -86,6 +94,39 @@ class Int4Codes final : public WeightReader {
 
  private:
   const Int4Pack& pack_;
+};
+
+// The transpose of torch's CPU int4 packing, W.T [K, N], the forward's weight (x @ W.T): the 16
+// rows of W that lie together in a column are 16 columns of a panel's row.
+class Int4CodesTransposed final : public WeightReader {
+ public:
+  explicit Int4CodesTransposed(const Int4Pack& pack) : pack_(pack) {}
+
+  int64_t depth() const override { return pack_.columns; }
+  int64_t columns() const override { return pack_.rows; }
+  int64_t row_alignment() const override { return 1; }
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
+  // float32 tiles only.
+  void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
+
+ private:
+  const Int4Pack& pack_;
+};
+
+// The transpose of int8 codes W [N, K] in rows, W.T [K, N]: the weight of an integer forward
+// x @ W.T (torchao's int8 layers with int8 activations), as int8 panels only.
+class Int8CodesTransposed final : public WeightReader {
+ public:
+  explicit Int8CodesTransposed(const at::Tensor& codes) : codes_(codes) {}
+
+  int64_t depth() const override { return codes_.size(1); }
+  int64_t columns() const override { return codes_.size(0); }
+  int64_t row_alignment() const override { return 1; }
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const override;
+
+ private:
+  const at::Tensor& codes_;
 };
 
 // The row stride of codes copied out of a blocked packing: a cache line more than the row, so

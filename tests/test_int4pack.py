@@ -81,18 +81,62 @@ def test_every_cpu_capabilitys_packing(capability):
     assert float(result.stdout.strip()) <= ERROR_BOUNDS["fp32"]
 
 
+# Rows on both sides of where the training forward leaves torch's kernel for the packing's
+# (int4pack_linear_is_faster in src/matmul.cpp: 16 rows of bfloat16, 1 of float32), and of the
+# panel GEMM's switch to shared panels (256).
+TRAINING_ROW_COUNTS = (1, 4, 15, 16, 17, 100, 255, 256, 300)
+
+
+def training_forward_bound(x, weight) -> float:
+    """What x @ W.T may differ from float64 by: fp32's bound; in bfloat16, the error of a
+    bfloat16 nn.Linear with this weight (the forward's bfloat16 products round it so) and a
+    quarter more for the order of the sums, or a bfloat16 rounding (2**-8) where a few outputs
+    make that error a matter of chance."""
+    if x.dtype == torch.float32:
+        return ERROR_BOUNDS["fp32"]
+    dense = torch.nn.functional.linear(x, weight.to(x.dtype))
+    return max(1.25 * relative_error(dense, x.double() @ weight.t()), 2**-8)
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_training_forward_is_the_product_with_the_ops_weight(dtype, shape):
+    """Where the input requires grad, the forward is x @ W.T within its dtype's bound (from the
+    packing where that is the faster); where it does not, torch's own kernel's, bit for bit."""
+    out_features, in_features, group_size = shape
+    packed, scale_and_zeros = int4_weight(*shape, dtype=dtype)
+    weight = dequantized_by_the_op(packed, group_size, scale_and_zeros)
+    for rows in TRAINING_ROW_COUNTS:
+        x = torch.randn(rows, in_features, dtype=dtype)
+        got = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.clone().requires_grad_(), packed, group_size, scale_and_zeros
+        )
+        assert got.dtype == dtype and got.shape == (rows, out_features)
+        assert relative_error(got, x.double() @ weight.t()) <= training_forward_bound(x, weight), rows
+        inference = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
+        with torch._C._AutoDispatchBelowAutograd():  # torch's kernel, past qlgrad's Autograd kernel
+            stock = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
+        assert torch.equal(inference, stock), rows
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_autograd_kernel_of_the_aten_op(dtype):
     packed, scale_and_zeros = int4_weight(64, 256, 64, dtype=dtype)
     x = torch.randn(2, 5, 256, dtype=dtype)
     leaf = x.clone().requires_grad_()
     output = torch.ops.aten._weight_int4pack_mm_for_cpu(leaf.reshape(-1, 256), packed, 64, scale_and_zeros)
-    with torch.no_grad():
-        stock = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, 256), packed, 64, scale_and_zeros)
-    assert torch.equal(output, stock)  # the forward is the op's own
+    weight = dequantized_by_the_op(packed, 64, scale_and_zeros)
+    if dtype == torch.float16:  # the training forward from the packing takes float32 and bfloat16
+        with torch.no_grad():
+            stock = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, 256), packed, 64, scale_and_zeros)
+        assert torch.equal(output, stock)
+    else:
+        assert relative_error(output, x.reshape(-1, 256).double() @ weight.t()) <= training_forward_bound(
+            x.reshape(-1, 256), weight
+        )
     grad_output = torch.randn_like(output)
     output.backward(grad_output)
-    expected = (grad_output.double() @ dequantized_by_the_op(packed, 64, scale_and_zeros)).reshape(2, 5, 256)
+    expected = (grad_output.double() @ weight).reshape(2, 5, 256)
     assert leaf.grad.dtype == dtype
     assert relative_error(leaf.grad, expected) <= (ERROR_BOUNDS["fp32"] if dtype == torch.float32 else 1e-2)
 
@@ -135,6 +179,27 @@ def test_precisions_through_the_node_and_the_standalone_function():
             output = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 32, scale_and_zeros)
         output.backward(grad_output)
         assert torch.equal(x.grad, got)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+def test_compiled_training_step_is_eagers(backend):
+    """Compiled, the training forward and its backward are eager's, bit for bit."""
+    packed, scale_and_zeros = int4_weight(64, 256, 64)
+
+    def layer(x):
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 64, scale_and_zeros).relu()
+
+    compiled = torch.compile(layer, backend=backend, fullgraph=True)
+    for rows in (3, 40):
+        x, grad_output = torch.randn(rows, 256), torch.randn(rows, 64)
+        results = []
+        for function in (layer, compiled):
+            leaf = x.clone().requires_grad_()
+            output = function(leaf)
+            output.backward(grad_output)
+            results.append((output, leaf.grad))
+        (eager_output, eager_grad), (compiled_output, compiled_grad) = results
+        assert torch.equal(compiled_output, eager_output) and torch.equal(compiled_grad, eager_grad)
 
 
 def test_no_node_without_requires_grad():

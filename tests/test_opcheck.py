@@ -43,6 +43,28 @@ def linear_int4pack_backward_cases():
                 yield (grad_output, packed, 32, scale_and_zeros), None
 
 
+def int4pack_linear_cases():
+    """The training forward of torch's int4 linear: both dtypes it reads, on both sides of where it
+    leaves torch's kernel (16 rows of bfloat16), and a dtype it hands to torch's (float16)."""
+    from test_int4pack import int4_weight
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        packed, scale_and_zeros = int4_weight(32, 64, 32, dtype=dtype)
+        for rows in (3, 20):
+            yield (torch.randn(rows, 64, dtype=dtype), packed, 32, scale_and_zeros), None
+
+
+def int8_linear_cases():
+    for rows, depth, columns in ((3, 64, 32), (20, 100, 48)):
+        yield (
+            (
+                torch.randint(-128, 128, (rows, depth), dtype=torch.int8),
+                torch.randint(-128, 128, (columns, depth), dtype=torch.int8),
+            ),
+            None,
+        )
+
+
 def int8_groupwise_cases():
     from test_groupwise import groupwise_weight
 
@@ -104,6 +126,8 @@ def stored_weight_backward_cases():
 OPCHECK_CASES = {
     "linear_int8_backward": lambda: (*linear_int8_backward_cases(), *int8_groupwise_cases()),
     "linear_int4pack_backward": linear_int4pack_backward_cases,
+    "_int4pack_linear": int4pack_linear_cases,
+    "_int8_linear": int8_linear_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),
     "cache_weight": cache_weight_cases,

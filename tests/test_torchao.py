@@ -158,6 +158,31 @@ def test_frozen_bias_and_no_bias():
         assert relative_error(x.grad, reference_input_gradient(grad_output, layer.weight)) <= ERROR_BOUNDS["fp32"]
 
 
+@pytest.mark.parametrize("activation", ACTIVATION_MAPPINGS)
+@pytest.mark.parametrize("dtype", DTYPE_ERROR_BOUNDS, ids=str)
+def test_training_forward_is_torchaos_bit_for_bit(dtype, activation):
+    """Where the input requires grad the integer product is qlgrad's: torchao's output exactly, at
+    row counts that reach each way the int8 panel GEMM divides its work (by columns below 256 rows,
+    shared panels from 256), a depth of several blocks and a partial last panel."""
+    layer = quantized_linear(1100, 80, "per_row", activation, dtype=dtype)
+    for rows in (1, 13, 255, 256, 300):
+        x = torch.randn(rows, 1100, dtype=dtype)
+        stock_output = layer(x)
+        assert torch.equal(layer(x.requires_grad_()), stock_output), rows
+
+
+def test_integer_product_is_torchs():
+    """torch.ops.qlgrad._int8_linear is torch._int_mm(input, weight.t()), exactly, with codes at
+    both ends of the int8 range."""
+    generator = torch.Generator().manual_seed(0)
+    for rows, depth, columns in ((1, 64, 32), (17, 1100, 80), (300, 2048, 48), (5, 3, 7)):
+        input = torch.randint(-128, 128, (rows, depth), dtype=torch.int8, generator=generator)
+        weight = torch.randint(-128, 128, (columns, depth), dtype=torch.int8, generator=generator)
+        input[0], weight[0] = -128, 127
+        expected = input.int() @ weight.int().t()
+        assert torch.equal(torch.ops.qlgrad._int8_linear(input, weight), expected)
+
+
 def test_activation_pre_scale_is_differentiated():
     # SmoothQuant and AWQ put a per-feature scale on the weight that the forward multiplies the input by.
     torch.manual_seed(0)

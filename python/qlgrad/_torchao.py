@@ -47,7 +47,8 @@ _NOT_COVERED = (
 
 
 class _StraightThroughLinear(torch.autograd.Function):
-    """torchao's own forward; the straight-through input gradient in backward."""
+    """torchao's forward (its own, or the subclass's training forward); the straight-through
+    input gradient in backward."""
 
     @staticmethod
     def forward(ctx, input, bias, weight, stock_forward, chosen_precision, subclass):
@@ -58,6 +59,8 @@ class _StraightThroughLinear(torch.autograd.Function):
         ctx.bias_sum_dtype = subclass.bias_sum_dtype(input, weight)
         ctx.bias_dtype = None if bias is None else bias.dtype
         ctx.bias_shape = None if bias is None else bias.shape
+        if subclass.training_forward is not None:
+            return subclass.training_forward(input, weight, bias, stock_forward)
         return stock_forward(input, bias)
 
     @staticmethod
@@ -81,6 +84,40 @@ def _int8_tensor_input_gradient(grad_output, weight, precision):
         # The forward multiplies the input by it before quantizing (SmoothQuant, AWQ).
         grad_input = grad_input * weight.act_pre_scale
     return grad_input
+
+
+def _int8_tensor_training_forward(input, weight, bias, stock_forward):
+    """torchao's forward with int8 activations, bit for bit, with qlgrad's integer product.
+
+    torchao's own forward computes torch._int_mm(x_int8, W_int8.t()) in int32 and then rescales;
+    on CPUs it also transposes, offsets and sums the weight at every call, which dominates the
+    layer's time. torch.ops.qlgrad._int8_linear gives the same int32 product from the codes as
+    they are stored, and the rescaling below is torchao's, step for step (torchao 0.18.0's
+    Int8Tensor linear), so the output is torchao's exactly.
+    """
+    from torchao.quantization.quantize_.common import _choose_quant_func_and_quantize_tensor
+
+    output_dtype = input.dtype
+    if weight.act_pre_scale is not None:
+        input = input * weight.act_pre_scale
+    activation = _choose_quant_func_and_quantize_tensor(
+        input, weight.act_quant_kwargs, scale=weight.act_quant_scale, zero_point=weight.act_quant_zero_point
+    )
+    codes = activation.qdata.reshape(-1, activation.qdata.shape[-1])
+    # A float16 activation scale would overflow: torchao rescales in float32 then.
+    sum_dtype = torch.float if activation.scale.dtype == torch.half else activation.scale.dtype
+    row_scale = activation.scale.reshape(-1, 1).to(sum_dtype)
+    output = (torch.ops.qlgrad._int8_linear(codes, weight.qdata).to(sum_dtype) * row_scale).to(output_dtype)
+    if activation.zero_point is not None and weight.act_quant_kwargs.mapping_type.name == "ASYMMETRIC":
+        # An asymmetric activation's zero point, times each row's scale and each column's codes' sum.
+        column_sums = weight.qdata.sum(dim=-1).to(sum_dtype)
+        output = output - (activation.zero_point.reshape(-1, 1).to(sum_dtype) * row_scale * column_sums).to(
+            output_dtype
+        )
+    output = (output * weight.scale.flatten()).reshape(*activation.qdata.shape[:-1], output.shape[-1])
+    if bias is not None:
+        output += bias
+    return output.to(output_dtype)
 
 
 def _intx_input_gradient(grad_output, weight, precision):
@@ -107,6 +144,9 @@ class _Subclass(NamedTuple):
     input_gradient: Callable | None  # (grad_output, weight, precision) -> grad_input; None: refuse
     # The dtype torchao's forward adds the bias in: the bias gradient is summed in it.
     bias_sum_dtype: Callable = lambda input, weight: input.dtype
+    # (input, weight, bias, stock_forward) -> output where the input requires grad, torchao's
+    # output computed faster; None: torchao's forward.
+    training_forward: Callable | None = None
 
 
 _SUBCLASSES = (
@@ -120,6 +160,7 @@ _SUBCLASSES = (
         # torchao adds the bias to the int8 product rescaled by the float32 weight scale (so in
         # float32 for bfloat16 inputs), then casts to the input's dtype.
         bias_sum_dtype=lambda input, weight: torch.promote_types(input.dtype, weight.scale.dtype),
+        training_forward=_int8_tensor_training_forward,
     ),
     _Subclass(
         "torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor",

@@ -158,6 +158,20 @@ def _linear_int4pack_backward_fake(grad_output, weight_int4pack, group_size, sca
     return grad_output.new_empty((*grad_output.shape[:-1], scale_and_zeros.shape[0] * group_size))
 
 
+@torch.library.register_fake("qlgrad::_int4pack_linear")
+def _int4pack_linear_fake(input, weight_int4pack, group_size, scale_and_zeros):
+    # The training forward of aten::_weight_int4pack_mm_for_cpu (libqlgrad's Autograd kernel
+    # calls it): that op's output, shapes and checks.
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(input, weight_int4pack, group_size, scale_and_zeros)
+
+
+@torch.library.register_fake("qlgrad::_int8_linear")
+def _int8_linear_fake(input, weight):
+    # torch._int_mm(input, weight.t())'s output.
+    torch._check(input.shape[-1] == weight.shape[-1], lambda: "input [M, K] and weight [N, K] must share K")
+    return input.new_empty((input.shape[0], weight.shape[0]), dtype=torch.int32)
+
+
 def linear_int4pack_backward(
     grad_output: torch.Tensor,
     weight_int4pack: torch.Tensor,

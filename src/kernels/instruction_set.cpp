@@ -54,6 +54,23 @@ bool has_avx512_bf16() {
   return bf16;
 }
 
+bool has_avx512_vnni() {
+  static const bool vnni = [] {
+    const char* variable = std::getenv("QLGRAD_AVX512_VNNI");
+    if (instruction_set() != InstructionSet::kAvx512 || (variable != nullptr && std::string(variable) == "0")) {
+      return false;
+    }
+#if defined(__x86_64__)
+    // Leaf 7, subleaf 0: ECX bit 11.
+    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 11)) != 0;
+#else
+    return false;
+#endif
+  }();
+  return vnni;
+}
+
 bool is_intel_cpu() {
   static const bool intel = [] {
 #if defined(__x86_64__)

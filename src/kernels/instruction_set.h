@@ -19,6 +19,10 @@ const char* instruction_set_name(InstructionSet set);
 // without them).
 bool has_avx512_bf16();
 
+// Whether the instruction set is AVX-512 and the CPU has AVX512-VNNI (int8 dot products,
+// vpdpbusd), unless QLGRAD_AVX512_VNNI=0 leaves them out.
+bool has_avx512_vnni();
+
 // Whether the CPU is Intel's: MKL, torch's float GEMM, runs its AVX-512 code there only (on AMD
 // CPUs with AVX-512 it takes its AVX2 path, at less than half oneDNN's speed).
 bool is_intel_cpu();

@@ -1,6 +1,7 @@
 // Readers of torch's int4 packing (AVX-512): its panels, converted 16 x 16 values at a time (16
 // rows of a column lie together in the packing, and a transpose in registers turns them into the
-// panels' rows), and the stream for a few rows, as dot products along those 16 rows.
+// panels' rows), and the stream for a few rows, as dot products along those 16 rows. The forward's
+// panels, of the transposed weight, need no transpose: those 16 values are a panel row's half.
 
 #include "variants.h"
 
@@ -53,6 +54,14 @@ void int4_panels_avx512(const Int4Pack& pack, int64_t top, int64_t first, int64_
     for (int64_t i = 0; i < 16; ++i) {
       _mm512_storeu_ps(panel + (row + i) * kPanelColumns, values[i]);
     }
+  });
+}
+
+void int4_transposed_panels_avx512(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count,
+                                   float* out) {
+  for_each_column16<1>(pack, top, first, depth, count, [&](int64_t row, int64_t k, const __m512(&values)[1]) {
+    _mm512_storeu_ps(out + row / kPanelColumns * kPanelColumns * depth + k * kPanelColumns + row % kPanelColumns,
+                     values[0]);
   });
 }
 

@@ -19,4 +19,12 @@ void int4_panels_bfloat16_avx512(const Int4Pack& pack, int64_t top, int64_t firs
   });
 }
 
+void int4_transposed_panels_bfloat16_avx512(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth,
+                                            int64_t count, at::BFloat16* out) {
+  for_each_column16<2>(pack, top, first, depth, count, [&](int64_t row, int64_t k, const __m512(&values)[2]) {
+    _mm512_storeu_si512(out + row / kPanelColumns * kPanelColumns * depth + k * kPanelColumns + row % kPanelColumns * 2,
+                        avx512::bfloat16_pairs(values[0], values[1]));
+  });
+}
+
 } // namespace qlgrad::math

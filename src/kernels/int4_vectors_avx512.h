@@ -4,42 +4,10 @@
 // instruction set.
 
 #include "int4_packing.h"
+#include "transpose16_avx512.h"
 
 namespace qlgrad::math {
 namespace {
-
-// 16 x 16 floats transposed in registers: four rounds that each swap the off-diagonal blocks
-// of half the size of the last round's, with the lane selections made once.
-struct Transpose16 {
-  __m512i low[4], high[4];
-
-  Transpose16() {
-    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
-      alignas(64) int32_t low_index[16], high_index[16];
-      for (int32_t j = 0; j < 16; ++j) {
-        const bool upper = (j & half) != 0;
-        low_index[j] = upper ? 16 + j - half : j;
-        high_index[j] = upper ? 16 + j : j + half;
-      }
-      low[round] = _mm512_load_si512(low_index);
-      high[round] = _mm512_load_si512(high_index);
-    }
-  }
-
-  void operator()(__m512 (&rows)[16]) const {
-#pragma GCC unroll 4
-    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
-#pragma GCC unroll 16
-      for (int i = 0; i < 16; ++i) {
-        if ((i & half) == 0) {
-          const __m512 first = rows[i], second = rows[i + half];
-          rows[i] = _mm512_permutex2var_ps(first, low[round], second);
-          rows[i + half] = _mm512_permutex2var_ps(first, high[round], second);
-        }
-      }
-    }
-  }
-};
 
 // The 16 values W[row:row + 16, column] of the rows `where` describes, with their group's
 // scales and zeros (as scales_and_zeros16 gives them): fma(code - 8, scale, zero), as the op
@@ -87,6 +55,40 @@ void for_each_square(const Int4Pack& pack, int64_t top, int64_t first, int64_t d
       }
       transpose16(values);
       store(row, column, values);
+    }
+  }
+}
+
+// store(row, k, values) for the transposed weight's panels, W.T[top:top + depth, first:first + count]
+// (the forward's x @ W.T): for each 16 rows of W from first (row from first, up to count rounded
+// up to whole panels) and each Step columns of W from top (k from top), values[s] holding
+// W[first + row:first + row + 16, top + k + s], which the packing keeps together. Zero past
+// `count` and `depth`. Step columns share a group: top is a multiple of Step, group sizes of 32.
+template <int64_t Step, typename Store>
+void for_each_column16(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count,
+                       const Store& store) {
+  for (int64_t row = 0; row < (count + kPanelColumns - 1) / kPanelColumns * kPanelColumns; row += 16) {
+    __m512 values[Step];
+    if (row >= count) {
+      for (int64_t s = 0; s < Step; ++s) {
+        values[s] = _mm512_setzero_ps();
+      }
+      for (int64_t k = 0; k < depth; k += Step) {
+        store(row, k, values);
+      }
+      continue;
+    }
+    const auto where = pack.rows16(first + row);
+    __m512 scales, zeros;
+    for (int64_t k = 0; k < depth; k += Step) {
+      if (k == 0 || (top + k) % pack.group_size == 0) {
+        scales_and_zeros16(pack, first + row, top + k, scales, zeros);
+      }
+#pragma GCC unroll 2
+      for (int64_t s = 0; s < Step; ++s) {
+        values[s] = k + s < depth ? values16(where, top + k + s, scales, zeros) : _mm512_setzero_ps();
+      }
+      store(row, k, values);
     }
   }
 }

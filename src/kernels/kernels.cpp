@@ -53,6 +53,7 @@ Kernels avx512_kernels() {
   table.convert_panels_int8 = &convert_panels_int8_avx512;
   table.convert_panels_float16 = &convert_panels_float16_avx512;
   table.int4_panels = &int4_panels_avx512;
+  table.int4_transposed_panels = &int4_transposed_panels_avx512;
   table.int4_stream = &int4_stream_avx512;
   table.stream_blocked = &stream_blocked_avx512;
   if (has_avx512_bf16()) {
@@ -60,6 +61,11 @@ Kernels avx512_kernels() {
     table.convert_panels_int8_bfloat16 = &convert_panels_int8_bfloat16_avx512;
     table.convert_panels_float16_bfloat16 = &convert_panels_float16_bfloat16_avx512;
     table.int4_panels_bfloat16 = &int4_panels_bfloat16_avx512;
+    table.int4_transposed_panels_bfloat16 = &int4_transposed_panels_bfloat16_avx512;
+  }
+  if (has_avx512_vnni()) {
+    table.panel_rows_int8 = &panel_rows_int8_avx512_vnni;
+    table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
   }
   return table;
 }

@@ -109,6 +109,19 @@ using ConvertPanelsFn = void(const Code* codes, int64_t ldw, const CodeParameter
 using PanelRowsBFloat16Fn = void(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
                                  float* out, int64_t ldo, int64_t width, bool accumulate);
 
+// The same with int8 products (vpdpbusd) and int32 sums: lhs int8 packed as [depth / 4][kKernelRows]
+// quads (rows n to n + 3 of lhs's column side by side), the panel [depth / 4][kPanelColumns]
+// quads of uint8 values (weight rows n to n + 3 of each column, each value plus 128); depth a
+// multiple of 4.
+using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
+                             int64_t ldo, int64_t width, bool accumulate);
+
+// Such int8 panels of the transpose of int8 codes W [N, K] in rows, W.T[top:top + depth,
+// first:first + count] (`codes` points at W[first, top]), panel_depth (a multiple of 4) rows of
+// kPanelColumns apart; past `depth` each value is 128 (a zero code), past `count` zero.
+using Int8TransposedPanelsFn = void(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
+                                    int64_t panel_depth);
+
 // value[top:top + depth, first:first + count] as such bfloat16 panels, rounded to nearest even,
 // panel_depth (even) rows of kPanelColumns apart; an odd depth's last pair ends in a zero row.
 template <typename Code>
@@ -160,6 +173,10 @@ struct Kernels {
   ConvertPanelsFn<int8_t>* convert_panels_int8 = nullptr;
   ConvertPanelsFn<at::Half>* convert_panels_float16 = nullptr;
   Int4PanelsFn* int4_panels = nullptr;
+  // The transposed weight's panels, for the forward x @ W.T: W.T[top:top + depth, first:first + count]
+  // (depth along W's columns, the panels' columns W's rows), written as int4_panels writes W's;
+  // first a multiple of kPanelColumns, count of 16 (and top even for bfloat16 pairs).
+  Int4PanelsFn* int4_transposed_panels = nullptr;
   Int4StreamFn* int4_stream = nullptr;
   BlockedStreamFn* stream_blocked = nullptr;
   // The panel GEMM in bfloat16 products: AVX512-BF16 only (has_avx512_bf16), null elsewhere.
@@ -167,6 +184,10 @@ struct Kernels {
   ConvertPanelsBFloat16Fn<int8_t>* convert_panels_int8_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<at::Half>* convert_panels_float16_bfloat16 = nullptr;
   Int4PanelsBFloat16Fn* int4_panels_bfloat16 = nullptr;
+  Int4PanelsBFloat16Fn* int4_transposed_panels_bfloat16 = nullptr;  // the same in bfloat16 pairs
+  // The panel GEMM in int8 products: AVX512-VNNI only (has_avx512_vnni), null elsewhere.
+  PanelRowsInt8Fn* panel_rows_int8 = nullptr;
+  Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
 };
 
 // The kernels of the instruction set in use, chosen at the first call.

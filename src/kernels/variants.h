@@ -33,6 +33,7 @@ PanelRowsFn panel_rows_avx512;
 ConvertPanelsFn<int8_t> convert_panels_int8_avx512;
 ConvertPanelsFn<at::Half> convert_panels_float16_avx512;
 Int4PanelsFn int4_panels_avx512;
+Int4PanelsFn int4_transposed_panels_avx512;
 Int4StreamFn int4_stream_avx512;
 BlockedStreamFn stream_blocked_avx512;
 
@@ -41,5 +42,10 @@ PanelRowsBFloat16Fn panel_rows_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<int8_t> convert_panels_int8_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<at::Half> convert_panels_float16_bfloat16_avx512;
 Int4PanelsBFloat16Fn int4_panels_bfloat16_avx512;
+Int4PanelsBFloat16Fn int4_transposed_panels_bfloat16_avx512;
+
+// AVX512-VNNI (x86-64 only).
+PanelRowsInt8Fn panel_rows_int8_avx512_vnni;
+Int8TransposedPanelsFn int8_transposed_panels_avx512_vnni;
 
 } // namespace qlgrad::math

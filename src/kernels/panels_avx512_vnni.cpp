@@ -1,0 +1,81 @@
+// The panel GEMM's kernels in int8 products (AVX512-VNNI), for int8 inputs times int8 codes with
+// int32 sums, exact as an integer GEMM is: the kernel multiplies kKernelRows rows of packed input
+// quads by a panel with vpdpbusd, whose unsigned operand is the panel. So the panels hold each
+// code plus 128 as a uint8, and the product is short of the input rows' sums times 128, which
+// the caller subtracts (matmul.cpp).
+
+#include "variants.h"
+
+#include "avx512_vnni.h"
+#include "transpose16_avx512.h"
+
+namespace qlgrad::math {
+namespace {
+
+template <int64_t Rows>
+void panel_kernel(const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out, int64_t ldo, int64_t width,
+                  bool accumulate) {
+  __m512i low[Rows], high[Rows];
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    low[r] = _mm512_setzero_si512();
+    high[r] = _mm512_setzero_si512();
+  }
+  const auto* lhs_quads = reinterpret_cast<const int32_t*>(lhs);
+  for (int64_t quad = 0; quad < depth / 4; ++quad) {
+    const __m512i panel_low = _mm512_loadu_si512(panel + quad * 4 * kPanelColumns);
+    const __m512i panel_high = _mm512_loadu_si512(panel + quad * 4 * kPanelColumns + 4 * 16);
+#pragma GCC unroll 12
+    for (int64_t r = 0; r < Rows; ++r) {
+      const __m512i factors = _mm512_set1_epi32(lhs_quads[quad * kKernelRows + r]);
+      low[r] = _mm512_dpbusd_epi32(low[r], panel_low, factors);
+      high[r] = _mm512_dpbusd_epi32(high[r], panel_high, factors);
+    }
+  }
+  const __mmask16 low_mask = avx512::lanes_mask(width), high_mask = avx512::lanes_mask(width - 16);
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    int32_t* row = out + r * ldo;
+    if (accumulate) {
+      low[r] = _mm512_add_epi32(low[r], _mm512_maskz_loadu_epi32(low_mask, row));
+      high[r] = _mm512_add_epi32(high[r], _mm512_maskz_loadu_epi32(high_mask, row + 16));
+    }
+    _mm512_mask_storeu_epi32(row, low_mask, low[r]);
+    _mm512_mask_storeu_epi32(row + 16, high_mask, high[r]);
+  }
+}
+
+} // namespace
+
+void panel_rows_int8_avx512_vnni(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
+                                 int64_t ldo, int64_t width, bool accumulate) {
+  with_rows<kKernelRows>(rows,
+                         [&]<int64_t Rows>() { panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate); });
+}
+
+// 16 rows of W at a time, 64 codes of each (16 quads, a 32-bit lane each) transposed into 16
+// panel rows of quads of those 16 columns.
+void int8_transposed_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
+                                        int64_t panel_depth) {
+  const Transpose16 transpose16;
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
+    uint8_t* panel = panels + row / kPanelColumns * kPanelColumns * panel_depth + row % kPanelColumns * 4;
+    for (int64_t column = 0; column < depth; column += 64) {
+      const __mmask64 mask = depth - column >= 64 ? ~__mmask64{0} : (__mmask64{1} << (depth - column)) - 1;
+      __m512 quads[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        // Past `count`, zero; past `depth`, 128 (a code of zero), which the input's zero padding meets.
+        const __m512i values =
+            row + i < count ? _mm512_maskz_loadu_epi8(mask, codes + (row + i) * ldw + column) : _mm512_setzero_si512();
+        quads[i] = _mm512_castsi512_ps(row + i < count ? _mm512_xor_si512(values, offset) : values);
+      }
+      transpose16(quads);
+      for (int64_t j = 0; j < std::min<int64_t>(16, (panel_depth - column) / 4); ++j) {
+        _mm512_storeu_si512(panel + (column / 4 + j) * 4 * kPanelColumns, _mm512_castps_si512(quads[j]));
+      }
+    }
+  }
+}
+
+} // namespace qlgrad::math

@@ -1,0 +1,43 @@
+#pragma once
+// A 16 x 16 transpose of 32-bit lanes in AVX-512 registers, for kernel files of AVX-512 CPUs:
+// included after avx512.h (or a header that includes it), and of internal linkage, so that each
+// file compiles it for its own instruction set.
+
+namespace qlgrad::math {
+namespace {
+
+// 16 x 16 lanes (floats, or any 4 bytes cast to them) transposed in registers: four rounds that each swap the
+// off-diagonal blocks of half the size of the last round's, with the lane selections made once.
+struct Transpose16 {
+  __m512i low[4], high[4];
+
+  Transpose16() {
+    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
+      alignas(64) int32_t low_index[16], high_index[16];
+      for (int32_t j = 0; j < 16; ++j) {
+        const bool upper = (j & half) != 0;
+        low_index[j] = upper ? 16 + j - half : j;
+        high_index[j] = upper ? 16 + j : j + half;
+      }
+      low[round] = _mm512_load_si512(low_index);
+      high[round] = _mm512_load_si512(high_index);
+    }
+  }
+
+  void operator()(__m512 (&rows)[16]) const {
+#pragma GCC unroll 4
+    for (int round = 0, half = 8; half >= 1; ++round, half /= 2) {
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) {
+        if ((i & half) == 0) {
+          const __m512 first = rows[i], second = rows[i + half];
+          rows[i] = _mm512_permutex2var_ps(first, low[round], second);
+          rows[i + half] = _mm512_permutex2var_ps(first, high[round], second);
+        }
+      }
+    }
+  }
+};
+
+} // namespace
+} // namespace qlgrad::math
