@@ -75,7 +75,9 @@ at::Tensor int4pack_linear_cpu(const at::Tensor& input, const at::Tensor& packed
       !reads_packing(input, packed, group_size, scale_and_zeros)) {
     return at::_weight_int4pack_mm_for_cpu(input, packed, group_size, scale_and_zeros);
   }
-  return math::int4pack_linear(input.contiguous(), packed, group_size,
+  // Detached: the out= GEMM of MKL's tiles (CPUs without the panel GEMM), called from the kernel's
+  // worker threads, refuses an input that requires grad.
+  return math::int4pack_linear(input.detach().contiguous(), packed, group_size,
                                math::int4_packed_weight(packed, group_size, scale_and_zeros).scale_and_zeros);
 }
 

@@ -29,6 +29,11 @@ KERNEL_TESTS = (
 )
 # The kernels that AVX512-BF16 replaces on AVX-512 CPUs that have it: those of the bf16 precision.
 BFLOAT16_KERNEL_TESTS = ("test_bfloat16_products.py", "test_precision.py", "test_int4pack.py")
+# The integer product that AVX512-VNNI gives torchao's int8 training forwards (torch._int_mm without it).
+INT8_KERNEL_TESTS = (
+    "test_torchao.py::test_integer_product_is_torchs",
+    "test_torchao.py::test_training_forward_is_torchaos_bit_for_bit",
+)
 
 
 def machine_capability() -> str:
@@ -77,6 +82,14 @@ def test_kernel_tests_pass_under_a_lower_capability(capability, tmp_path):
 )
 def test_kernel_tests_pass_on_avx512_without_bfloat16_products(tmp_path):
     run_kernel_tests(BFLOAT16_KERNEL_TESTS, tmp_path, QLGRAD_AVX512_BF16="0")
+
+
+@pytest.mark.skipif(
+    machine_capability() != "avx512" or "avx512_vnni" not in Path("/proc/cpuinfo").read_text(),
+    reason="the CPU runs AVX-512 without AVX512-VNNI already, or no AVX-512",
+)
+def test_kernel_tests_pass_on_avx512_without_int8_products(tmp_path):
+    run_kernel_tests(INT8_KERNEL_TESTS, tmp_path, QLGRAD_AVX512_VNNI="0")
 
 
 def run_kernel_tests(tests, tmp_path, **variables):

@@ -53,7 +53,8 @@ def test_matches_the_ops_weight(precision, shape):
 
 @pytest.mark.parametrize("capability", ["avx2", "default"])
 def test_every_cpu_capabilitys_packing(capability):
-    """The packing follows ATEN_CPU_CAPABILITY: another process packs and reads in another layout."""
+    """The packing follows ATEN_CPU_CAPABILITY: another process packs and reads in another layout,
+    for the backward and the training forward."""
     code = textwrap.dedent(
         """
         import sys, torch, qlgrad
@@ -69,6 +70,10 @@ def test_every_cpu_capabilitys_packing(capability):
                 grad_output = torch.randn(rows, shape[0])
                 got = qlgrad.linear_int4pack_backward(grad_output, packed, shape[2], scale_and_zeros)
                 worst = max(worst, relative_error(got, grad_output.double() @ weight))
+                # The training forward, from the packing of this capability.
+                x = torch.randn(rows, shape[1], requires_grad=True)
+                output = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, shape[2], scale_and_zeros)
+                worst = max(worst, relative_error(output, x.double() @ weight.t()))
         print(worst)
         """
     )
