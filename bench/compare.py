@@ -21,7 +21,7 @@ from functools import partial
 import torch
 
 import qlgrad
-from benchmarks import workloads
+from benchmarks import training_forwards, workloads
 from benchmarks.comparison import (
     BASELINE,
     BF16_COPY,
@@ -39,6 +39,7 @@ from benchmarks.machine import CpuWaitMeter, cpu_description, resident_bytes
 from benchmarks.plots import Panel, ReferenceLine, bar_panels
 from benchmarks.reporting import Target, markdown_table, target_report, verdict
 from benchmarks.timing import Timed, interleaved_samples, medians, milliseconds, percent, relative_spread, times
+from benchmarks.training_forwards import measure_training_forward, training_forward_report
 from benchmarks.workloads import PRECISIONS, SCHEMES, SHAPES, Shape, Workload
 
 # Targets. The exact backward, from the int8 codes, against F.linear's by token count: from
@@ -382,6 +383,15 @@ def parse_arguments() -> argparse.Namespace:
         help="also time group-wise int8 and int4 weights at 4096x4096 (default: yes)",
     )
     parser.add_argument(
+        "--training-forward-tokens",
+        type=int,
+        nargs="*",
+        default=list(training_forwards.TOKENS),
+        metavar="N",
+        help="also time the forwards of torchao's int4 and int8 layers whose input requires grad at these token "
+        f"counts (default: {' '.join(map(str, training_forwards.TOKENS))}; none leaves them out)",
+    )
+    parser.add_argument(
         "--model-blocks",
         type=int,
         default=workloads.BERT_LARGE.blocks,
@@ -434,6 +444,19 @@ def main() -> None:
         print(f"\nLow-bit weights, 4096x4096, fp32 backward; best fp32 GEMM: the faster of {BASELINE} and {ONEDNN}:")
         low_bit_rows = [measure_low_bit(tokens, arguments.repeats) for tokens in workloads.LOW_BIT_TOKENS]
         print(low_bit_report(low_bit_rows), flush=True)
+    if arguments.training_forward_tokens:
+        print(
+            f"\nTraining forwards, {training_forwards.IN_FEATURES}x{training_forwards.OUT_FEATURES}: an input that "
+            "requires grad, the same layer's stock forward without grad, and the dense forward of the same dtype "
+            "(float32: the faster of F.linear and oneDNN):"
+        )
+        forward_rows = [
+            measure_training_forward(layer, dtype, tokens, arguments.repeats)
+            for layer in training_forwards.LAYERS
+            for dtype in training_forwards.DTYPES
+            for tokens in arguments.training_forward_tokens
+        ]
+        print(training_forward_report(forward_rows), flush=True)
     if arguments.model_blocks:
         shape = dataclasses.replace(workloads.BERT_LARGE, blocks=arguments.model_blocks)
         print()

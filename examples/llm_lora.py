@@ -254,7 +254,13 @@ def check_checkpointing(model: peft.PeftModel, batch: dict[str, torch.Tensor], c
     which checkpointing recomputes in the backward pass, and through those of the layers above.
     """
     model.train()
+    # Enabling checkpointing makes the embeddings' output require grad (enable_input_require_grads),
+    # and with it the input of the first layer's quantized projections, whose forward may then be a
+    # training forward of its own (torch's int4 layers: equal to the stock one up to rounding). The
+    # plain run is given the same: the two runs differ in the checkpointing alone.
+    model.enable_input_require_grads()
     plain = adapter_gradients(model, batch)
+    model.disable_input_require_grads()
     model.activation_checkpointing_enable(activation_checkpointing_kwargs=checkpointing)
     checkpointed = adapter_gradients(model, batch)
     model.activation_checkpointing_disable()  # the Trainer enables it again, as its arguments say

@@ -33,6 +33,7 @@ def test_compare_runs_on_the_smallest_shape(tmp_path):
             "--model-blocks",
             "1",
             "--no-low-bit",
+            "--training-forward-tokens",
             "--plot",
             str(plot),
         ],
@@ -72,6 +73,38 @@ def test_compare_times_the_low_bit_weights():
         errors = [float(error) for error in next(v for k, v in row.items() if k.startswith("rel. error")).split(" / ")]
         assert max(errors) < 1e-5  # every weight's fp32 backward is exact
     assert "int4, 1 tokens" in low_bit and "int8_group32, 256 tokens" in low_bit
+
+
+def test_compare_times_the_training_forwards():
+    result = subprocess.run(
+        [
+            sys.executable,
+            COMPARE,
+            "--shapes",
+            SMALLEST_SHAPE,
+            "--repeats",
+            "1",
+            "--model-blocks",
+            "0",
+            "--no-low-bit",
+            "--training-forward-tokens",
+            "1",
+            "16",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    forwards = result.stdout.split("Training forwards")[1]
+    rows = table_rows(forwards)
+    assert [(row["layer"], row["dtype"], row["tokens"]) for row in rows] == [
+        (layer, dtype, tokens)
+        for layer in ("int4_group128", "torchao_int8")
+        for dtype in ("float32", "bfloat16")
+        for tokens in ("1", "16")
+    ]
+    assert "torchao_int8 bfloat16, 16 tokens: training ≤ 1.0× the dense forward" in forwards
 
 
 def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[str, str]]]:
