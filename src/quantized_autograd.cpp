@@ -19,6 +19,7 @@
 #include <c10/util/FunctionRef.h>
 
 #include <mutex>
+#include <vector>
 
 namespace qlgrad {
 namespace {
@@ -85,8 +86,9 @@ struct InputGradientBackward final : torch::autograd::TraceableFunction {
 // gradient's dtype decides when backward runs) and, with ReLU, a 1-byte mask; no activation
 // is saved.
 struct DynamicLinearBackward final : torch::autograd::TraceableFunction {
-  DynamicLinearBackward(const OpTraits& op, PackedParams packed, std::optional<Precision> chosen)
-      : op_(op), packed_(std::move(packed)), chosen_(chosen) {}
+  DynamicLinearBackward(const OpTraits& op, PackedParams packed, std::optional<Precision> chosen,
+                        std::vector<int64_t> input_sizes)
+      : op_(op), packed_(std::move(packed)), chosen_(chosen), input_sizes_(std::move(input_sizes)) {}
 
   variable_list apply(variable_list&& grads) override {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -99,6 +101,11 @@ struct DynamicLinearBackward final : torch::autograd::TraceableFunction {
     // C++ autograd::Functions, which functorch refuses.
     const bool create_graph = torch::autograd::compute_requires_grad(grad_output);
     at::Tensor grad_input = input_gradient(create_graph ? grad_output.detach() : grad_output);
+    if (grad_input.numel() == 0 && grad_input.sizes() != input_sizes_) {
+      // The stock onednn kernel maps an empty [B, 0, K] input to a [0, N] output: the gradient
+      // of that output is the input's, empty, in the input's shape.
+      grad_input = grad_input.new_zeros(input_sizes_);
+    }
     if (create_graph) {
       auto node = c10::make_intrusive<InputGradientBackward>(op_.kind, packed_);
       node->set_next_edges(torch::autograd::collect_next_edges(grad_output));
@@ -124,6 +131,7 @@ struct DynamicLinearBackward final : torch::autograd::TraceableFunction {
   const PackedParams packed_;
   const std::optional<Precision> chosen_;
   SavedVariable passed_;  // ReLU only: output > 0
+  const std::vector<int64_t> input_sizes_;
 };
 
 // Forward-mode AD (torch.func.jvp, jacfwd, torch.autograd.forward_ad): the same
@@ -145,7 +153,8 @@ at::Tensor autograd_kernel(const OpTraits& op, const at::Tensor& input, const Pa
   }
   // Without anything to differentiate, no node is made and nothing is saved.
   if (torch::autograd::compute_requires_grad(input)) {
-    auto node = c10::make_intrusive<DynamicLinearBackward>(op, packed, chosen_backward_precision());
+    auto node =
+        c10::make_intrusive<DynamicLinearBackward>(op, packed, chosen_backward_precision(), input.sizes().vec());
     node->set_next_edges(torch::autograd::collect_next_edges(input));
     if (op.relu) {
       node->passed_ = SavedVariable(output.gt(0), /*is_output=*/false);

@@ -35,11 +35,15 @@ def test_input_gradient_matches_float64_reference(engine, scheme, leading, reduc
 
     y = torch.ops.quantized.linear_dynamic(x, packed, reduce_range)
     if y.shape != grad_output.shape:
-        pytest.xfail(f"the stock {engine} kernel maps input {tuple(x.shape)} to output {tuple(y.shape)}")
+        # The stock onednn kernel maps an empty (3, 0, 10) input to a (0, 6) output: the gradient
+        # of that output is still x's (empty) gradient.
+        assert engine == "onednn" and x.numel() == 0, (tuple(x.shape), tuple(y.shape))
+        grad_output = torch.randn(y.shape)
     (grad_x,) = torch.autograd.grad(y, x, grad_output)
 
     assert grad_x.shape == x.shape and grad_x.dtype == torch.float32
-    torch.testing.assert_close(grad_x.double(), reference_input_gradient(grad_output, weight), rtol=1e-5, atol=1e-6)
+    expected = reference_input_gradient(grad_output, weight).reshape(x.shape)
+    torch.testing.assert_close(grad_x.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_pending_backward_outlives_the_packed_params(engine):
