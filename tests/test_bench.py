@@ -58,24 +58,7 @@ def test_compare_runs_on_the_smallest_shape(tmp_path):
     assert plot.read_bytes().startswith(b"\x89PNG")
 
 
-def test_compare_times_the_low_bit_weights():
-    result = subprocess.run(
-        [sys.executable, COMPARE, "--shapes", SMALLEST_SHAPE, "--repeats", "1", "--model-blocks", "0"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    low_bit = result.stdout.split("Low-bit weights")[1]
-    rows = table_rows(low_bit)
-    assert [row["tokens"] for row in rows] == ["1", "16", "256"]
-    for row in rows:
-        errors = [float(error) for error in next(v for k, v in row.items() if k.startswith("rel. error")).split(" / ")]
-        assert max(errors) < 1e-5  # every weight's fp32 backward is exact
-    assert "int4, 1 tokens" in low_bit and "int8_group32, 256 tokens" in low_bit
-
-
-def test_compare_times_the_training_forwards():
+def test_compare_times_the_low_bit_weights_and_the_training_forwards():
     result = subprocess.run(
         [
             sys.executable,
@@ -86,7 +69,6 @@ def test_compare_times_the_training_forwards():
             "1",
             "--model-blocks",
             "0",
-            "--no-low-bit",
             "--training-forward-tokens",
             "1",
             "16",
@@ -96,7 +78,14 @@ def test_compare_times_the_training_forwards():
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    forwards = result.stdout.split("Training forwards")[1]
+    low_bit, forwards = result.stdout.split("Low-bit weights")[1].split("Training forwards")
+    rows = table_rows(low_bit)
+    assert [row["tokens"] for row in rows] == ["1", "16", "256"]
+    for row in rows:
+        errors = [float(error) for error in next(v for k, v in row.items() if k.startswith("rel. error")).split(" / ")]
+        assert max(errors) < 1e-5  # every weight's fp32 backward is exact
+    assert "int4, 1 tokens" in low_bit and "int8_group32, 256 tokens" in low_bit
+
     rows = table_rows(forwards)
     assert [(row["layer"], row["dtype"], row["tokens"]) for row in rows] == [
         (layer, dtype, tokens)
@@ -105,20 +94,6 @@ def test_compare_times_the_training_forwards():
         for tokens in ("1", "16")
     ]
     assert "torchao_int8 bfloat16, 16 tokens: training ≤ 1.0× the dense forward" in forwards
-
-
-def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[str, str]]]:
-    """bench/llm.py's output over two steps of ``modes`` on its tiny decoder, and its table's rows,
-    once each mode was measured (neither failed nor skipped)."""
-    command = [sys.executable, LLM, "--size", "tiny", "--steps", "2", "--modes", ",".join(modes), *options]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    rows = table_rows(result.stdout)
-    assert [row["mode"] for row in rows] == modes
-    for row in rows:
-        assert not row["backward"].startswith(("failed", "skipped")), row["backward"]
-        assert math.isfinite(float(row["loss after 2 steps"]))
-    return result.stdout, rows
 
 
 def test_llm_trains_the_tiny_decoder_in_each_mode(tmp_path):

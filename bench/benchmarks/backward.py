@@ -11,7 +11,7 @@ import functools
 import qlgrad
 
 from . import workloads
-from .workloads import PRECISIONS, SCHEMES, SHAPES
+from .workloads import ASV_SHAPES, PRECISIONS, SCHEMES, SHAPES
 
 workloads.configure_torch()
 
@@ -41,7 +41,7 @@ def _warm_naive_input_gradient(shape: str, scheme: str):
 class QlgradBackward:
     """Steady state: the layer's int8 weight is already in qlgrad's cache."""
 
-    params = (list(SHAPES), list(SCHEMES), list(PRECISIONS))
+    params = (list(ASV_SHAPES), list(SCHEMES), list(PRECISIONS))
     param_names = ("shape", "scheme", "precision")
 
     def setup(self, shape, scheme, precision):
@@ -54,7 +54,7 @@ class QlgradBackward:
 class QlgradColdBackward:
     """The first backward after the cache was emptied: unpacking and deriving the weight included."""
 
-    params = (list(SHAPES), list(SCHEMES), list(PRECISIONS))
+    params = (list(ASV_SHAPES), list(SCHEMES), list(PRECISIONS))
     param_names = ("shape", "scheme", "precision")
     warmup_time = 0  # a warm-up call would fill the cache this benchmark needs empty
     repeat = (1, 5, 10.0)
@@ -70,7 +70,7 @@ class QlgradColdBackward:
 class FloatLinearBackward:
     """The baseline: ``F.linear`` with the float weight ``W_deq``."""
 
-    params = (list(SHAPES),)
+    params = (list(ASV_SHAPES),)
     param_names = ("shape",)
 
     def setup(self, shape):
@@ -83,7 +83,7 @@ class FloatLinearBackward:
 class NaiveUnpackBackward:
     """The naive baseline: ``unpack()``, dequantize and matmul on every backward."""
 
-    params = (list(SHAPES), list(SCHEMES))
+    params = (list(ASV_SHAPES), list(SCHEMES))
     param_names = ("shape", "scheme")
 
     def setup(self, shape, scheme):

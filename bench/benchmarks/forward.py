@@ -4,7 +4,7 @@ node), with one that does not, and under ``torch.no_grad()`` (the stock kernel a
 import functools
 
 from . import workloads
-from .workloads import FORWARD_MODES, SCHEMES, SHAPES
+from .workloads import ASV_SHAPES, FORWARD_MODES, SCHEMES, SHAPES
 
 workloads.configure_torch()
 
@@ -20,7 +20,7 @@ def _warm_int8_forwards(shape: str, scheme: str):
 
 
 class Int8Forward:
-    params = (list(SHAPES), list(SCHEMES))
+    params = (list(ASV_SHAPES), list(SCHEMES))
     param_names = ("shape", "scheme")
 
     def setup(self, shape, scheme):

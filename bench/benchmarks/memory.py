@@ -4,7 +4,7 @@ and the bytes qlgrad's weight cache holds per weight element."""
 import qlgrad
 
 from . import workloads
-from .workloads import PRECISIONS, SCHEMES, SHAPES
+from .workloads import ASV_SHAPES, PRECISIONS, SCHEMES, SHAPES
 
 workloads.configure_torch()
 
@@ -14,7 +14,7 @@ class TrainingStepMemory:
     memory, so one step from an empty cache is measured: the peak a training run reaches,
     with the cache entry being unpacked (transient copies included)."""
 
-    params = (list(SHAPES), list(SCHEMES), list(PRECISIONS))
+    params = (list(ASV_SHAPES), list(SCHEMES), list(PRECISIONS))
     param_names = ("shape", "scheme", "precision")
 
     def setup(self, shape, scheme, precision):
@@ -28,7 +28,7 @@ class TrainingStepMemory:
 class CacheFootprint:
     """The one cache entry of a layer, which every precision reads."""
 
-    params = (list(SHAPES), list(SCHEMES))
+    params = (list(ASV_SHAPES), list(SCHEMES))
     param_names = ("shape", "scheme")
     unit = "bytes per weight element"
 

@@ -14,6 +14,7 @@ gradient, not the weight.
 """
 
 import math
+import os
 from dataclasses import dataclass
 
 import torch
@@ -57,6 +58,12 @@ SHAPES = {
         Shape(256, 4096, 4096),  # a 7B-class projection over a batch of tokens
     )
 }
+
+
+# The shapes the asv suite takes as parameters: all of SHAPES, or those QLGRAD_ASV_SHAPES names
+# (comma-separated labels). The test command's quick run, which checks that every benchmark runs,
+# names one shape per kernel family (a stream, streams in passes, the panel GEMM's shared panels).
+ASV_SHAPES = [label for label in os.environ.get("QLGRAD_ASV_SHAPES", ",".join(SHAPES)).split(",") if label]
 
 
 def configure_torch() -> None:
