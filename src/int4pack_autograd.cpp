@@ -71,8 +71,8 @@ bool reads_packing(const at::Tensor& input, const at::Tensor& packed, int64_t gr
 // (and, with bfloat16 products, of the weight to bfloat16).
 at::Tensor int4pack_linear_cpu(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                                const at::Tensor& scale_and_zeros) {
-  if (!math::int4pack_linear_is_faster(input.size(0), input.scalar_type()) ||
-      !reads_packing(input, packed, group_size, scale_and_zeros)) {
+  if (!reads_packing(input, packed, group_size, scale_and_zeros) ||
+      !math::int4pack_linear_is_faster(input.size(0), input.scalar_type())) {
     return at::_weight_int4pack_mm_for_cpu(input, packed, group_size, scale_and_zeros);
   }
   // Detached: the out= GEMM of MKL's tiles (CPUs without the panel GEMM), called from the kernel's
