@@ -96,6 +96,20 @@ def test_compare_times_the_low_bit_weights_and_the_training_forwards():
     assert "torchao_int8 bfloat16, 16 tokens: training ≤ 1.0× the dense forward" in forwards
 
 
+def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[str, str]]]:
+    """bench/llm.py's output over two steps of ``modes`` on its tiny decoder, and its table's rows,
+    once each mode was measured (neither failed nor skipped)."""
+    command = [sys.executable, LLM, "--size", "tiny", "--steps", "2", "--modes", ",".join(modes), *options]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = table_rows(result.stdout)
+    assert [row["mode"] for row in rows] == modes
+    for row in rows:
+        assert not row["backward"].startswith(("failed", "skipped")), row["backward"]
+        assert math.isfinite(float(row["loss after 2 steps"]))
+    return result.stdout, rows
+
+
 def test_llm_trains_the_tiny_decoder_in_each_mode(tmp_path):
     modes = ["float", "qd-fp32", "torchao-int8"]
     results = tmp_path / "llm.json"

@@ -207,6 +207,19 @@ def test_compiled_training_step_is_eagers(backend):
         assert torch.equal(compiled_output, eager_output) and torch.equal(compiled_grad, eager_grad)
 
 
+@pytest.mark.parametrize(
+    "bad_input", [torch.randn(64), torch.randn(3, 63), torch.randn(3, 64, dtype=torch.float64)], ids=str
+)
+def test_what_torchs_op_refuses_it_refuses_with_requires_grad(bad_input):
+    """The training forward leaves arguments it does not read to torch's op, and its error."""
+    packed, scale_and_zeros = int4_weight(32, 64, 32)
+    with torch._C._AutoDispatchBelowAutograd(), pytest.raises(Exception) as stock:
+        torch.ops.aten._weight_int4pack_mm_for_cpu(bad_input, packed, 32, scale_and_zeros)
+    with pytest.raises(type(stock.value)) as training:
+        torch.ops.aten._weight_int4pack_mm_for_cpu(bad_input.clone().requires_grad_(), packed, 32, scale_and_zeros)
+    assert str(training.value).splitlines()[0] == str(stock.value).splitlines()[0]
+
+
 def test_no_node_without_requires_grad():
     packed, scale_and_zeros = int4_weight(16, 64, 32)
     output = torch.ops.aten._weight_int4pack_mm_for_cpu(torch.randn(2, 64), packed, 32, scale_and_zeros)
