@@ -185,4 +185,30 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
   return result.sub_(at::sum(input, {1}, /*keepdim=*/true, at::kInt).mul_(128));
 }
 
+at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
+                                 const at::Tensor& zero_point) {
+  TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous() && input.size(1) == codes.size(1));
+  TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16);
+  TORCH_INTERNAL_ASSERT(codes.dim() == 2 && codes.is_contiguous() && codes.scalar_type() == at::kChar);
+  const int64_t groups = scale.size(1), group_size = codes.size(1) / groups;
+  TORCH_INTERNAL_ASSERT(scale.sizes() == zero_point.sizes() && scale.size(0) == codes.size(0));
+  TORCH_INTERNAL_ASSERT(groups == 1 || group_size % 16 == 0);
+  const auto& kernel = kernels();
+  if (kernel.panel_rows == nullptr || input.size(0) == 0) {
+    const auto values =
+        (codes.view({codes.size(0), groups, group_size}) - zero_point.unsqueeze(2)) * scale.unsqueeze(2);
+    return at::mm(input, values.view_as(codes).to(input.scalar_type()).t());
+  }
+  CodeParameters parameters;
+  parameters.scale = scale.const_data_ptr<float>();
+  parameters.zero_point = zero_point.const_data_ptr<float>();
+  parameters.groups = groups;
+  parameters.group_size = group_size;
+  const Int8CodesTransposed weight(codes, parameters);
+  if (input.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr) {
+    return panel_gemm(input, weight, std::nullopt).to(at::kBFloat16);
+  }
+  return panel_gemm(input.to(at::kFloat), weight, std::nullopt).to(input.scalar_type());
+}
+
 } // namespace qlgrad::math

@@ -76,6 +76,16 @@ bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 // has AVX512-VNNI (the codes read in place, each panel converted as it goes), else torch._int_mm.
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes);
 
+// result [M, N] = input @ W.T with W[n, k] = scale[n, g] * (codes[n, k] - zero_point[n, g]),
+// g = k / (K / G), from int8 codes [N, K] in rows, read in place: the forward of torchao's
+// group-wise int8 layers. input float32 or bfloat16 [M, K], contiguous: bfloat16 products (each
+// value rounded to bfloat16, as a bfloat16 nn.Linear holds it) where the CPU has AVX512-BF16,
+// float32 ones elsewhere on AVX-512, and elsewhere the product with the dequantized weight.
+// scale and zero_point float32 [N, G], contiguous; K / G a multiple of 16 or G = 1. The result
+// is in input's dtype.
+at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
+                                 const at::Tensor& zero_point);
+
 // W [N, K] in float32, each value as int4pack_matmul computes it.
 at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros);
 

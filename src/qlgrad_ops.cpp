@@ -10,6 +10,8 @@
 //                                 (internal, implemented in int4pack_autograd.cpp)
 //   _int8_linear                  the integer product of torchao's int8 layers' training
 //                                 forward (internal)
+//   _int8_groupwise_linear        the product of torchao's group-wise int8 layers' training
+//                                 forward (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
 //                                 torch.compile's door to the packed backward (internal,
 //                                 implemented in traced_ops.cpp)
@@ -207,6 +209,26 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& weight) {
   return math::int8_linear(input.contiguous(), weight.contiguous());
 }
 
+// ---- _int8_groupwise_linear -----------------------------------------------------
+
+at::Tensor int8_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scale,
+                                     const at::Tensor& zero_point) {
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
+                   "qlgrad: input must be a float32 or bfloat16 tensor, got ", input.scalar_type());
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar, "qlgrad: weight must be an int8 tensor, got ",
+                   weight.scalar_type());
+  TORCH_CHECK_VALUE(input.dim() == 2 && weight.dim() == 2 && input.size(1) == weight.size(1),
+                    "qlgrad: input [M, K] and weight [N, K] must share K, got ", input.sizes(), " and ",
+                    weight.sizes());
+  TORCH_CHECK_VALUE(
+      scale.dim() == 2 && scale.size(0) == weight.size(0) && scale.size(1) > 0 && weight.size(1) % scale.size(1) == 0 &&
+          (scale.size(1) == 1 || weight.size(1) / scale.size(1) % 16 == 0) && zero_point.sizes() == scale.sizes(),
+      "qlgrad: scale and zero_point must be [N, G] with K / G a multiple of 16 (or G = 1), got ", scale.sizes(),
+      " and ", zero_point.sizes(), " for weight ", weight.sizes());
+  return math::int8_groupwise_linear(input.contiguous(), weight.contiguous(), scale.to(at::kFloat).contiguous(),
+                                     zero_point.to(at::kFloat).contiguous());
+}
+
 // ---- cache_weight -----------------------------------------------------------------
 
 void cache_weight_kernel(const PackedParams& packed) {
@@ -238,6 +260,9 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // int8 input @ int8 weight.T in int32, exactly as torch._int_mm: the integer product of the
   // training forward of torchao's int8 layers (python/qlgrad/_torchao.py; internal).
   m.def("_int8_linear(Tensor input, Tensor weight) -> Tensor");
+  // input @ (scale * (weight - zero_point)).T from int8 codes with group-wise parameters: the
+  // product of the training forward of torchao's group-wise int8 layers (internal).
+  m.def("_int8_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");
   // torch.compile's door to the backward of the dynamic linear family (src/traced_ops.cpp).
   m.def(
       "_linear_dynamic_with_weight(Tensor input, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, "
@@ -255,6 +280,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("linear_int8_backward", &qlgrad::detail::linear_int8_backward_cpu);
   m.impl("linear_int4pack_backward", &qlgrad::detail::linear_int4pack_backward_cpu);
   m.impl("_int8_linear", &qlgrad::detail::int8_linear_cpu);
+  m.impl("_int8_groupwise_linear", &qlgrad::detail::int8_groupwise_linear_cpu);
 }
 
 QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, Autograd, m) {

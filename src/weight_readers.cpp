@@ -173,6 +173,18 @@ void Int4CodesTransposed::tile(int64_t top, int64_t first, int64_t count, at::Te
   });
 }
 
+void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+  const int64_t ldw = codes_.stride(0);
+  kernels().convert_transposed_panels_int8(codes_.const_data_ptr<int8_t>() + first * ldw + top, ldw, parameters_, top,
+                                           first, depth, count, out, depth);
+}
+
+void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
+  const int64_t ldw = codes_.stride(0);
+  kernels().convert_transposed_panels_int8_bfloat16(codes_.const_data_ptr<int8_t>() + first * ldw + top, ldw,
+                                                    parameters_, top, first, depth, count, out, round_up(depth, 2));
+}
+
 void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const {
   const int64_t ldw = codes_.stride(0);
   kernels().int8_transposed_panels(codes_.const_data_ptr<int8_t>() + first * ldw + top, ldw, depth, count, out,

@@ -114,19 +114,26 @@ class Int4CodesTransposed final : public WeightReader {
   const Int4Pack& pack_;
 };
 
-// The transpose of int8 codes W [N, K] in rows, W.T [K, N]: the weight of an integer forward
-// x @ W.T (torchao's int8 layers with int8 activations), as int8 panels only.
+// The transpose of int8 codes W [N, K] in rows, W.T [K, N]: the weight of a forward x @ W.T.
+// As int8 panels, the codes themselves (torchao's int8 layers with int8 activations, no
+// parameters); as float32 or bfloat16 panels, the values `parameters` make of them (torchao's
+// group-wise layers; groups of whole 16 columns, or one per row).
 class Int8CodesTransposed final : public WeightReader {
  public:
-  explicit Int8CodesTransposed(const at::Tensor& codes) : codes_(codes) {}
+  explicit Int8CodesTransposed(const at::Tensor& codes, const CodeParameters& parameters = {})
+      : codes_(codes), parameters_(parameters) {}
 
   int64_t depth() const override { return codes_.size(1); }
   int64_t columns() const override { return codes_.size(0); }
-  int64_t row_alignment() const override { return 1; }
+  // Whole 16 x 16 squares of codes, transposed at once.
+  int64_t row_alignment() const override { return 16; }
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const override;
 
  private:
   const at::Tensor& codes_;
+  const CodeParameters parameters_;
 };
 
 // The row stride of codes copied out of a blocked packing: a cache line more than the row, so

@@ -26,9 +26,15 @@ KERNEL_TESTS = (
     "test_groupwise.py",
     "test_fbgemm_in_place.py",
     "test_bfloat16_products.py",
+    "test_torchao_lowbit.py::test_groupwise_product_is_the_float64_product",
 )
 # The kernels that AVX512-BF16 replaces on AVX-512 CPUs that have it: those of the bf16 precision.
-BFLOAT16_KERNEL_TESTS = ("test_bfloat16_products.py", "test_precision.py", "test_int4pack.py")
+BFLOAT16_KERNEL_TESTS = (
+    "test_bfloat16_products.py",
+    "test_precision.py",
+    "test_int4pack.py",
+    "test_torchao_lowbit.py::test_groupwise_product_is_the_float64_product",
+)
 # The integer product that AVX512-VNNI gives torchao's int8 training forwards (torch._int_mm without it).
 INT8_KERNEL_TESTS = (
     "test_torchao.py::test_integer_product_is_torchs",

@@ -65,6 +65,16 @@ def int8_linear_cases():
         )
 
 
+def int8_groupwise_linear_cases():
+    """The training forward's product of torchao's group-wise int8 layers: groups of 16 columns and
+    one per row, both dtypes."""
+    for dtype in (torch.float32, torch.bfloat16):
+        for groups in (1, 4):
+            weight = torch.randint(-8, 8, (20, 64), dtype=torch.int8)
+            scale, zero_point = torch.rand(20, groups) * 0.1 + 0.01, torch.randint(-2, 3, (20, groups)).float()
+            yield (torch.randn(5, 64, dtype=dtype), weight, scale, zero_point), None
+
+
 def int8_groupwise_cases():
     from test_groupwise import groupwise_weight
 
@@ -128,6 +138,7 @@ OPCHECK_CASES = {
     "linear_int4pack_backward": linear_int4pack_backward_cases,
     "_int4pack_linear": int4pack_linear_cases,
     "_int8_linear": int8_linear_cases,
+    "_int8_groupwise_linear": int8_groupwise_linear_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),
     "cache_weight": cache_weight_cases,

@@ -2,8 +2,8 @@
 int1-int8 weights per group or per row, int8 per-token activations) and PrototypeInt4WeightOnlyConfig
 (Int4OpaqueTensor, aten::_weight_int4pack_mm_for_cpu). Their layers, and models held out from the
 kernels' tests (an MLP, two transformer blocks with residuals, a trainable adapter in front, PEFT's
-LoRA), against a straight-through oracle: torchao's own forward below autograd, the backward
-grad_output @ W_deq in float64 from the layer's dequantized weight."""
+LoRA), against a straight-through oracle: the forward that training runs, detached, and the
+backward grad_output @ W_deq in float64 from the layer's dequantized weight."""
 
 import contextlib
 import copy
@@ -82,8 +82,12 @@ class _OracleLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, input, layer):
         ctx.weight = layer.weight
-        with torch.no_grad():  # torchao's own forward, untouched by qlgrad
-            return F.linear(input, layer.weight, layer.bias)
+        # The forward that training runs: qlgrad's training forward where the input requires grad
+        # (equal to torchao's up to rounding: test_layer_input_gradient_is_straight_through), so
+        # that the gradients compared differ in their backward alone; bfloat16 roundings on either
+        # side of an activation's int8 quantization step would otherwise move the next layers' codes.
+        with torch.enable_grad():
+            return F.linear(input.detach().requires_grad_(input.requires_grad), layer.weight, layer.bias).detach()
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -156,7 +160,13 @@ def test_layer_input_gradient_is_straight_through(config, dtype, bias):
             stock = layer(x)
         leaf = x.clone().requires_grad_()
         output = layer(leaf)
-        assert torch.equal(output, stock)  # torchao's forward, bit for bit
+        # The training forward: torchao's, but the product from the codes (README, "torchao's
+        # quantized layers"), equal up to the order of float32 sums and, in bfloat16, a rounding.
+        assert output.dtype == stock.dtype and output.shape == stock.shape
+        if stock.norm() == 0:  # int1 symmetric weights: every value dequantizes to zero
+            assert torch.equal(output, stock)
+        else:
+            assert relative_error(output, stock) <= (1e-6 if dtype == torch.float32 else 2**-7)
         output.backward(grad_output)
         expected = grad_output.double() @ dequantized_float64(layer.weight)
         assert leaf.grad.dtype == dtype and leaf.grad.shape == x.shape
@@ -172,6 +182,31 @@ def test_layer_input_gradient_is_straight_through(config, dtype, bias):
             layer(x.clone().requires_grad_()).backward(grad_output)
             assert torch.equal(layer.bias.grad, stock_bias_grad)
             layer.bias.grad = None
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_groupwise_product_is_the_float64_product(dtype):
+    """torch.ops.qlgrad._int8_groupwise_linear, the product of the group-wise layers' training
+    forward, against float64 on row counts that reach each way the panel GEMM divides its work,
+    groups of 16 and 32 columns and one per row, a partial last panel."""
+    generator = torch.Generator().manual_seed(0)
+    for rows, in_features, out_features, groups in (
+        (1, 64, 40, 4),
+        (13, 96, 80, 3),
+        (300, 1088, 48, 34),
+        (7, 50, 20, 1),
+    ):
+        weight = torch.randint(-8, 8, (out_features, in_features), dtype=torch.int8, generator=generator)
+        scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01
+        zero_point = torch.randint(-3, 4, (out_features, groups), generator=generator).float()
+        values = weight.double().view(out_features, groups, -1) - zero_point.double().unsqueeze(2)
+        dequantized = (values * scale.double().unsqueeze(2)).view(out_features, in_features)
+        x = torch.randn(rows, in_features, generator=generator).to(dtype)
+        got = torch.ops.qlgrad._int8_groupwise_linear(x, weight, scale, zero_point)
+        expected = x.double() @ dequantized.t()
+        dense = F.linear(x, dequantized.to(dtype))  # what the same product in dtype gives
+        bound = 1e-6 if dtype == torch.float32 else max(1.25 * relative_error(dense, expected), 2**-8)
+        assert got.dtype == dtype and relative_error(got, expected) <= bound, (rows, groups)
 
 
 WEIGHT_ONLY_CONFIGS = {

@@ -120,6 +120,33 @@ def _int8_tensor_training_forward(input, weight, bias, stock_forward):
     return output.to(output_dtype)
 
 
+def _intx_training_forward(input, weight, bias, stock_forward):
+    """torchao's forward with int8 activations and group-wise int1-int8 weights, from the codes.
+
+    torchao's own forward dequantizes the whole weight at every call, then multiplies; here its
+    activation quantization runs as it is, and torch.ops.qlgrad._int8_groupwise_linear multiplies
+    by the codes where they lie: the same product up to the rounding of the sums (and of each
+    weight value to bfloat16 for bfloat16 inputs, as torchao's bfloat16 weight holds it).
+    """
+    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
+
+    per_token = intx.IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN
+    out_features, in_features = weight.qdata.shape
+    groups = weight.scale.shape[-1]
+    if (
+        weight.activation_quantization != per_token
+        or input.dtype not in (torch.float32, torch.bfloat16)
+        or (groups > 1 and in_features // groups % 16)  # the product reads whole 16-column groups
+    ):
+        return stock_forward(input, bias)
+    quantized = intx._apply_int8_act_asym_per_token_quant_dequant(input)
+    zero_point = torch.zeros_like(weight.scale) if weight.zero_point is None else weight.zero_point
+    output = torch.ops.qlgrad._int8_groupwise_linear(
+        quantized.reshape(-1, in_features), weight.qdata, weight.scale, zero_point
+    ).reshape(*input.shape[:-1], out_features)
+    return output if bias is None else output + bias
+
+
 def _intx_input_gradient(grad_output, weight, precision):
     # qdata holds the int1-int8 values as int8; scale and zero_point are [N, K / group] (one
     # group for PerAxis(0)): linear_int8_backward's group-wise form, read as stored.
@@ -168,6 +195,7 @@ _SUBCLASSES = (
         # IntxWeightOnlyConfig's layers have none: a float matmul on the dequantized weight.
         cuts_gradient=lambda weight: weight.activation_quantization is not None and weight.qdata.dim() == 2,
         input_gradient=_intx_input_gradient,
+        training_forward=_intx_training_forward,
     ),
     _Subclass(
         "torchao.prototype.quantization.int4.int4_opaque_tensor",

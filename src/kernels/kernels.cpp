@@ -52,6 +52,7 @@ Kernels avx512_kernels() {
   table.panel_rows = &panel_rows_avx512;
   table.convert_panels_int8 = &convert_panels_int8_avx512;
   table.convert_panels_float16 = &convert_panels_float16_avx512;
+  table.convert_transposed_panels_int8 = &convert_transposed_panels_int8_avx512;
   table.int4_panels = &int4_panels_avx512;
   table.int4_transposed_panels = &int4_transposed_panels_avx512;
   table.int4_stream = &int4_stream_avx512;
@@ -60,6 +61,7 @@ Kernels avx512_kernels() {
     table.panel_rows_bfloat16 = &panel_rows_bfloat16_avx512;
     table.convert_panels_int8_bfloat16 = &convert_panels_int8_bfloat16_avx512;
     table.convert_panels_float16_bfloat16 = &convert_panels_float16_bfloat16_avx512;
+    table.convert_transposed_panels_int8_bfloat16 = &convert_transposed_panels_int8_bfloat16_avx512;
     table.int4_panels_bfloat16 = &int4_panels_bfloat16_avx512;
     table.int4_transposed_panels_bfloat16 = &int4_transposed_panels_bfloat16_avx512;
   }

@@ -109,7 +109,14 @@ using ConvertPanelsFn = void(const Code* codes, int64_t ldw, const CodeParameter
 using PanelRowsBFloat16Fn = void(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
                                  float* out, int64_t ldo, int64_t width, bool accumulate);
 
-// The same with int8 products (vpdpbusd) and int32 sums: lhs int8 packed as [depth / 4][kKernelRows]
+// value[top:top + depth, first:first + count] as such bfloat16 panels, rounded to nearest even,
+// panel_depth (even) rows of kPanelColumns apart; an odd depth's last pair ends in a zero row.
+template <typename Code>
+using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                                     int64_t first, int64_t depth, int64_t count, at::BFloat16* panels,
+                                     int64_t panel_depth);
+
+// The panel kernel with int8 products (vpdpbusd) and int32 sums: lhs int8 packed as [depth / 4][kKernelRows]
 // quads (rows n to n + 3 of lhs's column side by side), the panel [depth / 4][kPanelColumns]
 // quads of uint8 values (weight rows n to n + 3 of each column, each value plus 128); depth a
 // multiple of 4.
@@ -122,12 +129,15 @@ using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* pan
 using Int8TransposedPanelsFn = void(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
                                     int64_t panel_depth);
 
-// value[top:top + depth, first:first + count] as such bfloat16 panels, rounded to nearest even,
-// panel_depth (even) rows of kPanelColumns apart; an odd depth's last pair ends in a zero row.
-template <typename Code>
-using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
-                                     int64_t first, int64_t depth, int64_t count, at::BFloat16* panels,
-                                     int64_t panel_depth);
+// W.T[top:top + depth, first:first + count] of int8 codes W [N, K] in rows (`codes` points at
+// W[first, top]; `parameters` per row of W and group of its columns, groups of whole 16 columns
+// or one per row, top a multiple of 16), the panels of the forward x @ W.T: float32 panels as
+// ConvertPanelsFn writes them, or bfloat16 pairs as ConvertPanelsBFloat16Fn, panel_depth rows
+// apart; zero past `count` (any count) and `depth`.
+template <typename Element>
+using ConvertTransposedPanelsFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                                       int64_t first, int64_t depth, int64_t count, Element* panels,
+                                       int64_t panel_depth);
 
 // W[top:top + depth, first:first + count] of an int4 packing as panels, as ConvertPanelsFn
 // writes them with panel_depth = depth (top, depth and count multiples of 16).
@@ -172,6 +182,7 @@ struct Kernels {
   PanelRowsFn* panel_rows = nullptr;
   ConvertPanelsFn<int8_t>* convert_panels_int8 = nullptr;
   ConvertPanelsFn<at::Half>* convert_panels_float16 = nullptr;
+  ConvertTransposedPanelsFn<float>* convert_transposed_panels_int8 = nullptr;
   Int4PanelsFn* int4_panels = nullptr;
   // The transposed weight's panels, for the forward x @ W.T: W.T[top:top + depth, first:first + count]
   // (depth along W's columns, the panels' columns W's rows), written as int4_panels writes W's;
@@ -183,6 +194,7 @@ struct Kernels {
   PanelRowsBFloat16Fn* panel_rows_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<int8_t>* convert_panels_int8_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<at::Half>* convert_panels_float16_bfloat16 = nullptr;
+  ConvertTransposedPanelsFn<at::BFloat16>* convert_transposed_panels_int8_bfloat16 = nullptr;
   Int4PanelsBFloat16Fn* int4_panels_bfloat16 = nullptr;
   Int4PanelsBFloat16Fn* int4_transposed_panels_bfloat16 = nullptr;  // the same in bfloat16 pairs
   // The panel GEMM in int8 products: AVX512-VNNI only (has_avx512_vnni), null elsewhere.

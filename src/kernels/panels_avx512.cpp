@@ -5,6 +5,7 @@
 #include "variants.h"
 
 #include "avx512.h"
+#include "transposed_codes_avx512.h"
 
 namespace qlgrad::math {
 namespace {
@@ -67,6 +68,17 @@ void convert_panels_int8_avx512(const int8_t* codes, int64_t ldw, const CodePara
 void convert_panels_float16_avx512(const at::Half* values, int64_t ldw, const CodeParameters& parameters, int64_t top,
                                    int64_t first, int64_t depth, int64_t count, float* panels, int64_t panel_depth) {
   convert_panels(values, ldw, parameters, top, first, depth, count, panels, panel_depth);
+}
+
+void convert_transposed_panels_int8_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters,
+                                           int64_t top, int64_t first, int64_t depth, int64_t count, float* panels,
+                                           int64_t panel_depth) {
+  for_each_transposed16<1>(
+      codes, ldw, parameters, top, first, depth, count, [&](int64_t row, int64_t k, const __m512* values) {
+        _mm512_storeu_ps(
+            panels + row / kPanelColumns * kPanelColumns * panel_depth + k * kPanelColumns + row % kPanelColumns,
+            values[0]);
+      });
 }
 
 } // namespace qlgrad::math

@@ -32,6 +32,7 @@ CopyBlockedFn copy_blocked_avx512;
 PanelRowsFn panel_rows_avx512;
 ConvertPanelsFn<int8_t> convert_panels_int8_avx512;
 ConvertPanelsFn<at::Half> convert_panels_float16_avx512;
+ConvertTransposedPanelsFn<float> convert_transposed_panels_int8_avx512;
 Int4PanelsFn int4_panels_avx512;
 Int4PanelsFn int4_transposed_panels_avx512;
 Int4StreamFn int4_stream_avx512;
@@ -41,6 +42,7 @@ BlockedStreamFn stream_blocked_avx512;
 PanelRowsBFloat16Fn panel_rows_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<int8_t> convert_panels_int8_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<at::Half> convert_panels_float16_bfloat16_avx512;
+ConvertTransposedPanelsFn<at::BFloat16> convert_transposed_panels_int8_bfloat16_avx512;
 Int4PanelsBFloat16Fn int4_panels_bfloat16_avx512;
 Int4PanelsBFloat16Fn int4_transposed_panels_bfloat16_avx512;
 
