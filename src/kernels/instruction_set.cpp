@@ -37,37 +37,40 @@ const char* instruction_set_name(InstructionSet set) {
   return "default";
 }
 
-bool has_avx512_bf16() {
-  static const bool bf16 = [] {
-    const char* variable = std::getenv("QLGRAD_AVX512_BF16");
-    if (instruction_set() != InstructionSet::kAvx512 || (variable != nullptr && std::string(variable) == "0")) {
-      return false;
-    }
-#if defined(__x86_64__)
-    // Leaf 7, subleaf 1: EAX bit 5.
-    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
-    return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) != 0 && (eax & (1u << 5)) != 0;
-#else
+namespace {
+
+// Which register of CPUID leaf 7 reports an extension.
+enum class Leaf7Register { kEax, kEcx };
+
+// Whether the instruction set is AVX-512 and CPUID leaf 7 (`subleaf`) reports the extension in
+// `bit` of `reg`, unless the environment variable `variable` is "0" (to test the kernels of
+// AVX-512 CPUs without it).
+bool has_avx512_extension(const char* variable, unsigned int subleaf, Leaf7Register reg, unsigned int bit) {
+  const char* value = std::getenv(variable);
+  if (instruction_set() != InstructionSet::kAvx512 || (value != nullptr && std::string(value) == "0")) {
     return false;
+  }
+#if defined(__x86_64__)
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid_count(7, subleaf, &eax, &ebx, &ecx, &edx) == 0) {
+    return false;
+  }
+  return ((reg == Leaf7Register::kEax ? eax : ecx) & (1u << bit)) != 0;
+#else
+  (void)subleaf, (void)reg, (void)bit;
+  return false;
 #endif
-  }();
+}
+
+} // namespace
+
+bool has_avx512_bf16() {
+  static const bool bf16 = has_avx512_extension("QLGRAD_AVX512_BF16", 1, Leaf7Register::kEax, 5);
   return bf16;
 }
 
 bool has_avx512_vnni() {
-  static const bool vnni = [] {
-    const char* variable = std::getenv("QLGRAD_AVX512_VNNI");
-    if (instruction_set() != InstructionSet::kAvx512 || (variable != nullptr && std::string(variable) == "0")) {
-      return false;
-    }
-#if defined(__x86_64__)
-    // Leaf 7, subleaf 0: ECX bit 11.
-    unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
-    return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) != 0 && (ecx & (1u << 11)) != 0;
-#else
-    return false;
-#endif
-  }();
+  static const bool vnni = has_avx512_extension("QLGRAD_AVX512_VNNI", 0, Leaf7Register::kEcx, 11);
   return vnni;
 }
 
