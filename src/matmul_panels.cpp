@@ -47,6 +47,7 @@ struct PanelArithmetic<float> {
   using Panel = float;
   using Sum = float;
   static PanelRowsFn* kernel() { return kernels().panel_rows; }
+  static PackRowsFn<float>* packer() { return kernels().pack_rows; }
 };
 
 template <>
@@ -55,6 +56,7 @@ struct PanelArithmetic<at::BFloat16> {
   using Panel = at::BFloat16;
   using Sum = float;
   static PanelRowsBFloat16Fn* kernel() { return kernels().panel_rows_bfloat16; }
+  static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16; }
 };
 
 template <>
@@ -63,6 +65,7 @@ struct PanelArithmetic<int8_t> {
   using Panel = uint8_t;
   using Sum = int32_t;
   static PanelRowsInt8Fn* kernel() { return kernels().panel_rows_int8; }
+  static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
 };
 
 // lhs [rows, depth] (in Element) times the weight's scale (per row of the weight, or one for all,
@@ -79,20 +82,11 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
   const int64_t factor_stride = scale && scale->numel() > 1 ? 1 : 0;
   Element* destination = packed.mutable_data_ptr<Element>();
+  const auto pack = PanelArithmetic<Element>::packer();
   at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      const Element* block_rows = source + block * kKernelRows * depth;
-      Element* block_out = destination + block * kKernelRows * stored_depth;
-      const int64_t count = std::min(kKernelRows, rows - block * kKernelRows);
-      // Every element written once: zero past the last row and in the padding of an odd depth.
-      for (int64_t n = 0; n < stored_depth; ++n) {
-        const float factor = factors == nullptr || n >= depth ? 1.0f : factors[n * factor_stride];
-        Element* step = block_out + n / kPair * kKernelRows * kPair + n % kPair;
-        for (int64_t r = 0; r < kKernelRows; ++r) {
-          const float value = r < count && n < depth ? static_cast<float>(block_rows[r * depth + n]) * factor : 0.0f;
-          store_value(value, step + r * kPair);
-        }
-      }
+      pack(source + block * kKernelRows * depth, depth, std::min(kKernelRows, rows - block * kKernelRows), depth,
+           factors, factor_stride, destination + block * kKernelRows * stored_depth);
     }
   });
   return packed;
@@ -203,6 +197,7 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const s
     return panel_gemm_in<at::BFloat16>(lhs, reader, scale);
   }
   if (lhs.scalar_type() == at::kChar) {
+    TORCH_INTERNAL_ASSERT(!scale, "an int8 lhs takes no scale");
     return panel_gemm_in<int8_t>(lhs, reader, scale);
   }
   return panel_gemm_in<float>(lhs, reader, scale);

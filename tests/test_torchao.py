@@ -175,7 +175,7 @@ def test_integer_product_is_torchs():
     """torch.ops.qlgrad._int8_linear is torch._int_mm(input, weight.t()), exactly, with codes at
     both ends of the int8 range."""
     generator = torch.Generator().manual_seed(0)
-    for rows, depth, columns in ((1, 64, 32), (17, 1100, 80), (300, 2048, 48), (5, 3, 7)):
+    for rows, depth, columns in ((1, 64, 32), (17, 1100, 80), (300, 2048, 48), (5, 3, 7), (40, 67, 33), (13, 130, 40)):
         input = torch.randint(-128, 128, (rows, depth), dtype=torch.int8, generator=generator)
         weight = torch.randint(-128, 128, (columns, depth), dtype=torch.int8, generator=generator)
         input[0], weight[0] = -128, 127

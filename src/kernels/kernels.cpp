@@ -50,6 +50,7 @@ Kernels avx512_kernels() {
   table.copy_blocked = &copy_blocked_avx512;
   table.int4_packing = {64, true};
   table.panel_rows = &panel_rows_avx512;
+  table.pack_rows = &pack_rows_avx512;
   table.convert_panels_int8 = &convert_panels_int8_avx512;
   table.convert_panels_float16 = &convert_panels_float16_avx512;
   table.convert_transposed_panels_int8 = &convert_transposed_panels_int8_avx512;
@@ -59,6 +60,7 @@ Kernels avx512_kernels() {
   table.stream_blocked = &stream_blocked_avx512;
   if (has_avx512_bf16()) {
     table.panel_rows_bfloat16 = &panel_rows_bfloat16_avx512;
+    table.pack_rows_bfloat16 = &pack_rows_bfloat16_avx512;
     table.convert_panels_int8_bfloat16 = &convert_panels_int8_bfloat16_avx512;
     table.convert_panels_float16_bfloat16 = &convert_panels_float16_bfloat16_avx512;
     table.convert_transposed_panels_int8_bfloat16 = &convert_transposed_panels_int8_bfloat16_avx512;
@@ -67,6 +69,7 @@ Kernels avx512_kernels() {
   }
   if (has_avx512_vnni()) {
     table.panel_rows_int8 = &panel_rows_int8_avx512_vnni;
+    table.pack_rows_int8 = &pack_rows_int8_avx512_vnni;
     table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
   }
   return table;

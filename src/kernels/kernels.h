@@ -91,6 +91,15 @@ using CopyBlockedFn = void(const BlockedLayout& layout, const int8_t* packed, in
 using QuantizeRowsFn = void(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
                             int8_t* quantized, float* row_scale);
 
+// A block of up to kKernelRows rows of lhs packed for the panel kernels: block[n / P][r][n % P] =
+// lhs[r, n] * factors[n * factor_stride] (copied where factors is null), each product rounded
+// once to Element, for r < count and n < depth; zero for count <= r < kKernelRows and past depth
+// to a multiple of P, the values a kernel multiplies at once (1 float32, a pair of bfloat16, a
+// quad of int8 values, which take no factors). lhs's rows are ldl elements apart.
+template <typename Element>
+using PackRowsFn = void(const Element* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
+                        int64_t factor_stride, Element* block);
+
 // out[r, 0:32] (+)= sum_n lhs[n, r] * panel[n, 0:32] for `rows` (1 to kKernelRows) rows of a packed
 // block of lhs ([depth][kKernelRows]); `width` columns of out exist.
 using PanelRowsFn = void(int64_t rows, const float* lhs, const float* panel, int64_t depth, float* out, int64_t ldo,
@@ -180,6 +189,7 @@ struct Kernels {
   // The panel GEMM, the int4 stream and the direct stream over fbgemm's packing: AVX-512 only,
   // null elsewhere.
   PanelRowsFn* panel_rows = nullptr;
+  PackRowsFn<float>* pack_rows = nullptr;
   ConvertPanelsFn<int8_t>* convert_panels_int8 = nullptr;
   ConvertPanelsFn<at::Half>* convert_panels_float16 = nullptr;
   ConvertTransposedPanelsFn<float>* convert_transposed_panels_int8 = nullptr;
@@ -192,6 +202,7 @@ struct Kernels {
   BlockedStreamFn* stream_blocked = nullptr;
   // The panel GEMM in bfloat16 products: AVX512-BF16 only (has_avx512_bf16), null elsewhere.
   PanelRowsBFloat16Fn* panel_rows_bfloat16 = nullptr;
+  PackRowsFn<at::BFloat16>* pack_rows_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<int8_t>* convert_panels_int8_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<at::Half>* convert_panels_float16_bfloat16 = nullptr;
   ConvertTransposedPanelsFn<at::BFloat16>* convert_transposed_panels_int8_bfloat16 = nullptr;
@@ -199,6 +210,7 @@ struct Kernels {
   Int4PanelsBFloat16Fn* int4_transposed_panels_bfloat16 = nullptr;  // the same in bfloat16 pairs
   // The panel GEMM in int8 products: AVX512-VNNI only (has_avx512_vnni), null elsewhere.
   PanelRowsInt8Fn* panel_rows_int8 = nullptr;
+  PackRowsFn<int8_t>* pack_rows_int8 = nullptr;
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
 };
 

@@ -5,6 +5,7 @@
 #include "variants.h"
 
 #include "avx512.h"
+#include "packed_rows_avx512.h"
 #include "transposed_codes_avx512.h"
 
 namespace qlgrad::math {
@@ -58,6 +59,19 @@ void panel_rows_avx512(int64_t rows, const float* lhs, const float* panel, int64
                        int64_t width, bool accumulate) {
   with_rows<kKernelRows>(rows,
                          [&]<int64_t Rows>() { panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate); });
+}
+
+void pack_rows_avx512(const float* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
+                      int64_t factor_stride, float* block) {
+  pack_rows16(count, depth, block, [&](int64_t r, int64_t d, int64_t lanes) {
+    const __mmask16 mask = avx512::lanes_mask(lanes);
+    __m512 values = _mm512_maskz_loadu_ps(mask, lhs + r * ldl + d);
+    if (factors != nullptr) {
+      values = _mm512_mul_ps(values,
+                             factor_stride == 0 ? _mm512_set1_ps(*factors) : _mm512_maskz_loadu_ps(mask, factors + d));
+    }
+    return _mm512_castps_si512(values);
+  });
 }
 
 void convert_panels_int8_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,

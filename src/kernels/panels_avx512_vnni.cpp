@@ -7,7 +7,7 @@
 #include "variants.h"
 
 #include "avx512_vnni.h"
-#include "transpose16_avx512.h"
+#include "packed_rows_avx512.h"
 
 namespace qlgrad::math {
 namespace {
@@ -51,6 +51,16 @@ void panel_rows_int8_avx512_vnni(int64_t rows, const int8_t* lhs, const uint8_t*
                                  int64_t ldo, int64_t width, bool accumulate) {
   with_rows<kKernelRows>(rows,
                          [&]<int64_t Rows>() { panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate); });
+}
+
+// int8 rows take no factors (PackRowsFn): they are packed as they are.
+void pack_rows_int8_avx512_vnni(const int8_t* lhs, int64_t ldl, int64_t count, int64_t depth, const float* /*factors*/,
+                                int64_t /*factor_stride*/, int8_t* block) {
+  pack_rows16(count, (depth + 3) / 4, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+    const int64_t n = 4 * d, values = std::min<int64_t>(64, depth - n);
+    const __mmask64 mask = values >= 64 ? __mmask64(~0ull) : __mmask64((1ull << values) - 1);
+    return _mm512_maskz_loadu_epi8(mask, lhs + r * ldl + n);
+  });
 }
 
 // 16 rows of W at a time, 64 codes of each (16 quads, a 32-bit lane each) transposed into 16

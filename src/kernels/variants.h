@@ -30,6 +30,7 @@ ConvertCodesFn<float> convert_codes_float_avx512;
 ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_avx512;
 CopyBlockedFn copy_blocked_avx512;
 PanelRowsFn panel_rows_avx512;
+PackRowsFn<float> pack_rows_avx512;
 ConvertPanelsFn<int8_t> convert_panels_int8_avx512;
 ConvertPanelsFn<at::Half> convert_panels_float16_avx512;
 ConvertTransposedPanelsFn<float> convert_transposed_panels_int8_avx512;
@@ -40,6 +41,7 @@ BlockedStreamFn stream_blocked_avx512;
 
 // AVX512-BF16 (x86-64 only).
 PanelRowsBFloat16Fn panel_rows_bfloat16_avx512;
+PackRowsFn<at::BFloat16> pack_rows_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<int8_t> convert_panels_int8_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<at::Half> convert_panels_float16_bfloat16_avx512;
 ConvertTransposedPanelsFn<at::BFloat16> convert_transposed_panels_int8_bfloat16_avx512;
@@ -48,6 +50,7 @@ Int4PanelsBFloat16Fn int4_transposed_panels_bfloat16_avx512;
 
 // AVX512-VNNI (x86-64 only).
 PanelRowsInt8Fn panel_rows_int8_avx512_vnni;
+PackRowsFn<int8_t> pack_rows_int8_avx512_vnni;
 Int8TransposedPanelsFn int8_transposed_panels_avx512_vnni;
 
 } // namespace qlgrad::math
