@@ -161,7 +161,12 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& wei
   } else if (precision == Precision::kBFloat16 && weight.is_groupwise()) {
     // The scales vary along the product's columns: the tiles take them as they are converted.
     result = codes_matmul(grad.to(at::kBFloat16), weight.values, weight.zero_point, weight.scale, weight.blocked);
+  } else if (precision == Precision::kBFloat16 && grad.scalar_type() == at::kBFloat16) {
+    // The scale is applied as the products pack the gradient's rows, each value rounded once.
+    result =
+        codes_matmul(as_contiguous(grad), weight.values, channel_zero_points(weight), weight.scale, weight.blocked);
   } else if (precision == Precision::kBFloat16) {
+    // Scaled in float32 first, so that each value is rounded to bfloat16 once.
     result = codes_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight),
                           std::nullopt, weight.blocked);
   } else if (grad.scalar_type() == at::kDouble) {

@@ -15,11 +15,12 @@ constexpr int64_t kPanelGemmRowsEnd = 512;
 // up to four groups of kStreamedRowsMax rows: on a Zen 5 EPYC, from 12 x 768 x 768 to
 // 32 x 4096 x 4096, 0.73-1.05x oneDNN's fp32 GEMM against the panel GEMM's 1.02-1.26x.
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
-// The bfloat16 panel GEMM of int8 codes and float16 weights is the faster below this many rows;
-// from it, MKL on bfloat16 tiles. On a Zen 5 EPYC, 2 threads, over the dense bfloat16 GEMM: at
-// 33-128 rows 0.92-1.09x against 1.45-1.72x at 4096x4096, and within 10% of each other on layers
-// of 768 and 1024 inputs; at 1024 rows 1.8-2.2x against 1.2-1.8x on those layers. (torch's int4
-// packing has no bfloat16 tiles: its bfloat16 products are the panel GEMM's at every row count.)
+// Where MKL's GEMM has AVX-512 code (Intel CPUs), MKL on bfloat16 tiles from this many rows, as it
+// was measured there before the bfloat16 panel GEMM packed its rows with vectors; elsewhere the
+// bfloat16 panel GEMM serves every row count: on a Zen 5 EPYC, 2 threads, over the dense bfloat16
+// GEMM, 1.03-1.07x at 256-1024 rows of 896x4864, 4864x896 and 896x896 against MKL's tiles'
+// 1.06-1.50x. (torch's int4 packing has no bfloat16 tiles: its bfloat16 products are the panel
+// GEMM's at every row count.)
 constexpr int64_t kBFloat16PanelRowsEnd = 256;
 
 void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
@@ -38,8 +39,7 @@ void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, cons
     TORCH_INTERNAL_ASSERT(!zero_point || zero_point->sizes() == scale->sizes());
   } else {
     TORCH_INTERNAL_ASSERT(!zero_point || zero_point->numel() == rows);
-    TORCH_INTERNAL_ASSERT(!scale ||
-                          (lhs.scalar_type() == at::kFloat && (scale->numel() == 1 || scale->numel() == rows)));
+    TORCH_INTERNAL_ASSERT(!scale || scale->numel() == 1 || scale->numel() == rows);
   }
 }
 
@@ -76,9 +76,9 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   const bool is_int8 = weight.scalar_type() == at::kChar;
   const int64_t rows = lhs.size(0);
   const bool panels = lhs.scalar_type() == at::kFloat
-                          ? kernel.panel_rows != nullptr
-                          : kernel.panel_rows_bfloat16 != nullptr && rows < kBFloat16PanelRowsEnd;
-  if (panels && rows > streamed_rows_end() && (rows < kPanelGemmRowsEnd || !is_intel_cpu())) {
+                          ? kernel.panel_rows != nullptr && (rows < kPanelGemmRowsEnd || !is_intel_cpu())
+                          : kernel.panel_rows_bfloat16 != nullptr && (rows < kBFloat16PanelRowsEnd || !is_intel_cpu());
+  if (panels && rows > streamed_rows_end()) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const auto result =
         blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters), row_scale)
@@ -103,7 +103,8 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
     }
     return result.to(lhs.scalar_type());
   }
-  const auto scaled = row_scale ? at::mul(lhs, *row_scale) : lhs;
+  // In lhs's dtype: a bfloat16 lhs times the float32 scale is rounded once more.
+  const auto scaled = row_scale ? at::mul(lhs, *row_scale).to(lhs.scalar_type()) : lhs;
   return blocked ? tiled_gemm(scaled, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters))
                  : tiled_gemm(scaled, RowCodes(weight, parameters));
 }

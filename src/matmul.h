@@ -31,9 +31,9 @@ int64_t streamed_rows_end();
 //               int8 codes in that layout (contiguous, blocked->size() bytes), read in place
 //   zero_point  float32 [N] or [N, G] (like scale), contiguous (integers of the int8 range);
 //               absent for zero
-//   scale       float32 [N] or [1], contiguous, for a float32 lhs; or [N, G] for an int8
-//               weight and either lhs. Absent for one. Each product lhs[m, n] * scale[n] is
-//               rounded to float32 once, as at::mul rounds; a group-wise scale multiplies
+//   scale       float32 [N] or [1], contiguous; or [N, G] for an int8 weight. Absent for
+//               one. Each product lhs[m, n] * scale[n] is rounded to float32 once, as at::mul
+//               rounds, and for a bfloat16 lhs then to bfloat16; a group-wise scale multiplies
 //               the code minus its zero point once, in float32 (then rounded to bfloat16
 //               for a bfloat16 lhs), or lhs's factor in the streaming kernel.
 // int8 codes minus a zero point are integers of magnitude at most 255, which float32 and

@@ -2,8 +2,8 @@
 in rows or in fbgemm's packing, per tensor, per channel or group-wise, float16 weights, torch's int4
 packing) against float64, no worse than the dense bfloat16 product of the same inputs, at row
 counts on both sides of every switch: the float32 streams (up to 8 rows, 32 on AVX-512 CPUs), the
-panel GEMM in bfloat16 products (AVX512-BF16 CPUs, up to 255 rows; for the int4 packing at every
-row count, divided by rows and columns from 256), MKL on bfloat16 tiles elsewhere. An odd depth
+panel GEMM in bfloat16 products (AVX512-BF16 CPUs; on Intel's up to 255 rows but for the int4
+packing; divided by rows and columns from 256), MKL on bfloat16 tiles elsewhere. An odd depth
 ends the bfloat16 pairs in a zero row."""
 
 import pytest
@@ -88,3 +88,22 @@ def test_bf16_multiplies_in_bfloat16_past_the_streams():
     bf16 = qlgrad.linear_dynamic_backward(grad_output, packed, "bf16")
     fp32 = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
     assert not torch.equal(bf16, fp32)
+
+
+@pytest.mark.parametrize("out_features", [1, 2, 15, 31, 33, 63, 65])
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gradient_rows_packed_at_every_depth(out_features, per_channel, dtype):
+    # 40 gradient rows, past the streams: three whole blocks of the panel kernel's 12 rows and one
+    # of 4. The product's depth (the gradient's width) on both sides of the 16 and 32 values that
+    # the rows are packed by at once, odd ones too; the scale is applied as they are packed.
+    gen = torch.Generator().manual_seed(out_features)
+    codes = torch.randint(-128, 128, (out_features, 48), dtype=torch.int8, generator=gen)
+    scale = torch.rand(out_features if per_channel else 1, generator=gen) * 0.02 + 0.01
+    weight = codes.double() * scale.double()[:, None]
+    grad_output = torch.randn(40, out_features, generator=gen).to(dtype)
+    got = qlgrad.linear_int8_backward(grad_output, codes, scale)
+    if dtype == torch.bfloat16:
+        assert_as_accurate_as_dense(got, grad_output, weight)
+    else:
+        assert relative_error(got, grad_output.double() @ weight) <= 1e-6
