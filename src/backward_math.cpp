@@ -34,13 +34,6 @@ at::Tensor unflatten_leading(const at::Tensor& result, const at::Tensor& like) {
   return result.view(sizes);
 }
 
-// grad [M, N] scaled by the weight's scale along N, in float32: the factor the integer
-// codes are multiplied by, so that the weight itself is read unconverted.
-at::Tensor scaled_rows(const at::Tensor& grad_rows, const StoredWeight& weight) {
-  // Contiguous: the product keeps the layout of grad, which may be transposed.
-  return as_contiguous(at::mul(in_dtype(grad_rows, at::kFloat), weight.scale));
-}
-
 // The codes [N, K] in rows: the stored tensor, or a copy out of a blocked packing, made for an
 // integer GEMM or a float64 product that takes a tensor.
 at::Tensor unblocked_codes(const StoredWeight& weight) {
@@ -158,17 +151,13 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& wei
   at::Tensor result;
   if (precision == Precision::kInt8 && weight.is_int8() && !weight.is_groupwise()) {
     result = int8_input_gradient(grad, weight);
-  } else if (precision == Precision::kBFloat16 && weight.is_groupwise()) {
-    // The scales vary along the product's columns: the tiles take them as they are converted.
-    result = codes_matmul(grad.to(at::kBFloat16), weight.values, weight.zero_point, weight.scale, weight.blocked);
-  } else if (precision == Precision::kBFloat16 && grad.scalar_type() == at::kBFloat16) {
-    // The scale is applied as the products pack the gradient's rows, each value rounded once.
-    result =
-        codes_matmul(as_contiguous(grad), weight.values, channel_zero_points(weight), weight.scale, weight.blocked);
   } else if (precision == Precision::kBFloat16) {
-    // Scaled in float32 first, so that each value is rounded to bfloat16 once.
-    result = codes_matmul(scaled_rows(grad, weight).to(at::kBFloat16), weight.values, channel_zero_points(weight),
-                          std::nullopt, weight.blocked);
+    // bfloat16 products: a gradient of another dtype is rounded to bfloat16 (times a per-tensor or
+    // per-channel scale) once, as the product packs its rows; group-wise scales are taken as the
+    // weight is converted.
+    const auto lhs = as_contiguous(grad.scalar_type() == at::kBFloat16 ? grad : in_dtype(grad, at::kFloat));
+    result = codes_matmul(lhs, weight.values, channel_zero_points(weight), weight.scale, weight.blocked,
+                          /*bfloat16_products=*/true);
   } else if (grad.scalar_type() == at::kDouble) {
     // Exact for float64 callers (gradcheck): the weight is converted, not the gradient.
     result = at::mm(grad, dequantize(weight, at::kDouble));

@@ -57,7 +57,8 @@ Int4Pack int4_pack(const at::Tensor& packed, int64_t group_size, const at::Tenso
 } // namespace
 
 at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
-                        const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked) {
+                        const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked,
+                        bool bfloat16_products) {
   check_codes_arguments(lhs, weight, zero_point, scale, blocked);
   const int64_t columns = blocked ? blocked->columns : weight.size(1);
   if (lhs.numel() == 0 || columns == 0) {
@@ -75,14 +76,15 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   const auto& kernel = kernels();
   const bool is_int8 = weight.scalar_type() == at::kChar;
   const int64_t rows = lhs.size(0);
-  const bool panels = lhs.scalar_type() == at::kFloat
+  const auto products = bfloat16_products ? at::kBFloat16 : lhs.scalar_type();
+  const bool panels = products == at::kFloat
                           ? kernel.panel_rows != nullptr && (rows < kPanelGemmRowsEnd || !is_intel_cpu())
                           : kernel.panel_rows_bfloat16 != nullptr && (rows < kBFloat16PanelRowsEnd || !is_intel_cpu());
   if (panels && rows > streamed_rows_end()) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
-    const auto result =
-        blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters), row_scale)
-                : panel_gemm(lhs, RowCodes(weight, parameters), row_scale);
+    const auto result = blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters),
+                                             row_scale, products)
+                                : panel_gemm(lhs, RowCodes(weight, parameters), row_scale, products);
     return result.to(lhs.scalar_type());
   }
   if (rows <= streamed_rows_end()) {
@@ -103,10 +105,11 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
     }
     return result.to(lhs.scalar_type());
   }
-  // In lhs's dtype: a bfloat16 lhs times the float32 scale is rounded once more.
-  const auto scaled = row_scale ? at::mul(lhs, *row_scale).to(lhs.scalar_type()) : lhs;
-  return blocked ? tiled_gemm(scaled, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters))
-                 : tiled_gemm(scaled, RowCodes(weight, parameters));
+  // In the products' dtype, lhs times the float32 scale rounded once.
+  const auto scaled = (row_scale ? at::mul(lhs, *row_scale) : lhs).to(products);
+  const auto result = blocked ? tiled_gemm(scaled, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters))
+                              : tiled_gemm(scaled, RowCodes(weight, parameters));
+  return result.to(lhs.scalar_type());
 }
 
 int64_t streamed_rows_end() {

@@ -26,7 +26,9 @@ int64_t streamed_rows_end();
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
 // float32 and returned in lhs's dtype; or, with group-wise parameters,
 // lhs @ (scale[n, g] * (weight[n, k] - zero_point[n, g])) with g = k / (K / G).
-//   lhs         float32 or bfloat16 [M, N], contiguous: the GEMM runs in its dtype
+//   lhs         float32 or bfloat16 [M, N], contiguous: the GEMM runs in its dtype, or in
+//               bfloat16 products for a float32 lhs too with `bfloat16_products` (past the
+//               streams, which take float32), its values (times the scale) rounded once
 //   weight      int8 or float16 [N, K] with unit stride along K (or K = 1); or, with `blocked`,
 //               int8 codes in that layout (contiguous, blocked->size() bytes), read in place
 //   zero_point  float32 [N] or [N, G] (like scale), contiguous (integers of the int8 range);
@@ -42,7 +44,7 @@ int64_t streamed_rows_end();
 // the sums.
 at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
                         const std::optional<at::Tensor>& scale = std::nullopt,
-                        const std::optional<BlockedLayout>& blocked = std::nullopt);
+                        const std::optional<BlockedLayout>& blocked = std::nullopt, bool bfloat16_products = false);
 
 // result [M, K] = lhs @ W for an int4 weight [N, K] as torch packs it for the CPU
 // (aten::_convert_weight_to_int4pack_for_cpu under the running CPU capability), read in place:

@@ -68,21 +68,21 @@ struct PanelArithmetic<int8_t> {
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
 };
 
-// lhs [rows, depth] (in Element) times the weight's scale (per row of the weight, or one for all,
-// or none) as blocks of kKernelRows rows, each [depth][kKernelRows] (zero past the last row), once
-// for all threads: the kernel reads a step's 12 factors from one or two cache lines, where 12
-// rows of lhs a power of two apart would compete for the same L1 sets.
-template <typename Element>
-at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
+// lhs [rows, depth] (in Element, or float32 for bfloat16 products) times the weight's scale (per
+// row of the weight, or one for all, or none) as blocks of kKernelRows rows, each
+// [depth][kKernelRows] (zero past the last row), once for all threads: the kernel reads a step's
+// 12 factors from one or two cache lines, where 12 rows of lhs a power of two apart would compete
+// for the same L1 sets.
+template <typename Source, typename Element>
+at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale, PackRowsFn<Source, Element>* pack) {
   constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
   const int64_t rows = lhs.size(0), depth = lhs.size(1), stored_depth = round_up(depth, kPair);
   at::Tensor packed = at::empty({(rows + kKernelRows - 1) / kKernelRows, stored_depth, kKernelRows},
                                 lhs.options().dtype(c10::CppTypeToScalarType<Element>::value));
-  const Element* source = lhs.const_data_ptr<Element>();
+  const Source* source = lhs.const_data_ptr<Source>();
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
   const int64_t factor_stride = scale && scale->numel() > 1 ? 1 : 0;
   Element* destination = packed.mutable_data_ptr<Element>();
-  const auto pack = PanelArithmetic<Element>::packer();
   at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       pack(source + block * kKernelRows * depth, depth, std::min(kKernelRows, rows - block * kKernelRows), depth,
@@ -90,6 +90,16 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
     }
   });
   return packed;
+}
+
+template <typename Element>
+at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
+  if constexpr (std::is_same_v<Element, at::BFloat16>) {
+    if (lhs.scalar_type() == at::kFloat) {
+      return pack_rows(lhs, scale, kernels().pack_float_rows_bfloat16);
+    }
+  }
+  return pack_rows(lhs, scale, PanelArithmetic<Element>::packer());
 }
 
 // The depth blocks of a reader's weight, `depth` rows deep or a little more (at most
@@ -192,8 +202,11 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
 
 } // namespace
 
-at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
-  if (lhs.scalar_type() == at::kBFloat16) {
+at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
+                      std::optional<at::ScalarType> products) {
+  TORCH_INTERNAL_ASSERT(!products || *products == lhs.scalar_type() ||
+                        (*products == at::kBFloat16 && lhs.scalar_type() == at::kFloat));
+  if (products.value_or(lhs.scalar_type()) == at::kBFloat16) {
     return panel_gemm_in<at::BFloat16>(lhs, reader, scale);
   }
   if (lhs.scalar_type() == at::kChar) {

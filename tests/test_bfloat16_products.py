@@ -92,18 +92,26 @@ def test_bf16_multiplies_in_bfloat16_past_the_streams():
 
 @pytest.mark.parametrize("out_features", [1, 2, 15, 31, 33, 63, 65])
 @pytest.mark.parametrize("per_channel", [False, True])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_gradient_rows_packed_at_every_depth(out_features, per_channel, dtype):
+@pytest.mark.parametrize(
+    ("dtype", "precision"), [(torch.bfloat16, None), (torch.float32, "bf16"), (torch.float32, None)]
+)
+def test_gradient_rows_packed_at_every_depth(out_features, per_channel, dtype, precision):
     # 40 gradient rows, past the streams: three whole blocks of the panel kernel's 12 rows and one
     # of 4. The product's depth (the gradient's width) on both sides of the 16 and 32 values that
-    # the rows are packed by at once, odd ones too; the scale is applied as they are packed.
+    # the rows are packed by at once, odd ones too; the scale is applied as they are packed, and a
+    # float32 gradient in bfloat16 products is rounded to bfloat16 there.
     gen = torch.Generator().manual_seed(out_features)
     codes = torch.randint(-128, 128, (out_features, 48), dtype=torch.int8, generator=gen)
     scale = torch.rand(out_features if per_channel else 1, generator=gen) * 0.02 + 0.01
     weight = codes.double() * scale.double()[:, None]
     grad_output = torch.randn(40, out_features, generator=gen).to(dtype)
-    got = qlgrad.linear_int8_backward(grad_output, codes, scale)
+    got = qlgrad.linear_int8_backward(grad_output, codes, scale, precision=precision)
+    expected = grad_output.double() @ weight
+    assert got.dtype == dtype
     if dtype == torch.bfloat16:
         assert_as_accurate_as_dense(got, grad_output, weight)
+    elif precision == "bf16":
+        dense = grad_output.to(torch.bfloat16).double() @ weight.to(torch.bfloat16).double()
+        assert relative_error(got, expected) <= DENSE_ERROR_FACTOR * relative_error(dense, expected)
     else:
-        assert relative_error(got, grad_output.double() @ weight) <= 1e-6
+        assert relative_error(got, expected) <= 1e-6

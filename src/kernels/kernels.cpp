@@ -61,6 +61,7 @@ Kernels avx512_kernels() {
   if (has_avx512_bf16()) {
     table.panel_rows_bfloat16 = &panel_rows_bfloat16_avx512;
     table.pack_rows_bfloat16 = &pack_rows_bfloat16_avx512;
+    table.pack_float_rows_bfloat16 = &pack_float_rows_bfloat16_avx512;
     table.convert_panels_int8_bfloat16 = &convert_panels_int8_bfloat16_avx512;
     table.convert_panels_float16_bfloat16 = &convert_panels_float16_bfloat16_avx512;
     table.convert_transposed_panels_int8_bfloat16 = &convert_transposed_panels_int8_bfloat16_avx512;

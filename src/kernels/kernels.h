@@ -95,9 +95,10 @@ using QuantizeRowsFn = void(const float* grad, const float* channel_scale, int64
 // lhs[r, n] * factors[n * factor_stride] (copied where factors is null), each product rounded
 // once to Element, for r < count and n < depth; zero for count <= r < kKernelRows and past depth
 // to a multiple of P, the values a kernel multiplies at once (1 float32, a pair of bfloat16, a
-// quad of int8 values, which take no factors). lhs's rows are ldl elements apart.
-template <typename Element>
-using PackRowsFn = void(const Element* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
+// quad of int8 values, which take no factors). lhs's rows (in Source: Element, or float32 for
+// bfloat16 products) are ldl elements apart.
+template <typename Source, typename Element = Source>
+using PackRowsFn = void(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                         int64_t factor_stride, Element* block);
 
 // out[r, 0:32] (+)= sum_n lhs[n, r] * panel[n, 0:32] for `rows` (1 to kKernelRows) rows of a packed
@@ -203,6 +204,7 @@ struct Kernels {
   // The panel GEMM in bfloat16 products: AVX512-BF16 only (has_avx512_bf16), null elsewhere.
   PanelRowsBFloat16Fn* panel_rows_bfloat16 = nullptr;
   PackRowsFn<at::BFloat16>* pack_rows_bfloat16 = nullptr;
+  PackRowsFn<float, at::BFloat16>* pack_float_rows_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<int8_t>* convert_panels_int8_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<at::Half>* convert_panels_float16_bfloat16 = nullptr;
   ConvertTransposedPanelsFn<at::BFloat16>* convert_transposed_panels_int8_bfloat16 = nullptr;

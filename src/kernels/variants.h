@@ -42,6 +42,7 @@ BlockedStreamFn stream_blocked_avx512;
 // AVX512-BF16 (x86-64 only).
 PanelRowsBFloat16Fn panel_rows_bfloat16_avx512;
 PackRowsFn<at::BFloat16> pack_rows_bfloat16_avx512;
+PackRowsFn<float, at::BFloat16> pack_float_rows_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<int8_t> convert_panels_int8_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<at::Half> convert_panels_float16_bfloat16_avx512;
 ConvertTransposedPanelsFn<at::BFloat16> convert_transposed_panels_int8_bfloat16_avx512;
