@@ -50,6 +50,8 @@ FP32_TARGETS = (((64, None), 1.05), ((5, 63), 1.15), ((1, 4), 0.5))
 FP32_BEST_GEMM_TARGETS = (((9, None), 1.10), ((1, 8), 0.5))
 # bf16 from the int8 codes, against the product with a bfloat16 copy of the weight.
 BF16_COPY_MAX_RATIO = 1.05
+# bf16 and int8 against fp32 at every token count: a reduced precision is never the slower.
+REDUCED_OVER_FP32_MAX_RATIO = 1.05
 # int8 from SPEEDUP_MIN_TOKENS tokens, against the integer GEMM alone (torch._int_mm).
 INT8_GEMM_MAX_RATIO = 1.10
 # The reduced precisions pay off from SPEEDUP_MIN_TOKENS tokens on, at (speedup over
@@ -249,6 +251,14 @@ TARGETS = (
         f"bf16 backward ≤ {BF16_COPY_MAX_RATIO}× the product with a bfloat16 copy",
         1,
         _at_most(BF16_COPY_MAX_RATIO, "bf16", BF16_COPY),
+    ),
+    *(
+        on_tokens(
+            f"{precision} backward ≤ {REDUCED_OVER_FP32_MAX_RATIO}× fp32's",
+            1,
+            _at_most(REDUCED_OVER_FP32_MAX_RATIO, precision, "fp32"),
+        )
+        for precision in ("bf16", "int8")
     ),
     on_tokens(
         f"int8 backward ≤ {INT8_GEMM_MAX_RATIO}× the integer GEMM alone (torch._int_mm)",
