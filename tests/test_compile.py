@@ -2,6 +2,7 @@
 operators are in test_opcheck.py)."""
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -114,6 +115,30 @@ def test_compiled_backward_saves_tensors_not_the_packed_params():
     assert "qlgrad._stored_weight_backward.default" in targets, targets
     placeholders = [node for node in backward.graph.nodes if node.op == "placeholder"]
     assert all(isinstance(node.meta.get("val"), torch.Tensor) for node in placeholders), placeholders
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@torch._inductor.config.patch(fx_graph_cache=False)
+def test_compiled_training_copies_no_packed_weight(backend, monkeypatch):
+    """torch deep-copies each TorchBind object it fakes while tracing (FakeScriptObject), and the
+    compiled graph then runs on the copies: a repacked weight per layer, several times per
+    compilation. A packed weight's fake keeps the layer's own object instead; the gradients stay
+    eager's."""
+    copied = []
+    deepcopy = copy.deepcopy
+
+    def recording_deepcopy(value, memo=None):
+        if isinstance(value, torch.ScriptObject) and "LinearPackedParamsBase" in value._type().qualified_name():
+            copied.append(value)
+        return deepcopy(value, memo)
+
+    monkeypatch.setattr(copy, "deepcopy", recording_deepcopy)
+    model = mixed_model()
+    compiled = torch.compile(model, backend=backend, fullgraph=True)
+    tolerance = {"rtol": 0, "atol": 0} if backend == "aot_eager" else {"rtol": 1e-5, "atol": 1e-6}
+    eager, traced = input_gradients(model, compiled)
+    torch.testing.assert_close(traced, eager, **tolerance)
+    assert not copied
 
 
 def test_python_dispatcher_records_the_straight_through_backward():

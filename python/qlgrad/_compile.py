@@ -58,6 +58,27 @@ class FakeLinearPackedParams:
 
 _FAMILY = {"qint8": "quantized::linear_dynamic", "fp16": "quantized::linear_dynamic_fp16"}
 
+_fake_script_object_init = FakeScriptObject.__init__
+
+
+def _fake_without_copy(self, wrapped_obj, script_class_name, x):
+    """A packed weight's fake keeps the real object it stands for, not a deep copy of it.
+
+    torch deep-copies every TorchBind object it fakes (unless its type is opaque), so that
+    a fake kernel that mutated it would not reach the real one; the compiled graph then runs
+    on the copy. A packed weight's copy is a repacked weight, made each time the object is
+    faked (several times per compilation) and kept as long as the compiled graph: several
+    times the model's int8 weights. qlgrad's fake kernels read only the fake's shapes, and the
+    ops never mutate a packed weight, so the graph can run on the layer's own object."""
+    if not isinstance(wrapped_obj, FakeLinearPackedParams):
+        return _fake_script_object_init(self, wrapped_obj, script_class_name, x)
+    object.__setattr__(self, "wrapped_obj", wrapped_obj)
+    object.__setattr__(self, "script_class_name", script_class_name)
+    object.__setattr__(self, "real_obj", x)
+
+
+FakeScriptObject.__init__ = _fake_without_copy
+
 
 def _fake_params(op_name: str, packed, kind: str | None = None) -> FakeLinearPackedParams:
     # A fake object while torch.compile traces; a real one in a fake-tensor run (opcheck).
