@@ -114,6 +114,7 @@ def measure(name: str, arguments: argparse.Namespace) -> dict:
         # What the quantized projections hold once trained: the model's memory but its plain
         # tensors, plus qlgrad's cache.
         "held_bytes_per_weight": (model_bytes - beside + cache_bytes) / elements,
+        "projection_weights": elements,
     }
 
 
@@ -267,6 +268,20 @@ def _no_slower(name: str, than: str, which: str) -> Target:
 
 
 MEMORY = {"model_bytes": "model memory", "after_steps_bytes": "memory after the steps"}
+# What compiling may add to the int8 step's memory beyond what it adds to the float step's: a
+# tenth of the int8 weights' bytes, and this much.
+COMPILED_EXTRA_FLOOR_BYTES = 32 * 2**20
+COMPILED_EXTRA_PER_INT8_WEIGHT = 0.1
+
+
+def _compiled_extra_per_int8_weight(rows: dict[str, dict]) -> float:
+    """What compiling adds to qd-fp32's memory after the steps beyond what it adds to float's,
+    less COMPILED_EXTRA_FLOOR_BYTES, per byte of the int8 projection weights."""
+
+    def growth(eager: str) -> int:
+        return rows[f"{eager}-compiled"]["after_steps_bytes"] - rows[eager]["after_steps_bytes"]
+
+    return (growth("qd-fp32") - growth("float") - COMPILED_EXTRA_FLOOR_BYTES) / rows["qd-fp32"]["projection_weights"]
 
 
 def _memory_target(name: str, limit: float, against: str = BASELINE, key: str = "model_bytes") -> Target:
@@ -301,6 +316,14 @@ TARGETS = (
         "{:.2f}".format,
     ),
     _no_slower("qd-fp32-compiled", "qd-fp32", "eager"),
+    at_most(
+        "qd-fp32-compiled's memory over qd-fp32's beyond float-compiled's over float's, "
+        f"less {COMPILED_EXTRA_FLOOR_BYTES // 2**20} MiB, per int8 weight byte ≤ {COMPILED_EXTRA_PER_INT8_WEIGHT}",
+        ("qd-fp32-compiled", "qd-fp32", "float-compiled", "float"),
+        _compiled_extra_per_int8_weight,
+        COMPILED_EXTRA_PER_INT8_WEIGHT,
+        "{:.2f}".format,
+    ),
     # On a bfloat16 base, against float-bf16; int4pack on float32, against float.
     _time_target("torchao-int8-bf16", 0.85, BF16_BASELINE),
     _time_target("torchao-int4pack-bf16", 1.0, BF16_BASELINE),

@@ -111,7 +111,7 @@ def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[
 
 
 def test_llm_trains_the_tiny_decoder_in_each_mode(tmp_path):
-    modes = ["float", "qd-fp32", "torchao-int8"]
+    modes = ["float", "float-compiled", "qd-fp32", "qd-fp32-compiled", "torchao-int8"]
     results = tmp_path / "llm.json"
     output, rows = train_tiny_decoder(modes, "--json", str(results))
     # Every mode starts from the same weights, adapters and batches; int8 weights and activations
@@ -119,6 +119,7 @@ def test_llm_trains_the_tiny_decoder_in_each_mode(tmp_path):
     float_loss, *quantized_losses = (float(row["loss after 2 steps"]) for row in rows)
     assert all(abs(loss / float_loss - 1) < 0.05 for loss in quantized_losses)
     assert "Targets on this run:" in output and "qd-fp32 time per step" in output
+    assert "qd-fp32-compiled's memory over qd-fp32's beyond float-compiled's over float's" in output
     assert [row["mode"] for row in json.loads(results.read_text())["rows"]] == modes
 
 

@@ -168,6 +168,8 @@ _BNB_4BIT = Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes")
 MODES = {
     "float": _FLOAT,
     "float-bf16": _on_bfloat16(_FLOAT),
+    # What compiling costs the float step: the measure of what compiling the int8 step costs beyond it.
+    "float-compiled": replace(_FLOAT, backward="float autograd, torch.compile", compiled=True),
     **{
         f"qd-{precision}": Mode(
             f"qlgrad {precision}",
