@@ -1,10 +1,12 @@
-"""The Captum and language-model examples, and the README's PEFT and Captum sections run as they are written."""
+"""The Captum and language-model examples, and the README's PEFT, Captum, torch.func, autocast and
+torch.compile sections run as they are written."""
 
 import importlib.util
 import os
 import re
 
 import pytest
+import torch
 
 ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
 
@@ -67,8 +69,21 @@ def test_llm_lora_example_refuses_bfloat16_with_quantize_dynamic(capsys):
 
 
 @pytest.mark.parametrize(
-    "heading", ["## PEFT: LoRA fine-tuning of int8 models", "## Captum: attributions of int8 models"]
+    "heading",
+    [
+        "## PEFT: LoRA fine-tuning of int8 models",
+        "## Captum: attributions of int8 models",
+        "## torch.func",
+        "## Autocast",
+        "## torch.compile",
+    ],
 )
 def test_readme_section_runs(heading, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the PEFT section saves adapters to the working directory
-    exec(compile(readme_code(heading), f"README.md, {heading}", "exec"), {})
+    import torch._inductor.config as inductor_config
+
+    torch._dynamo.reset()
+    # The torch.compile section changes inductor's configuration: for this test only.
+    with inductor_config.patch(fx_graph_cache=inductor_config.fx_graph_cache):
+        exec(compile(readme_code(heading), f"README.md, {heading}", "exec"), {})
+    torch._dynamo.reset()
