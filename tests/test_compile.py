@@ -91,8 +91,10 @@ def test_fullgraph_compile_differentiates_through_every_layer(backend, engine_na
         compiled = torch.compile(model, backend=backend, fullgraph=True)
         # Inductor may fuse the float ops around the layers (the tanh's backward) differently.
         tolerance = {"rtol": 0, "atol": 0} if backend == "aot_eager" else {"rtol": 1e-5, "atol": 1e-6}
-        for precision in qlgrad.PRECISIONS:
-            eager, traced = input_gradients(model, compiled, precision)
+        # 6 rows run fp32's stream in every precision; 40 and 300 reach each precision's own
+        # kernels (past the streams, on both sides of the panel GEMM's division by rows).
+        for precision, batch in ((p, b) for p in qlgrad.PRECISIONS for b in (6, 40, 300)):
+            eager, traced = input_gradients(model, compiled, precision, batch)
             torch.testing.assert_close(traced, eager, **tolerance)
     finally:
         torch.backends.quantized.engine = previous

@@ -17,7 +17,8 @@ FBGEMM_ENGINES = [engine for engine in ("x86", "fbgemm") if engine in torch.back
 # tiles from 512 on Intel's).
 SHAPES = [(1, 1), (3, 5), (16, 16), (17, 33), (48, 300), (130, 1030), (512, 768)]
 ROWS = [1, 4, 8, 9, 32, 33, 255, 256, 511, 512, 700]
-TOLERANCE = {"fp32": 2e-6, "bf16": 1.5e-2, "int8": 3e-2}
+# The README's bounds (precision table): float32 rounding, 1% and 2% of the norm.
+TOLERANCE = {"fp32": 2e-6, "bf16": 1e-2, "int8": 2e-2}
 
 
 @pytest.fixture(params=FBGEMM_ENGINES)
@@ -61,5 +62,9 @@ def test_double_backward_and_float64_read_the_packing(fbgemm_engine):
     weight = quantize_weight(40, 70, "per_channel_affine")
     packed = packed_params(weight)
     grad_output = torch.randn(3, 40, dtype=torch.float64, requires_grad=True)
+    # In float64 from the packing, against the weight dequantized apart from it: they differ by
+    # the scales alone, which the packing holds in float32 (2^-24 relative) and the quantized weight in float64.
+    expected = reference_input_gradient(grad_output.detach(), weight)
+    assert relative_error(qlgrad.linear_dynamic_backward(grad_output, packed), expected) <= 1e-7
     torch.autograd.gradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
     torch.autograd.gradgradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
