@@ -153,7 +153,9 @@ def intx_cases():
 def test_layer_input_gradient_is_straight_through(config, dtype, bias):
     torch.manual_seed(0)
     layer = quantized(torch.nn.Linear(256, 64, bias=bias), config, dtype)
-    for leading in ((1,), (5,), (2, 3)):
+    # 1-6 rows: the float32 streams of every precision; 40 and 300: the panel GEMM (bfloat16
+    # products on a bfloat16 base) by columns and by rows and columns.
+    for leading in ((1,), (5,), (2, 3), (40,), (300,)):
         x = torch.randn(*leading, 256, dtype=dtype)
         grad_output = torch.randn(*leading, 64, dtype=dtype)
         with torch.no_grad():
@@ -172,6 +174,11 @@ def test_layer_input_gradient_is_straight_through(config, dtype, bias):
         assert leaf.grad.dtype == dtype and leaf.grad.shape == x.shape
         if dtype == torch.float32 and expected.norm() > 0:
             assert relative_error(leaf.grad, expected) <= 1e-6
+        elif expected.norm() > 0:
+            # bfloat16: no worse than the dense bfloat16 product of the same gradient (1.5 times
+            # its error, as in test_bfloat16_products.py).
+            dense = grad_output @ dequantized_float64(layer.weight).to(torch.bfloat16)
+            assert relative_error(leaf.grad, expected) <= 1.5 * relative_error(dense, expected) + 1e-4
         assert_straight_through(leaf.grad, expected, dtype)
         if bias:
             # The gradient torchao's own forward gives the bias, with or without qlgrad's node.
