@@ -64,8 +64,10 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
     quantize_rows(grad.const_data_ptr<float>(), channel_scale.const_data_ptr<float>(), begin, end, n,
                   quantized.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>());
   });
+  // The codes where they lie (fbgemm's packing too) in the int8 panel GEMM, else in rows.
+  auto products = int8_codes_matmul(quantized, weight.values, weight.blocked);
   // int32 times float32 gives float32: the rescale is also the conversion, in one pass.
-  auto result = at::mul(at::_int_mm(quantized, unblocked_codes(weight)), row_scale);
+  auto result = at::mul(products ? *products : at::_int_mm(quantized, unblocked_codes(weight)), row_scale);
   if (weight.zero_point) {
     // sum_n q[m, n] * zero_point[n], exact in float64, taken off every column.
     const auto zero_point = weight.zero_point->to(at::kDouble).expand({n});

@@ -22,6 +22,11 @@ constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
 // 1.06-1.50x. (torch's int4 packing has no bfloat16 tiles: its bfloat16 products are the panel
 // GEMM's at every row count.)
 constexpr int64_t kBFloat16PanelRowsEnd = 256;
+// The int8 panel GEMM over stored codes (the int8 backward) is the faster below this many rows;
+// from it, torch._int_mm on codes in rows (oneDNN's integer GEMM). On a Zen 5 EPYC, 2 threads, the
+// whole int8 backward of 768x3072 and 4096x4096 layers over fbgemm's packing: at 64-384 rows
+// 0.74-0.99x the time it takes with torch._int_mm, at 512-2048 rows 1.08-1.31x (0.98x once).
+constexpr int64_t kInt8PanelRowsEnd = 512;
 
 void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
                            const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked) {
@@ -52,6 +57,11 @@ Int4Pack int4_pack(const at::Tensor& packed, int64_t group_size, const at::Tenso
   TORCH_CHECK(packing.block > 0, "qlgrad: reading torch's int4 packing is implemented for x86-64 CPUs only");
   return {packed.const_data_ptr<uint8_t>(),        rows,      columns, packing.block, packing.halves,
           scale_and_zeros.const_data_ptr<float>(), group_size};
+}
+
+// The panels hold each code plus 128: a product with them is 128 * sum_k lhs[m, k] too many.
+at::Tensor without_code_offset(at::Tensor&& sums, const at::Tensor& lhs) {
+  return sums.sub_(at::sum(lhs, {1}, /*keepdim=*/true, at::kInt).mul_(128));
 }
 
 } // namespace
@@ -174,6 +184,24 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
   return result.to(input.scalar_type());
 }
 
+std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
+                                            const std::optional<BlockedLayout>& blocked) {
+  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && lhs.scalar_type() == at::kChar);
+  TORCH_INTERNAL_ASSERT(codes.scalar_type() == at::kChar);
+  if (kernels().panel_rows_int8 == nullptr || lhs.size(0) >= kInt8PanelRowsEnd) {
+    return std::nullopt;
+  }
+  const int64_t columns = blocked ? blocked->columns : codes.size(1);
+  if (lhs.numel() == 0 || columns == 0) {
+    return at::zeros({lhs.size(0), columns}, lhs.options().dtype(at::kInt));
+  }
+  const CodeParameters none;
+  return without_code_offset(
+      blocked ? panel_gemm(lhs, BlockedCodes(codes.const_data_ptr<int8_t>(), *blocked, none), std::nullopt)
+              : panel_gemm(lhs, RowCodes(codes, none), std::nullopt),
+      lhs);
+}
+
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
   TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous() && input.scalar_type() == at::kChar);
   TORCH_INTERNAL_ASSERT(codes.dim() == 2 && codes.is_contiguous() && codes.scalar_type() == at::kChar);
@@ -184,9 +212,7 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
   if (input.numel() == 0 || codes.size(0) == 0) {
     return at::zeros({input.size(0), codes.size(0)}, input.options().dtype(at::kInt));
   }
-  // The panels hold each code plus 128: their product is 128 * sum_k input[m, k] too many.
-  auto result = panel_gemm(input, Int8CodesTransposed(codes), std::nullopt);
-  return result.sub_(at::sum(input, {1}, /*keepdim=*/true, at::kInt).mul_(128));
+  return without_code_offset(panel_gemm(input, Int8CodesTransposed(codes), std::nullopt), input);
 }
 
 at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,

@@ -73,6 +73,14 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
 // input of this dtype (it runs everywhere int4pack_matmul does).
 bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 
+// result [M, K] int32 = lhs @ codes for int8 lhs [M, N] (contiguous) and int8 codes [N, K] in
+// rows (unit stride along K) or, with `blocked`, in that packing, read in place: exactly
+// torch._int_mm(lhs, codes), in the int8 panel GEMM. Absent where that is not the faster (the
+// CPU has no AVX512-VNNI, or lhs has many rows): the caller multiplies codes in rows with
+// torch._int_mm.
+std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
+                                            const std::optional<BlockedLayout>& blocked);
+
 // result [M, N] int32 = input @ codes.T for int8 input [M, K] and int8 codes [N, K] (both
 // contiguous): torch._int_mm(input, codes.t()), exactly. In the int8 panel GEMM where the CPU
 // has AVX512-VNNI (the codes read in place, each panel converted as it goes), else torch._int_mm.

@@ -107,6 +107,14 @@ void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, 
   }
 }
 
+void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const {
+  TORCH_INTERNAL_ASSERT(weight_.scalar_type() == at::kChar && parameters_.scale == nullptr &&
+                        parameters_.zero_point == nullptr);
+  const int64_t ldw = weight_.stride(0);
+  kernels().int8_panels(weight_.const_data_ptr<int8_t>() + top * ldw + first, ldw, depth, count, out,
+                        round_up(depth, 4));
+}
+
 void RowCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
   const int64_t depth = tile.size(0);
   if (weight_.scalar_type() != at::kChar) {
@@ -133,6 +141,15 @@ void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t cou
                        [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
                          kernels().convert_panels_int8_bfloat16(codes, ldc, parameters_, top + slab, first, height,
                                                                 count, out + slab * kPanelColumns, panel_depth);
+                       });
+}
+
+void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const {
+  TORCH_INTERNAL_ASSERT(parameters_.scale == nullptr && parameters_.zero_point == nullptr);
+  const int64_t panel_depth = round_up(depth, 4);
+  for_each_copied_slab(packed_, layout_, top, first, depth, count,
+                       [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
+                         kernels().int8_panels(codes, ldc, height, count, out + slab * kPanelColumns, panel_depth);
                        });
 }
 

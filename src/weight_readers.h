@@ -50,6 +50,8 @@ class RowCodes final : public WeightReader {
   int64_t row_alignment() const override { return 1; }
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
+  // The codes themselves (int8 codes, no parameters).
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const override;
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
  private:
@@ -71,6 +73,8 @@ class BlockedCodes final : public WeightReader {
   int64_t row_alignment() const override { return 16; }
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
+  // The codes themselves (no parameters).
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const override;
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
  private:

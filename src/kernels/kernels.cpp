@@ -71,6 +71,7 @@ Kernels avx512_kernels() {
   if (has_avx512_vnni()) {
     table.panel_rows_int8 = &panel_rows_int8_avx512_vnni;
     table.pack_rows_int8 = &pack_rows_int8_avx512_vnni;
+    table.int8_panels = &int8_panels_avx512_vnni;
     table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
   }
   return table;

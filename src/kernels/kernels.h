@@ -133,11 +133,16 @@ using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeP
 using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
                              int64_t ldo, int64_t width, bool accumulate);
 
-// Such int8 panels of the transpose of int8 codes W [N, K] in rows, W.T[top:top + depth,
-// first:first + count] (`codes` points at W[first, top]), panel_depth (a multiple of 4) rows of
-// kPanelColumns apart; past `depth` each value is 128 (a zero code), past `count` zero.
-using Int8TransposedPanelsFn = void(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
-                                    int64_t panel_depth);
+// Such int8 panels of int8 codes W in rows, panel_depth (a multiple of 4) rows of kPanelColumns
+// apart; past `depth` each value is 128 (a zero code), past `count` up to whole panels filler
+// that no stored sum reads:
+//   Int8PanelsFn: W[top:top + depth, first:first + count] (`codes` points at W[top, first]), the
+//     weight of a product lhs @ W (the input gradient grad @ W);
+//   Int8TransposedPanelsFn: the transpose W.T[top:top + depth, first:first + count] of W [N, K]
+//     (`codes` points at W[first, top]), the weight of a forward x @ W.T.
+using Int8PanelsFn = void(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
+                          int64_t panel_depth);
+using Int8TransposedPanelsFn = Int8PanelsFn;
 
 // W.T[top:top + depth, first:first + count] of int8 codes W [N, K] in rows (`codes` points at
 // W[first, top]; `parameters` per row of W and group of its columns, groups of whole 16 columns
@@ -213,6 +218,7 @@ struct Kernels {
   // The panel GEMM in int8 products: AVX512-VNNI only (has_avx512_vnni), null elsewhere.
   PanelRowsInt8Fn* panel_rows_int8 = nullptr;
   PackRowsFn<int8_t>* pack_rows_int8 = nullptr;
+  Int8PanelsFn* int8_panels = nullptr;
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
 };
 

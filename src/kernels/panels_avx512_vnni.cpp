@@ -63,6 +63,37 @@ void pack_rows_int8_avx512_vnni(const int8_t* lhs, int64_t ldl, int64_t count, i
   });
 }
 
+// 16 rows at a time, whose codes stay in L1 while each panel's share is written (as
+// convert_panels in panels_avx512.cpp); four rows of 16 codes at a time interleaved into the 16
+// quads of a panel row's half. Byte and word unpacking keep the columns in order within 128 bits.
+void int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
+                             int64_t panel_depth) {
+  constexpr int64_t kRowsAtOnce = 16;
+  const __m128i offset = _mm_set1_epi8(static_cast<char>(0x80));
+  for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
+    for (int64_t column = 0; column < round_up(count, kPanelColumns); column += 16) {
+      const __mmask16 mask = avx512::lanes_mask(count - column);
+      uint8_t* panel = panels + column / kPanelColumns * kPanelColumns * panel_depth + column % kPanelColumns * 4;
+      for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); n += 4) {
+        __m128i rows[4];
+        for (int64_t i = 0; i < 4; ++i) {
+          // Past `depth`, 128 (a code of zero), which the input's zero padding meets.
+          const __m128i values =
+              n + i < depth ? _mm_maskz_loadu_epi8(mask, codes + (n + i) * ldw + column) : _mm_setzero_si128();
+          rows[i] = _mm_xor_si128(values, offset);
+        }
+        const __m128i low01 = _mm_unpacklo_epi8(rows[0], rows[1]), high01 = _mm_unpackhi_epi8(rows[0], rows[1]);
+        const __m128i low23 = _mm_unpacklo_epi8(rows[2], rows[3]), high23 = _mm_unpackhi_epi8(rows[2], rows[3]);
+        auto* out = reinterpret_cast<__m128i*>(panel + n / 4 * 4 * kPanelColumns);
+        _mm_storeu_si128(out, _mm_unpacklo_epi16(low01, low23));
+        _mm_storeu_si128(out + 1, _mm_unpackhi_epi16(low01, low23));
+        _mm_storeu_si128(out + 2, _mm_unpacklo_epi16(high01, high23));
+        _mm_storeu_si128(out + 3, _mm_unpackhi_epi16(high01, high23));
+      }
+    }
+  }
+}
+
 // 16 rows of W at a time, 64 codes of each (16 quads, a 32-bit lane each) transposed into 16
 // panel rows of quads of those 16 columns.
 void int8_transposed_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,

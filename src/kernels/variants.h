@@ -52,6 +52,7 @@ Int4PanelsBFloat16Fn int4_transposed_panels_bfloat16_avx512;
 // AVX512-VNNI (x86-64 only).
 PanelRowsInt8Fn panel_rows_int8_avx512_vnni;
 PackRowsFn<int8_t> pack_rows_int8_avx512_vnni;
+Int8PanelsFn int8_panels_avx512_vnni;
 Int8TransposedPanelsFn int8_transposed_panels_avx512_vnni;
 
 } // namespace qlgrad::math
