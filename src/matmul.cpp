@@ -59,6 +59,19 @@ Int4Pack int4_pack(const at::Tensor& packed, int64_t group_size, const at::Tenso
           scale_and_zeros.const_data_ptr<float>(), group_size};
 }
 
+// lhs @ W in lhs's dtype: in bfloat16 products for a bfloat16 lhs where the CPU has them, else in
+// float32 ones (MKL on float32 tiles where there is no panel GEMM).
+at::Tensor panel_product(const at::Tensor& lhs, const WeightReader& reader) {
+  const auto& kernel = kernels();
+  if (lhs.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr) {
+    return panel_gemm(lhs, reader, std::nullopt).to(at::kBFloat16);
+  }
+  const auto lhs_float = lhs.to(at::kFloat);
+  const auto result =
+      kernel.panel_rows != nullptr ? panel_gemm(lhs_float, reader, std::nullopt) : tiled_gemm(lhs_float, reader);
+  return result.to(lhs.scalar_type());
+}
+
 // The panels hold each code plus 128: a product with them is 128 * sum_k lhs[m, k] too many.
 at::Tensor without_code_offset(at::Tensor&& sums, const at::Tensor& lhs) {
   return sums.sub_(at::sum(lhs, {1}, /*keepdim=*/true, at::kInt).mul_(128));
@@ -142,22 +155,10 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
   if (lhs.size(0) == 0) {
     return at::zeros({0, pack.columns}, lhs.options());
   }
-  const auto& kernel = kernels();
-  if (lhs.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr &&
-      lhs.size(0) > kInt4StreamedRowsMax) {
-    return panel_gemm(lhs, Int4Codes(pack), std::nullopt).to(at::kBFloat16);
+  if (kernels().int4_stream != nullptr && lhs.size(0) <= kInt4StreamedRowsMax) {
+    return stream_int4(lhs.to(at::kFloat), pack).to(lhs.scalar_type());
   }
-  // Else in float32, from the packing's float32 values.
-  const auto lhs_float = lhs.to(at::kFloat);
-  at::Tensor result;
-  if (kernel.int4_stream != nullptr && lhs.size(0) <= kInt4StreamedRowsMax) {
-    result = stream_int4(lhs_float, pack);
-  } else if (kernel.panel_rows != nullptr) {
-    result = panel_gemm(lhs_float, Int4Codes(pack), std::nullopt);
-  } else {
-    result = tiled_gemm(lhs_float, Int4Codes(pack));
-  }
-  return result.to(lhs.scalar_type());
+  return panel_product(lhs, Int4Codes(pack));
 }
 
 bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype) {
@@ -173,15 +174,7 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
   if (input.size(0) == 0) {
     return at::zeros({0, pack.rows}, input.options());
   }
-  const Int4CodesTransposed weight(pack);
-  const auto& kernel = kernels();
-  if (input.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr) {
-    return panel_gemm(input, weight, std::nullopt).to(at::kBFloat16);
-  }
-  const auto input_float = input.to(at::kFloat);
-  const auto result =
-      kernel.panel_rows != nullptr ? panel_gemm(input_float, weight, std::nullopt) : tiled_gemm(input_float, weight);
-  return result.to(input.scalar_type());
+  return panel_product(input, Int4CodesTransposed(pack));
 }
 
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
@@ -234,11 +227,7 @@ at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& code
   parameters.zero_point = zero_point.const_data_ptr<float>();
   parameters.groups = groups;
   parameters.group_size = group_size;
-  const Int8CodesTransposed weight(codes, parameters);
-  if (input.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr) {
-    return panel_gemm(input, weight, std::nullopt).to(at::kBFloat16);
-  }
-  return panel_gemm(input.to(at::kFloat), weight, std::nullopt).to(input.scalar_type());
+  return panel_product(input, Int8CodesTransposed(codes, parameters));
 }
 
 } // namespace qlgrad::math
