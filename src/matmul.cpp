@@ -208,6 +208,40 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
   return without_code_offset(panel_gemm(input, Int8CodesTransposed(codes), std::nullopt), input);
 }
 
+at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& row_scale,
+                                const at::Tensor& column_scale, const std::optional<at::Tensor>& bias) {
+  const auto dtype = row_scale.scalar_type();
+  TORCH_INTERNAL_ASSERT(dtype == at::kFloat || dtype == at::kBFloat16);
+  for (const auto* parameter : {&row_scale, &column_scale, bias ? &*bias : &row_scale}) {
+    TORCH_INTERNAL_ASSERT(parameter->scalar_type() == dtype && parameter->is_contiguous() && parameter->dim() == 1);
+  }
+  const int64_t rows = input.size(0), columns = codes.size(0);
+  TORCH_INTERNAL_ASSERT(row_scale.numel() == rows && column_scale.numel() == columns &&
+                        (!bias || bias->numel() == columns));
+  const auto sums = int8_linear(input, codes);
+  const auto& kernel = kernels();
+  if (kernel.rescale_sums == nullptr) {
+    auto result = (sums.to(dtype) * row_scale.unsqueeze(1)) * column_scale;
+    return bias ? result + *bias : result;
+  }
+  auto result = at::empty({rows, columns}, row_scale.options());
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(columns, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    const int32_t* sum_data = sums.const_data_ptr<int32_t>();
+    if (dtype == at::kFloat) {
+      kernel.rescale_sums(sum_data, begin, end, columns, row_scale.const_data_ptr<float>(),
+                          column_scale.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
+                          result.mutable_data_ptr<float>());
+    } else {
+      kernel.rescale_sums_bfloat16(sum_data, begin, end, columns, row_scale.const_data_ptr<at::BFloat16>(),
+                                   column_scale.const_data_ptr<at::BFloat16>(),
+                                   bias ? bias->const_data_ptr<at::BFloat16>() : nullptr,
+                                   result.mutable_data_ptr<at::BFloat16>());
+    }
+  });
+  return result;
+}
+
 at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
                                  const at::Tensor& zero_point) {
   TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous() && input.size(1) == codes.size(1));

@@ -81,6 +81,12 @@ bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
                                             const std::optional<BlockedLayout>& blocked);
 
+// int8_linear(input, codes), rescaled in the dtype D (float32 or bfloat16) of row_scale [M],
+// column_scale [N] and bias [N] (absent for none), all contiguous, as torch computes
+// ((sums.to(D) * row_scale[:, None]) * column_scale) + bias one operation at a time.
+at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& row_scale,
+                                const at::Tensor& column_scale, const std::optional<at::Tensor>& bias);
+
 // result [M, N] int32 = input @ codes.T for int8 input [M, K] and int8 codes [N, K] (both
 // contiguous): torch._int_mm(input, codes.t()), exactly. In the int8 panel GEMM where the CPU
 // has AVX512-VNNI (the codes read in place, each panel converted as it goes), else torch._int_mm.

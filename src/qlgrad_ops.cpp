@@ -10,6 +10,7 @@
 //                                 (internal, implemented in int4pack_autograd.cpp)
 //   _int8_linear                  the integer product of torchao's int8 layers' training
 //                                 forward (internal)
+//   _int8_linear_rescaled         the same, rescaled as torchao rescales it
 //   _int8_groupwise_linear        the product of torchao's group-wise int8 layers' training
 //                                 forward (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
@@ -196,9 +197,9 @@ at::Tensor packed_backward_autograd(const at::Tensor& grad_output, const PackedP
   return PackedBackwardFunction<kind>::apply(grad_output, packed, precision);
 }
 
-// ---- _int8_linear ---------------------------------------------------------------
+// ---- _int8_linear, _int8_linear_rescaled ------------------------------------------
 
-at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& weight) {
+void check_int8_operands(const at::Tensor& input, const at::Tensor& weight) {
   for (const auto& [tensor, name] : {std::pair{&input, "input"}, std::pair{&weight, "weight"}}) {
     TORCH_CHECK_TYPE(tensor->scalar_type() == at::kChar, "qlgrad: ", name, " must be an int8 tensor, got ",
                      tensor->scalar_type());
@@ -206,7 +207,32 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& weight) {
   }
   TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "qlgrad: input [M, K] and weight [N, K] must share K, got ",
                     input.sizes(), " and ", weight.sizes());
+}
+
+at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& weight) {
+  check_int8_operands(input, weight);
   return math::int8_linear(input.contiguous(), weight.contiguous());
+}
+
+at::Tensor int8_linear_rescaled_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& row_scale,
+                                    const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+  check_int8_operands(input, weight);
+  const auto dtype = row_scale.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16,
+                   "qlgrad: row_scale must be a float32 or bfloat16 tensor, got ", dtype);
+  const auto check_vector = [&](const at::Tensor& tensor, const char* name, int64_t length) {
+    TORCH_CHECK_TYPE(tensor.scalar_type() == dtype, "qlgrad: ", name, " must have row_scale's dtype ", dtype, ", got ",
+                     tensor.scalar_type());
+    TORCH_CHECK_VALUE(tensor.dim() == 1 && tensor.size(0) == length, "qlgrad: ", name, " must be [", length,
+                      "], got shape ", tensor.sizes());
+  };
+  check_vector(row_scale, "row_scale", input.size(0));
+  check_vector(weight_scale, "weight_scale", weight.size(0));
+  if (bias) {
+    check_vector(*bias, "bias", weight.size(0));
+  }
+  return math::int8_linear_rescaled(input.contiguous(), weight.contiguous(), row_scale.contiguous(),
+                                    weight_scale.contiguous(), bias ? std::optional(bias->contiguous()) : std::nullopt);
 }
 
 // ---- _int8_groupwise_linear -----------------------------------------------------
@@ -260,6 +286,11 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // int8 input @ int8 weight.T in int32, exactly as torch._int_mm: the integer product of the
   // training forward of torchao's int8 layers (python/qlgrad/_torchao.py; internal).
   m.def("_int8_linear(Tensor input, Tensor weight) -> Tensor");
+  // The same rescaled as torchao rescales it, ((sums * row_scale[:, None]) * weight_scale) + bias,
+  // one operation at a time in row_scale's dtype (internal).
+  m.def(
+      "_int8_linear_rescaled(Tensor input, Tensor weight, Tensor row_scale, Tensor weight_scale, Tensor? bias) -> "
+      "Tensor");
   // input @ (scale * (weight - zero_point)).T from int8 codes with group-wise parameters: the
   // product of the training forward of torchao's group-wise int8 layers (internal).
   m.def("_int8_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");
@@ -280,6 +311,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("linear_int8_backward", &qlgrad::detail::linear_int8_backward_cpu);
   m.impl("linear_int4pack_backward", &qlgrad::detail::linear_int4pack_backward_cpu);
   m.impl("_int8_linear", &qlgrad::detail::int8_linear_cpu);
+  m.impl("_int8_linear_rescaled", &qlgrad::detail::int8_linear_rescaled_cpu);
   m.impl("_int8_groupwise_linear", &qlgrad::detail::int8_groupwise_linear_cpu);
 }
 

@@ -65,6 +65,21 @@ def int8_linear_cases():
         )
 
 
+def int8_linear_rescaled_cases():
+    for dtype in (torch.float32, torch.bfloat16):
+        for bias in (True, False):
+            yield (
+                (
+                    torch.randint(-128, 128, (5, 64), dtype=torch.int8),
+                    torch.randint(-128, 128, (20, 64), dtype=torch.int8),
+                    torch.rand(5).to(dtype),
+                    torch.rand(20).to(dtype),
+                    torch.randn(20).to(dtype) if bias else None,
+                ),
+                None,
+            )
+
+
 def int8_groupwise_linear_cases():
     """The training forward's product of torchao's group-wise int8 layers: groups of 16 columns and
     one per row, both dtypes."""
@@ -138,6 +153,7 @@ OPCHECK_CASES = {
     "linear_int4pack_backward": linear_int4pack_backward_cases,
     "_int4pack_linear": int4pack_linear_cases,
     "_int8_linear": int8_linear_cases,
+    "_int8_linear_rescaled": int8_linear_rescaled_cases,
     "_int8_groupwise_linear": int8_groupwise_linear_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),

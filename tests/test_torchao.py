@@ -158,13 +158,16 @@ def test_frozen_bias_and_no_bias():
         assert relative_error(x.grad, reference_input_gradient(grad_output, layer.weight)) <= ERROR_BOUNDS["fp32"]
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no_bias"])
+@pytest.mark.parametrize("granularity", GRANULARITIES)
 @pytest.mark.parametrize("activation", ACTIVATION_MAPPINGS)
 @pytest.mark.parametrize("dtype", DTYPE_ERROR_BOUNDS, ids=str)
-def test_training_forward_is_torchaos_bit_for_bit(dtype, activation):
-    """Where the input requires grad the integer product is qlgrad's: torchao's output exactly, at
-    row counts that reach each way the int8 panel GEMM divides its work (by columns below 256 rows,
-    shared panels from 256), a depth of several blocks and a partial last panel."""
-    layer = quantized_linear(1100, 80, "per_row", activation, dtype=dtype)
+def test_training_forward_is_torchaos_bit_for_bit(dtype, activation, granularity, bias):
+    """Where the input requires grad the integer product is qlgrad's, and with symmetric
+    activations its rescaling (one pass rounding as torchao's steps do): torchao's output
+    exactly, at row counts that reach each way the int8 panel GEMM divides its work (by columns
+    below 256 rows, shared panels from 256), a depth of several blocks and a partial last panel."""
+    layer = quantized_linear(1100, 80, granularity, activation, bias=bias, dtype=dtype)
     for rows in (1, 13, 255, 256, 300):
         x = torch.randn(rows, 1100, dtype=dtype)
         stock_output = layer(x)
@@ -181,6 +184,43 @@ def test_integer_product_is_torchs():
         input[0], weight[0] = -128, 127
         expected = input.int() @ weight.int().t()
         assert torch.equal(torch.ops.qlgrad._int8_linear(input, weight), expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_rescaled_integer_product_rounds_as_each_step_does(dtype):
+    """torch.ops.qlgrad._int8_linear_rescaled is ((sums.to(dtype) * row_scale[:, None]) *
+    weight_scale) + bias computed one operation at a time, bit for bit: rows and columns that
+    leave partial vectors, sums large enough that their conversion rounds, and a NaN scale."""
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randint(-128, 128, (37, 600), dtype=torch.int8, generator=generator)
+    weight = torch.randint(-128, 128, (45, 600), dtype=torch.int8, generator=generator)
+    row_scale = (torch.rand(37, generator=generator) * 0.02).to(dtype)
+    row_scale[3] = float("nan")
+    weight_scale = (torch.rand(45, generator=generator) * 0.02).to(dtype)
+    bias = torch.randn(45, generator=generator).to(dtype)
+    sums = input.int() @ weight.int().t()
+    for with_bias in (bias, None):
+        expected = (sums.to(dtype) * row_scale[:, None]) * weight_scale
+        expected = expected if with_bias is None else expected + with_bias
+        got = torch.ops.qlgrad._int8_linear_rescaled(input, weight, row_scale, weight_scale, with_bias)
+        assert got.dtype == dtype and torch.equal(got.isnan(), expected.isnan())
+        assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+
+def test_rescaled_integer_product_names_every_bad_argument():
+    input, weight = torch.zeros(3, 8, dtype=torch.int8), torch.zeros(4, 8, dtype=torch.int8)
+    scales = torch.ones(3), torch.ones(4)
+    cases = [
+        ((input.float(), weight, *scales, None), TypeError, "input must be an int8 tensor"),
+        ((input, weight[:, :5], *scales, None), ValueError, "must share K"),
+        ((input, weight, scales[0].half(), scales[1], None), TypeError, "row_scale must be a float32 or bfloat16"),
+        ((input, weight, scales[0], scales[1].bfloat16(), None), TypeError, "weight_scale must have row_scale's dtype"),
+        ((input, weight, scales[0][:2], scales[1], None), ValueError, r"row_scale must be \[3\]"),
+        ((input, weight, *scales, torch.ones(5)), ValueError, r"bias must be \[4\]"),
+    ]
+    for arguments, error, message in cases:
+        with pytest.raises(error, match=message):
+            torch.ops.qlgrad._int8_linear_rescaled(*arguments)
 
 
 def test_activation_pre_scale_is_differentiated():

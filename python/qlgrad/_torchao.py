@@ -107,6 +107,23 @@ def _int8_tensor_training_forward(input, weight, bias, stock_forward):
     # A float16 activation scale would overflow: torchao rescales in float32 then.
     sum_dtype = torch.float if activation.scale.dtype == torch.half else activation.scale.dtype
     row_scale = activation.scale.reshape(-1, 1).to(sum_dtype)
+    out_features = weight.qdata.shape[0]
+    if (
+        sum_dtype == output_dtype
+        and (activation.zero_point is None or weight.act_quant_kwargs.mapping_type.name != "ASYMMETRIC")
+        and weight.scale.dtype == output_dtype
+        and weight.scale.numel() in (1, out_features)
+        and (bias is None or (bias.dtype == output_dtype and bias.shape == (out_features,)))
+    ):
+        # Every step below in one pass, rounded as each of them rounds.
+        output = torch.ops.qlgrad._int8_linear_rescaled(
+            codes,
+            weight.qdata,
+            row_scale.flatten().expand(codes.shape[0]),
+            weight.scale.flatten().expand(out_features),
+            bias,
+        )
+        return output.reshape(*activation.qdata.shape[:-1], out_features)
     output = (torch.ops.qlgrad._int8_linear(codes, weight.qdata).to(sum_dtype) * row_scale).to(output_dtype)
     if activation.zero_point is not None and weight.act_quant_kwargs.mapping_type.name == "ASYMMETRIC":
         # An asymmetric activation's zero point, times each row's scale and each column's codes' sum.

@@ -51,6 +51,8 @@ Kernels avx512_kernels() {
   table.int4_packing = {64, true};
   table.panel_rows = &panel_rows_avx512;
   table.pack_rows = &pack_rows_avx512;
+  table.rescale_sums = &rescale_sums_avx512;
+  table.rescale_sums_bfloat16 = &rescale_sums_bfloat16_avx512;
   table.convert_panels_int8 = &convert_panels_int8_avx512;
   table.convert_panels_float16 = &convert_panels_float16_avx512;
   table.convert_transposed_panels_int8 = &convert_transposed_panels_int8_avx512;

@@ -133,6 +133,15 @@ using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeP
 using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
                              int64_t ldo, int64_t width, bool accumulate);
 
+// The rescaling of an int8 product's int32 sums, as torch computes it one operation at a time in
+// Element (float32 or bfloat16): out[m, n] = ((E(sums[m, n]) * row_scale[m]) * column_scale[n]) +
+// bias[n], with E the conversion of an int32 to Element (through float32, rounded to nearest even
+// each time) and each product and sum rounded to Element; no bias where it is null. Rows [begin,
+// end) of sums [rows, columns] and out, both contiguous.
+template <typename Element>
+using RescaleSumsFn = void(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const Element* row_scale,
+                           const Element* column_scale, const Element* bias, Element* out);
+
 // Such int8 panels of int8 codes W in rows, panel_depth (a multiple of 4) rows of kPanelColumns
 // apart; past `depth` each value is 128 (a zero code), past `count` up to whole panels filler
 // that no stored sum reads:
@@ -196,6 +205,8 @@ struct Kernels {
   // null elsewhere.
   PanelRowsFn* panel_rows = nullptr;
   PackRowsFn<float>* pack_rows = nullptr;
+  RescaleSumsFn<float>* rescale_sums = nullptr;
+  RescaleSumsFn<at::BFloat16>* rescale_sums_bfloat16 = nullptr;
   ConvertPanelsFn<int8_t>* convert_panels_int8 = nullptr;
   ConvertPanelsFn<at::Half>* convert_panels_float16 = nullptr;
   ConvertTransposedPanelsFn<float>* convert_transposed_panels_int8 = nullptr;

@@ -31,6 +31,8 @@ ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_avx512;
 CopyBlockedFn copy_blocked_avx512;
 PanelRowsFn panel_rows_avx512;
 PackRowsFn<float> pack_rows_avx512;
+RescaleSumsFn<float> rescale_sums_avx512;
+RescaleSumsFn<at::BFloat16> rescale_sums_bfloat16_avx512;
 ConvertPanelsFn<int8_t> convert_panels_int8_avx512;
 ConvertPanelsFn<at::Half> convert_panels_float16_avx512;
 ConvertTransposedPanelsFn<float> convert_transposed_panels_int8_avx512;
