@@ -209,33 +209,43 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
 }
 
 at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& row_scale,
-                                const at::Tensor& column_scale, const std::optional<at::Tensor>& bias) {
-  const auto dtype = row_scale.scalar_type();
-  TORCH_INTERNAL_ASSERT(dtype == at::kFloat || dtype == at::kBFloat16);
-  for (const auto* parameter : {&row_scale, &column_scale, bias ? &*bias : &row_scale}) {
-    TORCH_INTERNAL_ASSERT(parameter->scalar_type() == dtype && parameter->is_contiguous() && parameter->dim() == 1);
-  }
+                                const at::Tensor& column_scale, const std::optional<at::Tensor>& bias,
+                                at::ScalarType dtype) {
   const int64_t rows = input.size(0), columns = codes.size(0);
   TORCH_INTERNAL_ASSERT(row_scale.numel() == rows && column_scale.numel() == columns &&
                         (!bias || bias->numel() == columns));
   const auto sums = int8_linear(input, codes);
+  // Each operation's dtype, as torch promotes them.
+  const auto product_dtype = at::promote_types(dtype, column_scale.scalar_type());
   const auto& kernel = kernels();
   if (kernel.rescale_sums == nullptr) {
-    auto result = (sums.to(dtype) * row_scale.unsqueeze(1)) * column_scale;
-    return bias ? result + *bias : result;
+    auto result = (sums.to(row_scale.scalar_type()) * row_scale.unsqueeze(1)).to(dtype) * column_scale;
+    if (bias) {
+      result.add_(*bias);
+    }
+    return result.to(dtype);
   }
-  auto result = at::empty({rows, columns}, row_scale.options());
+  const auto is_bfloat16 = [](at::ScalarType type) { return type == at::kBFloat16; };
+  unsigned bfloat16_steps = 0;
+  bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) ? kConversion : 0;
+  bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) || is_bfloat16(dtype) ? kRowProduct : 0;
+  bfloat16_steps |= is_bfloat16(product_dtype) ? kColumnProduct | kBiasSum : 0;
+  // bfloat16 parameters are exact in float32.
+  const auto as_float = [](const at::Tensor& parameter) { return parameter.to(at::kFloat).contiguous(); };
+  const auto row_factors = as_float(row_scale), column_factors = as_float(column_scale);
+  const auto bias_values = bias ? std::optional(as_float(*bias)) : std::nullopt;
+  auto result = at::empty({rows, columns}, input.options().dtype(dtype));
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(columns, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     const int32_t* sum_data = sums.const_data_ptr<int32_t>();
+    const float* bias_data = bias_values ? bias_values->const_data_ptr<float>() : nullptr;
     if (dtype == at::kFloat) {
-      kernel.rescale_sums(sum_data, begin, end, columns, row_scale.const_data_ptr<float>(),
-                          column_scale.const_data_ptr<float>(), bias ? bias->const_data_ptr<float>() : nullptr,
+      kernel.rescale_sums(sum_data, begin, end, columns, row_factors.const_data_ptr<float>(),
+                          column_factors.const_data_ptr<float>(), bias_data, bfloat16_steps,
                           result.mutable_data_ptr<float>());
     } else {
-      kernel.rescale_sums_bfloat16(sum_data, begin, end, columns, row_scale.const_data_ptr<at::BFloat16>(),
-                                   column_scale.const_data_ptr<at::BFloat16>(),
-                                   bias ? bias->const_data_ptr<at::BFloat16>() : nullptr,
+      kernel.rescale_sums_bfloat16(sum_data, begin, end, columns, row_factors.const_data_ptr<float>(),
+                                   column_factors.const_data_ptr<float>(), bias_data, bfloat16_steps,
                                    result.mutable_data_ptr<at::BFloat16>());
     }
   });

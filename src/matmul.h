@@ -81,11 +81,13 @@ bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
                                             const std::optional<BlockedLayout>& blocked);
 
-// int8_linear(input, codes), rescaled in the dtype D (float32 or bfloat16) of row_scale [M],
-// column_scale [N] and bias [N] (absent for none), all contiguous, as torch computes
-// ((sums.to(D) * row_scale[:, None]) * column_scale) + bias one operation at a time.
+// int8_linear(input, codes) rescaled as torch computes
+// (((sums.to(row_scale.dtype) * row_scale[:, None]).to(dtype) * column_scale) + bias).to(dtype)
+// one operation at a time, where `+` adds in place (into the column product's dtype): row_scale
+// [M], column_scale [N] and bias [N] (absent for none) float32 or bfloat16, dtype float32 or bfloat16.
 at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& row_scale,
-                                const at::Tensor& column_scale, const std::optional<at::Tensor>& bias);
+                                const at::Tensor& column_scale, const std::optional<at::Tensor>& bias,
+                                at::ScalarType dtype);
 
 // result [M, N] int32 = input @ codes.T for int8 input [M, K] and int8 codes [N, K] (both
 // contiguous): torch._int_mm(input, codes.t()), exactly. In the int8 panel GEMM where the CPU

@@ -215,14 +215,14 @@ at::Tensor int8_linear_cpu(const at::Tensor& input, const at::Tensor& weight) {
 }
 
 at::Tensor int8_linear_rescaled_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& row_scale,
-                                    const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias) {
+                                    const at::Tensor& weight_scale, const std::optional<at::Tensor>& bias,
+                                    at::ScalarType dtype) {
   check_int8_operands(input, weight);
-  const auto dtype = row_scale.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16,
-                   "qlgrad: row_scale must be a float32 or bfloat16 tensor, got ", dtype);
+  const auto float_or_bfloat16 = [](at::ScalarType type) { return type == at::kFloat || type == at::kBFloat16; };
+  TORCH_CHECK_TYPE(float_or_bfloat16(dtype), "qlgrad: dtype must be float32 or bfloat16, got ", dtype);
   const auto check_vector = [&](const at::Tensor& tensor, const char* name, int64_t length) {
-    TORCH_CHECK_TYPE(tensor.scalar_type() == dtype, "qlgrad: ", name, " must have row_scale's dtype ", dtype, ", got ",
-                     tensor.scalar_type());
+    TORCH_CHECK_TYPE(float_or_bfloat16(tensor.scalar_type()), "qlgrad: ", name,
+                     " must be a float32 or bfloat16 tensor, got ", tensor.scalar_type());
     TORCH_CHECK_VALUE(tensor.dim() == 1 && tensor.size(0) == length, "qlgrad: ", name, " must be [", length,
                       "], got shape ", tensor.sizes());
   };
@@ -231,8 +231,7 @@ at::Tensor int8_linear_rescaled_cpu(const at::Tensor& input, const at::Tensor& w
   if (bias) {
     check_vector(*bias, "bias", weight.size(0));
   }
-  return math::int8_linear_rescaled(input.contiguous(), weight.contiguous(), row_scale.contiguous(),
-                                    weight_scale.contiguous(), bias ? std::optional(bias->contiguous()) : std::nullopt);
+  return math::int8_linear_rescaled(input.contiguous(), weight.contiguous(), row_scale, weight_scale, bias, dtype);
 }
 
 // ---- _int8_groupwise_linear -----------------------------------------------------
@@ -286,11 +285,11 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // int8 input @ int8 weight.T in int32, exactly as torch._int_mm: the integer product of the
   // training forward of torchao's int8 layers (python/qlgrad/_torchao.py; internal).
   m.def("_int8_linear(Tensor input, Tensor weight) -> Tensor");
-  // The same rescaled as torchao rescales it, ((sums * row_scale[:, None]) * weight_scale) + bias,
-  // one operation at a time in row_scale's dtype (internal).
+  // The same rescaled as torchao rescales it, one operation at a time (internal):
+  // (((sums.to(row_scale.dtype) * row_scale[:, None]).to(dtype) * weight_scale) + bias).to(dtype).
   m.def(
-      "_int8_linear_rescaled(Tensor input, Tensor weight, Tensor row_scale, Tensor weight_scale, Tensor? bias) -> "
-      "Tensor");
+      "_int8_linear_rescaled(Tensor input, Tensor weight, Tensor row_scale, Tensor weight_scale, Tensor? bias, "
+      "ScalarType dtype) -> Tensor");
   // input @ (scale * (weight - zero_point)).T from int8 codes with group-wise parameters: the
   // product of the training forward of torchao's group-wise int8 layers (internal).
   m.def("_int8_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");

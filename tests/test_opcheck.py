@@ -75,6 +75,7 @@ def int8_linear_rescaled_cases():
                     torch.rand(5).to(dtype),
                     torch.rand(20).to(dtype),
                     torch.randn(20).to(dtype) if bias else None,
+                    dtype,
                 ),
                 None,
             )

@@ -2,6 +2,7 @@
 Int8DynamicActivationInt8WeightConfig), against a float64 straight-through reference."""
 
 import contextlib
+import itertools
 import os
 import subprocess
 import sys
@@ -186,23 +187,28 @@ def test_integer_product_is_torchs():
         assert torch.equal(torch.ops.qlgrad._int8_linear(input, weight), expected)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_rescaled_integer_product_rounds_as_each_step_does(dtype):
-    """torch.ops.qlgrad._int8_linear_rescaled is ((sums.to(dtype) * row_scale[:, None]) *
-    weight_scale) + bias computed one operation at a time, bit for bit: rows and columns that
-    leave partial vectors, sums large enough that their conversion rounds, and a NaN scale."""
+@pytest.mark.parametrize(
+    "row_dtype, scale_dtype, bias_dtype, dtype", list(itertools.product([torch.float32, torch.bfloat16], repeat=4))
+)
+def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtype, bias_dtype, dtype):
+    """torch.ops.qlgrad._int8_linear_rescaled is torchao's rescaling, one operation at a time, bit
+    for bit, whatever the dtypes of its parameters (torchao's scales are float32 on a bfloat16
+    base): rows and columns that leave partial vectors, sums large enough that their conversion
+    rounds, and a NaN scale."""
     generator = torch.Generator().manual_seed(0)
     input = torch.randint(-128, 128, (37, 600), dtype=torch.int8, generator=generator)
     weight = torch.randint(-128, 128, (45, 600), dtype=torch.int8, generator=generator)
-    row_scale = (torch.rand(37, generator=generator) * 0.02).to(dtype)
+    row_scale = (torch.rand(37, generator=generator) * 0.02).to(row_dtype)
     row_scale[3] = float("nan")
-    weight_scale = (torch.rand(45, generator=generator) * 0.02).to(dtype)
-    bias = torch.randn(45, generator=generator).to(dtype)
+    weight_scale = (torch.rand(45, generator=generator) * 0.02).to(scale_dtype)
+    bias = torch.randn(45, generator=generator).to(bias_dtype)
     sums = input.int() @ weight.int().t()
     for with_bias in (bias, None):
-        expected = (sums.to(dtype) * row_scale[:, None]) * weight_scale
-        expected = expected if with_bias is None else expected + with_bias
-        got = torch.ops.qlgrad._int8_linear_rescaled(input, weight, row_scale, weight_scale, with_bias)
+        expected = (sums.to(row_dtype) * row_scale[:, None]).to(dtype) * weight_scale
+        if with_bias is not None:
+            expected += with_bias
+        expected = expected.to(dtype)
+        got = torch.ops.qlgrad._int8_linear_rescaled(input, weight, row_scale, weight_scale, with_bias, dtype)
         assert got.dtype == dtype and torch.equal(got.isnan(), expected.isnan())
         assert torch.equal(got.nan_to_num(), expected.nan_to_num())
 
@@ -211,12 +217,17 @@ def test_rescaled_integer_product_names_every_bad_argument():
     input, weight = torch.zeros(3, 8, dtype=torch.int8), torch.zeros(4, 8, dtype=torch.int8)
     scales = torch.ones(3), torch.ones(4)
     cases = [
-        ((input.float(), weight, *scales, None), TypeError, "input must be an int8 tensor"),
-        ((input, weight[:, :5], *scales, None), ValueError, "must share K"),
-        ((input, weight, scales[0].half(), scales[1], None), TypeError, "row_scale must be a float32 or bfloat16"),
-        ((input, weight, scales[0], scales[1].bfloat16(), None), TypeError, "weight_scale must have row_scale's dtype"),
-        ((input, weight, scales[0][:2], scales[1], None), ValueError, r"row_scale must be \[3\]"),
-        ((input, weight, *scales, torch.ones(5)), ValueError, r"bias must be \[4\]"),
+        ((input.float(), weight, *scales, None, torch.float), TypeError, "input must be an int8 tensor"),
+        ((input, weight[:, :5], *scales, None, torch.float), ValueError, "must share K"),
+        ((input, weight, *scales, None, torch.half), TypeError, "dtype must be float32 or bfloat16"),
+        ((input, weight, scales[0].half(), scales[1], None, torch.float), TypeError, "row_scale must be a float32"),
+        (
+            (input, weight, scales[0], scales[1].double(), None, torch.float),
+            TypeError,
+            "weight_scale must be a float32",
+        ),
+        ((input, weight, scales[0][:2], scales[1], None, torch.float), ValueError, r"row_scale must be \[3\]"),
+        ((input, weight, *scales, torch.ones(5), torch.float), ValueError, r"bias must be \[4\]"),
     ]
     for arguments, error, message in cases:
         with pytest.raises(error, match=message):

@@ -108,20 +108,23 @@ def _int8_tensor_training_forward(input, weight, bias, stock_forward):
     sum_dtype = torch.float if activation.scale.dtype == torch.half else activation.scale.dtype
     row_scale = activation.scale.reshape(-1, 1).to(sum_dtype)
     out_features = weight.qdata.shape[0]
+    rescaled_in_one_pass = (torch.float, torch.bfloat16)
     if (
-        sum_dtype == output_dtype
-        and (activation.zero_point is None or weight.act_quant_kwargs.mapping_type.name != "ASYMMETRIC")
-        and weight.scale.dtype == output_dtype
+        (activation.zero_point is None or weight.act_quant_kwargs.mapping_type.name != "ASYMMETRIC")
+        and output_dtype in rescaled_in_one_pass
+        and sum_dtype in rescaled_in_one_pass
+        and weight.scale.dtype in rescaled_in_one_pass
         and weight.scale.numel() in (1, out_features)
-        and (bias is None or (bias.dtype == output_dtype and bias.shape == (out_features,)))
+        and (bias is None or (bias.dtype in rescaled_in_one_pass and bias.shape == (out_features,)))
     ):
-        # Every step below in one pass, rounded as each of them rounds.
+        # The steps below in one pass, each rounded as it rounds there.
         output = torch.ops.qlgrad._int8_linear_rescaled(
             codes,
             weight.qdata,
             row_scale.flatten().expand(codes.shape[0]),
             weight.scale.flatten().expand(out_features),
             bias,
+            output_dtype,
         )
         return output.reshape(*activation.qdata.shape[:-1], out_features)
     output = (torch.ops.qlgrad._int8_linear(codes, weight.qdata).to(sum_dtype) * row_scale).to(output_dtype)

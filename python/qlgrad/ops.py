@@ -173,9 +173,9 @@ def _int8_linear_fake(input, weight):
 
 
 @torch.library.register_fake("qlgrad::_int8_linear_rescaled")
-def _int8_linear_rescaled_fake(input, weight, row_scale, weight_scale, bias):
+def _int8_linear_rescaled_fake(input, weight, row_scale, weight_scale, bias, dtype):
     torch._check(input.shape[-1] == weight.shape[-1], lambda: "input [M, K] and weight [N, K] must share K")
-    return input.new_empty((input.shape[0], weight.shape[0]), dtype=row_scale.dtype)
+    return input.new_empty((input.shape[0], weight.shape[0]), dtype=dtype)
 
 
 @torch.library.register_fake("qlgrad::_int8_groupwise_linear")

@@ -133,14 +133,16 @@ using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeP
 using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
                              int64_t ldo, int64_t width, bool accumulate);
 
-// The rescaling of an int8 product's int32 sums, as torch computes it one operation at a time in
-// Element (float32 or bfloat16): out[m, n] = ((E(sums[m, n]) * row_scale[m]) * column_scale[n]) +
-// bias[n], with E the conversion of an int32 to Element (through float32, rounded to nearest even
-// each time) and each product and sum rounded to Element; no bias where it is null. Rows [begin,
-// end) of sums [rows, columns] and out, both contiguous.
+// The rescaling of an int8 product's int32 sums as torch computes it one operation at a time:
+// out[m, n] = ((sums[m, n] * row_scale[m]) * column_scale[n]) + bias[n] (no bias where it is null)
+// in float32, each step's result rounded to bfloat16 where its bit in `bfloat16_steps` is set
+// (RescaleStep: the conversion of the sum to a float, then the two products and the sum, as their
+// tensors' dtypes make them), and the result to Element (float32, or bfloat16 rounded to nearest
+// even). Rows [begin, end) of sums [rows, columns] and out, both contiguous.
+enum RescaleStep : unsigned { kConversion = 1, kRowProduct = 2, kColumnProduct = 4, kBiasSum = 8 };
 template <typename Element>
-using RescaleSumsFn = void(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const Element* row_scale,
-                           const Element* column_scale, const Element* bias, Element* out);
+using RescaleSumsFn = void(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const float* row_scale,
+                           const float* column_scale, const float* bias, unsigned bfloat16_steps, Element* out);
 
 // Such int8 panels of int8 codes W in rows, panel_depth (a multiple of 4) rows of kPanelColumns
 // apart; past `depth` each value is 128 (a zero code), past `count` up to whole panels filler

@@ -53,58 +53,52 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parame
   }
 }
 
-// Element's rounding of float32 values, and its loads and stores of 16 values (zero past the mask).
-template <typename Element>
-struct Rounded;
+// float32 values rounded to bfloat16, to nearest even (a NaN to bfloat16's quiet NaN), as
+// c10::BFloat16 rounds; each value stays a float32 whose low 16 bits are zero.
+__m512 bfloat16_rounded(__m512 values) {
+  const __m512i bits = _mm512_castps_si512(values);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))),
+                                           _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)));
+  const __mmask16 nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
+  return _mm512_castsi512_ps(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC00000)));
+}
 
-template <>
-struct Rounded<float> {
-  // Rounded already; kept out of the next operation, which GCC would otherwise fuse with this
-  // product into one fused multiply-add and round once.
-  static __m512 round(__m512 values) {
-    __asm__("" : "+v"(values));
-    return values;
+// One step's result: rounded to bfloat16 where `step` is among `bfloat16_steps`, and in any case
+// kept out of the next operation, which GCC would otherwise fuse with a product into one fused
+// multiply-add that rounds once.
+__m512 step_result(__m512 values, unsigned bfloat16_steps, RescaleStep step) {
+  if ((bfloat16_steps & step) != 0) {
+    values = bfloat16_rounded(values);
   }
-  static __m512 load(__mmask16 mask, const float* from) { return _mm512_maskz_loadu_ps(mask, from); }
-  static void store(__mmask16 mask, float* to, __m512 values) { _mm512_mask_storeu_ps(to, mask, values); }
-};
+  __asm__("" : "+v"(values));
+  return values;
+}
 
-template <>
-struct Rounded<at::BFloat16> {
-  // To nearest even, a NaN to bfloat16's quiet NaN, as c10::BFloat16 rounds; the value stays a
-  // float32 whose low 16 bits are zero.
-  static __m512 round(__m512 values) {
-    const __m512i bits = _mm512_castps_si512(values);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))),
-                                             _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)));
-    const __mmask16 nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
-    return _mm512_castsi512_ps(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC00000)));
-  }
-  static __m512 load(__mmask16 mask, const at::BFloat16* from) {
-    const __m256i halves = _mm256_maskz_loadu_epi16(mask, from);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
-  }
-  static void store(__mmask16 mask, at::BFloat16* to, __m512 values) {
-    _mm512_mask_cvtepi32_storeu_epi16(to, mask, _mm512_srli_epi32(_mm512_castps_si512(values), 16));
-  }
-};
+void store_values(__mmask16 mask, float* to, __m512 values) {
+  _mm512_mask_storeu_ps(to, mask, values);
+}
+
+void store_values(__mmask16 mask, at::BFloat16* to, __m512 values) {
+  _mm512_mask_cvtepi32_storeu_epi16(to, mask, _mm512_srli_epi32(_mm512_castps_si512(bfloat16_rounded(values)), 16));
+}
 
 template <typename Element>
-void rescale_sums(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const Element* row_scale,
-                  const Element* column_scale, const Element* bias, Element* out) {
-  using R = Rounded<Element>;
+void rescale_sums(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const float* row_scale,
+                  const float* column_scale, const float* bias, unsigned bfloat16_steps, Element* out) {
   for (int64_t m = begin; m < end; ++m) {
-    const __m512 row_factor = _mm512_set1_ps(static_cast<float>(row_scale[m]));
+    const __m512 row_factor = _mm512_set1_ps(row_scale[m]);
     for (int64_t n = 0; n < columns; n += 16) {
       const __mmask16 mask = avx512::lanes_mask(columns - n);
-      __m512 values = R::round(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums + m * columns + n)));
-      values = R::round(_mm512_mul_ps(values, row_factor));
-      values = R::round(_mm512_mul_ps(values, R::load(mask, column_scale + n)));
+      __m512 values = step_result(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums + m * columns + n)),
+                                  bfloat16_steps, kConversion);
+      values = step_result(_mm512_mul_ps(values, row_factor), bfloat16_steps, kRowProduct);
+      values = step_result(_mm512_mul_ps(values, _mm512_maskz_loadu_ps(mask, column_scale + n)), bfloat16_steps,
+                           kColumnProduct);
       if (bias != nullptr) {
-        values = R::round(_mm512_add_ps(values, R::load(mask, bias + n)));
+        values = step_result(_mm512_add_ps(values, _mm512_maskz_loadu_ps(mask, bias + n)), bfloat16_steps, kBiasSum);
       }
-      R::store(mask, out + m * columns + n, values);
+      store_values(mask, out + m * columns + n, values);
     }
   }
 }
@@ -112,14 +106,14 @@ void rescale_sums(const int32_t* sums, int64_t begin, int64_t end, int64_t colum
 } // namespace
 
 void rescale_sums_avx512(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const float* row_scale,
-                         const float* column_scale, const float* bias, float* out) {
-  rescale_sums(sums, begin, end, columns, row_scale, column_scale, bias, out);
+                         const float* column_scale, const float* bias, unsigned bfloat16_steps, float* out) {
+  rescale_sums(sums, begin, end, columns, row_scale, column_scale, bias, bfloat16_steps, out);
 }
 
 void rescale_sums_bfloat16_avx512(const int32_t* sums, int64_t begin, int64_t end, int64_t columns,
-                                  const at::BFloat16* row_scale, const at::BFloat16* column_scale,
-                                  const at::BFloat16* bias, at::BFloat16* out) {
-  rescale_sums(sums, begin, end, columns, row_scale, column_scale, bias, out);
+                                  const float* row_scale, const float* column_scale, const float* bias,
+                                  unsigned bfloat16_steps, at::BFloat16* out) {
+  rescale_sums(sums, begin, end, columns, row_scale, column_scale, bias, bfloat16_steps, out);
 }
 
 void panel_rows_avx512(int64_t rows, const float* lhs, const float* panel, int64_t depth, float* out, int64_t ldo,
