@@ -82,8 +82,6 @@ template <typename Element>
 [[gnu::always_inline]] inline void store_value(float value, Element* out) {
   if constexpr (std::is_same_v<Element, float>) {
     *out = value;
-  } else if constexpr (std::is_same_v<Element, int8_t>) {
-    *out = static_cast<int8_t>(value);  // an int8 value, exact in float32
   } else {
     *out = to_bfloat16(value);
   }
