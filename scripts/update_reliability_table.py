@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The reliability figures the tests measure, as a table in README.md.
+"""The reliability figures the tests measure, as a table in docs/reliability.md.
 
 The pytest suite writes its figures into build/reliability.json (tests/helpers.py,
 record_reliability); this script adds those of the C++ programs and writes the table.
@@ -9,7 +9,7 @@ record_reliability); this script adds those of the C++ programs and writes the t
         run and passed, the closing "N passed, M failed" of each, their "reliability: KEY = VALUE"
         lines, and S, the seconds the build and the run took when given.
     update_reliability_table.py [update]
-        Rewrite README.md between <!-- reliability:begin --> and <!-- reliability:end -->.
+        Rewrite docs/reliability.md between <!-- reliability:begin --> and <!-- reliability:end -->.
 """
 
 import argparse
@@ -151,7 +151,7 @@ def table(report: dict) -> str:
     return "\n".join(lines)
 
 
-def update_readme(readme: Path, report: dict) -> None:
+def update_page(readme: Path, report: dict) -> None:
     text = readme.read_text()
     if BEGIN not in text or END not in text:
         sys.exit(f"{readme} has no {BEGIN} ... {END} section")
@@ -164,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     default_report = os.environ.get("QLGRAD_RELIABILITY_REPORT", ROOT / "build" / "reliability.json")
     parser.add_argument("--report", type=Path, default=default_report)
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--readme", type=Path, default=ROOT / "docs" / "reliability.md")
     commands = parser.add_subparsers(dest="command")
     record = commands.add_parser("record-meson")
     record.add_argument("label")
@@ -178,7 +178,7 @@ def main() -> None:
         report.setdefault("cpp", {})[args.label] = meson_run(args.testlog, args.seconds)
         save(args.report, report)
     else:
-        update_readme(args.readme, report)
+        update_page(args.readme, report)
 
 
 if __name__ == "__main__":

@@ -130,7 +130,7 @@ def record_reliability(section: str, name: str, figures: dict) -> None:
 
     Each test writes only its own entry, so a run of a subset updates those entries and
     keeps the others from earlier runs. scripts/update_reliability_table.py copies the
-    report into README.md.
+    report into docs/reliability.md.
     """
     REPORT_PATH.parent.mkdir(parents=True, exist_ok=True)
     with open(REPORT_PATH.with_suffix(".lock"), "w") as lock:

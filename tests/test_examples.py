@@ -1,5 +1,5 @@
-"""The Captum and language-model examples, and the README's PEFT, Captum, torch.func, autocast and
-torch.compile sections run as they are written."""
+"""The Captum and language-model examples, the README's PEFT section and docs/integrations.md's
+Captum, torch.func, autocast and torch.compile sections run as they are written."""
 
 import importlib.util
 import os
@@ -18,16 +18,17 @@ def load_example(name: str):
     return module
 
 
-def readme_code(heading: str) -> str:
-    """The Python code blocks of the README section titled ``heading``, up to the next heading of its level or above."""
-    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as readme:
+def readme_code(heading: str, page: str = "README.md") -> str:
+    """The Python code blocks of the section titled ``heading`` of ``page`` (the README, or a page
+    under docs/), up to the next heading of its level or above."""
+    with open(os.path.join(ROOT, page), encoding="utf-8") as readme:
         text = readme.read()
     level, title = heading.split(" ", 1)
     start = text.index(f"\n{heading}\n")
     end = re.compile(rf"^#{{1,{len(level)}}} ", re.M).search(text, start + len(heading) + 2)
     section = text[start : end.start() if end else len(text)]
     blocks = re.findall(r"```python\n(.*?)```", section, re.S)
-    assert blocks, f"no python code in the README section {title!r}"
+    assert blocks, f"no python code in the {page} section {title!r}"
     return "\n".join(blocks)
 
 
@@ -69,21 +70,21 @@ def test_llm_lora_example_refuses_bfloat16_with_quantize_dynamic(capsys):
 
 
 @pytest.mark.parametrize(
-    "heading",
+    "page, heading",
     [
-        "## PEFT: LoRA fine-tuning of int8 models",
-        "## Captum: attributions of int8 models",
-        "## torch.func",
-        "## Autocast",
-        "## torch.compile",
+        ("README.md", "## PEFT: LoRA fine-tuning of int8 models"),
+        ("docs/integrations.md", "## Captum: attributions of int8 models"),
+        ("docs/integrations.md", "## torch.func"),
+        ("docs/integrations.md", "## Autocast"),
+        ("docs/integrations.md", "## torch.compile"),
     ],
 )
-def test_readme_section_runs(heading, tmp_path, monkeypatch):
+def test_documented_code_runs(page, heading, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the PEFT section saves adapters to the working directory
     import torch._inductor.config as inductor_config
 
     torch._dynamo.reset()
     # The torch.compile section changes inductor's configuration: for this test only.
     with inductor_config.patch(fx_graph_cache=inductor_config.fx_graph_cache):
-        exec(compile(readme_code(heading), f"README.md, {heading}", "exec"), {})
+        exec(compile(readme_code(heading, page), f"{page}, {heading}", "exec"), {})
     torch._dynamo.reset()

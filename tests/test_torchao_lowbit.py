@@ -162,7 +162,7 @@ def test_layer_input_gradient_is_straight_through(config, dtype, bias):
             stock = layer(x)
         leaf = x.clone().requires_grad_()
         output = layer(leaf)
-        # The training forward: torchao's, but the product from the codes (README, "torchao's
+        # The training forward: torchao's, but the product from the codes (docs/integrations.md, "torchao's
         # quantized layers"), equal up to the order of float32 sums and, in bfloat16, a rounding.
         assert output.dtype == stock.dtype and output.shape == stock.shape
         if stock.norm() == 0:  # int1 symmetric weights: every value dequantizes to zero

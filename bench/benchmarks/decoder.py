@@ -144,7 +144,7 @@ class TrainingRun:
         self.optimizer = torch.optim.AdamW(adapters, lr=learning_rate)
         self.forward = self.model
         if mode.compiled:
-            # Inductor's FX graph cache cannot hash the packed params' quantized weight (README,
+            # Inductor's FX graph cache cannot hash the packed params' quantized weight (docs/integrations.md,
             # "torch.compile"); off until it can.
             torch._inductor.config.fx_graph_cache = False
             self.forward = torch.compile(self.model, fullgraph=True)
