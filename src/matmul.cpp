@@ -15,9 +15,11 @@ constexpr int64_t kPanelGemmRowsEnd = 512;
 // up to four groups of kStreamedRowsMax rows: on a Zen 5 EPYC, from 12 x 768 x 768 to
 // 32 x 4096 x 4096, 0.73-1.05x oneDNN's fp32 GEMM against the panel GEMM's 1.02-1.26x.
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
-// Where MKL's GEMM has AVX-512 code (Intel CPUs), MKL on bfloat16 tiles from this many rows, as it
-// was measured there before the bfloat16 panel GEMM packed its rows with vectors; elsewhere the
-// bfloat16 panel GEMM serves every row count: on a Zen 5 EPYC, 2 threads, over the dense bfloat16
+// Where MKL's GEMM has AVX-512 code (Intel CPUs) and the CPU has no AMX tiles, MKL on bfloat16
+// tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
+// rows with vectors; elsewhere the bfloat16 panel GEMM serves every row count (on AMX tiles: on
+// a Sapphire Rapids Xeon, 2 threads, at 256-2048 rows 1.2-1.9x the dense bfloat16 GEMM against
+// MKL's tiles' 1.3-3.0x; at 33 rows 0.8-0.9x against 2.6x): on a Zen 5 EPYC, 2 threads, over the dense bfloat16
 // GEMM, 1.03-1.07x at 256-1024 rows of 896x4864, 4864x896 and 896x896 against MKL's tiles'
 // 1.06-1.50x. (torch's int4 packing has no bfloat16 tiles: its bfloat16 products are the panel
 // GEMM's at every row count.)
@@ -25,7 +27,9 @@ constexpr int64_t kBFloat16PanelRowsEnd = 256;
 // The int8 panel GEMM over stored codes (the int8 backward) is the faster below this many rows;
 // from it, torch._int_mm on codes in rows (oneDNN's integer GEMM). On a Zen 5 EPYC, 2 threads, the
 // whole int8 backward of 768x3072 and 4096x4096 layers over fbgemm's packing: at 64-384 rows
-// 0.74-0.99x the time it takes with torch._int_mm, at 512-2048 rows 1.08-1.31x (0.98x once).
+// 0.74-0.99x the time it takes with torch._int_mm, at 512-2048 rows 1.08-1.31x (0.98x once). On
+// AMX tiles it serves every row count: on a Sapphire Rapids Xeon, 2 threads, the whole int8
+// backward at 1024-2048 rows 1.5-1.8x torch._int_mm alone against 1.7-2.4x with it.
 constexpr int64_t kInt8PanelRowsEnd = 512;
 
 void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
@@ -102,7 +106,8 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
   const auto products = bfloat16_products ? at::kBFloat16 : lhs.scalar_type();
   const bool panels = products == at::kFloat
                           ? kernel.panel_rows != nullptr && (rows < kPanelGemmRowsEnd || !is_intel_cpu())
-                          : kernel.panel_rows_bfloat16 != nullptr && (rows < kBFloat16PanelRowsEnd || !is_intel_cpu());
+                          : kernel.panel_rows_bfloat16 != nullptr &&
+                                (rows < kBFloat16PanelRowsEnd || !is_intel_cpu() || kernel.panel_rows_bfloat16_amx);
   if (panels && rows > streamed_rows_end()) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const auto result = blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters),
@@ -181,7 +186,9 @@ std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Ten
                                             const std::optional<BlockedLayout>& blocked) {
   TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && lhs.scalar_type() == at::kChar);
   TORCH_INTERNAL_ASSERT(codes.scalar_type() == at::kChar);
-  if (kernels().panel_rows_int8 == nullptr || lhs.size(0) >= kInt8PanelRowsEnd) {
+  const auto& kernel = kernels();
+  if (kernel.panel_rows_int8 == nullptr ||
+      (lhs.size(0) >= kInt8PanelRowsEnd && kernel.panel_rows_int8_amx == nullptr)) {
     return std::nullopt;
   }
   const int64_t columns = blocked ? blocked->columns : codes.size(1);

@@ -7,7 +7,8 @@
 //     lhs's dtype, reading fbgemm's AVX-512 packing in place;
 //   - where the AVX-512 panel GEMM is, it runs the others (but from 512 rows on Intel's CPUs,
 //     where MKL's GEMM on tiles converted in each thread's L2 is the faster), in bfloat16
-//     products for a bfloat16 lhs of up to 255 rows where the CPU has AVX512-BF16;
+//     products for a bfloat16 lhs where the CPU has AVX512-BF16 (on AMX tiles where it has them;
+//     on Intel's CPUs without, up to 255 rows);
 //   - the rest, and all products on other CPUs, run MKL's GEMM on tiles.
 
 #include "blocked_layout.h"
@@ -75,9 +76,9 @@ bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 
 // result [M, K] int32 = lhs @ codes for int8 lhs [M, N] (contiguous) and int8 codes [N, K] in
 // rows (unit stride along K) or, with `blocked`, in that packing, read in place: exactly
-// torch._int_mm(lhs, codes), in the int8 panel GEMM. Absent where that is not the faster (the
-// CPU has no AVX512-VNNI, or lhs has many rows): the caller multiplies codes in rows with
-// torch._int_mm.
+// torch._int_mm(lhs, codes), in the int8 panel GEMM (on AMX tiles where the CPU has them).
+// Absent where that is not the faster (the CPU has no AVX512-VNNI, or lhs has many rows and the
+// CPU no AMX): the caller multiplies codes in rows with torch._int_mm.
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
                                             const std::optional<BlockedLayout>& blocked);
 
@@ -91,7 +92,8 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
 
 // result [M, N] int32 = input @ codes.T for int8 input [M, K] and int8 codes [N, K] (both
 // contiguous): torch._int_mm(input, codes.t()), exactly. In the int8 panel GEMM where the CPU
-// has AVX512-VNNI (the codes read in place, each panel converted as it goes), else torch._int_mm.
+// has AVX512-VNNI (the codes read in place, each panel converted as it goes; on AMX tiles where
+// it has them), else torch._int_mm.
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes);
 
 // result [M, N] = input @ W.T with W[n, k] = scale[n, g] * (codes[n, k] - zero_point[n, g]),

@@ -1,83 +1,148 @@
 // The panel GEMM: float32 products from int8 (or float16, or int4) values in a GEMM of its own,
-// for AVX-512 CPUs. Laid out as GEMMs are (Goto and van de Geijn): per block of depth the weight
-// is converted into panels of kPanelColumns columns (the form a GEMM packs its weight into anyway,
-// so the conversion is the packing), the rows of lhs are packed by kKernelRows once, and the
-// kernel multiplies kKernelRows rows by a panel with the sums held in registers. MKL's GEMM cannot
-// take this path: it would pack the converted tile again. The work is divided in one of two ways:
-//   - by columns, below kSharedPanelRowsMin rows: each thread converts the panels of its block of
-//     columns into its own L2 and runs every row against them. Few rows cannot repay a trip to
-//     memory of the converted weight (four times the codes' bytes).
-//   - by rows and columns from kSharedPanelRowsMin rows: all threads convert one depth block's
-//     panels for every column, then share the tasks of PanelTasks (panel_tasks.h), so that any
-//     number of threads get equal shares, on layers as narrow as 768 columns.
+// for AVX-512 CPUs, with bfloat16 or int8 products where the CPU has them (AVX512-BF16 and
+// AVX512-VNNI vectors, or AMX tiles). Laid out as GEMMs are (Goto and van de Geijn): per block of
+// depth the weight is converted into panels of kPanelColumns columns (the form a GEMM packs its
+// weight into anyway, so the conversion is the packing), the rows of lhs are packed once as the
+// kernel reads them, and the kernel multiplies a task's rows by a panel with the sums held in
+// registers (or tiles). MKL's GEMM cannot take this path: it would pack the converted tile again.
+// The work is divided in one of two ways (each arithmetic's Blocking says from which row count):
+//   - by columns: each thread converts the panels of its block of columns into its own L2 and
+//     runs every row against them. Few rows cannot repay a trip to memory of the converted weight
+//     (four times the codes' bytes).
+//   - by rows and columns: all threads convert one depth block's panels for every column, then
+//     share the tasks of PanelTasks (panel_tasks.h), so that any number of threads get equal
+//     shares, on layers as narrow as 768 columns.
 
 #include "matmul_strategies.h"
 #include "panel_tasks.h"
 
 #include <ATen/ATen.h>
 
+#include <limits>
 #include <numeric>
 
 namespace qlgrad::math {
 namespace {
 
-constexpr int64_t kSharedPanelRowsMin = 256;
-// The depth of a block of panels divided by columns: a panel (32 KiB) stays in L1 while 12 rows
-// at a time run against it.
-constexpr int64_t kColumnTaskDepth = 256;
-// The depth of a block of shared panels (a panel is 128 KiB, in L2). Each block's sums are added
-// to the output: deeper blocks add fewer times. Measured on a Zen 5 EPYC at 256 x 768 x 3072,
-// 2048 x 768 x 3072 and 256 x 4096 x 4096: 1024 rows 1.05-1.16x oneDNN's fp32 GEMM, 512 rows
-// 1.05-1.17x, 256 rows 1.07-1.25x.
-constexpr int64_t kSharedDepth = 1024;
-// Columns a thread takes at once when dividing by columns (their panels, 1 MiB, stay in L2), and
-// the pieces in which shared panels are converted.
-constexpr int64_t kBlockColumns = 1024;
+// How the AVX-512 kernels' panel GEMM blocks its work.
+struct Avx512Blocking {
+  // Rows from which the panels are shared (by rows and columns).
+  static constexpr int64_t kSharedRowsMin = 256;
+  // The depth of a block of panels divided by columns: a panel (32 KiB) stays in L1 while 12 rows
+  // at a time run against it.
+  static constexpr int64_t kColumnDepth = 256;
+  // The depth of a block of shared panels (a panel is 128 KiB, in L2). Each block's sums are added
+  // to the output: deeper blocks add fewer times. Measured on a Zen 5 EPYC at 256 x 768 x 3072,
+  // 2048 x 768 x 3072 and 256 x 4096 x 4096: 1024 rows 1.05-1.16x oneDNN's fp32 GEMM, 512 rows
+  // 1.05-1.17x, 256 rows 1.07-1.25x.
+  static constexpr int64_t kSharedDepth = 1024;
+  // Columns a thread takes at once when dividing by columns (their panels, 1 MiB, stay in L2), and
+  // the pieces in which shared panels are converted.
+  static constexpr int64_t kBlockColumns = 1024;
+};
 
-// What the panel GEMM multiplies in, named by lhs's packed element: float32; pairs of bfloat16
-// along the depth (the kernel's products take two at once), which the packed rows and the panels
-// then hold in [depth / 2][width][2], an odd depth padded with a zero row; or quads of int8
-// values (panels of uint8, each value plus 128) in [depth / 4][width][4], with int32 sums.
-template <typename Element>
-struct PanelArithmetic;
+// How the AMX kernels' panel GEMM blocks its work: by columns at every row count, each thread
+// converting the panels of 512 columns (1 MiB of bfloat16 at a depth of 1024) into its own L2,
+// deep blocks, as storing and loading the sums' tiles between blocks is what costs most beside
+// the tile products. On a Sapphire Rapids Xeon, 2 threads, at 256 x 896 x 4864, 256 x 4864 x 896,
+// 256 x 768 x 3072 and 1024 x 896 x 4864: shared panels 1.2-1.7x the dense bfloat16 GEMM, these
+// 1.2-1.7x; blocks of depth 256 or 512 1.3-2.3x.
+struct AmxBlocking {
+  static constexpr int64_t kSharedRowsMin = std::numeric_limits<int64_t>::max();
+  static constexpr int64_t kColumnDepth = 1024;
+  static constexpr int64_t kSharedDepth = 4096;
+  static constexpr int64_t kBlockColumns = 512;
+};
 
-template <>
-struct PanelArithmetic<float> {
-  static constexpr int64_t kPair = 1;
+// What the panel GEMM multiplies in: float32; pairs of bfloat16 along the depth (the kernel's
+// products take two at once), which the packed rows and the panels then hold in
+// [depth / 2][width][2], an odd depth padded with a zero row; or quads of int8 values (panels of
+// uint8, each value plus 128) in [depth / 4][width][4], with int32 sums. Each names the element
+// of packed lhs (Element), of the panels (Panel) and of the sums (Sum); the depth the packing
+// rounds to (kDepthStep); the rows of lhs a packed block holds (kBlockRows) and a kernel call
+// takes (kTaskRows); the kernel (multiply), which each thread prepares for (prepare_thread)
+// before its first call in a parallel region, and the packers.
+struct FloatProducts : Avx512Blocking {
+  using Element = float;
   using Panel = float;
   using Sum = float;
-  static PanelRowsFn* kernel() { return kernels().panel_rows; }
+  static constexpr int64_t kDepthStep = 1, kBlockRows = kKernelRows, kTaskRows = kKernelRows;
+  static void prepare_thread() {}
   static PackRowsFn<float>* packer() { return kernels().pack_rows; }
+  static void multiply(int64_t rows, const float* lhs, int64_t /*lhs_block_stride*/, const float* panel, int64_t depth,
+                       float* out, int64_t ldo, int64_t width, bool accumulate) {
+    kernels().panel_rows(rows, lhs, panel, depth, out, ldo, width, accumulate);
+  }
 };
 
-template <>
-struct PanelArithmetic<at::BFloat16> {
-  static constexpr int64_t kPair = 2;
+struct BFloat16Products : Avx512Blocking {
+  using Element = at::BFloat16;
   using Panel = at::BFloat16;
   using Sum = float;
-  static PanelRowsBFloat16Fn* kernel() { return kernels().panel_rows_bfloat16; }
+  static constexpr int64_t kDepthStep = 2, kBlockRows = kKernelRows, kTaskRows = kKernelRows;
+  static void prepare_thread() {}
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16; }
+  static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16; }
+  static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t /*lhs_block_stride*/, const at::BFloat16* panel,
+                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate) {
+    kernels().panel_rows_bfloat16(rows, lhs, panel, depth, out, ldo, width, accumulate);
+  }
 };
 
-template <>
-struct PanelArithmetic<int8_t> {
-  static constexpr int64_t kPair = 4;
+struct Int8Products : Avx512Blocking {
+  using Element = int8_t;
   using Panel = uint8_t;
   using Sum = int32_t;
-  static PanelRowsInt8Fn* kernel() { return kernels().panel_rows_int8; }
+  static constexpr int64_t kDepthStep = 4, kBlockRows = kKernelRows, kTaskRows = kKernelRows;
+  static void prepare_thread() {}
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
+  static void multiply(int64_t rows, const int8_t* lhs, int64_t /*lhs_block_stride*/, const uint8_t* panel,
+                       int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate) {
+    kernels().panel_rows_int8(rows, lhs, panel, depth, out, ldo, width, accumulate);
+  }
+};
+
+// The same products on AMX tiles (PanelRowsAmxFn): the same panels, lhs packed as tiles, the
+// depth rounded to a tile row's; a thread configures its tiles once per parallel region.
+struct AmxBFloat16Products : AmxBlocking {
+  using Element = at::BFloat16;
+  using Panel = at::BFloat16;
+  using Sum = float;
+  static constexpr int64_t kDepthStep = 32, kBlockRows = kAmxBlockRows, kTaskRows = kAmxTaskRows;
+  static void prepare_thread() { kernels().configure_tiles_amx(); }
+  static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
+  static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
+  static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
+                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate) {
+    kernels().panel_rows_bfloat16_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+  }
+};
+
+struct AmxInt8Products : AmxBlocking {
+  using Element = int8_t;
+  using Panel = uint8_t;
+  using Sum = int32_t;
+  static constexpr int64_t kDepthStep = 64, kBlockRows = kAmxBlockRows, kTaskRows = kAmxTaskRows;
+  static void prepare_thread() { kernels().configure_tiles_amx(); }
+  static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8_amx; }
+  static void multiply(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
+                       int32_t* out, int64_t ldo, int64_t width, bool accumulate) {
+    kernels().panel_rows_int8_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+  }
 };
 
 // lhs [rows, depth] (in Element, or float32 for bfloat16 products) times the weight's scale (per
-// row of the weight, or one for all, or none) as blocks of kKernelRows rows, each
-// [depth][kKernelRows] (zero past the last row), once for all threads: the kernel reads a step's
-// 12 factors from one or two cache lines, where 12 rows of lhs a power of two apart would compete
-// for the same L1 sets.
-template <typename Source, typename Element>
-at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale, PackRowsFn<Source, Element>* pack) {
-  constexpr int64_t kPair = PanelArithmetic<Element>::kPair;
-  const int64_t rows = lhs.size(0), depth = lhs.size(1), stored_depth = round_up(depth, kPair);
-  at::Tensor packed = at::empty({(rows + kKernelRows - 1) / kKernelRows, stored_depth, kKernelRows},
+// row of the weight, or one for all, or none) as blocks of kBlockRows rows, each
+// [depth][kBlockRows] (zero past the last row) as the kernel reads it, once for all threads: the
+// AVX-512 kernels read a step's 12 factors from one or two cache lines, where 12 rows of lhs a
+// power of two apart would compete for the same L1 sets.
+template <typename Products, typename Source>
+at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale,
+                     PackRowsFn<Source, typename Products::Element>* pack) {
+  using Element = typename Products::Element;
+  constexpr int64_t kBlockRows = Products::kBlockRows;
+  const int64_t rows = lhs.size(0), depth = lhs.size(1), stored_depth = round_up(depth, Products::kDepthStep);
+  at::Tensor packed = at::empty({(rows + kBlockRows - 1) / kBlockRows, stored_depth, kBlockRows},
                                 lhs.options().dtype(c10::CppTypeToScalarType<Element>::value));
   const Source* source = lhs.const_data_ptr<Source>();
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
@@ -85,21 +150,34 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
   Element* destination = packed.mutable_data_ptr<Element>();
   at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      pack(source + block * kKernelRows * depth, depth, std::min(kKernelRows, rows - block * kKernelRows), depth,
-           factors, factor_stride, destination + block * kKernelRows * stored_depth);
+      pack(source + block * kBlockRows * depth, depth, std::min(kBlockRows, rows - block * kBlockRows), depth, factors,
+           factor_stride, destination + block * kBlockRows * stored_depth);
     }
   });
   return packed;
 }
 
-template <typename Element>
+template <typename Products>
 at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
-  if constexpr (std::is_same_v<Element, at::BFloat16>) {
+  if constexpr (std::is_same_v<typename Products::Element, at::BFloat16>) {
     if (lhs.scalar_type() == at::kFloat) {
-      return pack_rows(lhs, scale, kernels().pack_float_rows_bfloat16);
+      return pack_rows<Products>(lhs, scale, Products::float_packer());
     }
   }
-  return pack_rows(lhs, scale, PanelArithmetic<Element>::packer());
+  return pack_rows<Products>(lhs, scale, Products::packer());
+}
+
+// The rows of each panel from `written` (the reader's depth, rounded to a pair) to panel_depth
+// meet lhs's zero padding: zero them, as anything else there could be a NaN or an infinity.
+// (int8 panels need not: any integer times zero is zero.)
+template <typename Products>
+void zero_panel_padding(typename Products::Panel* panels, int64_t count, int64_t written, int64_t panel_depth) {
+  if constexpr (std::is_floating_point_v<typename Products::Sum>) {
+    for (int64_t column = 0; written < panel_depth && column < count; column += kPanelColumns) {
+      std::fill(panels + (column * panel_depth + written * kPanelColumns),
+                panels + (column * panel_depth + panel_depth * kPanelColumns), typename Products::Panel(0));
+    }
+  }
 }
 
 // The depth blocks of a reader's weight, `depth` rows deep or a little more (at most
@@ -121,54 +199,58 @@ int64_t depth_block_max(int64_t depth, int64_t alignment) {
 }
 
 // result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
-// in `panels` for depth_block_max(kColumnTaskDepth) x count elements.
-template <typename Element, typename Arithmetic = PanelArithmetic<Element>>
-void panel_gemm_columns(const Element* packed_lhs, int64_t rows, const WeightReader& reader, int64_t alignment,
-                        int64_t first, int64_t count, typename Arithmetic::Sum* out, int64_t ldo,
-                        typename Arithmetic::Panel* panels) {
-  constexpr int64_t kPair = Arithmetic::kPair;
-  const int64_t depth = round_up(reader.depth(), kPair);
+// in `panels` for depth_block_max(Products::kColumnDepth) x count elements.
+template <typename Products>
+void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t rows, const WeightReader& reader,
+                        int64_t alignment, int64_t first, int64_t count, typename Products::Sum* out, int64_t ldo,
+                        typename Products::Panel* panels) {
+  constexpr int64_t kDepthStep = Products::kDepthStep, kTaskRows = Products::kTaskRows;
+  const int64_t depth = round_up(reader.depth(), kDepthStep), block_stride = Products::kBlockRows * depth;
   const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
-  const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kKernelRows);
-  const auto panel_rows = Arithmetic::kernel();
-  for_each_depth_block(reader, kColumnTaskDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
-    reader.panels(top, first, height, count, panels);
-    const int64_t panel_depth = round_up(height, kPair);
+  const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kTaskRows);
+  for_each_depth_block(reader, Products::kColumnDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
+    const int64_t panel_depth = round_up(height, kDepthStep);
+    reader.panels(top, first, height, count, panel_depth, panels);
+    zero_panel_padding<Products>(panels, count, round_up(height, 2), panel_depth);
     // Rows a block at a time, whose slice of lhs stays in L2 across the panels.
     for (int64_t row_first = 0; row_first < rows; row_first += row_step) {
       const int64_t row_last = std::min(rows, row_first + row_step);
       for (int64_t column = 0; column < count; column += kPanelColumns) {
-        for (int64_t row = row_first; row < row_last; row += kKernelRows) {
-          panel_rows(std::min(kKernelRows, row_last - row), packed_lhs + (row * depth + top * kKernelRows),
-                     panels + column * panel_depth, panel_depth, out + row * ldo + first + column, ldo, count - column,
-                     /*accumulate=*/block > 0);
+        for (int64_t row = row_first; row < row_last; row += kTaskRows) {
+          Products::multiply(std::min(kTaskRows, row_last - row),
+                             packed_lhs + (row * depth + top * Products::kBlockRows), block_stride,
+                             panels + column * panel_depth, panel_depth, out + row * ldo + first + column, ldo,
+                             count - column, /*accumulate=*/block > 0);
         }
       }
     }
   });
 }
 
-template <typename Element>
+template <typename Products>
 at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
-  using Arithmetic = PanelArithmetic<Element>;
-  using Panel = typename Arithmetic::Panel;
-  using Sum = typename Arithmetic::Sum;
-  constexpr int64_t kPair = Arithmetic::kPair;
-  const int64_t rows = lhs.size(0), depth = round_up(reader.depth(), kPair), columns = reader.columns();
-  const int64_t alignment = std::lcm(reader.row_alignment(), kPair);
-  const at::Tensor packed_lhs = pack_rows<Element>(lhs, scale);
+  using Element = typename Products::Element;
+  using Panel = typename Products::Panel;
+  using Sum = typename Products::Sum;
+  constexpr int64_t kDepthStep = Products::kDepthStep;
+  const int64_t rows = lhs.size(0), depth = round_up(reader.depth(), kDepthStep), columns = reader.columns();
+  const int64_t block_stride = Products::kBlockRows * depth;
+  const int64_t alignment = std::lcm(reader.row_alignment(), kDepthStep);
+  const at::Tensor packed_lhs = pack_rows<Products>(lhs, scale);
   const Element* packed = packed_lhs.const_data_ptr<Element>();
   const at::TensorOptions panel_options = lhs.options().dtype(c10::CppTypeToScalarType<Panel>::value);
   auto result = at::empty({rows, columns}, lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value));
   Sum* out = result.template mutable_data_ptr<Sum>();
-  const int64_t chunk = columns_per_task(columns, kBlockColumns, kPanelColumns);
+  const int64_t chunk = columns_per_task(columns, Products::kBlockColumns, kPanelColumns);
   const int64_t chunks = (columns + chunk - 1) / chunk;
-  if (rows < kSharedPanelRowsMin) {
+  if (rows < Products::kSharedRowsMin) {
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      at::Tensor panels = at::empty({depth_block_max(kColumnTaskDepth, alignment) * chunk}, panel_options);
+      Products::prepare_thread();
+      at::Tensor panels = at::empty({depth_block_max(Products::kColumnDepth, alignment) * chunk}, panel_options);
       for (int64_t piece = begin; piece < end; ++piece) {
-        panel_gemm_columns(packed, rows, reader, alignment, piece * chunk, std::min(chunk, columns - piece * chunk),
-                           out, columns, panels.template mutable_data_ptr<Panel>());
+        panel_gemm_columns<Products>(packed, rows, reader, alignment, piece * chunk,
+                                     std::min(chunk, columns - piece * chunk), out, columns,
+                                     panels.template mutable_data_ptr<Panel>());
       }
     });
     return result;
@@ -176,24 +258,25 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
   at::Tensor shared_panels =
-      at::empty({depth_block_max(kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_options);
+      at::empty({depth_block_max(Products::kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_options);
   Panel* panels = shared_panels.template mutable_data_ptr<Panel>();
-  const PanelTasks tasks(rows, columns, chunk);
-  const auto panel_rows = Arithmetic::kernel();
-  for_each_depth_block(reader, kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
-    const int64_t panel_depth = round_up(height, kPair);
+  const PanelTasks tasks(rows, columns, chunk, Products::kTaskRows);
+  for_each_depth_block(reader, Products::kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
+    const int64_t panel_depth = round_up(height, kDepthStep);
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       for (int64_t piece = begin; piece < end; ++piece) {
-        const int64_t first = piece * chunk;
-        reader.panels(top, first, height, std::min(chunk, columns - first), panels + first * panel_depth);
+        const int64_t first = piece * chunk, count = std::min(chunk, columns - first);
+        reader.panels(top, first, height, count, panel_depth, panels + first * panel_depth);
+        zero_panel_padding<Products>(panels + first * panel_depth, count, round_up(height, 2), panel_depth);
       }
     });
     at::parallel_for(0, tasks.size(), 1, [&](int64_t begin, int64_t end) {
+      Products::prepare_thread();
       for (int64_t index = begin; index < end; ++index) {
         const PanelTask task = tasks[index];
-        panel_rows(task.rows, packed + (task.row * depth + top * kKernelRows), panels + task.column * panel_depth,
-                   panel_depth, out + task.row * columns + task.column, columns, task.columns,
-                   /*accumulate=*/block > 0);
+        Products::multiply(task.rows, packed + (task.row * depth + top * Products::kBlockRows), block_stride,
+                           panels + task.column * panel_depth, panel_depth, out + task.row * columns + task.column,
+                           columns, task.columns, /*accumulate=*/block > 0);
       }
     });
   });
@@ -206,14 +289,17 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const s
                       std::optional<at::ScalarType> products) {
   TORCH_INTERNAL_ASSERT(!products || *products == lhs.scalar_type() ||
                         (*products == at::kBFloat16 && lhs.scalar_type() == at::kFloat));
+  const auto& kernel = kernels();
   if (products.value_or(lhs.scalar_type()) == at::kBFloat16) {
-    return panel_gemm_in<at::BFloat16>(lhs, reader, scale);
+    return kernel.panel_rows_bfloat16_amx != nullptr ? panel_gemm_in<AmxBFloat16Products>(lhs, reader, scale)
+                                                     : panel_gemm_in<BFloat16Products>(lhs, reader, scale);
   }
   if (lhs.scalar_type() == at::kChar) {
     TORCH_INTERNAL_ASSERT(!scale, "an int8 lhs takes no scale");
-    return panel_gemm_in<int8_t>(lhs, reader, scale);
+    return kernel.panel_rows_int8_amx != nullptr ? panel_gemm_in<AmxInt8Products>(lhs, reader, scale)
+                                                 : panel_gemm_in<Int8Products>(lhs, reader, scale);
   }
-  return panel_gemm_in<float>(lhs, reader, scale);
+  return panel_gemm_in<FloatProducts>(lhs, reader, scale);
 }
 
 } // namespace qlgrad::math

@@ -13,25 +13,28 @@ namespace qlgrad::math {
 // depth of the division by columns, 256; 576 KiB at that of the shared panels, 1024).
 constexpr int64_t kRowBlock = 144;
 
-// One task: the sums of kKernelRows rows by one panel (fewer at the last rows and columns).
+// One task: the sums of a kernel's rows (kKernelRows, or more for AMX tiles) by one panel (fewer
+// at the last rows and columns).
 struct PanelTask {
   int64_t row, rows, column, columns;
 };
 
-// The output [rows, columns] as tasks of kKernelRows rows by kPanelColumns columns, all of
+// The output [rows, columns] as tasks of `task_rows` rows by kPanelColumns columns, all of
 // them equal but at the last rows and columns, so that any number of threads taking runs of
 // consecutive tasks (as at::parallel_for hands them out) get equal shares to within one task:
-// ceil(rows / 12) * ceil(columns / 32) tasks, 528 for 256 x 768. In the order a single
+// ceil(rows / task_rows) * ceil(columns / 32) tasks, 528 for 256 x 768 in tasks of 12 rows. In the order a single
 // thread would run them: by chunks of `chunk_columns` (a multiple of kPanelColumns: the pieces
 // in which the weight's panels are converted, so that a thread mostly reads panels it converted
 // itself), then by blocks of kRowBlock rows, then panel by panel (each panel stays in L2 while
 // the block's rows run against it).
 class PanelTasks {
  public:
-  PanelTasks(int64_t rows, int64_t columns, int64_t chunk_columns)
+  PanelTasks(int64_t rows, int64_t columns, int64_t chunk_columns, int64_t task_rows = kKernelRows)
       : rows_(rows),
         columns_(columns),
-        row_groups_((rows + kKernelRows - 1) / kKernelRows),
+        task_rows_(task_rows),
+        groups_per_block_(std::max<int64_t>(1, kRowBlock / task_rows)),
+        row_groups_((rows + task_rows - 1) / task_rows),
         panels_((columns + kPanelColumns - 1) / kPanelColumns),
         chunk_panels_(chunk_columns / kPanelColumns) {}
 
@@ -39,22 +42,21 @@ class PanelTasks {
 
   PanelTask operator[](int64_t index) const {
     // Every chunk but the last has chunk_panels_ panels, every row block but the last
-    // kGroupsPerBlock groups of kernel rows.
-    constexpr int64_t kGroupsPerBlock = kRowBlock / kKernelRows;
+    // groups_per_block_ groups of task rows.
     const int64_t chunk = index / (chunk_panels_ * row_groups_);
     const int64_t panels_in_chunk = std::min(chunk_panels_, panels_ - chunk * chunk_panels_);
     const int64_t in_chunk = index - chunk * chunk_panels_ * row_groups_;
-    const int64_t block = in_chunk / (panels_in_chunk * kGroupsPerBlock);
-    const int64_t groups_in_block = std::min(kGroupsPerBlock, row_groups_ - block * kGroupsPerBlock);
-    const int64_t in_block = in_chunk - block * panels_in_chunk * kGroupsPerBlock;
+    const int64_t block = in_chunk / (panels_in_chunk * groups_per_block_);
+    const int64_t groups_in_block = std::min(groups_per_block_, row_groups_ - block * groups_per_block_);
+    const int64_t in_block = in_chunk - block * panels_in_chunk * groups_per_block_;
     const int64_t panel = chunk * chunk_panels_ + in_block / groups_in_block;
-    const int64_t row = (block * kGroupsPerBlock + in_block % groups_in_block) * kKernelRows;
+    const int64_t row = (block * groups_per_block_ + in_block % groups_in_block) * task_rows_;
     const int64_t column = panel * kPanelColumns;
-    return {row, std::min(kKernelRows, rows_ - row), column, std::min(kPanelColumns, columns_ - column)};
+    return {row, std::min(task_rows_, rows_ - row), column, std::min(kPanelColumns, columns_ - column)};
   }
 
  private:
-  int64_t rows_, columns_, row_groups_, panels_, chunk_panels_;
+  int64_t rows_, columns_, task_rows_, groups_per_block_, row_groups_, panels_, chunk_panels_;
 };
 
 } // namespace qlgrad::math

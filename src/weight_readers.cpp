@@ -57,15 +57,15 @@ void for_each_values16(const Int4Pack& pack, int64_t top, int64_t depth, int64_t
 
 } // namespace
 
-void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, float*) const {
+void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, int64_t, float*) const {
   TORCH_INTERNAL_ASSERT(false, "qlgrad: this weight has no float32 panels");
 }
 
-void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, at::BFloat16*) const {
+void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, int64_t, at::BFloat16*) const {
   TORCH_INTERNAL_ASSERT(false, "qlgrad: this weight has no bfloat16 panels");
 }
 
-void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, uint8_t*) const {
+void WeightReader::panels(int64_t, int64_t, int64_t, int64_t, int64_t, uint8_t*) const {
   TORCH_INTERNAL_ASSERT(false, "qlgrad: this weight has no int8 panels");
 }
 
@@ -85,19 +85,20 @@ int8_t* scratch_codes(int64_t bytes) {
   return scratch.data();
 }
 
-void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const {
   const int64_t ldw = weight_.stride(0);
   if (weight_.scalar_type() == at::kChar) {
     kernels().convert_panels_int8(weight_.const_data_ptr<int8_t>() + top * ldw + first, ldw, parameters_, top, first,
-                                  depth, count, out, depth);
+                                  depth, count, out, panel_depth);
   } else {
     kernels().convert_panels_float16(weight_.const_data_ptr<at::Half>() + top * ldw + first, ldw, parameters_, top,
-                                     first, depth, count, out, depth);
+                                     first, depth, count, out, panel_depth);
   }
 }
 
-void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
-  const int64_t ldw = weight_.stride(0), panel_depth = round_up(depth, 2);
+void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                      at::BFloat16* out) const {
+  const int64_t ldw = weight_.stride(0);
   if (weight_.scalar_type() == at::kChar) {
     kernels().convert_panels_int8_bfloat16(weight_.const_data_ptr<int8_t>() + top * ldw + first, ldw, parameters_, top,
                                            first, depth, count, out, panel_depth);
@@ -107,12 +108,12 @@ void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, 
   }
 }
 
-void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const {
+void RowCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                      uint8_t* out) const {
   TORCH_INTERNAL_ASSERT(weight_.scalar_type() == at::kChar && parameters_.scale == nullptr &&
                         parameters_.zero_point == nullptr);
   const int64_t ldw = weight_.stride(0);
-  kernels().int8_panels(weight_.const_data_ptr<int8_t>() + top * ldw + first, ldw, depth, count, out,
-                        round_up(depth, 4));
+  kernels().int8_panels(weight_.const_data_ptr<int8_t>() + top * ldw + first, ldw, depth, count, out, panel_depth);
 }
 
 void RowCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
@@ -127,16 +128,17 @@ void RowCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile)
                 0);
 }
 
-void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                          float* out) const {
   for_each_copied_slab(packed_, layout_, top, first, depth, count,
                        [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
                          kernels().convert_panels_int8(codes, ldc, parameters_, top + slab, first, height, count,
-                                                       out + slab * kPanelColumns, depth);
+                                                       out + slab * kPanelColumns, panel_depth);
                        });
 }
 
-void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
-  const int64_t panel_depth = round_up(depth, 2);
+void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                          at::BFloat16* out) const {
   for_each_copied_slab(packed_, layout_, top, first, depth, count,
                        [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
                          kernels().convert_panels_int8_bfloat16(codes, ldc, parameters_, top + slab, first, height,
@@ -144,9 +146,9 @@ void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t cou
                        });
 }
 
-void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const {
+void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                          uint8_t* out) const {
   TORCH_INTERNAL_ASSERT(parameters_.scale == nullptr && parameters_.zero_point == nullptr);
-  const int64_t panel_depth = round_up(depth, 4);
   for_each_copied_slab(packed_, layout_, top, first, depth, count,
                        [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
                          kernels().int8_panels(codes, ldc, height, count, out + slab * kPanelColumns, panel_depth);
@@ -160,12 +162,15 @@ void BlockedCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& t
                        });
 }
 
-void Int4Codes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+void Int4Codes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                       float* out) const {
+  TORCH_INTERNAL_ASSERT(panel_depth == depth);
   kernels().int4_panels(pack_, top, first, depth, count, out);
 }
 
-void Int4Codes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
-  kernels().int4_panels_bfloat16(pack_, top, first, depth, count, out);
+void Int4Codes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                       at::BFloat16* out) const {
+  kernels().int4_panels_bfloat16(pack_, top, first, depth, count, out, panel_depth);
 }
 
 void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
@@ -175,12 +180,15 @@ void Int4Codes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile
   });
 }
 
-void Int4CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+void Int4CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                                 float* out) const {
+  TORCH_INTERNAL_ASSERT(panel_depth == depth);
   kernels().int4_transposed_panels(pack_, top, first, depth, count, out);
 }
 
-void Int4CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
-  kernels().int4_transposed_panels_bfloat16(pack_, top, first, depth, count, out);
+void Int4CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                                 at::BFloat16* out) const {
+  kernels().int4_transposed_panels_bfloat16(pack_, top, first, depth, count, out, panel_depth);
 }
 
 void Int4CodesTransposed::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const {
@@ -190,22 +198,25 @@ void Int4CodesTransposed::tile(int64_t top, int64_t first, int64_t count, at::Te
   });
 }
 
-void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const {
+void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                                 float* out) const {
   const int64_t ldw = codes_.stride(0);
   kernels().convert_transposed_panels_int8(codes_.const_data_ptr<int8_t>() + first * ldw + top, ldw, parameters_, top,
-                                           first, depth, count, out, depth);
+                                           first, depth, count, out, panel_depth);
 }
 
-void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const {
+void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                                 at::BFloat16* out) const {
   const int64_t ldw = codes_.stride(0);
   kernels().convert_transposed_panels_int8_bfloat16(codes_.const_data_ptr<int8_t>() + first * ldw + top, ldw,
-                                                    parameters_, top, first, depth, count, out, round_up(depth, 2));
+                                                    parameters_, top, first, depth, count, out, panel_depth);
 }
 
-void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const {
+void Int8CodesTransposed::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                                 uint8_t* out) const {
   const int64_t ldw = codes_.stride(0);
   kernels().int8_transposed_panels(codes_.const_data_ptr<int8_t>() + first * ldw + top, ldw, depth, count, out,
-                                   round_up(depth, 4));
+                                   panel_depth);
 }
 
 } // namespace qlgrad::math

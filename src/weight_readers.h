@@ -22,18 +22,23 @@ class WeightReader {
   // called (they assert).
 
   // W[top:top + depth, first:first + count] as the panel GEMM's panels: ceil(count / kPanelColumns)
-  // panels of [depth][kPanelColumns] floats, zero beyond `count`. Where kernels().panel_rows is.
-  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const;
+  // panels of [depth][kPanelColumns] floats, zero beyond `count`, panel_depth (= depth) rows of
+  // kPanelColumns apart. Where kernels().panel_rows is.
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const;
 
   // The same as bfloat16 panels of pairs of rows (rounded to nearest even; an odd depth's last
-  // pair ends in a zero row), [(depth + 1) / 2][kPanelColumns][2] each. Where
-  // kernels().panel_rows_bfloat16 is.
-  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const;
+  // pair ends in a zero row), [(depth + 1) / 2][kPanelColumns][2] each, panel_depth (at least
+  // depth rounded up to even; the rows past it are left as they are) rows of kPanelColumns apart.
+  // Where kernels().panel_rows_bfloat16 is.
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                      at::BFloat16* out) const;
 
   // The same as int8 panels of quads of rows, each value plus 128 as a uint8 (PanelRowsInt8Fn),
-  // [(depth + 3) / 4][kPanelColumns][4] each, for a weight of integer values. Where
+  // [(depth + 3) / 4][kPanelColumns][4] each, panel_depth (at least depth rounded up to a
+  // multiple of 4) rows of kPanelColumns apart, for a weight of integer values. Where
   // kernels().panel_rows_int8 is.
-  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const;
+  virtual void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+                      uint8_t* out) const;
 
   // W[top:top + depth, first:first + count] into `tile` ([depth, count], contiguous), in the
   // tile's dtype: float32, or bfloat16 for int8 codes.
@@ -48,10 +53,12 @@ class RowCodes final : public WeightReader {
   int64_t depth() const override { return weight_.size(0); }
   int64_t columns() const override { return weight_.size(1); }
   int64_t row_alignment() const override { return 1; }
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              at::BFloat16* out) const override;
   // The codes themselves (int8 codes, no parameters).
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              uint8_t* out) const override;
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
  private:
@@ -71,10 +78,12 @@ class BlockedCodes final : public WeightReader {
   int64_t columns() const override { return layout_.columns; }
   // Whole 16-row bands, which the copy moves 16 x 16 at a time.
   int64_t row_alignment() const override { return 16; }
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              at::BFloat16* out) const override;
   // The codes themselves (no parameters).
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              uint8_t* out) const override;
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
  private:
@@ -91,8 +100,9 @@ class Int4Codes final : public WeightReader {
   int64_t depth() const override { return pack_.rows; }
   int64_t columns() const override { return pack_.columns; }
   int64_t row_alignment() const override { return 16; }
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              at::BFloat16* out) const override;
   // float32 tiles only.
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
@@ -109,8 +119,9 @@ class Int4CodesTransposed final : public WeightReader {
   int64_t depth() const override { return pack_.columns; }
   int64_t columns() const override { return pack_.rows; }
   int64_t row_alignment() const override { return 1; }
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              at::BFloat16* out) const override;
   // float32 tiles only.
   void tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile) const override;
 
@@ -131,9 +142,11 @@ class Int8CodesTransposed final : public WeightReader {
   int64_t columns() const override { return codes_.size(0); }
   // Whole 16 x 16 squares of codes, transposed at once.
   int64_t row_alignment() const override { return 16; }
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, float* out) const override;
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out) const override;
-  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, uint8_t* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              at::BFloat16* out) const override;
+  void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
+              uint8_t* out) const override;
 
  private:
   const at::Tensor& codes_;

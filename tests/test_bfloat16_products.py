@@ -2,9 +2,10 @@
 in rows or in fbgemm's packing, per tensor, per channel or group-wise, float16 weights, torch's int4
 packing) against float64, no worse than the dense bfloat16 product of the same inputs, at row
 counts on both sides of every switch: the float32 streams (up to 8 rows, 32 on AVX-512 CPUs), the
-panel GEMM in bfloat16 products (AVX512-BF16 CPUs; on Intel's up to 255 rows but for the int4
-packing; divided by rows and columns from 256), MKL on bfloat16 tiles elsewhere. An odd depth
-ends the bfloat16 pairs in a zero row."""
+panel GEMM in bfloat16 products (on AMX tiles where the CPU has them; else AVX512-BF16, on
+Intel's CPUs up to 255 rows but for the int4 packing, divided by rows and columns from 256), MKL
+on bfloat16 tiles elsewhere. An odd depth ends the bfloat16 pairs in a zero row; a depth that is
+not a whole tile row's is padded with zeros."""
 
 import pytest
 import torch
@@ -115,3 +116,20 @@ def test_gradient_rows_packed_at_every_depth(out_features, per_channel, dtype, p
         assert relative_error(got, expected) <= DENSE_ERROR_FACTOR * relative_error(dense, expected)
     else:
         assert relative_error(got, expected) <= 1e-6
+
+
+@pytest.mark.parametrize("rows", [40, 300])
+@pytest.mark.parametrize("out_features", [1100, 2100])
+@pytest.mark.parametrize("blocked", [False, True])
+def test_deep_products_in_depth_blocks(rows, out_features, blocked):
+    # Deeper than a block of panels (1024 rows of the weight): the blocks' sums are added up, the
+    # last block not a whole tile row deep; 40 rows are one whole task of 32 and one of 8.
+    weight = quantize_weight(out_features, 200, "per_channel_affine")
+    grad_output = torch.randn(rows, out_features).to(torch.bfloat16)
+    if blocked:
+        got = qlgrad.linear_dynamic_backward(
+            grad_output, torch.ops.quantized.linear_prepack(weight.qweight, None), "bf16"
+        )
+    else:
+        got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale.float(), weight.zero_point, "bf16")
+    assert_as_accurate_as_dense(got, grad_output, weight.dequantize_float64())

@@ -35,10 +35,12 @@ BFLOAT16_KERNEL_TESTS = (
     "test_int4pack.py",
     "test_torchao_lowbit.py::test_groupwise_product_is_the_float64_product",
 )
-# The integer product that AVX512-VNNI gives torchao's int8 training forwards (torch._int_mm without it).
+# The integer products that AVX512-VNNI gives torchao's int8 training forwards and the int8
+# precision (torch._int_mm without it).
 INT8_KERNEL_TESTS = (
     "test_torchao.py::test_integer_product_is_torchs",
     "test_torchao.py::test_training_forward_is_torchaos_bit_for_bit",
+    "test_fbgemm_in_place.py::test_int8_product_is_exact",
 )
 
 
@@ -96,6 +98,14 @@ def test_kernel_tests_pass_on_avx512_without_bfloat16_products(tmp_path):
 )
 def test_kernel_tests_pass_on_avx512_without_int8_products(tmp_path):
     run_kernel_tests(INT8_KERNEL_TESTS, tmp_path, QLGRAD_AVX512_VNNI="0")
+
+
+@pytest.mark.skipif(
+    machine_capability() != "avx512" or "amx_bf16" not in Path("/proc/cpuinfo").read_text(),
+    reason="the CPU runs AVX-512 without AMX already, or no AVX-512",
+)
+def test_kernel_tests_pass_on_avx512_without_amx(tmp_path):
+    run_kernel_tests(BFLOAT16_KERNEL_TESTS + INT8_KERNEL_TESTS, tmp_path, QLGRAD_AMX="0")
 
 
 def run_kernel_tests(tests, tmp_path, **variables):

@@ -70,19 +70,23 @@ def test_double_backward_and_float64_read_the_packing(fbgemm_engine):
     torch.autograd.gradgradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
 
 
-# Past the streams: the int8 panel GEMM (AVX512-VNNI) by columns and by rows and columns, then
-# from 512 rows torch._int_mm.
+# Past the streams: the int8 panel GEMM (AMX tiles, or AVX512-VNNI by columns and by rows and
+# columns, then from 512 rows torch._int_mm). 1100 output features: a product deeper than one
+# block of panels, its last block not a whole tile row deep.
 @pytest.mark.parametrize("rows", [33, 40, 255, 256, 300, 511, 512, 600])
-def test_int8_product_is_exact(fbgemm_engine, rows):
+@pytest.mark.parametrize("out_features", [200, 1100])
+def test_int8_product_is_exact(fbgemm_engine, rows, out_features):
     """`int8`'s integer product, over fbgemm's packing and over codes in rows: a gradient of
     integers up to 127 in magnitude, each row reaching 127, is quantized to itself (scale 1), and
-    against a weight of scale 1 the result is the integer product, exactly (below 2^24)."""
+    against a weight of scale 1 the result is the integer product, exactly (its sums, of random
+    signs, stay far below 2^24)."""
     gen = torch.Generator().manual_seed(rows)
-    out_features, in_features = 200, 70
+    in_features = 70
     codes = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, generator=gen)
     grad_output = torch.randint(-127, 128, (rows, out_features), generator=gen).float()
     grad_output[:, 0] = 127
     expected = (grad_output.long() @ codes.long()).float()
+    assert expected.abs().max() < 2**24
     qweight = torch._make_per_tensor_quantized_tensor(codes, 1.0, 0)
     packed = torch.ops.quantized.linear_prepack(qweight, None)
     assert torch.equal(qlgrad.linear_dynamic_backward(grad_output, packed, "int8"), expected)

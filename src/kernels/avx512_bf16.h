@@ -4,6 +4,8 @@
 
 #include "avx512.h"
 
+#include <utility>
+
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,fma,avx512bf16")
 
 namespace qlgrad::math::avx512 {
@@ -16,6 +18,33 @@ inline __m512i bfloat16_pairs(__m512 even, __m512 odd) {
   const __m512i interleave = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22,
                                               6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
   return _mm512_permutexvar_epi16(interleave, halves);
+}
+
+// 32 values of a row of lhs from `row` as two float32 vectors, zero past the first `values`.
+inline std::pair<__m512, __m512> load32(const float* row, int64_t values) {
+  return {_mm512_maskz_loadu_ps(lanes_mask(values), row), _mm512_maskz_loadu_ps(lanes_mask(values - 16), row + 16)};
+}
+
+inline std::pair<__m512, __m512> load32(const at::BFloat16* row, int64_t values) {
+  const auto widen = [](__m256i halves) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+  };
+  return {widen(_mm256_maskz_loadu_epi16(lanes_mask(values), row)),
+          widen(_mm256_maskz_loadu_epi16(lanes_mask(values - 16), row + 16))};
+}
+
+// The values n to n + 31 of a row of lhs times their factors (factors[n * factor_stride]; none
+// where factors is null), each product rounded to float32; `values` of them exist.
+inline void multiply32(std::pair<__m512, __m512>& row, const float* factors, int64_t factor_stride, int64_t n,
+                       int64_t values) {
+  if (factors != nullptr && factor_stride == 0) {
+    row.first = _mm512_mul_ps(row.first, _mm512_set1_ps(*factors));
+    row.second = _mm512_mul_ps(row.second, _mm512_set1_ps(*factors));
+  } else if (factors != nullptr) {
+    const auto [low, high] = load32(factors + n, values);
+    row.first = _mm512_mul_ps(row.first, low);
+    row.second = _mm512_mul_ps(row.second, high);
+  }
 }
 
 } // namespace qlgrad::math::avx512

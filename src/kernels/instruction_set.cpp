@@ -9,6 +9,10 @@
 #if defined(__x86_64__)
 #include <cpuid.h>
 #endif
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 namespace qlgrad::math {
 
@@ -40,7 +44,7 @@ const char* instruction_set_name(InstructionSet set) {
 namespace {
 
 // Which register of CPUID leaf 7 reports an extension.
-enum class Leaf7Register { kEax, kEcx };
+enum class Leaf7Register { kEax, kEcx, kEdx };
 
 // Whether the instruction set is AVX-512 and CPUID leaf 7 (`subleaf`) reports the extension in
 // `bit` of `reg`, unless the environment variable `variable` is "0" (to test the kernels of
@@ -55,7 +59,8 @@ bool has_avx512_extension(const char* variable, unsigned int subleaf, Leaf7Regis
   if (__get_cpuid_count(7, subleaf, &eax, &ebx, &ecx, &edx) == 0) {
     return false;
   }
-  return ((reg == Leaf7Register::kEax ? eax : ecx) & (1u << bit)) != 0;
+  const unsigned int bits = reg == Leaf7Register::kEax ? eax : reg == Leaf7Register::kEcx ? ecx : edx;
+  return (bits & (1u << bit)) != 0;
 #else
   (void)subleaf, (void)reg, (void)bit;
   return false;
@@ -72,6 +77,25 @@ bool has_avx512_bf16() {
 bool has_avx512_vnni() {
   static const bool vnni = has_avx512_extension("QLGRAD_AVX512_VNNI", 0, Leaf7Register::kEcx, 11);
   return vnni;
+}
+
+bool has_amx() {
+  static const bool amx = [] {
+    // AMX-BF16, AMX-TILE and AMX-INT8: bits 22, 24 and 25 of EDX.
+    if (!has_avx512_bf16() || !has_avx512_vnni() || !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEdx, 22) ||
+        !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEdx, 24) ||
+        !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEdx, 25)) {
+      return false;
+    }
+#if defined(__x86_64__) && defined(__linux__)
+    // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA: without it the first tile instruction faults.
+    constexpr int kRequestPermission = 0x1023, kTileData = 18;
+    return syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0;
+#else
+    return false;
+#endif
+  }();
+  return amx;
 }
 
 bool is_intel_cpu() {

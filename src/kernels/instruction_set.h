@@ -23,6 +23,12 @@ bool has_avx512_bf16();
 // vpdpbusd), unless QLGRAD_AVX512_VNNI=0 leaves them out.
 bool has_avx512_vnni();
 
+// Whether the instruction set is AVX-512 with AVX512-BF16 and AVX512-VNNI (has_avx512_bf16 and
+// has_avx512_vnni) and the CPU has AMX tiles with bfloat16 and int8 products, which the operating
+// system lets this process use (Linux grants the tiles' state on request, asked for here once),
+// unless QLGRAD_AMX=0 leaves them out (to test the kernels of AVX-512 CPUs without them).
+bool has_amx();
+
 // Whether the CPU is Intel's: MKL, torch's float GEMM, runs its AVX-512 code there only (on AMD
 // CPUs with AVX-512 it takes its AVX2 path, at less than half oneDNN's speed).
 bool is_intel_cpu();

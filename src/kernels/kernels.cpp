@@ -76,6 +76,14 @@ Kernels avx512_kernels() {
     table.int8_panels = &int8_panels_avx512_vnni;
     table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
   }
+  if (has_amx()) {
+    table.configure_tiles_amx = &configure_tiles_amx;
+    table.panel_rows_bfloat16_amx = &panel_rows_bfloat16_amx;
+    table.pack_rows_bfloat16_amx = &pack_rows_bfloat16_amx;
+    table.pack_float_rows_bfloat16_amx = &pack_float_rows_bfloat16_amx;
+    table.panel_rows_int8_amx = &panel_rows_int8_amx;
+    table.pack_rows_int8_amx = &pack_rows_int8_amx;
+  }
   return table;
 }
 #endif

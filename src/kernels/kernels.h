@@ -133,6 +133,21 @@ using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeP
 using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
                              int64_t ldo, int64_t width, bool accumulate);
 
+// The panel GEMM on AMX tiles (16 x 64-byte tile rows): the same products as PanelRowsBFloat16Fn
+// and PanelRowsInt8Fn, whose panels of pairs and quads are the layout AMX multiplies, for up to
+// kAmxTaskRows rows of lhs in two tiles of kAmxBlockRows rows. lhs is packed in blocks of
+// kAmxBlockRows rows, each [depth / S][kAmxBlockRows][S] (S = 64 bytes' elements, a tile row: 32
+// bfloat16 or 64 int8 values), the block of rows 16 to 31 lhs_block_stride elements after the
+// first; depth a multiple of S (the panels past the weight's depth zero, or any int8 value). The
+// tiles must have been configured (ConfigureTilesFn) on the calling thread since anything else
+// used them: loading the configuration costs as much as a quarter of a kernel call.
+constexpr int64_t kAmxBlockRows = 16;
+constexpr int64_t kAmxTaskRows = 2 * kAmxBlockRows;
+using ConfigureTilesFn = void();
+template <typename Element, typename Panel, typename Sum>
+using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const Panel* panel,
+                            int64_t depth, Sum* out, int64_t ldo, int64_t width, bool accumulate);
+
 // The rescaling of an int8 product's int32 sums as torch computes it one operation at a time:
 // out[m, n] = ((sums[m, n] * row_scale[m]) * column_scale[n]) + bias[n] (no bias where it is null)
 // in float32, each step's result rounded to bfloat16 where its bit in `bfloat16_steps` is set
@@ -168,8 +183,9 @@ using ConvertTransposedPanelsFn = void(const int8_t* codes, int64_t ldw, const C
 // W[top:top + depth, first:first + count] of an int4 packing as panels, as ConvertPanelsFn
 // writes them with panel_depth = depth (top, depth and count multiples of 16).
 using Int4PanelsFn = void(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count, float* out);
+// The bfloat16 panels are panel_depth rows of kPanelColumns apart, as ConvertPanelsBFloat16Fn writes them.
 using Int4PanelsBFloat16Fn = void(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count,
-                                  at::BFloat16* out);
+                                  at::BFloat16* out, int64_t panel_depth);
 
 // out[r, first + c] = sum_n lhs[r, n] * W[n, first + c] for `rows` (1 to kInt4StreamedRowsMax)
 // rows and the columns [first, first + count) of an int4 packing, as dot products along the
@@ -233,6 +249,14 @@ struct Kernels {
   PackRowsFn<int8_t>* pack_rows_int8 = nullptr;
   Int8PanelsFn* int8_panels = nullptr;
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
+  // The panel GEMM on AMX tiles, in bfloat16 and int8 products, with lhs packed as PanelRowsAmxFn
+  // reads it (PackRowsFn's blocks of kAmxBlockRows rows and S values): has_amx() only, null elsewhere.
+  ConfigureTilesFn* configure_tiles_amx = nullptr;
+  PanelRowsAmxFn<at::BFloat16, at::BFloat16, float>* panel_rows_bfloat16_amx = nullptr;
+  PackRowsFn<at::BFloat16>* pack_rows_bfloat16_amx = nullptr;
+  PackRowsFn<float, at::BFloat16>* pack_float_rows_bfloat16_amx = nullptr;
+  PanelRowsAmxFn<int8_t, uint8_t, int32_t>* panel_rows_int8_amx = nullptr;
+  PackRowsFn<int8_t>* pack_rows_int8_amx = nullptr;
 };
 
 // The kernels of the instruction set in use, chosen at the first call.

@@ -8,8 +8,6 @@
 #include "packed_rows_avx512.h"
 #include "transposed_codes_avx512.h"
 
-#include <utility>
-
 namespace qlgrad::math {
 namespace {
 
@@ -58,26 +56,20 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parame
   }
 }
 
-// Rows packed as bfloat16 pairs (PackRowsFn): load(r, n, values) gives row r's values n to
-// n + 31 as two float32 vectors (zero past the first `values`), which are multiplied by their
-// factors, split into the even and the odd values and rounded to bfloat16 pairs once.
-template <typename Load>
-void pack_pairs(int64_t count, int64_t depth, const float* factors, int64_t factor_stride, at::BFloat16* block,
-                const Load& load) {
+// Rows packed as bfloat16 pairs (PackRowsFn): row r's values n to n + 31 (from avx512::load32),
+// multiplied by their factors, split into the even and the odd values and rounded to bfloat16
+// pairs once.
+template <typename Source>
+void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
+                int64_t factor_stride, at::BFloat16* block) {
   const __m512i even_values = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_values = _mm512_add_epi32(even_values, _mm512_set1_epi32(1));
   pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
     const int64_t n = 2 * d, values = std::min<int64_t>(32, depth - n);
-    auto [low, high] = load(r, n, values);
-    if (factors != nullptr && factor_stride == 0) {
-      low = _mm512_mul_ps(low, _mm512_set1_ps(*factors));
-      high = _mm512_mul_ps(high, _mm512_set1_ps(*factors));
-    } else if (factors != nullptr) {
-      low = _mm512_mul_ps(low, _mm512_maskz_loadu_ps(avx512::lanes_mask(values), factors + n));
-      high = _mm512_mul_ps(high, _mm512_maskz_loadu_ps(avx512::lanes_mask(values - 16), factors + n + 16));
-    }
-    return avx512::bfloat16_pairs(_mm512_permutex2var_ps(low, even_values, high),
-                                  _mm512_permutex2var_ps(low, odd_values, high));
+    auto row = avx512::load32(lhs + r * ldl + n, values);
+    avx512::multiply32(row, factors, factor_stride, n, values);
+    return avx512::bfloat16_pairs(_mm512_permutex2var_ps(row.first, even_values, row.second),
+                                  _mm512_permutex2var_ps(row.first, odd_values, row.second));
   });
 }
 
@@ -91,22 +83,12 @@ void panel_rows_bfloat16_avx512(int64_t rows, const at::BFloat16* lhs, const at:
 
 void pack_rows_bfloat16_avx512(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                                int64_t factor_stride, at::BFloat16* block) {
-  pack_pairs(count, depth, factors, factor_stride, block, [&](int64_t r, int64_t n, int64_t values) {
-    const __m512i widened =
-        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(avx512::lanes_mask(values), lhs + r * ldl + n));
-    const __m512i widened_high =
-        _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(avx512::lanes_mask(values - 16), lhs + r * ldl + n + 16));
-    return std::pair(_mm512_castsi512_ps(_mm512_slli_epi32(widened, 16)),
-                     _mm512_castsi512_ps(_mm512_slli_epi32(widened_high, 16)));
-  });
+  pack_pairs(lhs, ldl, count, depth, factors, factor_stride, block);
 }
 
 void pack_float_rows_bfloat16_avx512(const float* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                                      int64_t factor_stride, at::BFloat16* block) {
-  pack_pairs(count, depth, factors, factor_stride, block, [&](int64_t r, int64_t n, int64_t values) {
-    return std::pair(_mm512_maskz_loadu_ps(avx512::lanes_mask(values), lhs + r * ldl + n),
-                     _mm512_maskz_loadu_ps(avx512::lanes_mask(values - 16), lhs + r * ldl + n + 16));
-  });
+  pack_pairs(lhs, ldl, count, depth, factors, factor_stride, block);
 }
 
 void convert_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters,

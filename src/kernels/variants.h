@@ -57,4 +57,12 @@ PackRowsFn<int8_t> pack_rows_int8_avx512_vnni;
 Int8PanelsFn int8_panels_avx512_vnni;
 Int8TransposedPanelsFn int8_transposed_panels_avx512_vnni;
 
+// AMX (x86-64 only).
+ConfigureTilesFn configure_tiles_amx;
+PanelRowsAmxFn<at::BFloat16, at::BFloat16, float> panel_rows_bfloat16_amx;
+PackRowsFn<at::BFloat16> pack_rows_bfloat16_amx;
+PackRowsFn<float, at::BFloat16> pack_float_rows_bfloat16_amx;
+PanelRowsAmxFn<int8_t, uint8_t, int32_t> panel_rows_int8_amx;
+PackRowsFn<int8_t> pack_rows_int8_amx;
+
 } // namespace qlgrad::math

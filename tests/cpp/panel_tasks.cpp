@@ -45,35 +45,38 @@ int main() {
   // (1024 columns at most).
   const std::vector<Shape> shapes = {{256, 768, true},  {2048, 768, true},  {256, 4096, true},
                                      {256, 3072, true}, {1000, 200, false}, {9, 33, false}};
+  // Tasks of the AVX-512 kernel's rows, and of two AMX tiles' (32).
   for (const auto& shape : shapes) {
-    for (const int64_t chunk_columns : {32, 256, 1024}) {
-      const PanelTasks tasks(shape.rows, shape.columns, chunk_columns);
-      std::ostringstream name;
-      name << shape.rows << "x" << shape.columns << " in chunks of " << chunk_columns;
-      std::vector<int> covered(shape.rows * shape.columns, 0);
-      bool full_inside = true;
-      for (int64_t index = 0; index < tasks.size(); ++index) {
-        const auto task = tasks[index];
-        for (int64_t row = task.row; row < task.row + task.rows; ++row) {
-          for (int64_t column = task.column; column < task.column + task.columns; ++column) {
-            covered[row * shape.columns + column] += 1;
+    for (const int64_t task_rows : {qlgrad::math::kKernelRows, int64_t{32}}) {
+      for (const int64_t chunk_columns : {32, 256, 1024}) {
+        const PanelTasks tasks(shape.rows, shape.columns, chunk_columns, task_rows);
+        std::ostringstream name;
+        name << shape.rows << "x" << shape.columns << " in chunks of " << chunk_columns << ", tasks of " << task_rows
+             << " rows";
+        std::vector<int> covered(shape.rows * shape.columns, 0);
+        bool full_inside = true;
+        for (int64_t index = 0; index < tasks.size(); ++index) {
+          const auto task = tasks[index];
+          for (int64_t row = task.row; row < task.row + task.rows; ++row) {
+            for (int64_t column = task.column; column < task.column + task.columns; ++column) {
+              covered[row * shape.columns + column] += 1;
+            }
           }
+          const bool at_edge =
+              task.row + task_rows >= shape.rows || task.column + qlgrad::math::kPanelColumns >= shape.columns;
+          full_inside =
+              full_inside && (at_edge || (task.rows == task_rows && task.columns == qlgrad::math::kPanelColumns));
         }
-        const bool at_edge = task.row + qlgrad::math::kKernelRows >= shape.rows ||
-                             task.column + qlgrad::math::kPanelColumns >= shape.columns;
-        full_inside =
-            full_inside &&
-            (at_edge || (task.rows == qlgrad::math::kKernelRows && task.columns == qlgrad::math::kPanelColumns));
-      }
-      tally.check(name.str() + ": every element once",
-                  std::all_of(covered.begin(), covered.end(), [](int count) { return count == 1; }));
-      tally.check(name.str() + ": full tasks but at the edges", full_inside);
-      if (shape.measured) {
-        tally.check(name.str() + ": at least 64 tasks", tasks.size() >= 64, std::to_string(tasks.size()));
-        for (const int64_t threads : {2, 16, 64}) {
-          const double share = largest_share(tasks, shape.rows, shape.columns, threads);
-          tally.check(name.str() + ", " + std::to_string(threads) + " threads: shares within 15%", share <= 1.15,
-                      std::to_string(share));
+        tally.check(name.str() + ": every element once",
+                    std::all_of(covered.begin(), covered.end(), [](int count) { return count == 1; }));
+        tally.check(name.str() + ": full tasks but at the edges", full_inside);
+        if (shape.measured) {
+          tally.check(name.str() + ": at least 64 tasks", tasks.size() >= 64, std::to_string(tasks.size()));
+          for (const int64_t threads : {2, 16, 64}) {
+            const double share = largest_share(tasks, shape.rows, shape.columns, threads);
+            tally.check(name.str() + ", " + std::to_string(threads) + " threads: shares within 15%", share <= 1.15,
+                        std::to_string(share));
+          }
         }
       }
     }

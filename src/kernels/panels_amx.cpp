@@ -1,0 +1,197 @@
+// The panel GEMM's kernels on AMX tiles (Intel's Xeons from Sapphire Rapids): bfloat16 products
+// with float32 sums (tdpbf16ps) and int8 products with int32 sums (tdpbsud), each instruction
+// 16 rows by 16 columns by a tile row's depth. The weight's panels are those of the AVX-512
+// kernels (panels_avx512_bf16.cpp, panels_avx512_vnni.cpp): a panel row holds 32 columns of
+// pairs or quads of depth, 128 bytes, whose halves are the rows of AMX's second operand, so
+// they are read as they are. lhs is packed in tiles of 16 rows of 64 bytes.
+
+#include "variants.h"
+
+#include "amx.h"
+
+#include <type_traits>
+
+namespace qlgrad::math {
+namespace {
+
+// Every tile 16 rows of 64 bytes: 0 to 3 the sums of rows 0-15 by columns 0-15, rows 0-15 by
+// columns 16-31, rows 16-31 by columns 0-15 and rows 16-31 by columns 16-31; 4 and 5 lhs's rows
+// 0-15 and 16-31; 6 and 7 the panel's columns 0-15 and 16-31.
+constexpr int64_t kTileRowBytes = 64;
+struct alignas(64) TileConfig {
+  uint8_t palette = 1;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t bytes_per_row[16] = {64, 64, 64, 64, 64, 64, 64, 64};
+  uint8_t rows[16] = {16, 16, 16, 16, 16, 16, 16, 16};
+};
+// Static: ldtilecfg reads 64 bytes that GCC's intrinsic declares as 8.
+constexpr TileConfig kTileConfig{};
+
+// A panel row: 32 columns of 4 bytes (a pair of bfloat16 or a quad of int8 values).
+constexpr int64_t kPanelRowBytes = kPanelColumns * 4;
+
+// The tile products of lhs's tile `Lhs` (4 or 5) by both panel tiles, into the sums of its rows.
+// (The intrinsics name their tiles by literal numbers.)
+template <typename Element, int Lhs>
+[[gnu::always_inline]] inline void multiply_tiles() {
+  if constexpr (std::is_same_v<Element, int8_t>) {
+    if constexpr (Lhs == 4) {
+      _tile_dpbsud(0, 4, 6);
+      _tile_dpbsud(1, 4, 7);
+    } else {
+      _tile_dpbsud(2, 5, 6);
+      _tile_dpbsud(3, 5, 7);
+    }
+  } else if constexpr (Lhs == 4) {
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+  } else {
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+}
+
+// The sums of `rows` rows (up to kAmxTaskRows; the bottom tiles with Bottom) by a panel.
+template <bool Bottom, typename Element, typename Sum>
+void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth, Sum* out,
+                 int64_t ldo, int64_t width, bool accumulate) {
+  constexpr int64_t kDepthStep = kTileRowBytes / sizeof(Element);
+  constexpr int64_t kSumRowBytes = kPanelColumns * sizeof(Sum);
+  const int64_t out_stride = ldo * int64_t{sizeof(Sum)};
+  // Whole tiles of the output are loaded and stored where they lie; the last rows and columns
+  // go through `sums`.
+  const bool whole = width == kPanelColumns && rows == (Bottom ? kAmxTaskRows : kAmxBlockRows);
+  if (whole && accumulate) {
+    _tile_loadd(0, out, out_stride);
+    _tile_loadd(1, out + 16, out_stride);
+    if constexpr (Bottom) {
+      _tile_loadd(2, out + 16 * ldo, out_stride);
+      _tile_loadd(3, out + 16 * ldo + 16, out_stride);
+    }
+  } else {
+    _tile_zero(0);
+    _tile_zero(1);
+    if constexpr (Bottom) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+  }
+  const auto* top_rows = reinterpret_cast<const char*>(lhs);
+  const auto* bottom_rows = reinterpret_cast<const char*>(lhs + lhs_block_stride);
+  const auto* panel_rows = static_cast<const char*>(panel);
+  for (int64_t step = 0; step < depth / kDepthStep; ++step) {
+    const int64_t lhs_offset = step * kAmxBlockRows * kTileRowBytes;
+    const char* panel_step = panel_rows + step * 16 * kPanelRowBytes;
+    _tile_loadd(6, panel_step, kPanelRowBytes);
+    _tile_loadd(7, panel_step + kTileRowBytes, kPanelRowBytes);
+    _tile_loadd(4, top_rows + lhs_offset, kTileRowBytes);
+    multiply_tiles<Element, 4>();
+    if constexpr (Bottom) {
+      _tile_loadd(5, bottom_rows + lhs_offset, kTileRowBytes);
+      multiply_tiles<Element, 5>();
+    }
+  }
+  if (whole) {
+    _tile_stored(0, out, out_stride);
+    _tile_stored(1, out + 16, out_stride);
+    if constexpr (Bottom) {
+      _tile_stored(2, out + 16 * ldo, out_stride);
+      _tile_stored(3, out + 16 * ldo + 16, out_stride);
+    }
+    return;
+  }
+  alignas(64) Sum sums[kAmxTaskRows][kPanelColumns];
+  _tile_stored(0, sums[0], kSumRowBytes);
+  _tile_stored(1, sums[0] + 16, kSumRowBytes);
+  if constexpr (Bottom) {
+    _tile_stored(2, sums[16], kSumRowBytes);
+    _tile_stored(3, sums[16] + 16, kSumRowBytes);
+  }
+  const __mmask16 low_mask = avx512::lanes_mask(width), high_mask = avx512::lanes_mask(width - 16);
+  for (int64_t r = 0; r < rows; ++r) {
+    Sum* row = out + r * ldo;
+    for (const auto [column, mask] : {std::pair(0, low_mask), std::pair(16, high_mask)}) {
+      __m512i values = _mm512_load_si512(sums[r] + column);
+      if (accumulate) {
+        const __m512i stored = _mm512_maskz_loadu_epi32(mask, row + column);
+        values = std::is_same_v<Sum, float>
+                     ? _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(values), _mm512_castsi512_ps(stored)))
+                     : _mm512_add_epi32(values, stored);
+      }
+      _mm512_mask_storeu_epi32(row + column, mask, values);
+    }
+  }
+}
+
+template <typename Element, typename Sum>
+void panel_rows_amx(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth,
+                    Sum* out, int64_t ldo, int64_t width, bool accumulate) {
+  if (rows > kAmxBlockRows) {
+    tile_kernel<true>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+  } else {
+    tile_kernel<false>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+  }
+}
+
+// A block of kAmxBlockRows rows of lhs as tiles: block[n / S][r][n % S] for the S values of a tile
+// row, zero past `count` rows and past `depth`. load(r, n, values) gives row r's S values from n
+// as one vector, of which `values` exist (zero past them).
+template <typename Element, typename Load>
+void pack_tiles(int64_t count, int64_t depth, Element* block, const Load& load) {
+  constexpr int64_t kDepthStep = kTileRowBytes / sizeof(Element);
+  for (int64_t n = 0; n < depth; n += kDepthStep) {
+    for (int64_t r = 0; r < kAmxBlockRows; ++r) {
+      _mm512_storeu_si512(block + (n * kAmxBlockRows + r * kDepthStep),
+                          r < count ? load(r, n, std::min(kDepthStep, depth - n)) : _mm512_setzero_si512());
+    }
+  }
+}
+
+template <typename Source>
+void pack_bfloat16_tiles(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
+                         int64_t factor_stride, at::BFloat16* block) {
+  pack_tiles(count, depth, block, [&](int64_t r, int64_t n, int64_t values) {
+    auto row = avx512::load32(lhs + r * ldl + n, values);
+    avx512::multiply32(row, factors, factor_stride, n, values);
+    // vcvtne2ps2bf16 puts its second operand's values first.
+    return (__m512i)_mm512_cvtne2ps_pbh(row.second, row.first);
+  });
+}
+
+} // namespace
+
+void configure_tiles_amx() {
+  _tile_loadconfig(&kTileConfig);
+}
+
+void panel_rows_bfloat16_amx(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
+                             int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate) {
+  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+}
+
+void pack_rows_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
+                            int64_t factor_stride, at::BFloat16* block) {
+  pack_bfloat16_tiles(lhs, ldl, count, depth, factors, factor_stride, block);
+}
+
+void pack_float_rows_bfloat16_amx(const float* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
+                                  int64_t factor_stride, at::BFloat16* block) {
+  pack_bfloat16_tiles(lhs, ldl, count, depth, factors, factor_stride, block);
+}
+
+void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
+                         int32_t* out, int64_t ldo, int64_t width, bool accumulate) {
+  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+}
+
+// int8 rows take no factors (PackRowsFn): they are packed as they are.
+void pack_rows_int8_amx(const int8_t* lhs, int64_t ldl, int64_t count, int64_t depth, const float* /*factors*/,
+                        int64_t /*factor_stride*/, int8_t* block) {
+  pack_tiles(count, depth, block, [&](int64_t r, int64_t n, int64_t values) {
+    const __mmask64 mask = values >= 64 ? ~__mmask64{0} : (__mmask64{1} << values) - 1;
+    return _mm512_maskz_loadu_epi8(mask, lhs + r * ldl + n);
+  });
+}
+
+} // namespace qlgrad::math
