@@ -11,6 +11,7 @@
 //   _int8_linear                  the integer product of torchao's int8 layers' training
 //                                 forward (internal)
 //   _int8_linear_rescaled         the same, rescaled as torchao rescales it
+//   _int8_quantize_rows           the activation quantization of that forward (internal)
 //   _int8_groupwise_linear        the product of torchao's group-wise int8 layers' training
 //                                 forward (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
@@ -19,6 +20,7 @@
 
 #include "qlgrad_ops.h"
 
+#include "activation_quantization.h"
 #include "argument_checks.h"
 #include "backward_math.h"
 #include "matmul.h"
@@ -234,6 +236,14 @@ at::Tensor int8_linear_rescaled_cpu(const at::Tensor& input, const at::Tensor& w
   return math::int8_linear_rescaled(input.contiguous(), weight.contiguous(), row_scale, weight_scale, bias, dtype);
 }
 
+std::tuple<at::Tensor, at::Tensor> int8_quantize_rows_cpu(const at::Tensor& input) {
+  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
+                   "qlgrad: input must be a float32 or bfloat16 tensor, got ", input.scalar_type());
+  TORCH_CHECK_VALUE(input.dim() == 2, "qlgrad: input must be 2-D, got shape ", input.sizes());
+  auto [codes, scale] = math::int8_quantize_rows_symmetric(input.contiguous());
+  return {codes, scale};
+}
+
 // ---- _int8_groupwise_linear -----------------------------------------------------
 
 at::Tensor int8_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scale,
@@ -290,6 +300,9 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   m.def(
       "_int8_linear_rescaled(Tensor input, Tensor weight, Tensor row_scale, Tensor weight_scale, Tensor? bias, "
       "ScalarType dtype) -> Tensor");
+  // torchao's symmetric int8 quantization of an activation per row, one operation at a time as
+  // torch rounds it on x86 CPUs (internal): the codes and float32 scales [M, 1].
+  m.def("_int8_quantize_rows(Tensor input) -> (Tensor codes, Tensor scale)");
   // input @ (scale * (weight - zero_point)).T from int8 codes with group-wise parameters: the
   // product of the training forward of torchao's group-wise int8 layers (internal).
   m.def("_int8_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");
@@ -311,6 +324,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("linear_int4pack_backward", &qlgrad::detail::linear_int4pack_backward_cpu);
   m.impl("_int8_linear", &qlgrad::detail::int8_linear_cpu);
   m.impl("_int8_linear_rescaled", &qlgrad::detail::int8_linear_rescaled_cpu);
+  m.impl("_int8_quantize_rows", &qlgrad::detail::int8_quantize_rows_cpu);
   m.impl("_int8_groupwise_linear", &qlgrad::detail::int8_groupwise_linear_cpu);
 }
 

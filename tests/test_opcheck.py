@@ -81,6 +81,11 @@ def int8_linear_rescaled_cases():
             )
 
 
+def int8_quantize_rows_cases():
+    for dtype in (torch.float32, torch.bfloat16):
+        yield (torch.randn(5, 64).to(dtype),), None
+
+
 def int8_groupwise_linear_cases():
     """The training forward's product of torchao's group-wise int8 layers: groups of 16 columns and
     one per row, both dtypes."""
@@ -155,6 +160,7 @@ OPCHECK_CASES = {
     "_int4pack_linear": int4pack_linear_cases,
     "_int8_linear": int8_linear_cases,
     "_int8_linear_rescaled": int8_linear_rescaled_cases,
+    "_int8_quantize_rows": int8_quantize_rows_cases,
     "_int8_groupwise_linear": int8_groupwise_linear_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),

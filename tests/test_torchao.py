@@ -234,6 +234,48 @@ def test_rescaled_integer_product_names_every_bad_argument():
             torch.ops.qlgrad._int8_linear_rescaled(*arguments)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-6, 1.0, 1e30])
+def test_activation_quantization_is_torchaos(dtype, magnitude):
+    """torch.ops.qlgrad._int8_quantize_rows is torchao's symmetric per-row int8 quantization, bit for
+    bit: its scales (rounded to the activation's dtype, then clamped at float32's epsilon, which
+    all-zero rows and tiny ones reach) and its codes (rounded half to even), on rows that leave
+    partial vectors; rows with a NaN or an infinity as torch's steps make them on x86 CPUs."""
+    from torchao.quantization.granularity import PerRow
+    from torchao.quantization.quantize_.workflows import Int8Tensor
+
+    generator = torch.Generator().manual_seed(0)
+    input = (torch.randn(37, 301, generator=generator) * magnitude).to(dtype)
+    input[1] = 0
+    input[2, :5] = torch.tensor([2.5, -2.5, 0.5, -0.5, 1.5]) * input[2].abs().max() / 127.5
+    expected = Int8Tensor.from_hp(input, PerRow())
+    codes, scale = torch.ops.qlgrad._int8_quantize_rows(input)
+    assert torch.equal(codes, expected.qdata) and torch.equal(scale, expected.scale)
+    input[3, 7], input[4, 0], input[5, 9], input[5, 10] = float("nan"), float("-inf"), float("inf"), float("nan")
+    expected = Int8Tensor.from_hp(input, PerRow())
+    codes, scale = torch.ops.qlgrad._int8_quantize_rows(input)
+    assert torch.equal(codes, expected.qdata)
+    torch.testing.assert_close(scale, expected.scale, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_training_forward_of_non_finite_activations_is_torchaos(dtype):
+    # Rows that hold a NaN or an infinity, of a 3-D input (a row per token).
+    layer = quantized_linear(48, 16, dtype=dtype)
+    input = torch.randn(4, 6, 48, dtype=dtype)
+    input[1, 2, 3], input[2, 0, 0] = float("nan"), float("inf")
+    expected = layer(input)
+    got = layer(input.requires_grad_())
+    assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.nan_to_num(), expected.nan_to_num())
+
+
+def test_activation_quantization_names_every_bad_argument():
+    with pytest.raises(TypeError, match="input must be a float32 or bfloat16 tensor"):
+        torch.ops.qlgrad._int8_quantize_rows(torch.zeros(3, 8, dtype=torch.half))
+    with pytest.raises(ValueError, match="input must be 2-D"):
+        torch.ops.qlgrad._int8_quantize_rows(torch.zeros(2, 3, 8))
+
+
 def test_activation_pre_scale_is_differentiated():
     # SmoothQuant and AWQ put a per-feature scale on the weight that the forward multiplies the input by.
     torch.manual_seed(0)

@@ -25,6 +25,7 @@ executed.
 """
 
 import functools
+import platform
 import warnings
 from collections.abc import Callable
 from typing import NamedTuple
@@ -38,6 +39,9 @@ from .ops import chosen_backward_precision, effective_backward_precision, linear
 # The torchao releases whose tensor subclasses this module has been tested against: the
 # handlers rely on where torchao keeps the int values, scales and activation settings.
 SUPPORTED_TORCHAO_VERSIONS = ("0.18.0",)
+
+# torch.ops.qlgrad._int8_quantize_rows gives a NaN the int8 code x86 CPUs convert it to.
+_IS_X86 = platform.machine() in ("x86_64", "AMD64")
 
 _NOT_COVERED = (
     "input gradients through torchao's activation-quantizing linear layers (quantize_ with "
@@ -95,14 +99,10 @@ def _int8_tensor_training_forward(input, weight, bias, stock_forward):
     they are stored, and the rescaling below is torchao's, step for step (torchao 0.18.0's
     Int8Tensor linear), so the output is torchao's exactly.
     """
-    from torchao.quantization.quantize_.common import _choose_quant_func_and_quantize_tensor
-
     output_dtype = input.dtype
     if weight.act_pre_scale is not None:
         input = input * weight.act_pre_scale
-    activation = _choose_quant_func_and_quantize_tensor(
-        input, weight.act_quant_kwargs, scale=weight.act_quant_scale, zero_point=weight.act_quant_zero_point
-    )
+    activation = _quantized_activation(input, weight)
     codes = activation.qdata.reshape(-1, activation.qdata.shape[-1])
     # A float16 activation scale would overflow: torchao rescales in float32 then.
     sum_dtype = torch.float if activation.scale.dtype == torch.half else activation.scale.dtype
@@ -138,6 +138,39 @@ def _int8_tensor_training_forward(input, weight, bias, stock_forward):
     if bias is not None:
         output += bias
     return output.to(output_dtype)
+
+
+class _QuantizedActivation(NamedTuple):
+    qdata: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor | None
+
+
+def _quantized_activation(input, weight):
+    """torchao's quantization of an Int8Tensor layer's activation (its Int8Tensor's data, scale and
+    zero point), bit for bit: the common case, symmetric per row (dynamic, full int8 range, a
+    float32 or bfloat16 activation on an x86 CPU), in one pass by
+    torch.ops.qlgrad._int8_quantize_rows; the others by torchao."""
+    from torchao.quantization.granularity import PerRow
+    from torchao.quantization.quant_primitives import MappingType
+    from torchao.quantization.quantize_.common import _choose_quant_func_and_quantize_tensor
+    from torchao.quantization.quantize_.workflows import QuantizeTensorToInt8Kwargs
+
+    kwargs = weight.act_quant_kwargs
+    if (
+        isinstance(kwargs, QuantizeTensorToInt8Kwargs)
+        and isinstance(kwargs.granularity, PerRow)
+        and kwargs.mapping_type == MappingType.SYMMETRIC
+        and not kwargs.reduce_range
+        and weight.act_quant_scale is None
+        and input.dtype in (torch.float32, torch.bfloat16)
+        and _IS_X86
+    ):
+        codes, scale = torch.ops.qlgrad._int8_quantize_rows(input.reshape(-1, input.shape[-1]))
+        return _QuantizedActivation(codes.view(input.shape), scale.view(*input.shape[:-1], 1), None)
+    return _choose_quant_func_and_quantize_tensor(
+        input, kwargs, scale=weight.act_quant_scale, zero_point=weight.act_quant_zero_point
+    )
 
 
 def _intx_training_forward(input, weight, bias, stock_forward):

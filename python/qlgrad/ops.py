@@ -178,6 +178,11 @@ def _int8_linear_rescaled_fake(input, weight, row_scale, weight_scale, bias, dty
     return input.new_empty((input.shape[0], weight.shape[0]), dtype=dtype)
 
 
+@torch.library.register_fake("qlgrad::_int8_quantize_rows")
+def _int8_quantize_rows_fake(input):
+    return input.new_empty(input.shape, dtype=torch.int8), input.new_empty((input.shape[0], 1), dtype=torch.float)
+
+
 @torch.library.register_fake("qlgrad::_int8_groupwise_linear")
 def _int8_groupwise_linear_fake(input, weight, scale, zero_point):
     torch._check(input.shape[-1] == weight.shape[-1], lambda: "input [M, K] and weight [N, K] must share K")

@@ -15,6 +15,8 @@ Kernels portable_kernels() {
   table.convert_codes_bfloat16 = &convert_codes_bfloat16_portable;
   table.copy_blocked = &copy_blocked_portable;
   table.quantize_rows = &quantize_rows_portable;
+  table.quantize_rows_symmetric = &quantize_rows_symmetric_portable;
+  table.quantize_rows_symmetric_bfloat16 = &quantize_rows_symmetric_bfloat16_portable;
   // ATen's portable int4 kernel packs rows two by two; off x86-64, its packing is not read.
 #if defined(__x86_64__)
   table.int4_packing = {32, false};
@@ -34,12 +36,14 @@ Kernels avx2_kernels() {
   table.convert_codes_float = &convert_codes_float_avx2;
   table.convert_codes_bfloat16 = &convert_codes_bfloat16_avx2;
   table.quantize_rows = &quantize_rows_avx2;
+  table.quantize_rows_symmetric = &quantize_rows_symmetric_avx2;
+  table.quantize_rows_symmetric_bfloat16 = &quantize_rows_symmetric_bfloat16_avx2;
   table.int4_packing = {32, true};
   return table;
 }
 
 Kernels avx512_kernels() {
-  // The row quantizer is AVX2's: its loops are short and bound by the rounding.
+  // The row quantizers are AVX2's: their loops are short and bound by the rounding.
   Kernels table = avx2_kernels();
   table.instruction_set = InstructionSet::kAvx512;
   table.stream_int8 = &stream_int8_avx512;

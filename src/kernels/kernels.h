@@ -91,6 +91,18 @@ using CopyBlockedFn = void(const BlockedLayout& layout, const int8_t* packed, in
 using QuantizeRowsFn = void(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
                             int8_t* quantized, float* row_scale);
 
+// torchao's symmetric int8 quantization of activations per row (choose_qparams_affine and
+// quantize_affine with PerRow granularity, MappingType.SYMMETRIC, eps float32's epsilon), one
+// operation at a time as torch rounds it, for rows [begin, end) of input [M, n] (float32, or
+// bfloat16 whose results the steps in its dtype round to bfloat16):
+//   s[m] = max(max(-min(min_j x[m, j], 0), max(max_j x[m, j], 0)) / 127.5, eps) in x's dtype
+//   q[m, j] = clamp(round_half_even(x[m, j] * (1 / s[m])), -128, 127) in float32
+// into row_scale[m] (float32) and quantized. A row holding a NaN gets a NaN scale, one holding an
+// infinity (and no NaN) an infinite one, both codes of 0: torch's steps on an x86 CPU.
+template <typename Element>
+using QuantizeRowsSymmetricFn = void(const Element* input, int64_t begin, int64_t end, int64_t n, int8_t* quantized,
+                                     float* row_scale);
+
 // A block of up to kKernelRows rows of lhs packed for the panel kernels: block[n / P][r][n % P] =
 // lhs[r, n] * factors[n * factor_stride] (copied where factors is null), each product rounded
 // once to Element, for r < count and n < depth; zero for count <= r < kKernelRows and past depth
@@ -217,6 +229,8 @@ struct Kernels {
   ConvertCodesFn<at::BFloat16>* convert_codes_bfloat16;
   CopyBlockedFn* copy_blocked;
   QuantizeRowsFn* quantize_rows;
+  QuantizeRowsSymmetricFn<float>* quantize_rows_symmetric;
+  QuantizeRowsSymmetricFn<at::BFloat16>* quantize_rows_symmetric_bfloat16;
   // torch's int4 packing under this instruction set (block 0 where qlgrad does not read it).
   Int4Packing int4_packing;
   // The panel GEMM, the int4 stream and the direct stream over fbgemm's packing: AVX-512 only,

@@ -1,9 +1,12 @@
 #pragma once
-// The row quantizer (QuantizeRowsFn) as plain loops that the compiler vectorizes:
-// row_quantization_portable.cpp and row_quantization_avx2.cpp compile it for their instruction
-// sets, because this loop is what stands between the gradient and the integer GEMM.
+// The row quantizers (QuantizeRowsFn, QuantizeRowsSymmetricFn) as plain loops that the compiler
+// vectorizes: row_quantization_portable.cpp and row_quantization_avx2.cpp compile them for their
+// instruction sets, because these loops are what stands between the gradient (or the activation)
+// and the integer GEMM.
 
 #include "kernels.h"
+
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cmath>
@@ -58,6 +61,54 @@ template <typename Real>
       const double tiny_max_abs = row_max_abs<double>(row, channel_scale, n);
       round_row<double>(row, channel_scale, n, tiny_max_abs > 0 ? 127.0 / tiny_max_abs : 0.0, out);
       row_scale[m] = static_cast<float>(tiny_max_abs / 127.0);
+    }
+  }
+}
+
+// A float32 result as a tensor of Element's dtype holds it: rounded to nearest even for bfloat16.
+template <typename Element>
+[[gnu::always_inline]] inline float in_dtype_of(float value) {
+  if constexpr (std::is_same_v<Element, at::BFloat16>) {
+    return static_cast<float>(at::BFloat16(value));
+  }
+  return value;
+}
+
+// The symmetric activation quantizer of kernels.h: one pass over each row (in cache) for its
+// extremes and one to round.
+template <typename Element>
+[[gnu::always_inline]] inline void quantize_rows_symmetric(const Element* input, int64_t begin, int64_t end, int64_t n,
+                                                           int8_t* quantized, float* row_scale) {
+  // torch.clamp converts its bound to the tensor's dtype.
+  const float eps = in_dtype_of<Element>(std::numeric_limits<float>::epsilon());
+  for (int64_t m = begin; m < end; ++m) {
+    const Element* row = input + m * n;
+    // min(min_j x, 0) and max(max_j x, 0) at once; the values that are not finite counted apart,
+    // so that the reductions vectorize.
+    float low = 0, high = 0;
+    int64_t non_finite = 0, nans = 0;
+#pragma omp simd reduction(min : low) reduction(max : high) reduction(+ : non_finite, nans)
+    for (int64_t j = 0; j < n; ++j) {
+      const float value = static_cast<float>(row[j]);
+      low = value < low ? value : low;
+      high = value > high ? value : high;
+      non_finite += !(std::fabs(value) <= std::numeric_limits<float>::max());
+      nans += value != value;
+    }
+    int8_t* out = quantized + m * n;
+    if (non_finite > 0) {
+      // torch's steps make the scale NaN (or an infinity), every value times its inverse NaN (or
+      // zero), and x86 CPUs convert a NaN to the int8 code 0.
+      row_scale[m] = nans > 0 ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+      std::fill(out, out + n, int8_t{0});
+      continue;
+    }
+    const float scale = std::max(in_dtype_of<Element>(std::max(-low, high) / 127.5f), eps);
+    const float inverse = 1.0f / scale;
+    row_scale[m] = scale;
+    for (int64_t j = 0; j < n; ++j) {
+      const float rounded = std::nearbyint(static_cast<float>(row[j]) * inverse);
+      out[j] = static_cast<int8_t>(std::clamp(rounded, -128.0f, 127.0f));
     }
   }
 }

@@ -14,6 +14,8 @@ ConvertCodesFn<float> convert_codes_float_portable;
 ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_portable;
 CopyBlockedFn copy_blocked_portable;
 QuantizeRowsFn quantize_rows_portable;
+QuantizeRowsSymmetricFn<float> quantize_rows_symmetric_portable;
+QuantizeRowsSymmetricFn<at::BFloat16> quantize_rows_symmetric_bfloat16_portable;
 
 // AVX2 (x86-64 only).
 StreamFn<int8_t> stream_int8_avx2;
@@ -21,6 +23,8 @@ StreamFn<at::Half> stream_float16_avx2;
 ConvertCodesFn<float> convert_codes_float_avx2;
 ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_avx2;
 QuantizeRowsFn quantize_rows_avx2;
+QuantizeRowsSymmetricFn<float> quantize_rows_symmetric_avx2;
+QuantizeRowsSymmetricFn<at::BFloat16> quantize_rows_symmetric_bfloat16_avx2;
 
 // AVX-512 (x86-64 only).
 StreamFn<int8_t> stream_int8_avx512;

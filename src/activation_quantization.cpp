@@ -1,0 +1,30 @@
+#include "activation_quantization.h"
+
+#include "kernels/kernels.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+namespace qlgrad::math {
+
+std::pair<at::Tensor, at::Tensor> int8_quantize_rows_symmetric(const at::Tensor& input) {
+  TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous());
+  TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16);
+  const int64_t rows = input.size(0), n = input.size(1);
+  auto quantized = at::empty({rows, n}, input.options().dtype(at::kChar));
+  auto row_scale = at::empty({rows, 1}, input.options().dtype(at::kFloat));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(n, 1));
+  const auto& kernel = kernels();
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    int8_t* codes = quantized.mutable_data_ptr<int8_t>();
+    float* scales = row_scale.mutable_data_ptr<float>();
+    if (input.scalar_type() == at::kFloat) {
+      kernel.quantize_rows_symmetric(input.const_data_ptr<float>(), begin, end, n, codes, scales);
+    } else {
+      kernel.quantize_rows_symmetric_bfloat16(input.const_data_ptr<at::BFloat16>(), begin, end, n, codes, scales);
+    }
+  });
+  return {quantized, row_scale};
+}
+
+} // namespace qlgrad::math

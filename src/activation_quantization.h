@@ -1,0 +1,15 @@
+#pragma once
+// The activation quantization of torchao's int8 layers' training forward, in one pass per row.
+
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+
+namespace qlgrad::math {
+
+// input float32 or bfloat16 [M, K], contiguous: torchao's symmetric int8 quantization per row
+// (QuantizeRowsSymmetricFn), the codes int8 [M, K] and the scales float32 [M, 1], those of rows
+// with a NaN or an infinity too.
+std::pair<at::Tensor, at::Tensor> int8_quantize_rows_symmetric(const at::Tensor& input);
+
+} // namespace qlgrad::math
