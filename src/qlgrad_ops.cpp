@@ -12,6 +12,7 @@
 //                                 forward (internal)
 //   _int8_linear_rescaled         the same, rescaled as torchao rescales it
 //   _int8_quantize_rows           the activation quantization of that forward (internal)
+//   _int8_quant_dequant_rows      that of torchao's group-wise int8 layers' (internal)
 //   _int8_groupwise_linear        the product of torchao's group-wise int8 layers' training
 //                                 forward (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
@@ -236,12 +237,21 @@ at::Tensor int8_linear_rescaled_cpu(const at::Tensor& input, const at::Tensor& w
   return math::int8_linear_rescaled(input.contiguous(), weight.contiguous(), row_scale, weight_scale, bias, dtype);
 }
 
-std::tuple<at::Tensor, at::Tensor> int8_quantize_rows_cpu(const at::Tensor& input) {
+void check_activation(const at::Tensor& input) {
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
                    "qlgrad: input must be a float32 or bfloat16 tensor, got ", input.scalar_type());
   TORCH_CHECK_VALUE(input.dim() == 2, "qlgrad: input must be 2-D, got shape ", input.sizes());
+}
+
+std::tuple<at::Tensor, at::Tensor> int8_quantize_rows_cpu(const at::Tensor& input) {
+  check_activation(input);
   auto [codes, scale] = math::int8_quantize_rows_symmetric(input.contiguous());
   return {codes, scale};
+}
+
+at::Tensor int8_quant_dequant_rows_cpu(const at::Tensor& input) {
+  check_activation(input);
+  return math::int8_quant_dequant_rows_asymmetric(input.contiguous());
 }
 
 // ---- _int8_groupwise_linear -----------------------------------------------------
@@ -303,6 +313,10 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // torchao's symmetric int8 quantization of an activation per row, one operation at a time as
   // torch rounds it on x86 CPUs (internal): the codes and float32 scales [M, 1].
   m.def("_int8_quantize_rows(Tensor input) -> (Tensor codes, Tensor scale)");
+  // torchao's asymmetric int8 quantization of an activation per row, dequantized, one operation
+  // at a time as torch rounds it on x86 CPUs (internal): the activation torchao's group-wise
+  // int8 layers multiply.
+  m.def("_int8_quant_dequant_rows(Tensor input) -> Tensor");
   // input @ (scale * (weight - zero_point)).T from int8 codes with group-wise parameters: the
   // product of the training forward of torchao's group-wise int8 layers (internal).
   m.def("_int8_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");
@@ -325,6 +339,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("_int8_linear", &qlgrad::detail::int8_linear_cpu);
   m.impl("_int8_linear_rescaled", &qlgrad::detail::int8_linear_rescaled_cpu);
   m.impl("_int8_quantize_rows", &qlgrad::detail::int8_quantize_rows_cpu);
+  m.impl("_int8_quant_dequant_rows", &qlgrad::detail::int8_quant_dequant_rows_cpu);
   m.impl("_int8_groupwise_linear", &qlgrad::detail::int8_groupwise_linear_cpu);
 }
 

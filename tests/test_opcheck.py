@@ -82,6 +82,7 @@ def int8_linear_rescaled_cases():
 
 
 def int8_quantize_rows_cases():
+    """An activation of each dtype (the quantizations of both _int8_quantize_rows and _int8_quant_dequant_rows)."""
     for dtype in (torch.float32, torch.bfloat16):
         yield (torch.randn(5, 64).to(dtype),), None
 
@@ -161,6 +162,7 @@ OPCHECK_CASES = {
     "_int8_linear": int8_linear_cases,
     "_int8_linear_rescaled": int8_linear_rescaled_cases,
     "_int8_quantize_rows": int8_quantize_rows_cases,
+    "_int8_quant_dequant_rows": int8_quantize_rows_cases,
     "_int8_groupwise_linear": int8_groupwise_linear_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),

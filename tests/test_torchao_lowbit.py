@@ -216,6 +216,34 @@ def test_groupwise_product_is_the_float64_product(dtype):
         assert got.dtype == dtype and relative_error(got, expected) <= bound, (rows, groups)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("magnitude", [1e-30, 1e-6, 1.0, 1e30, 1e38])
+@pytest.mark.parametrize("offset", [0.0, 3.0])
+def test_activation_quantization_is_torchaos(dtype, magnitude, offset):
+    """torch.ops.qlgrad._int8_quant_dequant_rows, the activation the group-wise layers multiply, is
+    torchao's asymmetric per-token quantization and dequantization, bit for bit: each step
+    rounded to the activation's dtype, an all-zero row (the scale clamped at its smallest
+    normal), rows all of one sign, values whose range overflows, and rows with a NaN or an
+    infinity, as torch's steps carry them on x86 CPUs."""
+    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
+
+    generator = torch.Generator().manual_seed(0)
+    input = ((torch.randn(37, 301, generator=generator) + offset) * magnitude).to(dtype)
+    input[1] = 0
+    input[2, 7], input[3, 0], input[4, 9], input[4, 10] = float("nan"), float("inf"), float("-inf"), float("nan")
+    expected = intx._apply_int8_act_asym_per_token_quant_dequant(input)
+    got = torch.ops.qlgrad._int8_quant_dequant_rows(input)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_activation_quantization_names_every_bad_argument():
+    with pytest.raises(TypeError, match="input must be a float32 or bfloat16 tensor"):
+        torch.ops.qlgrad._int8_quant_dequant_rows(torch.zeros(3, 8, dtype=torch.half))
+    with pytest.raises(ValueError, match="input must be 2-D"):
+        torch.ops.qlgrad._int8_quant_dequant_rows(torch.zeros(8))
+
+
 WEIGHT_ONLY_CONFIGS = {
     "int8": lambda: Int8WeightOnlyConfig(),
     "intx_int4": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4),

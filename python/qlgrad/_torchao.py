@@ -40,7 +40,8 @@ from .ops import chosen_backward_precision, effective_backward_precision, linear
 # handlers rely on where torchao keeps the int values, scales and activation settings.
 SUPPORTED_TORCHAO_VERSIONS = ("0.18.0",)
 
-# torch.ops.qlgrad._int8_quantize_rows gives a NaN the int8 code x86 CPUs convert it to.
+# torch.ops.qlgrad._int8_quantize_rows and _int8_quant_dequant_rows give a NaN the int8 code x86
+# CPUs convert it to.
 _IS_X86 = platform.machine() in ("x86_64", "AMD64")
 
 _NOT_COVERED = (
@@ -177,7 +178,8 @@ def _intx_training_forward(input, weight, bias, stock_forward):
     """torchao's forward with int8 activations and group-wise int1-int8 weights, from the codes.
 
     torchao's own forward dequantizes the whole weight at every call, then multiplies; here its
-    activation quantization runs as it is, and torch.ops.qlgrad._int8_groupwise_linear multiplies
+    activation quantization runs step for step (in one pass on x86 CPUs,
+    torch.ops.qlgrad._int8_quant_dequant_rows), and torch.ops.qlgrad._int8_groupwise_linear multiplies
     by the codes where they lie: the same product up to the rounding of the sums (and of each
     weight value to bfloat16 for bfloat16 inputs, as torchao's bfloat16 weight holds it).
     """
@@ -192,7 +194,10 @@ def _intx_training_forward(input, weight, bias, stock_forward):
         or (groups > 1 and in_features // groups % 16)  # the product reads whole 16-column groups
     ):
         return stock_forward(input, bias)
-    quantized = intx._apply_int8_act_asym_per_token_quant_dequant(input)
+    if _IS_X86:
+        quantized = torch.ops.qlgrad._int8_quant_dequant_rows(input.reshape(-1, in_features)).view(input.shape)
+    else:
+        quantized = intx._apply_int8_act_asym_per_token_quant_dequant(input)
     zero_point = torch.zeros_like(weight.scale) if weight.zero_point is None else weight.zero_point
     output = torch.ops.qlgrad._int8_groupwise_linear(
         quantized.reshape(-1, in_features), weight.qdata, weight.scale, zero_point

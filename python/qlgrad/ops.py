@@ -183,6 +183,11 @@ def _int8_quantize_rows_fake(input):
     return input.new_empty(input.shape, dtype=torch.int8), input.new_empty((input.shape[0], 1), dtype=torch.float)
 
 
+@torch.library.register_fake("qlgrad::_int8_quant_dequant_rows")
+def _int8_quant_dequant_rows_fake(input):
+    return torch.empty_like(input)
+
+
 @torch.library.register_fake("qlgrad::_int8_groupwise_linear")
 def _int8_groupwise_linear_fake(input, weight, scale, zero_point):
     torch._check(input.shape[-1] == weight.shape[-1], lambda: "input [M, K] and weight [N, K] must share K")

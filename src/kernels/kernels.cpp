@@ -17,6 +17,8 @@ Kernels portable_kernels() {
   table.quantize_rows = &quantize_rows_portable;
   table.quantize_rows_symmetric = &quantize_rows_symmetric_portable;
   table.quantize_rows_symmetric_bfloat16 = &quantize_rows_symmetric_bfloat16_portable;
+  table.quant_dequant_rows_asymmetric = &quant_dequant_rows_asymmetric_portable;
+  table.quant_dequant_rows_asymmetric_bfloat16 = &quant_dequant_rows_asymmetric_bfloat16_portable;
   // ATen's portable int4 kernel packs rows two by two; off x86-64, its packing is not read.
 #if defined(__x86_64__)
   table.int4_packing = {32, false};
@@ -38,6 +40,8 @@ Kernels avx2_kernels() {
   table.quantize_rows = &quantize_rows_avx2;
   table.quantize_rows_symmetric = &quantize_rows_symmetric_avx2;
   table.quantize_rows_symmetric_bfloat16 = &quantize_rows_symmetric_bfloat16_avx2;
+  table.quant_dequant_rows_asymmetric = &quant_dequant_rows_asymmetric_avx2;
+  table.quant_dequant_rows_asymmetric_bfloat16 = &quant_dequant_rows_asymmetric_bfloat16_avx2;
   table.int4_packing = {32, true};
   return table;
 }

@@ -103,6 +103,19 @@ template <typename Element>
 using QuantizeRowsSymmetricFn = void(const Element* input, int64_t begin, int64_t end, int64_t n, int8_t* quantized,
                                      float* row_scale);
 
+// torchao's asymmetric int8 quantization of activations per row, then dequantized (torchao's
+// _apply_int8_act_asym_per_token_quant_dequant: choose_qparams_affine with
+// MappingType.ASYMMETRIC and its default eps, quantize_affine, dequantize_affine), one operation
+// at a time as torch rounds it, every step in x's dtype (float32, or bfloat16 rounding each
+// result to bfloat16), for rows [begin, end) of input [M, n] into out:
+//   lo = min(min_j x, 0), hi = max(max_j x, 0)
+//   s = max((hi - lo) / 255, smallest normal), z = clamp(-128 - round(lo / s), -128, 127)
+//   q = clamp(round(x * (1 / s)) + z, -128, 127), out = (q - z) * s
+// with NaNs and infinities flowing as torch's steps let them (on x86 CPUs, where a NaN
+// converted to int8 is 0).
+template <typename Element>
+using QuantDequantRowsFn = void(const Element* input, int64_t begin, int64_t end, int64_t n, Element* out);
+
 // A block of up to kKernelRows rows of lhs packed for the panel kernels: block[n / P][r][n % P] =
 // lhs[r, n] * factors[n * factor_stride] (copied where factors is null), each product rounded
 // once to Element, for r < count and n < depth; zero for count <= r < kKernelRows and past depth
@@ -231,6 +244,8 @@ struct Kernels {
   QuantizeRowsFn* quantize_rows;
   QuantizeRowsSymmetricFn<float>* quantize_rows_symmetric;
   QuantizeRowsSymmetricFn<at::BFloat16>* quantize_rows_symmetric_bfloat16;
+  QuantDequantRowsFn<float>* quant_dequant_rows_asymmetric;
+  QuantDequantRowsFn<at::BFloat16>* quant_dequant_rows_asymmetric_bfloat16;
   // torch's int4 packing under this instruction set (block 0 where qlgrad does not read it).
   Int4Packing int4_packing;
   // The panel GEMM, the int4 stream and the direct stream over fbgemm's packing: AVX-512 only,

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace qlgrad::math {
@@ -65,11 +66,17 @@ template <typename Real>
   }
 }
 
-// A float32 result as a tensor of Element's dtype holds it: rounded to nearest even for bfloat16.
+// A float32 result as a tensor of Element's dtype holds it: rounded to nearest even for bfloat16
+// (c10::BFloat16's rounding, its NaN too), without branches, so that the loops vectorize.
 template <typename Element>
 [[gnu::always_inline]] inline float in_dtype_of(float value) {
   if constexpr (std::is_same_v<Element, at::BFloat16>) {
-    return static_cast<float>(at::BFloat16(value));
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof(bits));
+    bits = value == value ? (bits + 0x7FFFu + ((bits >> 16) & 1u)) & 0xFFFF0000u : 0x7FC00000u;
+    float rounded;
+    std::memcpy(&rounded, &bits, sizeof(rounded));
+    return rounded;
   }
   return value;
 }
@@ -109,6 +116,66 @@ template <typename Element>
     for (int64_t j = 0; j < n; ++j) {
       const float rounded = std::nearbyint(static_cast<float>(row[j]) * inverse);
       out[j] = static_cast<int8_t>(std::clamp(rounded, -128.0f, 127.0f));
+    }
+  }
+}
+
+// A float that holds an integer in the int8 range, or a NaN, as the int8 code it converts to
+// (0 for a NaN, as x86 CPUs convert it), held as a float.
+[[gnu::always_inline]] inline float int8_code(float value) {
+  return value == value ? value : 0.0f;
+}
+
+// A float32 value as Element holds it (in_dtype_of's rounding).
+template <typename Element>
+[[gnu::always_inline]] inline Element to_element(float value) {
+  if constexpr (std::is_same_v<Element, at::BFloat16>) {
+    const float rounded = in_dtype_of<Element>(value);
+    uint32_t bits;
+    std::memcpy(&bits, &rounded, sizeof(bits));
+    return at::BFloat16(static_cast<uint16_t>(bits >> 16), at::BFloat16::from_bits());
+  } else {
+    return value;
+  }
+}
+
+// torch.clamp's: NaN stays NaN.
+[[gnu::always_inline]] inline float clamped(float value, float low, float high) {
+  return value == value ? std::clamp(value, low, high) : value;
+}
+
+// The asymmetric activation quantizer and dequantizer of kernels.h: one pass over each row for
+// its extremes and one to quantize and dequantize.
+template <typename Element>
+[[gnu::always_inline]] inline void quant_dequant_rows_asymmetric(const Element* input, int64_t begin, int64_t end,
+                                                                 int64_t n, Element* out) {
+  const auto step = [](float value) { return in_dtype_of<Element>(value); };
+  const float eps = step(std::numeric_limits<float>::min());
+  for (int64_t m = begin; m < end; ++m) {
+    const Element* row = input + m * n;
+    float low = 0, high = 0;
+    int64_t nans = 0;
+#pragma omp simd reduction(min : low) reduction(max : high) reduction(+ : nans)
+    for (int64_t j = 0; j < n; ++j) {
+      const float value = static_cast<float>(row[j]);
+      low = value < low ? value : low;
+      high = value > high ? value : high;
+      nans += value != value;
+    }
+    if (nans > 0) {
+      // torch.amin and amax propagate a NaN, and the steps below carry it on.
+      low = high = std::numeric_limits<float>::quiet_NaN();
+    }
+    float scale = step(step(high - low) / 255.0f);
+    scale = scale == scale ? std::max(scale, eps) : scale;
+    const float zero_point = clamped(step(-128.0f - std::nearbyint(step(low / scale))), -128.0f, 127.0f);
+    const float zero_code = int8_code(zero_point);
+    const float inverse = step(1.0f / scale);
+    Element* dequantized = out + m * n;
+    for (int64_t j = 0; j < n; ++j) {
+      const float rounded = std::nearbyint(step(static_cast<float>(row[j]) * inverse));
+      const float code = int8_code(clamped(step(rounded + zero_code), -128.0f, 127.0f));
+      dequantized[j] = to_element<Element>(step(code - zero_code) * scale);
     }
   }
 }

@@ -20,4 +20,13 @@ void quantize_rows_symmetric_bfloat16_avx2(const at::BFloat16* input, int64_t be
   quantize_rows_symmetric(input, begin, end, n, quantized, row_scale);
 }
 
+void quant_dequant_rows_asymmetric_avx2(const float* input, int64_t begin, int64_t end, int64_t n, float* out) {
+  quant_dequant_rows_asymmetric(input, begin, end, n, out);
+}
+
+void quant_dequant_rows_asymmetric_bfloat16_avx2(const at::BFloat16* input, int64_t begin, int64_t end, int64_t n,
+                                                 at::BFloat16* out) {
+  quant_dequant_rows_asymmetric(input, begin, end, n, out);
+}
+
 } // namespace qlgrad::math

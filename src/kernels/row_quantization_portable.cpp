@@ -18,4 +18,13 @@ void quantize_rows_symmetric_bfloat16_portable(const at::BFloat16* input, int64_
   quantize_rows_symmetric(input, begin, end, n, quantized, row_scale);
 }
 
+void quant_dequant_rows_asymmetric_portable(const float* input, int64_t begin, int64_t end, int64_t n, float* out) {
+  quant_dequant_rows_asymmetric(input, begin, end, n, out);
+}
+
+void quant_dequant_rows_asymmetric_bfloat16_portable(const at::BFloat16* input, int64_t begin, int64_t end, int64_t n,
+                                                     at::BFloat16* out) {
+  quant_dequant_rows_asymmetric(input, begin, end, n, out);
+}
+
 } // namespace qlgrad::math

@@ -16,6 +16,8 @@ CopyBlockedFn copy_blocked_portable;
 QuantizeRowsFn quantize_rows_portable;
 QuantizeRowsSymmetricFn<float> quantize_rows_symmetric_portable;
 QuantizeRowsSymmetricFn<at::BFloat16> quantize_rows_symmetric_bfloat16_portable;
+QuantDequantRowsFn<float> quant_dequant_rows_asymmetric_portable;
+QuantDequantRowsFn<at::BFloat16> quant_dequant_rows_asymmetric_bfloat16_portable;
 
 // AVX2 (x86-64 only).
 StreamFn<int8_t> stream_int8_avx2;
@@ -25,6 +27,8 @@ ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_avx2;
 QuantizeRowsFn quantize_rows_avx2;
 QuantizeRowsSymmetricFn<float> quantize_rows_symmetric_avx2;
 QuantizeRowsSymmetricFn<at::BFloat16> quantize_rows_symmetric_bfloat16_avx2;
+QuantDequantRowsFn<float> quant_dequant_rows_asymmetric_avx2;
+QuantDequantRowsFn<at::BFloat16> quant_dequant_rows_asymmetric_bfloat16_avx2;
 
 // AVX-512 (x86-64 only).
 StreamFn<int8_t> stream_int8_avx512;
