@@ -68,7 +68,7 @@ Int4Pack int4_pack(const at::Tensor& packed, int64_t group_size, const at::Tenso
 at::Tensor panel_product(const at::Tensor& lhs, const WeightReader& reader) {
   const auto& kernel = kernels();
   if (lhs.scalar_type() == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr) {
-    return panel_gemm(lhs, reader, std::nullopt).to(at::kBFloat16);
+    return panel_gemm(lhs, reader, std::nullopt, std::nullopt, /*bfloat16_result=*/true);
   }
   const auto lhs_float = lhs.to(at::kFloat);
   const auto result =
@@ -110,9 +110,10 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                                 (rows < kBFloat16PanelRowsEnd || !is_intel_cpu() || kernel.panel_rows_bfloat16_amx);
   if (panels && rows > streamed_rows_end()) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
+    const bool bfloat16_result = lhs.scalar_type() == at::kBFloat16;
     const auto result = blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters),
-                                             row_scale, products)
-                                : panel_gemm(lhs, RowCodes(weight, parameters), row_scale, products);
+                                             row_scale, products, bfloat16_result)
+                                : panel_gemm(lhs, RowCodes(weight, parameters), row_scale, products, bfloat16_result);
     return result.to(lhs.scalar_type());
   }
   if (rows <= streamed_rows_end()) {

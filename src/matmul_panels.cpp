@@ -61,8 +61,10 @@ struct AmxBlocking {
 // of packed lhs (Element), of the panels (Panel) and of the sums (Sum); the depth the packing
 // rounds to (kDepthStep); the rows of lhs a packed block holds (kBlockRows) and a kernel call
 // takes (kTaskRows); the kernel (multiply), which each thread prepares for (prepare_thread)
-// before its first call in a parallel region, and the packers.
+// before its first call in a parallel region, and whether it rounds its last block's sums to
+// bfloat16 as it stores them (kRoundsSums; else a pass of its own does); and the packers.
 struct FloatProducts : Avx512Blocking {
+  static constexpr bool kRoundsSums = false;
   using Element = float;
   using Panel = float;
   using Sum = float;
@@ -70,12 +72,13 @@ struct FloatProducts : Avx512Blocking {
   static void prepare_thread() {}
   static PackRowsFn<float>* packer() { return kernels().pack_rows; }
   static void multiply(int64_t rows, const float* lhs, int64_t /*lhs_block_stride*/, const float* panel, int64_t depth,
-                       float* out, int64_t ldo, int64_t width, bool accumulate) {
+                       float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
     kernels().panel_rows(rows, lhs, panel, depth, out, ldo, width, accumulate);
   }
 };
 
 struct BFloat16Products : Avx512Blocking {
+  static constexpr bool kRoundsSums = false;
   using Element = at::BFloat16;
   using Panel = at::BFloat16;
   using Sum = float;
@@ -84,12 +87,14 @@ struct BFloat16Products : Avx512Blocking {
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t /*lhs_block_stride*/, const at::BFloat16* panel,
-                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate) {
+                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
+                       at::BFloat16* /*rounded*/) {
     kernels().panel_rows_bfloat16(rows, lhs, panel, depth, out, ldo, width, accumulate);
   }
 };
 
 struct Int8Products : Avx512Blocking {
+  static constexpr bool kRoundsSums = false;
   using Element = int8_t;
   using Panel = uint8_t;
   using Sum = int32_t;
@@ -97,7 +102,8 @@ struct Int8Products : Avx512Blocking {
   static void prepare_thread() {}
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
   static void multiply(int64_t rows, const int8_t* lhs, int64_t /*lhs_block_stride*/, const uint8_t* panel,
-                       int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate) {
+                       int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
+                       at::BFloat16* /*rounded*/) {
     kernels().panel_rows_int8(rows, lhs, panel, depth, out, ldo, width, accumulate);
   }
 };
@@ -105,6 +111,7 @@ struct Int8Products : Avx512Blocking {
 // The same products on AMX tiles (PanelRowsAmxFn): the same panels, lhs packed as tiles, the
 // depth rounded to a tile row's; a thread configures its tiles once per parallel region.
 struct AmxBFloat16Products : AmxBlocking {
+  static constexpr bool kRoundsSums = true;
   using Element = at::BFloat16;
   using Panel = at::BFloat16;
   using Sum = float;
@@ -113,12 +120,13 @@ struct AmxBFloat16Products : AmxBlocking {
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
-                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate) {
-    kernels().panel_rows_bfloat16_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded) {
+    kernels().panel_rows_bfloat16_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
   }
 };
 
 struct AmxInt8Products : AmxBlocking {
+  static constexpr bool kRoundsSums = false;
   using Element = int8_t;
   using Panel = uint8_t;
   using Sum = int32_t;
@@ -126,8 +134,8 @@ struct AmxInt8Products : AmxBlocking {
   static void prepare_thread() { kernels().configure_tiles_amx(); }
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8_amx; }
   static void multiply(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
-                       int32_t* out, int64_t ldo, int64_t width, bool accumulate) {
-    kernels().panel_rows_int8_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+                       int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
+    kernels().panel_rows_int8_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, nullptr);
   }
 };
 
@@ -180,12 +188,17 @@ void zero_panel_padding(typename Products::Panel* panels, int64_t count, int64_t
   }
 }
 
+// The number of depth blocks for_each_depth_block makes.
+int64_t depth_blocks(const WeightReader& reader, int64_t depth) {
+  return (reader.depth() + depth - 1) / depth;
+}
+
 // The depth blocks of a reader's weight, `depth` rows deep or a little more (at most
 // depth_block_max(depth, alignment)), starting at multiples of `alignment`: calls
 // each(block, top, height) in order.
 template <typename Each>
 void for_each_depth_block(const WeightReader& reader, int64_t depth, int64_t alignment, const Each& each) {
-  const int64_t blocks = (reader.depth() + depth - 1) / depth;
+  const int64_t blocks = depth_blocks(reader, depth);
   for (int64_t block = 0; block < blocks; ++block) {
     const int64_t top = piece_start(reader.depth(), blocks, block, alignment);
     each(block, top, piece_start(reader.depth(), blocks, block + 1, alignment) - top);
@@ -199,11 +212,13 @@ int64_t depth_block_max(int64_t depth, int64_t alignment) {
 }
 
 // result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
-// in `panels` for depth_block_max(Products::kColumnDepth) x count elements.
+// in `panels` for depth_block_max(Products::kColumnDepth) x count elements: into out, or with
+// `rounded` into it in bfloat16 (out holding the sums of all blocks but the last).
 template <typename Products>
 void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t rows, const WeightReader& reader,
                         int64_t alignment, int64_t first, int64_t count, typename Products::Sum* out, int64_t ldo,
-                        typename Products::Panel* panels) {
+                        at::BFloat16* rounded, typename Products::Panel* panels) {
+  const int64_t blocks = depth_blocks(reader, Products::kColumnDepth);
   constexpr int64_t kDepthStep = Products::kDepthStep, kTaskRows = Products::kTaskRows;
   const int64_t depth = round_up(reader.depth(), kDepthStep), block_stride = Products::kBlockRows * depth;
   const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
@@ -217,10 +232,11 @@ void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t ro
       const int64_t row_last = std::min(rows, row_first + row_step);
       for (int64_t column = 0; column < count; column += kPanelColumns) {
         for (int64_t row = row_first; row < row_last; row += kTaskRows) {
+          const int64_t offset = row * ldo + first + column;
           Products::multiply(std::min(kTaskRows, row_last - row),
                              packed_lhs + (row * depth + top * Products::kBlockRows), block_stride,
-                             panels + column * panel_depth, panel_depth, out + row * ldo + first + column, ldo,
-                             count - column, /*accumulate=*/block > 0);
+                             panels + column * panel_depth, panel_depth, out + offset, ldo, count - column,
+                             /*accumulate=*/block > 0, rounded && block == blocks - 1 ? rounded + offset : nullptr);
         }
       }
     }
@@ -228,7 +244,8 @@ void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t ro
 }
 
 template <typename Products>
-at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale) {
+at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
+                         bool bfloat16_result) {
   using Element = typename Products::Element;
   using Panel = typename Products::Panel;
   using Sum = typename Products::Sum;
@@ -239,22 +256,33 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   const at::Tensor packed_lhs = pack_rows<Products>(lhs, scale);
   const Element* packed = packed_lhs.const_data_ptr<Element>();
   const at::TensorOptions panel_options = lhs.options().dtype(c10::CppTypeToScalarType<Panel>::value);
-  auto result = at::empty({rows, columns}, lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value));
-  Sum* out = result.template mutable_data_ptr<Sum>();
   const int64_t chunk = columns_per_task(columns, Products::kBlockColumns, kPanelColumns);
   const int64_t chunks = (columns + chunk - 1) / chunk;
   if (rows < Products::kSharedRowsMin) {
+    // With sums rounded as they are stored, the float32 ones are needed only between blocks.
+    const bool rounds = Products::kRoundsSums && bfloat16_result;
+    at::Tensor result, rounded;
+    if (!rounds || depth_blocks(reader, Products::kColumnDepth) > 1) {
+      result = at::empty({rows, columns}, lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value));
+    }
+    if (rounds) {
+      rounded = at::empty({rows, columns}, lhs.options().dtype(at::kBFloat16));
+    }
+    Sum* out = result.defined() ? result.template mutable_data_ptr<Sum>() : nullptr;
+    at::BFloat16* rounded_out = rounds ? rounded.mutable_data_ptr<at::BFloat16>() : nullptr;
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       Products::prepare_thread();
       at::Tensor panels = at::empty({depth_block_max(Products::kColumnDepth, alignment) * chunk}, panel_options);
       for (int64_t piece = begin; piece < end; ++piece) {
         panel_gemm_columns<Products>(packed, rows, reader, alignment, piece * chunk,
-                                     std::min(chunk, columns - piece * chunk), out, columns,
+                                     std::min(chunk, columns - piece * chunk), out, columns, rounded_out,
                                      panels.template mutable_data_ptr<Panel>());
       }
     });
-    return result;
+    return rounds ? rounded : bfloat16_result ? result.to(at::kBFloat16) : result;
   }
+  auto result = at::empty({rows, columns}, lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value));
+  Sum* out = result.template mutable_data_ptr<Sum>();
   // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
   at::Tensor shared_panels =
@@ -276,30 +304,32 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
         const PanelTask task = tasks[index];
         Products::multiply(task.rows, packed + (task.row * depth + top * Products::kBlockRows), block_stride,
                            panels + task.column * panel_depth, panel_depth, out + task.row * columns + task.column,
-                           columns, task.columns, /*accumulate=*/block > 0);
+                           columns, task.columns, /*accumulate=*/block > 0, /*rounded=*/nullptr);
       }
     });
   });
-  return result;
+  return bfloat16_result ? result.to(at::kBFloat16) : result;
 }
 
 } // namespace
 
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
-                      std::optional<at::ScalarType> products) {
+                      std::optional<at::ScalarType> products, bool bfloat16_result) {
+  TORCH_INTERNAL_ASSERT(!bfloat16_result || lhs.scalar_type() != at::kChar);
   TORCH_INTERNAL_ASSERT(!products || *products == lhs.scalar_type() ||
                         (*products == at::kBFloat16 && lhs.scalar_type() == at::kFloat));
   const auto& kernel = kernels();
   if (products.value_or(lhs.scalar_type()) == at::kBFloat16) {
-    return kernel.panel_rows_bfloat16_amx != nullptr ? panel_gemm_in<AmxBFloat16Products>(lhs, reader, scale)
-                                                     : panel_gemm_in<BFloat16Products>(lhs, reader, scale);
+    return kernel.panel_rows_bfloat16_amx != nullptr
+               ? panel_gemm_in<AmxBFloat16Products>(lhs, reader, scale, bfloat16_result)
+               : panel_gemm_in<BFloat16Products>(lhs, reader, scale, bfloat16_result);
   }
   if (lhs.scalar_type() == at::kChar) {
     TORCH_INTERNAL_ASSERT(!scale, "an int8 lhs takes no scale");
-    return kernel.panel_rows_int8_amx != nullptr ? panel_gemm_in<AmxInt8Products>(lhs, reader, scale)
-                                                 : panel_gemm_in<Int8Products>(lhs, reader, scale);
+    return kernel.panel_rows_int8_amx != nullptr ? panel_gemm_in<AmxInt8Products>(lhs, reader, scale, false)
+                                                 : panel_gemm_in<Int8Products>(lhs, reader, scale, false);
   }
-  return panel_gemm_in<FloatProducts>(lhs, reader, scale);
+  return panel_gemm_in<FloatProducts>(lhs, reader, scale, bfloat16_result);
 }
 
 } // namespace qlgrad::math

@@ -49,8 +49,10 @@ at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack);
 // kernels().panel_rows_int8 is, no scale), the int32 sums of int8 products with W's uint8 panels
 // (each value plus 128), short of 128 times each row's sum of lhs.
 // `products` is lhs's dtype, or bfloat16 for a float32 lhs, packed as a bfloat16 one would be.
+// With `bfloat16_result` (float32 sums), the result is rounded to bfloat16 once: as the AMX
+// kernels store it, else in a pass of its own.
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
-                      std::optional<at::ScalarType> products = std::nullopt);
+                      std::optional<at::ScalarType> products = std::nullopt, bool bfloat16_result = false);
 
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or
 // bfloat16).

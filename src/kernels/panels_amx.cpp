@@ -55,13 +55,13 @@ template <typename Element, int Lhs>
 // The sums of `rows` rows (up to kAmxTaskRows; the bottom tiles with Bottom) by a panel.
 template <bool Bottom, typename Element, typename Sum>
 void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth, Sum* out,
-                 int64_t ldo, int64_t width, bool accumulate) {
+                 int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded) {
   constexpr int64_t kDepthStep = kTileRowBytes / sizeof(Element);
   constexpr int64_t kSumRowBytes = kPanelColumns * sizeof(Sum);
   const int64_t out_stride = ldo * int64_t{sizeof(Sum)};
-  // Whole tiles of the output are loaded and stored where they lie; the last rows and columns
-  // go through `sums`.
-  const bool whole = width == kPanelColumns && rows == (Bottom ? kAmxTaskRows : kAmxBlockRows);
+  // Whole tiles of the output are loaded and stored where they lie; the last rows and columns,
+  // and sums rounded to bfloat16, go through `sums`.
+  const bool whole = width == kPanelColumns && rows == (Bottom ? kAmxTaskRows : kAmxBlockRows) && rounded == nullptr;
   if (whole && accumulate) {
     _tile_loadd(0, out, out_stride);
     _tile_loadd(1, out + 16, out_stride);
@@ -110,27 +110,33 @@ void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, con
   }
   const __mmask16 low_mask = avx512::lanes_mask(width), high_mask = avx512::lanes_mask(width - 16);
   for (int64_t r = 0; r < rows; ++r) {
-    Sum* row = out + r * ldo;
     for (const auto [column, mask] : {std::pair(0, low_mask), std::pair(16, high_mask)}) {
       __m512i values = _mm512_load_si512(sums[r] + column);
       if (accumulate) {
-        const __m512i stored = _mm512_maskz_loadu_epi32(mask, row + column);
+        const __m512i stored = _mm512_maskz_loadu_epi32(mask, out + r * ldo + column);
         values = std::is_same_v<Sum, float>
                      ? _mm512_castps_si512(_mm512_add_ps(_mm512_castsi512_ps(values), _mm512_castsi512_ps(stored)))
                      : _mm512_add_epi32(values, stored);
       }
-      _mm512_mask_storeu_epi32(row + column, mask, values);
+      if constexpr (std::is_same_v<Sum, float>) {
+        if (rounded != nullptr) {
+          _mm256_mask_storeu_epi16(rounded + r * ldo + column, mask,
+                                   (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(values)));
+          continue;
+        }
+      }
+      _mm512_mask_storeu_epi32(out + r * ldo + column, mask, values);
     }
   }
 }
 
 template <typename Element, typename Sum>
 void panel_rows_amx(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth,
-                    Sum* out, int64_t ldo, int64_t width, bool accumulate) {
+                    Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded) {
   if (rows > kAmxBlockRows) {
-    tile_kernel<true>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+    tile_kernel<true>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
   } else {
-    tile_kernel<false>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+    tile_kernel<false>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
   }
 }
 
@@ -166,8 +172,9 @@ void configure_tiles_amx() {
 }
 
 void panel_rows_bfloat16_amx(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
-                             int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate) {
-  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+                             int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
+                             at::BFloat16* rounded) {
+  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
 }
 
 void pack_rows_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
@@ -181,8 +188,8 @@ void pack_float_rows_bfloat16_amx(const float* lhs, int64_t ldl, int64_t count, 
 }
 
 void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
-                         int32_t* out, int64_t ldo, int64_t width, bool accumulate) {
-  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate);
+                         int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
+  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, nullptr);
 }
 
 // int8 rows take no factors (PackRowsFn): they are packed as they are.
