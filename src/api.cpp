@@ -1,4 +1,5 @@
-// The public C++ functions of <qlgrad/qlgrad.h> that compute gradients, and cpu_capability().
+// The public C++ functions of <qlgrad/qlgrad.h> that compute gradients, and cpu_capability() and
+// cpu_extensions().
 // Each backward calls its qlgrad:: operator through the dispatcher, so that C++ callers get
 // autograd too.
 
@@ -6,6 +7,9 @@
 #include "qlgrad_ops.h"
 
 #include <qlgrad/qlgrad.h>
+
+#include <string>
+#include <utility>
 
 namespace qlgrad {
 namespace {
@@ -44,6 +48,21 @@ void cache_weight(const detail::PackedParams& packed) {
 
 const char* cpu_capability() {
   return math::instruction_set_name(math::instruction_set());
+}
+
+const char* cpu_extensions() {
+  static const std::string extensions = [] {
+    std::string names;
+    for (const auto& [used, name] :
+         {std::pair{math::has_avx512_bf16(), "avx512_bf16"}, std::pair{math::has_avx512_vnni(), "avx512_vnni"},
+          std::pair{math::has_amx(), "amx"}}) {
+      if (used) {
+        names += (names.empty() ? "" : " ") + std::string(name);
+      }
+    }
+    return names;
+  }();
+  return extensions.c_str();
 }
 
 } // namespace qlgrad

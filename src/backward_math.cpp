@@ -145,9 +145,10 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
   const auto grad = flatten_leading(grad_output);
-  if (grad.size(0) <= streamed_rows_end()) {
+  if (grad.size(0) <=
+      (precision == Precision::kFloat32 ? streamed_rows_end() : reduced_precision_streamed_rows_end())) {
     // A few rows are bound by reading the weight, which the float32 streams do at one byte
-    // per code: the reduced precisions could only be slower.
+    // per code: the reduced precisions could only be slower (but on AMX tiles from 16 rows).
     precision = Precision::kFloat32;
   }
   at::Tensor result;

@@ -2,10 +2,15 @@
 
 #include <qlgrad/qlgrad.h>
 
+#include <sstream>
+#include <string>
+#include <vector>
+
 #include <nanobind/nanobind.h>
 #include <nanobind/stl/optional.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/tuple.h>
+#include <nanobind/stl/vector.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
@@ -203,6 +208,19 @@ NB_MODULE(_C, m) {
       "cpu_capability", [] { return std::string(qlgrad::cpu_capability()); },
       "The instruction set of qlgrad's kernels: 'default' (portable), 'avx2' or 'avx512'. It is ATen's CPU "
       "capability, which ATEN_CPU_CAPABILITY may lower, as for ATen's own kernels.");
+  m.def(
+      "cpu_extensions",
+      [] {
+        std::vector<std::string> names;
+        std::istringstream words{std::string(qlgrad::cpu_extensions())};
+        for (std::string name; words >> name;) {
+          names.push_back(name);
+        }
+        return names;
+      },
+      "The extensions beyond cpu_capability() that qlgrad's kernels use: those of 'avx512_bf16', "
+      "'avx512_vnni' and 'amx' that the CPU has. QLGRAD_AVX512_BF16=0, QLGRAD_AVX512_VNNI=0 and QLGRAD_AMX=0 "
+      "leave one out (AMX goes with either of the others).");
   m.def("clear_cache", &qlgrad::clear_cache, "Drop every cached backward weight and reset the hit and miss counters.");
   m.def(
       "set_cache_limit", [](nb::handle nbytes) { qlgrad::set_cache_limit(cache_limit_from_python(nbytes)); },

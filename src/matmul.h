@@ -24,6 +24,10 @@ namespace qlgrad::math {
 // streams are.
 int64_t streamed_rows_end();
 
+// The same for bfloat16 and int8 products (bf16 and int8 precisions): fewer where the AMX tiles
+// are.
+int64_t reduced_precision_streamed_rows_end();
+
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
 // float32 and returned in lhs's dtype; or, with group-wise parameters,
 // lhs @ (scale[n, g] * (weight[n, k] - zero_point[n, g])) with g = k / (K / G).

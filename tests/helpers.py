@@ -91,9 +91,12 @@ def int8_sample_inputs(dtype=torch.float32, requires_grad=False):
 ERROR_BOUNDS = {"fp32": 1e-6, "bf16": 1e-2, "int8": 2e-2}
 
 
-def streamed_rows_end() -> int:
-    """Rows up to which every precision streams the weight in float32: 32 where qlgrad's AVX-512
-    streams are, 8 elsewhere. Tests of the reduced precisions' own kernels use more."""
+def streamed_rows_end(precision: str = "fp32") -> int:
+    """Rows up to which `precision` streams the weight in float32: 32 where qlgrad's AVX-512
+    streams are, 8 elsewhere; for bf16 and int8, 15 where the AMX tiles are. Tests of the reduced
+    precisions' own kernels use more."""
+    if precision != "fp32" and "amx" in _qlgrad().cpu_extensions():
+        return 15
     return 32 if _qlgrad().cpu_capability() == "avx512" else 8
 
 

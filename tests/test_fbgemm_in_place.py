@@ -73,7 +73,7 @@ def test_double_backward_and_float64_read_the_packing(fbgemm_engine):
 # Past the streams: the int8 panel GEMM (AMX tiles, or AVX512-VNNI by columns and by rows and
 # columns, then from 512 rows torch._int_mm). 1100 output features: a product deeper than one
 # block of panels, its last block not a whole tile row deep.
-@pytest.mark.parametrize("rows", [33, 40, 255, 256, 300, 511, 512, 600])
+@pytest.mark.parametrize("rows", [16, 33, 40, 255, 256, 300, 511, 512, 600])
 @pytest.mark.parametrize("out_features", [200, 1100])
 def test_int8_product_is_exact(fbgemm_engine, rows, out_features):
     """`int8`'s integer product, over fbgemm's packing and over codes in rows: a gradient of

@@ -58,19 +58,19 @@ def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     assert relative_error(got, grad_output.double() @ fp16_weight.double()) <= ERROR_BOUNDS["fp32"]
 
 
-@pytest.mark.parametrize("rows", [1, 8, 9, 32, 33])
+@pytest.mark.parametrize("rows", [1, 8, 9, 15, 16, 32, 33])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
-    # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs) the product is bound by reading
-    # the weight: every precision streams it in float32, as fast as any narrower arithmetic and
-    # exact; past it they part.
+    # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs, 15 with AMX tiles) the product is
+    # bound by reading the weight: every precision streams it in float32, as fast as any narrower
+    # arithmetic and exact; past it they part.
     weight = quantize_weight(300, 200, scheme)
     packed = packed_params(weight)
     grad_output = torch.randn(rows, 300)
     fp32 = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
     for precision in ("bf16", "int8"):
         got = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
-        assert torch.equal(got, fp32) == (rows <= streamed_rows_end()), precision
+        assert torch.equal(got, fp32) == (rows <= streamed_rows_end(precision)), precision
 
 
 def test_precision_is_recorded_when_the_forward_runs():

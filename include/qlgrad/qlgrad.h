@@ -124,6 +124,12 @@ QLGRAD_API at::Tensor linear_int4pack_backward(const at::Tensor& grad_output, co
 // ATen's CPU capability, so ATEN_CPU_CAPABILITY chooses it as it chooses ATen's kernels.
 QLGRAD_API const char* cpu_capability();
 
+// The extensions beyond that instruction set which qlgrad's kernels use, those of "avx512_bf16"
+// (bfloat16 dot products), "avx512_vnni" (int8 dot products) and "amx" (AMX tiles with bfloat16
+// and int8 products) that the CPU has, space-separated ("" for none). QLGRAD_AVX512_BF16=0,
+// QLGRAD_AVX512_VNNI=0 and QLGRAD_AMX=0 leave one out (AMX goes with either of the others).
+QLGRAD_API const char* cpu_extensions();
+
 // The cache of unpacked weights (those of engines other than fbgemm's, and fp16 weights): one
 // entry per packed-params object, shared by every precision, holding the weight as stored
 // (int8 codes with their scales and zero points, about 1 byte per element; float16 for
