@@ -433,7 +433,7 @@ def main() -> None:
     print(
         f"qlgrad {qlgrad.__version__}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"quantized engine {torch.backends.quantized.engine}, CPU capability {torch.backends.cpu.get_cpu_capability()} "
-        f"(qlgrad's kernels: {qlgrad.cpu_capability()})"
+        f"(qlgrad's kernels: {' + '.join([qlgrad.cpu_capability(), *qlgrad.cpu_extensions()])})"
     )
     print(cpu_description())
     print(
