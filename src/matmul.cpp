@@ -8,13 +8,19 @@ namespace qlgrad::math {
 namespace {
 
 // Where MKL's GEMM runs its AVX-512 code (Intel CPUs), MKL on converted tiles is the faster from
-// this many rows (measured on a Xeon, 2 threads, at 1024 rows: 1.10-1.14x the float GEMM against
-// 1.20-1.33x); elsewhere MKL takes its AVX2 path and the panel GEMM serves every row count.
-constexpr int64_t kPanelGemmRowsEnd = 512;
+// this many rows (on a Sapphire Rapids Xeon, 2 threads, at 256 rows of 3072x768, 768x3072 and
+// 4096x4096: 0.97-1.20x MKL's float GEMM against the panel GEMM's 0.94-1.22x; at 384 rows of
+// 3072x768 1.18x against 1.22x); elsewhere MKL takes its AVX2 path and the panel GEMM serves
+// every row count.
+constexpr int64_t kPanelGemmRowsEnd = 256;
 // Where the AVX-512 streams are (eight weight rows into each sum at once), they stay the faster
 // up to four groups of kStreamedRowsMax rows: on a Zen 5 EPYC, from 12 x 768 x 768 to
-// 32 x 4096 x 4096, 0.73-1.05x oneDNN's fp32 GEMM against the panel GEMM's 1.02-1.26x.
+// 32 x 4096 x 4096, 0.73-1.05x oneDNN's fp32 GEMM against the panel GEMM's 1.02-1.26x. Against
+// MKL's AVX-512 GEMM (Intel CPUs), up to two: on a Sapphire Rapids Xeon, 2 threads, at 17-32 rows
+// of 768x768 and 24-32 of 4096x4096 the panel GEMM runs at 0.77-1.07x MKL's, the streams at
+// 0.84-1.41x.
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
+constexpr int64_t kIntelVectorStreamedRowsEnd = 2 * kStreamedRowsMax;
 // Where the AMX tiles are, bfloat16 and int8 products past this many rows run on them: on a
 // Sapphire Rapids Xeon, 2 threads, bfloat16 products of 16 to 32 rows by 4096x4096, 896x4864,
 // 4864x896 and 896x896 layers 0.76-1.06x the dense bfloat16 GEMM on the tiles against 1.10-2.4x
@@ -147,7 +153,10 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 }
 
 int64_t streamed_rows_end() {
-  return kernels().panel_rows != nullptr ? kVectorStreamedRowsEnd : kStreamedRowsMax;
+  if (kernels().panel_rows == nullptr) {
+    return kStreamedRowsMax;
+  }
+  return is_intel_cpu() ? kIntelVectorStreamedRowsEnd : kVectorStreamedRowsEnd;
 }
 
 int64_t reduced_precision_streamed_rows_end() {

@@ -5,7 +5,7 @@
 // row count (matmul_strategies.h has the ways):
 //   - products of up to streamed_rows_end() rows stream over the codes once, in float32 whatever
 //     lhs's dtype, reading fbgemm's AVX-512 packing in place;
-//   - where the AVX-512 panel GEMM is, it runs the others (but from 512 rows on Intel's CPUs,
+//   - where the AVX-512 panel GEMM is, it runs the others (but from 256 rows on Intel's CPUs,
 //     where MKL's GEMM on tiles converted in each thread's L2 is the faster), in bfloat16
 //     products for a bfloat16 lhs where the CPU has AVX512-BF16 (on AMX tiles where it has them;
 //     on Intel's CPUs without, up to 255 rows);
@@ -21,7 +21,7 @@
 namespace qlgrad::math {
 
 // Rows up to which products stream: kStreamedRowsMax, or four passes of it (32) where the AVX-512
-// streams are.
+// streams are (two, 16, on Intel's CPUs, where MKL's AVX-512 GEMM sets the pace).
 int64_t streamed_rows_end();
 
 // The same for bfloat16 and int8 products (bf16 and int8 precisions): fewer where the AMX tiles

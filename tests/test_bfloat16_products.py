@@ -1,7 +1,8 @@
 """bfloat16 products from the stored weight: the `bf16` precision of every stored weight (int8 codes
 in rows or in fbgemm's packing, per tensor, per channel or group-wise, float16 weights, torch's int4
 packing) against float64, no worse than the dense bfloat16 product of the same inputs, at row
-counts on both sides of every switch: the float32 streams (up to 8 rows, 32 on AVX-512 CPUs), the
+counts on both sides of every switch: the float32 streams (up to 8 rows, 32 on AVX-512 CPUs, 15
+with AMX tiles), the
 panel GEMM in bfloat16 products (on AMX tiles where the CPU has them; else AVX512-BF16, on
 Intel's CPUs up to 255 rows but for the int4 packing, divided by rows and columns from 256), MKL
 on bfloat16 tiles elsewhere. An odd depth ends the bfloat16 pairs in a zero row; a depth that is

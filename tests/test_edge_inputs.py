@@ -109,8 +109,8 @@ FINITE_ROWS = [0, *range(4, 40)]
 
 def nonfinite_grad_output(out_features, dtype=torch.float32):
     """Rows: finite, one NaN, one +Inf, one -Inf, then finite: 40 in all, so that the reduced
-    precisions run their own kernels (up to 8 rows, 32 on AVX-512 CPUs, every precision runs
-    fp32's)."""
+    precisions run their own kernels (up to 8 rows, 32 on AVX-512 CPUs, 16 on Intel's, every
+    precision runs fp32's)."""
     grad_output = torch.randn(40, out_features)
     grad_output[1, 2], grad_output[2, 0], grad_output[3, out_features - 1] = float("nan"), float("inf"), float("-inf")
     return grad_output.to(dtype)

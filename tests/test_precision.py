@@ -37,12 +37,12 @@ def test_each_mode_within_its_error_bound(precision, scheme):
 
 
 # Row counts on both sides of the switches from the streaming kernel (reading each weight row
-# once for up to 8 gradient rows; in up to four passes on AVX-512 CPUs) to the GEMMs: partial
-# and whole blocks of the 12 rows the AVX-512 kernel takes at once, more rows than it runs at
-# once (144), both sides of the panel GEMM's division by columns (up to 255 rows) and by rows
-# and columns, and the tiled GEMM from 512 rows on Intel CPUs. 1100 columns leave a partial last
-# tile and panel; 300 rows of weight make two blocks of depth.
-@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 17, 32, 33, 64, 150, 255, 256, 512])
+# once for up to 8 gradient rows; in up to four passes on AVX-512 CPUs, two on Intel's) to the
+# GEMMs: partial and whole blocks of the 12 rows the AVX-512 kernel takes at once, more rows than
+# it runs at once (144), both sides of the panel GEMM's division by columns (up to 255 rows) and
+# by rows and columns, and the tiled GEMM from 256 rows on Intel CPUs. 1100 columns leave a
+# partial last tile and panel; 300 rows of weight make two blocks of depth.
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 16, 17, 32, 33, 64, 150, 255, 256, 512])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     weight = quantize_weight(300, 1100, scheme)
@@ -61,7 +61,7 @@ def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
 @pytest.mark.parametrize("rows", [1, 8, 9, 15, 16, 32, 33])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
-    # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs, 15 with AMX tiles) the product is
+    # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs, 16 on Intel's, 15 with AMX tiles) the product is
     # bound by reading the weight: every precision streams it in float32, as fast as any narrower
     # arithmetic and exact; past it they part.
     weight = quantize_weight(300, 200, scheme)
@@ -177,7 +177,7 @@ def test_nothing_chosen_without_the_environment_variable(value):
 # ---- The default follows the gradient's dtype ------------------------------------------------
 
 # More gradient rows than the streams take (up to 32 on AVX-512 CPUs, which run every precision
-# in float32), so that bf16 can be told from fp32.
+# in float32; 16 on Intel's), so that bf16 can be told from fp32.
 DEFAULT_ROWS = 64
 
 
