@@ -63,13 +63,39 @@ struct AmxBlocking {
 // takes (kTaskRows); the kernel (multiply), which each thread prepares for (prepare_thread)
 // before its first call in a parallel region, and whether it rounds its last block's sums to
 // bfloat16 as it stores them (kRoundsSums; else a pass of its own does); and the packers.
-struct FloatProducts : Avx512Blocking {
-  static constexpr bool kRoundsSums = false;
+struct FloatOperands {
   using Element = float;
   using Panel = float;
   using Sum = float;
-  static constexpr int64_t kDepthStep = 1, kBlockRows = kKernelRows, kTaskRows = kKernelRows;
+};
+struct BFloat16Operands {
+  using Element = at::BFloat16;
+  using Panel = at::BFloat16;
+  using Sum = float;
+};
+struct Int8Operands {
+  using Element = int8_t;
+  using Panel = uint8_t;
+  using Sum = int32_t;
+};
+
+// The AVX-512 kernels take kKernelRows rows at once, from blocks of as many.
+struct Avx512Kernels : Avx512Blocking {
+  static constexpr bool kRoundsSums = false;
+  static constexpr int64_t kBlockRows = kKernelRows, kTaskRows = kKernelRows;
   static void prepare_thread() {}
+};
+
+// The AMX kernels (PanelRowsAmxFn) take two tiles of rows at once, packed as tiles; a thread
+// configures its tiles once per parallel region.
+struct AmxKernels : AmxBlocking {
+  static constexpr bool kRoundsSums = false;
+  static constexpr int64_t kBlockRows = kAmxBlockRows, kTaskRows = kAmxTaskRows;
+  static void prepare_thread() { kernels().configure_tiles_amx(); }
+};
+
+struct FloatProducts : FloatOperands, Avx512Kernels {
+  static constexpr int64_t kDepthStep = 1;
   static PackRowsFn<float>* packer() { return kernels().pack_rows; }
   static void multiply(int64_t rows, const float* lhs, int64_t /*lhs_block_stride*/, const float* panel, int64_t depth,
                        float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
@@ -77,13 +103,8 @@ struct FloatProducts : Avx512Blocking {
   }
 };
 
-struct BFloat16Products : Avx512Blocking {
-  static constexpr bool kRoundsSums = false;
-  using Element = at::BFloat16;
-  using Panel = at::BFloat16;
-  using Sum = float;
-  static constexpr int64_t kDepthStep = 2, kBlockRows = kKernelRows, kTaskRows = kKernelRows;
-  static void prepare_thread() {}
+struct BFloat16Products : BFloat16Operands, Avx512Kernels {
+  static constexpr int64_t kDepthStep = 2;
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t /*lhs_block_stride*/, const at::BFloat16* panel,
@@ -93,13 +114,8 @@ struct BFloat16Products : Avx512Blocking {
   }
 };
 
-struct Int8Products : Avx512Blocking {
-  static constexpr bool kRoundsSums = false;
-  using Element = int8_t;
-  using Panel = uint8_t;
-  using Sum = int32_t;
-  static constexpr int64_t kDepthStep = 4, kBlockRows = kKernelRows, kTaskRows = kKernelRows;
-  static void prepare_thread() {}
+struct Int8Products : Int8Operands, Avx512Kernels {
+  static constexpr int64_t kDepthStep = 4;
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
   static void multiply(int64_t rows, const int8_t* lhs, int64_t /*lhs_block_stride*/, const uint8_t* panel,
                        int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
@@ -108,15 +124,10 @@ struct Int8Products : Avx512Blocking {
   }
 };
 
-// The same products on AMX tiles (PanelRowsAmxFn): the same panels, lhs packed as tiles, the
-// depth rounded to a tile row's; a thread configures its tiles once per parallel region.
-struct AmxBFloat16Products : AmxBlocking {
+// The same products on AMX tiles: the same panels, the depth rounded to a tile row's.
+struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
   static constexpr bool kRoundsSums = true;
-  using Element = at::BFloat16;
-  using Panel = at::BFloat16;
-  using Sum = float;
-  static constexpr int64_t kDepthStep = 32, kBlockRows = kAmxBlockRows, kTaskRows = kAmxTaskRows;
-  static void prepare_thread() { kernels().configure_tiles_amx(); }
+  static constexpr int64_t kDepthStep = 32;
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
@@ -125,13 +136,8 @@ struct AmxBFloat16Products : AmxBlocking {
   }
 };
 
-struct AmxInt8Products : AmxBlocking {
-  static constexpr bool kRoundsSums = false;
-  using Element = int8_t;
-  using Panel = uint8_t;
-  using Sum = int32_t;
-  static constexpr int64_t kDepthStep = 64, kBlockRows = kAmxBlockRows, kTaskRows = kAmxTaskRows;
-  static void prepare_thread() { kernels().configure_tiles_amx(); }
+struct AmxInt8Products : Int8Operands, AmxKernels {
+  static constexpr int64_t kDepthStep = 64;
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8_amx; }
   static void multiply(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
                        int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
