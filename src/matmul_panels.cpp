@@ -50,7 +50,8 @@ struct Avx512Blocking {
 struct AmxBlocking {
   static constexpr int64_t kSharedRowsMin = std::numeric_limits<int64_t>::max();
   static constexpr int64_t kColumnDepth = 1024;
-  static constexpr int64_t kSharedDepth = 4096;
+  // Never reached (no row count shares the panels); the shared path is compiled for every arithmetic.
+  static constexpr int64_t kSharedDepth = kColumnDepth;
   static constexpr int64_t kBlockColumns = 512;
 };
 
