@@ -64,17 +64,21 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
     quantize_rows(grad.const_data_ptr<float>(), channel_scale.const_data_ptr<float>(), begin, end, n,
                   quantized.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>());
   });
-  // The codes where they lie (fbgemm's packing too) in the int8 panel GEMM, else in rows.
-  auto products = int8_codes_matmul(quantized, weight.values, weight.blocked);
-  // int32 times float32 gives float32: the rescale is also the conversion, in one pass.
-  auto result = at::mul(products ? *products : at::_int_mm(quantized, unblocked_codes(weight)), row_scale);
+  // sum_n q[m, n] * zero_point[n] (integers in int8's range), exact in float64, taken off the
+  // integer sums.
+  std::optional<at::Tensor> zero_point_offset;
   if (weight.zero_point) {
-    // sum_n q[m, n] * zero_point[n], exact in float64, taken off every column.
     const auto zero_point = weight.zero_point->to(at::kDouble).expand({n});
-    const auto offset = at::mv(quantized.to(at::kDouble), zero_point).to(at::kFloat).unsqueeze(1);
-    result.sub_(offset.mul_(row_scale));
+    zero_point_offset = at::mv(quantized.to(at::kDouble), zero_point).to(at::kInt);
   }
-  return result;
+  // The codes where they lie (fbgemm's packing too) in the int8 panel GEMM, else in rows.
+  if (auto products =
+          int8_codes_matmul(quantized, weight.values, weight.blocked, zero_point_offset, row_scale.view({m}))) {
+    return std::move(*products);
+  }
+  auto sums = at::_int_mm(quantized, unblocked_codes(weight));
+  // int32 times float32 gives float32: the rescale is also the conversion, in one pass.
+  return at::mul(zero_point_offset ? sums.sub_(zero_point_offset->unsqueeze(1)) : sums, row_scale);
 }
 
 // The weight's zero points as the tiled product takes them: one per output channel, or

@@ -87,9 +87,71 @@ at::Tensor panel_product(const at::Tensor& lhs, const WeightReader& reader) {
   return result.to(lhs.scalar_type());
 }
 
-// The panels hold each code plus 128: a product with them is 128 * sum_k lhs[m, k] too many.
+// The int8 panels hold each code plus 128: a product with them is code_offsets(lhs)[m] =
+// 128 * sum_k lhs[m, k] too many in each row (int32 [M]).
+at::Tensor code_offsets(const at::Tensor& lhs) {
+  const int64_t rows = lhs.size(0), depth = lhs.size(1);
+  auto offsets = at::empty({rows}, lhs.options().dtype(at::kInt));
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(depth, 1));
+  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    kernels().int8_row_sums(lhs.const_data_ptr<int8_t>() + begin * depth, depth, end - begin, depth,
+                            offsets.mutable_data_ptr<int32_t>() + begin);
+  });
+  return offsets.mul_(128);
+}
+
 at::Tensor without_code_offset(at::Tensor&& sums, const at::Tensor& lhs) {
-  return sums.sub_(at::sum(lhs, {1}, /*keepdim=*/true, at::kInt).mul_(128));
+  return sums.sub_(code_offsets(lhs).unsqueeze(1));
+}
+
+// How int32 sums of an int8 product become the result, as RescaleSumsFn makes them: offsets int32
+// [M] (absent for none) and row scales float32 [M], contiguous; column scale and bias [N] float32
+// (null for none).
+struct RescaledSums {
+  std::optional<at::Tensor> row_offset;
+  at::Tensor row_scale;
+  const float* column_scale;
+  const float* bias;
+  unsigned bfloat16_steps;
+};
+
+// result = `rescaled` sums [M, N], rows in parallel.
+template <typename Element>
+void rescale(const at::Tensor& sums, const RescaledSums& rescaled, RescaleSumsFn<Element>* rescale_sums,
+             at::Tensor& result) {
+  const int64_t columns = sums.size(1);
+  const int32_t* offsets = rescaled.row_offset ? rescaled.row_offset->const_data_ptr<int32_t>() : nullptr;
+  const float* row_scale = rescaled.row_scale.const_data_ptr<float>();
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(columns, 1));
+  at::parallel_for(0, sums.size(0), grain, [&](int64_t begin, int64_t end) {
+    rescale_sums(sums.const_data_ptr<int32_t>() + begin * columns, columns, end - begin, columns,
+                 offsets != nullptr ? offsets + begin : nullptr, row_scale + begin, rescaled.column_scale,
+                 rescaled.bias, rescaled.bfloat16_steps, result.mutable_data_ptr<Element>() + begin * columns, columns);
+  });
+}
+
+// result = `rescaled` (lhs @ W) for an int8 lhs, in the int8 panel GEMM, each block of sums
+// rescaled as it is complete; its panels' code offset (128 times each row's sum of lhs) joins the
+// rows' offsets.
+template <typename Element>
+void rescaled_int8_product(const at::Tensor& lhs, const WeightReader& reader, const RescaledSums& rescaled,
+                           RescaleSumsFn<Element>* rescale_sums, at::Tensor& result) {
+  auto offsets = code_offsets(lhs);
+  if (rescaled.row_offset) {
+    offsets.add_(*rescaled.row_offset);
+  }
+  const int32_t* offset_data = offsets.const_data_ptr<int32_t>();
+  const float* row_scale = rescaled.row_scale.const_data_ptr<float>();
+  Element* out = result.mutable_data_ptr<Element>();
+  const int64_t stride = result.size(1);
+  panel_gemm_int8(
+      lhs, reader,
+      [&](const int32_t* sums, int64_t sums_stride, int64_t row, int64_t rows, int64_t first, int64_t count) {
+        rescale_sums(sums, sums_stride, rows, count, offset_data + row, row_scale + row,
+                     rescaled.column_scale != nullptr ? rescaled.column_scale + first : nullptr,
+                     rescaled.bias != nullptr ? rescaled.bias + first : nullptr, rescaled.bfloat16_steps,
+                     out + row * stride + first, stride);
+      });
 }
 
 } // namespace
@@ -202,7 +264,8 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
 }
 
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
-                                            const std::optional<BlockedLayout>& blocked) {
+                                            const std::optional<BlockedLayout>& blocked,
+                                            const std::optional<at::Tensor>& row_offset, const at::Tensor& row_scale) {
   TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && lhs.scalar_type() == at::kChar);
   TORCH_INTERNAL_ASSERT(codes.scalar_type() == at::kChar);
   const auto& kernel = kernels();
@@ -211,14 +274,19 @@ std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Ten
     return std::nullopt;
   }
   const int64_t columns = blocked ? blocked->columns : codes.size(1);
+  auto result = at::empty({lhs.size(0), columns}, lhs.options().dtype(at::kFloat));
   if (lhs.numel() == 0 || columns == 0) {
-    return at::zeros({lhs.size(0), columns}, lhs.options().dtype(at::kInt));
+    return result.zero_();
   }
   const CodeParameters none;
-  return without_code_offset(
-      blocked ? panel_gemm(lhs, BlockedCodes(codes.const_data_ptr<int8_t>(), *blocked, none), std::nullopt)
-              : panel_gemm(lhs, RowCodes(codes, none), std::nullopt),
-      lhs);
+  const RescaledSums rescaled{row_offset, row_scale, nullptr, nullptr, 0};
+  if (blocked) {
+    rescaled_int8_product(lhs, BlockedCodes(codes.const_data_ptr<int8_t>(), *blocked, none), rescaled,
+                          kernel.rescale_sums, result);
+  } else {
+    rescaled_int8_product(lhs, RowCodes(codes, none), rescaled, kernel.rescale_sums, result);
+  }
+  return result;
 }
 
 at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
@@ -240,12 +308,12 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
   const int64_t rows = input.size(0), columns = codes.size(0);
   TORCH_INTERNAL_ASSERT(row_scale.numel() == rows && column_scale.numel() == columns &&
                         (!bias || bias->numel() == columns));
-  const auto sums = int8_linear(input, codes);
   // Each operation's dtype, as torch promotes them.
   const auto product_dtype = at::promote_types(dtype, column_scale.scalar_type());
   const auto& kernel = kernels();
   if (kernel.rescale_sums == nullptr) {
-    auto result = (sums.to(row_scale.scalar_type()) * row_scale.unsqueeze(1)).to(dtype) * column_scale;
+    auto result =
+        (int8_linear(input, codes).to(row_scale.scalar_type()) * row_scale.unsqueeze(1)).to(dtype) * column_scale;
     if (bias) {
       result.add_(*bias);
     }
@@ -260,21 +328,26 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
   const auto as_float = [](const at::Tensor& parameter) { return parameter.to(at::kFloat).contiguous(); };
   const auto row_factors = as_float(row_scale), column_factors = as_float(column_scale);
   const auto bias_values = bias ? std::optional(as_float(*bias)) : std::nullopt;
+  const RescaledSums rescaled{std::nullopt, row_factors, column_factors.const_data_ptr<float>(),
+                              bias_values ? bias_values->const_data_ptr<float>() : nullptr, bfloat16_steps};
   auto result = at::empty({rows, columns}, input.options().dtype(dtype));
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(columns, 1));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    const int32_t* sum_data = sums.const_data_ptr<int32_t>();
-    const float* bias_data = bias_values ? bias_values->const_data_ptr<float>() : nullptr;
+  if (result.numel() == 0) {
+    return result;
+  }
+  if (kernel.panel_rows_int8 != nullptr && input.size(1) > 0) {
     if (dtype == at::kFloat) {
-      kernel.rescale_sums(sum_data, begin, end, columns, row_factors.const_data_ptr<float>(),
-                          column_factors.const_data_ptr<float>(), bias_data, bfloat16_steps,
-                          result.mutable_data_ptr<float>());
+      rescaled_int8_product(input, Int8CodesTransposed(codes), rescaled, kernel.rescale_sums, result);
     } else {
-      kernel.rescale_sums_bfloat16(sum_data, begin, end, columns, row_factors.const_data_ptr<float>(),
-                                   column_factors.const_data_ptr<float>(), bias_data, bfloat16_steps,
-                                   result.mutable_data_ptr<at::BFloat16>());
+      rescaled_int8_product(input, Int8CodesTransposed(codes), rescaled, kernel.rescale_sums_bfloat16, result);
     }
-  });
+    return result;
+  }
+  const auto sums = int8_linear(input, codes);
+  if (dtype == at::kFloat) {
+    rescale(sums, rescaled, kernel.rescale_sums, result);
+  } else {
+    rescale(sums, rescaled, kernel.rescale_sums_bfloat16, result);
+  }
   return result;
 }
 

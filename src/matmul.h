@@ -78,13 +78,17 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
 // input of this dtype (it runs everywhere int4pack_matmul does).
 bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 
-// result [M, K] int32 = lhs @ codes for int8 lhs [M, N] (contiguous) and int8 codes [N, K] in
-// rows (unit stride along K) or, with `blocked`, in that packing, read in place: exactly
-// torch._int_mm(lhs, codes), in the int8 panel GEMM (on AMX tiles where the CPU has them).
-// Absent where that is not the faster (the CPU has no AVX512-VNNI, or lhs has many rows and the
-// CPU no AMX): the caller multiplies codes in rows with torch._int_mm.
+// result [M, K] float32 = (lhs @ codes - row_offset[:, None]) * row_scale[:, None] for int8 lhs
+// [M, N] (contiguous) and int8 codes [N, K] in rows (unit stride along K) or, with `blocked`, in
+// that packing, read in place; row_offset int32 [M] (absent for none) and row_scale float32 [M],
+// contiguous. The sums are exactly torch._int_mm(lhs, codes)'s, each converted and multiplied by
+// its row's scale once. In the int8 panel GEMM (on AMX tiles where the CPU has them), which
+// rescales each block of sums while it is in cache. Absent where that is not the faster (the CPU
+// has no AVX512-VNNI, or lhs has many rows and the CPU no AMX): the caller multiplies codes in rows
+// with torch._int_mm.
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
-                                            const std::optional<BlockedLayout>& blocked);
+                                            const std::optional<BlockedLayout>& blocked,
+                                            const std::optional<at::Tensor>& row_offset, const at::Tensor& row_scale);
 
 // int8_linear(input, codes) rescaled as torch computes
 // (((sums.to(row_scale.dtype) * row_scale[:, None]).to(dtype) * column_scale) + bias).to(dtype)

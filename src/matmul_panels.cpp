@@ -218,33 +218,64 @@ int64_t depth_block_max(int64_t depth, int64_t alignment) {
   return depth + alignment;
 }
 
+// The rows a thread's panels meet a block at a time, whose slice of lhs stays in L2 across them.
+template <typename Products>
+int64_t row_step(int64_t rows) {
+  const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
+  return round_up((rows + row_blocks - 1) / row_blocks, Products::kTaskRows);
+}
+
+// Where a product's sums go (columns from the piece's first): `out`, `stride` apart, or with
+// `rounded` the last block's into it in bfloat16 (out holding the sums of all blocks but the
+// last), or with `finish` each block of rows' to it once complete. With `finish` and one block of
+// depth, out holds one block of rows (row_step), else all of them.
+template <typename Products>
+struct SumsDestination {
+  typename Products::Sum* out;
+  int64_t stride;
+  at::BFloat16* rounded = nullptr;
+  const FinishSums* finish = nullptr;
+};
+
+// The FinishSums of the int8 products (no other products take one).
+template <typename Products>
+void finish_sums(const SumsDestination<Products>& to, const typename Products::Sum* sums, int64_t row, int64_t rows,
+                 int64_t first, int64_t count) {
+  if constexpr (std::is_same_v<typename Products::Sum, int32_t>) {
+    (*to.finish)(sums, to.stride, row, rows, first, count);
+  }
+}
+
 // result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
-// in `panels` for depth_block_max(Products::kColumnDepth) x count elements: into out, or with
-// `rounded` into it in bfloat16 (out holding the sums of all blocks but the last).
+// in `panels` for depth_block_max(Products::kColumnDepth) x count elements.
 template <typename Products>
 void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t rows, const WeightReader& reader,
-                        int64_t alignment, int64_t first, int64_t count, typename Products::Sum* out, int64_t ldo,
-                        at::BFloat16* rounded, typename Products::Panel* panels) {
+                        int64_t alignment, int64_t first, int64_t count, const SumsDestination<Products>& to,
+                        typename Products::Panel* panels) {
   const int64_t blocks = depth_blocks(reader, Products::kColumnDepth);
   constexpr int64_t kDepthStep = Products::kDepthStep, kTaskRows = Products::kTaskRows;
   const int64_t depth = round_up(reader.depth(), kDepthStep), block_stride = Products::kBlockRows * depth;
-  const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
-  const int64_t row_step = round_up((rows + row_blocks - 1) / row_blocks, kTaskRows);
+  const int64_t step = row_step<Products>(rows);
+  const bool one_row_block_held = to.finish != nullptr && blocks == 1;
   for_each_depth_block(reader, Products::kColumnDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kDepthStep);
     reader.panels(top, first, height, count, panel_depth, panels);
     zero_panel_padding<Products>(panels, count, round_up(height, 2), panel_depth);
-    // Rows a block at a time, whose slice of lhs stays in L2 across the panels.
-    for (int64_t row_first = 0; row_first < rows; row_first += row_step) {
-      const int64_t row_last = std::min(rows, row_first + row_step);
+    const bool last = block == blocks - 1;
+    for (int64_t row_first = 0; row_first < rows; row_first += step) {
+      const int64_t row_last = std::min(rows, row_first + step);
+      const int64_t held_first = one_row_block_held ? row_first : 0;
       for (int64_t column = 0; column < count; column += kPanelColumns) {
         for (int64_t row = row_first; row < row_last; row += kTaskRows) {
-          const int64_t offset = row * ldo + first + column;
+          const int64_t offset = (row - held_first) * to.stride + column;
           Products::multiply(std::min(kTaskRows, row_last - row),
                              packed_lhs + (row * depth + top * Products::kBlockRows), block_stride,
-                             panels + column * panel_depth, panel_depth, out + offset, ldo, count - column,
-                             /*accumulate=*/block > 0, rounded && block == blocks - 1 ? rounded + offset : nullptr);
+                             panels + column * panel_depth, panel_depth, to.out + offset, to.stride, count - column,
+                             /*accumulate=*/block > 0, to.rounded && last ? to.rounded + offset : nullptr);
         }
+      }
+      if (to.finish != nullptr && last) {
+        finish_sums(to, to.out + (row_first - held_first) * to.stride, row_first, row_last - row_first, first, count);
       }
     }
   });
@@ -252,7 +283,7 @@ void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t ro
 
 template <typename Products>
 at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
-                         bool bfloat16_result) {
+                         bool bfloat16_result, const FinishSums* finish = nullptr) {
   using Element = typename Products::Element;
   using Panel = typename Products::Panel;
   using Sum = typename Products::Sum;
@@ -263,32 +294,45 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   const at::Tensor packed_lhs = pack_rows<Products>(lhs, scale);
   const Element* packed = packed_lhs.const_data_ptr<Element>();
   const at::TensorOptions panel_options = lhs.options().dtype(c10::CppTypeToScalarType<Panel>::value);
+  const at::TensorOptions sum_options = lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value);
   const int64_t chunk = columns_per_task(columns, Products::kBlockColumns, kPanelColumns);
   const int64_t chunks = (columns + chunk - 1) / chunk;
   if (rows < Products::kSharedRowsMin) {
-    // With sums rounded as they are stored, the float32 ones are needed only between blocks.
+    // With sums rounded as they are stored, the float32 ones are needed only between blocks; with
+    // `finish`, each thread's piece of them (one block of rows where the depth is one block).
     const bool rounds = Products::kRoundsSums && bfloat16_result;
+    const bool one_block = depth_blocks(reader, Products::kColumnDepth) == 1;
     at::Tensor result, rounded;
-    if (!rounds || depth_blocks(reader, Products::kColumnDepth) > 1) {
-      result = at::empty({rows, columns}, lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value));
+    if (finish == nullptr && (!rounds || !one_block)) {
+      result = at::empty({rows, columns}, sum_options);
     }
     if (rounds) {
       rounded = at::empty({rows, columns}, lhs.options().dtype(at::kBFloat16));
     }
-    Sum* out = result.defined() ? result.template mutable_data_ptr<Sum>() : nullptr;
-    at::BFloat16* rounded_out = rounds ? rounded.mutable_data_ptr<at::BFloat16>() : nullptr;
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       Products::prepare_thread();
       at::Tensor panels = at::empty({depth_block_max(Products::kColumnDepth, alignment) * chunk}, panel_options);
+      const at::Tensor held = finish != nullptr
+                                  ? at::empty({one_block ? row_step<Products>(rows) : rows, chunk}, sum_options)
+                                  : at::Tensor();
       for (int64_t piece = begin; piece < end; ++piece) {
-        panel_gemm_columns<Products>(packed, rows, reader, alignment, piece * chunk,
-                                     std::min(chunk, columns - piece * chunk), out, columns, rounded_out,
+        const int64_t first = piece * chunk;
+        SumsDestination<Products> to{nullptr, columns};
+        if (finish != nullptr) {
+          to = {held.template mutable_data_ptr<Sum>(), chunk, nullptr, finish};
+        } else if (result.defined()) {
+          to.out = result.template mutable_data_ptr<Sum>() + first;
+        }
+        if (rounds) {
+          to.rounded = rounded.mutable_data_ptr<at::BFloat16>() + first;
+        }
+        panel_gemm_columns<Products>(packed, rows, reader, alignment, first, std::min(chunk, columns - first), to,
                                      panels.template mutable_data_ptr<Panel>());
       }
     });
     return rounds ? rounded : bfloat16_result ? result.to(at::kBFloat16) : result;
   }
-  auto result = at::empty({rows, columns}, lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value));
+  auto result = at::empty({rows, columns}, sum_options);
   Sum* out = result.template mutable_data_ptr<Sum>();
   // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
@@ -315,6 +359,13 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
       }
     });
   });
+  if (finish != nullptr) {
+    const SumsDestination<Products> to{out, columns, nullptr, finish};
+    at::parallel_for(
+        0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(columns, 1)),
+        [&](int64_t begin, int64_t end) { finish_sums(to, out + begin * columns, begin, end - begin, 0, columns); });
+    return at::Tensor();
+  }
   return bfloat16_result ? result.to(at::kBFloat16) : result;
 }
 
@@ -337,6 +388,15 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const s
                                                  : panel_gemm_in<Int8Products>(lhs, reader, scale, false);
   }
   return panel_gemm_in<FloatProducts>(lhs, reader, scale, bfloat16_result);
+}
+
+void panel_gemm_int8(const at::Tensor& lhs, const WeightReader& reader, const FinishSums& finish) {
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kChar);
+  if (kernels().panel_rows_int8_amx != nullptr) {
+    panel_gemm_in<AmxInt8Products>(lhs, reader, std::nullopt, false, &finish);
+  } else {
+    panel_gemm_in<Int8Products>(lhs, reader, std::nullopt, false, &finish);
+  }
 }
 
 } // namespace qlgrad::math

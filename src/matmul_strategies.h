@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 
 namespace qlgrad::math {
@@ -53,6 +54,17 @@ at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack);
 // kernels store it, else in a pass of its own.
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
                       std::optional<at::ScalarType> products = std::nullopt, bool bfloat16_result = false);
+
+// Rows [row, row + rows) and columns [first, first + count) of panel_gemm_int8's int32 sums,
+// `sums` pointing at the first, rows `stride` apart, as soon as they are complete: made into the
+// caller's result while they are in cache.
+using FinishSums =
+    std::function<void(const int32_t* sums, int64_t stride, int64_t row, int64_t rows, int64_t first, int64_t count)>;
+
+// The int8 panel GEMM of an int8 lhs (where kernels().panel_rows_int8 is), as panel_gemm's: its
+// sums go to `finish` a block at a time instead of into a result of their own, which a rescale
+// would take another pass over.
+void panel_gemm_int8(const at::Tensor& lhs, const WeightReader& reader, const FinishSums& finish);
 
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or
 // bfloat16).

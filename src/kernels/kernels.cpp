@@ -83,6 +83,7 @@ Kernels avx512_kernels() {
     table.pack_rows_int8 = &pack_rows_int8_avx512_vnni;
     table.int8_panels = &int8_panels_avx512_vnni;
     table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
+    table.int8_row_sums = &int8_row_sums_avx512_vnni;
   }
   if (has_amx()) {
     table.configure_tiles_amx = &configure_tiles_amx;

@@ -177,15 +177,18 @@ using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, int64_t lhs_block_
                             at::BFloat16* rounded);
 
 // The rescaling of an int8 product's int32 sums as torch computes it one operation at a time:
-// out[m, n] = ((sums[m, n] * row_scale[m]) * column_scale[n]) + bias[n] (no bias where it is null)
-// in float32, each step's result rounded to bfloat16 where its bit in `bfloat16_steps` is set
-// (RescaleStep: the conversion of the sum to a float, then the two products and the sum, as their
-// tensors' dtypes make them), and the result to Element (float32, or bfloat16 rounded to nearest
-// even). Rows [begin, end) of sums [rows, columns] and out, both contiguous.
+// out[m, n] = (((sums[m, n] - row_offset[m]) * row_scale[m]) * column_scale[n]) + bias[n] in
+// float32 (the offset subtracted in int32; no offset, column scale or bias where it is null), each
+// step's result rounded to bfloat16 where its bit in `bfloat16_steps` is set (RescaleStep: the
+// conversion of the sum to a float, then the two products and the sum, as their tensors' dtypes
+// make them), and the result to Element (float32, or bfloat16 rounded to nearest even). `rows`
+// rows of `columns` sums, `sums_stride` apart, into out's rows `out_stride` apart; row_offset and
+// row_scale point at the first row's, column_scale and bias at the first column's.
 enum RescaleStep : unsigned { kConversion = 1, kRowProduct = 2, kColumnProduct = 4, kBiasSum = 8 };
 template <typename Element>
-using RescaleSumsFn = void(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const float* row_scale,
-                           const float* column_scale, const float* bias, unsigned bfloat16_steps, Element* out);
+using RescaleSumsFn = void(const int32_t* sums, int64_t sums_stride, int64_t rows, int64_t columns,
+                           const int32_t* row_offset, const float* row_scale, const float* column_scale,
+                           const float* bias, unsigned bfloat16_steps, Element* out, int64_t out_stride);
 
 // Such int8 panels of int8 codes W in rows, panel_depth (a multiple of 4) rows of kPanelColumns
 // apart; past `depth` each value is 128 (a zero code), past `count` up to whole panels filler
@@ -197,6 +200,10 @@ using RescaleSumsFn = void(const int32_t* sums, int64_t begin, int64_t end, int6
 using Int8PanelsFn = void(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
                           int64_t panel_depth);
 using Int8TransposedPanelsFn = Int8PanelsFn;
+
+// sums[r] = the sum of row r's `depth` int8 values, for `count` rows `stride` apart: the int8
+// panels' code offset is 128 times it.
+using Int8RowSumsFn = void(const int8_t* rows, int64_t stride, int64_t count, int64_t depth, int32_t* sums);
 
 // W.T[top:top + depth, first:first + count] of int8 codes W [N, K] in rows (`codes` points at
 // W[first, top]; `parameters` per row of W and group of its columns, groups of whole 16 columns
@@ -281,6 +288,7 @@ struct Kernels {
   PackRowsFn<int8_t>* pack_rows_int8 = nullptr;
   Int8PanelsFn* int8_panels = nullptr;
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
+  Int8RowSumsFn* int8_row_sums = nullptr;
   // The panel GEMM on AMX tiles, in bfloat16 and int8 products, with lhs packed as PanelRowsAmxFn
   // reads it (PackRowsFn's blocks of kAmxBlockRows rows and S values): has_amx() only, null elsewhere.
   ConfigureTilesFn* configure_tiles_amx = nullptr;

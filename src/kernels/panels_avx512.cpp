@@ -84,36 +84,43 @@ void store_values(__mmask16 mask, at::BFloat16* to, __m512 values) {
 }
 
 template <typename Element>
-void rescale_sums(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const float* row_scale,
-                  const float* column_scale, const float* bias, unsigned bfloat16_steps, Element* out) {
-  for (int64_t m = begin; m < end; ++m) {
+void rescale_sums(const int32_t* sums, int64_t sums_stride, int64_t rows, int64_t columns, const int32_t* row_offset,
+                  const float* row_scale, const float* column_scale, const float* bias, unsigned bfloat16_steps,
+                  Element* out, int64_t out_stride) {
+  for (int64_t m = 0; m < rows; ++m) {
+    const __m512i offset = _mm512_set1_epi32(row_offset != nullptr ? row_offset[m] : 0);
     const __m512 row_factor = _mm512_set1_ps(row_scale[m]);
     for (int64_t n = 0; n < columns; n += 16) {
       const __mmask16 mask = avx512::lanes_mask(columns - n);
-      __m512 values = step_result(_mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(mask, sums + m * columns + n)),
-                                  bfloat16_steps, kConversion);
+      const __m512i sum = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(mask, sums + m * sums_stride + n), offset);
+      __m512 values = step_result(_mm512_cvtepi32_ps(sum), bfloat16_steps, kConversion);
       values = step_result(_mm512_mul_ps(values, row_factor), bfloat16_steps, kRowProduct);
-      values = step_result(_mm512_mul_ps(values, _mm512_maskz_loadu_ps(mask, column_scale + n)), bfloat16_steps,
-                           kColumnProduct);
+      if (column_scale != nullptr) {
+        values = step_result(_mm512_mul_ps(values, _mm512_maskz_loadu_ps(mask, column_scale + n)), bfloat16_steps,
+                             kColumnProduct);
+      }
       if (bias != nullptr) {
         values = step_result(_mm512_add_ps(values, _mm512_maskz_loadu_ps(mask, bias + n)), bfloat16_steps, kBiasSum);
       }
-      store_values(mask, out + m * columns + n, values);
+      store_values(mask, out + m * out_stride + n, values);
     }
   }
 }
 
 } // namespace
 
-void rescale_sums_avx512(const int32_t* sums, int64_t begin, int64_t end, int64_t columns, const float* row_scale,
-                         const float* column_scale, const float* bias, unsigned bfloat16_steps, float* out) {
-  rescale_sums(sums, begin, end, columns, row_scale, column_scale, bias, bfloat16_steps, out);
+void rescale_sums_avx512(const int32_t* sums, int64_t sums_stride, int64_t rows, int64_t columns,
+                         const int32_t* row_offset, const float* row_scale, const float* column_scale,
+                         const float* bias, unsigned bfloat16_steps, float* out, int64_t out_stride) {
+  rescale_sums(sums, sums_stride, rows, columns, row_offset, row_scale, column_scale, bias, bfloat16_steps, out,
+               out_stride);
 }
 
-void rescale_sums_bfloat16_avx512(const int32_t* sums, int64_t begin, int64_t end, int64_t columns,
-                                  const float* row_scale, const float* column_scale, const float* bias,
-                                  unsigned bfloat16_steps, at::BFloat16* out) {
-  rescale_sums(sums, begin, end, columns, row_scale, column_scale, bias, bfloat16_steps, out);
+void rescale_sums_bfloat16_avx512(const int32_t* sums, int64_t sums_stride, int64_t rows, int64_t columns,
+                                  const int32_t* row_offset, const float* row_scale, const float* column_scale,
+                                  const float* bias, unsigned bfloat16_steps, at::BFloat16* out, int64_t out_stride) {
+  rescale_sums(sums, sums_stride, rows, columns, row_offset, row_scale, column_scale, bias, bfloat16_steps, out,
+               out_stride);
 }
 
 void panel_rows_avx512(int64_t rows, const float* lhs, const float* panel, int64_t depth, float* out, int64_t ldo,

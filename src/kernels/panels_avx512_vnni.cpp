@@ -63,6 +63,19 @@ void pack_rows_int8_avx512_vnni(const int8_t* lhs, int64_t ldl, int64_t count, i
   });
 }
 
+// 64 values at a time, each times one (vpdpbusd's unsigned operand) into 16 int32 sums.
+void int8_row_sums_avx512_vnni(const int8_t* rows, int64_t stride, int64_t count, int64_t depth, int32_t* sums) {
+  const __m512i ones = _mm512_set1_epi8(1);
+  for (int64_t r = 0; r < count; ++r) {
+    __m512i lanes = _mm512_setzero_si512();
+    for (int64_t n = 0; n < depth; n += 64) {
+      const __mmask64 mask = depth - n >= 64 ? ~__mmask64{0} : (__mmask64{1} << (depth - n)) - 1;
+      lanes = _mm512_dpbusd_epi32(lanes, ones, _mm512_maskz_loadu_epi8(mask, rows + r * stride + n));
+    }
+    sums[r] = _mm512_reduce_add_epi32(lanes);
+  }
+}
+
 // 16 rows at a time, whose codes stay in L1 while each panel's share is written (as
 // convert_panels in panels_avx512.cpp); four rows of 16 codes at a time interleaved into the 16
 // quads of a panel row's half. Byte and word unpacking keep the columns in order within 128 bits.

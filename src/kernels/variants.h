@@ -64,6 +64,7 @@ PanelRowsInt8Fn panel_rows_int8_avx512_vnni;
 PackRowsFn<int8_t> pack_rows_int8_avx512_vnni;
 Int8PanelsFn int8_panels_avx512_vnni;
 Int8TransposedPanelsFn int8_transposed_panels_avx512_vnni;
+Int8RowSumsFn int8_row_sums_avx512_vnni;
 
 // AMX (x86-64 only).
 ConfigureTilesFn configure_tiles_amx;
