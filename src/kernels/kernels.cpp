@@ -47,9 +47,13 @@ Kernels avx2_kernels() {
 }
 
 Kernels avx512_kernels() {
-  // The row quantizers are AVX2's: their loops are short and bound by the rounding.
   Kernels table = avx2_kernels();
   table.instruction_set = InstructionSet::kAvx512;
+  table.quantize_rows = &quantize_rows_avx512;
+  table.quantize_rows_symmetric = &quantize_rows_symmetric_avx512;
+  table.quantize_rows_symmetric_bfloat16 = &quantize_rows_symmetric_bfloat16_avx512;
+  table.quant_dequant_rows_asymmetric = &quant_dequant_rows_asymmetric_avx512;
+  table.quant_dequant_rows_asymmetric_bfloat16 = &quant_dequant_rows_asymmetric_bfloat16_avx512;
   table.stream_int8 = &stream_int8_avx512;
   table.stream_int8_vector_groups = &stream_int8_vectors_avx512;
   table.stream_float16 = &stream_float16_vectors_avx512;

@@ -31,6 +31,11 @@ QuantDequantRowsFn<float> quant_dequant_rows_asymmetric_avx2;
 QuantDequantRowsFn<at::BFloat16> quant_dequant_rows_asymmetric_bfloat16_avx2;
 
 // AVX-512 (x86-64 only).
+QuantizeRowsFn quantize_rows_avx512;
+QuantizeRowsSymmetricFn<float> quantize_rows_symmetric_avx512;
+QuantizeRowsSymmetricFn<at::BFloat16> quantize_rows_symmetric_bfloat16_avx512;
+QuantDequantRowsFn<float> quant_dequant_rows_asymmetric_avx512;
+QuantDequantRowsFn<at::BFloat16> quant_dequant_rows_asymmetric_bfloat16_avx512;
 StreamFn<int8_t> stream_int8_avx512;
 StreamFn<int8_t> stream_int8_vectors_avx512;
 StreamFn<at::Half> stream_float16_vectors_avx512;
