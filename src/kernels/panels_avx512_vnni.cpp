@@ -84,6 +84,9 @@ void int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_t depth, in
   constexpr int64_t kRowsAtOnce = 16;
   const __m128i offset = _mm_set1_epi8(static_cast<char>(0x80));
   for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
+    if (const int64_t next_top = block_top + kRowsAtOnce; next_top < depth) {
+      avx512::prefetch_rows(codes + next_top * ldw, ldw, std::min(kRowsAtOnce, depth - next_top), count);
+    }
     for (int64_t column = 0; column < round_up(count, kPanelColumns); column += 16) {
       const __mmask16 mask = avx512::lanes_mask(count - column);
       uint8_t* panel = panels + column / kPanelColumns * kPanelColumns * panel_depth + column % kPanelColumns * 4;
