@@ -148,6 +148,17 @@ def run_mode(name: str, arguments: argparse.Namespace) -> dict:
     return {"mode": name, "failed": f"exit status {child.returncode}: {last_words[-1]}"}
 
 
+def median_round(mode_rounds: list[dict]) -> dict:
+    """A mode's row over its rounds: the measured round with the median time per step (the lower
+    of the two middle ones for an even count), with every round's time beside it."""
+    timed = sorted((row for row in mode_rounds if measured(row)), key=lambda row: row["seconds_per_step"])
+    if not timed:
+        return mode_rounds[0]
+    row = dict(timed[(len(timed) - 1) // 2])
+    row["rounds_seconds_per_step"] = [row["seconds_per_step"] for row in mode_rounds if measured(row)]
+    return row
+
+
 def shared_arguments(arguments: argparse.Namespace) -> list[str]:
     """The options a child needs to build and train the same model on the same data."""
     return [
@@ -361,6 +372,14 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=workloads.THREADS, help=f"torch threads (default {workloads.THREADS})"
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run the modes this many times in turn, each mode's row its median round by time per step "
+        "(default 1): on a machine whose speed drifts over minutes, rounds that alternate the modes keep "
+        "the drift out of their ratios",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the raw results to this file")
     parser.add_argument("--mode", choices=list(MODES), help=argparse.SUPPRESS)  # the child's one mode
     arguments = parser.parse_args()
@@ -370,7 +389,7 @@ def parse_arguments() -> argparse.Namespace:
         parser.error(f"unknown modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
     if arguments.tokens < 2:
         parser.error("--tokens must be at least 2 (each token is the label of the one before)")
-    for option in ("batch", "steps", "threads"):
+    for option in ("batch", "steps", "threads", "rounds"):
         if getattr(arguments, option) < 1:
             parser.error(f"--{option} must be at least 1")
     return arguments
@@ -381,15 +400,25 @@ def main() -> None:
     if arguments.mode is not None:
         run_child(arguments)
         return
-    rows = {}
-    for name in arguments.modes:
-        start = time.perf_counter()
-        rows[name] = run_mode(name, arguments)
-        outcome = "done" if measured(rows[name]) else rows[name].get("failed") or rows[name].get("skipped")
-        print(f"{name}: {outcome} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    rounds: dict[str, list[dict]] = {name: [] for name in arguments.modes}
+    for round_index in range(arguments.rounds):
+        for name in arguments.modes:
+            start = time.perf_counter()
+            row = run_mode(name, arguments)
+            rounds[name].append(row)
+            outcome = "done" if measured(row) else row.get("failed") or row.get("skipped")
+            where = f"round {round_index + 1}, " if arguments.rounds > 1 else ""
+            print(f"{name}: {outcome} ({where}{time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+    rows = {name: median_round(mode_rounds) for name, mode_rounds in rounds.items()}
 
     size = SIZES[arguments.size]
     warmup = min(WARMUP_STEPS, arguments.steps - 1)
+    rounds_text = (
+        f", in {arguments.rounds} rounds that took the modes in turn; each row is the mode's median round by ms "
+        "per step"
+        if arguments.rounds > 1
+        else ""
+    )
     print(f"qlgrad {qlgrad.__version__}, torch {torch.__version__}, {arguments.threads} threads")
     print(cpu_description())
     print(
@@ -398,8 +427,9 @@ def main() -> None:
         f"{LEARNING_RATE:g}; {arguments.steps} steps."
     )
     print(
-        f"Each mode ran in a process of its own. ms per step: median wall-clock time of forward, backward and "
-        f"optimizer step, the first {warmup} steps left out; spread: their interquartile range over the median; "
+        f"Each mode ran in a process of its own{rounds_text}. ms per step: median wall-clock time of forward, "
+        f"backward and optimizer step, the first {warmup} steps left out; spread: their interquartile range over "
+        "the median; "
         "CPU wait: the share of that time during which some task waited for a CPU (other processes disturbed the "
         "row). Memory above the process's after its imports, each reading after gc and malloc_trim: model, once "
         "built, quantized and adapted; after steps, with AdamW's state and qlgrad's cache; peak: the kernel's "
@@ -418,7 +448,10 @@ def main() -> None:
                     "arch": arguments.arch,
                     "size": arguments.size,
                     "shape": asdict(size),
-                    **{option: getattr(arguments, option) for option in ("tokens", "batch", "steps", "threads")},
+                    **{
+                        option: getattr(arguments, option)
+                        for option in ("tokens", "batch", "steps", "threads", "rounds")
+                    },
                     "torch": torch.__version__,
                     "qlgrad": qlgrad.__version__,
                     "cpu": cpu_description(),

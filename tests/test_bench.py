@@ -123,6 +123,16 @@ def test_llm_trains_the_tiny_decoder_in_each_mode(tmp_path):
     assert [row["mode"] for row in json.loads(results.read_text())["rows"]] == modes
 
 
+def test_llm_rounds_take_the_modes_in_turn(tmp_path):
+    results = tmp_path / "llm.json"
+    output, rows = train_tiny_decoder(["float", "float-bf16"], "--rounds", "3", "--json", str(results))
+    assert "in 3 rounds that took the modes in turn" in output
+    for row in json.loads(results.read_text())["rows"]:
+        # The row is its median round: the middle one of the three by time per step.
+        times = row["rounds_seconds_per_step"]
+        assert len(times) == 3 and row["seconds_per_step"] == sorted(times)[1]
+
+
 def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
     modes = [
         "float",
