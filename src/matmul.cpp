@@ -101,10 +101,6 @@ at::Tensor code_offsets(const at::Tensor& lhs) {
   return offsets.mul_(128);
 }
 
-at::Tensor without_code_offset(at::Tensor&& sums, const at::Tensor& lhs) {
-  return sums.sub_(code_offsets(lhs).unsqueeze(1));
-}
-
 // How int32 sums of an int8 product become the result, as RescaleSumsFn makes them: offsets int32
 // [M] (absent for none) and row scales float32 [M], contiguous; column scale and bias [N] float32
 // (null for none).
@@ -300,7 +296,22 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes) {
   if (input.numel() == 0 || codes.size(0) == 0) {
     return at::zeros({input.size(0), codes.size(0)}, input.options().dtype(at::kInt));
   }
-  return without_code_offset(panel_gemm(input, Int8CodesTransposed(codes), std::nullopt), input);
+  // The int32 sums less the code offset, a block at a time.
+  auto result = at::empty({input.size(0), codes.size(0)}, input.options().dtype(at::kInt));
+  const auto offsets = code_offsets(input);
+  const int32_t* offset_data = offsets.const_data_ptr<int32_t>();
+  int32_t* out = result.mutable_data_ptr<int32_t>();
+  const int64_t stride = result.size(1);
+  panel_gemm_int8(
+      input, Int8CodesTransposed(codes),
+      [&](const int32_t* sums, int64_t sums_stride, int64_t row, int64_t rows, int64_t first, int64_t count) {
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t c = 0; c < count; ++c) {
+            out[(row + r) * stride + first + c] = sums[r * sums_stride + c] - offset_data[row + r];
+          }
+        }
+      });
+  return result;
 }
 
 at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& row_scale,

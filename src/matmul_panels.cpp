@@ -373,7 +373,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
 
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
                       std::optional<at::ScalarType> products, bool bfloat16_result) {
-  TORCH_INTERNAL_ASSERT(!bfloat16_result || lhs.scalar_type() != at::kChar);
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() != at::kChar, "int8 products go through panel_gemm_int8");
   TORCH_INTERNAL_ASSERT(!products || *products == lhs.scalar_type() ||
                         (*products == at::kBFloat16 && lhs.scalar_type() == at::kFloat));
   const auto& kernel = kernels();
@@ -381,11 +381,6 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const s
     return kernel.panel_rows_bfloat16_amx != nullptr
                ? panel_gemm_in<AmxBFloat16Products>(lhs, reader, scale, bfloat16_result)
                : panel_gemm_in<BFloat16Products>(lhs, reader, scale, bfloat16_result);
-  }
-  if (lhs.scalar_type() == at::kChar) {
-    TORCH_INTERNAL_ASSERT(!scale, "an int8 lhs takes no scale");
-    return kernel.panel_rows_int8_amx != nullptr ? panel_gemm_in<AmxInt8Products>(lhs, reader, scale, false)
-                                                 : panel_gemm_in<Int8Products>(lhs, reader, scale, false);
   }
   return panel_gemm_in<FloatProducts>(lhs, reader, scale, bfloat16_result);
 }

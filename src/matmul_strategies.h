@@ -46,9 +46,7 @@ at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack);
 // The panel GEMM (where kernels().panel_rows is): (lhs * scale) @ W in float32, with `scale` [N] or
 // [1] or none, the weight converted into panels as it goes. With a bfloat16 lhs (where
 // kernels().panel_rows_bfloat16 is), in bfloat16 products and float32 sums, each lhs[m, n] *
-// scale[n] rounded to bfloat16 once. The result is float32; with an int8 lhs (where
-// kernels().panel_rows_int8 is, no scale), the int32 sums of int8 products with W's uint8 panels
-// (each value plus 128), short of 128 times each row's sum of lhs.
+// scale[n] rounded to bfloat16 once. The result is float32 (an int8 lhs: panel_gemm_int8).
 // `products` is lhs's dtype, or bfloat16 for a float32 lhs, packed as a bfloat16 one would be.
 // With `bfloat16_result` (float32 sums), the result is rounded to bfloat16 once: as the AMX
 // kernels store it, else in a pass of its own.
@@ -61,9 +59,10 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const s
 using FinishSums =
     std::function<void(const int32_t* sums, int64_t stride, int64_t row, int64_t rows, int64_t first, int64_t count)>;
 
-// The int8 panel GEMM of an int8 lhs (where kernels().panel_rows_int8 is), as panel_gemm's: its
-// sums go to `finish` a block at a time instead of into a result of their own, which a rescale
-// would take another pass over.
+// The int8 panel GEMM of an int8 lhs (where kernels().panel_rows_int8 is): the int32 sums of int8
+// products with W's uint8 panels (each value plus 128), short of 128 times each row's sum of lhs,
+// go to `finish` a block at a time instead of into a result of their own, which a rescale would
+// take another pass over.
 void panel_gemm_int8(const at::Tensor& lhs, const WeightReader& reader, const FinishSums& finish);
 
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or
