@@ -50,42 +50,57 @@ inline __m512 load_values16(__mmask16 mask, const at::Half* values) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values));
 }
 
-// The offsets and factors of the 16 columns from `column` of weight row n: one group's
-// broadcast where they lie in one (group sizes that are multiples of 16), else lane by lane.
-inline void lane_parameters(const CodeParameters& parameters, int64_t n, int64_t column, __m512& offsets,
+// Which groups 16 columns of the weight from `column` lie in: the same for every row, so found
+// once per block of columns (a division by the group size costs as much as converting a row's 32
+// codes). One group's index where they lie in one (group sizes that are multiples of 16, and per
+// tensor or per channel), else each lane's.
+struct LaneGroups {
+  int64_t group = 0;
+  bool one_group = true;
+  __m512i lanes = _mm512_setzero_si512();
+
+  LaneGroups(const CodeParameters& parameters, int64_t column) {
+    if (parameters.groups == 1) {
+      return;
+    }
+    group = column / parameters.group_size;
+    one_group = column + 16 <= (group + 1) * parameters.group_size;
+    if (!one_group) {
+      // Columns past the weight's last take its last group: their lanes are masked off.
+      alignas(64) int32_t lane_groups[16];
+      for (int64_t lane = 0; lane < 16; ++lane) {
+        lane_groups[lane] =
+            static_cast<int32_t>(std::min((column + lane) / parameters.group_size, parameters.groups - 1));
+      }
+      lanes = _mm512_load_si512(lane_groups);
+    }
+  }
+};
+
+// The offsets and factors of 16 columns of weight row n that lie in `where`.
+inline void lane_parameters(const CodeParameters& parameters, int64_t n, const LaneGroups& where, __m512& offsets,
                             __m512& factors) {
-  if (parameters.groups == 1) {
-    // Per tensor or per channel: no division by the group size, which costs as much as the rest.
-    offsets = _mm512_set1_ps(parameters.offset(n, 0));
-    factors = _mm512_set1_ps(parameters.factor(n, 0));
+  if (where.one_group) {
+    offsets = _mm512_set1_ps(parameters.offset(n, where.group));
+    factors = _mm512_set1_ps(parameters.factor(n, where.group));
     return;
   }
-  const int64_t group = column / parameters.group_size;
-  if (column + 16 <= (group + 1) * parameters.group_size) {
-    offsets = _mm512_set1_ps(parameters.offset(n, group));
-    factors = _mm512_set1_ps(parameters.factor(n, group));
-    return;
-  }
-  alignas(64) float lane_offsets[16], lane_factors[16];
-  for (int64_t lane = 0; lane < 16; ++lane) {
-    // Columns past the weight's last take its last group: their lanes are masked off.
-    const int64_t lane_group = std::min((column + lane) / parameters.group_size, parameters.groups - 1);
-    lane_offsets[lane] = parameters.offset(n, lane_group);
-    lane_factors[lane] = parameters.factor(n, lane_group);
-  }
-  offsets = _mm512_load_ps(lane_offsets);
-  factors = _mm512_load_ps(lane_factors);
+  const int64_t row = n * parameters.groups;
+  offsets = parameters.zero_point == nullptr ? _mm512_setzero_ps()
+                                             : _mm512_i32gather_ps(where.lanes, parameters.zero_point + row, 4);
+  factors =
+      parameters.scale == nullptr ? _mm512_set1_ps(1.0f) : _mm512_i32gather_ps(where.lanes, parameters.scale + row, 4);
 }
 
-// The values of 32 columns of weight row n from `column` (`row` points at its codes there), zero
-// past `count` columns, as two vectors of 16.
+// The values of 32 columns of weight row n (`row` points at its codes there) that lie in `low`
+// and `high`, zero past `count` columns, as two vectors of 16.
 template <typename Code>
-inline void values32(const Code* row, const CodeParameters& parameters, int64_t n, int64_t column, int64_t count,
-                     __m512& low, __m512& high) {
+inline void values32(const Code* row, const CodeParameters& parameters, int64_t n, const LaneGroups& low_groups,
+                     const LaneGroups& high_groups, int64_t count, __m512& low, __m512& high) {
   const __mmask16 low_mask = lanes_mask(count), high_mask = lanes_mask(count - 16);
   __m512 low_offsets, low_factors, high_offsets, high_factors;
-  lane_parameters(parameters, n, column, low_offsets, low_factors);
-  lane_parameters(parameters, n, column + 16, high_offsets, high_factors);
+  lane_parameters(parameters, n, low_groups, low_offsets, low_factors);
+  lane_parameters(parameters, n, high_groups, high_offsets, high_factors);
   low = _mm512_maskz_mul_ps(low_mask, _mm512_sub_ps(load_values16(low_mask, row), low_offsets), low_factors);
   high = _mm512_maskz_mul_ps(high_mask, _mm512_sub_ps(load_values16(high_mask, row + 16), high_offsets), high_factors);
 }

@@ -46,9 +46,11 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parame
     }
     for (int64_t column = 0; column < count; column += kPanelColumns) {
       float* panel = panels + column * panel_depth;
+      const avx512::LaneGroups low_groups(parameters, first + column), high_groups(parameters, first + column + 16);
       for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); ++n) {
         __m512 low, high;
-        avx512::values32(codes + n * ldw + column, parameters, top + n, first + column, count - column, low, high);
+        avx512::values32(codes + n * ldw + column, parameters, top + n, low_groups, high_groups, count - column, low,
+                         high);
         _mm512_storeu_ps(panel + n * kPanelColumns, low);
         _mm512_storeu_ps(panel + n * kPanelColumns + 16, high);
       }

@@ -45,12 +45,14 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parame
     }
     for (int64_t column = 0; column < count; column += kPanelColumns) {
       at::BFloat16* panel = panels + column * panel_depth;
+      const avx512::LaneGroups low_groups(parameters, first + column), high_groups(parameters, first + column + 16);
       for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); n += 2) {
         __m512 low, high, next_low = _mm512_setzero_ps(), next_high = _mm512_setzero_ps();
-        avx512::values32(codes + n * ldw + column, parameters, top + n, first + column, count - column, low, high);
+        avx512::values32(codes + n * ldw + column, parameters, top + n, low_groups, high_groups, count - column, low,
+                         high);
         if (n + 1 < depth) {
-          avx512::values32(codes + (n + 1) * ldw + column, parameters, top + n + 1, first + column, count - column,
-                           next_low, next_high);
+          avx512::values32(codes + (n + 1) * ldw + column, parameters, top + n + 1, low_groups, high_groups,
+                           count - column, next_low, next_high);
         }
         _mm512_storeu_si512(panel + n * kPanelColumns, avx512::bfloat16_pairs(low, next_low));
         _mm512_storeu_si512(panel + n * kPanelColumns + kPanelColumns, avx512::bfloat16_pairs(high, next_high));
