@@ -22,7 +22,6 @@
 
 namespace qlgrad::math::avx512 {
 
-// The first `columns` of 16 lanes.
 // Prefetches `count` values of each of `rows` rows from `values`, `ldw` values apart: the next rows
 // a panel converter reads. It reads a few cache lines of each row in turn, too short a run for the
 // hardware prefetchers to follow, and the codes come from L3 or memory: rotating through the 56
@@ -37,6 +36,23 @@ inline void prefetch_rows(const Value* values, int64_t ldw, int64_t rows, int64_
   }
 }
 
+// Prefetches the values at `column` of rows [from, to) (`values` pointing at row 0, rows `ldw`
+// apart) once per cache line: the bfloat16 converter, as it reaches each line of its current
+// rows, asks for that line of the rows it converts next. Its conversions take long enough per
+// line that prefetch_rows' burst stalled on the line fill buffers for a fifth of the conversion's
+// time (perf); spread among the conversions, the bfloat16 input gradients of int8 codes at 256
+// rows took 2-5% less time. (The float32 converter measured the same either way, the int8 one
+// 10% slower.)
+template <typename Value>
+inline void prefetch_column(const Value* values, int64_t ldw, int64_t from, int64_t to, int64_t column) {
+  if (column * int64_t{sizeof(Value)} % 64 == 0) {
+    for (int64_t row = from; row < to; ++row) {
+      _mm_prefetch(reinterpret_cast<const char*>(values + row * ldw + column), _MM_HINT_T0);
+    }
+  }
+}
+
+// The first `columns` of 16 lanes.
 inline __mmask16 lanes_mask(int64_t columns) {
   return columns >= 16 ? __mmask16(0xFFFF) : columns <= 0 ? __mmask16(0) : __mmask16((1u << columns) - 1);
 }

@@ -40,11 +40,10 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parame
                     int64_t depth, int64_t count, at::BFloat16* panels, int64_t panel_depth) {
   constexpr int64_t kRowsAtOnce = 16;
   for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
-    if (const int64_t next_top = block_top + kRowsAtOnce; next_top < depth) {
-      avx512::prefetch_rows(codes + next_top * ldw, ldw, std::min(kRowsAtOnce, depth - next_top), count);
-    }
     for (int64_t column = 0; column < count; column += kPanelColumns) {
       at::BFloat16* panel = panels + column * panel_depth;
+      avx512::prefetch_column(codes, ldw, block_top + kRowsAtOnce, std::min(depth, block_top + 2 * kRowsAtOnce),
+                              column);
       const avx512::LaneGroups low_groups(parameters, first + column), high_groups(parameters, first + column + 16);
       for (int64_t n = block_top; n < std::min(depth, block_top + kRowsAtOnce); n += 2) {
         __m512 low, high, next_low = _mm512_setzero_ps(), next_high = _mm512_setzero_ps();
