@@ -6,7 +6,7 @@
 
 #include "avx512_bf16.h"
 #include "packed_rows_avx512.h"
-#include "transposed_codes_avx512.h"
+#include "transpose16_avx512.h"
 
 namespace qlgrad::math {
 namespace {
@@ -107,15 +107,63 @@ void convert_panels_float16_bfloat16_avx512(const at::Half* values, int64_t ldw,
   convert_panels(values, ldw, parameters, top, first, depth, count, panels, panel_depth);
 }
 
+// 16 rows of W at a time, 32 codes of each converted and rounded to 16 bfloat16 pairs (a 32-bit
+// lane each, in order), then transposed as 32-bit lanes into 16 panel rows of pairs of those 16
+// columns: one 16 x 16 transpose per 512 values, where transposing float32 values before the
+// conversion takes one per 256.
 void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters,
                                                     int64_t top, int64_t first, int64_t depth, int64_t count,
                                                     at::BFloat16* panels, int64_t panel_depth) {
-  for_each_transposed16<2>(
-      codes, ldw, parameters, top, first, depth, count, [&](int64_t row, int64_t k, const __m512* values) {
-        _mm512_storeu_si512(
-            panels + row / kPanelColumns * kPanelColumns * panel_depth + k * kPanelColumns + row % kPanelColumns * 2,
-            avx512::bfloat16_pairs(values[0], values[1]));
-      });
+  const Transpose16 transpose16;
+  // The 16 rows are read 32 codes at a time, 16 streams that the hardware prefetchers do not keep
+  // ahead of: rotating through weights, waiting for the codes took two fifths of the conversion.
+  // Each row asks for the line 4 lines on, or past its end, the line as far into the row 16 on.
+  constexpr int64_t kAhead = 256;
+  const auto prefetch_ahead = [&](int64_t row, int64_t k) {
+    if (k + kAhead < depth) {
+      _mm_prefetch(reinterpret_cast<const char*>(codes + row * ldw + k + kAhead), _MM_HINT_T0);
+    } else if (row + 16 < count) {
+      _mm_prefetch(reinterpret_cast<const char*>(codes + (row + 16) * ldw + k + kAhead - depth), _MM_HINT_T0);
+    }
+  };
+  // The group of 16 columns from `k` (groups are whole 16 columns, or one per row); columns past
+  // the weight's last take its last group, their lanes masked off.
+  const auto group_of = [&](int64_t k) {
+    return parameters.groups == 1 ? 0 : std::min((top + k) / parameters.group_size, parameters.groups - 1);
+  };
+  for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
+    at::BFloat16* panel = panels + row / kPanelColumns * kPanelColumns * panel_depth + row % kPanelColumns * 2;
+    for (int64_t k = 0; k < depth; k += 32) {
+      const __mmask16 low_mask = avx512::lanes_mask(depth - k), high_mask = avx512::lanes_mask(depth - k - 16);
+      const int64_t low_group = group_of(k), high_group = group_of(k + 16);
+      __m512 pairs[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        if (row + i >= count) {
+          pairs[i] = _mm512_setzero_ps();
+          continue;
+        }
+        const int8_t* values = codes + (row + i) * ldw + k;
+        const int64_t n = first + row + i;
+        if (k % 64 == 0) {
+          prefetch_ahead(row + i, k);
+        }
+        const __m512 low = _mm512_maskz_mul_ps(
+            low_mask,
+            _mm512_sub_ps(avx512::load_values16(low_mask, values), _mm512_set1_ps(parameters.offset(n, low_group))),
+            _mm512_set1_ps(parameters.factor(n, low_group)));
+        const __m512 high = _mm512_maskz_mul_ps(high_mask,
+                                                _mm512_sub_ps(avx512::load_values16(high_mask, values + 16),
+                                                              _mm512_set1_ps(parameters.offset(n, high_group))),
+                                                _mm512_set1_ps(parameters.factor(n, high_group)));
+        // vcvtne2ps2bf16 puts its second operand's values first: the row's 32 values in order.
+        pairs[i] = _mm512_castsi512_ps((__m512i)_mm512_cvtne2ps_pbh(high, low));
+      }
+      transpose16(pairs);
+      for (int64_t j = 0; j < 16 && k + 2 * j < depth; ++j) {
+        _mm512_storeu_ps(panel + (k / 2 + j) * kPanelColumns * 2, pairs[j]);
+      }
+    }
+  }
 }
 
 } // namespace qlgrad::math
