@@ -80,9 +80,13 @@ void for_each_column16(const Int4Pack& pack, int64_t top, int64_t first, int64_t
     }
     const auto where = pack.rows16(first + row);
     __m512 scales, zeros;
+    // Where the next group starts, advanced by additions: a division per Step columns took a
+    // tenth of the conversion.
+    int64_t next_group = 0;
     for (int64_t k = 0; k < depth; k += Step) {
-      if (k == 0 || (top + k) % pack.group_size == 0) {
+      if (k == next_group) {
         scales_and_zeros16(pack, first + row, top + k, scales, zeros);
+        next_group = (top + k) / pack.group_size * pack.group_size + pack.group_size - top;
       }
 #pragma GCC unroll 2
       for (int64_t s = 0; s < Step; ++s) {
