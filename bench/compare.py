@@ -70,6 +70,16 @@ GROUPWISE_MAX_RATIO = 1.10
 # 1.10 of FP32_BEST_GEMM_TARGETS): a quarter of the bytes for int8 codes, half for float16.
 STORED_WEIGHT_FEW_TOKENS_MAX_RATIO = {"int8_per_channel": 0.5, "int8_group32": 0.5, "int8_group128": 0.5, "fp16": 0.7}
 MODEL_MAX_CACHE_BYTES = 1.05  # per byte of the model's int8 weights
+# Every stored weight's bf16 backward of a bfloat16 gradient (a bfloat16 base's) against the
+# bfloat16 GEMM with a bfloat16 copy of the weight: at most this ratio from 16 tokens, and the
+# few-token one with 1 to 8 (a quarter of the bytes or less to read); its error against float64
+# on the same bfloat16 gradient at most this many times that GEMM's (whose weight is rounded to
+# bfloat16 as group-wise values are; the sums' order differs).
+BF16_LOW_BIT_MAX_RATIO = 1.0
+BF16_LOW_BIT_FEW_TOKENS_MAX_RATIO = 0.6
+BF16_LOW_BIT_ERROR_OVER_DENSE = 1.25
+# The bfloat16 GEMM's name in the bf16 low-bit table.
+DENSE_BF16 = "bf16 GEMM"
 
 
 def measure(shape: Shape, scheme: str, repeats: int) -> Row:
@@ -353,6 +363,58 @@ def low_bit_report(rows: list[LowBitRow]) -> str:
     return markdown_table(header, cells) + "\n\n" + "\n".join(verdicts)
 
 
+def measure_low_bit_bfloat16(tokens: int, repeats: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Every low-bit weight's bf16 backward of a bfloat16 gradient and the bfloat16 GEMM,
+    interleaved, 4096x4096: their median times and relative errors against float64."""
+    operations, errors = [], {}
+    for kind in workloads.LOW_BIT_WEIGHTS:
+        workload = workloads.LowBitWorkload(tokens, kind)
+        run = workload.qlgrad_input_gradient("bf16", torch.bfloat16)
+        errors[kind] = workloads.relative_error(run(), workload.reference(torch.bfloat16))
+        operations.append(Timed(kind, run))
+    dense = workload.bfloat16_input_gradient()
+    errors[DENSE_BF16] = workloads.relative_error(dense(), workload.reference(torch.bfloat16))
+    operations.append(Timed(DENSE_BF16, dense))
+    return medians(interleaved_samples(operations, repeats)), errors
+
+
+def low_bit_bfloat16_report(measured: dict[int, tuple[dict[str, float], dict[str, float]]]) -> str:
+    kinds = workloads.LOW_BIT_WEIGHTS
+    header = [
+        "tokens",
+        f"{DENSE_BF16} ms",
+        *(f"{kind} ms (× {DENSE_BF16})" for kind in kinds),
+        f"rel. error ({', '.join((*kinds, DENSE_BF16))})",
+    ]
+    cells, verdicts = [], []
+    for tokens, (seconds, errors) in measured.items():
+        dense = seconds[DENSE_BF16]
+        cells.append(
+            [
+                str(tokens),
+                milliseconds(dense),
+                *(f"{milliseconds(seconds[kind])} ({times(seconds[kind] / dense)})" for kind in kinds),
+                " / ".join(f"{errors[name]:.1e}" for name in (*kinds, DENSE_BF16)),
+            ]
+        )
+        limit = BF16_LOW_BIT_FEW_TOKENS_MAX_RATIO if tokens <= 8 else BF16_LOW_BIT_MAX_RATIO if tokens >= 16 else None
+        for kind in kinds:
+            if limit is not None:
+                ratio = seconds[kind] / dense
+                verdicts.append(
+                    verdict(f"{kind}, {tokens} tokens, ≤ {limit}× the {DENSE_BF16}", ratio <= limit, times(ratio))
+                )
+            error_ratio = errors[kind] / errors[DENSE_BF16]
+            verdicts.append(
+                verdict(
+                    f"{kind}, {tokens} tokens, error ≤ {BF16_LOW_BIT_ERROR_OVER_DENSE}× the {DENSE_BF16}'s",
+                    error_ratio <= BF16_LOW_BIT_ERROR_OVER_DENSE,
+                    times(error_ratio),
+                )
+            )
+    return markdown_table(header, cells) + "\n\n" + "\n".join(verdicts)
+
+
 def plot_ratios(rows: list[Row], path: str) -> None:
     """Backward time over F.linear per implementation, and the forward's requires_grad overhead."""
     backward = Panel(
@@ -454,6 +516,12 @@ def main() -> None:
         print(f"\nLow-bit weights, 4096x4096, fp32 backward; best fp32 GEMM: the faster of {BASELINE} and {ONEDNN}:")
         low_bit_rows = [measure_low_bit(tokens, arguments.repeats) for tokens in workloads.LOW_BIT_TOKENS]
         print(low_bit_report(low_bit_rows), flush=True)
+        print(
+            f"\nLow-bit weights, 4096x4096, bf16 backward of a bfloat16 gradient (a bfloat16 base's), beside the "
+            f"{DENSE_BF16} with a bfloat16 copy of the weight; rel. error against float64 on the same gradient:"
+        )
+        measured = {tokens: measure_low_bit_bfloat16(tokens, arguments.repeats) for tokens in workloads.LOW_BIT_TOKENS}
+        print(low_bit_bfloat16_report(measured), flush=True)
     if arguments.training_forward_tokens:
         print(
             f"\nTraining forwards, {training_forwards.IN_FEATURES}x{training_forwards.OUT_FEATURES}: an input that "

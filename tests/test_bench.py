@@ -78,13 +78,22 @@ def test_compare_times_the_low_bit_weights_and_the_training_forwards():
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    low_bit, forwards = result.stdout.split("Low-bit weights")[1].split("Training forwards")
+    low_bit, low_bit_bfloat16 = result.stdout.split("Low-bit weights")[1:3]
+    low_bit_bfloat16, forwards = low_bit_bfloat16.split("Training forwards")
     rows = table_rows(low_bit)
     assert [row["tokens"] for row in rows] == ["1", "16", "256"]
     for row in rows:
-        errors = [float(error) for error in next(v for k, v in row.items() if k.startswith("rel. error")).split(" / ")]
-        assert max(errors) < 1e-5  # every weight's fp32 backward is exact
+        assert max(relative_errors(row)) < 1e-5  # every weight's fp32 backward is exact
     assert "int4, 1 tokens" in low_bit and "int8_group32, 256 tokens" in low_bit
+
+    rows = table_rows(low_bit_bfloat16)
+    assert [row["tokens"] for row in rows] == ["1", "16", "256"]
+    for row in rows:
+        # Five weights and the bfloat16 GEMM, each within bfloat16's rounding of the weight.
+        errors = relative_errors(row)
+        assert len(errors) == 6 and max(errors) < 1e-2
+    assert "int4_group128, 1 tokens, ≤ 0.6× the bf16 GEMM" in low_bit_bfloat16
+    assert "int8_group32, 256 tokens, error ≤ 1.25× the bf16 GEMM's" in low_bit_bfloat16
 
     rows = table_rows(forwards)
     assert [(row["layer"], row["dtype"], row["tokens"]) for row in rows] == [
@@ -94,6 +103,11 @@ def test_compare_times_the_low_bit_weights_and_the_training_forwards():
         for tokens in ("1", "16")
     ]
     assert "torchao_int8 bfloat16, 16 tokens: training ≤ 1.0× the dense forward" in forwards
+
+
+def relative_errors(row: dict[str, str]) -> list[float]:
+    """The figures of a table row's "rel. error (...)" cell."""
+    return [float(error) for error in next(v for k, v in row.items() if k.startswith("rel. error")).split(" / ")]
 
 
 def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[str, str]]]:

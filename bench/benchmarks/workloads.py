@@ -365,25 +365,32 @@ class LowBitWorkload:
         deviation = self.values.float().view(features, groups, -1) - self.zero_point.view(features, groups, 1)
         self.weight = (deviation * self.scale.view(features, groups, 1)).view(features, features)
 
-    def qlgrad_input_gradient(self, precision: str = "fp32"):
-        """qlgrad's backward from the stored weight, as the layers' autograd nodes call it."""
+    def qlgrad_input_gradient(self, precision: str = "fp32", dtype: torch.dtype = torch.float32):
+        """qlgrad's backward from the stored weight, as the layers' autograd nodes call it, of an
+        output gradient in ``dtype`` (bfloat16: a bfloat16 base's)."""
+        grad_output = self.grad_output.to(dtype)
         if self.kind == "fp16":
-            return lambda: qlgrad.linear_dynamic_fp16_backward(self.grad_output, self.packed, precision)
+            return lambda: qlgrad.linear_dynamic_fp16_backward(grad_output, self.packed, precision)
         if self.kind.startswith("int4"):
             return lambda: qlgrad.linear_int4pack_backward(
-                self.grad_output, self.packed, self.group_size, self.scale_and_zeros, precision
+                grad_output, self.packed, self.group_size, self.scale_and_zeros, precision
             )
-        return lambda: qlgrad.linear_int8_backward(
-            self.grad_output, self.values, self.scale, self.zero_point, precision
-        )
+        return lambda: qlgrad.linear_int8_backward(grad_output, self.values, self.scale, self.zero_point, precision)
 
     def float_input_gradient(self):
         """The baseline, F.linear's input gradient with the float weight: grad_output @ W."""
         return lambda: self.grad_output @ self.weight
 
+    def bfloat16_input_gradient(self):
+        """The bfloat16 baseline, a bfloat16 base's input gradient: a bfloat16 output gradient times a
+        bfloat16 copy of the weight (oneDNN's bfloat16 GEMM)."""
+        grad_output, weight = self.grad_output.bfloat16(), self.weight.bfloat16()
+        return lambda: grad_output @ weight
+
     def onednn_input_gradient(self):
         """The same product through oneDNN (torch's mkldnn linear), the faster fp32 GEMM on some CPUs."""
         return onednn_product(self.grad_output, self.weight)
 
-    def reference(self) -> torch.Tensor:
-        return self.grad_output.double() @ self.weight.double()
+    def reference(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The input gradient in float64 of the output gradient in ``dtype``."""
+        return self.grad_output.to(dtype).double() @ self.weight.double()
