@@ -152,6 +152,7 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
         "float",
         "float-bf16",
         "torchao-int8-bf16",
+        "torchao-int8-bf16-int8",
         "torchao-int4-bf16",
         "torchao-int4pack",
         "torchao-int4pack-ste64",
