@@ -69,7 +69,8 @@ inline __m512 load_values16(__mmask16 mask, const at::Half* values) {
 // Which groups 16 columns of the weight from `column` lie in: the same for every row, so found
 // once per block of columns (a division by the group size costs as much as converting a row's 32
 // codes). One group's index where they lie in one (group sizes that are multiples of 16, and per
-// tensor or per channel), else each lane's.
+// tensor or per channel), else each lane's. Columns past the weight's last take its last group,
+// so that no parameter past a row's is read: their lanes are masked off.
 struct LaneGroups {
   int64_t group = 0;
   bool one_group = true;
@@ -79,10 +80,10 @@ struct LaneGroups {
     if (parameters.groups == 1) {
       return;
     }
-    group = column / parameters.group_size;
-    one_group = column + 16 <= (group + 1) * parameters.group_size;
+    const int64_t first_group = column / parameters.group_size;
+    group = std::min(first_group, parameters.groups - 1);
+    one_group = column + 16 <= (first_group + 1) * parameters.group_size;
     if (!one_group) {
-      // Columns past the weight's last take its last group: their lanes are masked off.
       alignas(64) int32_t lane_groups[16];
       for (int64_t lane = 0; lane < 16; ++lane) {
         lane_groups[lane] =

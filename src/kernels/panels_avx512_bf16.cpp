@@ -126,16 +126,13 @@ void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t
       _mm_prefetch(reinterpret_cast<const char*>(codes + (row + 16) * ldw + k + kAhead - depth), _MM_HINT_T0);
     }
   };
-  // The group of 16 columns from `k` (groups are whole 16 columns, or one per row); columns past
-  // the weight's last take its last group, their lanes masked off.
-  const auto group_of = [&](int64_t k) {
-    return parameters.groups == 1 ? 0 : std::min((top + k) / parameters.group_size, parameters.groups - 1);
-  };
   for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
     at::BFloat16* panel = panels + row / kPanelColumns * kPanelColumns * panel_depth + row % kPanelColumns * 2;
     for (int64_t k = 0; k < depth; k += 32) {
       const __mmask16 low_mask = avx512::lanes_mask(depth - k), high_mask = avx512::lanes_mask(depth - k - 16);
-      const int64_t low_group = group_of(k), high_group = group_of(k + 16);
+      // Groups are whole 16 columns (or one per row): each half lies in one.
+      const int64_t low_group = avx512::LaneGroups(parameters, top + k).group;
+      const int64_t high_group = avx512::LaneGroups(parameters, top + k + 16).group;
       __m512 pairs[16];
       for (int64_t i = 0; i < 16; ++i) {
         if (row + i >= count) {
