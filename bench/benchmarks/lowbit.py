@@ -29,9 +29,10 @@ def _warm(tokens: int, kind: str, operation: str):
 class LowBitBackward:
     params = (list(LOW_BIT_TOKENS), list(LOW_BIT_WEIGHTS))
     param_names = ("tokens", "weight")
+    operation = "qlgrad"
 
     def setup(self, tokens, weight):
-        self.input_gradient = _warm(tokens, weight, "qlgrad")
+        self.input_gradient = _warm(tokens, weight, self.operation)
 
     def time_input_gradient(self, tokens, weight):
         self.input_gradient()
@@ -40,31 +41,18 @@ class LowBitBackward:
 class LowBitFloatBaseline:
     params = (list(LOW_BIT_TOKENS),)
     param_names = ("tokens",)
+    operation = "float"
 
     def setup(self, tokens):
-        self.input_gradient = _warm(tokens, "int8_per_channel", "float")
+        self.input_gradient = _warm(tokens, "int8_per_channel", self.operation)
 
     def time_input_gradient(self, tokens):
         self.input_gradient()
 
 
-class LowBitBfloat16Backward:
-    params = (list(LOW_BIT_TOKENS), list(LOW_BIT_WEIGHTS))
-    param_names = ("tokens", "weight")
-
-    def setup(self, tokens, weight):
-        self.input_gradient = _warm(tokens, weight, "qlgrad bfloat16")
-
-    def time_input_gradient(self, tokens, weight):
-        self.input_gradient()
+class LowBitBfloat16Backward(LowBitBackward):
+    operation = "qlgrad bfloat16"
 
 
-class LowBitBfloat16Baseline:
-    params = (list(LOW_BIT_TOKENS),)
-    param_names = ("tokens",)
-
-    def setup(self, tokens):
-        self.input_gradient = _warm(tokens, "int8_per_channel", "bfloat16")
-
-    def time_input_gradient(self, tokens):
-        self.input_gradient()
+class LowBitBfloat16Baseline(LowBitFloatBaseline):
+    operation = "bfloat16"
