@@ -39,20 +39,31 @@ struct Avx512Blocking {
   // Columns a thread takes at once when dividing by columns (their panels, 1 MiB, stay in L2), and
   // the pieces in which shared panels are converted.
   static constexpr int64_t kBlockColumns = 1024;
+  // No parts of lhs (panel_gemm_columns): the panels stay in L1 instead.
+  static constexpr int64_t kLhsPartBytes = 0;
 };
 
 // How the AMX kernels' panel GEMM blocks its work: by columns at every row count, each thread
-// converting the panels of 512 columns (1 MiB of bfloat16 at a depth of 1024) into its own L2,
-// deep blocks, as storing and loading the sums' tiles between blocks is what costs most beside
-// the tile products. On a Sapphire Rapids Xeon, 2 threads, at 256 x 896 x 4864, 256 x 4864 x 896,
-// 256 x 768 x 3072 and 1024 x 896 x 4864: shared panels 1.2-1.7x the dense bfloat16 GEMM, these
-// 1.2-1.7x; blocks of depth 256 or 512 1.3-2.3x.
+// converting the panels of 512 columns (1 MiB of bfloat16 at a depth of 1024) into its own L2.
+// On a Sapphire Rapids Xeon, 2 threads, at 256 x 896 x 4864, 256 x 4864 x 896, 256 x 768 x 3072
+// and 1024 x 896 x 4864: shared panels 1.2-1.7x the dense bfloat16 GEMM, these 1.2-1.7x (before
+// the parts of lhs); blocks of depth 256 or 512 1.3-2.3x.
 struct AmxBlocking {
   static constexpr int64_t kSharedRowsMin = std::numeric_limits<int64_t>::max();
   static constexpr int64_t kColumnDepth = 1024;
   // Never reached (no row count shares the panels); the shared path is compiled for every arithmetic.
   static constexpr int64_t kSharedDepth = kColumnDepth;
   static constexpr int64_t kBlockColumns = 512;
+  // A part of lhs: a task's two tiles of rows over a part of the depth (512 bfloat16 or 1024
+  // int8 values a row) stay in L1 while every panel's part runs against them, the panels read
+  // with stream loads, which leave lhs there. A step of the tile kernel loads 4 KiB, which L2
+  // alone served slower than the tiles multiply. bfloat16 products of int8 codes on a Sapphire
+  // Rapids Xeon, 2 threads (rows x depth x columns), over the dense bfloat16 GEMM: 1024 x 896 x
+  // 4864 1.41-1.45x before, 1.13-1.15x with parts; 256 x 896 x 4864 1.29-1.32x, 1.07-1.14x;
+  // 256 x 4864 x 896 1.24-1.27x, 0.98-1.05x; 2048 x 896 x 896 1.60-1.64x, 1.31-1.42x. Parts
+  // without stream loads gained a third as much; one part of the whole depth (lhs past L1), 1.33x
+  // at 1024 x 896 x 4864.
+  static constexpr int64_t kLhsPartBytes = 32 << 10;
 };
 
 // What the panel GEMM multiplies in: float32; pairs of bfloat16 along the depth (the kernel's
@@ -99,7 +110,8 @@ struct FloatProducts : FloatOperands, Avx512Kernels {
   static constexpr int64_t kDepthStep = 1;
   static PackRowsFn<float>* packer() { return kernels().pack_rows; }
   static void multiply(int64_t rows, const float* lhs, int64_t /*lhs_block_stride*/, const float* panel, int64_t depth,
-                       float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
+                       float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/,
+                       int64_t /*rounded_stride*/) {
     kernels().panel_rows(rows, lhs, panel, depth, out, ldo, width, accumulate);
   }
 };
@@ -110,7 +122,7 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t /*lhs_block_stride*/, const at::BFloat16* panel,
                        int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
-                       at::BFloat16* /*rounded*/) {
+                       at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
     kernels().panel_rows_bfloat16(rows, lhs, panel, depth, out, ldo, width, accumulate);
   }
 };
@@ -120,7 +132,7 @@ struct Int8Products : Int8Operands, Avx512Kernels {
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
   static void multiply(int64_t rows, const int8_t* lhs, int64_t /*lhs_block_stride*/, const uint8_t* panel,
                        int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
-                       at::BFloat16* /*rounded*/) {
+                       at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
     kernels().panel_rows_int8(rows, lhs, panel, depth, out, ldo, width, accumulate);
   }
 };
@@ -132,8 +144,10 @@ struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
-                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded) {
-    kernels().panel_rows_bfloat16_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
+                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
+                       int64_t rounded_stride) {
+    kernels().panel_rows_bfloat16_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded,
+                                      rounded_stride);
   }
 };
 
@@ -141,8 +155,9 @@ struct AmxInt8Products : Int8Operands, AmxKernels {
   static constexpr int64_t kDepthStep = 64;
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8_amx; }
   static void multiply(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
-                       int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
-    kernels().panel_rows_int8_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, nullptr);
+                       int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/,
+                       int64_t /*rounded_stride*/) {
+    kernels().panel_rows_int8_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, nullptr, 0);
   }
 };
 
@@ -218,22 +233,27 @@ int64_t depth_block_max(int64_t depth, int64_t alignment) {
   return depth + alignment;
 }
 
-// The rows a thread's panels meet a block at a time, whose slice of lhs stays in L2 across them.
+// The rows a thread's panels meet at once when divided by columns: with parts of lhs
+// (kLhsPartBytes), one task's, else a block of rows, whose slice of lhs stays in L2 across them.
 template <typename Products>
 int64_t row_step(int64_t rows) {
+  if constexpr (Products::kLhsPartBytes > 0) {
+    return Products::kTaskRows;
+  }
   const int64_t row_blocks = (rows + kRowBlock - 1) / kRowBlock;
   return round_up((rows + row_blocks - 1) / row_blocks, Products::kTaskRows);
 }
 
 // Where a product's sums go (columns from the piece's first): `out`, `stride` apart, or with
-// `rounded` the last block's into it in bfloat16 (out holding the sums of all blocks but the
-// last), or with `finish` each block of rows' to it once complete. With `finish` and one block of
-// depth, out holds one block of rows (row_step), else all of them.
+// `rounded` the last block's into it in bfloat16, `rounded_stride` apart (out holding the sums
+// before), or with `finish` each row_step's to it once complete. With `finish` or `rounded` and
+// one block of depth, out holds one row_step of rows, else all of them.
 template <typename Products>
 struct SumsDestination {
   typename Products::Sum* out;
   int64_t stride;
   at::BFloat16* rounded = nullptr;
+  int64_t rounded_stride = 0;
   const FinishSums* finish = nullptr;
 };
 
@@ -247,7 +267,10 @@ void finish_sums(const SumsDestination<Products>& to, const typename Products::S
 }
 
 // result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
-// in `panels` for depth_block_max(Products::kColumnDepth) x count elements.
+// in `panels` for depth_block_max(Products::kColumnDepth) x count elements. Each row_step's rows
+// meet every panel of a block: without parts of lhs, panel by panel, each panel staying in L1
+// while the rows' tasks run against it; with them (one task's rows), a part of the depth at a
+// time, the task's lhs over the part staying in L1 while every panel's part runs against it.
 template <typename Products>
 void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t rows, const WeightReader& reader,
                         int64_t alignment, int64_t first, int64_t count, const SumsDestination<Products>& to,
@@ -256,7 +279,7 @@ void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t ro
   constexpr int64_t kDepthStep = Products::kDepthStep, kTaskRows = Products::kTaskRows;
   const int64_t depth = round_up(reader.depth(), kDepthStep), block_stride = Products::kBlockRows * depth;
   const int64_t step = row_step<Products>(rows);
-  const bool one_row_block_held = to.finish != nullptr && blocks == 1;
+  const bool holds_step = blocks == 1 && (to.finish != nullptr || to.rounded != nullptr);
   for_each_depth_block(reader, Products::kColumnDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kDepthStep);
     reader.panels(top, first, height, count, panel_depth, panels);
@@ -264,18 +287,36 @@ void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t ro
     const bool last = block == blocks - 1;
     for (int64_t row_first = 0; row_first < rows; row_first += step) {
       const int64_t row_last = std::min(rows, row_first + step);
-      const int64_t held_first = one_row_block_held ? row_first : 0;
-      for (int64_t column = 0; column < count; column += kPanelColumns) {
-        for (int64_t row = row_first; row < row_last; row += kTaskRows) {
-          const int64_t offset = (row - held_first) * to.stride + column;
-          Products::multiply(std::min(kTaskRows, row_last - row),
-                             packed_lhs + (row * depth + top * Products::kBlockRows), block_stride,
-                             panels + column * panel_depth, panel_depth, to.out + offset, to.stride, count - column,
-                             /*accumulate=*/block > 0, to.rounded && last ? to.rounded + offset : nullptr);
+      typename Products::Sum* sums = to.out + (holds_step ? 0 : row_first * to.stride);
+      // The task at `row` by the panel at `column`, over rows [part_top, part_top + part) of the block's panels.
+      const auto multiply = [&](int64_t row, int64_t column, int64_t part_top, int64_t part, bool last_part) {
+        const bool rounds = to.rounded != nullptr && last && last_part;
+        Products::multiply(std::min(kTaskRows, row_last - row),
+                           packed_lhs + (row * depth + (top + part_top) * Products::kBlockRows), block_stride,
+                           panels + (column * panel_depth + part_top * kPanelColumns), part,
+                           sums + ((row - row_first) * to.stride + column), to.stride, count - column,
+                           /*accumulate=*/block > 0 || part_top > 0,
+                           rounds ? to.rounded + (row * to.rounded_stride + column) : nullptr, to.rounded_stride);
+      };
+      if constexpr (Products::kLhsPartBytes > 0) {
+        constexpr int64_t kPartDepthMax = Products::kLhsPartBytes / (kTaskRows * sizeof(typename Products::Element));
+        const int64_t parts = (panel_depth + kPartDepthMax - 1) / kPartDepthMax;
+        for (int64_t part = 0; part < parts; ++part) {
+          const int64_t part_top = piece_start(panel_depth, parts, part, kDepthStep);
+          const int64_t part_depth = piece_start(panel_depth, parts, part + 1, kDepthStep) - part_top;
+          for (int64_t column = 0; column < count; column += kPanelColumns) {
+            multiply(row_first, column, part_top, part_depth, part == parts - 1);
+          }
+        }
+      } else {
+        for (int64_t column = 0; column < count; column += kPanelColumns) {
+          for (int64_t row = row_first; row < row_last; row += kTaskRows) {
+            multiply(row, column, 0, panel_depth, true);
+          }
         }
       }
       if (to.finish != nullptr && last) {
-        finish_sums(to, to.out + (row_first - held_first) * to.stride, row_first, row_last - row_first, first, count);
+        finish_sums(to, sums, row_first, row_last - row_first, first, count);
       }
     }
   });
@@ -298,12 +339,14 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   const int64_t chunk = columns_per_task(columns, Products::kBlockColumns, kPanelColumns);
   const int64_t chunks = (columns + chunk - 1) / chunk;
   if (rows < Products::kSharedRowsMin) {
-    // With sums rounded as they are stored, the float32 ones are needed only between blocks; with
-    // `finish`, each thread's piece of them (one block of rows where the depth is one block).
+    // With sums rounded as they are stored, the float32 ones are needed only before the last
+    // block's last part; with them or with `finish`, each thread holds its piece of them (one
+    // row_step's rows where the depth is one block).
     const bool rounds = Products::kRoundsSums && bfloat16_result;
     const bool one_block = depth_blocks(reader, Products::kColumnDepth) == 1;
+    const bool holds = finish != nullptr || rounds;
     at::Tensor result, rounded;
-    if (finish == nullptr && (!rounds || !one_block)) {
+    if (!holds) {
       result = at::empty({rows, columns}, sum_options);
     }
     if (rounds) {
@@ -312,19 +355,19 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
     at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
       Products::prepare_thread();
       at::Tensor panels = at::empty({depth_block_max(Products::kColumnDepth, alignment) * chunk}, panel_options);
-      const at::Tensor held = finish != nullptr
-                                  ? at::empty({one_block ? row_step<Products>(rows) : rows, chunk}, sum_options)
-                                  : at::Tensor();
+      const at::Tensor held =
+          holds ? at::empty({one_block ? row_step<Products>(rows) : rows, chunk}, sum_options) : at::Tensor();
       for (int64_t piece = begin; piece < end; ++piece) {
         const int64_t first = piece * chunk;
         SumsDestination<Products> to{nullptr, columns};
-        if (finish != nullptr) {
-          to = {held.template mutable_data_ptr<Sum>(), chunk, nullptr, finish};
-        } else if (result.defined()) {
+        if (holds) {
+          to = {held.template mutable_data_ptr<Sum>(), chunk, nullptr, 0, finish};
+        } else {
           to.out = result.template mutable_data_ptr<Sum>() + first;
         }
         if (rounds) {
           to.rounded = rounded.mutable_data_ptr<at::BFloat16>() + first;
+          to.rounded_stride = columns;
         }
         panel_gemm_columns<Products>(packed, rows, reader, alignment, first, std::min(chunk, columns - first), to,
                                      panels.template mutable_data_ptr<Panel>());
@@ -355,12 +398,12 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
         const PanelTask task = tasks[index];
         Products::multiply(task.rows, packed + (task.row * depth + top * Products::kBlockRows), block_stride,
                            panels + task.column * panel_depth, panel_depth, out + task.row * columns + task.column,
-                           columns, task.columns, /*accumulate=*/block > 0, /*rounded=*/nullptr);
+                           columns, task.columns, /*accumulate=*/block > 0, /*rounded=*/nullptr, 0);
       }
     });
   });
   if (finish != nullptr) {
-    const SumsDestination<Products> to{out, columns, nullptr, finish};
+    const SumsDestination<Products> to{out, columns, nullptr, 0, finish};
     at::parallel_for(
         0, rows, std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(columns, 1)),
         [&](int64_t begin, int64_t end) { finish_sums(to, out + begin * columns, begin, end - begin, 0, columns); });

@@ -170,11 +170,11 @@ constexpr int64_t kAmxBlockRows = 16;
 constexpr int64_t kAmxTaskRows = 2 * kAmxBlockRows;
 using ConfigureTilesFn = void();
 // With `rounded` (float32 sums only), the sums (added to out's with `accumulate`) go there instead,
-// rounded to bfloat16 (to nearest even), rows ldo elements apart as out's.
+// rounded to bfloat16 (to nearest even), rows rounded_stride elements apart.
 template <typename Element, typename Panel, typename Sum>
 using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const Panel* panel,
-                            int64_t depth, Sum* out, int64_t ldo, int64_t width, bool accumulate,
-                            at::BFloat16* rounded);
+                            int64_t depth, Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
+                            int64_t rounded_stride);
 
 // The rescaling of an int8 product's int32 sums as torch computes it one operation at a time:
 // out[m, n] = (((sums[m, n] - row_offset[m]) * row_scale[m]) * column_scale[n]) + bias[n] in

@@ -55,7 +55,7 @@ template <typename Element, int Lhs>
 // The sums of `rows` rows (up to kAmxTaskRows; the bottom tiles with Bottom) by a panel.
 template <bool Bottom, typename Element, typename Sum>
 void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth, Sum* out,
-                 int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded) {
+                 int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
   constexpr int64_t kDepthStep = kTileRowBytes / sizeof(Element);
   constexpr int64_t kSumRowBytes = kPanelColumns * sizeof(Sum);
   const int64_t out_stride = ldo * int64_t{sizeof(Sum)};
@@ -80,11 +80,13 @@ void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, con
   const auto* top_rows = reinterpret_cast<const char*>(lhs);
   const auto* bottom_rows = reinterpret_cast<const char*>(lhs + lhs_block_stride);
   const auto* panel_rows = static_cast<const char*>(panel);
+  // A panel's tiles are read once while lhs's stay in L1 across the panels (panel_gemm_columns'
+  // parts of lhs): stream loads (tileloaddt1) keep the panels from pushing lhs out.
   for (int64_t step = 0; step < depth / kDepthStep; ++step) {
     const int64_t lhs_offset = step * kAmxBlockRows * kTileRowBytes;
     const char* panel_step = panel_rows + step * 16 * kPanelRowBytes;
-    _tile_loadd(6, panel_step, kPanelRowBytes);
-    _tile_loadd(7, panel_step + kTileRowBytes, kPanelRowBytes);
+    _tile_stream_loadd(6, panel_step, kPanelRowBytes);
+    _tile_stream_loadd(7, panel_step + kTileRowBytes, kPanelRowBytes);
     _tile_loadd(4, top_rows + lhs_offset, kTileRowBytes);
     multiply_tiles<Element, 4>();
     if constexpr (Bottom) {
@@ -120,7 +122,7 @@ void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, con
       }
       if constexpr (std::is_same_v<Sum, float>) {
         if (rounded != nullptr) {
-          _mm256_mask_storeu_epi16(rounded + r * ldo + column, mask,
+          _mm256_mask_storeu_epi16(rounded + r * rounded_stride + column, mask,
                                    (__m256i)_mm512_cvtneps_pbh(_mm512_castsi512_ps(values)));
           continue;
         }
@@ -132,11 +134,12 @@ void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, con
 
 template <typename Element, typename Sum>
 void panel_rows_amx(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth,
-                    Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded) {
+                    Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
+                    int64_t rounded_stride) {
   if (rows > kAmxBlockRows) {
-    tile_kernel<true>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
+    tile_kernel<true>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
   } else {
-    tile_kernel<false>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
+    tile_kernel<false>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
   }
 }
 
@@ -173,8 +176,8 @@ void configure_tiles_amx() {
 
 void panel_rows_bfloat16_amx(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
                              int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
-                             at::BFloat16* rounded) {
-  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded);
+                             at::BFloat16* rounded, int64_t rounded_stride) {
+  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
 }
 
 void pack_rows_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
@@ -188,8 +191,9 @@ void pack_float_rows_bfloat16_amx(const float* lhs, int64_t ldl, int64_t count, 
 }
 
 void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
-                         int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/) {
-  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, nullptr);
+                         int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/,
+                         int64_t /*rounded_stride*/) {
+  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, nullptr, 0);
 }
 
 // int8 rows take no factors (PackRowsFn): they are packed as they are.
