@@ -24,6 +24,12 @@
 namespace qlgrad::math {
 namespace {
 
+// The depth and the columns of the blocks of panels that a thread converts at once when the work
+// is divided by columns.
+struct ColumnBlocks {
+  int64_t depth, columns;
+};
+
 // How the AVX-512 kernels' panel GEMM blocks its work.
 struct Avx512Blocking {
   // Rows from which the panels are shared (by rows and columns).
@@ -41,6 +47,7 @@ struct Avx512Blocking {
   static constexpr int64_t kBlockColumns = 1024;
   // No parts of lhs (panel_gemm_columns): the panels stay in L1 instead.
   static constexpr int64_t kLhsPartBytes = 0;
+  static ColumnBlocks column_blocks(int64_t /*rows*/) { return {kColumnDepth, kBlockColumns}; }
 };
 
 // How the AMX kernels' panel GEMM blocks its work: by columns at every row count, each thread
@@ -64,6 +71,7 @@ struct AmxBlocking {
   // without stream loads gained a third as much; one part of the whole depth (lhs past L1), 1.33x
   // at 1024 x 896 x 4864.
   static constexpr int64_t kLhsPartBytes = 32 << 10;
+  static ColumnBlocks column_blocks(int64_t /*rows*/) { return {kColumnDepth, kBlockColumns}; }
 };
 
 // What the panel GEMM multiplies in: float32; pairs of bfloat16 along the depth (the kernel's
@@ -141,6 +149,17 @@ struct Int8Products : Int8Operands, Avx512Kernels {
 struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
   static constexpr bool kRoundsSums = true;
   static constexpr int64_t kDepthStep = 32;
+  // Up to 128 rows, blocks twice as wide and half as deep (the same 1 MiB of panels, and all
+  // rows' sums of a block, 512 KiB, in L2 between blocks): each row of codes is read in runs twice
+  // as long, which the hardware prefetchers follow, where the conversion is most of the time.
+  // bfloat16 products of int8 codes on a Sapphire Rapids Xeon, 2 threads, over the dense bfloat16
+  // GEMM (rows x depth x columns): 16 x 4096 x 4096 1.21-1.23x with the int8 tiles' blocks,
+  // 1.04-1.10x with these; 32 x 4096 x 4096 1.27-1.33x, 1.12-1.14x; 128 x 4096 x 4096
+  // 1.18-1.23x, 1.06-1.10x; 64 x 896 x 4864 1.17-1.19x, 1.05-1.07x. With more rows their sums
+  // outgrow L2: 1024 x 896 x 4864 1.13x, 1.52-1.55x.
+  static ColumnBlocks column_blocks(int64_t rows) {
+    return rows <= 128 ? ColumnBlocks{kColumnDepth / 2, 2 * kBlockColumns} : ColumnBlocks{kColumnDepth, kBlockColumns};
+  }
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
@@ -267,20 +286,20 @@ void finish_sums(const SumsDestination<Products>& to, const typename Products::S
 }
 
 // result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
-// in `panels` for depth_block_max(Products::kColumnDepth) x count elements. Each row_step's rows
+// in `panels` for depth_block_max(block_depth) x count elements, in blocks of block_depth. Each row_step's rows
 // meet every panel of a block: without parts of lhs, panel by panel, each panel staying in L1
 // while the rows' tasks run against it; with them (one task's rows), a part of the depth at a
 // time, the task's lhs over the part staying in L1 while every panel's part runs against it.
 template <typename Products>
 void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t rows, const WeightReader& reader,
-                        int64_t alignment, int64_t first, int64_t count, const SumsDestination<Products>& to,
-                        typename Products::Panel* panels) {
-  const int64_t blocks = depth_blocks(reader, Products::kColumnDepth);
+                        int64_t alignment, int64_t block_depth, int64_t first, int64_t count,
+                        const SumsDestination<Products>& to, typename Products::Panel* panels) {
+  const int64_t blocks = depth_blocks(reader, block_depth);
   constexpr int64_t kDepthStep = Products::kDepthStep, kTaskRows = Products::kTaskRows;
   const int64_t depth = round_up(reader.depth(), kDepthStep), block_stride = Products::kBlockRows * depth;
   const int64_t step = row_step<Products>(rows);
   const bool holds_step = blocks == 1 && (to.finish != nullptr || to.rounded != nullptr);
-  for_each_depth_block(reader, Products::kColumnDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
+  for_each_depth_block(reader, block_depth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kDepthStep);
     reader.panels(top, first, height, count, panel_depth, panels);
     zero_panel_padding<Products>(panels, count, round_up(height, 2), panel_depth);
@@ -336,14 +355,15 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   const Element* packed = packed_lhs.const_data_ptr<Element>();
   const at::TensorOptions panel_options = lhs.options().dtype(c10::CppTypeToScalarType<Panel>::value);
   const at::TensorOptions sum_options = lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value);
-  const int64_t chunk = columns_per_task(columns, Products::kBlockColumns, kPanelColumns);
-  const int64_t chunks = (columns + chunk - 1) / chunk;
   if (rows < Products::kSharedRowsMin) {
     // With sums rounded as they are stored, the float32 ones are needed only before the last
     // block's last part; with them or with `finish`, each thread holds its piece of them (one
     // row_step's rows where the depth is one block).
     const bool rounds = Products::kRoundsSums && bfloat16_result;
-    const bool one_block = depth_blocks(reader, Products::kColumnDepth) == 1;
+    const ColumnBlocks blocking = Products::column_blocks(rows);
+    const int64_t piece = columns_per_task(columns, blocking.columns, kPanelColumns);
+    const int64_t pieces = (columns + piece - 1) / piece;
+    const bool one_block = depth_blocks(reader, blocking.depth) == 1;
     const bool holds = finish != nullptr || rounds;
     at::Tensor result, rounded;
     if (!holds) {
@@ -352,16 +372,16 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
     if (rounds) {
       rounded = at::empty({rows, columns}, lhs.options().dtype(at::kBFloat16));
     }
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
       Products::prepare_thread();
-      at::Tensor panels = at::empty({depth_block_max(Products::kColumnDepth, alignment) * chunk}, panel_options);
+      at::Tensor panels = at::empty({depth_block_max(blocking.depth, alignment) * piece}, panel_options);
       const at::Tensor held =
-          holds ? at::empty({one_block ? row_step<Products>(rows) : rows, chunk}, sum_options) : at::Tensor();
-      for (int64_t piece = begin; piece < end; ++piece) {
-        const int64_t first = piece * chunk;
+          holds ? at::empty({one_block ? row_step<Products>(rows) : rows, piece}, sum_options) : at::Tensor();
+      for (int64_t index = begin; index < end; ++index) {
+        const int64_t first = index * piece;
         SumsDestination<Products> to{nullptr, columns};
         if (holds) {
-          to = {held.template mutable_data_ptr<Sum>(), chunk, nullptr, 0, finish};
+          to = {held.template mutable_data_ptr<Sum>(), piece, nullptr, 0, finish};
         } else {
           to.out = result.template mutable_data_ptr<Sum>() + first;
         }
@@ -369,8 +389,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
           to.rounded = rounded.mutable_data_ptr<at::BFloat16>() + first;
           to.rounded_stride = columns;
         }
-        panel_gemm_columns<Products>(packed, rows, reader, alignment, first, std::min(chunk, columns - first), to,
-                                     panels.template mutable_data_ptr<Panel>());
+        panel_gemm_columns<Products>(packed, rows, reader, alignment, blocking.depth, first,
+                                     std::min(piece, columns - first), to, panels.template mutable_data_ptr<Panel>());
       }
     });
     return rounds ? rounded : bfloat16_result ? result.to(at::kBFloat16) : result;
@@ -382,6 +402,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   at::Tensor shared_panels =
       at::empty({depth_block_max(Products::kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_options);
   Panel* panels = shared_panels.template mutable_data_ptr<Panel>();
+  const int64_t chunk = columns_per_task(columns, Products::kBlockColumns, kPanelColumns);
+  const int64_t chunks = (columns + chunk - 1) / chunk;
   const PanelTasks tasks(rows, columns, chunk, Products::kTaskRows);
   for_each_depth_block(reader, Products::kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kDepthStep);
