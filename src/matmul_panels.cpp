@@ -285,11 +285,12 @@ void finish_sums(const SumsDestination<Products>& to, const typename Products::S
   }
 }
 
-// result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, with room
-// in `panels` for depth_block_max(block_depth) x count elements, in blocks of block_depth. Each row_step's rows
-// meet every panel of a block: without parts of lhs, panel by panel, each panel staying in L1
-// while the rows' tasks run against it; with them (one task's rows), a part of the depth at a
-// time, the task's lhs over the part staying in L1 while every panel's part runs against it.
+// result[:, first:first + count] = lhs @ W[:, first:first + count], on one thread, in blocks of
+// block_depth, with room in `panels` for depth_block_max(block_depth) x count elements. Each
+// row_step's rows meet every panel of a block: without parts of lhs, panel by panel, each panel
+// staying in L1 while the rows' tasks run against it; with them (one task's rows), a part of the
+// depth at a time, the task's lhs over the part staying in L1 while every panel's part runs
+// against it.
 template <typename Products>
 void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t rows, const WeightReader& reader,
                         int64_t alignment, int64_t block_depth, int64_t first, int64_t count,
