@@ -53,8 +53,9 @@ struct Avx512Blocking {
 // How the AMX kernels' panel GEMM blocks its work: by columns at every row count, each thread
 // converting the panels of 512 columns (1 MiB of bfloat16 at a depth of 1024) into its own L2.
 // On a Sapphire Rapids Xeon, 2 threads, at 256 x 896 x 4864, 256 x 4864 x 896, 256 x 768 x 3072
-// and 1024 x 896 x 4864: shared panels 1.2-1.7x the dense bfloat16 GEMM, these 1.2-1.7x (before
-// the parts of lhs); blocks of depth 256 or 512 1.3-2.3x.
+// and 1024 x 896 x 4864, before the parts of lhs: shared panels 1.2-1.7x the dense bfloat16 GEMM,
+// these 1.2-1.7x, with blocks of depth 256 or 512 1.3-2.3x (the bfloat16 tiles take such blocks
+// up to 128 rows only: AmxBFloat16Products::column_blocks).
 struct AmxBlocking {
   static constexpr int64_t kSharedRowsMin = std::numeric_limits<int64_t>::max();
   static constexpr int64_t kColumnDepth = 1024;
@@ -265,8 +266,8 @@ int64_t row_step(int64_t rows) {
 
 // Where a product's sums go (columns from the piece's first): `out`, `stride` apart, or with
 // `rounded` the last block's into it in bfloat16, `rounded_stride` apart (out holding the sums
-// before), or with `finish` each row_step's to it once complete. With `finish` or `rounded` and
-// one block of depth, out holds one row_step of rows, else all of them.
+// before), or with `finish` each row_step's to it once complete. With one_row_step, out holds one
+// row_step's rows (the caller's choice, where nothing needs them after their step), else all rows.
 template <typename Products>
 struct SumsDestination {
   typename Products::Sum* out;
@@ -274,6 +275,7 @@ struct SumsDestination {
   at::BFloat16* rounded = nullptr;
   int64_t rounded_stride = 0;
   const FinishSums* finish = nullptr;
+  bool one_row_step = false;
 };
 
 // The FinishSums of the int8 products (no other products take one).
@@ -299,7 +301,6 @@ void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t ro
   constexpr int64_t kDepthStep = Products::kDepthStep, kTaskRows = Products::kTaskRows;
   const int64_t depth = round_up(reader.depth(), kDepthStep), block_stride = Products::kBlockRows * depth;
   const int64_t step = row_step<Products>(rows);
-  const bool holds_step = blocks == 1 && (to.finish != nullptr || to.rounded != nullptr);
   for_each_depth_block(reader, block_depth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kDepthStep);
     reader.panels(top, first, height, count, panel_depth, panels);
@@ -307,7 +308,7 @@ void panel_gemm_columns(const typename Products::Element* packed_lhs, int64_t ro
     const bool last = block == blocks - 1;
     for (int64_t row_first = 0; row_first < rows; row_first += step) {
       const int64_t row_last = std::min(rows, row_first + step);
-      typename Products::Sum* sums = to.out + (holds_step ? 0 : row_first * to.stride);
+      typename Products::Sum* sums = to.out + (to.one_row_step ? 0 : row_first * to.stride);
       // The task at `row` by the panel at `column`, over rows [part_top, part_top + part) of the block's panels.
       const auto multiply = [&](int64_t row, int64_t column, int64_t part_top, int64_t part, bool last_part) {
         const bool rounds = to.rounded != nullptr && last && last_part;
@@ -382,7 +383,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
         const int64_t first = index * piece;
         SumsDestination<Products> to{nullptr, columns};
         if (holds) {
-          to = {held.template mutable_data_ptr<Sum>(), piece, nullptr, 0, finish};
+          to = {held.template mutable_data_ptr<Sum>(), piece, nullptr, 0, finish, one_block};
         } else {
           to.out = result.template mutable_data_ptr<Sum>() + first;
         }
