@@ -1,10 +1,11 @@
 #pragma once
-// The row quantizers (QuantizeRowsFn, QuantizeRowsSymmetricFn) as plain loops that the compiler
-// vectorizes: row_quantization_portable.cpp, row_quantization_avx2.cpp and
+// The row quantizers (QuantizeRowsFn, QuantizeRowsSymmetricFn, QuantDequantRowsFn) as plain loops
+// that the compiler vectorizes: row_quantization_portable.cpp, row_quantization_avx2.cpp and
 // row_quantization_avx512.cpp compile them for their instruction sets, because these loops are
-// what stands between the gradient (or the activation) and the integer GEMM. Their counts of
-// values that are not finite are int32, which vectorize in the float lanes' width (int64 ones
-// halve it: 1.28x the time for 256 x 4864 bfloat16 activations on AVX-512).
+// what stands between the gradient (or the activation) and the integer GEMM; the AVX-512 file
+// passes the activation quantizers loops of its own. Their counts of values that are not finite
+// are int32, which vectorize in the float lanes' width (int64 ones halve it: 1.28x the time for
+// 256 x 4864 bfloat16 activations on AVX-512).
 
 #include "kernels.h"
 
@@ -85,50 +86,10 @@ template <typename Element, bool Finite = false>
   return value;
 }
 
-// The symmetric activation quantizer of kernels.h: one pass over each row (in cache) for its
-// extremes and one to round.
-template <typename Element>
-[[gnu::always_inline]] inline void quantize_rows_symmetric(const Element* input, int64_t begin, int64_t end, int64_t n,
-                                                           int8_t* quantized, float* row_scale) {
-  // torch.clamp converts its bound to the tensor's dtype.
-  const float eps = in_dtype_of<Element>(std::numeric_limits<float>::epsilon());
-  for (int64_t m = begin; m < end; ++m) {
-    const Element* row = input + m * n;
-    // min(min_j x, 0) and max(max_j x, 0) at once; the values that are not finite counted apart,
-    // so that the reductions vectorize.
-    float low = 0, high = 0;
-    int32_t non_finite = 0, nans = 0;
-#pragma omp simd reduction(min : low) reduction(max : high) reduction(+ : non_finite, nans)
-    for (int64_t j = 0; j < n; ++j) {
-      const float value = static_cast<float>(row[j]);
-      low = value < low ? value : low;
-      high = value > high ? value : high;
-      non_finite += !(std::fabs(value) <= std::numeric_limits<float>::max());
-      nans += value != value;
-    }
-    int8_t* out = quantized + m * n;
-    if (non_finite > 0) {
-      // torch's steps make the scale NaN (or an infinity), every value times its inverse NaN (or
-      // zero), and x86 CPUs convert a NaN to the int8 code 0.
-      row_scale[m] = nans > 0 ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
-      std::fill(out, out + n, int8_t{0});
-      continue;
-    }
-    const float scale = std::max(in_dtype_of<Element>(std::max(-low, high) / 127.5f), eps);
-    const float inverse = 1.0f / scale;
-    row_scale[m] = scale;
-    for (int64_t j = 0; j < n; ++j) {
-      const float rounded = std::nearbyint(static_cast<float>(row[j]) * inverse);
-      out[j] = static_cast<int8_t>(std::clamp(rounded, -128.0f, 127.0f));
-    }
-  }
-}
-
 // A float that holds an integer in the int8 range, or a NaN, as the int8 code it converts to
 // (0 for a NaN, as x86 CPUs convert it), held as a float.
-template <bool Finite = false>
 [[gnu::always_inline]] inline float int8_code(float value) {
-  return Finite || value == value ? value : 0.0f;
+  return value == value ? value : 0.0f;
 }
 
 // A float32 value as Element holds it (in_dtype_of's rounding).
@@ -145,47 +106,113 @@ template <typename Element, bool Finite = false>
 }
 
 // torch.clamp's: NaN stays NaN.
-template <bool Finite = false>
 [[gnu::always_inline]] inline float clamped(float value, float low, float high) {
-  return Finite || value == value ? std::clamp(value, low, high) : value;
+  return value == value ? std::clamp(value, low, high) : value;
+}
+
+// A row's extremes with 0 (min(min_j x, 0) and max(max_j x, 0), NaNs left out), and whether it
+// holds values that are not finite and NaNs (counts, or any nonzero number when it does).
+struct RowExtremes {
+  float low = 0, high = 0;
+  int32_t non_finite = 0, nans = 0;
+};
+
+// The loops over a row's values, as plain loops the compiler vectorizes for the file's instruction
+// set. A kernel file may pass its own (the same results, bit for bit) to the row quantizers below.
+struct PlainRowLoops {
+  template <typename Element>
+  static RowExtremes extremes(const Element* row, int64_t n) {
+    // The values that are not finite counted apart, so that the reductions vectorize.
+    float low = 0, high = 0;
+    int32_t non_finite = 0, nans = 0;
+#pragma omp simd reduction(min : low) reduction(max : high) reduction(+ : non_finite, nans)
+    for (int64_t j = 0; j < n; ++j) {
+      const float value = static_cast<float>(row[j]);
+      low = value < low ? value : low;
+      high = value > high ? value : high;
+      non_finite += !(std::fabs(value) <= std::numeric_limits<float>::max());
+      nans += value != value;
+    }
+    return {low, high, non_finite, nans};
+  }
+
+  // out[j] = clamp(round_half_even(row[j] * inverse), -128, 127) for a finite row.
+  template <typename Element>
+  static void round_symmetric(const Element* row, int64_t n, float inverse, int8_t* out) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float rounded = std::nearbyint(static_cast<float>(row[j]) * inverse);
+      out[j] = static_cast<int8_t>(std::clamp(rounded, -128.0f, 127.0f));
+    }
+  }
+
+  // torchao's quantization and dequantization of a row whose steps meet no NaN (finite extremes
+  // and scale): the steps of quant_dequant_row below, less two of its roundings that change
+  // nothing here. rounded + zero_code is an integer of magnitude below 2^9 (|value * inverse| <=
+  // 255, zero_code in [-128, 127]): exact in bfloat16 up to 256, and beyond it rounded to an integer
+  // of at least 256 that the clamp takes to the same bound. code - zero_code is an integer of
+  // magnitude at most 255: exact.
+  template <typename Element>
+  static void quant_dequant_finite(const Element* row, int64_t n, float inverse, float zero_code, float scale,
+                                   Element* out) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float rounded = std::nearbyint(in_dtype_of<Element, true>(static_cast<float>(row[j]) * inverse));
+      const float code = std::min(std::max(rounded + zero_code, -128.0f), 127.0f);
+      out[j] = to_element<Element, true>((code - zero_code) * scale);
+    }
+  }
+};
+
+// The symmetric activation quantizer of kernels.h: one pass over each row (in cache) for its
+// extremes and one to round.
+template <typename Loops = PlainRowLoops, typename Element>
+[[gnu::always_inline]] inline void quantize_rows_symmetric(const Element* input, int64_t begin, int64_t end, int64_t n,
+                                                           int8_t* quantized, float* row_scale) {
+  // torch.clamp converts its bound to the tensor's dtype.
+  const float eps = in_dtype_of<Element>(std::numeric_limits<float>::epsilon());
+  for (int64_t m = begin; m < end; ++m) {
+    const Element* row = input + m * n;
+    const RowExtremes extremes = Loops::extremes(row, n);
+    int8_t* out = quantized + m * n;
+    if (extremes.non_finite > 0) {
+      // torch's steps make the scale NaN (or an infinity), every value times its inverse NaN (or
+      // zero), and x86 CPUs convert a NaN to the int8 code 0.
+      row_scale[m] =
+          extremes.nans > 0 ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+      std::fill(out, out + n, int8_t{0});
+      continue;
+    }
+    const float scale = std::max(in_dtype_of<Element>(std::max(-extremes.low, extremes.high) / 127.5f), eps);
+    row_scale[m] = scale;
+    Loops::round_symmetric(row, n, 1.0f / scale, out);
+  }
 }
 
 // Row `row`'s values quantized and dequantized as torchao's steps do (each rounded to Element),
-// with its inverse scale, zero point (as its int8 code) and scale; with Finite, for rows whose
-// steps meet no NaN.
-template <typename Element, bool Finite>
+// with its inverse scale, zero point (as its int8 code) and scale, NaNs flowing through.
+template <typename Element>
 [[gnu::always_inline]] inline void quant_dequant_row(const Element* row, int64_t n, float inverse, float zero_code,
                                                      float scale, Element* out) {
-  const auto step = [](float value) { return in_dtype_of<Element, Finite>(value); };
+  const auto step = [](float value) { return in_dtype_of<Element>(value); };
   for (int64_t j = 0; j < n; ++j) {
     const float rounded = std::nearbyint(step(static_cast<float>(row[j]) * inverse));
-    const float code = int8_code<Finite>(clamped<Finite>(step(rounded + zero_code), -128.0f, 127.0f));
-    out[j] = to_element<Element, Finite>(step(code - zero_code) * scale);
+    const float code = int8_code(clamped(step(rounded + zero_code), -128.0f, 127.0f));
+    out[j] = to_element<Element>(step(code - zero_code) * scale);
   }
 }
 
 // The asymmetric activation quantizer and dequantizer of kernels.h: one pass over each row for
 // its extremes and one to quantize and dequantize.
-template <typename Element>
+template <typename Loops = PlainRowLoops, typename Element>
 [[gnu::always_inline]] inline void quant_dequant_rows_asymmetric(const Element* input, int64_t begin, int64_t end,
                                                                  int64_t n, Element* out) {
   const auto step = [](float value) { return in_dtype_of<Element>(value); };
   const float eps = step(std::numeric_limits<float>::min());
   for (int64_t m = begin; m < end; ++m) {
     const Element* row = input + m * n;
-    float low = 0, high = 0;
-    int32_t nans = 0;
-#pragma omp simd reduction(min : low) reduction(max : high) reduction(+ : nans)
-    for (int64_t j = 0; j < n; ++j) {
-      const float value = static_cast<float>(row[j]);
-      low = value < low ? value : low;
-      high = value > high ? value : high;
-      nans += value != value;
-    }
-    if (nans > 0) {
-      // torch.amin and amax propagate a NaN, and the steps below carry it on.
-      low = high = std::numeric_limits<float>::quiet_NaN();
-    }
+    const RowExtremes extremes = Loops::extremes(row, n);
+    // torch.amin and amax propagate a NaN, and the steps below carry it on.
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    const float low = extremes.nans > 0 ? nan : extremes.low, high = extremes.nans > 0 ? nan : extremes.high;
     float scale = step(step(high - low) / 255.0f);
     scale = scale == scale ? std::max(scale, eps) : scale;
     const float zero_point = clamped(step(-128.0f - std::nearbyint(step(low / scale))), -128.0f, 127.0f);
@@ -194,9 +221,9 @@ template <typename Element>
     // Finite extremes and scale (low <= 0 <= high, so high - low bounds every |value|) keep every
     // step finite: |value * inverse| <= 255.
     if (std::isfinite(low) && std::isfinite(high) && std::isfinite(scale)) {
-      quant_dequant_row<Element, true>(row, n, inverse, zero_code, scale, out + m * n);
+      Loops::quant_dequant_finite(row, n, inverse, zero_code, scale, out + m * n);
     } else {
-      quant_dequant_row<Element, false>(row, n, inverse, zero_code, scale, out + m * n);
+      quant_dequant_row(row, n, inverse, zero_code, scale, out + m * n);
     }
   }
 }

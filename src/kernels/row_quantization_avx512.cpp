@@ -4,6 +4,90 @@
 #include "avx512.h"
 
 namespace qlgrad::math {
+namespace {
+
+// PlainRowLoops' loops in AVX-512 registers, 16 values at a time, with the same results bit for
+// bit. The compiler's vectorization of the plain loops spent most of its instructions on blends
+// and on std::clamp's NaN cases, which the finite rows these loops see never meet. 256 x 4864
+// bfloat16 activations on one core of a Xeon with AMX: quantized and dequantized (torchao's
+// group-wise layers) 0.59 ms by the plain loops, 0.46 ms by these; quantized symmetrically
+// (torchao's int8 layers) 0.64-0.68 ms, 0.31 ms.
+struct Avx512RowLoops {
+  static __m512 load16(__mmask16 mask, const float* values) { return _mm512_maskz_loadu_ps(mask, values); }
+
+  static __m512 load16(__mmask16 mask, const at::BFloat16* values) {
+    const __m512i widened = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, values));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
+  }
+
+  // in_dtype_of<BFloat16, true>'s rounding to nearest even, as the bits of the rounded float32.
+  static __m512i bfloat16_bits(__m512 values) {
+    const __m512i bits = _mm512_castps_si512(values);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    return _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+  }
+
+  template <typename Element>
+  static __m512 in_dtype(__m512 values) {
+    if constexpr (std::is_same_v<Element, at::BFloat16>) {
+      return _mm512_castsi512_ps(_mm512_and_si512(bfloat16_bits(values), _mm512_set1_epi32(int32_t(0xFFFF0000u))));
+    } else {
+      return values;
+    }
+  }
+
+  static void store16(__mmask16 mask, __m512 values, float* out) { _mm512_mask_storeu_ps(out, mask, values); }
+
+  static void store16(__mmask16 mask, __m512 values, at::BFloat16* out) {
+    _mm256_mask_storeu_epi16(out, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bfloat16_bits(values), 16)));
+  }
+
+  template <typename Element>
+  static RowExtremes extremes(const Element* row, int64_t n) {
+    // Masked-off lanes load zeros, which change neither extreme (low <= 0 <= high) nor a count.
+    // low = min(value, low) keeps low for a NaN value, as the plain loop's comparison does.
+    __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();
+    __mmask16 non_finite = 0, nans = 0;
+    const __m512 largest = _mm512_set1_ps(std::numeric_limits<float>::max());
+    for (int64_t j = 0; j < n; j += 16) {
+      const __m512 value = load16(avx512::lanes_mask(n - j), row + j);
+      low = _mm512_min_ps(value, low);
+      high = _mm512_max_ps(value, high);
+      non_finite |= _mm512_cmp_ps_mask(_mm512_abs_ps(value), largest, _CMP_NLE_UQ);
+      nans |= _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+    }
+    // Counts of lanes, not of values: only whether they are zero matters.
+    return {_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high), non_finite != 0, nans != 0};
+  }
+
+  template <typename Element>
+  static void round_symmetric(const Element* row, int64_t n, float inverse, int8_t* out) {
+    const __m512 factor = _mm512_set1_ps(inverse);
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 mask = avx512::lanes_mask(n - j);
+      const __m512 rounded = _mm512_roundscale_ps(_mm512_mul_ps(load16(mask, row + j), factor),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 code = _mm512_min_ps(_mm512_max_ps(rounded, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
+      _mm_mask_storeu_epi8(out + j, mask, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(code)));
+    }
+  }
+
+  template <typename Element>
+  static void quant_dequant_finite(const Element* row, int64_t n, float inverse, float zero_code, float scale,
+                                   Element* out) {
+    const __m512 factor = _mm512_set1_ps(inverse), zero = _mm512_set1_ps(zero_code), step = _mm512_set1_ps(scale);
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 mask = avx512::lanes_mask(n - j);
+      const __m512 rounded = _mm512_roundscale_ps(in_dtype<Element>(_mm512_mul_ps(load16(mask, row + j), factor)),
+                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      const __m512 code =
+          _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(rounded, zero), _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
+      store16(mask, _mm512_mul_ps(_mm512_sub_ps(code, zero), step), out + j);
+    }
+  }
+};
+
+} // namespace
 
 void quantize_rows_avx512(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
                           int8_t* quantized, float* row_scale) {
@@ -12,21 +96,21 @@ void quantize_rows_avx512(const float* grad, const float* channel_scale, int64_t
 
 void quantize_rows_symmetric_avx512(const float* input, int64_t begin, int64_t end, int64_t n, int8_t* quantized,
                                     float* row_scale) {
-  quantize_rows_symmetric(input, begin, end, n, quantized, row_scale);
+  quantize_rows_symmetric<Avx512RowLoops>(input, begin, end, n, quantized, row_scale);
 }
 
 void quantize_rows_symmetric_bfloat16_avx512(const at::BFloat16* input, int64_t begin, int64_t end, int64_t n,
                                              int8_t* quantized, float* row_scale) {
-  quantize_rows_symmetric(input, begin, end, n, quantized, row_scale);
+  quantize_rows_symmetric<Avx512RowLoops>(input, begin, end, n, quantized, row_scale);
 }
 
 void quant_dequant_rows_asymmetric_avx512(const float* input, int64_t begin, int64_t end, int64_t n, float* out) {
-  quant_dequant_rows_asymmetric(input, begin, end, n, out);
+  quant_dequant_rows_asymmetric<Avx512RowLoops>(input, begin, end, n, out);
 }
 
 void quant_dequant_rows_asymmetric_bfloat16_avx512(const at::BFloat16* input, int64_t begin, int64_t end, int64_t n,
                                                    at::BFloat16* out) {
-  quant_dequant_rows_asymmetric(input, begin, end, n, out);
+  quant_dequant_rows_asymmetric<Avx512RowLoops>(input, begin, end, n, out);
 }
 
 } // namespace qlgrad::math
