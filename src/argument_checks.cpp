@@ -90,13 +90,19 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
   }
   // One pass over each parameter, on every backward (group-wise ones hold a value per group):
   // a NaN anywhere makes both extremes NaN, which fails the first comparison.
+  // The error names the extremes, not every value (a group-wise scale holds thousands).
   const auto [scale_min, scale_max] = at::aminmax(scale);
-  TORCH_CHECK_VALUE(scale_min.item<double>() > 0 && std::isfinite(scale_max.item<double>()),
-                    "qlgrad: scale must be finite and positive, got ", scale);
+  const double smallest_scale = scale_min.item<double>(), largest_scale = scale_max.item<double>();
+  TORCH_CHECK_VALUE(smallest_scale > 0 && std::isfinite(largest_scale),
+                    "qlgrad: scale must be finite and positive, got values from ", smallest_scale, " to ",
+                    largest_scale);
   if (zero_point && zero_point->numel() > 0) {
     const auto [zero_point_min, zero_point_max] = at::aminmax(*zero_point);
-    TORCH_CHECK_VALUE(zero_point_min.item<int64_t>() >= -128 && zero_point_max.item<int64_t>() <= 127,
-                      "qlgrad: zero_point must lie in the int8 range [-128, 127], got ", *zero_point);
+    const int64_t smallest_zero_point = zero_point_min.item<int64_t>(),
+                  largest_zero_point = zero_point_max.item<int64_t>();
+    TORCH_CHECK_VALUE(smallest_zero_point >= -128 && largest_zero_point <= 127,
+                      "qlgrad: zero_point must lie in the int8 range [-128, 127], got values from ",
+                      smallest_zero_point, " to ", largest_zero_point);
   }
 }
 

@@ -97,6 +97,24 @@ def test_bad_arguments_under_inference_mode_still_raise(function):
     assert not failures, "\n".join(failures)
 
 
+def test_bad_group_wise_parameters_are_named_by_their_extremes():
+    """A group-wise scale or zero point holds a value per group, thousands of them: the error
+    names the smallest and the largest, not every value."""
+    codes = torch.randint(-8, 8, (512, 1024), dtype=torch.int8)
+    scale, zero_point = torch.rand(512, 32) + 0.5, torch.zeros(512, 32, dtype=torch.int8)
+    grad = torch.randn(3, 512)
+    bad_scale = scale.clone()
+    bad_scale[7, 3] = -2.0
+    with pytest.raises(ValueError, match=r"scale must be finite and positive, got values from -2 to ") as error:
+        qlgrad.linear_int8_backward(grad, codes, bad_scale, zero_point)
+    assert len(str(error.value)) < 200
+    bad_zero_point = zero_point.to(torch.int16)
+    bad_zero_point[5, 1] = 300
+    with pytest.raises(ValueError, match=r"int8 range \[-128, 127\], got values from 0 to 300") as error:
+        qlgrad.linear_int8_backward(grad, codes, scale, bad_zero_point)
+    assert len(str(error.value)) < 200
+
+
 # ---- The Autograd kernels of the quantized:: ops ---------------------------------------
 
 STOCK_OPS = {
