@@ -17,6 +17,9 @@ class WeightReader {
   virtual int64_t columns() const = 0;
   // Blocks of depth start at multiples of this.
   virtual int64_t row_alignment() const = 0;
+  // Whether a column's codes lie one after another along the depth (the transpose of codes in
+  // rows), rather than a row's along the columns: the panel GEMM's blocks follow the runs.
+  virtual bool runs_along_depth() const { return false; }
 
   // Each reader gives the forms of W that the products it serves take; the others are not
   // called (they assert).
@@ -142,6 +145,7 @@ class Int8CodesTransposed final : public WeightReader {
   int64_t columns() const override { return codes_.size(0); }
   // Whole 16 x 16 squares of codes, transposed at once.
   int64_t row_alignment() const override { return 16; }
+  bool runs_along_depth() const override { return true; }
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const override;
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
               at::BFloat16* out) const override;

@@ -177,9 +177,17 @@ def test_training_forward_is_torchaos_bit_for_bit(dtype, activation, granularity
 
 def test_integer_product_is_torchs():
     """torch.ops.qlgrad._int8_linear is torch._int_mm(input, weight.t()), exactly, with codes at
-    both ends of the int8 range."""
+    both ends of the int8 range, in one block of depth and in several (past 4096 on AMX tiles)."""
     generator = torch.Generator().manual_seed(0)
-    for rows, depth, columns in ((1, 64, 32), (17, 1100, 80), (300, 2048, 48), (5, 3, 7), (40, 67, 33), (13, 130, 40)):
+    for rows, depth, columns in (
+        (1, 64, 32),
+        (17, 1100, 80),
+        (300, 2048, 48),
+        (5, 3, 7),
+        (40, 67, 33),
+        (13, 130, 40),
+        (9, 4200, 40),
+    ):
         input = torch.randint(-128, 128, (rows, depth), dtype=torch.int8, generator=generator)
         weight = torch.randint(-128, 128, (columns, depth), dtype=torch.int8, generator=generator)
         input[0], weight[0] = -128, 127

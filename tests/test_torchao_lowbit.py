@@ -195,13 +195,15 @@ def test_layer_input_gradient_is_straight_through(config, dtype, bias):
 def test_groupwise_product_is_the_float64_product(dtype):
     """torch.ops.qlgrad._int8_groupwise_linear, the product of the group-wise layers' training
     forward, against float64 on row counts that reach each way the panel GEMM divides its work,
-    groups of 16 and 32 columns and one per row, a partial last panel."""
+    groups of 16 and 32 columns and one per row, a partial last panel, several blocks of depth
+    (past 2048 with few rows on AMX tiles)."""
     generator = torch.Generator().manual_seed(0)
     for rows, in_features, out_features, groups in (
         (1, 64, 40, 4),
         (13, 96, 80, 3),
         (300, 1088, 48, 34),
         (7, 50, 20, 1),
+        (20, 2112, 48, 66),
     ):
         weight = torch.randint(-8, 8, (out_features, in_features), dtype=torch.int8, generator=generator)
         scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01
