@@ -163,14 +163,18 @@ struct Int8Products : Int8Operands, Avx512Kernels {
 struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
   static constexpr bool kRoundsSums = true;
   static constexpr int64_t kDepthStep = 32;
-  // Up to 128 rows, blocks twice as wide and half as deep (the same 1 MiB of panels, and all
-  // rows' sums of a block, 512 KiB, in L2 between blocks): each row of codes is read in runs twice
-  // as long, which the hardware prefetchers follow, where the conversion is most of the time.
-  // bfloat16 products of int8 codes on a Sapphire Rapids Xeon, 2 threads, over the dense bfloat16
-  // GEMM (rows x depth x columns): 16 x 4096 x 4096 1.21-1.23x with the int8 tiles' blocks,
-  // 1.04-1.10x with these; 32 x 4096 x 4096 1.27-1.33x, 1.12-1.14x; 128 x 4096 x 4096
-  // 1.18-1.23x, 1.06-1.10x; 64 x 896 x 4864 1.17-1.19x, 1.05-1.07x. With more rows their sums
-  // outgrow L2: 1024 x 896 x 4864 1.13x, 1.52-1.55x.
+  // Up to 128 rows, blocks four times as wide and a quarter as deep (the same 1 MiB of panels, and
+  // all rows' sums of a block, up to 1 MiB, in L2 between blocks): each row of codes is read in runs
+  // four times as long, which the hardware prefetchers follow, where the conversion is most of the
+  // time. bfloat16 products of int8 codes on a Sapphire Rapids Xeon, 2 threads, over the dense
+  // bfloat16 GEMM (rows x depth x columns), first with the deep blocks, then twice as wide and
+  // half as deep: 16 x 4096 x 4096 1.21-1.23x, 1.04-1.10x; 32 x 4096 x 4096 1.27-1.33x,
+  // 1.12-1.14x; 128 x 4096 x 4096 1.18-1.23x, 1.06-1.10x; 64 x 896 x 4864 1.17-1.19x,
+  // 1.05-1.07x. Twice as wide again, rotating weights (per channel; group-wise in groups of 32):
+  // 16 x 4096 x 4096 2.21 -> 1.71 ms (3.29 -> 2.87), 16 x 896 x 4864 0.54 -> 0.46 ms (0.83 ->
+  // 0.76), 64 x 4096 x 4096 3.10 -> 2.79 ms (4.29 -> 3.98), the same at 128 rows. With more rows
+  // their sums outgrow L2: 1024 x 896 x 4864 1.13x with the deep blocks, 1.52-1.55x with blocks
+  // twice as wide.
   // Codes that lie along the depth (WeightReader::runs_along_depth) run along the block's depth
   // instead: up to 128 rows, blocks twice as deep and half as wide. torchao's group-wise training
   // forward (groups of 32; rows x in -> out) over the dense bfloat16 one, same machine, rotating
@@ -182,7 +186,7 @@ struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
       return {kColumnDepth, kBlockColumns};
     }
     return runs_along_depth ? ColumnBlocks{2 * kColumnDepth, kBlockColumns / 2}
-                            : ColumnBlocks{kColumnDepth / 2, 2 * kBlockColumns};
+                            : ColumnBlocks{kColumnDepth / 4, 4 * kBlockColumns};
   }
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
