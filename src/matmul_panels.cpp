@@ -48,7 +48,7 @@ struct Avx512Blocking {
   // No parts of lhs (panel_gemm_columns): the panels stay in L1 instead.
   static constexpr int64_t kLhsPartBytes = 0;
   // The panels stay in L1 however the codes lie.
-  static ColumnBlocks column_blocks(int64_t /*rows*/, bool /*runs_along_depth*/) {
+  static ColumnBlocks column_blocks(int64_t /*rows*/, int64_t /*depth*/, bool /*runs_along_depth*/) {
     return {kColumnDepth, kBlockColumns};
   }
 };
@@ -82,7 +82,7 @@ struct AmxBlocking {
   // threads, rotating weights, before and after: 16 x 4864 -> 896 0.47 -> 0.33 ms, 16 x 4096 ->
   // 4096 1.54 -> 1.16 ms, 128 x 4096 -> 4096 2.44 -> 2.04 ms, 1024 x 4096 -> 4096 10.1 -> 9.3 ms,
   // none slower.
-  static ColumnBlocks column_blocks(int64_t /*rows*/, bool runs_along_depth) {
+  static ColumnBlocks column_blocks(int64_t /*rows*/, int64_t /*depth*/, bool runs_along_depth) {
     return runs_along_depth ? ColumnBlocks{4 * kColumnDepth, kBlockColumns / 2}
                             : ColumnBlocks{kColumnDepth, kBlockColumns};
   }
@@ -181,12 +181,24 @@ struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
   // weights: 16 x 4864 -> 896 2.60x with the wide blocks, 1.53x with these; 16 x 4096 -> 4096
   // 1.61x, 1.31x; 64 x 4864 -> 896 1.71x, 1.12x; 128 x 4864 -> 896 1.34x, 0.91x; 128 x 4096 ->
   // 4096 1.15x, 0.98x. At 256 rows both blockings measured the same (1.04-1.10x).
-  static ColumnBlocks column_blocks(int64_t rows, bool runs_along_depth) {
-    if (rows > 128) {
-      return {kColumnDepth, kBlockColumns};
+  // From 129 to 256 rows, weights at least 2048 deep take blocks twice as wide and half as deep
+  // too (all rows' sums of a block, up to 1 MiB, still in L2): 256 x 4096 x 4096 7.64 -> 7.08 ms,
+  // 256 x 4864 x 896 1.54 -> 1.47 ms, 256 x 2816 x 1024 1.11 -> 1.02 ms, 160 x 4096 x 4096 5.92 ->
+  // 5.19 ms (per channel, rotating weights; groups of 32 2-6% faster); a shallower weight takes
+  // more blocks so: 256 x 1536 x 2048 1.32 -> 1.42 ms, and 256 x 896 x 4864, one block of 896 or
+  // two, 1.66 -> 1.83 ms.
+  static ColumnBlocks column_blocks(int64_t rows, int64_t depth, bool runs_along_depth) {
+    if (runs_along_depth) {
+      return rows <= 128 ? ColumnBlocks{2 * kColumnDepth, kBlockColumns / 2}
+                         : ColumnBlocks{kColumnDepth, kBlockColumns};
     }
-    return runs_along_depth ? ColumnBlocks{2 * kColumnDepth, kBlockColumns / 2}
-                            : ColumnBlocks{kColumnDepth / 4, 4 * kBlockColumns};
+    if (rows <= 128) {
+      return {kColumnDepth / 4, 4 * kBlockColumns};
+    }
+    if (rows <= 256 && depth >= 2 * kColumnDepth) {
+      return {kColumnDepth / 2, 2 * kBlockColumns};
+    }
+    return {kColumnDepth, kBlockColumns};
   }
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
@@ -389,7 +401,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
     // block's last part; with them or with `finish`, each thread holds its piece of them (one
     // row_step's rows where the depth is one block).
     const bool rounds = Products::kRoundsSums && bfloat16_result;
-    const ColumnBlocks blocking = Products::column_blocks(rows, reader.runs_along_depth());
+    const ColumnBlocks blocking = Products::column_blocks(rows, reader.depth(), reader.runs_along_depth());
     const int64_t piece = columns_per_task(columns, blocking.columns, kPanelColumns);
     const int64_t pieces = (columns + piece - 1) / piece;
     const bool one_block = depth_blocks(reader, blocking.depth) == 1;

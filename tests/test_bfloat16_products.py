@@ -119,16 +119,17 @@ def test_gradient_rows_packed_at_every_depth(out_features, per_channel, dtype, p
         assert relative_error(got, expected) <= 1e-6
 
 
-@pytest.mark.parametrize("rows", [40, 300])
+@pytest.mark.parametrize("rows", [40, 200, 300])
 @pytest.mark.parametrize("out_features", [700, 1100, 2100])
 @pytest.mark.parametrize("in_features", [200, 4200])
 @pytest.mark.parametrize("blocked", [False, True])
 def test_deep_products_in_depth_blocks(rows, out_features, in_features, blocked):
     # Deeper than a block of panels (1024 rows of the weight): the blocks' sums are added up, the
     # last block not a whole tile row deep; 40 rows are one whole task of 32 and one of 8. On AMX
-    # tiles a block deeper than 512 rows is taken in parts whose sums are added up too, and up to
-    # 128 rows the bfloat16 blocks are 256 deep and 2048 wide (700: one block in two parts at 300
-    # rows, three blocks at 40; 4200 columns: two blocks of columns a thread).
+    # tiles a block deeper than 512 rows is taken in parts whose sums are added up too; up to 128
+    # rows the bfloat16 blocks are 256 deep and 2048 wide (700: one block in two parts at 300
+    # rows, three blocks at 40; 4200 columns: two blocks of columns a thread), and up to 256 rows
+    # 512 deep and 1024 wide for weights at least 2048 deep (2100 at 200 rows: five blocks).
     weight = quantize_weight(out_features, in_features, "per_channel_affine")
     grad_output = torch.randn(rows, out_features).to(torch.bfloat16)
     if blocked:
