@@ -58,7 +58,7 @@ struct Avx512Blocking {
 // On a Sapphire Rapids Xeon, 2 threads, at 256 x 896 x 4864, 256 x 4864 x 896, 256 x 768 x 3072
 // and 1024 x 896 x 4864, before the parts of lhs: shared panels 1.2-1.7x the dense bfloat16 GEMM,
 // these 1.2-1.7x, with blocks of depth 256 or 512 1.3-2.3x (the bfloat16 tiles take such blocks
-// up to 128 rows only: AmxBFloat16Products::column_blocks).
+// up to 128 rows, and up to 256 for weights at least 2048 deep: AmxBFloat16Products::column_blocks).
 struct AmxBlocking {
   static constexpr int64_t kSharedRowsMin = std::numeric_limits<int64_t>::max();
   static constexpr int64_t kColumnDepth = 1024;

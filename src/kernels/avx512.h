@@ -52,6 +52,15 @@ inline void prefetch_column(const Value* values, int64_t ldw, int64_t from, int6
   }
 }
 
+// Finite float32 values rounded to nearest even at bfloat16's precision, as c10::BFloat16 rounds
+// them: the bits of the rounded value in the upper 16 of each lane (the lower 16 are left over
+// from the rounding: shift or mask them off).
+inline __m512i bfloat16_rounding(__m512 values) {
+  const __m512i bits = _mm512_castps_si512(values);
+  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+  return _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
+}
+
 // The first `columns` of 16 lanes.
 inline __mmask16 lanes_mask(int64_t columns) {
   return columns >= 16 ? __mmask16(0xFFFF) : columns <= 0 ? __mmask16(0) : __mmask16((1u << columns) - 1);

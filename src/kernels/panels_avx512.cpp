@@ -61,10 +61,8 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parame
 // float32 values rounded to bfloat16, to nearest even (a NaN to bfloat16's quiet NaN), as
 // c10::BFloat16 rounds; each value stays a float32 whose low 16 bits are zero.
 __m512 bfloat16_rounded(__m512 values) {
-  const __m512i bits = _mm512_castps_si512(values);
-  const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-  const __m512i rounded = _mm512_and_si512(_mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF))),
-                                           _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)));
+  const __m512i rounded =
+      _mm512_and_si512(avx512::bfloat16_rounding(values), _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)));
   const __mmask16 nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
   return _mm512_castsi512_ps(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC00000)));
 }

@@ -20,17 +20,11 @@ struct Avx512RowLoops {
     return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
   }
 
-  // in_dtype_of<BFloat16, true>'s rounding to nearest even, as the bits of the rounded float32.
-  static __m512i bfloat16_bits(__m512 values) {
-    const __m512i bits = _mm512_castps_si512(values);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    return _mm512_add_epi32(bits, _mm512_add_epi32(odd, _mm512_set1_epi32(0x7FFF)));
-  }
-
   template <typename Element>
   static __m512 in_dtype(__m512 values) {
     if constexpr (std::is_same_v<Element, at::BFloat16>) {
-      return _mm512_castsi512_ps(_mm512_and_si512(bfloat16_bits(values), _mm512_set1_epi32(int32_t(0xFFFF0000u))));
+      return _mm512_castsi512_ps(
+          _mm512_and_si512(avx512::bfloat16_rounding(values), _mm512_set1_epi32(int32_t(0xFFFF0000u))));
     } else {
       return values;
     }
@@ -39,7 +33,8 @@ struct Avx512RowLoops {
   static void store16(__mmask16 mask, __m512 values, float* out) { _mm512_mask_storeu_ps(out, mask, values); }
 
   static void store16(__mmask16 mask, __m512 values, at::BFloat16* out) {
-    _mm256_mask_storeu_epi16(out, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bfloat16_bits(values), 16)));
+    _mm256_mask_storeu_epi16(out, mask,
+                             _mm512_cvtepi32_epi16(_mm512_srli_epi32(avx512::bfloat16_rounding(values), 16)));
   }
 
   template <typename Element>

@@ -22,10 +22,7 @@ void convert_codes_avx512(const int8_t* codes, int64_t ldw, const CodeParameters
         _mm512_storeu_ps(out + c, values);
       } else {
         // Rounded to nearest even, as to_bfloat16.
-        const __m512i bits = _mm512_castps_si512(values);
-        const __m512i rounding = _mm512_add_epi32(_mm512_set1_epi32(0x7FFF),
-                                                  _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1)));
-        const __m256i upper = _mm512_cvtepi32_epi16(_mm512_srli_epi32(_mm512_add_epi32(bits, rounding), 16));
+        const __m256i upper = _mm512_cvtepi32_epi16(_mm512_srli_epi32(avx512::bfloat16_rounding(values), 16));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + c), upper);
       }
     }
