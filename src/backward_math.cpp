@@ -98,6 +98,14 @@ at::Tensor stored_parameter(const at::Tensor& parameter) {
   return as_contiguous(groupwise ? as_float : as_float.reshape({-1}));
 }
 
+// A zero point in its stored form, or none where every one is 0.
+std::optional<at::Tensor> stored_zero_point(const std::optional<at::Tensor>& zero_point) {
+  if (!zero_point || all_zero(*zero_point)) {
+    return std::nullopt;
+  }
+  return stored_parameter(*zero_point);
+}
+
 } // namespace
 
 bool StoredWeight::is_int8() const {
@@ -115,14 +123,12 @@ int64_t StoredWeight::nbytes() const {
 StoredWeight stored_int8_weight(const at::Tensor& values, const at::Tensor& scale,
                                 const std::optional<at::Tensor>& zero_point) {
   const bool rows_contiguous = values.stride(1) == 1 || values.size(1) == 1;
-  return {rows_contiguous ? values : values.contiguous(), stored_parameter(scale),
-          zero_point ? std::optional(stored_parameter(*zero_point)) : std::nullopt};
+  return {rows_contiguous ? values : values.contiguous(), stored_parameter(scale), stored_zero_point(zero_point)};
 }
 
 StoredWeight blocked_int8_weight(const at::Tensor& packed, const BlockedLayout& blocked, const at::Tensor& scale,
                                  const std::optional<at::Tensor>& zero_point) {
-  return {packed, stored_parameter(scale), zero_point ? std::optional(stored_parameter(*zero_point)) : std::nullopt,
-          blocked};
+  return {packed, stored_parameter(scale), stored_zero_point(zero_point), blocked};
 }
 
 StoredWeight unblocked(const StoredWeight& weight) {

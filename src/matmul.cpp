@@ -373,25 +373,49 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
 }
 
 at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
-                                 const at::Tensor& zero_point) {
+                                 const std::optional<at::Tensor>& zero_point) {
   TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous() && input.size(1) == codes.size(1));
   TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16);
   TORCH_INTERNAL_ASSERT(codes.dim() == 2 && codes.is_contiguous() && codes.scalar_type() == at::kChar);
   const int64_t groups = scale.size(1), group_size = codes.size(1) / groups;
-  TORCH_INTERNAL_ASSERT(scale.sizes() == zero_point.sizes() && scale.size(0) == codes.size(0));
+  TORCH_INTERNAL_ASSERT((!zero_point || scale.sizes() == zero_point->sizes()) && scale.size(0) == codes.size(0));
   TORCH_INTERNAL_ASSERT(groups == 1 || group_size % 16 == 0);
   const auto& kernel = kernels();
   if (kernel.panel_rows == nullptr || input.size(0) == 0) {
-    const auto values =
-        (codes.view({codes.size(0), groups, group_size}) - zero_point.unsqueeze(2)) * scale.unsqueeze(2);
+    auto values = codes.view({codes.size(0), groups, group_size}).to(at::kFloat);
+    if (zero_point) {
+      values = values - zero_point->unsqueeze(2);
+    }
+    values = values * scale.unsqueeze(2);
     return at::mm(input, values.view_as(codes).to(input.scalar_type()).t());
   }
   CodeParameters parameters;
   parameters.scale = scale.const_data_ptr<float>();
-  parameters.zero_point = zero_point.const_data_ptr<float>();
+  parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
   parameters.groups = groups;
   parameters.group_size = group_size;
   return panel_product(input, Int8CodesTransposed(codes, parameters));
+}
+
+bool all_zero(const at::Tensor& zero_point) {
+  if (!zero_point.is_contiguous()) {
+    return false;
+  }
+  // In chunks, so that the first with a nonzero byte ends the scan; each chunk in one
+  // vectorized pass.
+  constexpr size_t kChunkBytes = 4096;
+  const auto* bytes = static_cast<const uint8_t*>(zero_point.const_data_ptr());
+  const size_t size = zero_point.nbytes();
+  for (size_t begin = 0; begin < size; begin += kChunkBytes) {
+    uint8_t any = 0;
+    for (size_t i = begin; i < std::min(size, begin + kChunkBytes); ++i) {
+      any |= bytes[i];
+    }
+    if (any != 0) {
+      return false;
+    }
+  }
+  return true;
 }
 
 } // namespace qlgrad::math

@@ -270,8 +270,10 @@ at::Tensor int8_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& 
           (scale.size(1) == 1 || weight.size(1) / scale.size(1) % 16 == 0) && zero_point.sizes() == scale.sizes(),
       "qlgrad: scale and zero_point must be [N, G] with K / G a multiple of 16 (or G = 1), got ", scale.sizes(),
       " and ", zero_point.sizes(), " for weight ", weight.sizes());
+  const auto kernel_zero_point =
+      math::all_zero(zero_point) ? std::nullopt : std::optional(zero_point.to(at::kFloat).contiguous());
   return math::int8_groupwise_linear(input.contiguous(), weight.contiguous(), scale.to(at::kFloat).contiguous(),
-                                     zero_point.to(at::kFloat).contiguous());
+                                     kernel_zero_point);
 }
 
 // ---- cache_weight -----------------------------------------------------------------

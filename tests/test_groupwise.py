@@ -93,3 +93,32 @@ def test_arguments_are_not_modified():
     copies = [t.clone() for t in (values, scale, zero_point)]
     qlgrad.linear_int8_backward(torch.randn(9, 16), values, scale, zero_point, "bf16")
     assert all(torch.equal(a, b) for a, b in zip(copies, (values, scale, zero_point)))
+
+
+@pytest.mark.parametrize("precision", qlgrad.PRECISIONS)
+def test_zero_points_of_zero_are_no_zero_points(precision):
+    # Zero points that are all zero (a symmetric quantization's) are not read at all.
+    values, scale, _ = groupwise_weight(96, 4096, 32)
+    zeros = torch.zeros(96, 32, dtype=torch.int8)
+    for rows in (3, 64, 256):
+        grad_output = torch.randn(rows, 96)
+        with_zeros = qlgrad.linear_int8_backward(grad_output, values, scale, zeros, precision)
+        assert torch.equal(with_zeros, qlgrad.linear_int8_backward(grad_output, values, scale, None, precision))
+
+
+@pytest.mark.parametrize("rows", (3, 64, 256))
+def test_one_nonzero_zero_point_after_many_zeros_counts(rows):
+    # 12 KiB of zero points whose last one alone is not zero: the only nonzero weight values are
+    # that group's, in the backward and in the forward of torchao's group-wise layers.
+    out_features, in_features, groups = 96, 4096, 128
+    values = torch.zeros(out_features, in_features, dtype=torch.int8)
+    scale = torch.full((out_features, groups), 0.01)
+    zero_point = torch.zeros(out_features, groups, dtype=torch.int8)
+    zero_point[-1, -1] = -50
+    grad_output = torch.randn(rows, out_features)
+    backward = qlgrad.linear_int8_backward(grad_output, values, scale, zero_point)
+    assert relative_error(backward, reference(grad_output, values, scale, zero_point)) <= ERROR_BOUNDS["fp32"]
+    input = torch.randn(rows, in_features, dtype=torch.bfloat16)
+    forward = torch.ops.qlgrad._int8_groupwise_linear(input, values, scale.bfloat16(), zero_point)
+    weight = reference(torch.eye(out_features), values, scale.bfloat16(), zero_point)
+    assert relative_error(forward, input.double() @ weight.t()) <= 1e-2
