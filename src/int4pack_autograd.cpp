@@ -82,16 +82,20 @@ at::Tensor int4pack_linear_cpu(const at::Tensor& input, const at::Tensor& packed
 }
 
 // Where the input requires grad, the forward is qlgrad's op, which reads the packing when that is
-// the faster; elsewhere it is torch's, bit for bit.
+// the faster; elsewhere it is torch's, bit for bit: torch's own kernel, or qlgrad's product where
+// that is torch's result (math::int4pack_linear_is_torchs) and the faster.
 at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                                 const at::Tensor& scale_and_zeros) {
   static const auto stock = detail::operator_handle<Int4packMmFn>("aten::_weight_int4pack_mm_for_cpu");
   static const auto from_packing = detail::operator_handle<Int4packMmFn>("qlgrad::_int4pack_linear");
   const bool requires_grad = torch::autograd::compute_requires_grad(input);
+  const bool torchs_from_packing =
+      math::int4pack_linear_is_torchs(input.scalar_type()) && reads_packing(input, packed, group_size, scale_and_zeros);
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    output = (requires_grad ? from_packing : stock).call(input, packed, group_size, scale_and_zeros);
+    output =
+        (requires_grad || torchs_from_packing ? from_packing : stock).call(input, packed, group_size, scale_and_zeros);
   }
   if (requires_grad) {
     auto node =

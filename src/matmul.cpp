@@ -257,6 +257,11 @@ bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype) {
   return kernels().int4_packing.block > 0 && rows >= (dtype == at::kBFloat16 ? 16 : 1);
 }
 
+bool int4pack_linear_is_torchs(at::ScalarType dtype) {
+  const auto& kernel = kernels();
+  return dtype == at::kFloat && kernel.panel_rows != nullptr && kernel.int4_packing.block > 0;
+}
+
 at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                            const at::Tensor& scale_and_zeros) {
   TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous());

@@ -78,6 +78,14 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
 // input of this dtype (it runs everywhere int4pack_matmul does).
 bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 
+// Whether int4pack_linear of an input of this dtype is torch's own int4 kernel's result, bit for
+// bit: float32 inputs where the float32 panel GEMM runs (AVX-512), whose every sum is, as torch's,
+// one chain of fused multiply-adds along the whole depth in order, of the same weight values,
+// fma(code - 8, scale, zero). Torch's kernel multiplies in scalar code there (on a Sapphire Rapids
+// Xeon, 2 threads, 256 x 896 -> 896 in 180 ms; the panel GEMM's 4 ms), so where this holds
+// qlgrad's product serves inputs that do not require grad too.
+bool int4pack_linear_is_torchs(at::ScalarType dtype);
+
 // result [M, K] float32 = (lhs @ codes - row_offset[:, None]) * row_scale[:, None] for int8 lhs
 // [M, N] (contiguous) and int8 codes [N, K] in rows (unit stride along K) or, with `blocked`, in
 // that packing, read in place; row_offset int32 [M] (absent for none) and row_scale float32 [M],

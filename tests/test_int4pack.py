@@ -124,6 +124,58 @@ def test_training_forward_is_the_product_with_the_ops_weight(dtype, shape):
         assert torch.equal(inference, stock), rows
 
 
+def stock_int4pack_mm(x, packed, group_size, scale_and_zeros):
+    with torch._C._AutoDispatchBelowAutograd():  # torch's kernel, past qlgrad's Autograd kernel
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
+
+
+# Deep enough for several of the float32 panel GEMM's depth blocks, whose sums must carry on as
+# one chain; a layer of a language model's MLP, with its widths.
+EXACT_SHAPES = SHAPES + ((64, 4864, 32), (4864, 896, 128), (896, 4864, 64))
+EXACT_ROW_COUNTS = (1, 2, 7, 16, 33, 255, 256, 300)
+
+
+@pytest.mark.skipif(qlgrad.cpu_capability() != "avx512", reason="the float32 panel GEMM is AVX-512's")
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", EXACT_SHAPES, ids=str)
+def test_float32_product_from_the_packing_is_torchs_bit_for_bit(shape, threads):
+    """float32 inputs: qlgrad's product from the packing is torch's kernel's result, bit for bit
+    (so it serves inputs that require no grad too), non-finite inputs included."""
+    out_features, in_features, group_size = shape
+    packed, scale_and_zeros = int4_weight(*shape)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in EXACT_ROW_COUNTS:
+            if rows * out_features * in_features > 2**29:
+                continue  # torch's kernel takes seconds there
+            x = torch.randn(rows, in_features)
+            x[0, in_features // 3] = float("inf") if rows > 1 else x[0, 0]
+            x[-1, in_features // 2] = float("nan") if rows > 2 else x[-1, 0]
+            stock = stock_int4pack_mm(x, packed, group_size, scale_and_zeros)
+            training = torch.ops.aten._weight_int4pack_mm_for_cpu(
+                x.clone().requires_grad_(), packed, group_size, scale_and_zeros
+            )
+            inference = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
+            assert torch.equal(training.detach().nan_to_num(), stock.nan_to_num()), rows
+            assert torch.equal(training.detach().isnan(), stock.isnan()), rows
+            assert torch.equal(inference.nan_to_num(), stock.nan_to_num()), rows
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif(qlgrad.cpu_capability() != "avx512", reason="the float32 panel GEMM is AVX-512's")
+def test_float32_inputs_without_grad_take_the_product_from_the_packing():
+    packed, scale_and_zeros = int4_weight(64, 256, 64)
+    with torch.autograd.profiler.profile() as profile:
+        torch.ops.aten._weight_int4pack_mm_for_cpu(torch.randn(8, 256), packed, 64, scale_and_zeros)
+        torch.ops.aten._weight_int4pack_mm_for_cpu(
+            torch.randn(8, 256).bfloat16(), packed, 64, scale_and_zeros.bfloat16()
+        )
+    calls = {event.key: event.count for event in profile.key_averages()}
+    assert calls.get("qlgrad::_int4pack_linear") == 1  # the float32 input's; the bfloat16 one's is torch's
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_autograd_kernel_of_the_aten_op(dtype):
     packed, scale_and_zeros = int4_weight(64, 256, 64, dtype=dtype)

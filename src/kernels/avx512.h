@@ -139,21 +139,29 @@ inline void values32(const Code* row, const CodeParameters& parameters, int64_t 
   high = _mm512_maskz_mul_ps(high_mask, _mm512_sub_ps(load_values16(high_mask, row + 16), high_offsets), high_factors);
 }
 
-// A panel kernel's sums (Rows rows of 32 columns, as two vectors each) into out, `width` of whose
-// columns exist, added to what is there with `accumulate`.
+// A panel kernel's sums (Rows rows of 32 columns, as two vectors each) before its first product:
+// with `accumulate`, what out holds (`width` of its columns exist), so that every sum is one chain
+// of fused multiply-adds along the whole depth, however it is cut into blocks (the order of
+// torch's own int4 product, which qlgrad's reproduces bit for bit); else zero.
 template <int64_t Rows>
-inline void store_sums(__m512 (&low)[Rows], __m512 (&high)[Rows], float* out, int64_t ldo, int64_t width,
-                       bool accumulate) {
+inline void load_sums(__m512 (&low)[Rows], __m512 (&high)[Rows], const float* out, int64_t ldo, int64_t width,
+                      bool accumulate) {
   const __mmask16 low_mask = lanes_mask(width), high_mask = lanes_mask(width - 16);
 #pragma GCC unroll 12
   for (int64_t r = 0; r < Rows; ++r) {
-    float* row = out + r * ldo;
-    if (accumulate) {
-      low[r] = _mm512_add_ps(low[r], _mm512_maskz_loadu_ps(low_mask, row));
-      high[r] = _mm512_add_ps(high[r], _mm512_maskz_loadu_ps(high_mask, row + 16));
-    }
-    _mm512_mask_storeu_ps(row, low_mask, low[r]);
-    _mm512_mask_storeu_ps(row + 16, high_mask, high[r]);
+    low[r] = accumulate ? _mm512_maskz_loadu_ps(low_mask, out + r * ldo) : _mm512_setzero_ps();
+    high[r] = accumulate ? _mm512_maskz_loadu_ps(high_mask, out + r * ldo + 16) : _mm512_setzero_ps();
+  }
+}
+
+// The sums into out, `width` of whose columns exist.
+template <int64_t Rows>
+inline void store_sums(__m512 (&low)[Rows], __m512 (&high)[Rows], float* out, int64_t ldo, int64_t width) {
+  const __mmask16 low_mask = lanes_mask(width), high_mask = lanes_mask(width - 16);
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    _mm512_mask_storeu_ps(out + r * ldo, low_mask, low[r]);
+    _mm512_mask_storeu_ps(out + r * ldo + 16, high_mask, high[r]);
   }
 }
 

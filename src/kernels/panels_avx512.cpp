@@ -15,11 +15,7 @@ template <int64_t Rows>
 void panel_kernel(const float* lhs, const float* panel, int64_t depth, float* out, int64_t ldo, int64_t width,
                   bool accumulate) {
   __m512 low[Rows], high[Rows];
-#pragma GCC unroll 12
-  for (int64_t r = 0; r < Rows; ++r) {
-    low[r] = _mm512_setzero_ps();
-    high[r] = _mm512_setzero_ps();
-  }
+  avx512::load_sums<Rows>(low, high, out, ldo, width, accumulate);
   for (int64_t n = 0; n < depth; ++n) {
     const __m512 panel_low = _mm512_loadu_ps(panel + n * kPanelColumns);
     const __m512 panel_high = _mm512_loadu_ps(panel + n * kPanelColumns + 16);
@@ -30,7 +26,7 @@ void panel_kernel(const float* lhs, const float* panel, int64_t depth, float* ou
       high[r] = _mm512_fmadd_ps(factor, panel_high, high[r]);
     }
   }
-  avx512::store_sums<Rows>(low, high, out, ldo, width, accumulate);
+  avx512::store_sums<Rows>(low, high, out, ldo, width);
 }
 
 // A few rows at a time, whose codes stay in L1 while each panel's share is written as one

@@ -15,11 +15,7 @@ template <int64_t Rows>
 void panel_kernel(const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo,
                   int64_t width, bool accumulate) {
   __m512 low[Rows], high[Rows];
-#pragma GCC unroll 12
-  for (int64_t r = 0; r < Rows; ++r) {
-    low[r] = _mm512_setzero_ps();
-    high[r] = _mm512_setzero_ps();
-  }
+  avx512::load_sums<Rows>(low, high, out, ldo, width, accumulate);
   const auto* lhs_pairs = reinterpret_cast<const int32_t*>(lhs);
   for (int64_t pair = 0; pair < depth / 2; ++pair) {
     const __m512bh panel_low = (__m512bh)_mm512_loadu_si512(panel + pair * 2 * kPanelColumns);
@@ -31,7 +27,7 @@ void panel_kernel(const at::BFloat16* lhs, const at::BFloat16* panel, int64_t de
       high[r] = _mm512_dpbf16_ps(high[r], factors, panel_high);
     }
   }
-  avx512::store_sums<Rows>(low, high, out, ldo, width, accumulate);
+  avx512::store_sums<Rows>(low, high, out, ldo, width);
 }
 
 // As the float32 panels are converted (panels_avx512.cpp), two rows at a time.
