@@ -1,6 +1,7 @@
 // The Autograd kernel of aten::_weight_int4pack_mm_for_cpu, torch's CPU int4 weight-only linear
 // (torchao's Int4OpaqueTensor calls it), whose derivative upstream is "not implemented", and
-// the training forward it runs where the input requires grad. Registration is at the bottom.
+// the forward it runs from the packing where the input requires grad, or where that forward is
+// torch's result bit for bit. Registration is at the bottom.
 
 #include "backward_math.h"
 #include "matmul.h"
