@@ -46,6 +46,11 @@ def stock_linear_handler():
     return Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear].__wrapped__.__wrapped__
 
 
+def torchaos_output(layer, x):
+    """The layer's output as torchao's own handler gives it."""
+    return stock_linear_handler()(F.linear, (), (x, layer.weight, layer.bias), {})
+
+
 def quantized_linear(
     in_features, out_features, granularity="per_row", activation="symmetric", bias=True, dtype=torch.float32
 ):
@@ -119,7 +124,7 @@ def test_input_gradient_is_straight_through(dtype, granularity, activation, lead
     layer = quantized_linear(24, 16, granularity, activation, dtype=dtype)
     x = torch.randn(*leading, 24, dtype=dtype)
     grad_output = torch.randn(*leading, 16, dtype=dtype)
-    stock_output = layer(x)  # no input requires grad: torchao's handler alone
+    stock_output = torchaos_output(layer, x)
     values, scale = layer.weight.qdata.clone(), layer.weight.scale.clone()
 
     x.requires_grad_()
@@ -171,8 +176,22 @@ def test_training_forward_is_torchaos_bit_for_bit(dtype, activation, granularity
     layer = quantized_linear(1100, 80, granularity, activation, bias=bias, dtype=dtype)
     for rows in (1, 13, 255, 256, 300):
         x = torch.randn(rows, 1100, dtype=dtype)
-        stock_output = layer(x)
+        stock_output = torchaos_output(layer, x)
+        with torch.no_grad():  # the same forward serves inputs without grad
+            assert torch.equal(layer(x), stock_output), rows
         assert torch.equal(layer(x.requires_grad_()), stock_output), rows
+
+
+def test_inputs_without_grad_take_the_training_forward():
+    layer = quantized_linear(64, 48).requires_grad_(False)
+    x = torch.randn(300, 64)
+    with torch.autograd.profiler.profile() as profile:
+        output = layer(x)
+    assert torch.equal(output, torchaos_output(layer, x)) and output.grad_fn is None
+    assert "qlgrad::_int8_linear_rescaled" in {event.key for event in profile.key_averages()}
+    # A bias that requires grad gets it from torchao's own forward.
+    layer.bias.requires_grad_()
+    assert layer(x).grad_fn is not None
 
 
 def test_integer_product_is_torchs():
@@ -272,7 +291,7 @@ def test_training_forward_of_non_finite_activations_is_torchaos(dtype):
     layer = quantized_linear(48, 16, dtype=dtype)
     input = torch.randn(4, 6, 48, dtype=dtype)
     input[1, 2, 3], input[2, 0, 0] = float("nan"), float("inf")
-    expected = layer(input)
+    expected = torchaos_output(layer, input)
     got = layer(input.requires_grad_())
     assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.nan_to_num(), expected.nan_to_num())
 
@@ -452,7 +471,7 @@ def test_models_match_straight_through_reference(model_class, input_shape, quant
     config = Int8DynamicActivationInt8WeightConfig(granularity=GRANULARITIES[granularity], **KEEP_INDUCTOR_CONFIG)
     quantize_(model, config)
     x = torch.randn(*input_shape)
-    with torch.no_grad():
+    with torch.no_grad(), reference_linears(model):
         stock_output = model(x)
     grad_output = torch.randn_like(stock_output)
 
