@@ -90,13 +90,12 @@ at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packe
   static const auto stock = detail::operator_handle<Int4packMmFn>("aten::_weight_int4pack_mm_for_cpu");
   static const auto from_packing = detail::operator_handle<Int4packMmFn>("qlgrad::_int4pack_linear");
   const bool requires_grad = torch::autograd::compute_requires_grad(input);
-  const bool torchs_from_packing =
-      math::int4pack_linear_is_torchs(input.scalar_type()) && reads_packing(input, packed, group_size, scale_and_zeros);
+  const bool qlgrad_forward = requires_grad || (math::int4pack_linear_is_torchs(input.scalar_type()) &&
+                                                reads_packing(input, packed, group_size, scale_and_zeros));
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    output =
-        (requires_grad || torchs_from_packing ? from_packing : stock).call(input, packed, group_size, scale_and_zeros);
+    output = (qlgrad_forward ? from_packing : stock).call(input, packed, group_size, scale_and_zeros);
   }
   if (requires_grad) {
     auto node =

@@ -39,11 +39,8 @@ DTYPE_ERROR_BOUNDS = {torch.float32: ERROR_BOUNDS["fp32"], torch.bfloat16: 1e-2}
 
 
 def stock_linear_handler():
-    """torchao's own F.linear handler for Int8Tensor, which qlgrad's wraps.
-
-    The table holds torchao's registration wrapper around qlgrad's handler, which wraps torchao's.
-    """
-    return Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear].__wrapped__.__wrapped__
+    """torchao's own F.linear handler for Int8Tensor, which qlgrad's wraps."""
+    return _torchao.stock_linear_handler(Int8Tensor)
 
 
 def torchaos_output(layer, x):
@@ -113,6 +110,8 @@ def test_handler_is_in_int8_tensors_torch_function_table():
     handler = Int8Tensor._TORCH_FN_TABLE[Int8Tensor][F.linear]
     assert getattr(handler, "qlgrad_input_gradient", False)
     assert not getattr(stock_linear_handler(), "qlgrad_input_gradient", False)
+    # torchao's registration wrapper around qlgrad's handler, which wraps torchao's.
+    assert handler.__wrapped__.__wrapped__ is stock_linear_handler()
     assert torchao.__version__.split("+")[0] in _torchao.SUPPORTED_TORCHAO_VERSIONS
 
 

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from qlgrad._torchao import stock_linear_handler
+
 from .reporting import markdown_table, verdict
 from .timing import Timed, interleaved_samples, medians, milliseconds, times
 
@@ -53,9 +55,7 @@ def stock_forward(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     take qlgrad's forward where it is theirs bit for bit, so their own kernels are called past it
     (torchao's own F.linear handler, which qlgrad's wraps; torch's int4 kernel past qlgrad's
     Autograd kernel)."""
-    weight_type = type(layer.weight)
-    # The table holds torchao's registration wrapper around qlgrad's handler, which wraps torchao's.
-    stock_handler = weight_type._TORCH_FN_TABLE[weight_type][F.linear].__wrapped__.__wrapped__
+    stock_handler = stock_linear_handler(type(layer.weight))
     with torch.no_grad(), torch._C._AutoDispatchBelowAutograd():
         return stock_handler(F.linear, (), (x, layer.weight, layer.bias), {})
 

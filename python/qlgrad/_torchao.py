@@ -291,12 +291,12 @@ def _make_linear_handler(stock_handler, subclass_type, subclass: _Subclass):
         def stock_forward(input, bias):
             return stock_handler(func, types, (input, weight, bias)[: len(args)], kwargs)
 
-        if not (torch.is_grad_enabled() and input.requires_grad):
-            # torchao's forward gives every gradient there is (a bias's, which the training
-            # forward's one pass does not record).
-            if subclass.training_forward_is_torchaos and not (
-                torch.is_grad_enabled() and isinstance(bias, torch.Tensor) and bias.requires_grad
-            ):
+        grad_enabled = torch.is_grad_enabled()
+        if not (grad_enabled and input.requires_grad):
+            # torchao's forward gives every gradient there is: a bias's, which the training
+            # forward's one pass does not record.
+            bias_requires_grad = grad_enabled and isinstance(bias, torch.Tensor) and bias.requires_grad
+            if subclass.training_forward_is_torchaos and not bias_requires_grad:
                 return subclass.training_forward(input, weight, bias, stock_forward)
             return stock_forward(input, bias)
         if subclass.input_gradient is None:
@@ -309,6 +309,16 @@ def _make_linear_handler(stock_handler, subclass_type, subclass: _Subclass):
 
     linear_with_input_gradient.qlgrad_input_gradient = True
     return linear_with_input_gradient
+
+
+# torchao's own F.linear handler of each subclass, which qlgrad's wraps.
+_STOCK_LINEAR_HANDLERS: dict[type, Callable] = {}
+
+
+def stock_linear_handler(subclass_type: type) -> Callable:
+    """torchao's own F.linear handler for ``subclass_type`` weights, past qlgrad's: what
+    benchmarks and tests time or compare torchao's forward with."""
+    return _STOCK_LINEAR_HANDLERS[subclass_type]
 
 
 def _register(module, subclass: _Subclass) -> None:
@@ -325,6 +335,7 @@ def _register(module, subclass: _Subclass) -> None:
         return
     if getattr(stock_handler, "qlgrad_input_gradient", False):
         return  # registered already
+    _STOCK_LINEAR_HANDLERS[subclass_type] = stock_handler
     # Only the torch-function table: torchao's aten.linear entry runs below autograd, where no
     # gradient can be attached. The subclass's own registration decorator keeps the table's format.
     subclass_type.implements_torch_function(F.linear)(_make_linear_handler(stock_handler, subclass_type, subclass))
