@@ -4,6 +4,7 @@ Nothing they time is asserted on: this only keeps the scripts from rotting as ql
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -151,6 +152,7 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
     modes = [
         "float",
         "float-bf16",
+        "floor-bf16",
         "torchao-int8-bf16",
         "torchao-int8-bf16-int8",
         "torchao-int4-bf16",
@@ -163,9 +165,16 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
     for row in rows:
         # Each time against both baselines, float32 and bfloat16.
         assert row["ms per step (× float / × float-bf16)"].count("×") == 2
-    # A bfloat16 base and int4 weights move the loss by far less than the two steps do.
-    float_loss, *other_losses = (float(row["loss after 2 steps"]) for row in rows)
+    # A bfloat16 base and int4 weights move the loss by far less than the two steps do (the
+    # floor's projections output zeros: its loss means nothing).
+    float_loss, *other_losses = (float(row["loss after 2 steps"]) for row in rows if row["mode"] != "floor-bf16")
     assert all(abs(loss / float_loss - 1) < 0.05 for loss in other_losses)
-    assert "torchao-int4pack-bf16 time per step ≤ 1.0× float-bf16's" in output
+    # What the projections take: each mode's step less its base's floor, beside the float mode's.
+    projections = {row["mode"]: row["projections ms (× the same base's float)"] for row in rows}
+    assert projections["floor-bf16"] == "–" and projections["float"] == "–"  # float32's floor was not run
+    assert projections["float-bf16"].endswith("(1.00×)") and projections["torchao-int8-bf16"].count("×") == 1
+    assert re.search(
+        r"torchao-int4pack-bf16 time per step ≤ 1\.0× float-bf16's: \w+ \([\d.]+×; floor-bf16 [\d.]+×\)", output
+    )
     # The float64 straight-through reference of torch's int4 packing, against which qlgrad's loss is compared.
     assert "torchao-int4pack-bf16 loss within 1% of torchao-int4pack-bf16-ste64's: HOLDS" in output

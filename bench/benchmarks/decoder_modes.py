@@ -96,6 +96,26 @@ def bitsandbytes_4bit(model: nn.Module) -> None:
     model.is_loaded_in_4bit = True
 
 
+# ---- The floor: a step without the projections' products ------------------------------------
+
+
+class _ProjectionWithoutProduct(nn.Linear):
+    """A projection whose product costs nothing: it outputs its bias alone (zeros without one), so
+    its input gets no gradient from it either."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        output = input.new_zeros(*input.shape[:-1], self.out_features)
+        return output if self.bias is None else output + self.bias
+
+
+def without_projection_products(model: nn.Module) -> None:
+    """Leave out the products of the projections' weights, forward and backward: what remains of
+    the step (the adapters, attention, norms, ``lm_head``, the optimizer) is the floor below which
+    no base's projections, quantized or not, can bring it. Its loss means nothing."""
+    for _, _, layer in projections(model):
+        layer.__class__ = _ProjectionWithoutProduct  # still an nn.Linear, which PEFT adapts as such
+
+
 # ---- The float64 straight-through reference ------------------------------------------------
 
 
@@ -161,6 +181,7 @@ def _torchao_float64(quantize: Callable[[nn.Module], None]) -> Mode:
 
 
 _FLOAT = Mode("float autograd")
+_FLOOR = Mode("none: no products of the projections", without_projection_products)
 _BNB_8BIT = Mode("bitsandbytes", bitsandbytes_8bit, requires="bitsandbytes")
 _BNB_4BIT = Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes")
 
@@ -168,6 +189,9 @@ _BNB_4BIT = Mode("bitsandbytes", bitsandbytes_4bit, requires="bitsandbytes")
 MODES = {
     "float": _FLOAT,
     "float-bf16": _on_bfloat16(_FLOAT),
+    # Each base's step with its projections costing nothing: the floor of every mode on that base.
+    "floor": _FLOOR,
+    "floor-bf16": _on_bfloat16(_FLOOR),
     # What compiling costs the float step: the measure of what compiling the int8 step costs beyond it.
     "float-compiled": replace(_FLOAT, backward="float autograd, torch.compile", compiled=True),
     **{
