@@ -99,7 +99,7 @@ def test_compare_times_the_low_bit_weights_and_the_training_forwards():
     rows = table_rows(forwards)
     assert [(row["layer"], row["dtype"], row["tokens"]) for row in rows] == [
         (layer, dtype, tokens)
-        for layer in ("int4_group128", "torchao_int8")
+        for layer in ("int4_group128", "torchao_int8", "torchao_intx_group32")
         for dtype in ("float32", "bfloat16")
         for tokens in ("1", "16")
     ]

@@ -20,7 +20,9 @@ IN_FEATURES = OUT_FEATURES = 4096
 # 192: a language model's training sequence (bench/llm.py); torch's int4 kernel takes seconds per
 # call with float32 inputs from there.
 TOKENS = (1, 16, 192)
-LAYERS = ("int4_group128", "torchao_int8")
+# torch's int4 packing (PrototypeInt4WeightOnlyConfig), torchao's int8 dynamic layers, and its
+# group-wise int4 codes with int8 activations (Int8DynamicActivationIntxWeightConfig).
+LAYERS = ("int4_group128", "torchao_int8", "torchao_intx_group32")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 # From this many tokens the training forward is to take no longer than the dense forward.
 DENSE_TARGET_MIN_TOKENS = 16
@@ -37,15 +39,22 @@ class TrainingForwardRow:
 def quantized_layer(kind: str, dtype: torch.dtype) -> tuple[torch.nn.Linear, torch.Tensor]:
     """(layer quantized by torchao, the dense weight it was made from) in ``dtype``."""
     from torchao.prototype.quantization.int4.inference_workflow import PrototypeInt4WeightOnlyConfig
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
+    from torchao.quantization import (
+        Int8DynamicActivationInt8WeightConfig,
+        Int8DynamicActivationIntxWeightConfig,
+        PerGroup,
+        quantize_,
+    )
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(IN_FEATURES, OUT_FEATURES, bias=False).to(dtype)
     dense = layer.weight.detach().clone()
     if kind == "int4_group128":
         config = PrototypeInt4WeightOnlyConfig(group_size=128)
-    else:
+    elif kind == "torchao_int8":
         config = Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    else:
+        config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
     quantize_(layer, config)
     return layer, dense
 
