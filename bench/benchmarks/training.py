@@ -1,7 +1,7 @@
-"""Training-forward time of torchao's int4 and int8 layers (an input that requires grad: qlgrad's
-product from the stored weight), 4096x4096, at 16 tokens and a training sequence's 192. The stock
-and the dense forwards are timed beside them by ``bench/compare.py`` (torch's int4 kernel takes
-seconds per call with float32 inputs)."""
+"""Training-forward time of torchao's int4 (torch's packing), int8 and group-wise int4 layers (an
+input that requires grad: qlgrad's product from the stored weight), 4096x4096, at 16 tokens and a
+training sequence's 192. The stock and the dense forwards are timed beside them by
+``bench/compare.py`` (torch's int4 kernel takes seconds per call with float32 inputs)."""
 
 import functools
 
