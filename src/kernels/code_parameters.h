@@ -58,6 +58,25 @@ struct GroupRuns {
   }
 };
 
+// The group of columns that only grow, from `column` on: a division at the start, then additions.
+struct GroupCursor {
+  int64_t group, end, group_size, last;
+
+  [[gnu::always_inline]] GroupCursor(const CodeParameters& parameters, int64_t column)
+      : group(std::min(column / parameters.group_size, parameters.groups - 1)),
+        end((group + 1) * parameters.group_size),
+        group_size(parameters.group_size),
+        last(parameters.groups - 1) {}
+
+  [[gnu::always_inline]] int64_t at(int64_t column) {
+    while (column >= end && group < last) {
+      ++group;
+      end += group_size;
+    }
+    return group;
+  }
+};
+
 template <typename Code>
 [[gnu::always_inline]] inline float code_value(Code code) {
   return static_cast<float>(code);

@@ -103,13 +103,16 @@ void convert_panels_float16_bfloat16_avx512(const at::Half* values, int64_t ldw,
   convert_panels(values, ldw, parameters, top, first, depth, count, panels, panel_depth);
 }
 
+namespace {
+
 // 16 rows of W at a time, 32 codes of each converted and rounded to 16 bfloat16 pairs (a 32-bit
 // lane each, in order), then transposed as 32-bit lanes into 16 panel rows of pairs of those 16
 // columns: one 16 x 16 transpose per 512 values, where transposing float32 values before the
-// conversion takes one per 256.
-void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters,
-                                                    int64_t top, int64_t first, int64_t depth, int64_t count,
-                                                    at::BFloat16* panels, int64_t panel_depth) {
+// conversion takes one per 256. Without zero points (Offsets false) nothing is subtracted.
+template <bool Offsets>
+void convert_transposed_int8_bfloat16(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
+                                      int64_t first, int64_t depth, int64_t count, at::BFloat16* panels,
+                                      int64_t panel_depth) {
   const Transpose16 transpose16;
   // The 16 rows are read 32 codes at a time, 16 streams that the hardware prefetchers do not keep
   // ahead of: rotating through weights, waiting for the codes took two fifths of the conversion.
@@ -122,13 +125,22 @@ void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t
       _mm_prefetch(reinterpret_cast<const char*>(codes + (row + 16) * ldw + k + kAhead - depth), _MM_HINT_T0);
     }
   };
+  // value = (code - offset) * factor, zero past the mask.
+  const auto values16 = [&](__mmask16 mask, const int8_t* from, int64_t n, int64_t group) {
+    __m512 values = avx512::load_values16(mask, from);
+    if constexpr (Offsets) {
+      values = _mm512_sub_ps(values, _mm512_set1_ps(parameters.offset(n, group)));
+    }
+    return _mm512_maskz_mul_ps(mask, values, _mm512_set1_ps(parameters.factor(n, group)));
+  };
   for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
     at::BFloat16* panel = panels + row / kPanelColumns * kPanelColumns * panel_depth + row % kPanelColumns * 2;
+    // Groups are whole 16 columns (or one per row): each half of 32 codes lies in one, followed
+    // by additions (a division costs about as much as converting the 32 codes; GroupRuns).
+    GroupCursor low_groups(parameters, top), high_groups(parameters, top + 16);
     for (int64_t k = 0; k < depth; k += 32) {
       const __mmask16 low_mask = avx512::lanes_mask(depth - k), high_mask = avx512::lanes_mask(depth - k - 16);
-      // Groups are whole 16 columns (or one per row): each half lies in one.
-      const int64_t low_group = avx512::LaneGroups(parameters, top + k).group;
-      const int64_t high_group = avx512::LaneGroups(parameters, top + k + 16).group;
+      const int64_t low_group = low_groups.at(top + k), high_group = high_groups.at(top + k + 16);
       __m512 pairs[16];
       for (int64_t i = 0; i < 16; ++i) {
         if (row + i >= count) {
@@ -140,14 +152,8 @@ void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t
         if (k % 64 == 0) {
           prefetch_ahead(row + i, k);
         }
-        const __m512 low = _mm512_maskz_mul_ps(
-            low_mask,
-            _mm512_sub_ps(avx512::load_values16(low_mask, values), _mm512_set1_ps(parameters.offset(n, low_group))),
-            _mm512_set1_ps(parameters.factor(n, low_group)));
-        const __m512 high = _mm512_maskz_mul_ps(high_mask,
-                                                _mm512_sub_ps(avx512::load_values16(high_mask, values + 16),
-                                                              _mm512_set1_ps(parameters.offset(n, high_group))),
-                                                _mm512_set1_ps(parameters.factor(n, high_group)));
+        const __m512 low = values16(low_mask, values, n, low_group);
+        const __m512 high = values16(high_mask, values + 16, n, high_group);
         // vcvtne2ps2bf16 puts its second operand's values first: the row's 32 values in order.
         pairs[i] = _mm512_castsi512_ps((__m512i)_mm512_cvtne2ps_pbh(high, low));
       }
@@ -156,6 +162,18 @@ void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t
         _mm512_storeu_ps(panel + (k / 2 + j) * kPanelColumns * 2, pairs[j]);
       }
     }
+  }
+}
+
+} // namespace
+
+void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters,
+                                                    int64_t top, int64_t first, int64_t depth, int64_t count,
+                                                    at::BFloat16* panels, int64_t panel_depth) {
+  if (parameters.zero_point != nullptr) {
+    convert_transposed_int8_bfloat16<true>(codes, ldw, parameters, top, first, depth, count, panels, panel_depth);
+  } else {
+    convert_transposed_int8_bfloat16<false>(codes, ldw, parameters, top, first, depth, count, panels, panel_depth);
   }
 }
 
