@@ -195,10 +195,15 @@ def loss_difference(rows: dict[str, dict], name: str) -> float | None:
     return rows[name]["loss"] / rows[reference]["loss"] - 1
 
 
+def floor_of(name: str) -> str:
+    """The floor mode of ``name``'s base (float32 or bfloat16)."""
+    return BF16_FLOOR if MODES[name].bfloat16 else FLOOR
+
+
 def projection_seconds(rows: dict[str, dict], name: str) -> float | None:
     """What ``name``'s projections take per step, forward and backward: its time per step less
     its base's floor's (None where either is unmeasured)."""
-    floor = BF16_FLOOR if MODES[name].bfloat16 else FLOOR
+    floor = floor_of(name)
     if name == floor or not measured(rows.get(name)) or not measured(rows.get(floor)):
         return None
     return rows[name]["seconds_per_step"] - rows[floor]["seconds_per_step"]
@@ -282,7 +287,7 @@ def _ratio(name: str, against: str, key: str) -> Callable[[dict[str, dict]], flo
 def _time_target(name: str, limit: float, against: str = BASELINE) -> Target:
     """``name``'s time per step at most ``limit`` times ``against``'s; beside the figure, where it
     was measured, the floor's: no projections can bring the step below it."""
-    floor = BF16_FLOOR if MODES[name].bfloat16 else FLOOR
+    floor = floor_of(name)
     ratio = _ratio(name, against, "seconds_per_step")
     target = at_most(f"{name} time per step ≤ {limit}× {against}'s", (name, against), ratio, limit)
 

@@ -58,7 +58,8 @@ struct GroupRuns {
   }
 };
 
-// The group of columns that only grow, from `column` on: a division at the start, then additions.
+// The group of each column, for columns visited in increasing order from `column` on: a division
+// at the start, then additions.
 struct GroupCursor {
   int64_t group, end, group_size, last;
 
