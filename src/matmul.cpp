@@ -44,6 +44,20 @@ constexpr int64_t kBFloat16PanelRowsEnd = 256;
 // gradient too) takes 5.9 ms, torch._int_mm alone on the quantized gradient 3.4 ms.
 constexpr int64_t kInt8PanelRowsEnd = 512;
 
+// Where the AMX tiles are, a bfloat16 forward of int8 codes in rows (torchao's group-wise layers)
+// takes the weight's rows as the tiles' first operand (weight_row_tiles_gemm) below this many rows
+// of x, by the weight's rows (the layer's outputs): its conversion reads the codes in order, but x
+// is read again for every block of 128 weight rows. On a Sapphire Rapids Xeon, 2 threads, rotating
+// weights, groups of 32 (rows x in -> out), over the panels of W.T (Int8CodesTransposed): 16 x
+// 4096 -> 4096 1.62-1.71 ms against 1.82-1.90, 64 x 4096 -> 4096 2.12 against 2.48, 192 x 4096 ->
+// 4096 3.99-4.01 against 4.19-4.28, 192 x 896 -> 4864 1.00 against 1.03, 256 x 896 -> 4864
+// 1.23-1.26 against 1.26-1.27 (equal), 256 x 4096 -> 4096 5.41 against 5.09; narrower layers: 16
+// x 4864 -> 896 0.34-0.35 against 0.39-0.41, 64 x 896 -> 896 0.104 against 0.110, 128 x 896 -> 896
+// 0.157 against 0.146, 192 x 4864 -> 896 1.13 against 1.04; 16 x 896 -> 128 0.026 against 0.022.
+int64_t weight_row_tiles_rows_end(int64_t weight_rows) {
+  return weight_rows >= 2048 ? 256 : weight_rows >= 256 ? 65 : 0;
+}
+
 void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
                            const std::optional<at::Tensor>& scale, const std::optional<BlockedLayout>& blocked) {
   const int64_t rows = blocked ? blocked->rows : weight.size(0), columns = blocked ? blocked->columns : weight.size(1);
@@ -399,6 +413,10 @@ at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& code
   parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
   parameters.groups = groups;
   parameters.group_size = group_size;
+  if (input.scalar_type() == at::kBFloat16 && kernel.convert_row_tiles_int8_bfloat16_amx != nullptr &&
+      input.size(0) < weight_row_tiles_rows_end(codes.size(0))) {
+    return weight_row_tiles_gemm(input, codes, parameters);
+  }
   return panel_product(input, Int8CodesTransposed(codes, parameters));
 }
 

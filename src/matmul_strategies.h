@@ -65,6 +65,11 @@ using FinishSums =
 // take another pass over.
 void panel_gemm_int8(const at::Tensor& lhs, const WeightReader& reader, const FinishSums& finish);
 
+// x @ W.T in bfloat16 (x bfloat16 [rows, K], int8 codes W [N, K] in rows, contiguous, with
+// `parameters` as Int8CodesTransposed's) on AMX tiles with W's rows as the tiles' first operand
+// (where kernels().convert_row_tiles_int8_bfloat16_amx is), float32 sums rounded once.
+at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes, const CodeParameters& parameters);
+
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or
 // bfloat16).
 at::Tensor tiled_gemm(const at::Tensor& lhs, const WeightReader& reader);

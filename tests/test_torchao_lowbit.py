@@ -196,7 +196,11 @@ def test_groupwise_product_is_the_float64_product(dtype):
     """torch.ops.qlgrad._int8_groupwise_linear, the product of the group-wise layers' training
     forward, against float64 on row counts that reach each way the panel GEMM divides its work,
     groups of 16 and 32 columns and one per row, a partial last panel, several blocks of depth
-    (past 2048 with few rows on AMX tiles)."""
+    (past 2048 with few rows on AMX tiles). On AMX tiles in bfloat16, with the weight's rows as
+    the tiles' first operand (src/matmul.cpp, weight_row_tiles_rows_end) on both sides of where
+    it stops, by 256 and 2048 weight rows: panels of up to 16 rows of x and of 17, several blocks of 128
+    weight rows and a partial last one, several parts of 512 of the depth, a depth short of a
+    tile row's 32."""
     generator = torch.Generator().manual_seed(0)
     for rows, in_features, out_features, groups in (
         (1, 64, 40, 4),
@@ -204,6 +208,13 @@ def test_groupwise_product_is_the_float64_product(dtype):
         (300, 1088, 48, 34),
         (7, 50, 20, 1),
         (20, 2112, 48, 66),
+        (16, 1088, 300, 34),
+        (64, 544, 290, 17),
+        (65, 544, 290, 17),
+        (49, 100, 2048, 1),
+        (3, 96, 260, 6),
+        (255, 608, 2050, 19),
+        (256, 608, 2050, 19),
     ):
         weight = torch.randint(-8, 8, (out_features, in_features), dtype=torch.int8, generator=generator)
         scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01

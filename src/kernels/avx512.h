@@ -75,6 +75,22 @@ inline __m512 load_values16(__mmask16 mask, const at::Half* values) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values));
 }
 
+// Up to 16 codes of weight row n, all in one group, as values: (code - offset) * factor, zero
+// past the mask (with Whole, 16 codes and no mask); without zero points (Offsets false) nothing
+// is subtracted.
+template <bool Offsets, bool Whole = false>
+[[gnu::always_inline]] inline __m512 group_values16(__mmask16 mask, const int8_t* codes,
+                                                    const CodeParameters& parameters, int64_t n, int64_t group) {
+  __m512 values =
+      Whole ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))))
+            : load_values16(mask, codes);
+  if constexpr (Offsets) {
+    values = _mm512_sub_ps(values, _mm512_set1_ps(parameters.offset(n, group)));
+  }
+  const __m512 factor = _mm512_set1_ps(parameters.factor(n, group));
+  return Whole ? _mm512_mul_ps(values, factor) : _mm512_maskz_mul_ps(mask, values, factor);
+}
+
 // Which groups 16 columns of the weight from `column` lie in: the same for every row, so found
 // once per block of columns (a division by the group size costs as much as converting a row's 32
 // codes). One group's index where they lie in one (group sizes that are multiples of 16, and per

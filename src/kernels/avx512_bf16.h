@@ -20,6 +20,23 @@ inline __m512i bfloat16_pairs(__m512 even, __m512 odd) {
   return _mm512_permutexvar_epi16(interleave, halves);
 }
 
+// 32 codes of weight row n as bfloat16 values in order, rounded to nearest even (group_values16),
+// the first 16 in group low_group, the others in high_group; `values` of them exist (zero past).
+template <bool Offsets>
+inline __m512i bfloat16_values32(const int8_t* codes, int64_t values, const CodeParameters& parameters, int64_t n,
+                                 int64_t low_group, int64_t high_group) {
+  __m512 low, high;
+  if (values >= 32) {
+    low = group_values16<Offsets, true>(0, codes, parameters, n, low_group);
+    high = group_values16<Offsets, true>(0, codes + 16, parameters, n, high_group);
+  } else {
+    low = group_values16<Offsets>(lanes_mask(values), codes, parameters, n, low_group);
+    high = group_values16<Offsets>(lanes_mask(values - 16), codes + 16, parameters, n, high_group);
+  }
+  // vcvtne2ps2bf16 puts its second operand's values first.
+  return (__m512i)_mm512_cvtne2ps_pbh(high, low);
+}
+
 // 32 values of a row of lhs from `row` as two float32 vectors, zero past the first `values`.
 inline std::pair<__m512, __m512> load32(const float* row, int64_t values) {
   return {_mm512_maskz_loadu_ps(lanes_mask(values), row), _mm512_maskz_loadu_ps(lanes_mask(values - 16), row + 16)};

@@ -176,6 +176,25 @@ using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, int64_t lhs_block_
                             int64_t depth, Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
                             int64_t rounded_stride);
 
+// The forward x @ W.T of int8 codes W [N, K] in rows on AMX tiles with W's rows as the tiles'
+// first operand (PanelRowsAmxFn's lhs) and x's rows as its panel, the sums out.T: the weight is
+// converted in the order its codes lie, where its panels (ConvertTransposedPanelsFn) transpose
+// them, and the sums, a row of x's per weight row, are transposed as they are stored.
+//   ConvertRowTilesFn: value[first:first + count, top:top + depth] (`codes` points at W[first,
+//     top]; `parameters` as ConvertTransposedPanelsFn's) in blocks of kAmxBlockRows weight rows,
+//     each [depth / 32][kAmxBlockRows][32] bfloat16 rounded to nearest even, the second block
+//     block_stride elements after the first; zero past `count` rows (up to kAmxTaskRows, to a
+//     whole block) and past depth to a multiple of 32.
+//   PackPanelFn: `count` (up to kPanelColumns) rows of a bfloat16 x, ldl apart, as a panel of
+//     pairs [depth / 2][kPanelColumns][2] (PanelRowsBFloat16Fn's), zero past count and past
+//     depth to a multiple of 32.
+//   StoreTransposedFn: out[c, r] = sums[r, c] rounded to bfloat16 (to nearest even) for r < rows
+//     (up to kAmxTaskRows) and c < columns, sums' rows lds apart, out's ldo.
+using ConvertRowTilesFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t first,
+                               int64_t top, int64_t depth, int64_t count, at::BFloat16* tiles, int64_t block_stride);
+using PackPanelFn = void(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, at::BFloat16* panel);
+using StoreTransposedFn = void(const float* sums, int64_t lds, int64_t rows, int64_t columns, at::BFloat16* out,
+                               int64_t ldo);
 // The rescaling of an int8 product's int32 sums as torch computes it one operation at a time:
 // out[m, n] = (((sums[m, n] - row_offset[m]) * row_scale[m]) * column_scale[n]) + bias[n] in
 // float32 (the offset subtracted in int32; no offset, column scale or bias where it is null), each
@@ -297,6 +316,10 @@ struct Kernels {
   PackRowsFn<float, at::BFloat16>* pack_float_rows_bfloat16_amx = nullptr;
   PanelRowsAmxFn<int8_t, uint8_t, int32_t>* panel_rows_int8_amx = nullptr;
   PackRowsFn<int8_t>* pack_rows_int8_amx = nullptr;
+  ConvertRowTilesFn* convert_row_tiles_int8_bfloat16_amx = nullptr;
+  PanelRowsAmxFn<at::BFloat16, at::BFloat16, float>* weight_rows_bfloat16_amx = nullptr;
+  PackPanelFn* pack_panel_bfloat16_amx = nullptr;
+  StoreTransposedFn* store_transposed_bfloat16_amx = nullptr;
 };
 
 // The kernels of the instruction set in use, chosen at the first call.

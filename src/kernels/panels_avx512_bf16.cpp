@@ -125,21 +125,12 @@ void convert_transposed_int8_bfloat16(const int8_t* codes, int64_t ldw, const Co
       _mm_prefetch(reinterpret_cast<const char*>(codes + (row + 16) * ldw + k + kAhead - depth), _MM_HINT_T0);
     }
   };
-  // value = (code - offset) * factor, zero past the mask.
-  const auto values16 = [&](__mmask16 mask, const int8_t* from, int64_t n, int64_t group) {
-    __m512 values = avx512::load_values16(mask, from);
-    if constexpr (Offsets) {
-      values = _mm512_sub_ps(values, _mm512_set1_ps(parameters.offset(n, group)));
-    }
-    return _mm512_maskz_mul_ps(mask, values, _mm512_set1_ps(parameters.factor(n, group)));
-  };
   for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
     at::BFloat16* panel = panels + row / kPanelColumns * kPanelColumns * panel_depth + row % kPanelColumns * 2;
     // Groups are whole 16 columns (or one per row): each half of 32 codes lies in one, followed
     // by additions (a division costs about as much as converting the 32 codes; GroupRuns).
     GroupCursor low_groups(parameters, top), high_groups(parameters, top + 16);
     for (int64_t k = 0; k < depth; k += 32) {
-      const __mmask16 low_mask = avx512::lanes_mask(depth - k), high_mask = avx512::lanes_mask(depth - k - 16);
       const int64_t low_group = low_groups.at(top + k), high_group = high_groups.at(top + k + 16);
       __m512 pairs[16];
       for (int64_t i = 0; i < 16; ++i) {
@@ -152,10 +143,8 @@ void convert_transposed_int8_bfloat16(const int8_t* codes, int64_t ldw, const Co
         if (k % 64 == 0) {
           prefetch_ahead(row + i, k);
         }
-        const __m512 low = values16(low_mask, values, n, low_group);
-        const __m512 high = values16(high_mask, values + 16, n, high_group);
-        // vcvtne2ps2bf16 puts its second operand's values first: the row's 32 values in order.
-        pairs[i] = _mm512_castsi512_ps((__m512i)_mm512_cvtne2ps_pbh(high, low));
+        pairs[i] = _mm512_castsi512_ps(
+            avx512::bfloat16_values32<Offsets>(values, depth - k, parameters, n, low_group, high_group));
       }
       transpose16(pairs);
       for (int64_t j = 0; j < 16 && k + 2 * j < depth; ++j) {
