@@ -75,15 +75,22 @@ inline __m512 load_values16(__mmask16 mask, const at::Half* values) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values));
 }
 
+// 16 codes (or float16 values) as float32 lanes, where all 16 exist.
+inline __m512 load_values16(const int8_t* codes) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))));
+}
+
+inline __m512 load_values16(const at::Half* values) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(values)));
+}
+
 // Up to 16 codes of weight row n, all in one group, as values: (code - offset) * factor, zero
 // past the mask (with Whole, 16 codes and no mask); without zero points (Offsets false) nothing
 // is subtracted.
 template <bool Offsets, bool Whole = false>
 [[gnu::always_inline]] inline __m512 group_values16(__mmask16 mask, const int8_t* codes,
                                                     const CodeParameters& parameters, int64_t n, int64_t group) {
-  __m512 values =
-      Whole ? _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes))))
-            : load_values16(mask, codes);
+  __m512 values = Whole ? load_values16(codes) : load_values16(mask, codes);
   if constexpr (Offsets) {
     values = _mm512_sub_ps(values, _mm512_set1_ps(parameters.offset(n, group)));
   }
@@ -151,6 +158,11 @@ inline void values32(const Code* row, const CodeParameters& parameters, int64_t 
   __m512 low_offsets, low_factors, high_offsets, high_factors;
   lane_parameters(parameters, n, low_groups, low_offsets, low_factors);
   lane_parameters(parameters, n, high_groups, high_offsets, high_factors);
+  if (count >= 32) {  // no masks
+    low = _mm512_mul_ps(_mm512_sub_ps(load_values16(row), low_offsets), low_factors);
+    high = _mm512_mul_ps(_mm512_sub_ps(load_values16(row + 16), high_offsets), high_factors);
+    return;
+  }
   low = _mm512_maskz_mul_ps(low_mask, _mm512_sub_ps(load_values16(low_mask, row), low_offsets), low_factors);
   high = _mm512_maskz_mul_ps(high_mask, _mm512_sub_ps(load_values16(high_mask, row + 16), high_offsets), high_factors);
 }

@@ -33,8 +33,10 @@ void panel_kernel(const float* lhs, const float* panel, int64_t depth, float* ou
 // contiguous run: a row at a time would store to every panel, kilobytes apart, in the same few L1
 // sets; a panel at a time would read each row from a page of its own.
 template <typename Code>
-void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top, int64_t first,
+void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& shared_parameters, int64_t top, int64_t first,
                     int64_t depth, int64_t count, float* panels, int64_t panel_depth) {
+  // A copy that the stores into the panels cannot alias: its fields stay in registers.
+  const CodeParameters parameters = shared_parameters;
   constexpr int64_t kRowsAtOnce = 16;
   for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
     if (const int64_t next_top = block_top + kRowsAtOnce; next_top < depth) {

@@ -32,8 +32,10 @@ void panel_kernel(const at::BFloat16* lhs, const at::BFloat16* panel, int64_t de
 
 // As the float32 panels are converted (panels_avx512.cpp), two rows at a time.
 template <typename Code>
-void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top, int64_t first,
+void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& shared_parameters, int64_t top, int64_t first,
                     int64_t depth, int64_t count, at::BFloat16* panels, int64_t panel_depth) {
+  // A copy that the stores into the panels cannot alias: its fields stay in registers.
+  const CodeParameters parameters = shared_parameters;
   constexpr int64_t kRowsAtOnce = 16;
   for (int64_t block_top = 0; block_top < depth; block_top += kRowsAtOnce) {
     for (int64_t column = 0; column < count; column += kPanelColumns) {
