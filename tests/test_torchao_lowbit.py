@@ -152,12 +152,14 @@ def intx_cases():
 @pytest.mark.parametrize("config", list(intx_cases()))
 def test_layer_input_gradient_is_straight_through(config, dtype, bias):
     torch.manual_seed(0)
-    layer = quantized(torch.nn.Linear(256, 64, bias=bias), config, dtype)
+    layer = quantized(torch.nn.Linear(256, 288, bias=bias), config, dtype)
     # 1-6 rows: the float32 streams of every precision; 40 and 300: the panel GEMM (bfloat16
-    # products on a bfloat16 base) by columns and by rows and columns.
+    # products on a bfloat16 base) by columns and by rows and columns. 288 outputs: on AMX tiles
+    # the bfloat16 forward takes the weight's rows as the tiles' first operand up to 64 rows (1-40)
+    # and the panels of W.T past them (300).
     for leading in ((1,), (5,), (2, 3), (40,), (300,)):
         x = torch.randn(*leading, 256, dtype=dtype)
-        grad_output = torch.randn(*leading, 64, dtype=dtype)
+        grad_output = torch.randn(*leading, 288, dtype=dtype)
         with torch.no_grad():
             stock = layer(x)
         leaf = x.clone().requires_grad_()

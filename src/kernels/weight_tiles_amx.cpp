@@ -1,6 +1,7 @@
 // The forward x @ W.T of int8 codes in rows on AMX tiles with the weight's rows as the tiles' first
-// operand (WeightRowTiles in kernels.h): the weight converted in the order its codes lie, and
-// rows of x packed as the panel that the tile kernel (panels_amx.cpp) multiplies them by.
+// operand (ConvertRowTilesFn in kernels.h): the weight converted in the order its codes lie, the
+// rows of x packed as the panels that the tile kernel (panels_amx.cpp) multiplies it by, and the
+// sums, out.T, transposed as they are stored.
 
 #include "variants.h"
 
@@ -15,9 +16,9 @@ constexpr int64_t kTileValues = 32;  // bfloat16 values in a tile row
 // 16 rows at a time, 32 codes of each in turn into its row of a tile (the 16 rows' 1 KiB of a
 // tile stored one after another). 16 rows read side by side keep 16 misses in flight, where a
 // row at a time stalled on each (reading a row's part, 512 codes, took half as long again).
-// Each row asks for the line kAhead codes on, which past the run is the row's next part (what
-// the caller converts next) or the next row's first codes: the hardware prefetchers do not
-// follow runs this short.
+// Each row asks for the line kAhead codes on, which past the run is the row's next part (which
+// the caller converts once this part's products are done) or the next row's first codes: the
+// hardware prefetchers do not follow runs this short.
 template <bool Offsets>
 void convert_row_tiles(const int8_t* codes, int64_t ldw, const CodeParameters& shared_parameters, int64_t first,
                        int64_t top, int64_t depth, int64_t count, at::BFloat16* tiles, int64_t block_stride) {
