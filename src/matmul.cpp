@@ -46,8 +46,9 @@ constexpr int64_t kInt8PanelRowsEnd = 512;
 
 // Where the AMX tiles are, a bfloat16 forward of int8 codes in rows (torchao's group-wise layers)
 // takes the weight's rows as the tiles' first operand (weight_row_tiles_gemm) below this many rows
-// of x, by the weight's rows (the layer's outputs): its conversion reads the codes in order, but x
-// is read again for every block of 128 weight rows. On a Sapphire Rapids Xeon, 2 threads, rotating
+// of x, by the weight's rows (the layer's outputs): below 256 rows for 2048 weight rows or more,
+// below 65 from 256, never below 256. Its conversion reads the codes in order, but x is read
+// again for every block of 128 weight rows. On a Sapphire Rapids Xeon, 2 threads, rotating
 // weights, groups of 32 (rows x in -> out), over the panels of W.T (Int8CodesTransposed): 16 x
 // 4096 -> 4096 1.62-1.71 ms against 1.82-1.90, 64 x 4096 -> 4096 2.12 against 2.48, 192 x 4096 ->
 // 4096 3.99-4.01 against 4.19-4.28, 192 x 896 -> 4864 1.00 against 1.03, 256 x 896 -> 4864
