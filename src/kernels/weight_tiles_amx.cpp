@@ -6,7 +6,7 @@
 #include "variants.h"
 
 #include "amx.h"
-#include "transpose16_avx512.h"
+#include "packed_rows_avx512.h"
 
 namespace qlgrad::math {
 namespace {
@@ -62,22 +62,17 @@ void convert_row_tiles_int8_bfloat16_amx(const int8_t* codes, int64_t ldw, const
   }
 }
 
-// 16 rows at a time, 32 values (16 pairs) of each transposed as 32-bit lanes into 16 panel rows.
+// Each half of the panel's 32 columns: 16 rows, their pairs transposed as 32-bit lanes.
 void pack_panel_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, at::BFloat16* panel) {
-  const Transpose16 transpose16;
   for (int64_t half = 0; half < kPanelColumns; half += 16) {
-    for (int64_t k = 0; k < round_up(depth, kTileValues); k += kTileValues) {
-      const __mmask32 mask = depth - k >= 32 ? ~__mmask32{0} : (__mmask32{1} << (depth - k)) - 1;
-      __m512 pairs[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        pairs[i] = half + i < count ? _mm512_castsi512_ps(_mm512_maskz_loadu_epi16(mask, lhs + (half + i) * ldl + k))
-                                    : _mm512_setzero_ps();
-      }
-      transpose16(pairs);
-      for (int64_t j = 0; j < 16; ++j) {
-        _mm512_storeu_ps(panel + ((k / 2 + j) * kPanelColumns + half) * 2, pairs[j]);
-      }
-    }
+    transpose_rows16(count - half, round_up(depth, kTileValues) / 2, reinterpret_cast<int32_t*>(panel) + half,
+                     kPanelColumns, __mmask16(0xFFFF), [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+                       const int64_t values = depth - 2 * d;
+                       const __mmask32 mask = values >= 32  ? ~__mmask32{0}
+                                              : values <= 0 ? __mmask32{0}
+                                                            : (__mmask32{1} << values) - 1;
+                       return _mm512_maskz_loadu_epi16(mask, lhs + (half + r) * ldl + 2 * d);
+                     });
   }
 }
 
