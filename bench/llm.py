@@ -63,6 +63,8 @@ BASELINE, BF16_BASELINE = "float", "float-bf16"  # every row's ratios are agains
 BASELINES = f"× {BASELINE} / × {BF16_BASELINE}"
 # Each base's step without the projections' products (decoder_modes.without_projection_products).
 FLOOR, BF16_FLOOR = "floor", "floor-bf16"
+# The float32 base with its forward in a bfloat16 autocast region: its float step and its floor.
+AUTOCAST_BASELINE, AUTOCAST_FLOOR = "float-autocast", "floor-autocast"
 # The child's result line on stdout starts with this, whatever else libraries print there.
 RESULT_PREFIX = "llm.py result: "
 
@@ -196,8 +198,15 @@ def loss_difference(rows: dict[str, dict], name: str) -> float | None:
 
 
 def floor_of(name: str) -> str:
-    """The floor mode of ``name``'s base (float32 or bfloat16)."""
-    return BF16_FLOOR if MODES[name].bfloat16 else FLOOR
+    """The floor mode of ``name``'s base (float32, in autocast or not, or bfloat16)."""
+    mode = MODES[name]
+    return BF16_FLOOR if mode.bfloat16 else AUTOCAST_FLOOR if mode.autocast else FLOOR
+
+
+def float_of(name: str) -> str:
+    """The float mode of ``name``'s base: its projections are the dense ones."""
+    mode = MODES[name]
+    return BF16_BASELINE if mode.bfloat16 else AUTOCAST_BASELINE if mode.autocast else BASELINE
 
 
 def projection_seconds(rows: dict[str, dict], name: str) -> float | None:
@@ -241,7 +250,7 @@ def cells(name: str, row: dict, rows: dict[str, dict], columns: int) -> list[str
 
     difference = loss_difference(rows, name)
     projections = projection_seconds(rows, name)
-    float_projections = projection_seconds(rows, BF16_BASELINE if MODES[name].bfloat16 else BASELINE)
+    float_projections = projection_seconds(rows, float_of(name))
     return [
         name,
         row["backward"],
@@ -370,11 +379,13 @@ TARGETS = (
     _no_slower("torchao-int4pack-bf16", "bnb-4bit-bf16", "NF4"),
     _time_target("torchao-int4-bf16", 1.0, BF16_BASELINE),
     _time_target("torchao-int4pack", 0.6),
+    _time_target("torchao-int4pack-autocast", 0.6),
     _memory_target("torchao-int8-bf16", 0.72, BF16_BASELINE, "after_steps_bytes"),
     _memory_target("torchao-int4pack-bf16", 0.58, BF16_BASELINE, "after_steps_bytes"),
     _loss_target("torchao-int8-bf16", 0.01),
     _loss_target("torchao-int4-bf16", 0.01),
     _loss_target("torchao-int4pack-bf16", 0.01),
+    _loss_target("torchao-int4pack-autocast", 0.01),
 )
 
 

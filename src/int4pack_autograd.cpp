@@ -1,7 +1,7 @@
 // The Autograd kernel of aten::_weight_int4pack_mm_for_cpu, torch's CPU int4 weight-only linear
 // (torchao's Int4OpaqueTensor calls it), whose derivative upstream is "not implemented", and
 // the forward it runs from the packing where the input requires grad, or where that forward is
-// torch's result bit for bit. Registration is at the bottom.
+// torch's result bit for bit; and its AutocastCPU kernel. Registration is at the bottom.
 
 #include "backward_math.h"
 #include "matmul.h"
@@ -10,6 +10,7 @@
 
 #include <qlgrad/qlgrad.h>
 
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 
@@ -106,6 +107,21 @@ at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packe
   return output;
 }
 
+// Autocast: a linear layer, so on autocast's lower-precision list as aten::linear is. The input
+// and scale_and_zeros (which torch's op takes in the input's dtype) are cast to the region's
+// dtype, as autocast casts a dense layer's weight, and the op runs there: with bfloat16 products
+// in the training forward and the backward (the `bf16` default for bfloat16 gradients; the input's
+// cast is differentiable, so its gradient goes back in the incoming dtype). The int4 codes stay
+// as they are; only the parameters (two per group of codes) are copied.
+at::Tensor int4pack_mm_autocast(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
+                                const at::Tensor& scale_and_zeros) {
+  c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
+  return at::_weight_int4pack_mm_for_cpu(at::autocast::cached_cast(dtype, input, c10::DeviceType::CPU), packed,
+                                         group_size,
+                                         at::autocast::cached_cast(dtype, scale_and_zeros, c10::DeviceType::CPU));
+}
+
 } // namespace
 } // namespace qlgrad
 
@@ -117,4 +133,8 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
 // over upstream's "not implemented" one for the alias, without replacing it.
 QLGRAD_LIBRARY_IMPL_ONCE(aten, AutogradCPU, m) {
   m.impl("_weight_int4pack_mm_for_cpu", &qlgrad::int4pack_mm_autograd);
+}
+
+QLGRAD_LIBRARY_IMPL_ONCE(aten, AutocastCPU, m) {
+  m.impl("_weight_int4pack_mm_for_cpu", &qlgrad::int4pack_mm_autocast);
 }

@@ -160,6 +160,9 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
         "torchao-int4pack-ste64",
         "torchao-int4pack-bf16",
         "torchao-int4pack-bf16-ste64",
+        "float-autocast",
+        "floor-autocast",
+        "torchao-int4pack-autocast",
     ]
     output, rows = train_tiny_decoder(modes)
     for row in rows:
@@ -167,7 +170,9 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
         assert row["ms per step (× float / × float-bf16)"].count("×") == 2
     # A bfloat16 base and int4 weights move the loss by far less than the two steps do (the
     # floor's projections output zeros: its loss means nothing).
-    float_loss, *other_losses = (float(row["loss after 2 steps"]) for row in rows if row["mode"] != "floor-bf16")
+    float_loss, *other_losses = (
+        float(row["loss after 2 steps"]) for row in rows if not row["mode"].startswith("floor")
+    )
     assert all(abs(loss / float_loss - 1) < 0.05 for loss in other_losses)
     # What the projections take: each mode's step less its base's floor, beside the float mode's.
     projections = {row["mode"]: row["projections ms (× the same base's float)"] for row in rows}
@@ -178,3 +183,10 @@ def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
     )
     # The float64 straight-through reference of torch's int4 packing, against which qlgrad's loss is compared.
     assert "torchao-int4pack-bf16 loss within 1% of torchao-int4pack-bf16-ste64's: HOLDS" in output
+    # The float32 base in a bfloat16 autocast region: against the float32 step, its own floor beside it,
+    # its projections against float-autocast's.
+    assert projections["float-autocast"].endswith("(1.00×)")
+    assert re.search(
+        r"torchao-int4pack-autocast time per step ≤ 0\.6× float's: \w+ \([\d.]+×; floor-autocast [\d.]+×\)", output
+    )
+    assert "torchao-int4pack-autocast loss within 1% of torchao-int4pack-ste64's: HOLDS" in output

@@ -198,6 +198,30 @@ def test_autograd_kernel_of_the_aten_op(dtype):
     assert relative_error(leaf.grad, expected) <= (ERROR_BOUNDS["fp32"] if dtype == torch.float32 else 1e-2)
 
 
+@pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_autocast_runs_the_op_in_the_regions_dtype(autocast_dtype):
+    """In a CPU autocast region the op is a linear layer on autocast's lower-precision list: the
+    float32 input and scale_and_zeros are cast to the region's dtype, the op runs there (the training
+    forward and backward from the packing in bfloat16), and the gradient goes back in float32."""
+    packed, scale_and_zeros = int4_weight(272, 256, 64)
+    weight = dequantized_by_the_op(packed, 64, scale_and_zeros.to(autocast_dtype))
+    for rows in (1, 16, 100, 300):  # both sides of the training forward's switches
+        x = torch.randn(rows, 256)
+        leaf = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            output = torch.ops.aten._weight_int4pack_mm_for_cpu(leaf, packed, 64, scale_and_zeros)
+            inference = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 64, scale_and_zeros)
+        assert output.dtype == inference.dtype == autocast_dtype
+        cast = (x.to(autocast_dtype), packed, 64, scale_and_zeros.to(autocast_dtype))
+        # The op on the cast arguments, as it runs outside the region, bit for bit.
+        assert torch.equal(output, torch.ops.aten._weight_int4pack_mm_for_cpu(cast[0].requires_grad_(), *cast[1:]))
+        assert torch.equal(inference, stock_int4pack_mm(*cast))
+        grad_output = torch.randn_like(output)
+        output.backward(grad_output)
+        assert leaf.grad.dtype == torch.float32
+        assert relative_error(leaf.grad, grad_output.double() @ weight) <= 1e-2, rows
+
+
 def test_double_backward_and_gradcheck():
     packed, scale_and_zeros = int4_weight(32, 64, 32)
     grad_output = torch.randn(3, 32, dtype=torch.float64, requires_grad=True)

@@ -153,7 +153,8 @@ class TrainingRun:
         """Forward, backward and optimizer step on one batch; returns its loss."""
         chosen = self.mode.precision
         # The precision the forward records; none chosen, the gradient's dtype decides.
-        with qlgrad.backward_precision(chosen) if chosen else contextlib.nullcontext():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mode.autocast)
+        with qlgrad.backward_precision(chosen) if chosen else contextlib.nullcontext(), autocast:
             loss = self.forward(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
         self.optimizer.step()

@@ -155,6 +155,7 @@ class Mode:
     backward: str  # what computes the input gradient of the projections, for the table
     quantize: Callable[[nn.Module], None] | None = None  # changes the model in place, once in the base's dtype
     bfloat16: bool = False  # the base: the float32 decoder converted to bfloat16 (all of it) before quantizing
+    autocast: bool = False  # the forward in torch.autocast("cpu", dtype=torch.bfloat16), on the float32 base
     qlgrad_adapters: bool = False  # adapted by qlgrad.peft.get_peft_model rather than peft.get_peft_model
     # qlgrad's backward precision chosen during the forward (where qlgrad differentiates); None
     # chooses none, so that it follows the gradient's dtype (bf16 on a bfloat16 base, else fp32)
@@ -167,6 +168,12 @@ class Mode:
 def _on_bfloat16(mode: Mode, reference: str | None = None) -> Mode:
     """``mode`` on a bfloat16 base, its loss compared with ``reference``'s."""
     return replace(mode, bfloat16=True, reference=reference)
+
+
+def _in_autocast(mode: Mode, reference: str | None = None) -> Mode:
+    """``mode`` on the float32 base, its forward in a bfloat16 autocast region, its loss compared with
+    ``reference``'s."""
+    return replace(mode, autocast=True, reference=reference)
 
 
 def _torchao(quantize: Callable[[nn.Module], None], reference: str | None) -> Mode:
@@ -192,6 +199,10 @@ MODES = {
     # Each base's step with its projections costing nothing: the floor of every mode on that base.
     "floor": _FLOOR,
     "floor-bf16": _on_bfloat16(_FLOOR),
+    # Mixed precision on the float32 base: every product autocast lists (qlgrad's int4 layers among
+    # them) in bfloat16, the rest in float32.
+    "float-autocast": _in_autocast(_FLOAT),
+    "floor-autocast": _in_autocast(_FLOOR),
     # What compiling costs the float step: the measure of what compiling the int8 step costs beyond it.
     "float-compiled": replace(_FLOAT, backward="float autograd, torch.compile", compiled=True),
     **{
@@ -230,6 +241,7 @@ MODES = {
     "torchao-int4-bf16-ste64": _on_bfloat16(_torchao_float64(torchao_int4)),
     "torchao-int4pack": _torchao(torchao_int4pack, "torchao-int4pack-ste64"),
     "torchao-int4pack-ste64": _torchao_float64(torchao_int4pack),
+    "torchao-int4pack-autocast": _in_autocast(_torchao(torchao_int4pack, None), "torchao-int4pack-ste64"),
     "torchao-int4pack-bf16": _on_bfloat16(_torchao(torchao_int4pack, None), "torchao-int4pack-bf16-ste64"),
     "torchao-int4pack-bf16-ste64": _on_bfloat16(_torchao_float64(torchao_int4pack)),
     "bnb-8bit": _BNB_8BIT,
