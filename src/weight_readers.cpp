@@ -149,6 +149,10 @@ void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t cou
 void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
                           uint8_t* out) const {
   TORCH_INTERNAL_ASSERT(parameters_.scale == nullptr && parameters_.zero_point == nullptr);
+  if (kernels().blocked_int8_panels != nullptr && layout_.in_squares() && top % 16 == 0 && first % 16 == 0) {
+    kernels().blocked_int8_panels(layout_, packed_, top, depth, first, count, out, panel_depth);
+    return;
+  }
   for_each_copied_slab(packed_, layout_, top, first, depth, count,
                        [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
                          kernels().int8_panels(codes, ldc, height, count, out + slab * kPanelColumns, panel_depth);

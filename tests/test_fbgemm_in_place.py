@@ -72,16 +72,18 @@ def test_double_backward_and_float64_read_the_packing(fbgemm_engine):
 
 # Past the streams: the int8 panel GEMM (AMX tiles, or AVX512-VNNI by columns and by rows and
 # columns, then from 512 rows torch._int_mm). 1100 output features: a product deeper than one
-# block of panels, its last block not a whole tile row deep.
+# block of panels, its last block not a whole tile row deep; 200 and 1100, not multiples of 16:
+# the panels' last rows from a band of the packing past the weight's. 70 and 300 input features:
+# the panels' last 16 columns partly past the weight's, one panel or several.
 @pytest.mark.parametrize("rows", [16, 33, 40, 255, 256, 300, 511, 512, 600])
 @pytest.mark.parametrize("out_features", [200, 1100])
-def test_int8_product_is_exact(fbgemm_engine, rows, out_features):
+@pytest.mark.parametrize("in_features", [70, 300])
+def test_int8_product_is_exact(fbgemm_engine, rows, out_features, in_features):
     """`int8`'s integer product, over fbgemm's packing and over codes in rows: a gradient of
     integers up to 127 in magnitude, each row reaching 127, is quantized to itself (scale 1), and
     against a weight of scale 1 the result is the integer product, exactly (its sums, of random
     signs, stay far below 2^24)."""
     gen = torch.Generator().manual_seed(rows)
-    in_features = 70
     codes = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, generator=gen)
     grad_output = torch.randint(-127, 128, (rows, out_features), generator=gen).float()
     grad_output[:, 0] = 127

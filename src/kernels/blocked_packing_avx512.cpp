@@ -181,6 +181,49 @@ void copy_blocked_avx512(const BlockedLayout& layout, const int8_t* packed, int6
   copy_blocked_portable(layout, packed, top, depth, first, count, out, ldo);
 }
 
+// Each 16 n x 16 k square of the packing straight into the int8 panels: in each 128-bit lane of
+// line g, the quads of k + 4g to k + 4g + 3 for 4 n (4 x 4 codes, n by n) are transposed into
+// panel quads (k by k, each quad 4 n), which is one byte shuffle; lane r of the four shuffled lines
+// then makes panel row r's 16 columns (the lanes regrouped as copy_16x64 regroups them). Offsets
+// advance by additions, square by square down the depth.
+void blocked_int8_panels_avx512(const BlockedLayout& layout, const int8_t* packed, int64_t top, int64_t depth,
+                                int64_t first, int64_t count, uint8_t* panels, int64_t panel_depth) {
+  const __m512i quads_by_k =
+      _mm512_broadcast_i32x4(_mm_setr_epi8(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15));
+  const __m512i offset = _mm512_set1_epi8(static_cast<char>(0x80));
+  const int64_t block_width = layout.block_width, line_stride = block_width * 4;
+  const int64_t block_bytes = layout.block_depth * block_width, range_bytes = layout.blocks_across() * block_bytes;
+  for (int64_t column = 0; column < count; column += 16) {
+    const int64_t k = first + column;
+    const int8_t* range = packed + k / layout.block_depth * range_bytes + k % layout.block_depth * block_width;
+    uint8_t* panel = panels + column / kPanelColumns * kPanelColumns * panel_depth + column % kPanelColumns * 4;
+    const int8_t* lines = range + top / block_width * block_bytes + top % block_width * 4;
+    int64_t within = top % block_width;
+    for (int64_t n = 0; n < depth; n += 16) {
+      __m512i shuffled[4];
+      for (int64_t g = 0; g < 4; ++g) {
+        const __m512i line = _mm512_xor_si512(_mm512_loadu_si512(lines + g * line_stride), offset);
+        shuffled[g] = _mm512_shuffle_epi8(line, quads_by_k);
+      }
+      const __m512i low01 = _mm512_shuffle_i64x2(shuffled[0], shuffled[1], 0x44);
+      const __m512i high01 = _mm512_shuffle_i64x2(shuffled[0], shuffled[1], 0xEE);
+      const __m512i low23 = _mm512_shuffle_i64x2(shuffled[2], shuffled[3], 0x44);
+      const __m512i high23 = _mm512_shuffle_i64x2(shuffled[2], shuffled[3], 0xEE);
+      const __m512i panel_rows[4] = {_mm512_shuffle_i64x2(low01, low23, 0x88), _mm512_shuffle_i64x2(low01, low23, 0xDD),
+                                     _mm512_shuffle_i64x2(high01, high23, 0x88),
+                                     _mm512_shuffle_i64x2(high01, high23, 0xDD)};
+      // Only the panel's rows: up to 4 rows past `depth`.
+      const int64_t quads = std::min<int64_t>(4, (depth - n + 3) / 4);
+      for (int64_t r = 0; r < quads; ++r) {
+        _mm512_storeu_si512(panel + (n / 4 + r) * 4 * kPanelColumns, panel_rows[r]);
+      }
+      within += 16;
+      lines += within == block_width ? block_bytes - (block_width - 16) * 4 : 64;
+      within = within == block_width ? 0 : within;
+    }
+  }
+}
+
 void stream_blocked_avx512(int64_t rows, const float* lhs, int64_t ldl, const int8_t* packed,
                            const BlockedLayout& layout, const float* zero_point, int64_t k0, int64_t n_begin,
                            int64_t n_end, float* partial, float* sums, int64_t lds) {

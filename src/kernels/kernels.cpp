@@ -87,6 +87,7 @@ Kernels avx512_kernels() {
     table.pack_rows_int8 = &pack_rows_int8_avx512_vnni;
     table.int8_panels = &int8_panels_avx512_vnni;
     table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
+    table.blocked_int8_panels = &blocked_int8_panels_avx512;
     table.int8_row_sums = &int8_row_sums_avx512_vnni;
   }
   if (has_amx()) {

@@ -219,6 +219,12 @@ using RescaleSumsFn = void(const int32_t* sums, int64_t sums_stride, int64_t row
 using Int8PanelsFn = void(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
                           int64_t panel_depth);
 using Int8TransposedPanelsFn = Int8PanelsFn;
+// The int8 panels of W[top:top + depth, first:first + count] in fbgemm's AVX-512 packing
+// (BlockedLayout::in_squares; top and first multiples of 16), as Int8PanelsFn writes them from
+// codes in rows, read where they lie: past `depth` up to the next 4 rows and past `count` up to
+// the next 16 columns, the packing's own codes (zero past the weight's ends: 128 in the panels).
+using BlockedInt8PanelsFn = void(const BlockedLayout& layout, const int8_t* packed, int64_t top, int64_t depth,
+                                 int64_t first, int64_t count, uint8_t* panels, int64_t panel_depth);
 
 // sums[r] = the sum of row r's `depth` int8 values, for `count` rows `stride` apart: the int8
 // panels' code offset is 128 times it.
@@ -307,6 +313,7 @@ struct Kernels {
   PackRowsFn<int8_t>* pack_rows_int8 = nullptr;
   Int8PanelsFn* int8_panels = nullptr;
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
+  BlockedInt8PanelsFn* blocked_int8_panels = nullptr;
   Int8RowSumsFn* int8_row_sums = nullptr;
   // The panel GEMM on AMX tiles, in bfloat16 and int8 products, with lhs packed as PanelRowsAmxFn
   // reads it (PackRowsFn's blocks of kAmxBlockRows rows and S values): has_amx() only, null elsewhere.
