@@ -107,15 +107,20 @@ at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packe
   return output;
 }
 
-// Autocast: a linear layer, so on autocast's lower-precision list as aten::linear is. The input
-// and scale_and_zeros (which torch's op takes in the input's dtype) are cast to the region's
-// dtype, as autocast casts a dense layer's weight, and the op runs there: with bfloat16 products
-// in the training forward and the backward (the `bf16` default for bfloat16 gradients; the input's
-// cast is differentiable, so its gradient goes back in the incoming dtype). The int4 codes stay
-// as they are; only the parameters (two per group of codes) are copied.
+// Autocast: where the input requires grad, a linear layer on autocast's lower-precision list, as
+// aten::linear is. The input and scale_and_zeros (which torch's op takes in the input's dtype) are
+// cast to the region's dtype, as autocast casts a dense layer's weight, and the op runs there:
+// with bfloat16 products in the training forward and the backward (the `bf16` default for
+// bfloat16 gradients; the input's cast is differentiable, so its gradient goes back in the
+// incoming dtype). The int4 codes stay as they are; only the parameters (two per group of codes)
+// are copied. Where no input requires grad, torch's op on the arguments as they come, bit for bit,
+// as without qlgrad: like the training forward from the packing, the cast is training's alone.
 at::Tensor int4pack_mm_autocast(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                                 const at::Tensor& scale_and_zeros) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
+  if (!torch::autograd::compute_requires_grad(input)) {
+    return at::_weight_int4pack_mm_for_cpu(input, packed, group_size, scale_and_zeros);
+  }
   const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);
   return at::_weight_int4pack_mm_for_cpu(at::autocast::cached_cast(dtype, input, c10::DeviceType::CPU), packed,
                                          group_size,

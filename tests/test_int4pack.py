@@ -199,10 +199,11 @@ def test_autograd_kernel_of_the_aten_op(dtype):
 
 
 @pytest.mark.parametrize("autocast_dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_autocast_runs_the_op_in_the_regions_dtype(autocast_dtype):
-    """In a CPU autocast region the op is a linear layer on autocast's lower-precision list: the
-    float32 input and scale_and_zeros are cast to the region's dtype, the op runs there (the training
-    forward and backward from the packing in bfloat16), and the gradient goes back in float32."""
+def test_autocast_runs_the_training_forward_in_the_regions_dtype(autocast_dtype):
+    """In a CPU autocast region, where the input requires grad, the op is a linear layer on
+    autocast's lower-precision list: the float32 input and scale_and_zeros are cast to the region's
+    dtype, the op runs there (the training forward and backward from the packing in bfloat16), and
+    the gradient goes back in float32. Where no input requires grad, torch's op as without qlgrad."""
     packed, scale_and_zeros = int4_weight(272, 256, 64)
     weight = dequantized_by_the_op(packed, 64, scale_and_zeros.to(autocast_dtype))
     for rows in (1, 16, 100, 300):  # both sides of the training forward's switches
@@ -211,11 +212,12 @@ def test_autocast_runs_the_op_in_the_regions_dtype(autocast_dtype):
         with torch.autocast("cpu", dtype=autocast_dtype):
             output = torch.ops.aten._weight_int4pack_mm_for_cpu(leaf, packed, 64, scale_and_zeros)
             inference = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, 64, scale_and_zeros)
-        assert output.dtype == inference.dtype == autocast_dtype
-        cast = (x.to(autocast_dtype), packed, 64, scale_and_zeros.to(autocast_dtype))
+        assert output.dtype == autocast_dtype
+        cast = (x.to(autocast_dtype).requires_grad_(), packed, 64, scale_and_zeros.to(autocast_dtype))
         # The op on the cast arguments, as it runs outside the region, bit for bit.
-        assert torch.equal(output, torch.ops.aten._weight_int4pack_mm_for_cpu(cast[0].requires_grad_(), *cast[1:]))
-        assert torch.equal(inference, stock_int4pack_mm(*cast))
+        assert torch.equal(output, torch.ops.aten._weight_int4pack_mm_for_cpu(*cast))
+        assert inference.dtype == torch.float32
+        assert torch.equal(inference, stock_int4pack_mm(x, packed, 64, scale_and_zeros))
         grad_output = torch.randn_like(output)
         output.backward(grad_output)
         assert leaf.grad.dtype == torch.float32
