@@ -1,7 +1,7 @@
 """LoRA fine-tuning of an int8 or int4 language model on the CPU, with the Hugging Face Trainer.
 
     python examples/llm_lora.py [--model PATH] [--output DIR] [--steps 200] [--small] [--reentrant]
-        [--quantization {quantize_dynamic,torchao-int8,torchao-int4}] [--dtype {float32,bfloat16}]
+        [--quantization {quantize_dynamic,torchao-int8,torchao-int4}] [--dtype {float32,bfloat16}] [--bf16]
 
 A small Llama decoder learns a tiny language in float: the numbers 0 to 99, counting up
 ("41 42 43 ..."). Its projections are then quantized (the embeddings and the output head stay
@@ -18,6 +18,10 @@ layers. ``--quantization`` chooses how the projections are quantized:
 - ``torchao-int4``: torchao's ``PrototypeInt4WeightOnlyConfig``, int4 weights in groups of 128;
   best with ``--dtype bfloat16``: torch's int4 CPU matmul (the forward) has no fast float32 path,
   and runs some 100 times slower in float32 than in bfloat16 here.
+
+``--bf16`` trains in mixed precision, the Trainer's ``bf16=True`` (autocast in bfloat16 on the CPU),
+a float32 model's way to bfloat16 speed: with ``torchao-int4`` its layers then take bfloat16
+products forward and backward where their input requires grad.
 
 The torchao ones quantize the way Hugging Face models are quantized:
 ``AutoModelForCausalLM.from_pretrained(path, dtype=..., quantization_config=TorchAoConfig(config))``,
@@ -365,6 +369,7 @@ def fine_tune(
         save_strategy="no",
         disable_tqdm=True,
         seed=args.seed,
+        bf16=args.bf16,
     )
     trainer = Trainer(model=model, args=training, train_dataset=train_examples, eval_dataset=eval_examples)
     trainer.remove_callback(PrinterCallback)  # the losses are printed below, as a table
@@ -398,8 +403,10 @@ def fine_tune(
     with peft_reading_deprecated_flag():
         loaded = from_pretrained(quantized_model(), output)
     ids = stack(eval_examples[FINE_TUNING_RULE])["input_ids"]
-    with torch.no_grad():
-        reloaded_logits_equal = torch.equal(loaded.eval()(ids).logits, model.eval()(ids).logits)
+    # With --bf16 the Trainer leaves the trained model's forward in its autocast region (and its
+    # logits in float32): the reloaded model's runs in the same.
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16):
+        reloaded_logits_equal = torch.equal(loaded.eval()(ids).logits.float(), model.eval()(ids).logits)
     assert reloaded_logits_equal, "the reloaded adapters do not give the trained model's logits"
     return {
         "before": before,
@@ -432,6 +439,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument(
         "--dtype", choices=DTYPES, default="float32", help="of the quantized model's float parts (default float32)"
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="mixed precision: the Trainer's bf16=True (autocast in bfloat16)"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -114,11 +114,13 @@ at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packe
 // bfloat16 gradients; the input's cast is differentiable, so its gradient goes back in the
 // incoming dtype). The int4 codes stay as they are; only the parameters (two per group of codes)
 // are copied. Where no input requires grad, torch's op on the arguments as they come, bit for bit,
-// as without qlgrad: like the training forward from the packing, the cast is training's alone.
+// as without qlgrad (like the training forward from the packing, the cast is training's alone),
+// unless their dtypes differ, which torch's op refuses: an activation that an earlier layer of the
+// region left in bfloat16 meets a float32 model's scale_and_zeros, and both are cast.
 at::Tensor int4pack_mm_autocast(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                                 const at::Tensor& scale_and_zeros) {
   c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::DispatchKey::AutocastCPU);
-  if (!torch::autograd::compute_requires_grad(input)) {
+  if (!torch::autograd::compute_requires_grad(input) && input.scalar_type() == scale_and_zeros.scalar_type()) {
     return at::_weight_int4pack_mm_for_cpu(input, packed, group_size, scale_and_zeros);
   }
   const auto dtype = at::autocast::get_autocast_dtype(at::kCPU);

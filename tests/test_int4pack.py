@@ -203,7 +203,8 @@ def test_autocast_runs_the_training_forward_in_the_regions_dtype(autocast_dtype)
     """In a CPU autocast region, where the input requires grad, the op is a linear layer on
     autocast's lower-precision list: the float32 input and scale_and_zeros are cast to the region's
     dtype, the op runs there (the training forward and backward from the packing in bfloat16), and
-    the gradient goes back in float32. Where no input requires grad, torch's op as without qlgrad."""
+    the gradient goes back in float32. Where no input requires grad, torch's op as without qlgrad,
+    unless the input's dtype is not its parameters', which torch's op refuses."""
     packed, scale_and_zeros = int4_weight(272, 256, 64)
     weight = dequantized_by_the_op(packed, 64, scale_and_zeros.to(autocast_dtype))
     for rows in (1, 16, 100, 300):  # both sides of the training forward's switches
@@ -218,6 +219,11 @@ def test_autocast_runs_the_training_forward_in_the_regions_dtype(autocast_dtype)
         assert torch.equal(output, torch.ops.aten._weight_int4pack_mm_for_cpu(*cast))
         assert inference.dtype == torch.float32
         assert torch.equal(inference, stock_int4pack_mm(x, packed, 64, scale_and_zeros))
+        # An activation left in the region's dtype by an earlier layer, which torch's op refuses
+        # beside float32 parameters: both in the region's dtype.
+        with torch.autocast("cpu", dtype=autocast_dtype):
+            mixed = torch.ops.aten._weight_int4pack_mm_for_cpu(cast[0].detach(), packed, 64, scale_and_zeros)
+        assert torch.equal(mixed, stock_int4pack_mm(cast[0].detach(), *cast[1:]))
         grad_output = torch.randn_like(output)
         output.backward(grad_output)
         assert leaf.grad.dtype == torch.float32
