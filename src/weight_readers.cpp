@@ -149,7 +149,8 @@ void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t cou
 void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
                           uint8_t* out) const {
   TORCH_INTERNAL_ASSERT(parameters_.scale == nullptr && parameters_.zero_point == nullptr);
-  if (kernels().blocked_int8_panels != nullptr && layout_.in_squares() && top % 16 == 0 && first % 16 == 0) {
+  if (kernels().blocked_int8_panels != nullptr && layout_.in_squares() && top % 16 == 0 && first % 16 == 0 &&
+      ((top + depth) % 4 == 0 || top + depth == layout_.rows)) {
     kernels().blocked_int8_panels(layout_, packed_, top, depth, first, count, out, panel_depth);
     return;
   }

@@ -220,9 +220,10 @@ using Int8PanelsFn = void(const int8_t* codes, int64_t ldw, int64_t depth, int64
                           int64_t panel_depth);
 using Int8TransposedPanelsFn = Int8PanelsFn;
 // The int8 panels of W[top:top + depth, first:first + count] in fbgemm's AVX-512 packing
-// (BlockedLayout::in_squares; top and first multiples of 16), as Int8PanelsFn writes them from
-// codes in rows, read where they lie: past `depth` up to the next 4 rows and past `count` up to
-// the next 16 columns, the packing's own codes (zero past the weight's ends: 128 in the panels).
+// (BlockedLayout::in_squares; top and first multiples of 16, top + depth a multiple of 4 or the
+// weight's last row), as Int8PanelsFn writes them from codes in rows, read where they lie: past
+// `depth` up to the next 4 rows and past `count` up to the next 16 columns, the packing's own
+// codes (zero past the weight's ends: 128 in the panels, as Int8PanelsFn writes there).
 using BlockedInt8PanelsFn = void(const BlockedLayout& layout, const int8_t* packed, int64_t top, int64_t depth,
                                  int64_t first, int64_t count, uint8_t* panels, int64_t panel_depth);
 
