@@ -112,7 +112,11 @@ def test_training_forward_is_the_product_with_the_ops_weight(dtype, shape):
     packed, scale_and_zeros = int4_weight(*shape, dtype=dtype)
     weight = dequantized_by_the_op(packed, group_size, scale_and_zeros)
     for rows in TRAINING_ROW_COUNTS:
-        x = torch.randn(rows, in_features, dtype=dtype)
+        # Inputs of their own generator, the same whatever ran before: at one row of 16 outputs the
+        # error is a matter of chance (torch's own kernel, which runs there, exceeds the bound on
+        # about 1% of random rows, by up to 1.3x).
+        generator = torch.Generator().manual_seed(rows)
+        x = torch.randn(rows, in_features, generator=generator).to(dtype)
         got = torch.ops.aten._weight_int4pack_mm_for_cpu(
             x.clone().requires_grad_(), packed, group_size, scale_and_zeros
         )
@@ -292,7 +296,9 @@ def test_compiled_training_step_is_eagers(backend):
 
 
 @pytest.mark.parametrize(
-    "bad_input", [torch.randn(64), torch.randn(3, 63), torch.randn(3, 64, dtype=torch.float64)], ids=str
+    "bad_input",
+    [torch.randn(64), torch.randn(3, 63), torch.randn(3, 64, dtype=torch.float64)],
+    ids=["one-dimensional", "63 columns", "float64"],
 )
 def test_what_torchs_op_refuses_it_refuses_with_requires_grad(bad_input):
     """The training forward leaves arguments it does not read to torch's op, and its error."""
@@ -332,7 +338,8 @@ def test_arguments_are_not_modified():
         (dict(grad_output=None), TypeError, "grad_output must be a torch.Tensor"),
         (dict(precision="fp8"), ValueError, "unknown backward precision"),
     ],
-    ids=lambda value: str(value)[:40],
+    # Named by the changed argument and the error (the tensors' values are random).
+    ids=lambda value: "-".join(value) if isinstance(value, dict) else value if isinstance(value, str) else None,
 )
 def test_bad_arguments_are_named(change, error, match):
     packed, scale_and_zeros = int4_weight(32, 64, 32)
