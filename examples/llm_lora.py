@@ -16,8 +16,8 @@ layers. ``--quantization`` chooses how the projections are quantized:
 - ``torchao-int8``: torchao's ``Int8DynamicActivationInt8WeightConfig``, int8 weights per row and
   int8 activations per token;
 - ``torchao-int4``: torchao's ``PrototypeInt4WeightOnlyConfig``, int4 weights in groups of 128;
-  best with ``--dtype bfloat16``: torch's int4 CPU matmul (the forward) has no fast float32 path,
-  and runs some 100 times slower in float32 than in bfloat16 here.
+  where their input requires grad its layers compute the forward from the packing too (torch's
+  int4 CPU matmul is slow at training's row counts, above all in float32).
 
 ``--bf16`` trains in mixed precision, the Trainer's ``bf16=True`` (autocast in bfloat16 on the CPU),
 a float32 model's way to bfloat16 speed: with ``torchao-int4`` its layers then take bfloat16

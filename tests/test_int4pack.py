@@ -212,7 +212,8 @@ def test_autocast_runs_the_training_forward_in_the_regions_dtype(autocast_dtype)
     packed, scale_and_zeros = int4_weight(272, 256, 64)
     weight = dequantized_by_the_op(packed, 64, scale_and_zeros.to(autocast_dtype))
     for rows in (1, 16, 100, 300):  # both sides of the training forward's switches
-        x = torch.randn(rows, 256)
+        generator = torch.Generator().manual_seed(rows)  # the same inputs whatever ran before
+        x = torch.randn(rows, 256, generator=generator)
         leaf = x.clone().requires_grad_()
         with torch.autocast("cpu", dtype=autocast_dtype):
             output = torch.ops.aten._weight_int4pack_mm_for_cpu(leaf, packed, 64, scale_and_zeros)
@@ -228,7 +229,7 @@ def test_autocast_runs_the_training_forward_in_the_regions_dtype(autocast_dtype)
         with torch.autocast("cpu", dtype=autocast_dtype):
             mixed = torch.ops.aten._weight_int4pack_mm_for_cpu(cast[0].detach(), packed, 64, scale_and_zeros)
         assert torch.equal(mixed, stock_int4pack_mm(cast[0].detach(), *cast[1:]))
-        grad_output = torch.randn_like(output)
+        grad_output = torch.randn(output.shape, generator=generator).to(autocast_dtype)
         output.backward(grad_output)
         assert leaf.grad.dtype == torch.float32
         assert relative_error(leaf.grad, grad_output.double() @ weight) <= 1e-2, rows
