@@ -130,6 +130,13 @@ REPORT_PATH = Path(
 )
 
 
+def markdown_table_rows(output: str) -> list[dict[str, str]]:
+    """The data rows of the markdown table in a script's output, each as {column header: cell}."""
+    lines = [line for line in output.splitlines() if line.startswith("| ")]  # not the |---| rule
+    header, *rows = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines)
+    return [dict(zip(header, row)) for row in rows]
+
+
 def record_reliability(section: str, name: str, figures: dict) -> None:
     """Merge one test's figures into the reliability report as report[section][name].
 
