@@ -125,9 +125,9 @@ def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
 
 # ---- Reliability report and hypothesis profiles ------------------------------------
 
-REPORT_PATH = Path(
-    os.environ.get("QLGRAD_RELIABILITY_REPORT", Path(__file__).parent.parent / "build" / "reliability.json")
-)
+# The repository's root: the tests run the scripts and examples beside them.
+REPOSITORY = Path(__file__).parent.parent
+REPORT_PATH = Path(os.environ.get("QLGRAD_RELIABILITY_REPORT", REPOSITORY / "build" / "reliability.json"))
 
 
 def markdown_table_rows(output: str) -> list[dict[str, str]]:

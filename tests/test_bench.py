@@ -1,13 +1,12 @@
 """bench/compare.py runs end to end on the smallest shape. Nothing it times is asserted on: this
 only keeps the script from rotting as qlgrad changes."""
 
-import os
 import subprocess
 import sys
 
-from helpers import markdown_table_rows
+from helpers import REPOSITORY, markdown_table_rows
 
-COMPARE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "compare.py")
+COMPARE = str(REPOSITORY / "bench" / "compare.py")
 SMALLEST_SHAPE = "32x768x768"
 
 

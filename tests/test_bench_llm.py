@@ -3,14 +3,13 @@ times is asserted on: this only keeps the script from rotting as qlgrad changes.
 
 import json
 import math
-import os
 import re
 import subprocess
 import sys
 
-from helpers import markdown_table_rows
+from helpers import REPOSITORY, markdown_table_rows
 
-LLM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "llm.py")
+LLM = str(REPOSITORY / "bench" / "llm.py")
 
 
 def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[str, str]]]:
