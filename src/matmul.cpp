@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <limits>
+
 namespace qlgrad::math {
 namespace {
 
@@ -126,6 +129,19 @@ struct RescaledSums {
   const float* bias;
   unsigned bfloat16_steps;
 };
+
+// `values` (float32) contiguous, with each NaN whose low 16 bits are not all zero made the quiet
+// NaN, whose are: RescaleSumsFn rounds to bfloat16 by a carry that would turn the others into
+// numbers. Only such a NaN's bits change, and they are a copy's.
+at::Tensor nans_rounding_keeps(const at::Tensor& values) {
+  auto result = values.contiguous();
+  const auto* bits = reinterpret_cast<const uint32_t*>(result.const_data_ptr<float>());
+  bool carries_out = false;
+  for (int64_t i = 0; i < result.numel(); ++i) {
+    carries_out |= (bits[i] & 0x7F800000u) == 0x7F800000u && (bits[i] & 0xFFFFu) != 0;
+  }
+  return carries_out ? at::where(result.isnan(), std::numeric_limits<float>::quiet_NaN(), result) : result;
+}
 
 // result = `rescaled` sums [M, N], rows in parallel.
 template <typename Element>
@@ -366,7 +382,7 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
   bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) || is_bfloat16(dtype) ? kRowProduct : 0;
   bfloat16_steps |= is_bfloat16(product_dtype) ? kColumnProduct | kBiasSum : 0;
   // bfloat16 parameters are exact in float32.
-  const auto as_float = [](const at::Tensor& parameter) { return parameter.to(at::kFloat).contiguous(); };
+  const auto as_float = [](const at::Tensor& parameter) { return nans_rounding_keeps(parameter.to(at::kFloat)); };
   const auto row_factors = as_float(row_scale), column_factors = as_float(column_scale);
   const auto bias_values = bias ? std::optional(as_float(*bias)) : std::nullopt;
   const RescaledSums rescaled{std::nullopt, row_factors, column_factors.const_data_ptr<float>(),

@@ -220,7 +220,8 @@ def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtyp
     """torch.ops.qlgrad._int8_linear_rescaled is torchao's rescaling, one operation at a time, bit
     for bit, whatever the dtypes of its parameters (torchao's scales are float32 on a bfloat16
     base): rows and columns that leave partial vectors, sums large enough that their conversion
-    rounds, and a NaN scale."""
+    rounds, a NaN scale, and float32 NaNs whose low bits a rounding by carry would turn into a
+    number (left as they were in the caller's tensors)."""
     generator = torch.Generator().manual_seed(0)
     input = torch.randint(-128, 128, (37, 600), dtype=torch.int8, generator=generator)
     weight = torch.randint(-128, 128, (45, 600), dtype=torch.int8, generator=generator)
@@ -228,6 +229,11 @@ def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtyp
     row_scale[3] = float("nan")
     weight_scale = (torch.rand(45, generator=generator) * 0.02).to(scale_dtype)
     bias = torch.randn(45, generator=generator).to(bias_dtype)
+    payload_nan = torch.tensor(0x7FFFFFFF, dtype=torch.int32).view(torch.float32)
+    for parameter, index in ((row_scale, 5), (weight_scale, 6), (bias, 7)):
+        if parameter.dtype == torch.float32:
+            parameter[index] = payload_nan
+    given = [parameter.clone() for parameter in (row_scale, weight_scale, bias)]
     sums = input.int() @ weight.int().t()
     for with_bias in (bias, None):
         expected = (sums.to(row_dtype) * row_scale[:, None]).to(dtype) * weight_scale
@@ -237,6 +243,11 @@ def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtyp
         got = torch.ops.qlgrad._int8_linear_rescaled(input, weight, row_scale, weight_scale, with_bias, dtype)
         assert got.dtype == dtype and torch.equal(got.isnan(), expected.isnan())
         assert torch.equal(got.nan_to_num(), expected.nan_to_num())
+    for parameter, before in zip((row_scale, weight_scale, bias), given, strict=True):
+        assert torch.equal(
+            parameter.view(torch.int16 if parameter.dtype == torch.bfloat16 else torch.int32),
+            before.view(torch.int16 if before.dtype == torch.bfloat16 else torch.int32),
+        )
 
 
 def test_rescaled_integer_product_names_every_bad_argument():

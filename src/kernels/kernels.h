@@ -202,7 +202,9 @@ using StoreTransposedFn = void(const float* sums, int64_t lds, int64_t rows, int
 // conversion of the sum to a float, then the two products and the sum, as their tensors' dtypes
 // make them), and the result to Element (float32, or bfloat16 rounded to nearest even). `rows`
 // rows of `columns` sums, `sums_stride` apart, into out's rows `out_stride` apart; row_offset and
-// row_scale point at the first row's, column_scale and bias at the first column's.
+// row_scale point at the first row's, column_scale and bias at the first column's. Where a step
+// rounds, a NaN among the parameters has its low 16 bits zero (bfloat16's NaNs have, and so have
+// those that arithmetic makes): rounded by carry, it stays a NaN, which saves a NaN test a step.
 enum RescaleStep : unsigned { kConversion = 1, kRowProduct = 2, kColumnProduct = 4, kBiasSum = 8 };
 template <typename Element>
 using RescaleSumsFn = void(const int32_t* sums, int64_t sums_stride, int64_t rows, int64_t columns,

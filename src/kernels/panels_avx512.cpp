@@ -56,13 +56,13 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& shared
   }
 }
 
-// float32 values rounded to bfloat16, to nearest even (a NaN to bfloat16's quiet NaN), as
-// c10::BFloat16 rounds; each value stays a float32 whose low 16 bits are zero.
+// float32 values rounded to bfloat16, to nearest even, as c10::BFloat16 rounds; each value stays
+// a float32 whose low 16 bits are zero. Infinity stays infinity, and a NaN whose low 16 bits are
+// zero stays a NaN (the carry cannot reach its exponent): RescaleSumsFn's parameters hold no
+// other, nor does arithmetic make one.
 __m512 bfloat16_rounded(__m512 values) {
-  const __m512i rounded =
-      _mm512_and_si512(avx512::bfloat16_rounding(values), _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u)));
-  const __mmask16 nan = _mm512_cmp_ps_mask(values, values, _CMP_UNORD_Q);
-  return _mm512_castsi512_ps(_mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC00000)));
+  return _mm512_castsi512_ps(
+      _mm512_and_si512(avx512::bfloat16_rounding(values), _mm512_set1_epi32(static_cast<int32_t>(0xFFFF0000u))));
 }
 
 // One step's result: rounded to bfloat16 where `step` is among `bfloat16_steps`, and in any case
@@ -76,18 +76,24 @@ __m512 step_result(__m512 values, unsigned bfloat16_steps, RescaleStep step) {
   return values;
 }
 
-void store_values(__mmask16 mask, float* to, __m512 values) {
+// `rounded`: the values are bfloat16's already (the last step rounded them).
+void store_values(__mmask16 mask, float* to, __m512 values, bool /*rounded*/) {
   _mm512_mask_storeu_ps(to, mask, values);
 }
 
-void store_values(__mmask16 mask, at::BFloat16* to, __m512 values) {
-  _mm512_mask_cvtepi32_storeu_epi16(to, mask, _mm512_srli_epi32(_mm512_castps_si512(bfloat16_rounded(values)), 16));
+void store_values(__mmask16 mask, at::BFloat16* to, __m512 values, bool rounded) {
+  if (!rounded) {
+    values = bfloat16_rounded(values);
+  }
+  _mm512_mask_cvtepi32_storeu_epi16(to, mask, _mm512_srli_epi32(_mm512_castps_si512(values), 16));
 }
 
 template <typename Element>
 void rescale_sums(const int32_t* sums, int64_t sums_stride, int64_t rows, int64_t columns, const int32_t* row_offset,
                   const float* row_scale, const float* column_scale, const float* bias, unsigned bfloat16_steps,
                   Element* out, int64_t out_stride) {
+  const RescaleStep last_step = bias != nullptr ? kBiasSum : column_scale != nullptr ? kColumnProduct : kRowProduct;
+  const bool rounded = (bfloat16_steps & last_step) != 0;
   for (int64_t m = 0; m < rows; ++m) {
     const __m512i offset = _mm512_set1_epi32(row_offset != nullptr ? row_offset[m] : 0);
     const __m512 row_factor = _mm512_set1_ps(row_scale[m]);
@@ -103,7 +109,7 @@ void rescale_sums(const int32_t* sums, int64_t sums_stride, int64_t rows, int64_
       if (bias != nullptr) {
         values = step_result(_mm512_add_ps(values, _mm512_maskz_loadu_ps(mask, bias + n)), bfloat16_steps, kBiasSum);
       }
-      store_values(mask, out + m * out_stride + n, values);
+      store_values(mask, out + m * out_stride + n, values, rounded);
     }
   }
 }
