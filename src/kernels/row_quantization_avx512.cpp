@@ -11,7 +11,8 @@ namespace {
 // and on std::clamp's NaN cases, which the finite rows these loops see never meet. 256 x 4864
 // bfloat16 activations on one core of a Xeon with AMX: quantized and dequantized (torchao's
 // group-wise layers) 0.59 ms by the plain loops, 0.46 ms by these; quantized symmetrically
-// (torchao's int8 layers) 0.64-0.68 ms, 0.31 ms.
+// (torchao's int8 layers) 0.64-0.68 ms, 0.22 ms (0.28-0.34 ms before the rounding and the clamp
+// went into the conversion, and a NaN test and an infinity test into one classification).
 struct Avx512RowLoops {
   static __m512 load16(__mmask16 mask, const float* values) { return _mm512_maskz_loadu_ps(mask, values); }
 
@@ -40,30 +41,38 @@ struct Avx512RowLoops {
   template <typename Element>
   static RowExtremes extremes(const Element* row, int64_t n) {
     // Masked-off lanes load zeros, which change neither extreme (low <= 0 <= high) nor a count.
-    // low = min(value, low) keeps low for a NaN value, as the plain loop's comparison does.
+    // low = min(value, low) keeps low for a NaN value, as the plain loop's comparison does. One
+    // classification a step finds NaNs and infinities alike; which of them a row holds is asked
+    // only of the rare row that has one.
     __m512 low = _mm512_setzero_ps(), high = _mm512_setzero_ps();
-    __mmask16 non_finite = 0, nans = 0;
-    const __m512 largest = _mm512_set1_ps(std::numeric_limits<float>::max());
+    __mmask16 non_finite = 0;
+    constexpr int kNaNOrInfinity = 0x01 | 0x08 | 0x10 | 0x80;  // quiet NaN, +inf, -inf, signalling NaN
     for (int64_t j = 0; j < n; j += 16) {
       const __m512 value = load16(avx512::lanes_mask(n - j), row + j);
       low = _mm512_min_ps(value, low);
       high = _mm512_max_ps(value, high);
-      non_finite |= _mm512_cmp_ps_mask(_mm512_abs_ps(value), largest, _CMP_NLE_UQ);
+      non_finite |= _mm512_fpclass_ps_mask(value, kNaNOrInfinity);
+    }
+    __mmask16 nans = 0;
+    for (int64_t j = 0; non_finite != 0 && j < n; j += 16) {
+      const __m512 value = load16(avx512::lanes_mask(n - j), row + j);
       nans |= _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
     }
     // Counts of lanes, not of values: only whether they are zero matters.
     return {_mm512_reduce_min_ps(low), _mm512_reduce_max_ps(high), non_finite != 0, nans != 0};
   }
 
+  // The value times the inverse scale, rounded half to even and saturated to int8 as it is
+  // converted: the rounding, clamp and conversion of the plain loop, in two instructions (rows
+  // with a NaN or an infinity never come here, and the scale keeps every product within 129).
   template <typename Element>
   static void round_symmetric(const Element* row, int64_t n, float inverse, int8_t* out) {
     const __m512 factor = _mm512_set1_ps(inverse);
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 mask = avx512::lanes_mask(n - j);
-      const __m512 rounded = _mm512_roundscale_ps(_mm512_mul_ps(load16(mask, row + j), factor),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 code = _mm512_min_ps(_mm512_max_ps(rounded, _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
-      _mm_mask_storeu_epi8(out + j, mask, _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(code)));
+      const __m512i code = _mm512_cvt_roundps_epi32(_mm512_mul_ps(load16(mask, row + j), factor),
+                                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      _mm512_mask_cvtsepi32_storeu_epi8(out + j, mask, code);
     }
   }
 
