@@ -402,8 +402,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
     // row_step's rows where the depth is one block).
     const bool rounds = Products::kRoundsSums && bfloat16_result;
     const ColumnBlocks blocking = Products::column_blocks(rows, reader.depth(), reader.runs_along_depth());
-    const int64_t piece = columns_per_task(columns, blocking.columns, kPanelColumns);
-    const int64_t pieces = (columns + piece - 1) / piece;
+    const ColumnTasks pieces(columns, blocking.columns, kPanelColumns, at::get_num_threads());
     const bool one_block = depth_blocks(reader, blocking.depth) == 1;
     const bool holds = finish != nullptr || rounds;
     at::Tensor result, rounded;
@@ -413,16 +412,17 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
     if (rounds) {
       rounded = at::empty({rows, columns}, lhs.options().dtype(at::kBFloat16));
     }
-    at::parallel_for(0, pieces, 1, [&](int64_t begin, int64_t end) {
+    const int64_t widest = pieces.widest();
+    at::parallel_for(0, pieces.size(), 1, [&](int64_t begin, int64_t end) {
       Products::prepare_thread();
-      at::Tensor panels = at::empty({depth_block_max(blocking.depth, alignment) * piece}, panel_options);
+      at::Tensor panels = at::empty({depth_block_max(blocking.depth, alignment) * widest}, panel_options);
       const at::Tensor held =
-          holds ? at::empty({one_block ? row_step<Products>(rows) : rows, piece}, sum_options) : at::Tensor();
+          holds ? at::empty({one_block ? row_step<Products>(rows) : rows, widest}, sum_options) : at::Tensor();
       for (int64_t index = begin; index < end; ++index) {
-        const int64_t first = index * piece;
+        const int64_t first = pieces.first(index);
         SumsDestination<Products> to{nullptr, columns};
         if (holds) {
-          to = {held.template mutable_data_ptr<Sum>(), piece, nullptr, 0, finish, one_block};
+          to = {held.template mutable_data_ptr<Sum>(), widest, nullptr, 0, finish, one_block};
         } else {
           to.out = result.template mutable_data_ptr<Sum>() + first;
         }
@@ -430,8 +430,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
           to.rounded = rounded.mutable_data_ptr<at::BFloat16>() + first;
           to.rounded_stride = columns;
         }
-        panel_gemm_columns<Products>(packed, rows, reader, alignment, blocking.depth, first,
-                                     std::min(piece, columns - first), to, panels.template mutable_data_ptr<Panel>());
+        panel_gemm_columns<Products>(packed, rows, reader, alignment, blocking.depth, first, pieces.width(index), to,
+                                     panels.template mutable_data_ptr<Panel>());
       }
     });
     return rounds ? rounded : bfloat16_result ? result.to(at::kBFloat16) : result;
@@ -443,7 +443,9 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   at::Tensor shared_panels =
       at::empty({depth_block_max(Products::kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_options);
   Panel* panels = shared_panels.template mutable_data_ptr<Panel>();
-  const int64_t chunk = columns_per_task(columns, Products::kBlockColumns, kPanelColumns);
+  // Chunks of one width, which the tasks' order (PanelTasks) follows.
+  const int64_t chunk = round_up(
+      ColumnTasks(columns, Products::kBlockColumns, kPanelColumns, at::get_num_threads()).width(0), kPanelColumns);
   const int64_t chunks = (columns + chunk - 1) / chunk;
   const PanelTasks tasks(rows, columns, chunk, Products::kTaskRows);
   for_each_depth_block(reader, Products::kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {

@@ -3,6 +3,7 @@
 // count), and the arithmetic of dividing it among threads that they share.
 
 #include "kernels/kernels.h"
+#include "panel_tasks.h"
 #include "weight_readers.h"
 
 #include <ATen/Parallel.h>
@@ -17,14 +18,6 @@ namespace qlgrad::math {
 // The i-th of `parts` near-equal pieces of `extent` starts here, a multiple of `align` (but for the end).
 inline int64_t piece_start(int64_t extent, int64_t parts, int64_t i, int64_t align = 1) {
   return i == parts ? extent : extent * i / parts / align * align;
-}
-
-// Columns per task, at most `widest`, such that the tasks are a multiple of the threads: the
-// output is often only a few tile widths wide, and 3 tasks on 2 threads take as long as 4.
-inline int64_t columns_per_task(int64_t columns, int64_t widest, int64_t multiple) {
-  const int64_t threads = at::get_num_threads();
-  const int64_t tasks = threads * ((columns + threads * widest - 1) / (threads * widest));
-  return std::clamp<int64_t>(round_up((columns + tasks - 1) / tasks, multiple), multiple, widest);
 }
 
 // Streams: float32 lhs [rows, depth] @ W in one pass over the weight per kStreamedRowsMax rows,

@@ -26,18 +26,19 @@ at::Tensor tiled_gemm(const at::Tensor& lhs, const WeightReader& reader) {
   const bool accumulate = lhs.scalar_type() == at::kFloat;
   const int64_t element_bytes = lhs.element_size();
   const int64_t align = kCacheLine / element_bytes;
-  const int64_t width = columns_per_task(
+  const ColumnTasks tasks(
       columns,
       accumulate ? kTileColumnsMax : std::max(align, kFullDepthTileBytes / element_bytes / depth / align * align),
-      align);
+      align, at::get_num_threads());
+  const int64_t width = tasks.widest();
   // Multiples of 16 rows, as the int4 packing holds them together.
   const int64_t tile_depth =
       accumulate ? round_up(std::max(kCacheLine, kTileBytes / element_bytes / width), 16) : depth;
   auto result = at::empty({rows, columns}, lhs.options());
-  at::parallel_for(0, (columns + width - 1) / width, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, tasks.size(), 1, [&](int64_t begin, int64_t end) {
     auto tile = at::empty({std::min(depth, tile_depth) * width}, lhs.options());
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t first = task * width, count = std::min(width, columns - first);
+      const int64_t first = tasks.first(task), count = tasks.width(task);
       auto out = result.narrow(1, first, count);
       for (int64_t top = 0; top < depth; top += tile_depth) {
         const int64_t height = std::min(tile_depth, depth - top);

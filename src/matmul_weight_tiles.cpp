@@ -48,16 +48,16 @@ at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes,
   auto result = at::empty({rows, columns}, lhs.options());
   at::BFloat16* out = result.mutable_data_ptr<at::BFloat16>();
   const int8_t* weight = codes.const_data_ptr<int8_t>();
-  const int64_t piece = columns_per_task(columns, kTaskWeightRows, kAmxTaskRows);
+  const ColumnTasks pieces(columns, kTaskWeightRows, kAmxTaskRows, at::get_num_threads());
   const int64_t sums_stride = panels * kPanelColumns;
-  at::parallel_for(0, (columns + piece - 1) / piece, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, pieces.size(), 1, [&](int64_t begin, int64_t end) {
     kernel.configure_tiles_amx();
     auto tiles = at::empty({kBlockWeightRows * kPartDepth}, lhs.options());
     auto sums = at::empty({kBlockWeightRows * sums_stride}, lhs.options().dtype(at::kFloat));
     at::BFloat16* tile_data = tiles.mutable_data_ptr<at::BFloat16>();
     float* sum_data = sums.mutable_data_ptr<float>();
-    const int64_t piece_end = std::min(columns, end * piece);
-    for (int64_t block = begin * piece; block < piece_end; block += kBlockWeightRows) {
+    const int64_t piece_end = pieces.first(end);
+    for (int64_t block = pieces.first(begin); block < piece_end; block += kBlockWeightRows) {
       const int64_t block_count = std::min(kBlockWeightRows, piece_end - block);
       for (int64_t top = 0; top < depth; top += kPartDepth) {
         const int64_t part = std::min(kPartDepth, depth - top), stored_part = round_up(part, 32);

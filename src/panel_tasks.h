@@ -1,11 +1,13 @@
 #pragma once
-// How the panel GEMM (matmul_panels.cpp) divides its output among threads: plain arithmetic,
-// kept apart so that the division is tested on its own.
+// How the panel GEMM (matmul_panels.cpp) and the other products by columns (matmul_tiles.cpp,
+// matmul_weight_tiles.cpp) divide their output among threads: plain arithmetic, kept apart so
+// that the division is tested on its own.
 
 #include "kernels/kernels.h"
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace qlgrad::math {
 
@@ -57,6 +59,44 @@ class PanelTasks {
 
  private:
   int64_t rows_, columns_, task_rows_, groups_per_block_, row_groups_, panels_, chunk_panels_;
+};
+
+// `columns` divided into tasks of at most `widest` columns (a multiple of `multiple`), as many
+// tasks as a multiple of `threads`, which start at multiples of `multiple` near equal steps:
+// the output is often only a few tile widths wide, and 3 tasks on 2 threads take as long as 4.
+// Threads taking runs of consecutive tasks (as at::parallel_for hands them out) then take as many
+// columns as each other to within `multiple`: tasks of one width, which rounding it up to the
+// multiple makes fewer, gave one of 2 threads 5% more columns than the other at 4864 columns in
+// tasks of up to 256 or 512. Fewer tasks where the columns are too few for each to have some.
+class ColumnTasks {
+ public:
+  ColumnTasks(int64_t columns, int64_t widest, int64_t multiple, int64_t threads) : multiple_(multiple) {
+    const int64_t tasks = threads * ((columns + threads * widest - 1) / (threads * widest));
+    starts_.push_back(0);
+    for (int64_t task = 1; task <= tasks; ++task) {
+      const int64_t start = std::min(columns, round_up((task * columns + tasks - 1) / tasks, multiple));
+      if (start > starts_.back()) {
+        starts_.push_back(start);
+      }
+    }
+  }
+
+  int64_t size() const { return static_cast<int64_t>(starts_.size()) - 1; }
+  // Task `task`'s first column (`size()`: the end of the last).
+  int64_t first(int64_t task) const { return starts_[task]; }
+  int64_t width(int64_t task) const { return starts_[task + 1] - starts_[task]; }
+  // The widest task's columns, rounded up to the multiple (a buffer for any task's whole panels).
+  int64_t widest() const {
+    int64_t widest = 0;
+    for (int64_t task = 0; task < size(); ++task) {
+      widest = std::max(widest, width(task));
+    }
+    return round_up(widest, multiple_);
+  }
+
+ private:
+  int64_t multiple_;
+  std::vector<int64_t> starts_;
 };
 
 } // namespace qlgrad::math

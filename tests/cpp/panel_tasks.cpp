@@ -2,18 +2,23 @@
 // in exactly one task, at least 64 tasks from 256 rows on every shape bench/compare.py
 // measures, all of them full-sized but at the last rows and columns, and equal shares, to
 // within a few percent, for 2 to 64 threads taking runs of consecutive tasks as
-// at::parallel_for hands them out.
+// at::parallel_for hands them out. The division by columns (ColumnTasks): every column in one
+// task, none empty or wider than asked, each starting at a multiple, and, where the columns
+// allow a multiple of the threads' count of tasks, every thread's columns within one multiple of
+// an equal share.
 
 #include "testing.h"
 
 #include "panel_tasks.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <sstream>
 #include <vector>
 
 namespace {
 
+using qlgrad::math::ColumnTasks;
 using qlgrad::math::PanelTasks;
 
 struct Shape {
@@ -76,6 +81,41 @@ int main() {
             const double share = largest_share(tasks, shape.rows, shape.columns, threads);
             tally.check(name.str() + ", " + std::to_string(threads) + " threads: shares within 15%", share <= 1.15,
                         std::to_string(share));
+          }
+        }
+      }
+    }
+  }
+  // The layers of bench/llm.py's decoder and compare.py's, and odd sizes, in tasks as the
+  // products take them (up to 256, 512 and 1024 columns, multiples of 32 or 16).
+  for (const int64_t columns : {4864, 896, 128, 3072, 768, 4096, 2050, 300, 100, 70, 48, 40, 16, 1}) {
+    for (const int64_t widest : {256, 512, 1024}) {
+      for (const int64_t multiple : {32, 16}) {
+        for (const int64_t threads : {1, 2, 3, 4, 16}) {
+          const ColumnTasks tasks(columns, widest, multiple, threads);
+          std::ostringstream name;
+          name << columns << " columns in tasks of up to " << widest << " (multiples of " << multiple << ") on "
+               << threads << " threads";
+          bool whole = tasks.size() > 0 && tasks.first(0) == 0 && tasks.first(tasks.size()) == columns;
+          for (int64_t task = 0; task < tasks.size(); ++task) {
+            whole = whole && tasks.width(task) > 0 && tasks.width(task) <= widest &&
+                    tasks.first(task) % multiple == 0 && tasks.width(task) <= tasks.widest();
+          }
+          tally.check(name.str() + ": every column once, in tasks starting at multiples", whole);
+          if (columns >= threads * multiple) {
+            tally.check(name.str() + ": a multiple of the threads' count of tasks", tasks.size() % threads == 0,
+                        std::to_string(tasks.size()));
+            // Each thread's columns within one multiple of an equal share (the starts are rounded up
+            // to multiples, the end is not).
+            const int64_t run = tasks.size() / threads;
+            bool even = true;
+            std::ostringstream shares;
+            for (int64_t thread = 0; thread < threads; ++thread) {
+              const int64_t taken = tasks.first((thread + 1) * run) - tasks.first(thread * run);
+              even = even && std::abs(taken * threads - columns) < multiple * threads;
+              shares << taken << " ";
+            }
+            tally.check(name.str() + ": shares within one multiple of equal", even, shares.str());
           }
         }
       }
