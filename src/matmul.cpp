@@ -130,7 +130,7 @@ struct RescaledSums {
   unsigned bfloat16_steps;
 };
 
-// `values` (float32) contiguous, with each NaN whose low 16 bits are not all zero made the quiet
+// float32 `values` contiguous, with each NaN whose low 16 bits are not all zero made the quiet
 // NaN, whose are: RescaleSumsFn rounds to bfloat16 by a carry that would turn the others into
 // numbers. Only such a NaN's bits change, and they are a copy's.
 at::Tensor nans_rounding_keeps(const at::Tensor& values) {
@@ -381,8 +381,11 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
   bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) ? kConversion : 0;
   bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) || is_bfloat16(dtype) ? kRowProduct : 0;
   bfloat16_steps |= is_bfloat16(product_dtype) ? kColumnProduct | kBiasSum : 0;
-  // bfloat16 parameters are exact in float32.
-  const auto as_float = [](const at::Tensor& parameter) { return nans_rounding_keeps(parameter.to(at::kFloat)); };
+  // bfloat16 parameters are exact in float32, their NaNs' low 16 bits zero.
+  const auto as_float = [](const at::Tensor& parameter) {
+    return parameter.scalar_type() == at::kFloat ? nans_rounding_keeps(parameter)
+                                                 : parameter.to(at::kFloat).contiguous();
+  };
   const auto row_factors = as_float(row_scale), column_factors = as_float(column_scale);
   const auto bias_values = bias ? std::optional(as_float(*bias)) : std::nullopt;
   const RescaledSums rescaled{std::nullopt, row_factors, column_factors.const_data_ptr<float>(),

@@ -67,7 +67,9 @@ class PanelTasks {
 // Threads taking runs of consecutive tasks (as at::parallel_for hands them out) then take as many
 // columns as each other to within `multiple`: tasks of one width, which rounding it up to the
 // multiple makes fewer, gave one of 2 threads 5% more columns than the other at 4864 columns in
-// tasks of up to 256 or 512. Fewer tasks where the columns are too few for each to have some.
+// tasks of up to 256 or 512. The starts are rounded up (piece_start rounds down, which would
+// leave the first task empty where the columns are fewer than the tasks' multiples), and there
+// are fewer tasks where the columns are too few for each to have some.
 class ColumnTasks {
  public:
   ColumnTasks(int64_t columns, int64_t widest, int64_t multiple, int64_t threads) : multiple_(multiple) {
