@@ -2,6 +2,7 @@
 
 import contextlib
 import fcntl
+import importlib.util
 import itertools
 import json
 import math
@@ -128,6 +129,14 @@ def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
 # The repository's root: the tests run the scripts and examples beside them.
 REPOSITORY = Path(__file__).parent.parent
 REPORT_PATH = Path(os.environ.get("QLGRAD_RELIABILITY_REPORT", REPOSITORY / "build" / "reliability.json"))
+
+
+def load_example(name: str):
+    """examples/<name>.py as a module, run as it is written."""
+    spec = importlib.util.spec_from_file_location(name, REPOSITORY / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def markdown_table_rows(output: str) -> list[dict[str, str]]:

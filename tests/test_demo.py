@@ -2,7 +2,6 @@
 
 import contextlib
 import importlib.metadata
-import importlib.util
 import os
 import sysconfig
 
@@ -13,10 +12,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 import qlgrad.peft
+from helpers import load_example
 from qlgrad.demo import cli, digits, lora
 from qlgrad.demo.data_parallel import run_data_parallel
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 
 
 def test_demo_recovers_accuracy_on_the_shifted_task(capsys):
@@ -121,9 +119,7 @@ def test_data_parallel_gradients_equal_single_process_gradients():
 
 
 def test_saliency_example_writes_a_png(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("saliency", os.path.join(EXAMPLES, "saliency.py"))
-    saliency = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(saliency)
+    saliency = load_example("saliency")
     out = tmp_path / "saliency.png"
     saliency.main(["--out", str(out), "--digits", "2"])
     assert out.read_bytes().startswith(b"\x89PNG")

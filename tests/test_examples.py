@@ -1,27 +1,18 @@
 """The Captum and language-model examples, the README's PEFT section and docs/integrations.md's
 Captum, torch.func, autocast and torch.compile sections run as they are written."""
 
-import importlib.util
-import os
 import re
 
 import pytest
 import torch
 
-ROOT = os.path.join(os.path.dirname(__file__), os.pardir)
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "examples", f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import REPOSITORY, load_example
 
 
 def readme_code(heading: str, page: str = "README.md") -> str:
     """The Python code blocks of the section titled ``heading`` of ``page`` (the README, or a page
     under docs/), up to the next heading of its level or above."""
-    with open(os.path.join(ROOT, page), encoding="utf-8") as readme:
+    with open(REPOSITORY / page, encoding="utf-8") as readme:
         text = readme.read()
     level, title = heading.split(" ", 1)
     start = text.index(f"\n{heading}\n")
