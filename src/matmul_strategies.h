@@ -1,6 +1,7 @@
 #pragma once
 // The ways a product lhs @ W with a stored weight runs (matmul.cpp chooses among them by row
-// count), and the arithmetic of dividing it among threads that they share.
+// count), and the arithmetic of dividing it among threads that they share (panel_tasks.h; the
+// streams' piece_start here).
 
 #include "kernels/kernels.h"
 #include "panel_tasks.h"
@@ -9,7 +10,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 
-#include <algorithm>
 #include <functional>
 #include <optional>
 
