@@ -440,6 +440,37 @@ at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& code
   return panel_product(input, Int8CodesTransposed(codes, parameters));
 }
 
+at::Tensor int8_groupwise_dequantize(const at::Tensor& codes, const at::Tensor& scale,
+                                     const std::optional<at::Tensor>& zero_point, at::ScalarType dtype) {
+  TORCH_INTERNAL_ASSERT(codes.dim() == 2 && codes.is_contiguous() && codes.scalar_type() == at::kChar);
+  TORCH_INTERNAL_ASSERT(scale.dim() == 2 && scale.size(0) == codes.size(0) && codes.size(1) % scale.size(1) == 0);
+  TORCH_INTERNAL_ASSERT(!zero_point || zero_point->sizes() == scale.sizes());
+  TORCH_INTERNAL_ASSERT(dtype == at::kFloat || dtype == at::kBFloat16);
+  const int64_t rows = codes.size(0), columns = codes.size(1);
+  auto values = at::empty({rows, columns}, codes.options().dtype(dtype));
+  if (values.numel() == 0) {
+    return values;
+  }
+  CodeParameters parameters;
+  parameters.scale = scale.const_data_ptr<float>();
+  parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
+  parameters.groups = scale.size(1);
+  parameters.group_size = columns / scale.size(1);
+  const int8_t* code_data = codes.const_data_ptr<int8_t>();
+  const auto& kernel = kernels();
+  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 15) / columns), [&](int64_t begin, int64_t end) {
+    const int8_t* first = code_data + begin * columns;
+    if (dtype == at::kFloat) {
+      kernel.convert_codes_float(first, columns, parameters, begin, 0, end - begin, columns,
+                                 values.mutable_data_ptr<float>() + begin * columns);
+    } else {
+      kernel.convert_codes_bfloat16(first, columns, parameters, begin, 0, end - begin, columns,
+                                    values.mutable_data_ptr<at::BFloat16>() + begin * columns);
+    }
+  });
+  return values;
+}
+
 bool all_zero(const at::Tensor& zero_point) {
   if (!zero_point.is_contiguous()) {
     return false;

@@ -122,6 +122,15 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes);
 at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
                                  const std::optional<at::Tensor>& zero_point);
 
+// W[n, k] = (codes[n, k] - zero_point[n, g]) * scale[n, g], g = k / (K / G), each value computed
+// in float32 and rounded once to `dtype` (float32 or bfloat16), in one pass: torchao's
+// dequantization of its group-wise int8 weights bit for bit where the zero points are integers
+// and the scales finite (torchao subtracts in the weight's dtype, exact for such zero points, and
+// multiplies there or in float32). codes int8 [N, K] and scale, zero_point float32 [N, G]
+// (zero_point absent for zero), contiguous.
+at::Tensor int8_groupwise_dequantize(const at::Tensor& codes, const at::Tensor& scale,
+                                     const std::optional<at::Tensor>& zero_point, at::ScalarType dtype);
+
 // Whether every zero point is 0, as a symmetric quantization stores them: the kernels then take
 // none and convert the codes with their scales alone (bfloat16 input gradients of 256 rows in
 // groups of 32 on a Sapphire Rapids Xeon, 2 threads: 4864 x 896 1.60 ms against 1.70-1.72 ms with

@@ -15,6 +15,7 @@
 //   _int8_quant_dequant_rows      that of torchao's group-wise int8 layers' (internal)
 //   _int8_groupwise_linear        the product of torchao's group-wise int8 layers' training
 //                                 forward (internal)
+//   _int8_groupwise_dequantize    those layers' weight as torchao dequantizes it (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
 //                                 torch.compile's door to the packed backward (internal,
 //                                 implemented in traced_ops.cpp)
@@ -276,6 +277,26 @@ at::Tensor int8_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& 
                                      kernel_zero_point);
 }
 
+// ---- _int8_groupwise_dequantize -------------------------------------------------
+
+at::Tensor int8_groupwise_dequantize_cpu(const at::Tensor& weight, const at::Tensor& scale,
+                                         const std::optional<at::Tensor>& zero_point, at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar, "qlgrad: weight must be an int8 tensor, got ",
+                   weight.scalar_type());
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16, "qlgrad: dtype must be float32 or bfloat16, got ",
+                   dtype);
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), "qlgrad: scale must be a floating tensor, got ",
+                   scale.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2 && scale.dim() == 2 && scale.size(0) == weight.size(0) && scale.size(1) > 0 &&
+                        weight.size(1) % scale.size(1) == 0 && (!zero_point || zero_point->sizes() == scale.sizes()),
+                    "qlgrad: scale and zero_point must be [N, G] with G dividing K for weight [N, K], got ",
+                    scale.sizes(), zero_point ? " and " : "", zero_point ? zero_point->sizes() : at::IntArrayRef(),
+                    " for weight ", weight.sizes());
+  return math::int8_groupwise_dequantize(
+      weight.contiguous(), scale.to(at::kFloat).contiguous(),
+      zero_point ? std::optional(zero_point->to(at::kFloat).contiguous()) : std::nullopt, dtype);
+}
+
 // ---- cache_weight -----------------------------------------------------------------
 
 void cache_weight_kernel(const PackedParams& packed) {
@@ -322,6 +343,9 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // input @ (scale * (weight - zero_point)).T from int8 codes with group-wise parameters: the
   // product of the training forward of torchao's group-wise int8 layers (internal).
   m.def("_int8_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");
+  // That weight as torchao dequantizes it, (weight - zero_point) * scale in `dtype`, in one pass:
+  // the forward of those layers without grad, torchao's bit for bit (internal).
+  m.def("_int8_groupwise_dequantize(Tensor weight, Tensor scale, Tensor? zero_point, ScalarType dtype) -> Tensor");
   // torch.compile's door to the backward of the dynamic linear family (src/traced_ops.cpp).
   m.def(
       "_linear_dynamic_with_weight(Tensor input, __torch__.torch.classes.quantized.LinearPackedParamsBase packed, "
@@ -343,6 +367,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("_int8_quantize_rows", &qlgrad::detail::int8_quantize_rows_cpu);
   m.impl("_int8_quant_dequant_rows", &qlgrad::detail::int8_quant_dequant_rows_cpu);
   m.impl("_int8_groupwise_linear", &qlgrad::detail::int8_groupwise_linear_cpu);
+  m.impl("_int8_groupwise_dequantize", &qlgrad::detail::int8_groupwise_dequantize_cpu);
 }
 
 QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, Autograd, m) {

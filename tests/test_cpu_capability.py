@@ -17,7 +17,7 @@ TESTS_DIR = Path(__file__).parent
 CAPABILITIES = ("default", "avx2", "avx512")  # in increasing order, as ATen's
 # Every kernel path of every weight kind, row count and precision: per tensor and per channel in
 # rows and in fbgemm's packing, group-wise, fp16 weights, through the ops and the standalone API;
-# and the activation quantizers of torchao's layers.
+# and the activation quantizers and the group-wise dequantization of torchao's layers.
 # (test_int4pack.py runs its own tests under each capability.)
 KERNEL_TESTS = (
     "test_linear_dynamic.py",
@@ -30,6 +30,7 @@ KERNEL_TESTS = (
     "test_torchao_lowbit.py::test_groupwise_product_is_the_float64_product",
     "test_torchao.py::test_activation_quantization_is_torchaos",
     "test_torchao_lowbit.py::test_activation_quantization_is_torchaos",
+    "test_torchao_lowbit.py::test_groupwise_dequantization_is_torchaos",
 )
 # The kernels that AVX512-BF16 replaces on AVX-512 CPUs that have it: those of the bf16 precision.
 BFLOAT16_KERNEL_TESTS = (

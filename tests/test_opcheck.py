@@ -97,6 +97,14 @@ def int8_groupwise_linear_cases():
             yield (torch.randn(5, 64, dtype=dtype), weight, scale, zero_point), None
 
 
+def int8_groupwise_dequantize_cases():
+    """The group-wise layers' weight dequantized into each dtype: groups, one per row, no zero point."""
+    for dtype in (torch.float32, torch.bfloat16):
+        weight = torch.randint(-8, 8, (20, 64), dtype=torch.int8)
+        yield (weight, torch.rand(20, 4).bfloat16(), torch.randint(-2, 3, (20, 4), dtype=torch.int8), dtype), None
+        yield (weight, torch.rand(20, 1), None, dtype), None
+
+
 def int8_groupwise_cases():
     from test_groupwise import groupwise_weight
 
@@ -164,6 +172,7 @@ OPCHECK_CASES = {
     "_int8_quantize_rows": int8_quantize_rows_cases,
     "_int8_quant_dequant_rows": int8_quantize_rows_cases,
     "_int8_groupwise_linear": int8_groupwise_linear_cases,
+    "_int8_groupwise_dequantize": int8_groupwise_dequantize_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),
     "cache_weight": cache_weight_cases,

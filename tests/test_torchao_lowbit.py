@@ -259,6 +259,101 @@ def test_activation_quantization_names_every_bad_argument():
         torch.ops.qlgrad._int8_quant_dequant_rows(torch.zeros(8))
 
 
+def intx_layer(weight_dtype, granularity, mapping, dtype, bias, in_features=96, out_features=40):
+    generator = torch.Generator().manual_seed(0)
+    layer = torch.nn.Linear(in_features, out_features, bias=bias)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(out_features, in_features, generator=generator) * 0.1)
+    return quantized(layer, intx_config(weight_dtype, granularity, mapping), dtype)
+
+
+def as_bits(tensor):
+    return tensor.view(torch.int16 if tensor.element_size() == 2 else torch.int32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mapping", MAPPINGS)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+@pytest.mark.parametrize("weight_dtype", [torch.int2, torch.int4, torch.int8], ids=str)
+def test_groupwise_dequantization_is_torchaos(weight_dtype, granularity, mapping, dtype):
+    """torch.ops.qlgrad._int8_groupwise_dequantize is the group-wise layers' weight as torchao
+    dequantizes it, bit for bit: scales of every magnitude, those whose products overflow
+    bfloat16's range and those that reach its subnormals included."""
+    weight = intx_layer(weight_dtype, granularity, mapping, dtype, bias=False).weight
+    generator = torch.Generator().manual_seed(1)
+    magnitudes = torch.tensor([1e-40, 1e-30, 1e-3, 1.0, 3e36, 1e38]).to(weight.scale.dtype)
+    choice = torch.randint(len(magnitudes), weight.scale.shape, generator=generator)
+    weight.scale.copy_(magnitudes[choice] * torch.rand(weight.scale.shape, generator=generator).to(weight.scale.dtype))
+    got = torch.ops.qlgrad._int8_groupwise_dequantize(weight.qdata, weight.scale, weight.zero_point, dtype)
+    expected = weight.dequantize()
+    assert got.dtype == expected.dtype == dtype
+    assert torch.equal(as_bits(got), as_bits(expected))
+
+
+def test_groupwise_dequantization_names_every_bad_argument():
+    codes, scale = torch.zeros(4, 64, dtype=torch.int8), torch.ones(4, 2)
+    with pytest.raises(TypeError, match="weight must be an int8 tensor"):
+        torch.ops.qlgrad._int8_groupwise_dequantize(codes.float(), scale, None, torch.float32)
+    with pytest.raises(TypeError, match="dtype must be float32 or bfloat16"):
+        torch.ops.qlgrad._int8_groupwise_dequantize(codes, scale, None, torch.half)
+    with pytest.raises(TypeError, match="scale must be a floating tensor"):
+        torch.ops.qlgrad._int8_groupwise_dequantize(codes, scale.int(), None, torch.float32)
+    with pytest.raises(ValueError, match="scale and zero_point must be"):
+        torch.ops.qlgrad._int8_groupwise_dequantize(codes, torch.ones(4, 3), None, torch.float32)
+    with pytest.raises(ValueError, match="scale and zero_point must be"):
+        torch.ops.qlgrad._int8_groupwise_dequantize(codes, scale, torch.zeros(4, 1), torch.float32)
+
+
+def stock_intx_forward(layer, x):
+    from qlgrad import _torchao
+
+    handler = _torchao.stock_linear_handler(IntxUnpackedToInt8Tensor)
+    return handler(F.linear, (), (x, layer.weight, layer.bias), {})
+
+
+@pytest.mark.parametrize("bias", ["none", "frozen", "trainable"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("mapping", MAPPINGS)
+@pytest.mark.parametrize("granularity", GRANULARITIES)
+def test_forward_without_grad_is_torchaos(granularity, mapping, dtype, bias):
+    """Where the input requires no grad, the group-wise layers' forward is torchao's bit for bit
+    (with the weight dequantized in one pass), a trainable bias's gradient too; scales that are
+    not finite leave it to torchao's own forward."""
+    layer = intx_layer(torch.int4, granularity, mapping, dtype, bias=bias != "none")
+    if bias == "frozen":
+        layer.bias.requires_grad_(False)
+    generator = torch.Generator().manual_seed(2)
+    for shape in ((1, 96), (7, 96), (2, 129, 96)):
+        x = torch.randn(shape, generator=generator).to(dtype)
+        with torch.autograd.profiler.profile() as profile:
+            got = layer(x)
+        calls = {event.key: event.count for event in profile.key_averages()}
+        assert calls.get("qlgrad::_int8_groupwise_dequantize") == 1 and "torchao::dequantize_affine" not in calls
+        expected = stock_intx_forward(layer, x)
+        assert torch.equal(got, expected), shape
+        with torch.no_grad():
+            assert torch.equal(layer(x), expected), shape
+        if bias == "trainable":
+            grad_output = torch.randn(got.shape, generator=generator).to(dtype)
+            (bias_grad,) = torch.autograd.grad(got, layer.bias, grad_output)
+            (expected_bias_grad,) = torch.autograd.grad(expected, layer.bias, grad_output)
+            assert torch.equal(bias_grad, expected_bias_grad)
+    layer.weight.scale[0, 0] = float("nan")
+    x = torch.randn(3, 96, generator=generator).to(dtype)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), stock_intx_forward(layer, x), rtol=0, atol=0, equal_nan=True)
+
+
+def test_compiled_forward_without_grad_is_torchaos():
+    """Compiled, the forward without grad is torchao's as traced (no data-dependent branch on the
+    scales): with aot_eager, bit for bit."""
+    layer = intx_layer(torch.int4, "per_group_32", "asymmetric", torch.bfloat16, bias=True)
+    compiled = torch.compile(layer, backend="aot_eager", fullgraph=True)
+    x = torch.randn(5, 96).bfloat16()
+    with torch.no_grad():
+        assert torch.equal(compiled(x), stock_intx_forward(layer, x))
+
+
 WEIGHT_ONLY_CONFIGS = {
     "int8": lambda: Int8WeightOnlyConfig(),
     "intx_int4": lambda: IntxWeightOnlyConfig(weight_dtype=torch.int4),

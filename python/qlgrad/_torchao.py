@@ -142,6 +142,14 @@ def _int8_tensor_training_forward(input, weight, bias, stock_forward):
     return output.to(output_dtype)
 
 
+def _int8_tensor_forward_as_torchaos(input, weight, bias, stock_forward):
+    # torchao's forward gives every gradient there is: a bias's, which the training forward's one
+    # pass does not record.
+    if torch.is_grad_enabled() and isinstance(bias, torch.Tensor) and bias.requires_grad:
+        return stock_forward(input, bias)
+    return _int8_tensor_training_forward(input, weight, bias, stock_forward)
+
+
 class _QuantizedActivation(NamedTuple):
     qdata: torch.Tensor
     scale: torch.Tensor
@@ -175,35 +183,73 @@ def _quantized_activation(input, weight):
     )
 
 
+def _quant_dequant_per_token(input):
+    """torchao's asymmetric int8 quantization of an activation per token, dequantized, bit for bit (in
+    one pass by torch.ops.qlgrad._int8_quant_dequant_rows on x86 CPUs)."""
+    if _IS_X86:
+        return torch.ops.qlgrad._int8_quant_dequant_rows(input.reshape(-1, input.shape[-1])).view(input.shape)
+    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
+
+    return intx._apply_int8_act_asym_per_token_quant_dequant(input)
+
+
+def _quantizes_per_token(weight) -> bool:
+    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
+
+    return weight.activation_quantization == intx.IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN
+
+
 def _intx_training_forward(input, weight, bias, stock_forward):
     """torchao's forward with int8 activations and group-wise int1-int8 weights, from the codes.
 
     torchao's own forward dequantizes the whole weight at every call, then multiplies; here its
-    activation quantization runs step for step (in one pass on x86 CPUs,
-    torch.ops.qlgrad._int8_quant_dequant_rows), and torch.ops.qlgrad._int8_groupwise_linear multiplies
-    by the codes where they lie: the same product up to the rounding of the sums (and of each
-    weight value to bfloat16 for bfloat16 inputs, as torchao's bfloat16 weight holds it).
+    activation quantization runs step for step, and torch.ops.qlgrad._int8_groupwise_linear
+    multiplies by the codes where they lie: the same product up to the rounding of the sums (and of
+    each weight value to bfloat16 for bfloat16 inputs, as torchao's bfloat16 weight holds it).
     """
-    from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
-
-    per_token = intx.IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN
     out_features, in_features = weight.qdata.shape
     groups = weight.scale.shape[-1]
     if (
-        weight.activation_quantization != per_token
+        not _quantizes_per_token(weight)
         or input.dtype not in (torch.float32, torch.bfloat16)
         or (groups > 1 and in_features // groups % 16)  # the product reads whole 16-column groups
     ):
         return stock_forward(input, bias)
-    if _IS_X86:
-        quantized = torch.ops.qlgrad._int8_quant_dequant_rows(input.reshape(-1, in_features)).view(input.shape)
-    else:
-        quantized = intx._apply_int8_act_asym_per_token_quant_dequant(input)
     zero_point = torch.zeros_like(weight.scale) if weight.zero_point is None else weight.zero_point
     output = torch.ops.qlgrad._int8_groupwise_linear(
-        quantized.reshape(-1, in_features), weight.qdata, weight.scale, zero_point
+        _quant_dequant_per_token(input).reshape(-1, in_features), weight.qdata, weight.scale, zero_point
     ).reshape(*input.shape[:-1], out_features)
     return output if bias is None else output + bias
+
+
+def _intx_forward_as_torchaos(input, weight, bias, stock_forward):
+    """torchao's forward with int8 activations and group-wise int1-int8 weights, bit for bit, its
+    weight dequantized in one pass.
+
+    torchao quantizes and dequantizes the activation, dequantizes the weight and calls F.linear;
+    here the same F.linear runs on the same two tensors: the activation from
+    _quant_dequant_per_token, the weight from torch.ops.qlgrad._int8_groupwise_dequantize, which
+    is torchao's dequantization where the zero points are integers and the scales finite (each
+    value (code - zero_point) * scale, rounded once to the weight's dtype). torchao's own makes
+    three copies of the weight on the way, which is most of its forward's time. Compiled, torchao's
+    forward is traced as it is (its dequantization fused by the compiler; the scales' test here
+    would be a data-dependent branch).
+    """
+    in_features = weight.qdata.shape[1]
+    scale, zero_point = weight.scale, weight.zero_point
+    if (
+        torch.compiler.is_compiling()
+        or not _quantizes_per_token(weight)
+        or input.dtype not in (torch.float32, torch.bfloat16)
+        or weight.dtype not in (torch.float32, torch.bfloat16)
+        or scale.dim() != 2
+        or tuple(weight.block_size) != (1, in_features // scale.shape[1])
+        or (zero_point is not None and zero_point.dtype.is_floating_point)
+        or not torch.isfinite(scale).all()
+    ):
+        return stock_forward(input, bias)
+    dequantized = torch.ops.qlgrad._int8_groupwise_dequantize(weight.qdata, scale, zero_point, weight.dtype)
+    return F.linear(_quant_dequant_per_token(input), dequantized, bias)
 
 
 def _intx_input_gradient(grad_output, weight, precision):
@@ -233,9 +279,9 @@ class _Subclass(NamedTuple):
     # (input, weight, bias, stock_forward) -> output where the input requires grad, torchao's
     # output computed faster; None: torchao's forward.
     training_forward: Callable | None = None
-    # Whether training_forward's output is torchao's bit for bit: then it serves inputs that
-    # require no grad too.
-    training_forward_is_torchaos: bool = False
+    # The same signature: torchao's output bit for bit, computed faster, for inputs that require
+    # no grad; None: torchao's forward.
+    forward_as_torchaos: Callable | None = None
 
 
 _SUBCLASSES = (
@@ -253,7 +299,7 @@ _SUBCLASSES = (
         # Its integer product is exact and its rescaling torchao's, step for step: on x86 CPUs
         # 3.5x faster than torchao's (256 x 896 -> 896 in bfloat16 on a Sapphire Rapids Xeon,
         # 2 threads: 0.33 ms against 0.94 ms).
-        training_forward_is_torchaos=True,
+        forward_as_torchaos=_int8_tensor_forward_as_torchaos,
     ),
     _Subclass(
         "torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor",
@@ -262,6 +308,7 @@ _SUBCLASSES = (
         cuts_gradient=lambda weight: weight.activation_quantization is not None and weight.qdata.dim() == 2,
         input_gradient=_intx_input_gradient,
         training_forward=_intx_training_forward,
+        forward_as_torchaos=_intx_forward_as_torchaos,
     ),
     _Subclass(
         "torchao.prototype.quantization.int4.int4_opaque_tensor",
@@ -293,11 +340,8 @@ def _make_linear_handler(stock_handler, subclass_type, subclass: _Subclass):
 
         grad_enabled = torch.is_grad_enabled()
         if not (grad_enabled and input.requires_grad):
-            # torchao's forward gives every gradient there is: a bias's, which the training
-            # forward's one pass does not record.
-            bias_requires_grad = grad_enabled and isinstance(bias, torch.Tensor) and bias.requires_grad
-            if subclass.training_forward_is_torchaos and not bias_requires_grad:
-                return subclass.training_forward(input, weight, bias, stock_forward)
+            if subclass.forward_as_torchaos is not None:
+                return subclass.forward_as_torchaos(input, weight, bias, stock_forward)
             return stock_forward(input, bias)
         if subclass.input_gradient is None:
             _refuse_int8_activation_int4(weight)

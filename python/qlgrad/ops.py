@@ -196,6 +196,11 @@ def _int8_groupwise_linear_fake(input, weight, scale, zero_point):
     return input.new_empty((input.shape[0], weight.shape[0]))
 
 
+@torch.library.register_fake("qlgrad::_int8_groupwise_dequantize")
+def _int8_groupwise_dequantize_fake(weight, scale, zero_point, dtype):
+    return weight.new_empty(weight.shape, dtype=dtype)
+
+
 def linear_int4pack_backward(
     grad_output: torch.Tensor,
     weight_int4pack: torch.Tensor,
