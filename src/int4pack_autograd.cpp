@@ -1,7 +1,8 @@
 // The Autograd kernel of aten::_weight_int4pack_mm_for_cpu, torch's CPU int4 weight-only linear
 // (torchao's Int4OpaqueTensor calls it), whose derivative upstream is "not implemented", and
-// the forward it runs from the packing where the input requires grad, or where that forward is
-// torch's result bit for bit; and its AutocastCPU kernel. Registration is at the bottom.
+// the forward it runs from the packing where the input requires grad, or where a product from
+// the packing is torch's result bit for bit; and its AutocastCPU kernel. Registration is at the
+// bottom.
 
 #include "backward_math.h"
 #include "matmul.h"
@@ -83,20 +84,36 @@ at::Tensor int4pack_linear_cpu(const at::Tensor& input, const at::Tensor& packed
                                math::int4_packed_weight(packed, group_size, scale_and_zeros).scale_and_zeros);
 }
 
+// torch's int4 kernel's bfloat16 output from its float32 sums: rounded to nearest even, a NaN as
+// 0xFFFF, as at::vec's conversion (cvtfp32_bf16) gives it.
+at::Tensor rounded_as_torchs_kernel(const at::Tensor& sums) {
+  auto rounded = sums.to(at::kBFloat16);
+  rounded.view(at::kShort).masked_fill_(sums.isnan(), -1);
+  return rounded;
+}
+
 // Where the input requires grad, the forward is qlgrad's op, which reads the packing when that is
-// the faster; elsewhere it is torch's, bit for bit: torch's own kernel, or qlgrad's product where
-// that is torch's result (math::int4pack_linear_is_torchs) and the faster.
+// the faster; elsewhere it is torch's, bit for bit: torch's own kernel, or qlgrad's product of the
+// float32 values where that is torch's result (math::int4pack_linear_is_torchs) and the faster.
 at::Tensor int4pack_mm_autograd(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                                 const at::Tensor& scale_and_zeros) {
   static const auto stock = detail::operator_handle<Int4packMmFn>("aten::_weight_int4pack_mm_for_cpu");
   static const auto from_packing = detail::operator_handle<Int4packMmFn>("qlgrad::_int4pack_linear");
   const bool requires_grad = torch::autograd::compute_requires_grad(input);
-  const bool qlgrad_forward = requires_grad || (math::int4pack_linear_is_torchs(input.scalar_type()) &&
-                                                reads_packing(input, packed, group_size, scale_and_zeros));
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    output = (qlgrad_forward ? from_packing : stock).call(input, packed, group_size, scale_and_zeros);
+    if (requires_grad) {
+      output = from_packing.call(input, packed, group_size, scale_and_zeros);
+    } else if (!reads_packing(input, packed, group_size, scale_and_zeros) ||
+               !math::int4pack_linear_is_torchs(input.size(0), packed.size(0), input.scalar_type())) {
+      output = stock.call(input, packed, group_size, scale_and_zeros);
+    } else if (input.scalar_type() == at::kFloat) {
+      output = from_packing.call(input, packed, group_size, scale_and_zeros);
+    } else {
+      output = rounded_as_torchs_kernel(
+          from_packing.call(input.to(at::kFloat), packed, group_size, scale_and_zeros.to(at::kFloat)));
+    }
   }
   if (requires_grad) {
     auto node =

@@ -169,15 +169,38 @@ def test_float32_product_from_the_packing_is_torchs_bit_for_bit(shape, threads):
 
 
 @pytest.mark.skipif(qlgrad.cpu_capability() != "avx512", reason="the float32 panel GEMM is AVX-512's")
-def test_float32_inputs_without_grad_take_the_product_from_the_packing():
-    packed, scale_and_zeros = int4_weight(64, 256, 64)
-    with torch.autograd.profiler.profile() as profile:
-        torch.ops.aten._weight_int4pack_mm_for_cpu(torch.randn(8, 256), packed, 64, scale_and_zeros)
-        torch.ops.aten._weight_int4pack_mm_for_cpu(
-            torch.randn(8, 256).bfloat16(), packed, 64, scale_and_zeros.bfloat16()
-        )
-    calls = {event.key: event.count for event in profile.key_averages()}
-    assert calls.get("qlgrad::_int4pack_linear") == 1  # the float32 input's; the bfloat16 one's is torch's
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", EXACT_SHAPES, ids=str)
+def test_bfloat16_product_without_grad_is_torchs_bit_for_bit(shape, threads):
+    """bfloat16 inputs that require no grad: qlgrad's float32 product of their values (from 32
+    rows of 256 outputs), rounded as torch's kernel rounds, is that kernel's result bit for bit,
+    NaNs included."""
+    out_features, in_features, group_size = shape
+    packed, scale_and_zeros = int4_weight(*shape, dtype=torch.bfloat16)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for rows in EXACT_ROW_COUNTS:
+            x = torch.randn(rows, in_features).bfloat16()
+            x[0, in_features // 3] = float("inf") if rows > 1 else x[0, 0]
+            x[-1, in_features // 2] = float("nan") if rows > 2 else x[-1, 0]
+            stock = stock_int4pack_mm(x, packed, group_size, scale_and_zeros)
+            inference = torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
+            assert torch.equal(inference.view(torch.int16), stock.view(torch.int16)), rows
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif(qlgrad.cpu_capability() != "avx512", reason="the float32 panel GEMM is AVX-512's")
+def test_inputs_without_grad_take_the_product_from_the_packing_where_it_is_faster():
+    packed, scale_and_zeros = int4_weight(256, 256, 64)
+    for rows, dtype, expected_calls in ((8, torch.float32, 1), (16, torch.bfloat16, 0), (32, torch.bfloat16, 1)):
+        with torch.autograd.profiler.profile() as profile:
+            torch.ops.aten._weight_int4pack_mm_for_cpu(
+                torch.randn(rows, 256).to(dtype), packed, 64, scale_and_zeros.to(dtype)
+            )
+        calls = {event.key: event.count for event in profile.key_averages()}
+        assert calls.get("qlgrad::_int4pack_linear", 0) == expected_calls, (rows, dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
