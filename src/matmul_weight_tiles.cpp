@@ -71,7 +71,8 @@ at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes,
         for (int64_t panel = 0; panel < panels; ++panel) {
           for (int64_t sub = 0; sub < block_count; sub += kAmxTaskRows) {
             kernel.weight_rows_bfloat16_amx(std::min(kAmxTaskRows, block_count - sub),
-                                            tile_data + sub / kAmxTaskRows * sub_stride, stored_part * kAmxBlockRows,
+                                            tile_data + sub / kAmxTaskRows * sub_stride,
+                                            AmxLhsLayout::packed(stored_part * kAmxBlockRows),
                                             panel_data + panel * panel_size + top * kPanelColumns, stored_part,
                                             sum_data + sub * sums_stride + panel * kPanelColumns, sums_stride,
                                             std::min(kPanelColumns, rows - panel * kPanelColumns),

@@ -81,6 +81,31 @@ def test_int4_packing(rows):
     assert_as_accurate_as_dense(got, grad_output, weight)
 
 
+@pytest.mark.skipif("amx" not in qlgrad.cpu_extensions(), reason="the AMX tiles read rows in place")
+@pytest.mark.parametrize("depth", [320, 896, 4864])
+def test_rows_read_in_place_multiply_as_packed_rows(depth):
+    """The AMX tiles read the gradient's rows where they lie (whole blocks of 16 rows, whole tile
+    rows of depth, row strides of 640, 1792 and 9728 bytes here), else packed: the same products,
+    bit for bit. 32 rows (in place) against the first 32 of 33 (packed), through group-wise codes
+    and torch's int4 packing; and the int8 tiles' exact integer products of 32 activation rows."""
+    gen = torch.Generator().manual_seed(depth)
+    grad_output = torch.randn(33, depth, generator=gen).to(torch.bfloat16)
+    codes = torch.randint(-8, 8, (depth, 192), dtype=torch.int8, generator=gen)
+    scale, zero_point = torch.rand(depth, 6, generator=gen) * 0.02 + 0.01, torch.randint(-4, 4, (depth, 6))
+    in_place = qlgrad.linear_int8_backward(grad_output[:32], codes, scale, zero_point, "bf16")
+    packed = qlgrad.linear_int8_backward(grad_output, codes, scale, zero_point, "bf16")[:32]
+    assert torch.equal(in_place, packed)
+    int4_codes = torch.randint(0, 16, (depth, 256), dtype=torch.int32, generator=gen)
+    weight_int4pack = torch.ops.aten._convert_weight_to_int4pack_for_cpu(int4_codes, 1)
+    scale_and_zeros = torch.rand(4, depth, 2, generator=gen) * 0.02
+    in_place = qlgrad.linear_int4pack_backward(grad_output[:32], weight_int4pack, 64, scale_and_zeros, "bf16")
+    packed = qlgrad.linear_int4pack_backward(grad_output, weight_int4pack, 64, scale_and_zeros, "bf16")[:32]
+    assert torch.equal(in_place, packed)
+    activation = torch.randint(-128, 128, (32, depth), dtype=torch.int8, generator=gen)
+    weight = torch.randint(-128, 128, (100, depth), dtype=torch.int8, generator=gen)
+    assert torch.equal(torch.ops.qlgrad._int8_linear(activation, weight), torch._int_mm(activation, weight.t()))
+
+
 def test_bf16_multiplies_in_bfloat16_past_the_streams():
     # Past the streams, `bf16` multiplies in bfloat16: it parts from `fp32` (one rounding of the
     # float32 result) by the products' roundings.

@@ -160,19 +160,30 @@ using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* pan
 
 // The panel GEMM on AMX tiles (16 x 64-byte tile rows): the same products as PanelRowsBFloat16Fn
 // and PanelRowsInt8Fn, whose panels of pairs and quads are the layout AMX multiplies, for up to
-// kAmxTaskRows rows of lhs in two tiles of kAmxBlockRows rows. lhs is packed in blocks of
-// kAmxBlockRows rows, each [depth / S][kAmxBlockRows][S] (S = 64 bytes' elements, a tile row: 32
-// bfloat16 or 64 int8 values), the block of rows 16 to 31 lhs_block_stride elements after the
-// first; depth a multiple of S (the panels past the weight's depth zero, or any int8 value). The
+// kAmxTaskRows rows of lhs in two tiles of kAmxBlockRows rows. lhs lies as AmxLhsLayout says, in
+// tile rows of S values (S = 64 bytes' elements: 32 bfloat16 or 64 int8 values) along a depth
+// that is a multiple of S (the panels past the weight's depth zero, or any int8 value). The
 // tiles must have been configured (ConfigureTilesFn) on the calling thread since anything else
 // used them: loading the configuration costs as much as a quarter of a kernel call.
 constexpr int64_t kAmxBlockRows = 16;
 constexpr int64_t kAmxTaskRows = 2 * kAmxBlockRows;
+// Where lhs's tile rows lie for a kernel call: the one of row r (below kAmxBlockRows) at depth step
+// s at lhs + r * row_bytes + s * step_bytes (in bytes), rows 16 to 31 block_stride elements after
+// rows 0 to 15. Packed in blocks of kAmxBlockRows rows, each [depth / S][kAmxBlockRows][S]:
+// row_bytes 64 and step_bytes 16 x 64; lhs's own rows: row_bytes their stride, step_bytes 64.
+struct AmxLhsLayout {
+  int64_t block_stride;
+  int64_t row_bytes;
+  int64_t step_bytes;
+
+  // Blocks packed so, the second block_stride elements after the first.
+  static constexpr AmxLhsLayout packed(int64_t block_stride) { return {block_stride, 64, kAmxBlockRows * 64}; }
+};
 using ConfigureTilesFn = void();
 // With `rounded` (float32 sums only), the sums (added to out's with `accumulate`) go there instead,
 // rounded to bfloat16 (to nearest even), rows rounded_stride elements apart.
 template <typename Element, typename Panel, typename Sum>
-using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const Panel* panel,
+using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const AmxLhsLayout& lhs_layout, const Panel* panel,
                             int64_t depth, Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
                             int64_t rounded_stride);
 

@@ -3,7 +3,8 @@
 // 16 rows by 16 columns by a tile row's depth. The weight's panels are those of the AVX-512
 // kernels (panels_avx512_bf16.cpp, panels_avx512_vnni.cpp): a panel row holds 32 columns of
 // pairs or quads of depth, 128 bytes, whose halves are the rows of AMX's second operand, so
-// they are read as they are. lhs is packed in tiles of 16 rows of 64 bytes.
+// they are read as they are. lhs is read as AmxLhsLayout says: packed in tiles of 16 rows of 64
+// bytes, or its rows where they lie.
 
 #include "variants.h"
 
@@ -71,8 +72,8 @@ enum class Streamed { kPanel, kLhs };
 
 // The sums of `rows` rows (up to kAmxTaskRows; the bottom tiles with Bottom) by a panel.
 template <bool Bottom, Streamed Once, typename Element, typename Sum>
-void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth, Sum* out,
-                 int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
+void tile_kernel(int64_t rows, const Element* lhs, const AmxLhsLayout& lhs_layout, const void* panel, int64_t depth,
+                 Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
   constexpr int64_t kDepthStep = kTileRowBytes / sizeof(Element);
   constexpr int64_t kSumRowBytes = kPanelColumns * sizeof(Sum);
   const int64_t out_stride = ldo * int64_t{sizeof(Sum)};
@@ -95,31 +96,32 @@ void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, con
     }
   }
   const auto* top_rows = reinterpret_cast<const char*>(lhs);
-  const auto* bottom_rows = reinterpret_cast<const char*>(lhs + lhs_block_stride);
+  const auto* bottom_rows = reinterpret_cast<const char*>(lhs + lhs_layout.block_stride);
+  const int64_t lhs_row_bytes = lhs_layout.row_bytes;
   const auto* panel_rows = static_cast<const char*>(panel);
   // A panel of up to 16 columns (a weight's rows by up to 16 rows of x) leaves its second tile's
   // products out.
   const bool wide = width > 16;
   for (int64_t step = 0; step < depth / kDepthStep; ++step) {
-    const int64_t lhs_offset = step * kAmxBlockRows * kTileRowBytes;
+    const int64_t lhs_offset = step * lhs_layout.step_bytes;
     const char* panel_step = panel_rows + step * 16 * kPanelRowBytes;
     if constexpr (Once == Streamed::kPanel) {
       _tile_stream_loadd(6, panel_step, kPanelRowBytes);
       _tile_stream_loadd(7, panel_step + kTileRowBytes, kPanelRowBytes);
-      _tile_loadd(4, top_rows + lhs_offset, kTileRowBytes);
+      _tile_loadd(4, top_rows + lhs_offset, lhs_row_bytes);
     } else {
       _tile_loadd(6, panel_step, kPanelRowBytes);
       if (wide) {
         _tile_loadd(7, panel_step + kTileRowBytes, kPanelRowBytes);
       }
-      _tile_stream_loadd(4, top_rows + lhs_offset, kTileRowBytes);
+      _tile_stream_loadd(4, top_rows + lhs_offset, lhs_row_bytes);
     }
     multiply_tiles<Element, 4>(wide);
     if constexpr (Bottom) {
       if constexpr (Once == Streamed::kPanel) {
-        _tile_loadd(5, bottom_rows + lhs_offset, kTileRowBytes);
+        _tile_loadd(5, bottom_rows + lhs_offset, lhs_row_bytes);
       } else {
-        _tile_stream_loadd(5, bottom_rows + lhs_offset, kTileRowBytes);
+        _tile_stream_loadd(5, bottom_rows + lhs_offset, lhs_row_bytes);
       }
       multiply_tiles<Element, 5>(wide);
     }
@@ -163,15 +165,13 @@ void tile_kernel(int64_t rows, const Element* lhs, int64_t lhs_block_stride, con
 }
 
 template <Streamed Once = Streamed::kPanel, typename Element, typename Sum>
-void panel_rows_amx(int64_t rows, const Element* lhs, int64_t lhs_block_stride, const void* panel, int64_t depth,
+void panel_rows_amx(int64_t rows, const Element* lhs, const AmxLhsLayout& lhs_layout, const void* panel, int64_t depth,
                     Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
                     int64_t rounded_stride) {
   if (rows > kAmxBlockRows) {
-    tile_kernel<true, Once>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded,
-                            rounded_stride);
+    tile_kernel<true, Once>(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
   } else {
-    tile_kernel<false, Once>(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded,
-                             rounded_stride);
+    tile_kernel<false, Once>(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
   }
 }
 
@@ -206,16 +206,16 @@ void configure_tiles_amx() {
   _tile_loadconfig(&kTileConfig);
 }
 
-void panel_rows_bfloat16_amx(int64_t rows, const at::BFloat16* lhs, int64_t lhs_block_stride, const at::BFloat16* panel,
-                             int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
-                             at::BFloat16* rounded, int64_t rounded_stride) {
-  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
+void panel_rows_bfloat16_amx(int64_t rows, const at::BFloat16* lhs, const AmxLhsLayout& lhs_layout,
+                             const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo, int64_t width,
+                             bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
+  panel_rows_amx(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
 }
 
-void weight_rows_bfloat16_amx(int64_t rows, const at::BFloat16* weight, int64_t weight_block_stride,
+void weight_rows_bfloat16_amx(int64_t rows, const at::BFloat16* weight, const AmxLhsLayout& weight_layout,
                               const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo, int64_t width,
                               bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
-  panel_rows_amx<Streamed::kLhs>(rows, weight, weight_block_stride, panel, depth, out, ldo, width, accumulate, rounded,
+  panel_rows_amx<Streamed::kLhs>(rows, weight, weight_layout, panel, depth, out, ldo, width, accumulate, rounded,
                                  rounded_stride);
 }
 
@@ -229,10 +229,10 @@ void pack_float_rows_bfloat16_amx(const float* lhs, int64_t ldl, int64_t count, 
   pack_bfloat16_tiles(lhs, ldl, count, depth, factors, factor_stride, block);
 }
 
-void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, int64_t lhs_block_stride, const uint8_t* panel, int64_t depth,
-                         int32_t* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* /*rounded*/,
-                         int64_t /*rounded_stride*/) {
-  panel_rows_amx(rows, lhs, lhs_block_stride, panel, depth, out, ldo, width, accumulate, nullptr, 0);
+void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, const AmxLhsLayout& lhs_layout, const uint8_t* panel,
+                         int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
+                         at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
+  panel_rows_amx(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, nullptr, 0);
 }
 
 // int8 rows take no factors (PackRowsFn): they are packed as they are.
