@@ -78,16 +78,15 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
 // input of this dtype (it runs everywhere int4pack_matmul does).
 bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 
-// Whether torch's own int4 kernel's result, bit for bit, for `rows` rows of this dtype and
-// `columns` output columns is
-// int4pack_linear's of the float32 values, in float32 and, for bfloat16 inputs, rounded as
-// torch's kernel rounds (to nearest even, a NaN as 0xFFFF): where the float32 panel GEMM runs
-// (AVX-512), whose every sum is, as torch's, one chain of fused multiply-adds along the whole
-// depth in order, of the same weight values, fma(code - 8, scale, zero) (torch's kernel takes
-// bfloat16 inputs and parameters as float32 values too), and for bfloat16 inputs where that is
-// the faster. Torch's kernel multiplies float32 inputs in scalar code (on a Sapphire Rapids
-// Xeon, 2 threads, 256 x 896 -> 896 in 180 ms; the panel GEMM in 1.6 ms), so where this holds
-// qlgrad's product serves inputs that do not require grad too.
+// Whether torch's own int4 kernel's result for `rows` rows of this dtype and `columns` output
+// columns is, bit for bit, int4pack_linear's of the float32 values, in float32 and, for bfloat16
+// inputs, rounded as torch's kernel rounds (to nearest even, a NaN as 0xFFFF): where the float32
+// panel GEMM runs (AVX-512), whose every sum is, as torch's, one chain of fused multiply-adds
+// along the whole depth in order, of the same weight values, fma(code - 8, scale, zero) (torch's
+// kernel takes bfloat16 inputs and parameters as float32 values too), and for bfloat16 inputs
+// where that is the faster. Torch's kernel multiplies float32 inputs in scalar code (on a
+// Sapphire Rapids Xeon, 2 threads, 256 x 896 -> 896 in 180 ms; the panel GEMM in 1.6 ms), so
+// where this holds qlgrad's product serves inputs that do not require grad too.
 bool int4pack_linear_is_torchs(int64_t rows, int64_t columns, at::ScalarType dtype);
 
 // result [M, K] float32 = (lhs @ codes - row_offset[:, None]) * row_scale[:, None] for int8 lhs
