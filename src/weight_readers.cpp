@@ -130,6 +130,12 @@ void RowCodes::tile(int64_t top, int64_t first, int64_t count, at::Tensor& tile)
 
 void BlockedCodes::panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
                           float* out) const {
+  if (kernels().blocked_float_panels != nullptr && layout_.in_squares() && top % 16 == 0 && first % 16 == 0 &&
+      parameters_.scale == nullptr) {
+    kernels().blocked_float_panels(layout_, packed_, parameters_.zero_point, top, depth, first, count, out,
+                                   panel_depth);
+    return;
+  }
   for_each_copied_slab(packed_, layout_, top, first, depth, count,
                        [&](const int8_t* codes, int64_t ldc, int64_t slab, int64_t height) {
                          kernels().convert_panels_int8(codes, ldc, parameters_, top + slab, first, height, count,

@@ -70,6 +70,24 @@ def test_double_backward_and_float64_read_the_packing(fbgemm_engine):
     torch.autograd.gradgradcheck(lambda g: qlgrad.linear_dynamic_backward(g, packed), (grad_output,))
 
 
+# Past the streams on AVX-512, fp32's panel GEMM reads fbgemm's packing square by square into its
+# float32 panels; 200 and 1100 output features: its last square partly past the weight's rows; 70
+# and 300 input features: its last panel's columns partly past the weight's.
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("out_features, in_features", [(200, 70), (1100, 300), (768, 768)], ids=str)
+def test_float32_product_from_the_packing_is_the_rows_product(fbgemm_engine, scheme, out_features, in_features):
+    """`fp32` from fbgemm's packing and from the same codes in rows: the same product, bit for bit
+    (each value is its code less its zero point, exact in float32, and the sums run in one order)."""
+    weight = quantize_weight(out_features, in_features, scheme)
+    packed = packed_params(weight)
+    scale, zero_point = weight.scale.float(), weight.zero_point
+    for rows in (17, 33, 64, 256, 300):
+        grad_output = torch.randn(rows, out_features)
+        from_packing = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
+        from_rows = qlgrad.linear_int8_backward(grad_output, weight.values, scale, zero_point, "fp32")
+        assert torch.equal(from_packing, from_rows), rows
+
+
 # Past the streams: the int8 panel GEMM (AMX tiles, or AVX512-VNNI by columns and by rows and
 # columns, then from 512 rows torch._int_mm). 1100 output features: a product deeper than one
 # block of panels, its last block not a whole tile row deep; 200 and 1100, not multiples of 16:

@@ -1,5 +1,6 @@
 // fbgemm's AVX-512 packing read as it lies (interleave 4, blocks of multiples of 16): copies of
-// its codes into rows, 16 x 16 at a time, and the direct stream over it.
+// its codes into rows and into the int8 and float32 panels, 16 x 16 at a time, and the direct
+// stream over it.
 
 #include "variants.h"
 
@@ -216,6 +217,51 @@ void blocked_int8_panels_avx512(const BlockedLayout& layout, const int8_t* packe
       const int64_t quads = std::min<int64_t>(4, (depth - n + 3) / 4);
       for (int64_t r = 0; r < quads; ++r) {
         _mm512_storeu_si512(panel + (n / 4 + r) * 4 * kPanelColumns, panel_rows[r]);
+      }
+      within += 16;
+      lines += within == block_width ? block_bytes - (block_width - 16) * 4 : 64;
+      within = within == block_width ? 0 : within;
+    }
+  }
+}
+
+// Each 16 n x 16 k square of the packing straight into the float32 panels: transpose_square's
+// rows, each 16 codes widened to float32 less their row's zero point; the panel's columns past
+// `count` zero, as ConvertPanelsFn writes them. Offsets advance as blocked_int8_panels' do.
+void blocked_float_panels_avx512(const BlockedLayout& layout, const int8_t* packed, const float* zero_point,
+                                 int64_t top, int64_t depth, int64_t first, int64_t count, float* panels,
+                                 int64_t panel_depth) {
+  const int64_t block_width = layout.block_width, line_stride = block_width * 4;
+  const int64_t block_bytes = layout.block_depth * block_width, range_bytes = layout.blocks_across() * block_bytes;
+  const int64_t panel_columns = (count + kPanelColumns - 1) / kPanelColumns * kPanelColumns;
+  for (int64_t column = 0; column < panel_columns; column += 16) {
+    float* panel = panels + column / kPanelColumns * kPanelColumns * panel_depth + column % kPanelColumns;
+    if (column >= count) {
+      for (int64_t n = 0; n < depth; ++n) {
+        _mm512_storeu_ps(panel + n * kPanelColumns, _mm512_setzero_ps());
+      }
+      continue;
+    }
+    const __mmask16 mask = lanes_mask(count - column);
+    const int64_t k = first + column;
+    const int8_t* range = packed + k / layout.block_depth * range_bytes + k % layout.block_depth * block_width;
+    const int8_t* lines = range + top / block_width * block_bytes + top % block_width * 4;
+    int64_t within = top % block_width;
+    for (int64_t n = 0; n < depth; n += 16) {
+      alignas(64) int8_t rows[4][64];
+      __m512i transposed[4];
+      transpose_square(lines, line_stride, transposed);
+      for (int64_t r = 0; r < 4; ++r) {
+        _mm512_store_si512(rows[r], transposed[r]);
+      }
+      for (int64_t i = 0; i < std::min<int64_t>(16, depth - n); ++i) {
+        // Row n + i is transposed row i % 4, 128-bit lane i / 4.
+        const __m128i codes = _mm_load_si128(reinterpret_cast<const __m128i*>(rows[i % 4] + 16 * (i / 4)));
+        __m512 values = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(codes));
+        if (zero_point != nullptr) {
+          values = _mm512_sub_ps(values, _mm512_set1_ps(zero_point[top + n + i]));
+        }
+        _mm512_storeu_ps(panel + (n + i) * kPanelColumns, _mm512_maskz_mov_ps(mask, values));
       }
       within += 16;
       lines += within == block_width ? block_bytes - (block_width - 16) * 4 : 64;

@@ -66,6 +66,7 @@ Kernels avx512_kernels() {
   table.rescale_sums = &rescale_sums_avx512;
   table.rescale_sums_bfloat16 = &rescale_sums_bfloat16_avx512;
   table.convert_panels_int8 = &convert_panels_int8_avx512;
+  table.blocked_float_panels = &blocked_float_panels_avx512;
   table.convert_panels_float16 = &convert_panels_float16_avx512;
   table.convert_transposed_panels_int8 = &convert_transposed_panels_int8_avx512;
   table.int4_panels = &int4_panels_avx512;

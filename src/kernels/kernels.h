@@ -137,6 +137,12 @@ using PanelRowsFn = void(int64_t rows, const float* lhs, const float* panel, int
 template <typename Code>
 using ConvertPanelsFn = void(const Code* codes, int64_t ldw, const CodeParameters& parameters, int64_t top,
                              int64_t first, int64_t depth, int64_t count, float* panels, int64_t panel_depth);
+// The same float32 panels of int8 codes W[top:top + depth, first:first + count] in fbgemm's
+// AVX-512 packing (BlockedLayout::in_squares; top and first multiples of 16), read where they
+// lie, each value its code less its row's zero point (zero_point [N], null for zero).
+using BlockedFloatPanelsFn = void(const BlockedLayout& layout, const int8_t* packed, const float* zero_point,
+                                  int64_t top, int64_t depth, int64_t first, int64_t count, float* panels,
+                                  int64_t panel_depth);
 
 // The same with bfloat16 products (vdpbf16ps) and float32 sums: lhs packed as [depth / 2][kKernelRows]
 // pairs of bfloat16 (rows n and n + 1 of lhs's column side by side), the panel [depth / 2]
@@ -304,6 +310,7 @@ struct Kernels {
   RescaleSumsFn<float>* rescale_sums = nullptr;
   RescaleSumsFn<at::BFloat16>* rescale_sums_bfloat16 = nullptr;
   ConvertPanelsFn<int8_t>* convert_panels_int8 = nullptr;
+  BlockedFloatPanelsFn* blocked_float_panels = nullptr;
   ConvertPanelsFn<at::Half>* convert_panels_float16 = nullptr;
   ConvertTransposedPanelsFn<float>* convert_transposed_panels_int8 = nullptr;
   Int4PanelsFn* int4_panels = nullptr;
@@ -329,8 +336,9 @@ struct Kernels {
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
   BlockedInt8PanelsFn* blocked_int8_panels = nullptr;
   Int8RowSumsFn* int8_row_sums = nullptr;
-  // The panel GEMM on AMX tiles, in bfloat16 and int8 products, with lhs packed as PanelRowsAmxFn
-  // reads it (PackRowsFn's blocks of kAmxBlockRows rows and S values): has_amx() only, null elsewhere.
+  // The panel GEMM on AMX tiles, in bfloat16 and int8 products, with lhs as PanelRowsAmxFn reads it
+  // (PackRowsFn's blocks of kAmxBlockRows rows and S values, or rows in place): has_amx() only, null
+  // elsewhere.
   ConfigureTilesFn* configure_tiles_amx = nullptr;
   PanelRowsAmxFn<at::BFloat16, at::BFloat16, float>* panel_rows_bfloat16_amx = nullptr;
   PackRowsFn<at::BFloat16>* pack_rows_bfloat16_amx = nullptr;

@@ -43,6 +43,7 @@ ConvertCodesFn<float> convert_codes_float_avx512;
 ConvertCodesFn<at::BFloat16> convert_codes_bfloat16_avx512;
 CopyBlockedFn copy_blocked_avx512;
 BlockedInt8PanelsFn blocked_int8_panels_avx512;
+BlockedFloatPanelsFn blocked_float_panels_avx512;
 PanelRowsFn panel_rows_avx512;
 PackRowsFn<float> pack_rows_avx512;
 RescaleSumsFn<float> rescale_sums_avx512;
