@@ -294,8 +294,9 @@ bool rows_in_place(const at::Tensor& lhs, const std::optional<at::Tensor>& scale
 }
 
 template <typename Products>
-KernelLhs<Products> kernel_lhs(const at::Tensor& lhs, int64_t depth, const std::optional<at::Tensor>& scale) {
+KernelLhs<Products> kernel_lhs(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
   constexpr int64_t kElementBytes = sizeof(typename Products::Element), kBlockRows = Products::kBlockRows;
+  const int64_t depth = lhs.size(1);
   if (rows_in_place<Products>(lhs, scale)) {
     return {lhs, depth, 1, {kBlockRows * depth, depth * kElementBytes, Products::kDepthStep * kElementBytes}};
   }
@@ -430,13 +431,12 @@ void panel_gemm_columns(const KernelLhs<Products>& lhs, int64_t rows, const Weig
 template <typename Products>
 at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
                          bool bfloat16_result, const FinishSums* finish = nullptr) {
-  using Element = typename Products::Element;
   using Panel = typename Products::Panel;
   using Sum = typename Products::Sum;
   constexpr int64_t kDepthStep = Products::kDepthStep;
-  const int64_t rows = lhs.size(0), depth = round_up(reader.depth(), kDepthStep), columns = reader.columns();
+  const int64_t rows = lhs.size(0), columns = reader.columns();
   const int64_t alignment = std::lcm(reader.row_alignment(), kDepthStep);
-  const KernelLhs<Products> kernel_rows = kernel_lhs<Products>(lhs, reader.depth(), scale);
+  const KernelLhs<Products> kernel_rows = kernel_lhs<Products>(lhs, scale);
   const at::TensorOptions panel_options = lhs.options().dtype(c10::CppTypeToScalarType<Panel>::value);
   const at::TensorOptions sum_options = lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value);
   if (rows < Products::kSharedRowsMin) {
