@@ -193,6 +193,36 @@ def test_inputs_without_grad_take_the_training_forward():
     assert layer(x).grad_fn is not None
 
 
+def quantizing(layers, x, op="qlgrad::_int8_quantize_rows"):
+    """Each layer's output for x, and how many times `op` ran for them."""
+    with torch.autograd.profiler.profile() as profile:
+        outputs = [layer(x) for layer in layers]
+    return outputs, sum(event.count for event in profile.key_averages() if event.key == op)
+
+
+def test_projections_of_one_input_quantize_it_once():
+    """A decoder's query, key and value projections take one activation: it is quantized once for
+    the three (each output still torchao's), again once it has been written to, and what is kept
+    of it goes with it."""
+    layers = [quantized_linear(64, width, bias=False, dtype=torch.bfloat16) for width in (48, 16, 16)]
+
+    def check():
+        x = torch.randn(20, 64, dtype=torch.bfloat16, requires_grad=True)
+        outputs, quantizations = quantizing(layers, x)
+        assert quantizations == 1
+        for layer, output in zip(layers, outputs):
+            assert torch.equal(output, torchaos_output(layer, x))
+        with torch.no_grad():
+            y = x.detach().clone()
+            assert quantizing(layers[:1], y)[1] == 1
+            y.mul_(3)
+            (output,), quantizations = quantizing(layers[1:2], y)
+        assert quantizations == 1 and torch.equal(output, torchaos_output(layers[1], y))
+
+    check()
+    assert _torchao._last_activation.result is None
+
+
 def test_integer_product_is_torchs():
     """torch.ops.qlgrad._int8_linear is torch._int_mm(input, weight.t()), exactly, with codes at
     both ends of the int8 range, in one block of depth and in several (past 4096 on AMX tiles)."""

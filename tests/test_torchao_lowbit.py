@@ -344,6 +344,27 @@ def test_forward_without_grad_is_torchaos(granularity, mapping, dtype, bias):
         torch.testing.assert_close(layer(x), stock_intx_forward(layer, x), rtol=0, atol=0, equal_nan=True)
 
 
+def test_projections_of_one_input_quantize_it_once():
+    """A decoder's gate and up projections take one activation: it is quantized and dequantized
+    once for both (each output still torchao's), again once it has been written to."""
+    layers = [intx_layer(torch.int4, "per_group_32", "symmetric", torch.bfloat16, bias=False) for _ in range(2)]
+
+    def quantizing(layers, x):
+        with torch.autograd.profiler.profile() as profile:
+            outputs = [layer(x) for layer in layers]
+        key = "qlgrad::_int8_quant_dequant_rows"
+        return outputs, sum(event.count for event in profile.key_averages() if event.key == key)
+
+    x = torch.randn(9, 96).bfloat16()
+    outputs, quantizations = quantizing(layers, x)
+    assert quantizations == 1
+    for layer, output in zip(layers, outputs):
+        assert torch.equal(output, stock_intx_forward(layer, x))
+    x.mul_(3)
+    (output,), quantizations = quantizing(layers[1:], x)
+    assert quantizations == 1 and torch.equal(output, stock_intx_forward(layers[1], x))
+
+
 def test_compiled_forward_without_grad_is_torchaos():
     """Compiled, the forward without grad is torchao's as traced (no data-dependent branch on the
     scales): with aot_eager, bit for bit."""

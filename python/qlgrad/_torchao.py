@@ -27,7 +27,9 @@ executed.
 
 import functools
 import platform
+import threading
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -150,6 +152,55 @@ def _int8_tensor_forward_as_torchaos(input, weight, bias, stock_forward):
     return _int8_tensor_training_forward(input, weight, bias, stock_forward)
 
 
+class _LastActivation(threading.local):
+    """The last activation quantized on this thread, by which quantization, and the result.
+
+    A decoder's query, key and value projections take the same tensor, as do its MLP's gate and
+    up projections: each layer's forward would quantize it again. The input is held by a weak
+    reference, so the result is freed with it (or when the next activation takes its place); its
+    version counter tells whether it was written since.
+    """
+
+    input: "weakref.ref[torch.Tensor] | None" = None
+    version = -1
+    quantization: Callable | None = None
+    result = None
+
+
+_last_activation = _LastActivation()
+
+
+def _reused_quantization(quantization, input):
+    """quantization(input), or its result for this same input, unchanged, on this thread just before.
+
+    Only plain tensors outside torch.compile, torch.func's transforms and inference mode (whose
+    tensors keep no version counter) are remembered.
+    """
+    if (
+        type(input) is not torch.Tensor
+        or torch.compiler.is_compiling()
+        or input.is_inference()
+        or torch._C._functorch.is_functorch_wrapped_tensor(input)
+    ):
+        return quantization(input)
+    last = _last_activation
+    if last.quantization is quantization and last.input is not None and last.input() is input:
+        if last.version == input._version:
+            return last.result
+    result = quantization(input)
+
+    def forget(_reference, last=last):
+        last.input = last.result = last.quantization = None
+
+    last.input, last.version, last.quantization, last.result = (
+        weakref.ref(input, forget),
+        input._version,
+        quantization,
+        result,
+    )
+    return result
+
+
 class _QuantizedActivation(NamedTuple):
     qdata: torch.Tensor
     scale: torch.Tensor
@@ -176,18 +227,26 @@ def _quantized_activation(input, weight):
         and input.dtype in (torch.float32, torch.bfloat16)
         and _IS_X86
     ):
-        codes, scale = torch.ops.qlgrad._int8_quantize_rows(input.reshape(-1, input.shape[-1]))
+        codes, scale = _reused_quantization(_quantize_rows_symmetric, input)
         return _QuantizedActivation(codes.view(input.shape), scale.view(*input.shape[:-1], 1), None)
     return _choose_quant_func_and_quantize_tensor(
         input, kwargs, scale=weight.act_quant_scale, zero_point=weight.act_quant_zero_point
     )
 
 
+def _quantize_rows_symmetric(input):
+    return torch.ops.qlgrad._int8_quantize_rows(input.reshape(-1, input.shape[-1]))
+
+
+def _quant_dequant_rows(input):
+    return torch.ops.qlgrad._int8_quant_dequant_rows(input.reshape(-1, input.shape[-1])).view(input.shape)
+
+
 def _quant_dequant_per_token(input):
     """torchao's asymmetric int8 quantization of an activation per token, dequantized, bit for bit (in
     one pass by torch.ops.qlgrad._int8_quant_dequant_rows on x86 CPUs)."""
     if _IS_X86:
-        return torch.ops.qlgrad._int8_quant_dequant_rows(input.reshape(-1, input.shape[-1])).view(input.shape)
+        return _reused_quantization(_quant_dequant_rows, input)
     from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
 
     return intx._apply_int8_act_asym_per_token_quant_dequant(input)
