@@ -56,13 +56,16 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
   const auto grad = as_contiguous(in_dtype(grad_rows, at::kFloat));
   const int64_t m = grad.size(0), n = grad.size(1);
   const auto channel_scale = as_contiguous(weight.scale.expand({n}));
-  auto quantized = at::empty({m, n}, grad.options().dtype(at::kChar));
+  // On AMX tiles, which read them where they lie, the codes' rows are spaced as the tiles read them
+  // best (int8_rows_stride); torch._int_mm takes contiguous ones.
+  const int64_t stride = kernels().panel_rows_int8_amx != nullptr ? int8_rows_stride(n) : n;
+  auto quantized = at::empty({m, stride}, grad.options().dtype(at::kChar)).narrow(1, 0, n);
   auto row_scale = at::empty({m, 1}, grad.options());
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(n, 1));
   const auto quantize_rows = kernels().quantize_rows;
   at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
     quantize_rows(grad.const_data_ptr<float>(), channel_scale.const_data_ptr<float>(), begin, end, n,
-                  quantized.mutable_data_ptr<int8_t>(), row_scale.mutable_data_ptr<float>());
+                  quantized.mutable_data_ptr<int8_t>(), stride, row_scale.mutable_data_ptr<float>());
   });
   // sum_n q[m, n] * zero_point[n] (integers in int8's range), exact in float64, taken off the
   // integer sums.

@@ -109,11 +109,11 @@ at::Tensor panel_product(const at::Tensor& lhs, const WeightReader& reader) {
 // The int8 panels hold each code plus 128: a product with them is code_offsets(lhs)[m] =
 // 128 * sum_k lhs[m, k] too many in each row (int32 [M]).
 at::Tensor code_offsets(const at::Tensor& lhs) {
-  const int64_t rows = lhs.size(0), depth = lhs.size(1);
+  const int64_t rows = lhs.size(0), depth = lhs.size(1), stride = lhs.stride(0);
   auto offsets = at::empty({rows}, lhs.options().dtype(at::kInt));
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(depth, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    kernels().int8_row_sums(lhs.const_data_ptr<int8_t>() + begin * depth, depth, end - begin, depth,
+    kernels().int8_row_sums(lhs.const_data_ptr<int8_t>() + begin * stride, stride, end - begin, depth,
                             offsets.mutable_data_ptr<int32_t>() + begin);
   });
   return offsets.mul_(128);
@@ -320,7 +320,7 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
                                             const std::optional<BlockedLayout>& blocked,
                                             const std::optional<at::Tensor>& row_offset, const at::Tensor& row_scale) {
-  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.is_contiguous() && lhs.scalar_type() == at::kChar);
+  TORCH_INTERNAL_ASSERT(lhs.dim() == 2 && lhs.stride(1) == 1 && lhs.scalar_type() == at::kChar);
   TORCH_INTERNAL_ASSERT(codes.scalar_type() == at::kChar);
   const auto& kernel = kernels();
   if (kernel.panel_rows_int8 == nullptr ||

@@ -222,11 +222,10 @@ struct AmxInt8Products : Int8Operands, AmxKernels {
   }
 };
 
-// lhs [rows, depth] (in Element, or float32 for bfloat16 products) times the weight's scale (per
-// row of the weight, or one for all, or none) as blocks of kBlockRows rows, each
-// [depth][kBlockRows] (zero past the last row) as the kernel reads it, once for all threads: the
-// AVX-512 kernels read a step's 12 factors from one or two cache lines, where 12 rows of lhs a
-// power of two apart would compete for the same L1 sets.
+// lhs [rows, depth] (in Element, or float32 for bfloat16 products; rows lhs.stride(0) apart) times the weight's scale
+// (per row of the weight, or one for all, or none) as blocks of kBlockRows rows, each [depth][kBlockRows] (zero past
+// the last row) as the kernel reads it, once for all threads: the AVX-512 kernels read a step's 12 factors from one or
+// two cache lines, where 12 rows of lhs a power of two apart would compete for the same L1 sets.
 template <typename Products, typename Source>
 at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale,
                      PackRowsFn<Source, typename Products::Element>* pack) {
@@ -236,13 +235,14 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
   at::Tensor packed = at::empty({(rows + kBlockRows - 1) / kBlockRows, stored_depth, kBlockRows},
                                 lhs.options().dtype(c10::CppTypeToScalarType<Element>::value));
   const Source* source = lhs.const_data_ptr<Source>();
+  const int64_t row_stride = lhs.stride(0);
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
   const int64_t factor_stride = scale && scale->numel() > 1 ? 1 : 0;
   Element* destination = packed.mutable_data_ptr<Element>();
   at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
-      pack(source + block * kBlockRows * depth, depth, std::min(kBlockRows, rows - block * kBlockRows), depth, factors,
-           factor_stride, destination + block * kBlockRows * stored_depth);
+      pack(source + block * kBlockRows * row_stride, row_stride, std::min(kBlockRows, rows - block * kBlockRows), depth,
+           factors, factor_stride, destination + block * kBlockRows * stored_depth);
     }
   });
   return packed;
@@ -287,18 +287,21 @@ constexpr int64_t kInPlaceStrideBytesMultiple = 1024;
 template <typename Products>
 bool rows_in_place(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
   using Element = typename Products::Element;
-  const int64_t row_bytes = lhs.size(1) * int64_t{sizeof(Element)};
+  const int64_t row_bytes = lhs.stride(0) * int64_t{sizeof(Element)};
   return Products::kReadsRowsInPlace && !scale && lhs.scalar_type() == c10::CppTypeToScalarType<Element>::value &&
-         lhs.is_contiguous() && lhs.size(0) % Products::kBlockRows == 0 && lhs.size(1) % Products::kDepthStep == 0 &&
+         lhs.stride(1) == 1 && lhs.size(0) % Products::kBlockRows == 0 && lhs.size(1) % Products::kDepthStep == 0 &&
          row_bytes % kInPlaceStrideBytesMultiple != 0;
 }
 
 template <typename Products>
 KernelLhs<Products> kernel_lhs(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
   constexpr int64_t kElementBytes = sizeof(typename Products::Element), kBlockRows = Products::kBlockRows;
-  const int64_t depth = lhs.size(1);
+  const int64_t depth = lhs.size(1), row_stride = lhs.stride(0);
   if (rows_in_place<Products>(lhs, scale)) {
-    return {lhs, depth, 1, {kBlockRows * depth, depth * kElementBytes, Products::kDepthStep * kElementBytes}};
+    return {lhs,
+            row_stride,
+            1,
+            {kBlockRows * row_stride, row_stride * kElementBytes, Products::kDepthStep * kElementBytes}};
   }
   const int64_t stored_depth = round_up(depth, Products::kDepthStep);
   return {pack_rows<Products>(lhs, scale), stored_depth, kBlockRows, AmxLhsLayout::packed(kBlockRows * stored_depth)};
@@ -521,6 +524,10 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
 }
 
 } // namespace
+
+int64_t int8_rows_stride(int64_t depth) {
+  return depth % kInPlaceStrideBytesMultiple == 0 ? depth + kCacheLine : depth;
+}
 
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
                       std::optional<at::ScalarType> products, bool bfloat16_result) {

@@ -106,6 +106,27 @@ def test_rows_read_in_place_multiply_as_packed_rows(depth):
     assert torch.equal(torch.ops.qlgrad._int8_linear(activation, weight), torch._int_mm(activation, weight.t()))
 
 
+@pytest.mark.skipif("amx" not in qlgrad.cpu_extensions(), reason="the AMX tiles read rows in place")
+@pytest.mark.parametrize("width", [896, 1024, 3072])
+def test_int8_gradient_rows_read_in_place_multiply_as_packed_rows(width):
+    """The `int8` precision's quantized gradient is laid out for the AMX tiles to read where it lies:
+    rows 1 KiB apart (1024 and 3072 wide here) spaced a cache line further. 32 rows (in place)
+    against the first 32 of 33 (packed): the same exact integer products and rescale, bit for bit,
+    from int8 codes in rows and from fbgemm's packing."""
+    gen = torch.Generator().manual_seed(width)
+    grad_output = torch.randn(33, width, generator=gen)
+    codes = torch.randint(-128, 128, (width, 160), dtype=torch.int8, generator=gen)
+    scale = torch.rand(width, generator=gen) * 0.02 + 0.01
+    in_place = qlgrad.linear_int8_backward(grad_output[:32], codes, scale, None, "int8")
+    packed = qlgrad.linear_int8_backward(grad_output, codes, scale, None, "int8")[:32]
+    assert torch.equal(in_place, packed)
+    weight = quantize_weight(width, 160, "per_channel_affine")
+    params = torch.ops.quantized.linear_prepack(weight.qweight, None)
+    in_place = qlgrad.linear_dynamic_backward(grad_output[:32], params, "int8")
+    packed = qlgrad.linear_dynamic_backward(grad_output, params, "int8")[:32]
+    assert torch.equal(in_place, packed)
+
+
 def test_bf16_multiplies_in_bfloat16_past_the_streams():
     # Past the streams, `bf16` multiplies in bfloat16: it parts from `fp32` (one rounding of the
     # float32 result) by the products' roundings.

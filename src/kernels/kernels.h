@@ -86,10 +86,10 @@ using CopyBlockedFn = void(const BlockedLayout& layout, const int8_t* packed, in
 
 // q[m, :] = round(grad[m, :] * channel_scale / s[m]) for rows m in [begin, end) of grad [M, n], with
 // s[m] = max_j |grad[m, j] * channel_scale[j]| / 127 into row_scale[m]: symmetric int8 per row,
-// the channel scale folded in first because it multiplies the contraction dimension. A row with a
-// NaN or an infinity gets codes 0 and a NaN scale.
+// the channel scale folded in first because it multiplies the contraction dimension, q's rows ldq
+// codes apart. A row with a NaN or an infinity gets codes 0 and a NaN scale.
 using QuantizeRowsFn = void(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
-                            int8_t* quantized, float* row_scale);
+                            int8_t* quantized, int64_t ldq, float* row_scale);
 
 // torchao's symmetric int8 quantization of activations per row (choose_qparams_affine and
 // quantize_affine with PerRow granularity, MappingType.SYMMETRIC, eps float32's epsilon), one

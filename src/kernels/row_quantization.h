@@ -49,10 +49,11 @@ template <typename Real>
 
 // The row quantizer of kernels.h: one pass over each row (in cache) for the maximum and one to round.
 [[gnu::always_inline]] inline void quantize_rows(const float* grad, const float* channel_scale, int64_t begin,
-                                                 int64_t end, int64_t n, int8_t* quantized, float* row_scale) {
+                                                 int64_t end, int64_t n, int8_t* quantized, int64_t ldq,
+                                                 float* row_scale) {
   for (int64_t m = begin; m < end; ++m) {
     const float* row = grad + m * n;
-    int8_t* out = quantized + m * n;
+    int8_t* out = quantized + m * ldq;
     const float max_abs = row_max_abs<float>(row, channel_scale, n);
     if (!std::isfinite(max_abs)) {
       // No int8 code stands for NaN or Inf: the row's result becomes NaN instead.

@@ -94,8 +94,8 @@ struct Avx512RowLoops {
 } // namespace
 
 void quantize_rows_avx512(const float* grad, const float* channel_scale, int64_t begin, int64_t end, int64_t n,
-                          int8_t* quantized, float* row_scale) {
-  quantize_rows(grad, channel_scale, begin, end, n, quantized, row_scale);
+                          int8_t* quantized, int64_t ldq, float* row_scale) {
+  quantize_rows(grad, channel_scale, begin, end, n, quantized, ldq, row_scale);
 }
 
 void quantize_rows_symmetric_avx512(const float* input, int64_t begin, int64_t end, int64_t n, int8_t* quantized,
