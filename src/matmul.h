@@ -94,11 +94,12 @@ bool int4pack_linear_is_torchs(int64_t rows, int64_t columns, at::ScalarType dty
 int64_t int8_rows_stride(int64_t depth);
 
 // result [M, K] float32 = (lhs @ codes - row_offset[:, None]) * row_scale[:, None] for int8 lhs
-// [M, N] (rows contiguous, lhs.stride(0) apart) and int8 codes [N, K] in rows (unit stride along K) or, with `blocked`,
-// in that packing, read in place; row_offset int32 [M] (absent for none) and row_scale float32 [M], contiguous. The
-// sums are exactly torch._int_mm(lhs, codes)'s, each converted and multiplied by its row's scale once. In the int8
-// panel GEMM (on AMX tiles where the CPU has them), which rescales each block of sums while it is in cache. Absent
-// where that is not the faster (the CPU has no AVX512-VNNI, or lhs has many rows and the CPU no AMX): the caller
+// [M, N] (rows contiguous, lhs.stride(0) apart) and int8 codes [N, K] in rows (unit stride along
+// K) or, with `blocked`, in that packing, read in place; row_offset int32 [M] (absent for none)
+// and row_scale float32 [M], contiguous. The sums are exactly torch._int_mm(lhs, codes)'s, each
+// converted and multiplied by its row's scale once. In the int8 panel GEMM (on AMX tiles where the
+// CPU has them), which rescales each block of sums while it is in cache. Absent where that is not
+// the faster (the CPU has no AVX512-VNNI, or lhs has many rows and the CPU no AMX): the caller
 // multiplies codes in rows with torch._int_mm.
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
                                             const std::optional<BlockedLayout>& blocked,

@@ -222,10 +222,11 @@ struct AmxInt8Products : Int8Operands, AmxKernels {
   }
 };
 
-// lhs [rows, depth] (in Element, or float32 for bfloat16 products; rows lhs.stride(0) apart) times the weight's scale
-// (per row of the weight, or one for all, or none) as blocks of kBlockRows rows, each [depth][kBlockRows] (zero past
-// the last row) as the kernel reads it, once for all threads: the AVX-512 kernels read a step's 12 factors from one or
-// two cache lines, where 12 rows of lhs a power of two apart would compete for the same L1 sets.
+// lhs [rows, depth] (in Element, or float32 for bfloat16 products; rows lhs.stride(0) apart) times
+// the weight's scale (per row of the weight, or one for all, or none) as blocks of kBlockRows rows,
+// each [depth][kBlockRows] (zero past the last row) as the kernel reads it, once for all threads:
+// the AVX-512 kernels read a step's 12 factors from one or two cache lines, where 12 rows of lhs a
+// power of two apart would compete for the same L1 sets.
 template <typename Products, typename Source>
 at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& scale,
                      PackRowsFn<Source, typename Products::Element>* pack) {

@@ -220,7 +220,7 @@ def test_projections_of_one_input_quantize_it_once():
         assert quantizations == 1 and torch.equal(output, torchaos_output(layers[1], y))
 
     check()
-    assert _torchao._last_activation.result is None
+    assert _torchao._last_activation.entry.result is None
 
 
 def test_integer_product_is_torchs():

@@ -152,22 +152,29 @@ def _int8_tensor_forward_as_torchaos(input, weight, bias, stock_forward):
     return _int8_tensor_training_forward(input, weight, bias, stock_forward)
 
 
-class _LastActivation(threading.local):
-    """The last activation quantized on this thread, by which quantization, and the result.
+class _QuantizedInput:
+    """An activation (by weak reference), its version counter when it was quantized, by which
+    quantization, and the result: freed with the activation."""
 
-    A decoder's query, key and value projections take the same tensor, as do its MLP's gate and
-    up projections: each layer's forward would quantize it again. The input is held by a weak
-    reference, so the result is freed with it (or when the next activation takes its place); its
-    version counter tells whether it was written since.
-    """
+    __slots__ = ("input", "version", "quantization", "result")
 
-    input: "weakref.ref[torch.Tensor] | None" = None
-    version = -1
-    quantization: Callable | None = None
-    result = None
+    def __init__(self, input, quantization, result):
+        def forget(_reference, entry=self):
+            entry.quantization = entry.result = None
+
+        self.input = weakref.ref(input, forget)
+        self.version = input._version
+        self.quantization = quantization
+        self.result = result
+
+    def holds(self, quantization, input) -> bool:
+        return self.quantization is quantization and self.input() is input and self.version == input._version
 
 
-_last_activation = _LastActivation()
+# Each thread's last quantized activation (the attribute `entry`). A decoder's query, key and value
+# projections take the same tensor, as do its MLP's gate and up projections: each layer's forward
+# would quantize it again.
+_last_activation = threading.local()
 
 
 def _reused_quantization(quantization, input):
@@ -183,21 +190,11 @@ def _reused_quantization(quantization, input):
         or torch._C._functorch.is_functorch_wrapped_tensor(input)
     ):
         return quantization(input)
-    last = _last_activation
-    if last.quantization is quantization and last.input is not None and last.input() is input:
-        if last.version == input._version:
-            return last.result
+    last = getattr(_last_activation, "entry", None)
+    if last is not None and last.holds(quantization, input):
+        return last.result
     result = quantization(input)
-
-    def forget(_reference, last=last):
-        last.input = last.result = last.quantization = None
-
-    last.input, last.version, last.quantization, last.result = (
-        weakref.ref(input, forget),
-        input._version,
-        quantization,
-        result,
-    )
+    _last_activation.entry = _QuantizedInput(input, quantization, result)
     return result
 
 
