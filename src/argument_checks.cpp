@@ -96,7 +96,8 @@ void check_int8_arguments(const at::Tensor& grad_output, const at::Tensor& weigh
   TORCH_CHECK_VALUE(smallest_scale > 0 && std::isfinite(largest_scale),
                     "qlgrad: scale must be finite and positive, got values from ", smallest_scale, " to ",
                     largest_scale);
-  if (zero_point && zero_point->numel() > 0) {
+  // int8 zero points (torchao's) lie in the range by their dtype: no pass over them.
+  if (zero_point && zero_point->numel() > 0 && zero_point->scalar_type() != at::kChar) {
     const auto [zero_point_min, zero_point_max] = at::aminmax(*zero_point);
     const int64_t smallest_zero_point = zero_point_min.item<int64_t>(),
                   largest_zero_point = zero_point_max.item<int64_t>();
