@@ -212,9 +212,11 @@ def test_projections_of_one_input_quantize_it_once():
         assert quantizations == 1
         for layer, output in zip(layers, outputs):
             assert torch.equal(output, torchaos_output(layer, x))
+        kept_for_x = _torchao._last_activation.entry
         with torch.no_grad():
             y = x.detach().clone()
             assert quantizing(layers[:1], y)[1] == 1
+            assert kept_for_x.result is None  # y's took its place
             y.mul_(3)
             (output,), quantizations = quantizing(layers[1:2], y)
         assert quantizations == 1 and torch.equal(output, torchaos_output(layers[1], y))

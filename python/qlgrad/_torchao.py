@@ -154,21 +154,23 @@ def _int8_tensor_forward_as_torchaos(input, weight, bias, stock_forward):
 
 class _QuantizedInput:
     """An activation (by weak reference), its version counter when it was quantized, by which
-    quantization, and the result: freed with the activation."""
+    quantization, and the result: freed with the activation, or when another takes its place."""
 
     __slots__ = ("input", "version", "quantization", "result")
 
     def __init__(self, input, quantization, result):
-        def forget(_reference, entry=self):
-            entry.quantization = entry.result = None
-
-        self.input = weakref.ref(input, forget)
+        self.input = weakref.ref(input, lambda _reference, entry=self: entry.forget())
         self.version = input._version
         self.quantization = quantization
         self.result = result
 
     def holds(self, quantization, input) -> bool:
         return self.quantization is quantization and self.input() is input and self.version == input._version
+
+    def forget(self) -> None:
+        # The entry and its weak reference's callback refer to each other: the result goes now,
+        # not when the garbage collector meets them.
+        self.quantization = self.result = None
 
 
 # Each thread's last quantized activation (the attribute `entry`). A decoder's query, key and value
@@ -191,8 +193,10 @@ def _reused_quantization(quantization, input):
     ):
         return quantization(input)
     last = getattr(_last_activation, "entry", None)
-    if last is not None and last.holds(quantization, input):
-        return last.result
+    if last is not None:
+        if last.holds(quantization, input):
+            return last.result
+        last.forget()
     result = quantization(input)
     _last_activation.entry = _QuantizedInput(input, quantization, result)
     return result
