@@ -111,6 +111,13 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0).item()
 
 
+def outputs_and_calls(layers, x, op: str) -> tuple[list[torch.Tensor], int]:
+    """Each layer's output for x, and how many times the operator `op` ran for them."""
+    with torch.autograd.profiler.profile() as profile:
+        outputs = [layer(x) for layer in layers]
+    return outputs, sum(event.count for event in profile.key_averages() if event.key == op)
+
+
 def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """Run code as a script in a fresh interpreter; the test decides what its exit status means.
 

@@ -25,7 +25,7 @@ from torchao.quantization import (
 from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
 
 import qlgrad
-from helpers import ERROR_BOUNDS, choosing, cosine, relative_error
+from helpers import ERROR_BOUNDS, choosing, cosine, outputs_and_calls, relative_error
 from qlgrad import _torchao
 
 GRANULARITIES = {"per_row": PerRow(), "per_tensor": PerTensor()}
@@ -193,18 +193,14 @@ def test_inputs_without_grad_take_the_training_forward():
     assert layer(x).grad_fn is not None
 
 
-def quantizing(layers, x, op="qlgrad::_int8_quantize_rows"):
-    """Each layer's output for x, and how many times `op` ran for them."""
-    with torch.autograd.profiler.profile() as profile:
-        outputs = [layer(x) for layer in layers]
-    return outputs, sum(event.count for event in profile.key_averages() if event.key == op)
-
-
 def test_projections_of_one_input_quantize_it_once():
     """A decoder's query, key and value projections take one activation: it is quantized once for
     the three (each output still torchao's), again once it has been written to, and what is kept
     of it goes with it."""
     layers = [quantized_linear(64, width, bias=False, dtype=torch.bfloat16) for width in (48, 16, 16)]
+
+    def quantizing(layers, x):
+        return outputs_and_calls(layers, x, "qlgrad::_int8_quantize_rows")
 
     def check():
         x = torch.randn(20, 64, dtype=torch.bfloat16, requires_grad=True)

@@ -32,7 +32,7 @@ from torchao.quantization import (
 )
 
 import qlgrad
-from helpers import cosine, relative_error
+from helpers import cosine, outputs_and_calls, relative_error
 
 WEIGHT_DTYPES = [getattr(torch, f"int{bits}") for bits in range(1, 9)]
 GRANULARITIES = {"per_group_32": PerGroup(32), "per_row": PerAxis(0)}
@@ -350,10 +350,7 @@ def test_projections_of_one_input_quantize_it_once():
     layers = [intx_layer(torch.int4, "per_group_32", "symmetric", torch.bfloat16, bias=False) for _ in range(2)]
 
     def quantizing(layers, x):
-        with torch.autograd.profiler.profile() as profile:
-            outputs = [layer(x) for layer in layers]
-        key = "qlgrad::_int8_quant_dequant_rows"
-        return outputs, sum(event.count for event in profile.key_averages() if event.key == key)
+        return outputs_and_calls(layers, x, "qlgrad::_int8_quant_dequant_rows")
 
     x = torch.randn(9, 96).bfloat16()
     outputs, quantizations = quantizing(layers, x)
