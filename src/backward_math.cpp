@@ -161,7 +161,7 @@ at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& wei
   if (grad.size(0) <=
       (precision == Precision::kFloat32 ? streamed_rows_end() : reduced_precision_streamed_rows_end())) {
     // A few rows are bound by reading the weight, which the float32 streams do at one byte
-    // per code: the reduced precisions could only be slower (but on AMX tiles from 16 rows).
+    // per code: the reduced precisions could only be slower (but on AMX tiles from 8 rows).
     precision = Precision::kFloat32;
   }
   at::Tensor result;

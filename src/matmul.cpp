@@ -24,11 +24,15 @@ constexpr int64_t kPanelGemmRowsEnd = 256;
 // 0.84-1.41x.
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
 constexpr int64_t kIntelVectorStreamedRowsEnd = 2 * kStreamedRowsMax;
-// Where the AMX tiles are, bfloat16 and int8 products past this many rows run on them: on a
-// Sapphire Rapids Xeon, 2 threads, bfloat16 products of 16 to 32 rows by 4096x4096, 896x4864,
-// 4864x896 and 896x896 layers 0.76-1.06x the dense bfloat16 GEMM on the tiles against 1.10-2.4x
-// in the float32 streams; at 9 rows 0.99x against 0.78x.
-constexpr int64_t kAmxStreamedRowsEnd = 15;
+// Where the AMX tiles are, bfloat16 and int8 products past this many rows run on them. On an
+// Intel Xeon with AMX, 2 threads, bfloat16 gradients of int8 codes (groups of 32, or per channel)
+// by 896x4864, 4864x896, 896x896, 896x128, 1024x2816, 2816x1024 and 4096x4096 layers: at 9-15
+// rows the tiles took 0.40-0.85x the streams' time, at 8 rows 0.59-0.93x (one per-channel shape
+// 1.01x), at 7 rows 0.80-1.09x per channel and 0.74-0.94x with groups of 32, at 4-6 rows the
+// streams were faster per channel (0.70-0.94x the tiles' time). A float32 gradient of a
+// per-channel weight at 8-15 rows of 768x3072, 3072x768, 768x768 and 4096x4096: `bf16` 0.49-0.91x
+// and `int8` 0.39-0.85x the float32 streams' time.
+constexpr int64_t kAmxStreamedRowsEnd = 7;
 // Where MKL's GEMM has AVX-512 code (Intel CPUs) and the CPU has no AMX tiles, MKL on bfloat16
 // tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
 // rows with vectors; elsewhere the bfloat16 panel GEMM serves every row count (on AMX tiles: on
@@ -262,6 +266,18 @@ int64_t reduced_precision_streamed_rows_end() {
   return kernels().panel_rows_bfloat16_amx != nullptr ? kAmxStreamedRowsEnd : streamed_rows_end();
 }
 
+namespace {
+
+// Rows up to which the int4 stream, whose float32 products take about as long as the whole
+// bfloat16 product on AMX tiles at 3 rows, is the faster. On an Intel Xeon with AMX, 2 threads,
+// bfloat16 gradients of a 4096x4096 int4 packing, against the tiles: 2 rows 1.58-1.59 ms against
+// 1.89-1.94, 3 rows 2.15 against 1.92-1.97, 4 rows 2.81-2.93 against 1.91-1.95.
+int64_t int4_streamed_rows_end(at::ScalarType dtype) {
+  return dtype == at::kBFloat16 && kernels().panel_rows_bfloat16_amx != nullptr ? 2 : kInt4StreamedRowsMax;
+}
+
+} // namespace
+
 at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
   const auto pack = int4_pack(packed, group_size, scale_and_zeros);
   auto weight = at::empty({pack.rows, pack.columns}, scale_and_zeros.options());
@@ -278,7 +294,7 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
   if (lhs.size(0) == 0) {
     return at::zeros({0, pack.columns}, lhs.options());
   }
-  if (kernels().int4_stream != nullptr && lhs.size(0) <= kInt4StreamedRowsMax) {
+  if (kernels().int4_stream != nullptr && lhs.size(0) <= int4_streamed_rows_end(lhs.scalar_type())) {
     return stream_int4(lhs.to(at::kFloat), pack).to(lhs.scalar_type());
   }
   return panel_product(lhs, Int4Codes(pack));

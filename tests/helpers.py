@@ -94,10 +94,10 @@ ERROR_BOUNDS = {"fp32": 1e-6, "bf16": 1e-2, "int8": 2e-2}
 
 def streamed_rows_end(precision: str = "fp32") -> int:
     """Rows up to which `precision` streams the weight in float32: 32 where qlgrad's AVX-512
-    streams are (16 on Intel's CPUs), 8 elsewhere; for bf16 and int8, 15 where the AMX tiles are.
+    streams are (16 on Intel's CPUs), 8 elsewhere; for bf16 and int8, 7 where the AMX tiles are.
     Tests of the reduced precisions' own kernels use more."""
     if precision != "fp32" and "amx" in _qlgrad().cpu_extensions():
-        return 15
+        return 7
     if _qlgrad().cpu_capability() != "avx512":
         return 8
     return 16 if "GenuineIntel" in Path("/proc/cpuinfo").read_text() else 32
