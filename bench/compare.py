@@ -520,7 +520,9 @@ def main() -> None:
             f"\nLow-bit weights, 4096x4096, bf16 backward of a bfloat16 gradient (a bfloat16 base's), beside the "
             f"{DENSE_BF16} with a bfloat16 copy of the weight; rel. error against float64 on the same gradient:"
         )
-        measured = {tokens: measure_low_bit_bfloat16(tokens, arguments.repeats) for tokens in workloads.LOW_BIT_TOKENS}
+        measured = {
+            tokens: measure_low_bit_bfloat16(tokens, arguments.repeats) for tokens in workloads.LOW_BIT_BFLOAT16_TOKENS
+        }
         print(low_bit_bfloat16_report(measured), flush=True)
     if arguments.training_forward_tokens:
         print(

@@ -324,6 +324,8 @@ def model_input_gradient(model: nn.Module, workload: ModelWorkload):
 
 # 4096x4096 projections at these token counts, for each low-bit weight.
 LOW_BIT_TOKENS = (1, 16, 256)
+# The bfloat16 gradients' rows: the ends of the few-token bound (1 and 8 tokens) and past it.
+LOW_BIT_BFLOAT16_TOKENS = (1, 8, 16, 256)
 LOW_BIT_WEIGHTS = ("int8_group32", "int8_group128", "int4_group128", "int8_per_channel", "fp16")
 
 
