@@ -266,18 +266,6 @@ int64_t reduced_precision_streamed_rows_end() {
   return kernels().panel_rows_bfloat16_amx != nullptr ? kAmxStreamedRowsEnd : streamed_rows_end();
 }
 
-namespace {
-
-// Rows up to which the int4 stream, whose float32 products take about as long as the whole
-// bfloat16 product on AMX tiles at 3 rows, is the faster. On an Intel Xeon with AMX, 2 threads,
-// bfloat16 gradients of a 4096x4096 int4 packing, against the tiles: 2 rows 1.58-1.59 ms against
-// 1.89-1.94, 3 rows 2.15 against 1.92-1.97, 4 rows 2.81-2.93 against 1.91-1.95.
-int64_t int4_streamed_rows_end(at::ScalarType dtype) {
-  return dtype == at::kBFloat16 && kernels().panel_rows_bfloat16_amx != nullptr ? 2 : kInt4StreamedRowsMax;
-}
-
-} // namespace
-
 at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {
   const auto pack = int4_pack(packed, group_size, scale_and_zeros);
   auto weight = at::empty({pack.rows, pack.columns}, scale_and_zeros.options());
@@ -294,7 +282,7 @@ at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int6
   if (lhs.size(0) == 0) {
     return at::zeros({0, pack.columns}, lhs.options());
   }
-  if (kernels().int4_stream != nullptr && lhs.size(0) <= int4_streamed_rows_end(lhs.scalar_type())) {
+  if (kernels().int4_stream != nullptr && lhs.size(0) <= kInt4StreamedRowsMax) {
     return stream_int4(lhs.to(at::kFloat), pack).to(lhs.scalar_type());
   }
   return panel_product(lhs, Int4Codes(pack));

@@ -115,7 +115,7 @@ at::Tensor stream_blocked(const at::Tensor& lhs, const int8_t* packed, const Blo
   return parts == 1 ? sums[0] : sums.sum(0);
 }
 
-// Each thread takes a range of columns; its partial sums stay in L2.
+// Each thread takes a range of columns, a chunk of them at a time (their partial sums in L1).
 at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack) {
   auto result = at::empty({lhs.size(0), pack.columns}, lhs.options());
   const int64_t tasks = std::min<int64_t>(at::get_num_threads(), pack.columns / 16);

@@ -16,7 +16,7 @@ from helpers import ERROR_BOUNDS, relative_error
 # (out_features, in_features, group_size): whole and partial blocks of packed rows (16, 48, 80,
 # 208 rows: the last block is partial in the AVX-512 and AVX2 packings), every group size.
 SHAPES = ((16, 64, 32), (48, 128, 64), (80, 256, 128), (208, 512, 256), (256, 1024, 128), (1040, 256, 32))
-ROW_COUNTS = (1, 3, 8, 9, 13, 100, 520)
+ROW_COUNTS = (1, 3, 4, 8, 9, 13, 100, 520)
 
 
 def int4_weight(out_features, in_features, group_size, dtype=torch.float32, seed=0):

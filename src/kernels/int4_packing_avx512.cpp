@@ -13,35 +13,46 @@
 namespace qlgrad::math {
 namespace {
 
+// The partial sums of the int4 stream's columns that stay in L1 while every row of the packing
+// passes: where a pass over every row for all of a thread's columns at once sent each row's
+// partial sums to L2 and back, a bound on its speed.
+constexpr int64_t kStreamedPartialBytes = 16 << 10;
+
 // The int4 stream of kernels.h for Rows rows: no value is stored, where the panels would convert
 // and transpose every one for a single row. `partial` holds a 16-lane sum per column and row,
-// reduced at the end.
+// reduced at the end, for a chunk of columns at a time (each lane's sum runs along the rows in
+// order whatever the chunk).
 template <int64_t Rows>
 void stream_columns(const Int4Pack& pack, const float* lhs, int64_t ldl, int64_t first, int64_t count, float* partial,
                     float* out, int64_t ldo) {
   constexpr int64_t kLanes = 16;
-  std::fill(partial, partial + count * Rows * kLanes, 0.0f);
-  for (int64_t row = 0; row < pack.rows; row += kLanes) {
-    const auto where = pack.rows16(row);
-    __m512 factors[Rows];
-    for (int64_t r = 0; r < Rows; ++r) {
-      factors[r] = _mm512_loadu_ps(lhs + r * ldl + row);
-    }
-    for (int64_t column = 0; column < count; column += kLanes) {
-      __m512 scales, zeros;
-      scales_and_zeros16(pack, row, first + column, scales, zeros);
-      for (int64_t i = 0; i < kLanes; ++i) {
-        const __m512 values = values16(where, first + column + i, scales, zeros);
-        float* sums = partial + (column + i) * Rows * kLanes;
-        for (int64_t r = 0; r < Rows; ++r) {
-          _mm512_storeu_ps(sums + r * kLanes, _mm512_fmadd_ps(factors[r], values, _mm512_loadu_ps(sums + r * kLanes)));
+  constexpr int64_t kChunk = kStreamedPartialBytes / int64_t{sizeof(float)} / (Rows * kLanes) / kLanes * kLanes;
+  for (int64_t chunk = 0; chunk < count; chunk += kChunk) {
+    const int64_t columns = std::min(kChunk, count - chunk);
+    std::fill(partial, partial + columns * Rows * kLanes, 0.0f);
+    for (int64_t row = 0; row < pack.rows; row += kLanes) {
+      const auto where = pack.rows16(row);
+      __m512 factors[Rows];
+      for (int64_t r = 0; r < Rows; ++r) {
+        factors[r] = _mm512_loadu_ps(lhs + r * ldl + row);
+      }
+      for (int64_t column = 0; column < columns; column += kLanes) {
+        __m512 scales, zeros;
+        scales_and_zeros16(pack, row, first + chunk + column, scales, zeros);
+        for (int64_t i = 0; i < kLanes; ++i) {
+          const __m512 values = values16(where, first + chunk + column + i, scales, zeros);
+          float* sums = partial + (column + i) * Rows * kLanes;
+          for (int64_t r = 0; r < Rows; ++r) {
+            _mm512_storeu_ps(sums + r * kLanes,
+                             _mm512_fmadd_ps(factors[r], values, _mm512_loadu_ps(sums + r * kLanes)));
+          }
         }
       }
     }
-  }
-  for (int64_t c = 0; c < count; ++c) {
-    for (int64_t r = 0; r < Rows; ++r) {
-      out[r * ldo + first + c] = _mm512_reduce_add_ps(_mm512_loadu_ps(partial + (c * Rows + r) * kLanes));
+    for (int64_t c = 0; c < columns; ++c) {
+      for (int64_t r = 0; r < Rows; ++r) {
+        out[r * ldo + first + chunk + c] = _mm512_reduce_add_ps(_mm512_loadu_ps(partial + (c * Rows + r) * kLanes));
+      }
     }
   }
 }
