@@ -77,12 +77,13 @@ def test_compare_times_the_low_bit_weights_and_the_training_forwards():
     assert "int4, 1 tokens" in low_bit and "int8_group32, 256 tokens" in low_bit
 
     rows = markdown_table_rows(low_bit_bfloat16)
-    assert [row["tokens"] for row in rows] == ["1", "16", "256"]
+    assert [row["tokens"] for row in rows] == ["1", "8", "16", "256"]
     for row in rows:
         # Five weights and the bfloat16 GEMM, each within bfloat16's rounding of the weight.
         errors = relative_errors(row)
         assert len(errors) == 6 and max(errors) < 1e-2
     assert "int4_group128, 1 tokens, ≤ 0.6× the bf16 GEMM" in low_bit_bfloat16
+    assert "fp16, 8 tokens, ≤ 0.6× the bf16 GEMM" in low_bit_bfloat16
     assert "int8_group32, 256 tokens, error ≤ 1.25× the bf16 GEMM's" in low_bit_bfloat16
 
     rows = markdown_table_rows(forwards)
