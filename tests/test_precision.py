@@ -58,6 +58,33 @@ def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     assert relative_error(got, grad_output.double() @ fp16_weight.double()) <= ERROR_BOUNDS["fp32"]
 
 
+# Gradients from near float32's smallest normal results to near its largest, one row a thousand
+# times smaller than the others: a kernel that splits or scales the gradient (on AMX tiles, fp32
+# multiplies three bfloat16 parts of each row scaled by a power of two, 512 rows at a time) keeps
+# float32's accuracy at every magnitude, and non-finite values give what the float64 product
+# gives where they are.
+@pytest.mark.parametrize("rows", [9, 600])
+@pytest.mark.parametrize("magnitude", [1e-33, 1.0, 1e30])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_fp32_keeps_its_accuracy_at_every_magnitude(rows, magnitude, scheme):
+    weight = quantize_weight(300, 1100, scheme)
+    packed = packed_params(weight)
+    grad_output = torch.randn(rows, 300) * magnitude
+    grad_output[rows // 2] *= 1e-3  # a row far smaller than the others
+    expected = reference_input_gradient(grad_output, weight)
+    got = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
+    assert relative_error(got, expected) <= ERROR_BOUNDS["fp32"]
+    assert relative_error(got[rows // 2], expected[rows // 2]) <= ERROR_BOUNDS["fp32"]
+    if magnitude == 1.0:
+        grad_output[1, 5], grad_output[2, 7] = float("inf"), float("nan")
+        expected = reference_input_gradient(grad_output, weight)
+        got = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
+        finite = expected.isfinite()
+        assert torch.equal(got.isnan(), expected.isnan()) and torch.equal(got.isinf(), expected.isinf())
+        assert torch.equal(got[~finite & ~expected.isnan()], expected[~finite & ~expected.isnan()].float())
+        assert relative_error(got[finite], expected[finite]) <= ERROR_BOUNDS["fp32"]
+
+
 @pytest.mark.parametrize("rows", [1, 7, 8, 9, 15, 16, 32, 33])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):

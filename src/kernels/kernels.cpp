@@ -77,6 +77,7 @@ Kernels avx512_kernels() {
     table.panel_rows_bfloat16 = &panel_rows_bfloat16_avx512;
     table.pack_rows_bfloat16 = &pack_rows_bfloat16_avx512;
     table.pack_float_rows_bfloat16 = &pack_float_rows_bfloat16_avx512;
+    table.split_three_bfloat16 = &split_three_bfloat16_avx512;
     table.convert_panels_int8_bfloat16 = &convert_panels_int8_bfloat16_avx512;
     table.convert_panels_float16_bfloat16 = &convert_panels_float16_bfloat16_avx512;
     table.convert_transposed_panels_int8_bfloat16 = &convert_transposed_panels_int8_bfloat16_avx512;

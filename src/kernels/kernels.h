@@ -157,6 +157,17 @@ using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeP
                                      int64_t first, int64_t depth, int64_t count, at::BFloat16* panels,
                                      int64_t panel_depth);
 
+// float32 products from bfloat16 ones: lhs[r, n] * factors[n * factor_stride] (each product rounded
+// once to float32; lhs itself where factors is null) for r < rows and n < depth, times a power of
+// two per row, as three bfloat16 values that sum to it exactly: part p of row r at
+// parts + p * part_stride + r * ldp, zero from depth to ldp. The power of two brings the row's
+// largest finite magnitude into [1, 2) (within [2^-126, 2^126]), so that no part of a value within
+// 2^-100 of it is subnormal, which the bfloat16 conversions and products flush to zero;
+// row_factors[r] is its inverse. A value that is not finite is its first part, the others zero.
+using SplitThreeBFloat16Fn = void(const float* lhs, int64_t ldl, int64_t rows, int64_t depth, const float* factors,
+                                  int64_t factor_stride, at::BFloat16* parts, int64_t ldp, int64_t part_stride,
+                                  float* row_factors);
+
 // The panel kernel with int8 products (vpdpbusd) and int32 sums: lhs int8 packed as [depth / 4][kKernelRows]
 // quads (rows n to n + 3 of lhs's column side by side), the panel [depth / 4][kPanelColumns]
 // quads of uint8 values (weight rows n to n + 3 of each column, each value plus 128); depth a
@@ -324,6 +335,7 @@ struct Kernels {
   PanelRowsBFloat16Fn* panel_rows_bfloat16 = nullptr;
   PackRowsFn<at::BFloat16>* pack_rows_bfloat16 = nullptr;
   PackRowsFn<float, at::BFloat16>* pack_float_rows_bfloat16 = nullptr;
+  SplitThreeBFloat16Fn* split_three_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<int8_t>* convert_panels_int8_bfloat16 = nullptr;
   ConvertPanelsBFloat16Fn<at::Half>* convert_panels_float16_bfloat16 = nullptr;
   ConvertTransposedPanelsFn<at::BFloat16>* convert_transposed_panels_int8_bfloat16 = nullptr;

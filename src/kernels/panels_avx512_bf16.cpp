@@ -8,6 +8,10 @@
 #include "packed_rows_avx512.h"
 #include "transpose16_avx512.h"
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
 namespace qlgrad::math {
 namespace {
 
@@ -91,6 +95,53 @@ void pack_rows_bfloat16_avx512(const at::BFloat16* lhs, int64_t ldl, int64_t cou
 void pack_float_rows_bfloat16_avx512(const float* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                                      int64_t factor_stride, at::BFloat16* block) {
   pack_pairs(lhs, ldl, count, depth, factors, factor_stride, block);
+}
+
+void split_three_bfloat16_avx512(const float* lhs, int64_t ldl, int64_t rows, int64_t depth, const float* factors,
+                                 int64_t factor_stride, at::BFloat16* parts, int64_t ldp, int64_t part_stride,
+                                 float* row_factors) {
+  constexpr int64_t kLanes = 16;
+  const __m512 infinity = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  const auto values16 = [&](const float* row, int64_t n, __mmask16 mask) {
+    const __m512 values = _mm512_maskz_loadu_ps(mask, row + n);
+    if (factors == nullptr) {
+      return values;
+    }
+    return _mm512_mul_ps(values,
+                         factor_stride == 0 ? _mm512_set1_ps(*factors) : _mm512_maskz_loadu_ps(mask, factors + n));
+  };
+  const auto widen = [](__m256bh halves) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)halves), 16));
+  };
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = lhs + r * ldl;
+    __m512 largest = _mm512_setzero_ps();
+    for (int64_t n = 0; n < depth; n += kLanes) {
+      const __m512 magnitudes = _mm512_abs_ps(values16(row, n, avx512::lanes_mask(depth - n)));
+      largest = _mm512_mask_max_ps(largest, _mm512_cmp_ps_mask(magnitudes, infinity, _CMP_LT_OQ), largest, magnitudes);
+    }
+    int exponent = 0;
+    std::frexp(_mm512_reduce_max_ps(largest), &exponent);  // largest in [2^(exponent - 1), 2^exponent)
+    exponent = std::clamp(exponent - 1, -126, 126);
+    const __m512 power = _mm512_set1_ps(std::ldexp(1.0f, -exponent));
+    row_factors[r] = std::ldexp(1.0f, exponent);
+    at::BFloat16* high = parts + r * ldp;
+    at::BFloat16* middle = high + part_stride;
+    at::BFloat16* low = middle + part_stride;
+    for (int64_t n = 0; n < ldp; n += kLanes) {
+      const __mmask16 mask = avx512::lanes_mask(depth - n);
+      const __m512 value = _mm512_mul_ps(values16(row, n, mask), power);
+      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(value), infinity, _CMP_LT_OQ);
+      const __m256bh first = _mm512_cvtneps_pbh(value);
+      const __m512 rest = _mm512_maskz_sub_ps(finite, value, widen(first));
+      const __m256bh second = _mm512_cvtneps_pbh(rest);
+      const __m256bh third = _mm512_cvtneps_pbh(_mm512_sub_ps(rest, widen(second)));
+      const __mmask16 stored = avx512::lanes_mask(ldp - n);
+      _mm256_mask_storeu_epi16(high + n, stored, (__m256i)first);
+      _mm256_mask_storeu_epi16(middle + n, stored, (__m256i)second);
+      _mm256_mask_storeu_epi16(low + n, stored, (__m256i)third);
+    }
+  }
 }
 
 void convert_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters,

@@ -60,6 +60,7 @@ BlockedStreamFn stream_blocked_avx512;
 PanelRowsBFloat16Fn panel_rows_bfloat16_avx512;
 PackRowsFn<at::BFloat16> pack_rows_bfloat16_avx512;
 PackRowsFn<float, at::BFloat16> pack_float_rows_bfloat16_avx512;
+SplitThreeBFloat16Fn split_three_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<int8_t> convert_panels_int8_bfloat16_avx512;
 ConvertPanelsBFloat16Fn<at::Half> convert_panels_float16_bfloat16_avx512;
 ConvertTransposedPanelsFn<at::BFloat16> convert_transposed_panels_int8_bfloat16_avx512;
