@@ -46,6 +46,17 @@ at::Tensor stream_int4(const at::Tensor& lhs, const Int4Pack& pack);
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
                       std::optional<at::ScalarType> products = std::nullopt, bool bfloat16_result = false);
 
+// float32 products of int8 codes on AMX tiles, which multiply bfloat16 values: (lhs * scale) @ W as
+// the sum of three products, one per bfloat16 part of lhs * scale (SplitThreeBFloat16Fn), each
+// exact in float32 (a part's 8 significant bits times a code less its zero point, an integer of at
+// most 255), summed in float32 on the tiles; the parts are stacked as the rows of one lhs, so that
+// one conversion of the weight serves all three. The float32 product's accuracy at about a third
+// of the bfloat16 products' speed. lhs float32 [M, N], contiguous; `row_scale` [N] or [1] or none;
+// the reader's values exact in bfloat16 (int8 codes less their zero points, no scale); where
+// kernels().split_three_bfloat16 and the AMX kernels are.
+at::Tensor three_part_product(const at::Tensor& lhs, const std::optional<at::Tensor>& row_scale,
+                              const WeightReader& reader);
+
 // Rows [row, row + rows) and columns [first, first + count) of panel_gemm_int8's int32 sums,
 // `sums` pointing at the first, rows `stride` apart, as soon as they are complete: made into the
 // caller's result while they are in cache.
