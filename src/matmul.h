@@ -9,7 +9,10 @@
 //     where MKL's GEMM on tiles converted in each thread's L2 is the faster), in bfloat16
 //     products for a bfloat16 lhs where the CPU has AVX512-BF16 (on AMX tiles where it has them;
 //     on Intel's CPUs without, up to 255 rows);
-//   - the rest, and all products on other CPUs, run MKL's GEMM on tiles.
+//   - the rest, and all products on other CPUs, run MKL's GEMM on tiles;
+//   - but on AMX tiles, float32 products of int8 codes per tensor or per channel past one pass of
+//     the streams (and at least 256 deep) run there as three bfloat16 products, one per bfloat16
+//     part of lhs, each exact: float32's accuracy.
 
 #include "blocked_layout.h"
 #include "kernels/kernels.h"

@@ -544,9 +544,9 @@ at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const s
   return panel_gemm_in<FloatProducts>(lhs, reader, scale, bfloat16_result);
 }
 
-// Rows go kThreePartChunkRows at a time, whose parts and sums (under 10 MiB at 3072 columns) the
-// allocator keeps between calls: the whole of 2048 rows, fresh pages on every call, took as long
-// as the products.
+// Rows go kThreePartChunkRows at a time, whose parts and sums (under 10 MiB each for a gradient
+// 3072 wide) the allocator keeps between calls: the whole of 2048 rows, in fresh pages on every
+// call, took as long as the products.
 constexpr int64_t kThreePartChunkRows = 512;
 
 at::Tensor three_part_product(const at::Tensor& lhs, const std::optional<at::Tensor>& row_scale,

@@ -157,7 +157,7 @@ using ConvertPanelsBFloat16Fn = void(const Code* codes, int64_t ldw, const CodeP
                                      int64_t first, int64_t depth, int64_t count, at::BFloat16* panels,
                                      int64_t panel_depth);
 
-// float32 products from bfloat16 ones: lhs[r, n] * factors[n * factor_stride] (each product rounded
+// For float32 products on bfloat16 tiles: lhs[r, n] * factors[n * factor_stride] (each rounded
 // once to float32; lhs itself where factors is null) for r < rows and n < depth, times a power of
 // two per row, as three bfloat16 values that sum to it exactly: part p of row r at
 // parts + p * part_stride + r * ldp, zero from depth to ldp. The power of two brings the row's
