@@ -26,9 +26,10 @@ JOIN_TIMEOUT_SECONDS = 240
 
 
 def shared_model():
-    """int8 layers with fused ReLU and an fp16 layer, as quantize_dynamic makes them."""
+    """int8 layers with fused ReLU and an fp16 layer, as quantize_dynamic makes them; the second's
+    256 outputs make a gradient deep enough for fp32's three bfloat16 products on AMX tiles."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 16)).eval()
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 16)).eval()
     model = torch.ao.quantization.fuse_modules(model, [["0", "1"], ["2", "3"]])
     qconfigs = {
         "0": torch.ao.quantization.default_dynamic_qconfig,
