@@ -102,14 +102,15 @@ class Countdown {
 int main() {
   at::manual_seed(0);
   Tally tally;
-  Shared shared{qlgrad_test::int8_weight(64, 96),
-                qlgrad_test::prepack_fp16(at::randn({64, 96}) * 0.1),
+  Shared shared{qlgrad_test::int8_weight(256, 96),
+                qlgrad_test::prepack_fp16(at::randn({256, 96}) * 0.1),
                 // The last has rows enough for a backward that splits rows among intra-op
-                // threads (at::parallel_for) to split them.
-                {at::randn({8, 64}), at::randn({2, 3, 64}), at::randn({64, 1}).t(), at::randn({1024, 64})},
+                // threads (at::parallel_for) to split them, and with the weight's 256 outputs
+                // takes fp32's three bfloat16 products where the CPU has AMX tiles.
+                {at::randn({8, 256}), at::randn({2, 3, 256}), at::randn({256, 1}).t(), at::randn({1024, 256})},
                 {}};
   for (size_t i = 0; i < shared.grad_outputs.size(); ++i) {
-    shared.fresh.push_back(qlgrad_test::int8_weight(64, 96));
+    shared.fresh.push_back(qlgrad_test::int8_weight(256, 96));
   }
 
   std::map<Key, at::Tensor> expected;
