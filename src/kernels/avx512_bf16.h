@@ -42,10 +42,12 @@ inline std::pair<__m512, __m512> load32(const float* row, int64_t values) {
   return {_mm512_maskz_loadu_ps(lanes_mask(values), row), _mm512_maskz_loadu_ps(lanes_mask(values - 16), row + 16)};
 }
 
+// 16 bfloat16 values as float32 (exact).
+inline __m512 widen(__m256i halves) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+}
+
 inline std::pair<__m512, __m512> load32(const at::BFloat16* row, int64_t values) {
-  const auto widen = [](__m256i halves) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
-  };
   return {widen(_mm256_maskz_loadu_epi16(lanes_mask(values), row)),
           widen(_mm256_maskz_loadu_epi16(lanes_mask(values - 16), row + 16))};
 }

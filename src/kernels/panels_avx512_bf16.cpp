@@ -102,44 +102,45 @@ void split_three_bfloat16_avx512(const float* lhs, int64_t ldl, int64_t rows, in
                                  float* row_factors) {
   constexpr int64_t kLanes = 16;
   const __m512 infinity = _mm512_set1_ps(std::numeric_limits<float>::infinity());
-  const auto values16 = [&](const float* row, int64_t n, __mmask16 mask) {
-    const __m512 values = _mm512_maskz_loadu_ps(mask, row + n);
-    if (factors == nullptr) {
-      return values;
-    }
-    return _mm512_mul_ps(values,
-                         factor_stride == 0 ? _mm512_set1_ps(*factors) : _mm512_maskz_loadu_ps(mask, factors + n));
-  };
-  const auto widen = [](__m256bh halves) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32((__m256i)halves), 16));
+  const auto finite = [&](__m512 values) { return _mm512_cmp_ps_mask(_mm512_abs_ps(values), infinity, _CMP_LT_OQ); };
+  // The row's values from n on, 32 at a time (zero past depth), times their factors.
+  const auto values32 = [&](const float* row, int64_t n) {
+    auto values = avx512::load32(row + n, depth - n);
+    avx512::multiply32(values, factors, factor_stride, n, depth - n);
+    return values;
   };
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = lhs + r * ldl;
     __m512 largest = _mm512_setzero_ps();
-    for (int64_t n = 0; n < depth; n += kLanes) {
-      const __m512 magnitudes = _mm512_abs_ps(values16(row, n, avx512::lanes_mask(depth - n)));
-      largest = _mm512_mask_max_ps(largest, _mm512_cmp_ps_mask(magnitudes, infinity, _CMP_LT_OQ), largest, magnitudes);
+    for (int64_t n = 0; n < depth; n += 2 * kLanes) {
+      const auto values = values32(row, n);
+      for (const __m512 half : {values.first, values.second}) {
+        largest = _mm512_mask_max_ps(largest, finite(half), largest, _mm512_abs_ps(half));
+      }
     }
     int exponent = 0;
     std::frexp(_mm512_reduce_max_ps(largest), &exponent);  // largest in [2^(exponent - 1), 2^exponent)
     exponent = std::clamp(exponent - 1, -126, 126);
     const __m512 power = _mm512_set1_ps(std::ldexp(1.0f, -exponent));
     row_factors[r] = std::ldexp(1.0f, exponent);
-    at::BFloat16* high = parts + r * ldp;
-    at::BFloat16* middle = high + part_stride;
-    at::BFloat16* low = middle + part_stride;
-    for (int64_t n = 0; n < ldp; n += kLanes) {
-      const __mmask16 mask = avx512::lanes_mask(depth - n);
-      const __m512 value = _mm512_mul_ps(values16(row, n, mask), power);
-      const __mmask16 finite = _mm512_cmp_ps_mask(_mm512_abs_ps(value), infinity, _CMP_LT_OQ);
-      const __m256bh first = _mm512_cvtneps_pbh(value);
-      const __m512 rest = _mm512_maskz_sub_ps(finite, value, widen(first));
-      const __m256bh second = _mm512_cvtneps_pbh(rest);
-      const __m256bh third = _mm512_cvtneps_pbh(_mm512_sub_ps(rest, widen(second)));
-      const __mmask16 stored = avx512::lanes_mask(ldp - n);
-      _mm256_mask_storeu_epi16(high + n, stored, (__m256i)first);
-      _mm256_mask_storeu_epi16(middle + n, stored, (__m256i)second);
-      _mm256_mask_storeu_epi16(low + n, stored, (__m256i)third);
+    at::BFloat16* const row_parts[3] = {parts + r * ldp, parts + r * ldp + part_stride,
+                                        parts + r * ldp + 2 * part_stride};
+    for (int64_t n = 0; n < ldp; n += 2 * kLanes) {
+      const auto values = values32(row, n);
+      for (int64_t half = 0; half < 2; ++half) {
+        const int64_t column = n + half * kLanes;
+        // Zero past depth, which the tiles read in whole tile rows, whatever the factors.
+        const __m512 value =
+            _mm512_maskz_mul_ps(avx512::lanes_mask(depth - column), half == 0 ? values.first : values.second, power);
+        const __m256bh first = _mm512_cvtneps_pbh(value);
+        const __m512 rest = _mm512_maskz_sub_ps(finite(value), value, avx512::widen((__m256i)first));
+        const __m256bh second = _mm512_cvtneps_pbh(rest);
+        const __m256bh third = _mm512_cvtneps_pbh(_mm512_sub_ps(rest, avx512::widen((__m256i)second)));
+        const __mmask16 stored = avx512::lanes_mask(ldp - column);
+        _mm256_mask_storeu_epi16(row_parts[0] + column, stored, (__m256i)first);
+        _mm256_mask_storeu_epi16(row_parts[1] + column, stored, (__m256i)second);
+        _mm256_mask_storeu_epi16(row_parts[2] + column, stored, (__m256i)third);
+      }
     }
   }
 }
