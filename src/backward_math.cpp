@@ -2,6 +2,7 @@
 
 #include "kernels/kernels.h"
 #include "matmul.h"
+#include "scratch.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -59,7 +60,7 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
   // On AMX tiles, which read them where they lie, the codes' rows are spaced as the tiles read them
   // best (int8_rows_stride); torch._int_mm takes contiguous ones.
   const int64_t stride = kernels().panel_rows_int8_amx != nullptr ? int8_rows_stride(n) : n;
-  auto quantized = at::empty({m, stride}, grad.options().dtype(at::kChar)).narrow(1, 0, n);
+  auto quantized = scratch(ScratchUse::kGradientCodes, {m, stride}, at::kChar).narrow(1, 0, n);
   auto row_scale = at::empty({m, 1}, grad.options());
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(n, 1));
   const auto quantize_rows = kernels().quantize_rows;

@@ -15,6 +15,7 @@
 
 #include "matmul_strategies.h"
 #include "panel_tasks.h"
+#include "scratch.h"
 
 #include <ATen/ATen.h>
 
@@ -233,8 +234,8 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
   using Element = typename Products::Element;
   constexpr int64_t kBlockRows = Products::kBlockRows;
   const int64_t rows = lhs.size(0), depth = lhs.size(1), stored_depth = round_up(depth, Products::kDepthStep);
-  at::Tensor packed = at::empty({(rows + kBlockRows - 1) / kBlockRows, stored_depth, kBlockRows},
-                                lhs.options().dtype(c10::CppTypeToScalarType<Element>::value));
+  at::Tensor packed = scratch(ScratchUse::kPackedRows, {(rows + kBlockRows - 1) / kBlockRows, stored_depth, kBlockRows},
+                              c10::CppTypeToScalarType<Element>::value);
   const Source* source = lhs.const_data_ptr<Source>();
   const int64_t row_stride = lhs.stride(0);
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
@@ -441,8 +442,9 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   const int64_t rows = lhs.size(0), columns = reader.columns();
   const int64_t alignment = std::lcm(reader.row_alignment(), kDepthStep);
   const KernelLhs<Products> kernel_rows = kernel_lhs<Products>(lhs, scale);
-  const at::TensorOptions panel_options = lhs.options().dtype(c10::CppTypeToScalarType<Panel>::value);
-  const at::TensorOptions sum_options = lhs.options().dtype(c10::CppTypeToScalarType<Sum>::value);
+  constexpr at::ScalarType panel_type = c10::CppTypeToScalarType<Panel>::value;
+  constexpr at::ScalarType sum_type = c10::CppTypeToScalarType<Sum>::value;
+  const at::TensorOptions sum_options = lhs.options().dtype(sum_type);
   if (rows < Products::kSharedRowsMin) {
     // With sums rounded as they are stored, the float32 ones are needed only before the last
     // block's last part; with them or with `finish`, each thread holds its piece of them (one
@@ -462,9 +464,11 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
     const int64_t widest = pieces.widest();
     at::parallel_for(0, pieces.size(), 1, [&](int64_t begin, int64_t end) {
       Products::prepare_thread();
-      at::Tensor panels = at::empty({depth_block_max(blocking.depth, alignment) * widest}, panel_options);
+      at::Tensor panels =
+          scratch(ScratchUse::kPanels, {depth_block_max(blocking.depth, alignment) * widest}, panel_type);
       const at::Tensor held =
-          holds ? at::empty({one_block ? row_step<Products>(rows) : rows, widest}, sum_options) : at::Tensor();
+          holds ? scratch(ScratchUse::kSums, {one_block ? row_step<Products>(rows) : rows, widest}, sum_type)
+                : at::Tensor();
       for (int64_t index = begin; index < end; ++index) {
         const int64_t first = pieces.first(index);
         SumsDestination<Products> to{nullptr, columns};
@@ -488,7 +492,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
   at::Tensor shared_panels =
-      at::empty({depth_block_max(Products::kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_options);
+      scratch(ScratchUse::kPanels,
+              {depth_block_max(Products::kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_type);
   Panel* panels = shared_panels.template mutable_data_ptr<Panel>();
   // Chunks of one width, which the tasks' order (PanelTasks) follows.
   const int64_t chunk = round_up(
