@@ -8,6 +8,10 @@
 #include <cstdlib>
 #include <memory>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
+
 namespace qlgrad::math {
 namespace {
 
@@ -40,6 +44,13 @@ at::Tensor scratch(ScratchUse use, at::IntArrayRef sizes, at::ScalarType dtype) 
     buffer.bytes = buffer.memory ? grown : 0;
     TORCH_CHECK(buffer.memory, "qlgrad: out of memory allocating ", grown, " bytes of scratch");
   }
+#if defined(__SANITIZE_ADDRESS__)
+  // The buffer past the request is poisoned, so that AddressSanitizer reports a kernel that reads or
+  // writes past its tensor, as it would in memory of the tensor's own size.
+  auto* memory = static_cast<char*>(buffer.memory.get());
+  ASAN_UNPOISON_MEMORY_REGION(memory, bytes);
+  ASAN_POISON_MEMORY_REGION(memory + bytes, buffer.bytes - bytes);
+#endif
   return at::from_blob(buffer.memory.get(), sizes, options);
 }
 

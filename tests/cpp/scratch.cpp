@@ -2,7 +2,8 @@
 // to the largest size asked for, is 64-byte aligned, and lies apart from the thread's other uses
 // and from every other thread's; past the limit a request gets memory of its own. Under the
 // sanitizers: threads that write their buffers at once do not race, and the buffers are freed with
-// their threads (a leak fails the run).
+// their threads (a leak fails the run), and under AddressSanitizer a buffer past a request is
+// poisoned, as memory of the request's own size would end there.
 
 #include "testing.h"
 
@@ -12,6 +13,10 @@
 #include <cstdint>
 #include <thread>
 #include <vector>
+
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace {
 
@@ -72,6 +77,17 @@ int main() {
   tally.check("and the buffer is kept as it was",
               address(scratch(ScratchUse::kSums, {16}, at::kFloat)) == address(kept));
   tally.check("an empty request gets an empty tensor", scratch(ScratchUse::kSums, {0, 7}, at::kFloat).numel() == 0);
+
+#if defined(__SANITIZE_ADDRESS__)
+  // A buffer grown for a larger request keeps AddressSanitizer's view of a smaller one: the bytes
+  // past it are poisoned (from the next 8-byte granule), and a larger request again clears them.
+  scratch(ScratchUse::kPackedRows, {4096}, at::kByte);
+  const auto* small = static_cast<const char*>(scratch(ScratchUse::kPackedRows, {100}, at::kByte).const_data_ptr());
+  const bool poisoned_past = __asan_address_is_poisoned(small + 104) && !__asan_address_is_poisoned(small + 99);
+  const auto* again = static_cast<const char*>(scratch(ScratchUse::kPackedRows, {4096}, at::kByte).const_data_ptr());
+  tally.check("under AddressSanitizer the buffer past a request is poisoned, and cleared for a larger one",
+              poisoned_past && !__asan_address_is_poisoned(again + 4095));
+#endif
 
   // Threads at once: each writes its own buffer for the same use, and notes where it lies while
   // every thread still holds its own (a thread's buffers are freed as it ends).
