@@ -13,9 +13,12 @@
 namespace qlgrad::math {
 namespace {
 
-// Rows go kThreePartChunkRows at a time, whose parts and sums (under 10 MiB each for a gradient
-// 3072 wide) the allocator keeps between calls: the whole of 2048 rows, in fresh pages on every
-// call, took as long as the products.
+// Rows go kThreePartChunkRows at a time: the whole of 2048 rows, in fresh pages on every call, took
+// as long as the products. The parts and sums (up to 10 MiB each for a gradient 3072 wide, 36 MiB
+// together at 4096) are allocated per call, not kept as scratch (scratch.h): glibc does return
+// them to the system between calls in some loops (1024 x 4096 -> 4096 on a Sapphire Rapids Xeon:
+// 76-80 ms a call, 60 ms with them kept), but kept per thread they left a float32-base decoder's
+// LoRA step 25 MB larger after its steps (bench/llm.py, qd-fp32), no faster.
 constexpr int64_t kThreePartChunkRows = 512;
 
 } // namespace
