@@ -323,6 +323,17 @@ bool int4pack_linear_is_torchs(int64_t rows, int64_t columns, at::ScalarType dty
   return faster && kernel.panel_rows != nullptr && kernel.int4_packing.block > 0;
 }
 
+// Where the AMX tiles are, a bfloat16 forward from torch's int4 packing takes the weight's rows as
+// the tiles' first operand (int4_row_tiles_gemm) below this many rows of x, for weights of at least
+// this many rows (the layer's outputs). On an Intel Xeon with AMX, 2 threads, torchao's int4 layers
+// (groups of 128; rows x in -> out), alternated twice, against the weight's panels: 16 x 4096 ->
+// 4096 1.44-1.54 -> 1.24-1.31 ms, 64 rows 2.20-2.30 -> 1.87-1.91, 128 rows 3.32-3.42 -> 2.95, 192
+// rows 4.21-4.27 -> 4.27-5.76 (x is read again for each block of weight rows); 16 x 896 -> 4864
+// 0.37-0.39 -> 0.32-0.33, 128 rows 0.80 -> 0.77-0.78; 16 x 1024 -> 2048 0.20-0.23 -> 0.17-0.18, 128
+// rows 0.49-0.59 -> 0.42; narrower weights slower at 16-64 rows: 4864 -> 896 0.36-0.59 -> 0.39-0.66,
+// 896 -> 896 0.10-0.14 -> 0.11-0.15, 896 -> 128 0.045 -> 0.060.
+constexpr int64_t kInt4RowTilesRowsEnd = 129, kInt4RowTilesWeightRowsMin = 2048;
+
 at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, int64_t group_size,
                            const at::Tensor& scale_and_zeros) {
   TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous());
@@ -331,6 +342,10 @@ at::Tensor int4pack_linear(const at::Tensor& input, const at::Tensor& packed, in
   TORCH_INTERNAL_ASSERT(input.size(1) == pack.columns);
   if (input.size(0) == 0) {
     return at::zeros({0, pack.rows}, input.options());
+  }
+  if (input.scalar_type() == at::kBFloat16 && int4_row_tiles_reads(pack) && pack.rows >= kInt4RowTilesWeightRowsMin &&
+      input.size(0) < kInt4RowTilesRowsEnd) {
+    return int4_row_tiles_gemm(input, pack);
   }
   return panel_product(input, Int4CodesTransposed(pack));
 }

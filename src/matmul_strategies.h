@@ -74,6 +74,14 @@ void panel_gemm_int8(const at::Tensor& lhs, const WeightReader& reader, const Fi
 // (where kernels().convert_row_tiles_int8_bfloat16_amx is), float32 sums rounded once.
 at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes, const CodeParameters& parameters);
 
+// Whether int4_row_tiles_gemm reads this packing: torch's AVX-512 packing in whole blocks, where
+// kernels().convert_row_tiles_int4_bfloat16_amx is.
+bool int4_row_tiles_reads(const Int4Pack& pack);
+
+// x @ W.T in bfloat16 (x bfloat16 [rows, K], contiguous) from torch's int4 packing as
+// weight_row_tiles_gemm multiplies int8 codes, where int4_row_tiles_reads(pack).
+at::Tensor int4_row_tiles_gemm(const at::Tensor& lhs, const Int4Pack& pack);
+
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or
 // bfloat16).
 at::Tensor tiled_gemm(const at::Tensor& lhs, const WeightReader& reader);

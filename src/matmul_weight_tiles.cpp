@@ -24,12 +24,12 @@ constexpr int64_t kPartDepth = 512;
 // Weight rows a task takes at most.
 constexpr int64_t kTaskWeightRows = 512;
 
-} // namespace
-
-at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes, const CodeParameters& parameters) {
-  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kBFloat16 && lhs.is_contiguous() && codes.is_contiguous());
+// x @ W.T for W's `columns` rows, which convert(first, top, depth, count, tiles, block_stride)
+// converts as ConvertRowTilesFn does.
+template <typename Convert>
+at::Tensor row_tiles_gemm(const at::Tensor& lhs, int64_t columns, const Convert& convert) {
   const auto& kernel = kernels();
-  const int64_t rows = lhs.size(0), depth = lhs.size(1), columns = codes.size(0);
+  const int64_t rows = lhs.size(0), depth = lhs.size(1);
   if (lhs.numel() == 0 || columns == 0) {
     return at::zeros({rows, columns}, lhs.options());
   }
@@ -47,7 +47,6 @@ at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes,
   });
   auto result = at::empty({rows, columns}, lhs.options());
   at::BFloat16* out = result.mutable_data_ptr<at::BFloat16>();
-  const int8_t* weight = codes.const_data_ptr<int8_t>();
   const ColumnTasks pieces(columns, kTaskWeightRows, kAmxTaskRows, at::get_num_threads());
   const int64_t sums_stride = panels * kPanelColumns;
   at::parallel_for(0, pieces.size(), 1, [&](int64_t begin, int64_t end) {
@@ -63,10 +62,8 @@ at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes,
         const int64_t part = std::min(kPartDepth, depth - top), stored_part = round_up(part, 32);
         const int64_t sub_stride = kAmxTaskRows * stored_part;
         for (int64_t sub = 0; sub < block_count; sub += kAmxTaskRows) {
-          kernel.convert_row_tiles_int8_bfloat16_amx(weight + (block + sub) * depth + top, depth, parameters,
-                                                     block + sub, top, part, std::min(kAmxTaskRows, block_count - sub),
-                                                     tile_data + sub / kAmxTaskRows * sub_stride,
-                                                     stored_part * kAmxBlockRows);
+          convert(block + sub, top, part, std::min(kAmxTaskRows, block_count - sub),
+                  tile_data + sub / kAmxTaskRows * sub_stride, stored_part * kAmxBlockRows);
         }
         for (int64_t panel = 0; panel < panels; ++panel) {
           for (int64_t sub = 0; sub < block_count; sub += kAmxTaskRows) {
@@ -88,6 +85,35 @@ at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes,
     }
   });
   return result;
+}
+
+} // namespace
+
+at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes, const CodeParameters& parameters) {
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kBFloat16 && lhs.is_contiguous() && codes.is_contiguous());
+  const int8_t* weight = codes.const_data_ptr<int8_t>();
+  const int64_t depth = lhs.size(1);
+  return row_tiles_gemm(
+      lhs, codes.size(0),
+      [&](int64_t first, int64_t top, int64_t part, int64_t count, at::BFloat16* tiles, int64_t block_stride) {
+        kernels().convert_row_tiles_int8_bfloat16_amx(weight + first * depth + top, depth, parameters, first, top, part,
+                                                      count, tiles, block_stride);
+      });
+}
+
+bool int4_row_tiles_reads(const Int4Pack& pack) {
+  return kernels().convert_row_tiles_int4_bfloat16_amx != nullptr && pack.halves && pack.block == 64 &&
+         pack.rows % 64 == 0;
+}
+
+at::Tensor int4_row_tiles_gemm(const at::Tensor& lhs, const Int4Pack& pack) {
+  TORCH_INTERNAL_ASSERT(lhs.scalar_type() == at::kBFloat16 && lhs.is_contiguous() && lhs.size(1) == pack.columns);
+  TORCH_INTERNAL_ASSERT(int4_row_tiles_reads(pack));
+  return row_tiles_gemm(
+      lhs, pack.rows,
+      [&](int64_t first, int64_t top, int64_t part, int64_t count, at::BFloat16* tiles, int64_t block_stride) {
+        kernels().convert_row_tiles_int4_bfloat16_amx(pack, first, top, part, count, tiles, block_stride);
+      });
 }
 
 } // namespace qlgrad::math

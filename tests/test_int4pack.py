@@ -87,9 +87,13 @@ def test_every_cpu_capabilitys_packing(capability):
 
 
 # Rows on both sides of where the training forward leaves torch's kernel for the packing's
-# (int4pack_linear_is_faster in src/matmul.cpp: 16 rows of bfloat16, 1 of float32), and of the
-# panel GEMM's switch to shared panels (256).
-TRAINING_ROW_COUNTS = (1, 4, 15, 16, 17, 100, 255, 256, 300)
+# (int4pack_linear_is_faster in src/matmul.cpp: 16 rows of bfloat16, 1 of float32), of the
+# bfloat16 weight-row tiles' end (kInt4RowTilesRowsEnd, 129) and of the panel GEMM's switch to
+# shared panels (256).
+TRAINING_ROW_COUNTS = (1, 4, 15, 16, 17, 100, 128, 129, 255, 256, 300)
+# Weights wide enough for the weight-row tiles (kInt4RowTilesWeightRowsMin, 2048 outputs): one
+# part of the depth, and three (512, 512 and 64 deep) in groups of 32, a table per tile row.
+TRAINING_SHAPES = SHAPES + ((2048, 320, 64), (2112, 1088, 32))
 
 
 def training_forward_bound(x, weight) -> float:
@@ -103,7 +107,7 @@ def training_forward_bound(x, weight) -> float:
     return max(1.25 * relative_error(dense, x.double() @ weight.t()), 2**-8)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("shape", TRAINING_SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_training_forward_is_the_product_with_the_ops_weight(dtype, shape):
     """Where the input requires grad, the forward is x @ W.T within its dtype's bound (from the

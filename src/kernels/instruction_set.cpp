@@ -81,8 +81,10 @@ bool has_avx512_vnni() {
 
 bool has_amx() {
   static const bool amx = [] {
-    // AMX-BF16, AMX-TILE and AMX-INT8: bits 22, 24 and 25 of EDX.
-    if (!has_avx512_bf16() || !has_avx512_vnni() || !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEdx, 22) ||
+    // AMX-BF16, AMX-TILE and AMX-INT8: bits 22, 24 and 25 of EDX. The AMX kernels use AVX512-VBMI
+    // too (bit 1 of ECX), which every CPU with AMX tiles has.
+    if (!has_avx512_bf16() || !has_avx512_vnni() || !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEcx, 1) ||
+        !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEdx, 22) ||
         !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEdx, 24) ||
         !has_avx512_extension("QLGRAD_AMX", 0, Leaf7Register::kEdx, 25)) {
       return false;

@@ -24,9 +24,10 @@ bool has_avx512_bf16();
 bool has_avx512_vnni();
 
 // Whether the instruction set is AVX-512 with AVX512-BF16 and AVX512-VNNI (has_avx512_bf16 and
-// has_avx512_vnni) and the CPU has AMX tiles with bfloat16 and int8 products, which the operating
-// system lets this process use (Linux grants the tiles' state on request, asked for here once),
-// unless QLGRAD_AMX=0 leaves them out (to test the kernels of AVX-512 CPUs without them).
+// has_avx512_vnni) and the CPU has AMX tiles with bfloat16 and int8 products (and AVX512-VBMI,
+// which every CPU with them has), which the operating system lets this process use (Linux grants
+// the tiles' state on request, asked for here once), unless QLGRAD_AMX=0 leaves them out (to test
+// the kernels of AVX-512 CPUs without them).
 bool has_amx();
 
 // Whether the CPU is Intel's: MKL, torch's float GEMM, runs its AVX-512 code there only (on AMD

@@ -100,6 +100,7 @@ Kernels avx512_kernels() {
     table.panel_rows_int8_amx = &panel_rows_int8_amx;
     table.pack_rows_int8_amx = &pack_rows_int8_amx;
     table.convert_row_tiles_int8_bfloat16_amx = &convert_row_tiles_int8_bfloat16_amx;
+    table.convert_row_tiles_int4_bfloat16_amx = &convert_row_tiles_int4_bfloat16_amx;
     table.weight_rows_bfloat16_amx = &weight_rows_bfloat16_amx;
     table.pack_panel_bfloat16_amx = &pack_panel_bfloat16_amx;
     table.store_transposed_bfloat16_amx = &store_transposed_bfloat16_amx;

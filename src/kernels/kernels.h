@@ -220,6 +220,10 @@ using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const AmxLhsLayout
 //     (up to kAmxTaskRows) and c < columns, sums' rows lds apart, out's ldo.
 using ConvertRowTilesFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t first,
                                int64_t top, int64_t depth, int64_t count, at::BFloat16* tiles, int64_t block_stride);
+//   ConvertInt4RowTilesFn: the same of torch's int4 packing, values as Int4Pack defines them,
+//     `first` a multiple of kAmxTaskRows and the rows in whole blocks of the AVX-512 packing.
+using ConvertInt4RowTilesFn = void(const Int4Pack& pack, int64_t first, int64_t top, int64_t depth, int64_t count,
+                                   at::BFloat16* tiles, int64_t block_stride);
 using PackPanelFn = void(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, at::BFloat16* panel);
 using StoreTransposedFn = void(const float* sums, int64_t lds, int64_t rows, int64_t columns, at::BFloat16* out,
                                int64_t ldo);
@@ -358,6 +362,7 @@ struct Kernels {
   PanelRowsAmxFn<int8_t, uint8_t, int32_t>* panel_rows_int8_amx = nullptr;
   PackRowsFn<int8_t>* pack_rows_int8_amx = nullptr;
   ConvertRowTilesFn* convert_row_tiles_int8_bfloat16_amx = nullptr;
+  ConvertInt4RowTilesFn* convert_row_tiles_int4_bfloat16_amx = nullptr;
   PanelRowsAmxFn<at::BFloat16, at::BFloat16, float>* weight_rows_bfloat16_amx = nullptr;
   PackPanelFn* pack_panel_bfloat16_amx = nullptr;
   StoreTransposedFn* store_transposed_bfloat16_amx = nullptr;

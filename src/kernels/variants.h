@@ -82,6 +82,7 @@ PackRowsFn<float, at::BFloat16> pack_float_rows_bfloat16_amx;
 PanelRowsAmxFn<int8_t, uint8_t, int32_t> panel_rows_int8_amx;
 PackRowsFn<int8_t> pack_rows_int8_amx;
 ConvertRowTilesFn convert_row_tiles_int8_bfloat16_amx;
+ConvertInt4RowTilesFn convert_row_tiles_int4_bfloat16_amx;
 PanelRowsAmxFn<at::BFloat16, at::BFloat16, float> weight_rows_bfloat16_amx;
 PackPanelFn pack_panel_bfloat16_amx;
 StoreTransposedFn store_transposed_bfloat16_amx;

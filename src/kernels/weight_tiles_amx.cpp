@@ -62,6 +62,73 @@ void convert_row_tiles_int8_bfloat16_amx(const int8_t* codes, int64_t ldw, const
   }
 }
 
+// torch's AVX-512 int4 packing: blocks of 64 rows, each column's 32 bytes holding row j in byte j's
+// low nibble and row j + 32 in its high one, so that the rows of a task (first a multiple of 32)
+// are one nibble of the bytes. Per weight row and group, the 16 codes' values (fma(code - 8, scale,
+// zero) rounded to bfloat16 once, as Int4Pack defines them) make a table, from which one vpermw
+// looks up a tile row of 32 columns; the codes of 32 columns (1 KiB) are transposed once as 32-bit
+// lanes, four rows' bytes each, and each row's bytes picked out of two lanes' registers (vpermt2b).
+// The weight's panels (Int4CodesTransposed) convert each value, in twice the vector operations.
+void convert_row_tiles_int4_bfloat16_amx(const Int4Pack& pack, int64_t first, int64_t top, int64_t depth, int64_t count,
+                                         at::BFloat16* tiles, int64_t block_stride) {
+  constexpr int64_t kBlockRows = 64, kColumnBytes = kBlockRows / 2;
+  const Transpose16 transpose16;
+  const __m512 centered = _mm512_sub_ps(
+      _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)), _mm512_set1_ps(8));
+  // Byte t of each 32-bit lane of two registers (the first 16 columns' and the next 16's) as 16-bit
+  // lanes, the upper bytes zeroed by the mask.
+  __m512i byte_of_lanes[4];
+  for (int t = 0; t < 4; ++t) {
+    alignas(64) int8_t index[64];
+    for (int j = 0; j < 32; ++j) {
+      index[2 * j] = static_cast<int8_t>(j < 16 ? 4 * j + t : 64 + 4 * (j - 16) + t);
+      index[2 * j + 1] = 0;
+    }
+    byte_of_lanes[t] = _mm512_load_si512(index);
+  }
+  constexpr __mmask64 kLowBytes = 0x5555555555555555ull;
+  const uint8_t* block = pack.data + first / kBlockRows * kBlockRows * pack.columns / 2;
+  const bool high_nibbles = first % kBlockRows >= kBlockRows / 2;
+  alignas(64) __m512i tables[kAmxTaskRows];
+  int64_t tables_group = -1;
+  for (int64_t k = 0; k < depth; k += kTileValues) {
+    const int64_t column = top + k;
+    if (const int64_t group = column / pack.group_size; group != tables_group) {
+      const float* parameters = pack.scale_and_zeros + (group * pack.rows + first) * 2;
+      for (int64_t i = 0; i < count; ++i) {
+        const __m512 values =
+            _mm512_fmadd_ps(centered, _mm512_set1_ps(parameters[2 * i]), _mm512_set1_ps(parameters[2 * i + 1]));
+        tables[i] = (__m512i)_mm512_cvtne2ps_pbh(values, values);
+      }
+      tables_group = group;
+    }
+    // Lane j of lanes[l]: bytes 4l to 4l + 3 of column + j (l < 8), or of column + 16 + j.
+    __m512 lanes[16];
+    for (int64_t j = 0; j < 16; ++j) {
+      const auto* low = reinterpret_cast<const __m256i*>(block + (column + j) * kColumnBytes);
+      const auto* high = reinterpret_cast<const __m256i*>(block + (column + 16 + j) * kColumnBytes);
+      lanes[j] = _mm512_castsi512_ps(
+          _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(low)), _mm256_loadu_si256(high), 1));
+    }
+    transpose16(lanes);
+#pragma GCC unroll 32
+    for (int64_t i = 0; i < kAmxTaskRows; ++i) {
+      at::BFloat16* tile_row =
+          tiles + i / kAmxBlockRows * block_stride + k * kAmxBlockRows + i % kAmxBlockRows * kTileValues;
+      if (i >= count) {
+        _mm512_storeu_si512(tile_row, _mm512_setzero_si512());
+        continue;
+      }
+      // Row first + i: byte i % 32 of each column, in lanes i / 4 and i / 4 + 8.
+      const __m512i codes = _mm512_maskz_permutex2var_epi8(kLowBytes, _mm512_castps_si512(lanes[i / 4]),
+                                                           byte_of_lanes[i % 4], _mm512_castps_si512(lanes[i / 4 + 8]));
+      const __m512i indices =
+          high_nibbles ? _mm512_srli_epi16(codes, 4) : _mm512_and_si512(codes, _mm512_set1_epi16(15));
+      _mm512_storeu_si512(tile_row, _mm512_permutexvar_epi16(indices, tables[i]));
+    }
+  }
+}
+
 // Each half of the panel's 32 columns: 16 rows, their pairs transposed as 32-bit lanes.
 void pack_panel_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, at::BFloat16* panel) {
   for (int64_t half = 0; half < kPanelColumns; half += 16) {
