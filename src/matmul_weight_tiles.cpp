@@ -1,6 +1,7 @@
-// The forward x @ W.T of int8 codes in rows (torchao's group-wise layers) in bfloat16 products on
-// AMX tiles, with the weight's rows as the tiles' first operand and x's rows as the panels
-// (kernels.h, ConvertRowTilesFn): x is packed into panels once for all threads; each thread takes
+// The forward x @ W.T of int8 codes in rows (torchao's group-wise layers) and of torch's int4
+// packing in bfloat16 products on AMX tiles, with the weight's rows as the tiles' first operand
+// and x's rows as the panels (kernels.h, ConvertRowTilesFn and ConvertInt4RowTilesFn): x is packed
+// into panels once for all threads; each thread takes
 // blocks of kBlockWeightRows weight rows, converts a part of their depth into tiles, and runs each
 // panel of x's part against every tile of the block; the sums, out.T, are transposed into the
 // output once a block's depth is done. The weight, most of a forward of few rows, is converted in

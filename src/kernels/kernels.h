@@ -220,8 +220,9 @@ using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const AmxLhsLayout
 //     (up to kAmxTaskRows) and c < columns, sums' rows lds apart, out's ldo.
 using ConvertRowTilesFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t first,
                                int64_t top, int64_t depth, int64_t count, at::BFloat16* tiles, int64_t block_stride);
-//   ConvertInt4RowTilesFn: the same of torch's int4 packing, values as Int4Pack defines them,
-//     `first` a multiple of kAmxTaskRows and the rows in whole blocks of the AVX-512 packing.
+//   ConvertInt4RowTilesFn: the same for torch's int4 packing, values as Int4Pack defines them,
+//     `first` a multiple of kAmxTaskRows, the rows in whole blocks of the AVX-512 packing and
+//     `depth` a multiple of 32.
 using ConvertInt4RowTilesFn = void(const Int4Pack& pack, int64_t first, int64_t top, int64_t depth, int64_t count,
                                    at::BFloat16* tiles, int64_t block_stride);
 using PackPanelFn = void(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, at::BFloat16* panel);
