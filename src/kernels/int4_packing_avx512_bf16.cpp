@@ -22,9 +22,7 @@ void square_panels(const Int4Pack& pack, int64_t top, int64_t row_offset, int64_
   });
 }
 
-// The AVX-512 packing's whole blocks: 64 rows, each column's 32 bytes holding row j in byte j's
-// low nibble and row j + 32 in its high one.
-constexpr int64_t kBlockRows = 64, kBlockPairs = kBlockRows / 2, kColumnBytes = kBlockRows / 2;
+constexpr int64_t kBlockPairs = kWholeBlockRows / 2;
 
 // Rows [top, top + depth) of whole blocks of the AVX-512 packing as bfloat16 panels, columns from
 // `first` (a multiple of 32) 32 at a time. Within a group, a pair of rows has 16 values per row, one
@@ -39,9 +37,6 @@ constexpr int64_t kBlockRows = 64, kBlockPairs = kBlockRows / 2, kColumnBytes = 
 void looked_up_panels(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out,
                       int64_t panel_depth) {
   const Transpose16 transpose16;
-  // Codes 0 to 15 less 8, for the tables.
-  const __m512 centered = _mm512_sub_ps(
-      _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)), _mm512_set1_ps(8));
   // Bytes 0 and 1 (2 and 3) of each 32-bit lane as 16-bit lanes: a pair's codes, column by column.
   const __m512i first_pair =
       _mm512_broadcast_i32x4(_mm_setr_epi8(0, -1, 1, -1, 4, -1, 5, -1, 8, -1, 9, -1, 12, -1, 13, -1));
@@ -52,39 +47,29 @@ void looked_up_panels(const Int4Pack& pack, int64_t top, int64_t first, int64_t 
   const __m512i second_row = _mm512_set1_epi32(16 << 16);
   alignas(64) __m512i tables[kBlockPairs];
   const int64_t end = top + depth;
-  for (int64_t block_top = top / kBlockRows * kBlockRows; block_top < end; block_top += kBlockRows) {
+  for (int64_t block_top = top / kWholeBlockRows * kWholeBlockRows; block_top < end; block_top += kWholeBlockRows) {
     const uint8_t* block = pack.data + block_top * pack.columns / 2;
     // The block's pairs in [top, end): [pair_begin, pair_end).
     const int64_t pair_begin = (std::max(top, block_top) - block_top) / 2;
-    const int64_t pair_end = (std::min(end, block_top + kBlockRows) - block_top) / 2;
+    const int64_t pair_end = (std::min(end, block_top + kWholeBlockRows) - block_top) / 2;
     int64_t tables_group = -1;
     for (int64_t column = first; column < first + count; column += 2 * 16) {
       if (const int64_t group = column / pack.group_size; group != tables_group) {
         const float* parameters = pack.scale_and_zeros + (group * pack.rows + block_top) * 2;
         for (int64_t pair = 0; pair < kBlockPairs; ++pair) {
-          const float* row = parameters + 4 * pair;
-          const __m512 even = _mm512_fmadd_ps(centered, _mm512_set1_ps(row[0]), _mm512_set1_ps(row[1]));
-          const __m512 odd = _mm512_fmadd_ps(centered, _mm512_set1_ps(row[2]), _mm512_set1_ps(row[3]));
-          tables[pair] = (__m512i)_mm512_cvtne2ps_pbh(odd, even);
+          const float* rows = parameters + 4 * pair;
+          tables[pair] = (__m512i)_mm512_cvtne2ps_pbh(code_values16(rows + 2), code_values16(rows));
         }
         tables_group = group;
       }
-      // Lane j of rows[i]: bytes 4j to 4j + 3 of column + i (j < 8) or of column + 16 + i.
-      __m512 rows[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        const auto* low = reinterpret_cast<const __m256i*>(block + (column + i) * kColumnBytes);
-        const auto* high = reinterpret_cast<const __m256i*>(block + (column + 16 + i) * kColumnBytes);
-        rows[i] = _mm512_castsi512_ps(
-            _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(low)), _mm256_loadu_si256(high), 1));
-      }
-      transpose16(rows);
-      // rows[l]: lane i holds bytes 4(l % 8) to 4(l % 8) + 3 of column + 16 (l / 8) + i: rows
-      // 4(l % 8) to 4(l % 8) + 3 in their low nibbles, 32 rows on in their high ones.
+      __m512 lanes[16];
+      transposed_column_bytes(block, column, transpose16, lanes);
       for (int64_t l = 0; l < 16; ++l) {
         const int64_t offset = column + 16 * (l / 8) - first;
         at::BFloat16* panel = out + offset / kPanelColumns * kPanelColumns * panel_depth + offset % kPanelColumns * 2;
         for (int64_t half = 0; half < 2; ++half) {
-          const __m512i codes = _mm512_shuffle_epi8(_mm512_castps_si512(rows[l]), half == 0 ? first_pair : second_pair);
+          const __m512i codes =
+              _mm512_shuffle_epi8(_mm512_castps_si512(lanes[l]), half == 0 ? first_pair : second_pair);
           for (int64_t nibble = 0; nibble < 2; ++nibble) {
             const int64_t pair = nibble * kBlockPairs / 2 + 2 * (l % 8) + half;
             if (pair < pair_begin || pair >= pair_end) {
@@ -108,8 +93,8 @@ void int4_panels_bfloat16_avx512(const Int4Pack& pack, int64_t top, int64_t firs
                                  at::BFloat16* out, int64_t panel_depth) {
   // The whole blocks of the AVX-512 packing are looked up; the rest (a last, partial block, or
   // another instruction set's packing) converted value by value.
-  const bool blocks = pack.halves && pack.block == kBlockRows && first % 32 == 0 && count % 32 == 0;
-  const int64_t whole = blocks ? std::clamp(pack.rows / kBlockRows * kBlockRows - top, int64_t{0}, depth) : 0;
+  const bool blocks = pack.halves && pack.block == kWholeBlockRows && first % 32 == 0 && count % 32 == 0;
+  const int64_t whole = blocks ? std::clamp(pack.rows / kWholeBlockRows * kWholeBlockRows - top, int64_t{0}, depth) : 0;
   if (whole > 0) {
     looked_up_panels(pack, top, first, whole, count, out, panel_depth);
   }

@@ -1,6 +1,6 @@
 #pragma once
-// The int4 packing's vectors, for the int4 kernel files of AVX-512 CPUs: included after avx512.h
-// or avx512_bf16.h, and of internal linkage, so that each file compiles them for its own
+// The int4 packing's vectors, for the int4 kernel files of AVX-512 CPUs: included after avx512.h,
+// avx512_bf16.h or amx.h, and of internal linkage, so that each file compiles them for its own
 // instruction set.
 
 #include "int4_packing.h"
@@ -95,6 +95,32 @@ void for_each_column16(const Int4Pack& pack, int64_t top, int64_t first, int64_t
       store(row, k, values);
     }
   }
+}
+
+// The AVX-512 packing's whole blocks: 64 rows, each column's 32 bytes holding row j in byte j's
+// low nibble and row j + 32 in its high one.
+constexpr int64_t kWholeBlockRows = 64, kWholeBlockColumnBytes = kWholeBlockRows / 2;
+
+// The values of codes 0 to 15 of a weight row whose group has `scale_and_zero` (a scale, then a
+// zero): fma(code - 8, scale, zero), as values16 computes them; lane c holds code c's.
+inline __m512 code_values16(const float* scale_and_zero) {
+  const __m512 centered = _mm512_sub_ps(
+      _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)), _mm512_set1_ps(8));
+  return _mm512_fmadd_ps(centered, _mm512_set1_ps(scale_and_zero[0]), _mm512_set1_ps(scale_and_zero[1]));
+}
+
+// The bytes of columns [column, column + 32) of a whole block (`block` at its first column's), 32
+// to a column, transposed as 32-bit lanes: lane j of lanes[l] holds bytes 4(l % 8) to 4(l % 8) + 3
+// of column + 16 (l / 8) + j, four rows' codes (and those of the four rows 32 on).
+inline void transposed_column_bytes(const uint8_t* block, int64_t column, const Transpose16& transpose16,
+                                    __m512 (&lanes)[16]) {
+  for (int64_t j = 0; j < 16; ++j) {
+    const auto* low = reinterpret_cast<const __m256i*>(block + (column + j) * kWholeBlockColumnBytes);
+    const auto* high = reinterpret_cast<const __m256i*>(block + (column + 16 + j) * kWholeBlockColumnBytes);
+    lanes[j] = _mm512_castsi512_ps(
+        _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(low)), _mm256_loadu_si256(high), 1));
+  }
+  transpose16(lanes);
 }
 
 } // namespace

@@ -6,6 +6,7 @@
 #include "variants.h"
 
 #include "amx.h"
+#include "int4_vectors_avx512.h"
 #include "packed_rows_avx512.h"
 
 namespace qlgrad::math {
@@ -71,10 +72,7 @@ void convert_row_tiles_int8_bfloat16_amx(const int8_t* codes, int64_t ldw, const
 // The weight's panels (Int4CodesTransposed) convert each value, in twice the vector operations.
 void convert_row_tiles_int4_bfloat16_amx(const Int4Pack& pack, int64_t first, int64_t top, int64_t depth, int64_t count,
                                          at::BFloat16* tiles, int64_t block_stride) {
-  constexpr int64_t kBlockRows = 64, kColumnBytes = kBlockRows / 2;
   const Transpose16 transpose16;
-  const __m512 centered = _mm512_sub_ps(
-      _mm512_cvtepi32_ps(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)), _mm512_set1_ps(8));
   // Byte t of each 32-bit lane of two registers (the first 16 columns' and the next 16's) as 16-bit
   // lanes, the upper bytes zeroed by the mask.
   __m512i byte_of_lanes[4];
@@ -87,8 +85,8 @@ void convert_row_tiles_int4_bfloat16_amx(const Int4Pack& pack, int64_t first, in
     byte_of_lanes[t] = _mm512_load_si512(index);
   }
   constexpr __mmask64 kLowBytes = 0x5555555555555555ull;
-  const uint8_t* block = pack.data + first / kBlockRows * kBlockRows * pack.columns / 2;
-  const bool high_nibbles = first % kBlockRows >= kBlockRows / 2;
+  const uint8_t* block = pack.data + first / kWholeBlockRows * kWholeBlockRows * pack.columns / 2;
+  const bool high_nibbles = first % kWholeBlockRows >= kWholeBlockRows / 2;
   alignas(64) __m512i tables[kAmxTaskRows];
   int64_t tables_group = -1;
   for (int64_t k = 0; k < depth; k += kTileValues) {
@@ -96,21 +94,13 @@ void convert_row_tiles_int4_bfloat16_amx(const Int4Pack& pack, int64_t first, in
     if (const int64_t group = column / pack.group_size; group != tables_group) {
       const float* parameters = pack.scale_and_zeros + (group * pack.rows + first) * 2;
       for (int64_t i = 0; i < count; ++i) {
-        const __m512 values =
-            _mm512_fmadd_ps(centered, _mm512_set1_ps(parameters[2 * i]), _mm512_set1_ps(parameters[2 * i + 1]));
+        const __m512 values = code_values16(parameters + 2 * i);
         tables[i] = (__m512i)_mm512_cvtne2ps_pbh(values, values);
       }
       tables_group = group;
     }
-    // Lane j of lanes[l]: bytes 4l to 4l + 3 of column + j (l < 8), or of column + 16 + j.
     __m512 lanes[16];
-    for (int64_t j = 0; j < 16; ++j) {
-      const auto* low = reinterpret_cast<const __m256i*>(block + (column + j) * kColumnBytes);
-      const auto* high = reinterpret_cast<const __m256i*>(block + (column + 16 + j) * kColumnBytes);
-      lanes[j] = _mm512_castsi512_ps(
-          _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(low)), _mm256_loadu_si256(high), 1));
-    }
-    transpose16(lanes);
+    transposed_column_bytes(block, column, transpose16, lanes);
 #pragma GCC unroll 32
     for (int64_t i = 0; i < kAmxTaskRows; ++i) {
       at::BFloat16* tile_row =
