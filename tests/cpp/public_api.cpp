@@ -1,6 +1,7 @@
 // The public C++ API used directly, without TorchScript: the packed and the plain-int8
-// backward against a float64 reference, double backward through the plain one, and the backward
-// precision that follows the gradient's dtype where none is chosen.
+// backward against a float64 reference, double backward through the plain one, the backward
+// precision that follows the gradient's dtype where none is chosen, and torch's int4 packing in
+// bfloat16 products, whose kernels look its values up in tables (run here under the sanitizers).
 
 #include "testing.h"
 
@@ -12,6 +13,38 @@ namespace {
 
 bool close(const at::Tensor& got, const at::Tensor& expected) {
   return got.sizes() == expected.sizes() && at::allclose(got.to(at::kDouble), expected.to(at::kDouble), 1e-5, 1e-6);
+}
+
+// Within bfloat16 products' error of a float64 reference: 1% of its norm.
+bool close_in_bfloat16(const at::Tensor& got, const at::Tensor& expected) {
+  const at::Tensor error = (got.to(at::kDouble) - expected).norm();
+  return got.sizes() == expected.sizes() && error.item<double>() <= 1e-2 * expected.norm().item<double>();
+}
+
+// torch's int4 packing of 2112 x 128 codes in groups of 32 (33 whole blocks of 64 rows in the
+// AVX-512 packing, at least 2048 outputs for the training forward's weight-row tiles): the
+// backward of a bfloat16 gradient and the training forward of a bfloat16 input against float64.
+void check_int4_packing_in_bfloat16(qlgrad_test::Tally& tally) {
+  const int64_t out_features = 2112, in_features = 128, group_size = 32;
+  const at::Tensor codes = at::randint(0, 16, {out_features, in_features}, at::kInt);
+  const at::Tensor packed = at::_convert_weight_to_int4pack_for_cpu(codes, 1);
+  const at::Tensor scales = at::rand({in_features / group_size, out_features}) * 0.02 + 1e-3;
+  const at::Tensor zeros = at::randn({in_features / group_size, out_features}) * 0.01;
+  // bfloat16 parameters (what a bfloat16 input takes), exact in float32 and float64.
+  const at::Tensor scale_and_zeros = at::stack({scales, zeros}, -1).to(at::kBFloat16);
+  const at::Tensor group =
+      at::arange(in_features / group_size, at::TensorOptions(at::kLong)).repeat_interleave(group_size);
+  const at::Tensor parameters = scale_and_zeros.to(at::kDouble).index_select(0, group);  // [K, N, 2]
+  const at::Tensor weight =
+      (codes.to(at::kDouble) - 8) * parameters.select(2, 0).t() + parameters.select(2, 1).t();  // [N, K]
+  const at::Tensor grad_output = at::randn({8, out_features}).to(at::kBFloat16);
+  tally.check("int4 packing, bfloat16 backward",
+              close_in_bfloat16(qlgrad::linear_int4pack_backward(grad_output, packed, group_size, scale_and_zeros),
+                                at::matmul(grad_output.to(at::kDouble), weight)));
+  const at::Tensor input = at::randn({16, in_features}).to(at::kBFloat16).requires_grad_(true);
+  const at::Tensor output = at::_weight_int4pack_mm_for_cpu(input, packed, group_size, scale_and_zeros);
+  tally.check("int4 packing, bfloat16 training forward",
+              close_in_bfloat16(output, at::matmul(input.detach().to(at::kDouble), weight.t())));
 }
 
 } // namespace
@@ -73,5 +106,8 @@ int main() {
   qlgrad::set_backward_precision(std::nullopt);
   tally.check("none chosen again", !qlgrad::chosen_backward_precision() && at::equal(backward(std::nullopt), as_bf16));
 
+  if (std::string(qlgrad::cpu_capability()) == "avx512") {  // the packing the kernels read
+    check_int4_packing_in_bfloat16(tally);
+  }
   return tally.finish();
 }
