@@ -70,10 +70,8 @@ int64_t panel_pairs(const Code* codes, int64_t ldw, const CodeParameters& shared
       }
       __m512 values[2][kQuarters];
       for (int64_t j = 0; j < 2; ++j) {
-        // The row's parameters (read only where they exist).
+        // Where the row's parameters start (read only where they exist).
         const int64_t row = (top + n + j) * parameters.groups;
-        const float* offsets = parameters.zero_point + row;
-        const float* factors = parameters.scale + row;
         for (int64_t q = 0; q < kQuarters; ++q) {
           if (n + j >= depth) {  // an odd depth's last pair
             values[j][q] = _mm512_setzero_ps();
@@ -81,10 +79,10 @@ int64_t panel_pairs(const Code* codes, int64_t ldw, const CodeParameters& shared
           }
           __m512 value = avx512::load_values16(codes + (n + j) * ldw + column + 16 * q);
           if constexpr (Offsets) {
-            value = _mm512_sub_ps(value, _mm512_set1_ps(offsets[group[q]]));
+            value = _mm512_sub_ps(value, _mm512_set1_ps(parameters.zero_point[row + group[q]]));
           }
           if constexpr (Factors) {
-            value = _mm512_mul_ps(value, _mm512_set1_ps(factors[group[q]]));
+            value = _mm512_mul_ps(value, _mm512_set1_ps(parameters.scale[row + group[q]]));
           }
           values[j][q] = value;
         }
