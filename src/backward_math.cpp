@@ -159,10 +159,12 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
   const auto grad = flatten_leading(grad_output);
-  if (grad.size(0) <=
-      (precision == Precision::kFloat32 ? streamed_rows_end() : reduced_precision_streamed_rows_end())) {
-    // A few rows are bound by reading the weight, which the float32 streams do at one byte
-    // per code: the reduced precisions could only be slower (but on AMX tiles from 8 rows).
+  const int64_t streams_end = precision == Precision::kBFloat16 ? bfloat16_streamed_rows_end()
+                              : precision == Precision::kInt8   ? int8_streamed_rows_end()
+                                                                : streamed_rows_end();
+  if (grad.size(0) <= streams_end) {
+    // A few rows are bound by reading the weight, which the float32 streams do at one byte per
+    // code: there the reduced precisions' products would be slower.
     precision = Precision::kFloat32;
   }
   at::Tensor result;

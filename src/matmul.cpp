@@ -24,15 +24,21 @@ constexpr int64_t kPanelGemmRowsEnd = 256;
 // 0.84-1.41x.
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
 constexpr int64_t kIntelVectorStreamedRowsEnd = 2 * kStreamedRowsMax;
-// Where the AMX tiles are, bfloat16 and int8 products past this many rows run on them. On an
-// Intel Xeon with AMX, 2 threads, bfloat16 gradients of int8 codes (groups of 32, or per channel)
-// by 896x4864, 4864x896, 896x896, 896x128, 1024x2816, 2816x1024 and 4096x4096 layers: at 9-15
-// rows the tiles took 0.40-0.85x the streams' time, at 8 rows 0.59-0.93x (one per-channel shape
-// 1.01x), at 7 rows 0.80-1.09x per channel and 0.74-0.94x with groups of 32, at 4-6 rows the
-// streams were faster per channel (0.70-0.94x the tiles' time). A float32 gradient of a
-// per-channel weight at 8-15 rows of 768x3072, 3072x768, 768x768 and 4096x4096: `bf16` 0.49-0.91x
-// and `int8` 0.39-0.85x the float32 streams' time.
-constexpr int64_t kAmxStreamedRowsEnd = 7;
+// Where the bfloat16 panel GEMM runs on AMX tiles, or with AVX512-BF16 on CPUs other than Intel's,
+// bfloat16 products past this many rows run it rather than float32's streams; so do int8 products
+// on AMX tiles. On an Intel Xeon with AMX, 2 threads, bfloat16 gradients of int8 codes (groups of
+// 32, or per channel) by 896x4864, 4864x896, 896x896, 896x128, 1024x2816, 2816x1024 and 4096x4096
+// layers: at 9-15 rows the tiles took 0.40-0.85x the streams' time, at 8 rows 0.59-0.93x (one
+// per-channel shape 1.01x), at 7 rows 0.80-1.09x per channel and 0.74-0.94x with groups of 32, at
+// 4-6 rows the streams were faster per channel (0.70-0.94x the tiles' time). A float32 gradient of
+// a per-channel weight at 8-15 rows of 768x3072, 3072x768, 768x768 and 4096x4096: `bf16`
+// 0.49-0.91x and `int8` 0.39-0.85x the float32 streams' time. On a Zen 5 EPYC (AVX512-BF16), 2
+// threads, bfloat16 gradients by 4096x4096 weights, the panel GEMM over the streams at 8 rows: per
+// channel 0.86x, groups of 128 0.78x, groups of 32 0.65x, float16 values 1.16x (0.58-0.78x from 12
+// rows; at 1024x1024 0.75-0.83x from 6 rows); at 5-7 rows 0.72-0.97x but for float16 values
+// (1.18-1.27x); float32 gradients of fbgemm's packing per channel at 8 rows 0.60-0.85x the float32
+// streams' time (4096x4096 1.07x), at 12-32 rows 0.43-0.72x.
+constexpr int64_t kBFloat16StreamedRowsEnd = 7;
 // Where MKL's GEMM has AVX-512 code (Intel CPUs) and the CPU has no AMX tiles, MKL on bfloat16
 // tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
 // rows with vectors; elsewhere the bfloat16 panel GEMM serves every row count (on AMX tiles: on
@@ -50,6 +56,12 @@ constexpr int64_t kBFloat16PanelRowsEnd = 256;
 // Rapids Xeon, 2 threads, at 2048x3072x768 the whole int8 backward (quantizing the float32
 // gradient too) takes 5.9 ms, torch._int_mm alone on the quantized gradient 3.4 ms.
 constexpr int64_t kInt8PanelRowsEnd = 512;
+// And where it runs with AVX512-VNNI (no AMX tiles), the int8 precision runs it at every row
+// count, where the float32 streams convert every code to multiply it: on a Zen 5 EPYC, 2 threads,
+// float32 gradients of fbgemm's packing per channel (4096x4096, 768x3072, 3072x768, 768x768), the
+// whole int8 backward over the float32 streams' time at 1-3 rows 0.59-0.97x, at 4-8 rows
+// 0.32-0.72x, at 12-32 rows 0.23-0.44x.
+constexpr int64_t kVnniStreamedRowsEnd = 0;
 // Where the AMX tiles are, float32 products of int8 codes (per tensor or per channel) past one
 // pass of the streams and at least kThreePartDepthMin deep run on them as three bfloat16 products
 // (three_part_product). On an Intel Xeon with AMX, 2 threads, the input gradients of 768x3072,
@@ -227,7 +239,7 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                           ? kernel.panel_rows != nullptr && (rows < kPanelGemmRowsEnd || !is_intel_cpu())
                           : kernel.panel_rows_bfloat16 != nullptr &&
                                 (rows < kBFloat16PanelRowsEnd || !is_intel_cpu() || kernel.panel_rows_bfloat16_amx);
-  if (panels && rows > (bfloat16_products ? reduced_precision_streamed_rows_end() : streamed_rows_end())) {
+  if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end() : streamed_rows_end())) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const bool bfloat16_result = lhs.scalar_type() == at::kBFloat16;
     const auto result = blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters),
@@ -276,8 +288,19 @@ int64_t streamed_rows_end() {
   return is_intel_cpu() ? kIntelVectorStreamedRowsEnd : kVectorStreamedRowsEnd;
 }
 
-int64_t reduced_precision_streamed_rows_end() {
-  return kernels().panel_rows_bfloat16_amx != nullptr ? kAmxStreamedRowsEnd : streamed_rows_end();
+int64_t bfloat16_streamed_rows_end() {
+  const auto& kernel = kernels();
+  const bool panels =
+      kernel.panel_rows_bfloat16_amx != nullptr || (kernel.panel_rows_bfloat16 != nullptr && !is_intel_cpu());
+  return panels ? kBFloat16StreamedRowsEnd : streamed_rows_end();
+}
+
+int64_t int8_streamed_rows_end() {
+  const auto& kernel = kernels();
+  if (kernel.panel_rows_int8_amx != nullptr) {
+    return kBFloat16StreamedRowsEnd;
+  }
+  return kernel.panel_rows_int8 != nullptr ? kVnniStreamedRowsEnd : streamed_rows_end();
 }
 
 at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {

@@ -27,9 +27,13 @@ namespace qlgrad::math {
 // streams are (two, 16, on Intel's CPUs, where MKL's AVX-512 GEMM sets the pace).
 int64_t streamed_rows_end();
 
-// The same for bfloat16 and int8 products (bf16 and int8 precisions): fewer where the AMX tiles
-// are.
-int64_t reduced_precision_streamed_rows_end();
+// The same for bfloat16 products (the bf16 precision): fewer where the bfloat16 panel GEMM runs
+// on AMX tiles or, but on Intel's CPUs, with AVX512-BF16.
+int64_t bfloat16_streamed_rows_end();
+
+// The same for int8 products of int8 codes per tensor or per channel (the int8 precision): fewer
+// on AMX tiles, none where the int8 panel GEMM runs with AVX512-VNNI.
+int64_t int8_streamed_rows_end();
 
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in
 // float32 and returned in lhs's dtype; or, with group-wise parameters,

@@ -88,9 +88,9 @@ def test_fp32_keeps_its_accuracy_at_every_magnitude(rows, magnitude, scheme):
 @pytest.mark.parametrize("rows", [1, 7, 8, 9, 15, 16, 32, 33])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
-    # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs, 16 on Intel's, 7 with AMX tiles)
-    # the product is bound by reading the weight: every precision streams it in float32, as fast
-    # as any narrower arithmetic and exact; past it they part.
+    # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs, 16 on Intel's; fewer for bf16 and
+    # int8 where their own kernels are faster) the product is bound by reading the weight: the
+    # precision streams it in float32, exact; past it they part.
     weight = quantize_weight(300, 200, scheme)
     packed = packed_params(weight)
     grad_output = torch.randn(rows, 300)
