@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 namespace qlgrad::math {
 namespace {
@@ -147,6 +148,17 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& shared
 template <typename Source>
 void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                 int64_t factor_stride, at::BFloat16* block) {
+  if constexpr (std::is_same_v<Source, at::BFloat16>) {
+    if (factors == nullptr) {
+      // bfloat16 rows hold their pairs as they lie: values n and n + 1 are one 4-byte lane.
+      pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+        const int64_t n = 2 * d, values = std::min<int64_t>(32, depth - n);
+        const __mmask32 mask = values >= 32 ? ~__mmask32(0) : (__mmask32(1) << values) - 1;
+        return _mm512_maskz_loadu_epi16(mask, lhs + r * ldl + n);
+      });
+      return;
+    }
+  }
   const __m512i even_values = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
   const __m512i odd_values = _mm512_add_epi32(even_values, _mm512_set1_epi32(1));
   pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
