@@ -142,15 +142,15 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& shared
   }
 }
 
-// Rows packed as bfloat16 pairs (PackRowsFn): row r's values n to n + 31 (from avx512::load32),
-// multiplied by their factors, split into the even and the odd values and rounded to bfloat16
-// pairs once.
+// Rows packed as bfloat16 pairs (PackRowsFn): a row's values n and n + 1 are the pair of one
+// 4-byte lane, so its 32 values from n in order are 16 pairs. bfloat16 rows without factors are
+// taken as they lie; else the values (from avx512::load32) are multiplied by their factors and
+// rounded to bfloat16 once.
 template <typename Source>
 void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                 int64_t factor_stride, at::BFloat16* block) {
   if constexpr (std::is_same_v<Source, at::BFloat16>) {
     if (factors == nullptr) {
-      // bfloat16 rows hold their pairs as they lie: values n and n + 1 are one 4-byte lane.
       pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
         const int64_t n = 2 * d, values = std::min<int64_t>(32, depth - n);
         const __mmask32 mask = values >= 32 ? ~__mmask32(0) : (__mmask32(1) << values) - 1;
@@ -159,14 +159,12 @@ void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, co
       return;
     }
   }
-  const __m512i even_values = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-  const __m512i odd_values = _mm512_add_epi32(even_values, _mm512_set1_epi32(1));
   pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
     const int64_t n = 2 * d, values = std::min<int64_t>(32, depth - n);
     auto row = avx512::load32(lhs + r * ldl + n, values);
     avx512::multiply32(row, factors, factor_stride, n, values);
-    return avx512::bfloat16_pairs(_mm512_permutex2var_ps(row.first, even_values, row.second),
-                                  _mm512_permutex2var_ps(row.first, odd_values, row.second));
+    // vcvtne2ps2bf16 puts its second operand's values first: values n to n + 31 in order.
+    return (__m512i)_mm512_cvtne2ps_pbh(row.second, row.first);
   });
 }
 
