@@ -66,4 +66,15 @@ inline void multiply32(std::pair<__m512, __m512>& row, const float* factors, int
   }
 }
 
+// The values n to n + 31 of a row of lhs (from `row`, which points at value n) times their
+// factors (multiply32), rounded to bfloat16 once, in order; `values` of them exist, zero past.
+template <typename Source>
+inline __m512i scaled_bfloat16_32(const Source* row, int64_t values, const float* factors, int64_t factor_stride,
+                                  int64_t n) {
+  auto scaled = load32(row, values);
+  multiply32(scaled, factors, factor_stride, n, values);
+  // vcvtne2ps2bf16 puts its second operand's values first.
+  return (__m512i)_mm512_cvtne2ps_pbh(scaled.second, scaled.first);
+}
+
 } // namespace qlgrad::math::avx512

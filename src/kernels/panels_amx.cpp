@@ -207,10 +207,7 @@ template <typename Source>
 void pack_bfloat16_tiles(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                          int64_t factor_stride, at::BFloat16* block) {
   pack_tiles(count, depth, block, [&](int64_t r, int64_t n, int64_t values) {
-    auto row = avx512::load32(lhs + r * ldl + n, values);
-    avx512::multiply32(row, factors, factor_stride, n, values);
-    // vcvtne2ps2bf16 puts its second operand's values first.
-    return (__m512i)_mm512_cvtne2ps_pbh(row.second, row.first);
+    return avx512::scaled_bfloat16_32(lhs + r * ldl + n, values, factors, factor_stride, n);
   });
 }
 

@@ -144,8 +144,8 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& shared
 
 // Rows packed as bfloat16 pairs (PackRowsFn): a row's values n and n + 1 are the pair of one
 // 4-byte lane, so its 32 values from n in order are 16 pairs. bfloat16 rows without factors are
-// taken as they lie; else the values (from avx512::load32) are multiplied by their factors and
-// rounded to bfloat16 once.
+// taken as they lie; else the values are multiplied by their factors and rounded to bfloat16 once
+// (avx512::scaled_bfloat16_32).
 template <typename Source>
 void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
                 int64_t factor_stride, at::BFloat16* block) {
@@ -161,10 +161,7 @@ void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, co
   }
   pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
     const int64_t n = 2 * d, values = std::min<int64_t>(32, depth - n);
-    auto row = avx512::load32(lhs + r * ldl + n, values);
-    avx512::multiply32(row, factors, factor_stride, n, values);
-    // vcvtne2ps2bf16 puts its second operand's values first: values n to n + 31 in order.
-    return (__m512i)_mm512_cvtne2ps_pbh(row.second, row.first);
+    return avx512::scaled_bfloat16_32(lhs + r * ldl + n, values, factors, factor_stride, n);
   });
 }
 
