@@ -142,13 +142,14 @@ struct FloatProducts : FloatOperands, Avx512Kernels {
 };
 
 struct BFloat16Products : BFloat16Operands, Avx512Kernels {
+  static constexpr bool kRoundsSums = true;
   static constexpr int64_t kDepthStep = 2;
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16; }
   static void multiply(int64_t rows, const at::BFloat16* lhs, const AmxLhsLayout& /*lhs_layout*/,
                        const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo, int64_t width,
-                       bool accumulate, at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
-    kernels().panel_rows_bfloat16(rows, lhs, panel, depth, out, ldo, width, accumulate);
+                       bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
+    kernels().panel_rows_bfloat16(rows, lhs, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
   }
 };
 
@@ -487,8 +488,13 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
     });
     return rounds ? rounded : bfloat16_result ? result.to(at::kBFloat16) : result;
   }
-  auto result = at::empty({rows, columns}, sum_options);
-  Sum* out = result.template mutable_data_ptr<Sum>();
+  // With sums rounded as they are stored, the last block's go to `rounded`, and float32 ones are
+  // needed only before it.
+  const bool rounds = Products::kRoundsSums && bfloat16_result && finish == nullptr;
+  const int64_t blocks = depth_blocks(reader, Products::kSharedDepth);
+  const at::Tensor result = rounds && blocks == 1 ? at::Tensor() : at::empty({rows, columns}, sum_options);
+  const at::Tensor rounded = rounds ? at::empty({rows, columns}, lhs.options().dtype(at::kBFloat16)) : at::Tensor();
+  Sum* out = result.defined() ? result.template mutable_data_ptr<Sum>() : nullptr;
   // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
   at::Tensor shared_panels =
@@ -513,9 +519,12 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
       Products::prepare_thread();
       for (int64_t index = begin; index < end; ++index) {
         const PanelTask task = tasks[index];
+        const int64_t offset = task.row * columns + task.column;
+        at::BFloat16* rounded_sums =
+            rounds && block == blocks - 1 ? rounded.mutable_data_ptr<at::BFloat16>() + offset : nullptr;
         Products::multiply(task.rows, kernel_rows.at(task.row, top), kernel_rows.layout,
-                           panels + task.column * panel_depth, panel_depth, out + task.row * columns + task.column,
-                           columns, task.columns, /*accumulate=*/block > 0, /*rounded=*/nullptr, 0);
+                           panels + task.column * panel_depth, panel_depth, out != nullptr ? out + offset : nullptr,
+                           columns, task.columns, /*accumulate=*/block > 0, rounded_sums, columns);
       }
     });
   });
@@ -526,7 +535,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
         [&](int64_t begin, int64_t end) { finish_sums(to, out + begin * columns, begin, end - begin, 0, columns); });
     return at::Tensor();
   }
-  return bfloat16_result ? result.to(at::kBFloat16) : result;
+  return rounds ? rounded : bfloat16_result ? result.to(at::kBFloat16) : result;
 }
 
 } // namespace

@@ -66,6 +66,19 @@ inline void multiply32(std::pair<__m512, __m512>& row, const float* factors, int
   }
 }
 
+// Rows of 32 float32 sums (as avx512::store_sums takes them) rounded to bfloat16 (to nearest even),
+// `width` of each row stored.
+template <int64_t Rows>
+inline void store_rounded_sums(__m512 (&low)[Rows], __m512 (&high)[Rows], at::BFloat16* out, int64_t ldo,
+                               int64_t width) {
+  const __mmask32 mask = width >= 32 ? ~__mmask32(0) : (__mmask32(1) << width) - 1;
+#pragma GCC unroll 12
+  for (int64_t r = 0; r < Rows; ++r) {
+    // vcvtne2ps2bf16 puts its second operand's values first.
+    _mm512_mask_storeu_epi16(out + r * ldo, mask, (__m512i)_mm512_cvtne2ps_pbh(high[r], low[r]));
+  }
+}
+
 // The values n to n + 31 of a row of lhs (from `row`, which points at value n) times their
 // factors (multiply32), rounded to bfloat16 once, in order; `values` of them exist, zero past.
 template <typename Source>

@@ -146,9 +146,12 @@ using BlockedFloatPanelsFn = void(const BlockedLayout& layout, const int8_t* pac
 
 // The same with bfloat16 products (vdpbf16ps) and float32 sums: lhs packed as [depth / 2][kKernelRows]
 // pairs of bfloat16 (rows n and n + 1 of lhs's column side by side), the panel [depth / 2]
-// [kPanelColumns] pairs (weight rows n and n + 1 of each column side by side); depth even.
+// [kPanelColumns] pairs (weight rows n and n + 1 of each column side by side); depth even. With
+// `rounded`, the sums (added to out's with `accumulate`) go there instead, rounded to bfloat16 (to
+// nearest even), rows rounded_stride elements apart.
 using PanelRowsBFloat16Fn = void(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
-                                 float* out, int64_t ldo, int64_t width, bool accumulate);
+                                 float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
+                                 int64_t rounded_stride);
 
 // value[top:top + depth, first:first + count] as such bfloat16 panels, rounded to nearest even,
 // panel_depth (even) rows of kPanelColumns apart; an odd depth's last pair ends in a zero row.

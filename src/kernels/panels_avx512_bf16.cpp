@@ -18,7 +18,7 @@ namespace {
 
 template <int64_t Rows>
 void panel_kernel(const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo,
-                  int64_t width, bool accumulate) {
+                  int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
   __m512 low[Rows], high[Rows];
   avx512::load_sums<Rows>(low, high, out, ldo, width, accumulate);
   const auto* lhs_pairs = reinterpret_cast<const int32_t*>(lhs);
@@ -32,7 +32,11 @@ void panel_kernel(const at::BFloat16* lhs, const at::BFloat16* panel, int64_t de
       high[r] = _mm512_dpbf16_ps(high[r], factors, panel_high);
     }
   }
-  avx512::store_sums<Rows>(low, high, out, ldo, width);
+  if (rounded != nullptr) {
+    avx512::store_rounded_sums<Rows>(low, high, rounded, rounded_stride, width);
+  } else {
+    avx512::store_sums<Rows>(low, high, out, ldo, width);
+  }
 }
 
 constexpr int64_t kRowsAtOnce = 16;
@@ -168,9 +172,11 @@ void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, co
 } // namespace
 
 void panel_rows_bfloat16_avx512(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
-                                float* out, int64_t ldo, int64_t width, bool accumulate) {
-  with_rows<kKernelRows>(rows,
-                         [&]<int64_t Rows>() { panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate); });
+                                float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
+                                int64_t rounded_stride) {
+  with_rows<kKernelRows>(rows, [&]<int64_t Rows>() {
+    panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
+  });
 }
 
 void pack_rows_bfloat16_avx512(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
