@@ -4,6 +4,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 
@@ -24,6 +25,12 @@ constexpr int64_t kPanelGemmRowsEnd = 256;
 // 0.84-1.41x.
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
 constexpr int64_t kIntelVectorStreamedRowsEnd = 2 * kStreamedRowsMax;
+// fbgemm's packing streams in passes of half as many rows, and so stops at 16 rows on every CPU:
+// on a Zen 5 EPYC, 2 threads, per channel, over oneDNN's fp32 GEMM, at 24-32 rows of 768x768,
+// 768x3072, 3072x768, 896x4864, 4864x896 and 2048x2048 the panel GEMM 0.77-0.98x against the
+// streams' 0.99-1.31x; at 24 and 32 rows of 4096x4096 0.97x and 1.03x against 0.91x and 1.01x;
+// 32 x 1024 -> 4096 1.11x against 1.07x.
+constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
 // Where the bfloat16 panel GEMM runs on AMX tiles, or with AVX512-BF16 on CPUs other than Intel's,
 // bfloat16 products past this many rows run it rather than float32's streams; so do int8 products
 // on AMX tiles. On an Intel Xeon with AMX, 2 threads, bfloat16 gradients of int8 codes (groups of
@@ -239,7 +246,8 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                           ? kernel.panel_rows != nullptr && (rows < kPanelGemmRowsEnd || !is_intel_cpu())
                           : kernel.panel_rows_bfloat16 != nullptr &&
                                 (rows < kBFloat16PanelRowsEnd || !is_intel_cpu() || kernel.panel_rows_bfloat16_amx);
-  if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end() : streamed_rows_end())) {
+  const int64_t streams_end = blocked ? std::min(streamed_rows_end(), kPackingStreamedRowsEnd) : streamed_rows_end();
+  if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end() : streams_end)) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const bool bfloat16_result = lhs.scalar_type() == at::kBFloat16;
     const auto result = blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters),
@@ -247,7 +255,7 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                                 : panel_gemm(lhs, RowCodes(weight, parameters), row_scale, products, bfloat16_result);
     return result.to(lhs.scalar_type());
   }
-  if (rows <= streamed_rows_end()) {
+  if (rows <= streams_end) {
     // The streams read the weight once, which a few rows are bound by, in float32 for any lhs.
     const auto lhs_float = lhs.to(at::kFloat);
     const auto scaled = row_scale ? at::mul(lhs_float, *row_scale) : lhs_float;

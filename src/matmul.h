@@ -24,7 +24,8 @@
 namespace qlgrad::math {
 
 // Rows up to which products stream: kStreamedRowsMax, or four passes of it (32) where the AVX-512
-// streams are (two, 16, on Intel's CPUs, where MKL's AVX-512 GEMM sets the pace).
+// streams are (two, 16, on Intel's CPUs, where MKL's AVX-512 GEMM sets the pace; and for fbgemm's
+// packing, streamed in passes of half as many rows, on every CPU).
 int64_t streamed_rows_end();
 
 // The same for bfloat16 products (the bf16 precision): fewer where the bfloat16 panel GEMM runs

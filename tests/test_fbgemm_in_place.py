@@ -12,9 +12,9 @@ pytestmark = pytest.mark.usefixtures("fresh_cache")
 
 FBGEMM_ENGINES = [engine for engine in ("x86", "fbgemm") if engine in torch.backends.quantized.supported_engines]
 # Shapes [N, K] on both sides of fbgemm's blocks (multiples of 16 n and of 4, 16 and 256+ k),
-# and the row counts on both sides of every kernel switch (streams up to 8 rows, 32 in passes of 8
-# on AVX-512 CPUs, 16 on Intel's; there the panel GEMM by columns up to 255, then by rows and
-# columns, but for tiles from 256 on Intel's).
+# and the row counts on both sides of every kernel switch (streams up to 8 rows, 16 in passes of 4
+# on AVX-512 CPUs; there the panel GEMM by columns up to 255, then by rows and columns, but for
+# tiles from 256 on Intel's).
 SHAPES = [(1, 1), (3, 5), (16, 16), (17, 33), (48, 300), (130, 1030), (512, 768)]
 ROWS = [1, 4, 8, 9, 16, 17, 32, 33, 255, 256, 511, 512, 700]
 # The README's bounds (precision table): float32 rounding, 1% and 2% of the norm.
