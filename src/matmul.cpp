@@ -46,6 +46,11 @@ constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
 // (1.18-1.27x); float32 gradients of fbgemm's packing per channel at 8 rows 0.60-0.85x the float32
 // streams' time (4096x4096 1.07x), at 12-32 rows 0.43-0.72x.
 constexpr int64_t kBFloat16StreamedRowsEnd = 7;
+// But fbgemm's packing, whose bfloat16 panels are converted from a copy of its rows, streams one
+// pass more there: on that EPYC, float32 gradients per channel at 8 rows, the bfloat16 panel GEMM
+// over the float32 streams' time 0.60-1.07x with the weight in cache (1.07x at 4096x4096),
+// 1.26-1.29x with it evicted between calls (896x4864, 768x3072); from 9 rows 0.52-0.86x.
+constexpr int64_t kBFloat16PackingStreamedRowsEnd = kStreamedRowsMax;
 // Where MKL's GEMM has AVX-512 code (Intel CPUs) and the CPU has no AMX tiles, MKL on bfloat16
 // tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
 // rows with vectors; elsewhere the bfloat16 panel GEMM serves every row count (on AMX tiles: on
@@ -63,12 +68,13 @@ constexpr int64_t kBFloat16PanelRowsEnd = 256;
 // Rapids Xeon, 2 threads, at 2048x3072x768 the whole int8 backward (quantizing the float32
 // gradient too) takes 5.9 ms, torch._int_mm alone on the quantized gradient 3.4 ms.
 constexpr int64_t kInt8PanelRowsEnd = 512;
-// And where it runs with AVX512-VNNI (no AMX tiles), the int8 precision runs it at every row
-// count, where the float32 streams convert every code to multiply it: on a Zen 5 EPYC, 2 threads,
+// And where it runs with AVX512-VNNI (no AMX tiles), the int8 precision runs it past this many
+// rows, where the float32 streams convert every code to multiply it: on a Zen 5 EPYC, 2 threads,
 // float32 gradients of fbgemm's packing per channel (4096x4096, 768x3072, 3072x768, 768x768), the
-// whole int8 backward over the float32 streams' time at 1-3 rows 0.59-0.97x, at 4-8 rows
-// 0.32-0.72x, at 12-32 rows 0.23-0.44x.
-constexpr int64_t kVnniStreamedRowsEnd = 0;
+// whole int8 backward over the float32 streams' time at 4-8 rows 0.32-0.72x, at 12-32 rows
+// 0.23-0.44x; at 1-3 rows 0.59-0.97x with the weight in cache, but 1.06-1.41x with it evicted
+// between calls, as in a model's backward (4096x4096, 896x4864, 768x3072; 0.78-0.99x at 4 rows).
+constexpr int64_t kVnniStreamedRowsEnd = 3;
 // Where the AMX tiles are, float32 products of int8 codes (per tensor or per channel) past one
 // pass of the streams and at least kThreePartDepthMin deep run on them as three bfloat16 products
 // (three_part_product). On an Intel Xeon with AMX, 2 threads, the input gradients of 768x3072,
@@ -247,7 +253,7 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                           : kernel.panel_rows_bfloat16 != nullptr &&
                                 (rows < kBFloat16PanelRowsEnd || !is_intel_cpu() || kernel.panel_rows_bfloat16_amx);
   const int64_t streams_end = blocked ? std::min(streamed_rows_end(), kPackingStreamedRowsEnd) : streamed_rows_end();
-  if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end() : streams_end)) {
+  if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end(blocked.has_value()) : streams_end)) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const bool bfloat16_result = lhs.scalar_type() == at::kBFloat16;
     const auto result = blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters),
@@ -296,11 +302,15 @@ int64_t streamed_rows_end() {
   return is_intel_cpu() ? kIntelVectorStreamedRowsEnd : kVectorStreamedRowsEnd;
 }
 
-int64_t bfloat16_streamed_rows_end() {
+int64_t bfloat16_streamed_rows_end(bool fbgemm_packing) {
   const auto& kernel = kernels();
-  const bool panels =
-      kernel.panel_rows_bfloat16_amx != nullptr || (kernel.panel_rows_bfloat16 != nullptr && !is_intel_cpu());
-  return panels ? kBFloat16StreamedRowsEnd : streamed_rows_end();
+  if (kernel.panel_rows_bfloat16_amx != nullptr) {
+    return kBFloat16StreamedRowsEnd;
+  }
+  if (kernel.panel_rows_bfloat16 != nullptr && !is_intel_cpu()) {
+    return fbgemm_packing ? kBFloat16PackingStreamedRowsEnd : kBFloat16StreamedRowsEnd;
+  }
+  return streamed_rows_end();
 }
 
 int64_t int8_streamed_rows_end() {

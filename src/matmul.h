@@ -28,12 +28,13 @@ namespace qlgrad::math {
 // packing, streamed in passes of half as many rows, on every CPU).
 int64_t streamed_rows_end();
 
-// The same for bfloat16 products (the bf16 precision): fewer where the bfloat16 panel GEMM runs
-// on AMX tiles or, but on Intel's CPUs, with AVX512-BF16.
-int64_t bfloat16_streamed_rows_end();
+// The same for bfloat16 products (the bf16 precision) of codes in rows or of fbgemm's packing:
+// fewer where the bfloat16 panel GEMM runs on AMX tiles or, but on Intel's CPUs, with
+// AVX512-BF16 (one pass for fbgemm's packing there).
+int64_t bfloat16_streamed_rows_end(bool fbgemm_packing);
 
 // The same for int8 products of int8 codes per tensor or per channel (the int8 precision): fewer
-// on AMX tiles, none where the int8 panel GEMM runs with AVX512-VNNI.
+// on AMX tiles and where the int8 panel GEMM runs with AVX512-VNNI.
 int64_t int8_streamed_rows_end();
 
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in

@@ -85,7 +85,7 @@ def test_fp32_keeps_its_accuracy_at_every_magnitude(rows, magnitude, scheme):
         assert relative_error(got[finite], expected[finite]) <= ERROR_BOUNDS["fp32"]
 
 
-@pytest.mark.parametrize("rows", [1, 7, 8, 9, 15, 16, 32, 33])
+@pytest.mark.parametrize("rows", [1, 3, 4, 7, 8, 9, 15, 16, 32, 33])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
     # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs, 16 on Intel's; fewer for bf16 and
@@ -97,7 +97,7 @@ def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
     fp32 = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
     for precision in ("bf16", "int8"):
         got = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
-        assert torch.equal(got, fp32) == (rows <= streamed_rows_end(precision)), precision
+        assert torch.equal(got, fp32) == (rows <= streamed_rows_end(precision, fbgemm_packing=True)), precision
 
 
 def test_precision_is_recorded_when_the_forward_runs():
