@@ -43,13 +43,12 @@ constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
 // threads, bfloat16 gradients by 4096x4096 weights, the panel GEMM over the streams at 8 rows: per
 // channel 0.86x, groups of 128 0.78x, groups of 32 0.65x, float16 values 1.16x (0.58-0.78x from 12
 // rows; at 1024x1024 0.75-0.83x from 6 rows); at 5-7 rows 0.72-0.97x but for float16 values
-// (1.18-1.27x); float32 gradients of fbgemm's packing per channel at 8 rows 0.60-0.85x the float32
-// streams' time (4096x4096 1.07x), at 12-32 rows 0.43-0.72x.
+// (1.18-1.27x).
 constexpr int64_t kBFloat16StreamedRowsEnd = 7;
 // But fbgemm's packing, whose bfloat16 panels are converted from a copy of its rows, streams one
 // pass more there: on that EPYC, float32 gradients per channel at 8 rows, the bfloat16 panel GEMM
 // over the float32 streams' time 0.60-1.07x with the weight in cache (1.07x at 4096x4096),
-// 1.26-1.29x with it evicted between calls (896x4864, 768x3072); from 9 rows 0.52-0.86x.
+// 1.26-1.29x with it evicted between calls (896x4864, 768x3072); at 9-32 rows 0.43-0.86x.
 constexpr int64_t kBFloat16PackingStreamedRowsEnd = kStreamedRowsMax;
 // Where MKL's GEMM has AVX-512 code (Intel CPUs) and the CPU has no AMX tiles, MKL on bfloat16
 // tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
