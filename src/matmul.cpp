@@ -67,7 +67,8 @@ constexpr int64_t kBFloat16PanelRowsEnd = 256;
 // Rapids Xeon, 2 threads, at 2048x3072x768 the whole int8 backward (quantizing the float32
 // gradient too) takes 5.9 ms, torch._int_mm alone on the quantized gradient 3.4 ms.
 constexpr int64_t kInt8PanelRowsEnd = 512;
-// And where it runs with AVX512-VNNI (no AMX tiles), the int8 precision runs it past this many
+// And where it runs with AVX512-VNNI (no AMX tiles), on CPUs other than Intel's (whose streams
+// end at 16 rows, measured against MKL's AVX-512 GEMM), the int8 precision runs it past this many
 // rows, where the float32 streams convert every code to multiply it: on a Zen 5 EPYC, 2 threads,
 // float32 gradients of fbgemm's packing per channel (4096x4096, 768x3072, 3072x768, 768x768), the
 // whole int8 backward over the float32 streams' time at 4-8 rows 0.32-0.72x, at 12-32 rows
@@ -317,7 +318,7 @@ int64_t int8_streamed_rows_end() {
   if (kernel.panel_rows_int8_amx != nullptr) {
     return kBFloat16StreamedRowsEnd;
   }
-  return kernel.panel_rows_int8 != nullptr ? kVnniStreamedRowsEnd : streamed_rows_end();
+  return kernel.panel_rows_int8 != nullptr && !is_intel_cpu() ? kVnniStreamedRowsEnd : streamed_rows_end();
 }
 
 at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, const at::Tensor& scale_and_zeros) {

@@ -34,7 +34,7 @@ int64_t streamed_rows_end();
 int64_t bfloat16_streamed_rows_end(bool fbgemm_packing);
 
 // The same for int8 products of int8 codes per tensor or per channel (the int8 precision): fewer
-// on AMX tiles and where the int8 panel GEMM runs with AVX512-VNNI.
+// on AMX tiles and where the int8 panel GEMM runs with AVX512-VNNI on CPUs other than Intel's.
 int64_t int8_streamed_rows_end();
 
 // result [M, K] = (lhs[m, n] * scale[n]) @ (weight[n, k] - zero_point[n]), accumulated in

@@ -96,7 +96,7 @@ def streamed_rows_end(precision: str = "fp32", fbgemm_packing: bool = False) -> 
     """Rows up to which `precision` streams the weight in float32: 32 where qlgrad's AVX-512
     streams are (16 on Intel's CPUs), 8 elsewhere; for bf16, 7 where its panel GEMM runs on AMX
     tiles or with AVX512-BF16 (but on Intel's CPUs without AMX; 8 for fbgemm's packing there); for
-    int8, 7 on AMX tiles and 3 with AVX512-VNNI. Tests of the reduced precisions' own kernels use
+    int8, 7 on AMX tiles and 3 with AVX512-VNNI (but on Intel's CPUs). Tests of the reduced precisions' own kernels use
     more."""
     extensions = _qlgrad().cpu_extensions()
     intel = "GenuineIntel" in Path("/proc/cpuinfo").read_text()
@@ -104,8 +104,10 @@ def streamed_rows_end(precision: str = "fp32", fbgemm_packing: bool = False) -> 
         return 7
     if precision == "bf16" and "avx512_bf16" in extensions and not intel:
         return 8 if fbgemm_packing else 7
-    if precision == "int8" and ("amx" in extensions or "avx512_vnni" in extensions):
-        return 7 if "amx" in extensions else 3
+    if precision == "int8" and "amx" in extensions:
+        return 7
+    if precision == "int8" and "avx512_vnni" in extensions and not intel:
+        return 3
     if _qlgrad().cpu_capability() != "avx512":
         return 8
     return 16 if intel else 32
