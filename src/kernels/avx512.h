@@ -66,6 +66,11 @@ inline __mmask16 lanes_mask(int64_t columns) {
   return columns >= 16 ? __mmask16(0xFFFF) : columns <= 0 ? __mmask16(0) : __mmask16((1u << columns) - 1);
 }
 
+// The first `columns` of 32 lanes (16-bit values: bfloat16 or float16).
+inline __mmask32 lanes_mask32(int64_t columns) {
+  return columns >= 32 ? ~__mmask32(0) : columns <= 0 ? __mmask32(0) : (__mmask32(1) << columns) - 1;
+}
+
 // Up to 16 codes (or float16 values) as float32 lanes, zero past the mask.
 inline __m512 load_values16(__mmask16 mask, const int8_t* codes) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, codes)));

@@ -71,7 +71,7 @@ inline void multiply32(std::pair<__m512, __m512>& row, const float* factors, int
 template <int64_t Rows>
 inline void store_rounded_sums(__m512 (&low)[Rows], __m512 (&high)[Rows], at::BFloat16* out, int64_t ldo,
                                int64_t width) {
-  const __mmask32 mask = width >= 32 ? ~__mmask32(0) : (__mmask32(1) << width) - 1;
+  const __mmask32 mask = lanes_mask32(width);
 #pragma GCC unroll 12
   for (int64_t r = 0; r < Rows; ++r) {
     // vcvtne2ps2bf16 puts its second operand's values first.

@@ -156,9 +156,8 @@ void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, co
   if constexpr (std::is_same_v<Source, at::BFloat16>) {
     if (factors == nullptr) {
       pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
-        const int64_t n = 2 * d, values = std::min<int64_t>(32, depth - n);
-        const __mmask32 mask = values >= 32 ? ~__mmask32(0) : (__mmask32(1) << values) - 1;
-        return _mm512_maskz_loadu_epi16(mask, lhs + r * ldl + n);
+        const int64_t n = 2 * d;
+        return _mm512_maskz_loadu_epi16(avx512::lanes_mask32(depth - n), lhs + r * ldl + n);
       });
       return;
     }

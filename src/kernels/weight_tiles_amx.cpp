@@ -124,11 +124,8 @@ void pack_panel_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count
   for (int64_t half = 0; half < kPanelColumns; half += 16) {
     transpose_rows16(count - half, round_up(depth, kTileValues) / 2, reinterpret_cast<int32_t*>(panel) + half,
                      kPanelColumns, __mmask16(0xFFFF), [&](int64_t r, int64_t d, int64_t /*lanes*/) {
-                       const int64_t values = depth - 2 * d;
-                       const __mmask32 mask = values >= 32  ? ~__mmask32{0}
-                                              : values <= 0 ? __mmask32{0}
-                                                            : (__mmask32{1} << values) - 1;
-                       return _mm512_maskz_loadu_epi16(mask, lhs + (half + r) * ldl + 2 * d);
+                       return _mm512_maskz_loadu_epi16(avx512::lanes_mask32(depth - 2 * d),
+                                                       lhs + (half + r) * ldl + 2 * d);
                      });
   }
 }
