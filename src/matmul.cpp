@@ -84,19 +84,29 @@ constexpr int64_t kVnniStreamedRowsEnd = 3;
 // three sums takes as long as the products.
 constexpr int64_t kThreePartRowsMin = kStreamedRowsMax + 1, kThreePartDepthMin = 256;
 
-// Where the AMX tiles are, a bfloat16 forward of int8 codes in rows (torchao's group-wise layers)
-// takes the weight's rows as the tiles' first operand (weight_row_tiles_gemm) below this many rows
-// of x, by the weight's rows (the layer's outputs): below 256 rows for 2048 weight rows or more,
-// below 65 from 256, never below 256. Its conversion reads the codes in order, but x is read
-// again for every block of 128 weight rows. On a Sapphire Rapids Xeon, 2 threads, rotating
-// weights, groups of 32 (rows x in -> out), over the panels of W.T (Int8CodesTransposed): 16 x
-// 4096 -> 4096 1.62-1.71 ms against 1.82-1.90, 64 x 4096 -> 4096 2.12 against 2.48, 192 x 4096 ->
-// 4096 3.99-4.01 against 4.19-4.28, 192 x 896 -> 4864 1.00 against 1.03, 256 x 896 -> 4864
-// 1.23-1.26 against 1.26-1.27 (equal), 256 x 4096 -> 4096 5.41 against 5.09; narrower layers: 16
-// x 4864 -> 896 0.34-0.35 against 0.39-0.41, 64 x 896 -> 896 0.104 against 0.110, 128 x 896 -> 896
-// 0.157 against 0.146, 192 x 4864 -> 896 1.13 against 1.04; 16 x 896 -> 128 0.026 against 0.022.
-int64_t weight_row_tiles_rows_end(int64_t weight_rows) {
-  return weight_rows >= 2048 ? 256 : weight_rows >= 256 ? 65 : 0;
+// Whether a bfloat16 forward of int8 codes in rows (torchao's group-wise layers) of `rows` rows of
+// x takes the weight's rows as the first operand (weight_row_tiles_gemm), by the weight's rows
+// (the layer's outputs). Its conversion reads the codes in order, but x is read again for every
+// block of weight rows, and its panels are 32 rows of x wide.
+// On AMX tiles below 256 rows for 2048 weight rows or more, below 65 from 256, never below 256. On
+// a Sapphire Rapids Xeon, 2 threads, rotating weights, groups of 32 (rows x in -> out), over the
+// panels of W.T (Int8CodesTransposed): 16 x 4096 -> 4096 1.62-1.71 ms against 1.82-1.90, 64 x
+// 4096 -> 4096 2.12 against 2.48, 192 x 4096 -> 4096 3.99-4.01 against 4.19-4.28, 192 x 896 -> 4864
+// 1.00 against 1.03, 256 x 896 -> 4864 1.23-1.26 against 1.26-1.27 (equal), 256 x 4096 -> 4096
+// 5.41 against 5.09; narrower layers: 16 x 4864 -> 896 0.34-0.35 against 0.39-0.41, 64 x 896 ->
+// 896 0.104 against 0.110, 128 x 896 -> 896 0.157 against 0.146, 192 x 4864 -> 896 1.13 against
+// 1.04; 16 x 896 -> 128 0.026 against 0.022.
+// With the AVX512-BF16 panel kernel from 128 to 767 rows for 512 weight rows or more: with fewer
+// rows x's panels are mostly padding. On an AMD EPYC, 2 threads, the same weights in turn, over the
+// panels of W.T (the same bits): 16 x 4096 -> 4096 1.31x, 48 rows 1.18x, 64 rows 0.93x, 96 rows
+// 0.95x, 128-512 rows 0.93-0.94x, 1024 rows 1.00x; the decoder's 1024 -> 2816, 2816 -> 1024, 896
+// -> 4864 and 4864 -> 896 at 128-256 rows 0.90-1.01x, at 512-768 rows 0.96-1.03x; 1024 -> 256 and
+// 896 -> 128 at 128-256 rows 0.81-1.02x, at 768 rows 1.04-1.15x.
+bool weight_rows_first(int64_t rows, int64_t weight_rows) {
+  if (kernels().convert_row_tiles_int8_bfloat16_amx != nullptr) {
+    return rows < (weight_rows >= 2048 ? 256 : weight_rows >= 256 ? 65 : 0);
+  }
+  return kernels().pack_code_rows_bfloat16 != nullptr && weight_rows >= 512 && rows >= 128 && rows < 768;
 }
 
 void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
@@ -519,8 +529,7 @@ at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& code
   parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
   parameters.groups = groups;
   parameters.group_size = group_size;
-  if (input.scalar_type() == at::kBFloat16 && kernel.convert_row_tiles_int8_bfloat16_amx != nullptr &&
-      input.size(0) < weight_row_tiles_rows_end(codes.size(0))) {
+  if (input.scalar_type() == at::kBFloat16 && weight_rows_first(input.size(0), codes.size(0))) {
     return weight_row_tiles_gemm(input, codes, parameters);
   }
   return panel_product(input, Int8CodesTransposed(codes, parameters));

@@ -70,8 +70,9 @@ using FinishSums =
 void panel_gemm_int8(const at::Tensor& lhs, const WeightReader& reader, const FinishSums& finish);
 
 // x @ W.T in bfloat16 (x bfloat16 [rows, K], int8 codes W [N, K] in rows, contiguous, with
-// `parameters` as Int8CodesTransposed's) on AMX tiles with W's rows as the tiles' first operand
-// (where kernels().convert_row_tiles_int8_bfloat16_amx is), float32 sums rounded once.
+// `parameters` as Int8CodesTransposed's) with W's rows as the first operand: on AMX tiles where
+// kernels().convert_row_tiles_int8_bfloat16_amx is, else with the AVX512-BF16 panel kernel (where
+// kernels().pack_code_rows_bfloat16 is); float32 sums rounded once.
 at::Tensor weight_row_tiles_gemm(const at::Tensor& lhs, const at::Tensor& codes, const CodeParameters& parameters);
 
 // Whether int4_row_tiles_gemm reads this packing: torch's AVX-512 packing in whole blocks, where

@@ -198,11 +198,12 @@ def test_groupwise_product_is_the_float64_product(dtype):
     """torch.ops.qlgrad._int8_groupwise_linear, the product of the group-wise layers' training
     forward, against float64 on row counts that reach each way the panel GEMM divides its work,
     groups of 16 and 32 columns and one per row, a partial last panel, several blocks of depth
-    (past 2048 with few rows on AMX tiles). On AMX tiles in bfloat16, with the weight's rows as
-    the tiles' first operand (src/matmul.cpp, weight_row_tiles_rows_end) on both sides of where
-    it stops, by 256 and 2048 weight rows: panels of up to 16 rows of x and of 17, several blocks of 128
+    (past 2048 with few rows on AMX tiles). In bfloat16 with the weight's rows as the first
+    operand (src/matmul.cpp, weight_rows_first) on both sides of where it starts and stops: on AMX
+    tiles by 256 and 2048 weight rows, panels of up to 16 rows of x and of 17, several blocks of 128
     weight rows and a partial last one, several parts of 512 of the depth, a depth short of a
-    tile row's 32."""
+    tile row's 32; with the AVX512-BF16 panel kernel from 128 to 767 rows of x by 512 weight rows,
+    several blocks of 120 weight rows and a partial last one, zero points of zero."""
     generator = torch.Generator().manual_seed(0)
     for rows, in_features, out_features, groups in (
         (1, 64, 40, 4),
@@ -217,10 +218,18 @@ def test_groupwise_product_is_the_float64_product(dtype):
         (3, 96, 260, 6),
         (255, 608, 2050, 19),
         (256, 608, 2050, 19),
+        (127, 1040, 530, 65),
+        (128, 1040, 530, 65),
+        (200, 608, 511, 19),
+        (767, 96, 512, 3),
+        (768, 96, 512, 3),
+        (160, 544, 600, 0),
     ):
+        zero_points = groups > 0
+        groups = max(groups, 1)
         weight = torch.randint(-8, 8, (out_features, in_features), dtype=torch.int8, generator=generator)
         scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01
-        zero_point = torch.randint(-3, 4, (out_features, groups), generator=generator).float()
+        zero_point = torch.randint(-3, 4, (out_features, groups), generator=generator).float() * zero_points
         values = weight.double().view(out_features, groups, -1) - zero_point.double().unsqueeze(2)
         dequantized = (values * scale.double().unsqueeze(2)).view(out_features, in_features)
         x = torch.randn(rows, in_features, generator=generator).to(dtype)
@@ -229,6 +238,32 @@ def test_groupwise_product_is_the_float64_product(dtype):
         dense = F.linear(x, dequantized.to(dtype))  # what the same product in dtype gives
         bound = 1e-6 if dtype == torch.float32 else max(1.25 * relative_error(dense, expected), 2**-8)
         assert got.dtype == dtype and relative_error(got, expected) <= bound, (rows, groups)
+
+
+@pytest.mark.skipif(
+    "avx512_bf16" not in qlgrad.cpu_extensions() or "amx" in qlgrad.cpu_extensions(),
+    reason="the weight's rows first on the AVX512-BF16 panel kernel: CPUs with AVX512-BF16 and without AMX",
+)
+def test_groupwise_bfloat16_forward_with_the_weights_rows_first_is_the_panels_product():
+    """From 128 to 767 rows of x, layers of at least 512 outputs take the weight's rows as the
+    AVX512-BF16 panel kernel's first operand (src/matmul.cpp, weight_rows_first): the same products
+    summed in the same order as over the panels of W.T, so the same bits as the product of x's rows
+    in pieces of 64 (the panels). Groups of 16 and 32 and one per row, zero points of zero, parts of
+    the depth and a depth short of 32."""
+    generator = torch.Generator().manual_seed(0)
+    for rows, in_features, out_features, groups, zero_points in (
+        (128, 1040, 530, 65, True),
+        (300, 608, 2050, 19, True),
+        (767, 96, 512, 1, True),
+        (160, 544, 600, 17, False),
+    ):
+        weight = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
+        scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01
+        zero_point = torch.randint(-3, 4, (out_features, groups), generator=generator).float() * zero_points
+        x = torch.randn(rows, in_features, generator=generator).bfloat16()
+        got = torch.ops.qlgrad._int8_groupwise_linear(x, weight, scale, zero_point)
+        pieces = [torch.ops.qlgrad._int8_groupwise_linear(piece, weight, scale, zero_point) for piece in x.split(64)]
+        assert torch.equal(got, torch.cat(pieces)), (rows, in_features, out_features)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

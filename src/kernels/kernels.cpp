@@ -82,6 +82,9 @@ Kernels avx512_kernels() {
     table.convert_panels_float16_bfloat16 = &convert_panels_float16_bfloat16_avx512;
     table.convert_transposed_panels_int8_bfloat16 = &convert_transposed_panels_int8_bfloat16_avx512;
     table.int4_panels_bfloat16 = &int4_panels_bfloat16_avx512;
+    table.pack_code_rows_bfloat16 = &pack_code_rows_bfloat16_avx512;
+    table.pack_panel_bfloat16 = &pack_panel_bfloat16_avx512;
+    table.store_transposed_bfloat16 = &store_transposed_bfloat16_avx512;
     table.int4_transposed_panels_bfloat16 = &int4_transposed_panels_bfloat16_avx512;
   }
   if (has_avx512_vnni()) {
@@ -102,8 +105,6 @@ Kernels avx512_kernels() {
     table.convert_row_tiles_int8_bfloat16_amx = &convert_row_tiles_int8_bfloat16_amx;
     table.convert_row_tiles_int4_bfloat16_amx = &convert_row_tiles_int4_bfloat16_amx;
     table.weight_rows_bfloat16_amx = &weight_rows_bfloat16_amx;
-    table.pack_panel_bfloat16_amx = &pack_panel_bfloat16_amx;
-    table.store_transposed_bfloat16_amx = &store_transposed_bfloat16_amx;
   }
   return table;
 }

@@ -220,7 +220,12 @@ using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const AmxLhsLayout
 //     pairs [depth / 2][kPanelColumns][2] (PanelRowsBFloat16Fn's), zero past count and past
 //     depth to a multiple of 32.
 //   StoreTransposedFn: out[c, r] = sums[r, c] rounded to bfloat16 (to nearest even) for r < rows
-//     (up to kAmxTaskRows) and c < columns, sums' rows lds apart, out's ldo.
+//     and c < columns, sums' rows lds apart, out's ldo.
+// PackPanelFn and StoreTransposedFn need AVX512-BF16 only, and serve the same forward on the
+// AVX512-BF16 panel kernel (PanelRowsBFloat16Fn), with W's rows as its packed lhs:
+//   PackCodeRowsFn: value[first:first + count, top:top + depth] as PackRowsFn's block of `count`
+//     (up to kKernelRows) rows, [depth / 2][kKernelRows] pairs rounded to nearest even, zero past
+//     count and past depth to a multiple of 32.
 using ConvertRowTilesFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t first,
                                int64_t top, int64_t depth, int64_t count, at::BFloat16* tiles, int64_t block_stride);
 //   ConvertInt4RowTilesFn: the same for torch's int4 packing, values as Int4Pack defines them,
@@ -231,6 +236,8 @@ using ConvertInt4RowTilesFn = void(const Int4Pack& pack, int64_t first, int64_t 
 using PackPanelFn = void(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, at::BFloat16* panel);
 using StoreTransposedFn = void(const float* sums, int64_t lds, int64_t rows, int64_t columns, at::BFloat16* out,
                                int64_t ldo);
+using PackCodeRowsFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t first,
+                            int64_t top, int64_t depth, int64_t count, at::BFloat16* block);
 // The rescaling of an int8 product's int32 sums as torch computes it one operation at a time:
 // out[m, n] = (((sums[m, n] - row_offset[m]) * row_scale[m]) * column_scale[n]) + bias[n] in
 // float32 (the offset subtracted in int32; no offset, column scale or bias where it is null), each
@@ -349,6 +356,10 @@ struct Kernels {
   ConvertTransposedPanelsFn<at::BFloat16>* convert_transposed_panels_int8_bfloat16 = nullptr;
   Int4PanelsBFloat16Fn* int4_panels_bfloat16 = nullptr;
   Int4PanelsBFloat16Fn* int4_transposed_panels_bfloat16 = nullptr;  // the same in bfloat16 pairs
+  // The forward x @ W.T with W's rows first (PackPanelFn and the rest, above).
+  PackCodeRowsFn* pack_code_rows_bfloat16 = nullptr;
+  PackPanelFn* pack_panel_bfloat16 = nullptr;
+  StoreTransposedFn* store_transposed_bfloat16 = nullptr;
   // The panel GEMM in int8 products: AVX512-VNNI only (has_avx512_vnni), null elsewhere.
   PanelRowsInt8Fn* panel_rows_int8 = nullptr;
   PackRowsFn<int8_t>* pack_rows_int8 = nullptr;
@@ -368,8 +379,6 @@ struct Kernels {
   ConvertRowTilesFn* convert_row_tiles_int8_bfloat16_amx = nullptr;
   ConvertInt4RowTilesFn* convert_row_tiles_int4_bfloat16_amx = nullptr;
   PanelRowsAmxFn<at::BFloat16, at::BFloat16, float>* weight_rows_bfloat16_amx = nullptr;
-  PackPanelFn* pack_panel_bfloat16_amx = nullptr;
-  StoreTransposedFn* store_transposed_bfloat16_amx = nullptr;
 };
 
 // The kernels of the instruction set in use, chosen at the first call.

@@ -311,4 +311,77 @@ void convert_transposed_panels_int8_bfloat16_avx512(const int8_t* codes, int64_t
   }
 }
 
+namespace {
+
+// PackCodeRowsFn: `count` weight rows, 32 codes of each at a time converted and rounded to 16
+// bfloat16 pairs (a 32-bit lane each, in order) and transposed as lanes into the block, as
+// pack_pairs packs lhs's rows. The 32 codes' groups are the same for every row: found as each
+// step's first row is converted, by additions (GroupCursor). Each row asks for the line kAhead
+// codes on: its runs (a part of the depth) are too short for the hardware prefetchers.
+template <bool Offsets>
+void pack_code_rows(const int8_t* codes, int64_t ldw, const CodeParameters& shared_parameters, int64_t first,
+                    int64_t top, int64_t depth, int64_t count, at::BFloat16* block) {
+  // A copy that the stores into the block cannot alias: its fields stay in registers.
+  const CodeParameters parameters = shared_parameters;
+  constexpr int64_t kAhead = 256;
+  GroupCursor low_groups(parameters, top), high_groups(parameters, top + 16);
+  int64_t low_group = 0, high_group = 0;
+  pack_rows16(count, round_up(depth, 32) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+    const int64_t k = 2 * d;
+    if (r == 0) {
+      low_group = low_groups.at(top + k);
+      high_group = high_groups.at(top + k + 16);
+    }
+    const int8_t* row_codes = codes + r * ldw;
+    if (k % 64 == 0) {
+      // An address, not a pointer: past the row's end it points at nothing.
+      _mm_prefetch(reinterpret_cast<const char*>(reinterpret_cast<uintptr_t>(row_codes) + k + kAhead), _MM_HINT_T0);
+    }
+    return avx512::bfloat16_values32<Offsets>(row_codes + k, depth - k, parameters, first + r, low_group, high_group);
+  });
+}
+
+} // namespace
+
+void pack_code_rows_bfloat16_avx512(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t first,
+                                    int64_t top, int64_t depth, int64_t count, at::BFloat16* block) {
+  if (parameters.zero_point != nullptr) {
+    pack_code_rows<true>(codes, ldw, parameters, first, top, depth, count, block);
+  } else {
+    pack_code_rows<false>(codes, ldw, parameters, first, top, depth, count, block);
+  }
+}
+
+// Each half of the panel's 32 columns: 16 rows, their pairs transposed as 32-bit lanes.
+void pack_panel_bfloat16_avx512(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth,
+                                at::BFloat16* panel) {
+  for (int64_t half = 0; half < kPanelColumns; half += 16) {
+    transpose_rows16(count - half, round_up(depth, 32) / 2, reinterpret_cast<int32_t*>(panel) + half, kPanelColumns,
+                     __mmask16(0xFFFF), [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+                       return _mm512_maskz_loadu_epi16(avx512::lanes_mask32(depth - 2 * d),
+                                                       lhs + (half + r) * ldl + 2 * d);
+                     });
+  }
+}
+
+void store_transposed_bfloat16_avx512(const float* sums, int64_t lds, int64_t rows, int64_t columns, at::BFloat16* out,
+                                      int64_t ldo) {
+  const Transpose16 transpose16;
+  for (int64_t row = 0; row < rows; row += 16) {
+    const __mmask16 row_mask = avx512::lanes_mask(rows - row);
+    for (int64_t column = 0; column < columns; column += 16) {
+      const __mmask16 column_mask = avx512::lanes_mask(columns - column);
+      __m512 values[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        values[i] =
+            row + i < rows ? _mm512_maskz_loadu_ps(column_mask, sums + (row + i) * lds + column) : _mm512_setzero_ps();
+      }
+      transpose16(values);
+      for (int64_t j = 0; j < std::min<int64_t>(16, columns - column); ++j) {
+        _mm256_mask_storeu_epi16(out + (column + j) * ldo + row, row_mask, (__m256i)_mm512_cvtneps_pbh(values[j]));
+      }
+    }
+  }
+}
+
 } // namespace qlgrad::math

@@ -66,6 +66,9 @@ ConvertPanelsBFloat16Fn<at::Half> convert_panels_float16_bfloat16_avx512;
 ConvertTransposedPanelsFn<at::BFloat16> convert_transposed_panels_int8_bfloat16_avx512;
 Int4PanelsBFloat16Fn int4_panels_bfloat16_avx512;
 Int4PanelsBFloat16Fn int4_transposed_panels_bfloat16_avx512;
+PackCodeRowsFn pack_code_rows_bfloat16_avx512;
+PackPanelFn pack_panel_bfloat16_avx512;
+StoreTransposedFn store_transposed_bfloat16_avx512;
 
 // AVX512-VNNI (x86-64 only).
 PanelRowsInt8Fn panel_rows_int8_avx512_vnni;
@@ -84,7 +87,5 @@ PackRowsFn<int8_t> pack_rows_int8_amx;
 ConvertRowTilesFn convert_row_tiles_int8_bfloat16_amx;
 ConvertInt4RowTilesFn convert_row_tiles_int4_bfloat16_amx;
 PanelRowsAmxFn<at::BFloat16, at::BFloat16, float> weight_rows_bfloat16_amx;
-PackPanelFn pack_panel_bfloat16_amx;
-StoreTransposedFn store_transposed_bfloat16_amx;
 
 } // namespace qlgrad::math

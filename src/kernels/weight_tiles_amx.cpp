@@ -1,13 +1,12 @@
 // The forward x @ W.T of int8 codes in rows on AMX tiles with the weight's rows as the tiles' first
-// operand (ConvertRowTilesFn in kernels.h): the weight converted in the order its codes lie, the
-// rows of x packed as the panels that the tile kernel (panels_amx.cpp) multiplies it by, and the
-// sums, out.T, transposed as they are stored.
+// operand (ConvertRowTilesFn in kernels.h): the weight converted in the order its codes lie into
+// the tiles that the tile kernel (panels_amx.cpp) multiplies by the panels of x's rows
+// (panels_avx512_bf16.cpp packs them, and transposes the sums, out.T, as they are stored).
 
 #include "variants.h"
 
 #include "amx.h"
 #include "int4_vectors_avx512.h"
-#include "packed_rows_avx512.h"
 
 namespace qlgrad::math {
 namespace {
@@ -115,37 +114,6 @@ void convert_row_tiles_int4_bfloat16_amx(const Int4Pack& pack, int64_t first, in
       const __m512i indices =
           high_nibbles ? _mm512_srli_epi16(codes, 4) : _mm512_and_si512(codes, _mm512_set1_epi16(15));
       _mm512_storeu_si512(tile_row, _mm512_permutexvar_epi16(indices, tables[i]));
-    }
-  }
-}
-
-// Each half of the panel's 32 columns: 16 rows, their pairs transposed as 32-bit lanes.
-void pack_panel_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, at::BFloat16* panel) {
-  for (int64_t half = 0; half < kPanelColumns; half += 16) {
-    transpose_rows16(count - half, round_up(depth, kTileValues) / 2, reinterpret_cast<int32_t*>(panel) + half,
-                     kPanelColumns, __mmask16(0xFFFF), [&](int64_t r, int64_t d, int64_t /*lanes*/) {
-                       return _mm512_maskz_loadu_epi16(avx512::lanes_mask32(depth - 2 * d),
-                                                       lhs + (half + r) * ldl + 2 * d);
-                     });
-  }
-}
-
-void store_transposed_bfloat16_amx(const float* sums, int64_t lds, int64_t rows, int64_t columns, at::BFloat16* out,
-                                   int64_t ldo) {
-  const Transpose16 transpose16;
-  for (int64_t row = 0; row < rows; row += 16) {
-    const __mmask16 row_mask = avx512::lanes_mask(rows - row);
-    for (int64_t column = 0; column < columns; column += 16) {
-      const __mmask16 column_mask = avx512::lanes_mask(columns - column);
-      __m512 values[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        values[i] =
-            row + i < rows ? _mm512_maskz_loadu_ps(column_mask, sums + (row + i) * lds + column) : _mm512_setzero_ps();
-      }
-      transpose16(values);
-      for (int64_t j = 0; j < std::min<int64_t>(16, columns - column); ++j) {
-        _mm256_mask_storeu_epi16(out + (column + j) * ldo + row, row_mask, (__m256i)_mm512_cvtneps_pbh(values[j]));
-      }
     }
   }
 }

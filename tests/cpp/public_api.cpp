@@ -1,7 +1,8 @@
 // The public C++ API used directly, without TorchScript: the packed and the plain-int8
 // backward against a float64 reference, double backward through the plain one, the backward
-// precision that follows the gradient's dtype where none is chosen, and torch's int4 packing in
-// bfloat16 products, whose kernels look its values up in tables (run here under the sanitizers).
+// precision that follows the gradient's dtype where none is chosen, torch's int4 packing in
+// bfloat16 products, whose kernels look its values up in tables, and the group-wise layers'
+// bfloat16 training forward (run here under the sanitizers).
 
 #include "testing.h"
 
@@ -45,6 +46,28 @@ void check_int4_packing_in_bfloat16(qlgrad_test::Tally& tally) {
   const at::Tensor output = at::_weight_int4pack_mm_for_cpu(input, packed, group_size, scale_and_zeros);
   tally.check("int4 packing, bfloat16 training forward",
               close_in_bfloat16(output, at::matmul(input.detach().to(at::kDouble), weight.t())));
+}
+
+// The group-wise layers' bfloat16 training forward (torch.ops.qlgrad._int8_groupwise_linear) of
+// 160 rows by 530 x 1040 int8 codes in groups of 16 with zero points against float64: with
+// AVX512-BF16 and without AMX, the weight's rows as the panel kernel's first operand (several
+// blocks of its rows, a partial last one, two parts of the depth and a depth short of 32).
+void check_groupwise_forward_in_bfloat16(qlgrad_test::Tally& tally) {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("qlgrad::_int8_groupwise_linear", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  const int64_t rows = 160, out_features = 530, in_features = 1040, groups = 65;
+  const at::Tensor codes = at::randint(-128, 128, {out_features, in_features}, at::kChar);
+  const at::Tensor scale = at::rand({out_features, groups}) * 0.01 + 1e-3;
+  const at::Tensor zero_point = at::randint(-3, 4, {out_features, groups}).to(at::kFloat);
+  const at::Tensor weight = ((codes.to(at::kDouble).view({out_features, groups, -1}) - zero_point.unsqueeze(2)) *
+                             scale.to(at::kDouble).unsqueeze(2))
+                                .view({out_features, in_features});
+  const at::Tensor input = at::randn({rows, in_features}).to(at::kBFloat16);
+  tally.check(
+      "group-wise int8, bfloat16 training forward",
+      close_in_bfloat16(op.call(input, codes, scale, zero_point), at::matmul(input.to(at::kDouble), weight.t())));
 }
 
 } // namespace
@@ -108,6 +131,7 @@ int main() {
 
   if (std::string(qlgrad::cpu_capability()) == "avx512") {  // the packing the kernels read
     check_int4_packing_in_bfloat16(tally);
+    check_groupwise_forward_in_bfloat16(tally);
   }
   return tally.finish();
 }
