@@ -96,17 +96,22 @@ constexpr int64_t kThreePartRowsMin = kStreamedRowsMax + 1, kThreePartDepthMin =
 // 5.41 against 5.09; narrower layers: 16 x 4864 -> 896 0.34-0.35 against 0.39-0.41, 64 x 896 ->
 // 896 0.104 against 0.110, 128 x 896 -> 896 0.157 against 0.146, 192 x 4864 -> 896 1.13 against
 // 1.04; 16 x 896 -> 128 0.026 against 0.022.
-// With the AVX512-BF16 panel kernel from 128 to 767 rows for 512 weight rows or more: with fewer
-// rows x's panels are mostly padding. On an AMD EPYC, 2 threads, the same weights in turn, over the
-// panels of W.T (the same bits): 16 x 4096 -> 4096 1.31x, 48 rows 1.18x, 64 rows 0.93x, 96 rows
-// 0.95x, 128-512 rows 0.93-0.94x, 1024 rows 1.00x; the decoder's 1024 -> 2816, 2816 -> 1024, 896
-// -> 4864 and 4864 -> 896 at 128-256 rows 0.90-1.01x, at 512-768 rows 0.96-1.03x; 1024 -> 256 and
-// 896 -> 128 at 128-256 rows 0.81-1.02x, at 768 rows 1.04-1.15x.
-bool weight_rows_first(int64_t rows, int64_t weight_rows) {
+// With the AVX512-BF16 panel kernel below 768 rows for 512 weight rows or more, from 128 rows, and
+// from 16 for weights of 2^24 codes or more (4096 x 4096 and larger), whose codes come from memory:
+// with fewer rows x's panels are mostly padding. On an AMD EPYC, 2 threads, the same weights in
+// turn, over the panels of W.T (the same bits): 16-96 x 4096 -> 4096, 4096 -> 11008, 11008 -> 4096
+// and 2048 -> 8192 0.84-0.97x, at 8 rows 1.12x; 128-512 x 4096 -> 4096 0.93-0.94x, 1024 rows
+// 1.00x; 8M codes (2048 -> 4096, 4096 -> 2048, 2816 -> 2816, 1536 -> 4096) at 16 rows 1.05-1.15x,
+// 32 rows 0.94-1.04x, 64-112 rows 0.96-1.00x; the decoder's 1024 -> 2816, 2816 -> 1024, 896 ->
+// 4864 and 4864 -> 896 at 16-48 rows 1.02-1.36x, 64-96 rows 0.93-1.04x, 128-256 rows 0.90-1.01x,
+// 512-768 rows 0.96-1.03x; 1024 -> 256 and 896 -> 128 at 128-256 rows 0.81-1.02x, at 768 rows
+// 1.04-1.15x.
+bool weight_rows_first(int64_t rows, int64_t weight_rows, int64_t depth) {
   if (kernels().convert_row_tiles_int8_bfloat16_amx != nullptr) {
     return rows < (weight_rows >= 2048 ? 256 : weight_rows >= 256 ? 65 : 0);
   }
-  return kernels().pack_code_rows_bfloat16 != nullptr && weight_rows >= 512 && rows >= 128 && rows < 768;
+  const int64_t rows_min = weight_rows * depth >= (int64_t{1} << 24) ? 16 : 128;
+  return kernels().pack_code_rows_bfloat16 != nullptr && weight_rows >= 512 && rows >= rows_min && rows < 768;
 }
 
 void check_codes_arguments(const at::Tensor& lhs, const at::Tensor& weight, const std::optional<at::Tensor>& zero_point,
@@ -529,7 +534,7 @@ at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& code
   parameters.zero_point = zero_point ? zero_point->const_data_ptr<float>() : nullptr;
   parameters.groups = groups;
   parameters.group_size = group_size;
-  if (input.scalar_type() == at::kBFloat16 && weight_rows_first(input.size(0), codes.size(0))) {
+  if (input.scalar_type() == at::kBFloat16 && weight_rows_first(input.size(0), codes.size(0), codes.size(1))) {
     return weight_row_tiles_gemm(input, codes, parameters);
   }
   return panel_product(input, Int8CodesTransposed(codes, parameters));

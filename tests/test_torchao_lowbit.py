@@ -202,8 +202,9 @@ def test_groupwise_product_is_the_float64_product(dtype):
     operand (src/matmul.cpp, weight_rows_first) on both sides of where it starts and stops: on AMX
     tiles by 256 and 2048 weight rows, panels of up to 16 rows of x and of 17, several blocks of 128
     weight rows and a partial last one, several parts of 512 of the depth, a depth short of a
-    tile row's 32; with the AVX512-BF16 panel kernel from 128 to 767 rows of x by 512 weight rows,
-    several blocks of 120 weight rows and a partial last one, zero points of zero."""
+    tile row's 32; with the AVX512-BF16 panel kernel from 128 to 767 rows of x by 512 weight rows
+    (and from 16 rows by 2^24 codes), several blocks of 120 weight rows and a partial last one,
+    zero points of zero."""
     generator = torch.Generator().manual_seed(0)
     for rows, in_features, out_features, groups in (
         (1, 64, 40, 4),
@@ -224,6 +225,8 @@ def test_groupwise_product_is_the_float64_product(dtype):
         (767, 96, 512, 3),
         (768, 96, 512, 3),
         (160, 544, 600, 0),
+        (15, 1024, 16384, 32),
+        (16, 1024, 16384, 32),
     ):
         zero_points = groups > 0
         groups = max(groups, 1)
@@ -245,24 +248,25 @@ def test_groupwise_product_is_the_float64_product(dtype):
     reason="the weight's rows first on the AVX512-BF16 panel kernel: CPUs with AVX512-BF16 and without AMX",
 )
 def test_groupwise_bfloat16_forward_with_the_weights_rows_first_is_the_panels_product():
-    """From 128 to 767 rows of x, layers of at least 512 outputs take the weight's rows as the
-    AVX512-BF16 panel kernel's first operand (src/matmul.cpp, weight_rows_first): the same products
-    summed in the same order as over the panels of W.T, so the same bits as the product of x's rows
-    in pieces of 64 (the panels). Groups of 16 and 32 and one per row, zero points of zero, parts of
-    the depth and a depth short of 32."""
+    """From 128 to 767 rows of x (from 16 for weights of 2^24 codes), layers of at least 512
+    outputs take the weight's rows as the AVX512-BF16 panel kernel's first operand (src/matmul.cpp,
+    weight_rows_first): the same products summed in the same order as over the panels of W.T, so
+    the same bits as the product of x's rows in pieces below the switch (the panels). Groups of 16
+    and 32 and one per row, zero points of zero, parts of the depth and a depth short of 32."""
     generator = torch.Generator().manual_seed(0)
-    for rows, in_features, out_features, groups, zero_points in (
-        (128, 1040, 530, 65, True),
-        (300, 608, 2050, 19, True),
-        (767, 96, 512, 1, True),
-        (160, 544, 600, 17, False),
+    for rows, in_features, out_features, groups, zero_points, piece in (
+        (128, 1040, 530, 65, True, 64),
+        (300, 608, 2050, 19, True, 64),
+        (767, 96, 512, 1, True, 64),
+        (160, 544, 600, 17, False, 64),
+        (16, 1024, 16384, 32, True, 8),
     ):
         weight = torch.randint(-128, 128, (out_features, in_features), dtype=torch.int8, generator=generator)
         scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01
         zero_point = torch.randint(-3, 4, (out_features, groups), generator=generator).float() * zero_points
         x = torch.randn(rows, in_features, generator=generator).bfloat16()
         got = torch.ops.qlgrad._int8_groupwise_linear(x, weight, scale, zero_point)
-        pieces = [torch.ops.qlgrad._int8_groupwise_linear(piece, weight, scale, zero_point) for piece in x.split(64)]
+        pieces = [torch.ops.qlgrad._int8_groupwise_linear(part, weight, scale, zero_point) for part in x.split(piece)]
         assert torch.equal(got, torch.cat(pieces)), (rows, in_features, out_features)
 
 
