@@ -58,7 +58,7 @@ at::Tensor row_tiles_gemm(const at::Tensor& lhs, int64_t columns, const Convert&
   if (lhs.numel() == 0 || columns == 0) {
     return at::zeros({rows, columns}, lhs.options());
   }
-  const int64_t stored_depth = round_up(depth, 32), panel_size = stored_depth * kPanelColumns;
+  const int64_t stored_depth = round_up(depth, kRowTilesDepthStep), panel_size = stored_depth * kPanelColumns;
   const int64_t panels = (rows + kPanelColumns - 1) / kPanelColumns;
   auto packed = at::empty({panels * panel_size}, lhs.options());
   const at::BFloat16* x = lhs.const_data_ptr<at::BFloat16>();
@@ -84,7 +84,7 @@ at::Tensor row_tiles_gemm(const at::Tensor& lhs, int64_t columns, const Convert&
     for (int64_t block = pieces.first(begin); block < piece_end; block += kBlockWeightRows) {
       const int64_t block_count = std::min(kBlockWeightRows, piece_end - block);
       for (int64_t top = 0; top < depth; top += kPartDepth) {
-        const int64_t part = std::min(kPartDepth, depth - top), stored_part = round_up(part, 32);
+        const int64_t part = std::min(kPartDepth, depth - top), stored_part = round_up(part, kRowTilesDepthStep);
         const int64_t task_stride = kTaskRows * stored_part, block_stride = Kernel::kConvertedRows * stored_part;
         for (int64_t task = 0; task < block_count; task += kTaskRows) {
           convert(block + task, top, part, std::min(kTaskRows, block_count - task),

@@ -207,6 +207,10 @@ using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const AmxLhsLayout
                             int64_t depth, Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
                             int64_t rounded_stride);
 
+// The forward below pads the weight's rows and x's panels with zeros to a multiple of this depth:
+// a tile row's 32 bfloat16 values, which the AVX512-BF16 kernel's rows and panels follow too.
+constexpr int64_t kRowTilesDepthStep = 32;
+
 // The forward x @ W.T of int8 codes W [N, K] in rows on AMX tiles with W's rows as the tiles'
 // first operand (PanelRowsAmxFn's lhs) and x's rows as its panel, the sums out.T: the weight is
 // converted in the order its codes lie, where its panels (ConvertTransposedPanelsFn) transpose
@@ -215,17 +219,17 @@ using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const AmxLhsLayout
 //     top]; `parameters` as ConvertTransposedPanelsFn's) in blocks of kAmxBlockRows weight rows,
 //     each [depth / 32][kAmxBlockRows][32] bfloat16 rounded to nearest even, the second block
 //     block_stride elements after the first; zero past `count` rows (up to kAmxTaskRows, to a
-//     whole block) and past depth to a multiple of 32.
+//     whole block) and past depth to a multiple of kRowTilesDepthStep.
 //   PackPanelFn: `count` (up to kPanelColumns) rows of a bfloat16 x, ldl apart, as a panel of
 //     pairs [depth / 2][kPanelColumns][2] (PanelRowsBFloat16Fn's), zero past count and past
-//     depth to a multiple of 32.
+//     depth to a multiple of kRowTilesDepthStep.
 //   StoreTransposedFn: out[c, r] = sums[r, c] rounded to bfloat16 (to nearest even) for r < rows
 //     and c < columns, sums' rows lds apart, out's ldo.
 // PackPanelFn and StoreTransposedFn need AVX512-BF16 only, and serve the same forward on the
 // AVX512-BF16 panel kernel (PanelRowsBFloat16Fn), with W's rows as its packed lhs:
 //   PackCodeRowsFn: value[first:first + count, top:top + depth] as PackRowsFn's block of `count`
 //     (up to kKernelRows) rows, [depth / 2][kKernelRows] pairs rounded to nearest even, zero past
-//     count and past depth to a multiple of 32.
+//     count and past depth to a multiple of kRowTilesDepthStep.
 using ConvertRowTilesFn = void(const int8_t* codes, int64_t ldw, const CodeParameters& parameters, int64_t first,
                                int64_t top, int64_t depth, int64_t count, at::BFloat16* tiles, int64_t block_stride);
 //   ConvertInt4RowTilesFn: the same for torch's int4 packing, values as Int4Pack defines them,

@@ -337,7 +337,7 @@ void pack_code_rows(const int8_t* codes, int64_t ldw, const CodeParameters& shar
   constexpr int64_t kAhead = 256;
   GroupCursor low_groups(parameters, top), high_groups(parameters, top + 16);
   int64_t low_group = 0, high_group = 0;
-  pack_rows16(count, round_up(depth, 32) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+  pack_rows16(count, round_up(depth, kRowTilesDepthStep) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
     const int64_t k = 2 * d;
     if (r == 0) {
       low_group = low_groups.at(top + k);
@@ -367,8 +367,8 @@ void pack_code_rows_bfloat16_avx512(const int8_t* codes, int64_t ldw, const Code
 void pack_panel_bfloat16_avx512(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth,
                                 at::BFloat16* panel) {
   for (int64_t half = 0; half < kPanelColumns; half += 16) {
-    transpose_rows16(count - half, round_up(depth, 32) / 2, reinterpret_cast<int32_t*>(panel) + half, kPanelColumns,
-                     __mmask16(0xFFFF), [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+    transpose_rows16(count - half, round_up(depth, kRowTilesDepthStep) / 2, reinterpret_cast<int32_t*>(panel) + half,
+                     kPanelColumns, __mmask16(0xFFFF), [&](int64_t r, int64_t d, int64_t /*lanes*/) {
                        return _mm512_maskz_loadu_epi16(avx512::lanes_mask32(depth - 2 * d),
                                                        lhs + (half + r) * ldl + 2 * d);
                      });
