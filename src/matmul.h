@@ -138,6 +138,16 @@ at::Tensor int8_linear(const at::Tensor& input, const at::Tensor& codes);
 at::Tensor int8_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
                                  const std::optional<at::Tensor>& zero_point);
 
+// The forward of torchao's group-wise int8 layers with int8 activations, less the bias: input
+// float32 or bfloat16 [M, K] (contiguous) quantized and dequantized per row as torchao does
+// (int8_quant_dequant_rows_asymmetric) @ W.T, W as int8_groupwise_linear's (scale and
+// zero_point [N, G] of any dtype). In integer products where the CPU has AVX512-VNNI and the
+// values codes - zero_point are int8 (grouped_int8_linear: exact sums of the integer products,
+// each run of a group's scaled once, the activation's scale last), else by
+// int8_groupwise_linear. The result is in input's dtype.
+at::Tensor int8_dynamic_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
+                                         const at::Tensor& zero_point);
+
 // W[n, k] = (codes[n, k] - zero_point[n, g]) * scale[n, g], g = k / (K / G), each value computed
 // in float32 and rounded once to `dtype` (float32 or bfloat16), in one pass: torchao's
 // dequantization of its group-wise int8 weights bit for bit where the zero points are integers

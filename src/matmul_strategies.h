@@ -83,6 +83,20 @@ bool int4_row_tiles_reads(const Int4Pack& pack);
 // weight_row_tiles_gemm multiplies int8 codes, where int4_row_tiles_reads(pack).
 at::Tensor int4_row_tiles_gemm(const at::Tensor& lhs, const Int4Pack& pack);
 
+// Whether grouped_int8_linear takes groups of this size: where kernels().panel_rows_grouped_int8
+// is, for groups of a multiple of 16 values.
+bool grouped_int8_reads(int64_t group_size);
+
+// torchao's group-wise forward with int8 activations (less the bias) in integer products: input
+// float32 or bfloat16 [M, K] (contiguous) quantized per row as torchao quantizes it
+// (QuantizeRowsAsymmetricFn), times int8 codes [N, K] in groups of K / G
+// (grouped_int8_reads) less zero_point (int8 [N, G], or none), times scale (float32 [N, G]); the
+// result in input's dtype, the same sums as torchao's but for the roundings of the dequantized
+// values and of the sums. Nothing where a row holds a NaN or an infinity or a code less its zero
+// point lies outside int8: the caller takes another way.
+std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
+                                              const std::optional<at::Tensor>& zero_point);
+
 // MKL's GEMM on tiles of the weight converted in each thread's L2, in lhs's dtype (float32 or
 // bfloat16).
 at::Tensor tiled_gemm(const at::Tensor& lhs, const WeightReader& reader);

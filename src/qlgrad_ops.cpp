@@ -15,6 +15,10 @@
 //   _int8_quant_dequant_rows      that of torchao's group-wise int8 layers' (internal)
 //   _int8_groupwise_linear        the product of torchao's group-wise int8 layers' training
 //                                 forward (internal)
+//   _int8_dynamic_groupwise_linear
+//                                 their whole training forward less the bias: the activation
+//                                 quantized as torchao quantizes it, in integer products
+//                                 where the CPU has them (internal)
 //   _int8_groupwise_dequantize    those layers' weight as torchao dequantizes it (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
 //                                 torch.compile's door to the packed backward (internal,
@@ -257,8 +261,9 @@ at::Tensor int8_quant_dequant_rows_cpu(const at::Tensor& input) {
 
 // ---- _int8_groupwise_linear -----------------------------------------------------
 
-at::Tensor int8_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scale,
-                                     const at::Tensor& zero_point) {
+// The arguments of _int8_groupwise_linear and _int8_dynamic_groupwise_linear.
+void check_groupwise_linear(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scale,
+                            const at::Tensor& zero_point) {
   TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16,
                    "qlgrad: input must be a float32 or bfloat16 tensor, got ", input.scalar_type());
   TORCH_CHECK_TYPE(weight.scalar_type() == at::kChar, "qlgrad: weight must be an int8 tensor, got ",
@@ -271,10 +276,21 @@ at::Tensor int8_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& 
           (scale.size(1) == 1 || weight.size(1) / scale.size(1) % 16 == 0) && zero_point.sizes() == scale.sizes(),
       "qlgrad: scale and zero_point must be [N, G] with K / G a multiple of 16 (or G = 1), got ", scale.sizes(),
       " and ", zero_point.sizes(), " for weight ", weight.sizes());
+}
+
+at::Tensor int8_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scale,
+                                     const at::Tensor& zero_point) {
+  check_groupwise_linear(input, weight, scale, zero_point);
   const auto kernel_zero_point =
       math::all_zero(zero_point) ? std::nullopt : std::optional(zero_point.to(at::kFloat).contiguous());
   return math::int8_groupwise_linear(input.contiguous(), weight.contiguous(), scale.to(at::kFloat).contiguous(),
                                      kernel_zero_point);
+}
+
+at::Tensor int8_dynamic_groupwise_linear_cpu(const at::Tensor& input, const at::Tensor& weight, const at::Tensor& scale,
+                                             const at::Tensor& zero_point) {
+  check_groupwise_linear(input, weight, scale, zero_point);
+  return math::int8_dynamic_groupwise_linear(input.contiguous(), weight.contiguous(), scale, zero_point.contiguous());
 }
 
 // ---- _int8_groupwise_dequantize -------------------------------------------------
@@ -345,6 +361,7 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   m.def("_int8_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");
   // That weight as torchao dequantizes it, (weight - zero_point) * scale in `dtype`, in one pass:
   // the forward of those layers without grad, torchao's bit for bit (internal).
+  m.def("_int8_dynamic_groupwise_linear(Tensor input, Tensor weight, Tensor scale, Tensor zero_point) -> Tensor");
   m.def("_int8_groupwise_dequantize(Tensor weight, Tensor scale, Tensor? zero_point, ScalarType dtype) -> Tensor");
   // torch.compile's door to the backward of the dynamic linear family (src/traced_ops.cpp).
   m.def(
@@ -367,6 +384,7 @@ QLGRAD_LIBRARY_IMPL_ONCE(qlgrad, CPU, m) {
   m.impl("_int8_quantize_rows", &qlgrad::detail::int8_quantize_rows_cpu);
   m.impl("_int8_quant_dequant_rows", &qlgrad::detail::int8_quant_dequant_rows_cpu);
   m.impl("_int8_groupwise_linear", &qlgrad::detail::int8_groupwise_linear_cpu);
+  m.impl("_int8_dynamic_groupwise_linear", &qlgrad::detail::int8_dynamic_groupwise_linear_cpu);
   m.impl("_int8_groupwise_dequantize", &qlgrad::detail::int8_groupwise_dequantize_cpu);
 }
 

@@ -172,6 +172,7 @@ OPCHECK_CASES = {
     "_int8_quantize_rows": int8_quantize_rows_cases,
     "_int8_quant_dequant_rows": int8_quantize_rows_cases,
     "_int8_groupwise_linear": int8_groupwise_linear_cases,
+    "_int8_dynamic_groupwise_linear": int8_groupwise_linear_cases,
     "_int8_groupwise_dequantize": int8_groupwise_dequantize_cases,
     "linear_dynamic_backward": packed_backward_cases(int8_packed),
     "linear_dynamic_fp16_backward": packed_backward_cases(fp16_packed),

@@ -270,6 +270,103 @@ def test_groupwise_bfloat16_forward_with_the_weights_rows_first_is_the_panels_pr
         assert torch.equal(got, torch.cat(pieces)), (rows, in_features, out_features)
 
 
+def torchaos_quantized_activation_float64(input):
+    """torchao's asymmetric per-token quantization of an activation (its codes, zero points and
+    scales, as _apply_int8_act_asym_per_token_quant_dequant computes them), dequantized in float64
+    without rounding."""
+    from torchao.quantization.quant_primitives import MappingType, choose_qparams_affine, quantize_affine
+
+    block_size = (1, input.shape[-1])
+    scale, zero_point = choose_qparams_affine(
+        input, MappingType.ASYMMETRIC, block_size, torch.int8, -128, 127, zero_point_dtype=torch.int8
+    )
+    codes = quantize_affine(input, block_size, scale, zero_point, torch.int8, -128, 127)
+    return (codes.double() - zero_point.double().view(-1, 1)) * scale.double().view(-1, 1)
+
+
+def integer_groupwise_forward(dtype) -> bool:
+    """Whether _int8_dynamic_groupwise_linear multiplies in integers for this activation dtype: with
+    AVX512-VNNI, bfloat16 activations but on AMX tiles."""
+    extensions = qlgrad.cpu_extensions()
+    return "avx512_vnni" in extensions and (dtype == torch.float32 or "amx" not in extensions)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dynamic_groupwise_forward_is_the_float64_product(dtype):
+    """torch.ops.qlgrad._int8_dynamic_groupwise_linear, the training forward of torchao's
+    group-wise layers with int8 activations, against float64 from torchao's own codes of the
+    activation: in integer products (src/matmul_grouped_int8.cpp) only the float32 sums and the
+    result's rounding differ from it. Rows of one and of several kernel blocks (12, and the 6 a
+    kernel holds) and a partial last one, groups of 16, 32 and 128 and one per row (runs of 224
+    and 256 values), several blocks of depth, partial last panels and halves of panels, zero
+    points, columns divided among threads. Elsewhere, the dequantized activation's product."""
+    generator = torch.Generator().manual_seed(0)
+    for rows, in_features, out_features, groups, zero_points in (
+        (1, 64, 40, 4, True),
+        (5, 96, 80, 6, False),
+        (6, 96, 80, 3, True),
+        (7, 512, 300, 16, True),
+        (12, 2048, 33, 64, True),
+        (13, 2048, 1100, 16, False),
+        (40, 896, 48, 1, True),
+        (300, 4864, 96, 1, False),
+        (37, 4096, 520, 32, True),
+    ):
+        weight = torch.randint(-8, 8, (out_features, in_features), dtype=torch.int8, generator=generator)
+        scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01
+        zero_point = torch.randint(-8, 8, (out_features, groups), dtype=torch.int8, generator=generator)
+        zero_point *= zero_points
+        values = weight.double().view(out_features, groups, -1) - zero_point.double().unsqueeze(2)
+        dequantized = (values * scale.double().unsqueeze(2)).view(out_features, in_features)
+        x = (torch.randn(rows, in_features, generator=generator) * 2 + 0.5).to(dtype)
+        got = torch.ops.qlgrad._int8_dynamic_groupwise_linear(x, weight, scale, zero_point)
+        expected = torchaos_quantized_activation_float64(x) @ dequantized.t()
+        if not integer_groupwise_forward(dtype):
+            dense = F.linear(torch.ops.qlgrad._int8_quant_dequant_rows(x), dequantized.to(dtype))
+            bound = 2e-6 if dtype == torch.float32 else 1.25 * relative_error(dense, expected)
+        elif dtype == torch.float32:
+            bound = 2e-7
+        else:  # the result's rounding to bfloat16, and little else
+            bound = 1.01 * relative_error(expected.to(dtype), expected) + 1e-6
+        assert got.dtype == dtype and relative_error(got, expected) <= bound, (rows, in_features, groups)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_dynamic_groupwise_forward_takes_floats_where_integers_cannot_hold_it(dtype):
+    """Where a row of the activation holds a NaN or an infinity, or a code less its zero point lies
+    outside int8 (int8 codes with zero points; zero points outside int8), the training forward is
+    the dequantized activation's product, bit for bit."""
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randint(-128, 128, (48, 64), dtype=torch.int8, generator=generator)
+    scale = torch.rand(48, 4, generator=generator) * 0.1 + 0.01
+    x = torch.randn(9, 64, generator=generator).to(dtype)
+    with_nan, with_infinity = x.clone(), x.clone()
+    with_nan[3, 5], with_infinity[8, 0] = float("nan"), float("inf")
+    for input, zero_point in (
+        (with_nan, torch.zeros(48, 4, dtype=torch.int8)),
+        (with_infinity, torch.zeros(48, 4, dtype=torch.int8)),
+        (x, torch.full((48, 4), 100, dtype=torch.int8)),
+        (x, torch.full((48, 4), 300, dtype=torch.int32)),
+    ):
+        got = torch.ops.qlgrad._int8_dynamic_groupwise_linear(input, weight, scale, zero_point)
+        floats = torch.ops.qlgrad._int8_quant_dequant_rows(input)
+        expected = torch.ops.qlgrad._int8_groupwise_linear(floats, weight, scale, zero_point)
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+def test_dynamic_groupwise_forward_names_every_bad_argument():
+    weight, scale = torch.zeros(4, 32, dtype=torch.int8), torch.ones(4, 2)
+    forward = torch.ops.qlgrad._int8_dynamic_groupwise_linear
+    with pytest.raises(TypeError, match="input must be a float32 or bfloat16 tensor"):
+        forward(torch.zeros(3, 32, dtype=torch.half), weight, scale, scale)
+    with pytest.raises(TypeError, match="weight must be an int8 tensor"):
+        forward(torch.zeros(3, 32), weight.float(), scale, scale)
+    with pytest.raises(ValueError, match="must share K"):
+        forward(torch.zeros(3, 16), weight, scale, scale)
+    with pytest.raises(ValueError, match="scale and zero_point must be"):
+        forward(torch.zeros(3, 32), weight, torch.ones(4, 3), torch.ones(4, 3))
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("magnitude", [1e-30, 1e-6, 1.0, 1e30, 1e38])
 @pytest.mark.parametrize("offset", [0.0, 3.0])

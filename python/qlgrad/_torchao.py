@@ -262,10 +262,12 @@ def _quantizes_per_token(weight) -> bool:
 def _intx_training_forward(input, weight, bias, stock_forward):
     """torchao's forward with int8 activations and group-wise int1-int8 weights, from the codes.
 
-    torchao's own forward dequantizes the whole weight at every call, then multiplies; here its
-    activation quantization runs step for step, and torch.ops.qlgrad._int8_groupwise_linear
-    multiplies by the codes where they lie: the same product up to the rounding of the sums (and of
-    each weight value to bfloat16 for bfloat16 inputs, as torchao's bfloat16 weight holds it).
+    torchao's own forward dequantizes the whole weight at every call, then multiplies; here
+    torch.ops.qlgrad._int8_dynamic_groupwise_linear quantizes the activation step for step as
+    torchao does and multiplies by the codes where they lie: in integer products where the CPU has
+    them (AVX512-VNNI), the same sums but for the roundings of the dequantized values and of the
+    sums; else by the dequantized activation in floating point (each weight value rounded to
+    bfloat16 for bfloat16 inputs, as torchao's bfloat16 weight holds it).
     """
     out_features, in_features = weight.qdata.shape
     groups = weight.scale.shape[-1]
@@ -276,8 +278,8 @@ def _intx_training_forward(input, weight, bias, stock_forward):
     ):
         return stock_forward(input, bias)
     zero_point = torch.zeros_like(weight.scale) if weight.zero_point is None else weight.zero_point
-    output = torch.ops.qlgrad._int8_groupwise_linear(
-        _quant_dequant_per_token(input).reshape(-1, in_features), weight.qdata, weight.scale, zero_point
+    output = torch.ops.qlgrad._int8_dynamic_groupwise_linear(
+        input.reshape(-1, in_features), weight.qdata, weight.scale, zero_point
     ).reshape(*input.shape[:-1], out_features)
     return output if bias is None else output + bias
 

@@ -191,6 +191,7 @@ def _int8_quant_dequant_rows_fake(input):
 
 
 @torch.library.register_fake("qlgrad::_int8_groupwise_linear")
+@torch.library.register_fake("qlgrad::_int8_dynamic_groupwise_linear")
 def _int8_groupwise_linear_fake(input, weight, scale, zero_point):
     torch._check(input.shape[-1] == weight.shape[-1], lambda: "input [M, K] and weight [N, K] must share K")
     return input.new_empty((input.shape[0], weight.shape[0]))

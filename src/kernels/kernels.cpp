@@ -94,6 +94,10 @@ Kernels avx512_kernels() {
     table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
     table.blocked_int8_panels = &blocked_int8_panels_avx512;
     table.int8_row_sums = &int8_row_sums_avx512_vnni;
+    table.quantize_rows_asymmetric = &quantize_rows_asymmetric_avx512;
+    table.quantize_rows_asymmetric_bfloat16 = &quantize_rows_asymmetric_bfloat16_avx512;
+    table.grouped_int8_panels = &grouped_int8_panels_avx512_vnni;
+    table.panel_rows_grouped_int8 = &panel_rows_grouped_int8_avx512_vnni;
   }
   if (has_amx()) {
     table.configure_tiles_amx = &configure_tiles_amx;

@@ -280,6 +280,42 @@ using BlockedInt8PanelsFn = void(const BlockedLayout& layout, const int8_t* pack
 // panels' code offset is 128 times it.
 using Int8RowSumsFn = void(const int8_t* rows, int64_t stride, int64_t count, int64_t depth, int32_t* sums);
 
+// torchao's asymmetric int8 quantization of activations per row, QuantDequantRowsFn's steps without
+// the dequantization, for the integer products of its group-wise layers' forward: for rows [begin,
+// end) of input [M, n], codes[m, j] = q + 128 (uint8), row_scale[m] = s and row_offset[m] = z + 128,
+// so that (codes[m, j] - row_offset[m]) * s is the dequantized value before its rounding. A row
+// whose steps are not all finite (one holding a NaN or an infinity) gets a NaN scale and no codes.
+template <typename Element>
+using QuantizeRowsAsymmetricFn = void(const Element* input, int64_t begin, int64_t end, int64_t n, uint8_t* codes,
+                                      float* row_scale, float* row_offset);
+
+// The forward x @ W.T of int8 codes W [N, K] in groups along K with int8 activations (torchao's
+// group-wise layers) as integer products per run of the depth: each run's int32 sums times its
+// group's scale, summed in float32. A run is `span` values of one group (span a multiple of 16
+// that divides the group size).
+//   GroupedInt8PanelsFn: W.T[top:top + depth, first:first + count] (`codes` points at W[first,
+//     top]; top and depth multiples of span) as panels of kPanelColumns columns,
+//     grouped_int8_panel_bytes(depth, span) apart, each holding per run [span / 4][kPanelColumns]
+//     quads of int8 values code - zero_point (zero_point int8 [N, groups], null for zero), then
+//     the run's kPanelColumns scales and kPanelColumns sums of its values (float32); zero past
+//     `count`. False where a value lies outside int8 (the panels then hold nothing of use).
+//   GroupedInt8PanelRowsFn: out[r, 0:32] (+)= row_scale[r] * (the sum over the panel's runs of
+//     scale * sum_n (lhs[r, n] - row_offset[r]) * value[n, 0:32]) for `rows` (1 to kKernelRows)
+//     rows of a packed block of uint8 lhs (PackRowsFn's quads) over `depth` (a multiple of span),
+//     the panel as GroupedInt8PanelsFn writes it; `width` columns of out exist. With `rounded`,
+//     the result goes there instead, rounded to bfloat16 (to nearest even), rows rounded_stride
+//     apart.
+using GroupedInt8PanelsFn = bool(const int8_t* codes, int64_t ldw, const int8_t* zero_point, const float* scale,
+                                 int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first,
+                                 int64_t depth, int64_t count, int8_t* panels);
+using GroupedInt8PanelRowsFn = void(int64_t rows, const uint8_t* lhs, const int8_t* panel, int64_t depth, int64_t span,
+                                    const float* row_offset, const float* row_scale, float* out, int64_t ldo,
+                                    int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride);
+
+inline int64_t grouped_int8_panel_bytes(int64_t depth, int64_t span) {
+  return depth / span * (span + 2 * int64_t{sizeof(float)}) * kPanelColumns;
+}
+
 // W.T[top:top + depth, first:first + count] of int8 codes W [N, K] in rows (`codes` points at
 // W[first, top]; `parameters` per row of W and group of its columns, groups of whole 16 columns
 // or one per row, top a multiple of 16), the panels of the forward x @ W.T: float32 panels as
@@ -371,6 +407,11 @@ struct Kernels {
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
   BlockedInt8PanelsFn* blocked_int8_panels = nullptr;
   Int8RowSumsFn* int8_row_sums = nullptr;
+  // The group-wise forward in integer products (GroupedInt8PanelsFn and the rest).
+  QuantizeRowsAsymmetricFn<float>* quantize_rows_asymmetric = nullptr;
+  QuantizeRowsAsymmetricFn<at::BFloat16>* quantize_rows_asymmetric_bfloat16 = nullptr;
+  GroupedInt8PanelsFn* grouped_int8_panels = nullptr;
+  GroupedInt8PanelRowsFn* panel_rows_grouped_int8 = nullptr;
   // The panel GEMM on AMX tiles, in bfloat16 and int8 products, with lhs as PanelRowsAmxFn reads it
   // (PackRowsFn's blocks of kAmxBlockRows rows and S values, or rows in place): has_amx() only, null
   // elsewhere.

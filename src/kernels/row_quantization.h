@@ -201,30 +201,57 @@ template <typename Element>
   }
 }
 
+// torchao's asymmetric quantization parameters of a row with these extremes, every step in
+// Element's dtype: its scale, zero point (as its int8 code) and inverse scale, and whether the
+// extremes and the scale are finite (low <= 0 <= high, so that high - low bounds every |value|
+// and every step stays finite: |value * inverse| <= 255).
+struct AsymmetricRow {
+  float scale, zero_code, inverse;
+  bool finite;
+};
+
+template <typename Element>
+[[gnu::always_inline]] inline AsymmetricRow asymmetric_row(const RowExtremes& extremes) {
+  const auto step = [](float value) { return in_dtype_of<Element>(value); };
+  const float eps = step(std::numeric_limits<float>::min());
+  // torch.amin and amax propagate a NaN, and the steps below carry it on.
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float low = extremes.nans > 0 ? nan : extremes.low, high = extremes.nans > 0 ? nan : extremes.high;
+  float scale = step(step(high - low) / 255.0f);
+  scale = scale == scale ? std::max(scale, eps) : scale;
+  const float zero_point = clamped(step(-128.0f - std::nearbyint(step(low / scale))), -128.0f, 127.0f);
+  return {scale, int8_code(zero_point), step(1.0f / scale),
+          std::isfinite(low) && std::isfinite(high) && std::isfinite(scale)};
+}
+
 // The asymmetric activation quantizer and dequantizer of kernels.h: one pass over each row for
 // its extremes and one to quantize and dequantize.
 template <typename Loops = PlainRowLoops, typename Element>
 [[gnu::always_inline]] inline void quant_dequant_rows_asymmetric(const Element* input, int64_t begin, int64_t end,
                                                                  int64_t n, Element* out) {
-  const auto step = [](float value) { return in_dtype_of<Element>(value); };
-  const float eps = step(std::numeric_limits<float>::min());
   for (int64_t m = begin; m < end; ++m) {
     const Element* row = input + m * n;
-    const RowExtremes extremes = Loops::extremes(row, n);
-    // torch.amin and amax propagate a NaN, and the steps below carry it on.
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    const float low = extremes.nans > 0 ? nan : extremes.low, high = extremes.nans > 0 ? nan : extremes.high;
-    float scale = step(step(high - low) / 255.0f);
-    scale = scale == scale ? std::max(scale, eps) : scale;
-    const float zero_point = clamped(step(-128.0f - std::nearbyint(step(low / scale))), -128.0f, 127.0f);
-    const float zero_code = int8_code(zero_point);
-    const float inverse = step(1.0f / scale);
-    // Finite extremes and scale (low <= 0 <= high, so high - low bounds every |value|) keep every
-    // step finite: |value * inverse| <= 255.
-    if (std::isfinite(low) && std::isfinite(high) && std::isfinite(scale)) {
-      Loops::quant_dequant_finite(row, n, inverse, zero_code, scale, out + m * n);
+    const AsymmetricRow parameters = asymmetric_row<Element>(Loops::extremes(row, n));
+    if (parameters.finite) {
+      Loops::quant_dequant_finite(row, n, parameters.inverse, parameters.zero_code, parameters.scale, out + m * n);
     } else {
-      quant_dequant_row(row, n, inverse, zero_code, scale, out + m * n);
+      quant_dequant_row(row, n, parameters.inverse, parameters.zero_code, parameters.scale, out + m * n);
+    }
+  }
+}
+
+// The asymmetric activation quantizer of kernels.h (QuantizeRowsAsymmetricFn), the same steps
+// without the dequantization.
+template <typename Loops, typename Element>
+[[gnu::always_inline]] inline void quantize_rows_asymmetric(const Element* input, int64_t begin, int64_t end, int64_t n,
+                                                            uint8_t* codes, float* row_scale, float* row_offset) {
+  for (int64_t m = begin; m < end; ++m) {
+    const Element* row = input + m * n;
+    const AsymmetricRow parameters = asymmetric_row<Element>(Loops::extremes(row, n));
+    row_scale[m] = parameters.finite ? parameters.scale : std::numeric_limits<float>::quiet_NaN();
+    row_offset[m] = parameters.zero_code + 128.0f;
+    if (parameters.finite) {
+      Loops::quantize_finite(row, n, parameters.inverse, parameters.zero_code, codes + m * n);
     }
   }
 }

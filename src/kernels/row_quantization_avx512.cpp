@@ -76,17 +76,33 @@ struct Avx512RowLoops {
     }
   }
 
+  // The int8 code of 16 values of a finite row (as a float): the rounding and clamp of
+  // PlainRowLoops::quant_dequant_finite.
+  template <typename Element>
+  static __m512 code16(__mmask16 mask, const Element* values, __m512 factor, __m512 zero) {
+    const __m512 rounded = _mm512_roundscale_ps(in_dtype<Element>(_mm512_mul_ps(load16(mask, values), factor)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(rounded, zero), _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
+  }
+
   template <typename Element>
   static void quant_dequant_finite(const Element* row, int64_t n, float inverse, float zero_code, float scale,
                                    Element* out) {
     const __m512 factor = _mm512_set1_ps(inverse), zero = _mm512_set1_ps(zero_code), step = _mm512_set1_ps(scale);
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 mask = avx512::lanes_mask(n - j);
-      const __m512 rounded = _mm512_roundscale_ps(in_dtype<Element>(_mm512_mul_ps(load16(mask, row + j), factor)),
-                                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-      const __m512 code =
-          _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(rounded, zero), _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
-      store16(mask, _mm512_mul_ps(_mm512_sub_ps(code, zero), step), out + j);
+      store16(mask, _mm512_mul_ps(_mm512_sub_ps(code16(mask, row + j, factor, zero), zero), step), out + j);
+    }
+  }
+
+  // Each code plus 128, as uint8.
+  template <typename Element>
+  static void quantize_finite(const Element* row, int64_t n, float inverse, float zero_code, uint8_t* out) {
+    const __m512 factor = _mm512_set1_ps(inverse), zero = _mm512_set1_ps(zero_code), offset = _mm512_set1_ps(128.0f);
+    for (int64_t j = 0; j < n; j += 16) {
+      const __mmask16 mask = avx512::lanes_mask(n - j);
+      const __m512i code = _mm512_cvtps_epi32(_mm512_add_ps(code16(mask, row + j, factor, zero), offset));
+      _mm512_mask_cvtepi32_storeu_epi8(out + j, mask, code);
     }
   }
 };
@@ -115,6 +131,16 @@ void quant_dequant_rows_asymmetric_avx512(const float* input, int64_t begin, int
 void quant_dequant_rows_asymmetric_bfloat16_avx512(const at::BFloat16* input, int64_t begin, int64_t end, int64_t n,
                                                    at::BFloat16* out) {
   quant_dequant_rows_asymmetric<Avx512RowLoops>(input, begin, end, n, out);
+}
+
+void quantize_rows_asymmetric_avx512(const float* input, int64_t begin, int64_t end, int64_t n, uint8_t* codes,
+                                     float* row_scale, float* row_offset) {
+  quantize_rows_asymmetric<Avx512RowLoops>(input, begin, end, n, codes, row_scale, row_offset);
+}
+
+void quantize_rows_asymmetric_bfloat16_avx512(const at::BFloat16* input, int64_t begin, int64_t end, int64_t n,
+                                              uint8_t* codes, float* row_scale, float* row_offset) {
+  quantize_rows_asymmetric<Avx512RowLoops>(input, begin, end, n, codes, row_scale, row_offset);
 }
 
 } // namespace qlgrad::math

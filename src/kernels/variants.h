@@ -36,6 +36,8 @@ QuantizeRowsSymmetricFn<float> quantize_rows_symmetric_avx512;
 QuantizeRowsSymmetricFn<at::BFloat16> quantize_rows_symmetric_bfloat16_avx512;
 QuantDequantRowsFn<float> quant_dequant_rows_asymmetric_avx512;
 QuantDequantRowsFn<at::BFloat16> quant_dequant_rows_asymmetric_bfloat16_avx512;
+QuantizeRowsAsymmetricFn<float> quantize_rows_asymmetric_avx512;
+QuantizeRowsAsymmetricFn<at::BFloat16> quantize_rows_asymmetric_bfloat16_avx512;
 StreamFn<int8_t> stream_int8_avx512;
 StreamFn<int8_t> stream_int8_vectors_avx512;
 StreamFn<at::Half> stream_float16_vectors_avx512;
@@ -76,6 +78,8 @@ PackRowsFn<int8_t> pack_rows_int8_avx512_vnni;
 Int8PanelsFn int8_panels_avx512_vnni;
 Int8TransposedPanelsFn int8_transposed_panels_avx512_vnni;
 Int8RowSumsFn int8_row_sums_avx512_vnni;
+GroupedInt8PanelsFn grouped_int8_panels_avx512_vnni;
+GroupedInt8PanelRowsFn panel_rows_grouped_int8_avx512_vnni;
 
 // AMX (x86-64 only).
 ConfigureTilesFn configure_tiles_amx;

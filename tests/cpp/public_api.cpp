@@ -2,7 +2,7 @@
 // backward against a float64 reference, double backward through the plain one, the backward
 // precision that follows the gradient's dtype where none is chosen, torch's int4 packing in
 // bfloat16 products, whose kernels look its values up in tables, and the group-wise layers'
-// bfloat16 training forward (run here under the sanitizers).
+// training forwards in bfloat16 and with int8 activations (run here under the sanitizers).
 
 #include "testing.h"
 
@@ -70,6 +70,31 @@ void check_groupwise_forward_in_bfloat16(qlgrad_test::Tally& tally) {
       close_in_bfloat16(op.call(input, codes, scale, zero_point), at::matmul(input.to(at::kDouble), weight.t())));
 }
 
+// The group-wise layers' training forward with int8 activations
+// (torch.ops.qlgrad._int8_dynamic_groupwise_linear; in integer products with AVX512-VNNI) of 37
+// float32 rows by 300 x 2048 int8 codes in groups of 32 with zero points (two blocks of depth, a
+// partial last panel) against float64 from the activation that torchao's quantization gives.
+void check_dynamic_groupwise_forward(qlgrad_test::Tally& tally) {
+  auto& dispatcher = c10::Dispatcher::singleton();
+  static const auto op =
+      dispatcher.findSchemaOrThrow("qlgrad::_int8_dynamic_groupwise_linear", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
+  static const auto quant_dequant =
+      dispatcher.findSchemaOrThrow("qlgrad::_int8_quant_dequant_rows", "").typed<at::Tensor(const at::Tensor&)>();
+  const int64_t rows = 37, out_features = 300, in_features = 2048, groups = 64;
+  const at::Tensor codes = at::randint(-8, 8, {out_features, in_features}, at::kChar);
+  const at::Tensor scale = at::rand({out_features, groups}) * 0.01 + 1e-3;
+  const at::Tensor zero_point = at::randint(-8, 8, {out_features, groups}, at::kChar);
+  const at::Tensor weight = ((codes.to(at::kDouble).view({out_features, groups, -1}) - zero_point.unsqueeze(2)) *
+                             scale.to(at::kDouble).unsqueeze(2))
+                                .view({out_features, in_features});
+  const at::Tensor input = at::randn({rows, in_features}) + 0.5;
+  const at::Tensor expected = at::matmul(quant_dequant.call(input).to(at::kDouble), weight.t());
+  const at::Tensor error = (op.call(input, codes, scale, zero_point).to(at::kDouble) - expected).norm();
+  tally.check("group-wise int8, training forward with int8 activations",
+              error.item<double>() <= 1e-6 * expected.norm().item<double>());
+}
+
 } // namespace
 
 int main() {
@@ -132,6 +157,7 @@ int main() {
   if (std::string(qlgrad::cpu_capability()) == "avx512") {  // the packing the kernels read
     check_int4_packing_in_bfloat16(tally);
     check_groupwise_forward_in_bfloat16(tally);
+    check_dynamic_groupwise_forward(tally);
   }
   return tally.finish();
 }
