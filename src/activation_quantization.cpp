@@ -52,4 +52,27 @@ at::Tensor int8_quant_dequant_rows_asymmetric(const at::Tensor& input) {
   return output;
 }
 
+AsymmetricRows int8_quantize_rows_asymmetric(const at::Tensor& input) {
+  TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous());
+  TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16);
+  const auto& kernel = kernels();
+  TORCH_INTERNAL_ASSERT(kernel.quantize_rows_asymmetric != nullptr);
+  const int64_t rows = input.size(0), n = input.size(1);
+  AsymmetricRows quantized{at::empty({rows, n}, input.options().dtype(at::kByte)),
+                           at::empty({rows}, input.options().dtype(at::kFloat)),
+                           at::empty({rows}, input.options().dtype(at::kFloat))};
+  uint8_t* codes = quantized.codes.mutable_data_ptr<uint8_t>();
+  float* scales = quantized.scale.mutable_data_ptr<float>();
+  float* offsets = quantized.offset.mutable_data_ptr<float>();
+  at::parallel_for(0, rows, rows_per_task(n), [&](int64_t begin, int64_t end) {
+    if (input.scalar_type() == at::kFloat) {
+      kernel.quantize_rows_asymmetric(input.const_data_ptr<float>(), begin, end, n, codes, scales, offsets);
+    } else {
+      kernel.quantize_rows_asymmetric_bfloat16(input.const_data_ptr<at::BFloat16>(), begin, end, n, codes, scales,
+                                               offsets);
+    }
+  });
+  return quantized;
+}
+
 } // namespace qlgrad::math

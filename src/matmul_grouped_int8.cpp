@@ -71,35 +71,20 @@ std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at:
   TORCH_INTERNAL_ASSERT(scale.scalar_type() == at::kFloat && (!zero_point || zero_point->scalar_type() == at::kChar));
   const int64_t rows = input.size(0), depth = input.size(1), columns = codes.size(0);
   const int64_t groups = scale.size(1), group_size = depth / groups, span = run_span(group_size);
-  TORCH_INTERNAL_ASSERT(grouped_int8_reads(group_size) && scale.numel() < (int64_t{1} << 31));
+  TORCH_INTERNAL_ASSERT(grouped_int8_reads(group_size));
   const bool bfloat16 = input.scalar_type() == at::kBFloat16;
   auto result = at::empty({rows, columns}, input.options());
   if (result.numel() == 0) {
     return result;
   }
-  if (depth == 0) {
-    return result.zero_();
-  }
   const auto& kernel = kernels();
-
-  // The activation's codes plus 128, its rows' scales and offsets (zero points plus 128).
-  auto quantized = at::empty({rows, depth}, input.options().dtype(at::kByte));
-  auto row_scale = at::empty({rows}, input.options().dtype(at::kFloat)), row_offset = at::empty_like(row_scale);
-  uint8_t* quantized_data = quantized.mutable_data_ptr<uint8_t>();
-  float* row_scales = row_scale.mutable_data_ptr<float>();
-  float* row_offsets = row_offset.mutable_data_ptr<float>();
-  at::parallel_for(0, rows, std::max<int64_t>(1, (int64_t{1} << 15) / depth), [&](int64_t begin, int64_t end) {
-    if (bfloat16) {
-      kernel.quantize_rows_asymmetric_bfloat16(input.const_data_ptr<at::BFloat16>(), begin, end, depth, quantized_data,
-                                               row_scales, row_offsets);
-    } else {
-      kernel.quantize_rows_asymmetric(input.const_data_ptr<float>(), begin, end, depth, quantized_data, row_scales,
-                                      row_offsets);
-    }
-  });
+  const auto [quantized, row_scale, row_offset] = int8_quantize_rows_asymmetric(input);
   if (!row_scale.isfinite().all().item<bool>()) {
     return std::nullopt;
   }
+  const uint8_t* quantized_data = quantized.const_data_ptr<uint8_t>();
+  const float* row_scales = row_scale.const_data_ptr<float>();
+  const float* row_offsets = row_offset.const_data_ptr<float>();
   // Packed once, in blocks of kKernelRows rows of quads, the depth a multiple of 16.
   const int64_t row_blocks = (rows + kKernelRows - 1) / kKernelRows, block_bytes = kKernelRows * depth;
   auto packed = at::empty({row_blocks * block_bytes}, quantized.options());

@@ -3,6 +3,16 @@
 // quads by a panel with vpdpbusd, whose unsigned operand is the panel. So the panels hold each
 // code plus 128 as a uint8, and the product is short of the input rows' sums times 128, which
 // the caller subtracts (matmul.cpp).
+//
+// The forward of group-wise int8 codes with int8 activations (torchao's group-wise layers) in
+// the same products: the kernel multiplies the packed activation quads by a panel of code quads
+// run by run of one group, and adds each run's int32 sums times the run's scales to float32
+// sums (kernels.h, GroupedInt8PanelsFn). The activations are vpdpbusd's unsigned operand there
+// (codes plus 128, with each row's zero point plus 128 as its offset), the weight values (code
+// less zero point) its signed one: a row's offset times the run's sum of values, subtracted from
+// the run's sums, turns the products of unsigned codes into those of the values. Both are
+// integers below 2^24 (255 * 128 * 256 at most, runs being at most 256 long), exact in float32, and so is their
+// difference: one rounding per run, as it is scaled.
 
 #include "variants.h"
 
@@ -11,6 +21,30 @@
 
 namespace qlgrad::math {
 namespace {
+
+// low[r] and high[r] += the products of row r's quads of packed lhs (kKernelRows apart) with the
+// two halves of a panel's quads, over `quads` steps of the depth: vpdpbusd's unsigned operand is
+// the panel (PanelUnsigned) or lhs.
+template <int64_t Rows, bool PanelUnsigned>
+[[gnu::always_inline]] inline void multiply_quads(const int32_t* lhs_quads, const void* panel, int64_t quads,
+                                                  __m512i (&low)[Rows], __m512i (&high)[Rows]) {
+  const auto* bytes = static_cast<const uint8_t*>(panel);
+  for (int64_t quad = 0; quad < quads; ++quad) {
+    const __m512i panel_low = _mm512_loadu_si512(bytes + quad * 4 * kPanelColumns);
+    const __m512i panel_high = _mm512_loadu_si512(bytes + quad * 4 * kPanelColumns + 4 * 16);
+#pragma GCC unroll 12
+    for (int64_t r = 0; r < Rows; ++r) {
+      const __m512i lhs = _mm512_set1_epi32(lhs_quads[quad * kKernelRows + r]);
+      if constexpr (PanelUnsigned) {
+        low[r] = _mm512_dpbusd_epi32(low[r], panel_low, lhs);
+        high[r] = _mm512_dpbusd_epi32(high[r], panel_high, lhs);
+      } else {
+        low[r] = _mm512_dpbusd_epi32(low[r], lhs, panel_low);
+        high[r] = _mm512_dpbusd_epi32(high[r], lhs, panel_high);
+      }
+    }
+  }
+}
 
 template <int64_t Rows>
 void panel_kernel(const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out, int64_t ldo, int64_t width,
@@ -21,17 +55,7 @@ void panel_kernel(const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_
     low[r] = _mm512_setzero_si512();
     high[r] = _mm512_setzero_si512();
   }
-  const auto* lhs_quads = reinterpret_cast<const int32_t*>(lhs);
-  for (int64_t quad = 0; quad < depth / 4; ++quad) {
-    const __m512i panel_low = _mm512_loadu_si512(panel + quad * 4 * kPanelColumns);
-    const __m512i panel_high = _mm512_loadu_si512(panel + quad * 4 * kPanelColumns + 4 * 16);
-#pragma GCC unroll 12
-    for (int64_t r = 0; r < Rows; ++r) {
-      const __m512i factors = _mm512_set1_epi32(lhs_quads[quad * kKernelRows + r]);
-      low[r] = _mm512_dpbusd_epi32(low[r], panel_low, factors);
-      high[r] = _mm512_dpbusd_epi32(high[r], panel_high, factors);
-    }
-  }
+  multiply_quads<Rows, /*PanelUnsigned=*/true>(reinterpret_cast<const int32_t*>(lhs), panel, depth / 4, low, high);
   const __mmask16 low_mask = avx512::lanes_mask(width), high_mask = avx512::lanes_mask(width - 16);
 #pragma GCC unroll 12
   for (int64_t r = 0; r < Rows; ++r) {
@@ -42,6 +66,87 @@ void panel_kernel(const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_
     }
     _mm512_mask_storeu_epi32(row, low_mask, low[r]);
     _mm512_mask_storeu_epi32(row + 16, high_mask, high[r]);
+  }
+}
+
+// A run's scales and value sums, after its codes.
+constexpr int64_t kFooterBytes = 2 * kPanelColumns * int64_t{sizeof(float)};
+
+// Rows of a kernel call that the kernel holds at once: 12 float32 sums, 12 int32 run sums, two
+// panel registers and a broadcast of the 32 vector registers.
+constexpr int64_t kHeldRows = kKernelRows / 2;
+
+// The zero points of the 64 codes of a weight row from a column, a byte each: group_size is a
+// multiple of 16, so each 16 codes (a 128-bit lane) share a group, whose index `lane_groups`
+// holds.
+__m512i zero_points_of(const int8_t* row_zero_points, const int64_t (&lane_groups)[4]) {
+  uint32_t four = 0;
+  for (int lane = 0; lane < 4; ++lane) {
+    four |= uint32_t(uint8_t(row_zero_points[lane_groups[lane]])) << (8 * lane);
+  }
+  // Byte i of each 128-bit lane takes byte `lane` of the broadcast: vpshufb's indices are per lane.
+  const __m512i lane_index = _mm512_set_epi64(0x0303030303030303, 0x0303030303030303, 0x0202020202020202,
+                                              0x0202020202020202, 0x0101010101010101, 0x0101010101010101, 0, 0);
+  return _mm512_shuffle_epi8(_mm512_set1_epi32(int32_t(four)), lane_index);
+}
+
+template <int64_t Rows>
+void grouped_kernel(const int32_t* quads, const int8_t* panel, int64_t depth, int64_t span, const float* row_offset,
+                    const float* row_scale, float* out, int64_t ldo, int64_t width, bool accumulate,
+                    at::BFloat16* rounded, int64_t rounded_stride) {
+  __m512 low[Rows], high[Rows];
+#pragma GCC unroll 6
+  for (int64_t r = 0; r < Rows; ++r) {
+    low[r] = _mm512_setzero_ps();
+    high[r] = _mm512_setzero_ps();
+  }
+  const int64_t run_bytes = span * kPanelColumns + kFooterBytes, runs = depth / span;
+  for (int64_t run = 0; run < runs; ++run) {
+    const int8_t* run_panel = panel + run * run_bytes;
+    const int32_t* run_quads = quads + run * span / 4 * kKernelRows;
+    __m512i low_sums[Rows], high_sums[Rows];
+#pragma GCC unroll 6
+    for (int64_t r = 0; r < Rows; ++r) {
+      low_sums[r] = _mm512_setzero_si512();
+      high_sums[r] = _mm512_setzero_si512();
+    }
+    multiply_quads<Rows, /*PanelUnsigned=*/false>(run_quads, run_panel, span / 4, low_sums, high_sums);
+    const auto* footer = reinterpret_cast<const float*>(run_panel + span * kPanelColumns);
+    const __m512 scale_low = _mm512_loadu_ps(footer), scale_high = _mm512_loadu_ps(footer + 16);
+    const __m512 values_low = _mm512_loadu_ps(footer + kPanelColumns);
+    const __m512 values_high = _mm512_loadu_ps(footer + kPanelColumns + 16);
+#pragma GCC unroll 6
+    for (int64_t r = 0; r < Rows; ++r) {
+      const __m512 offset = _mm512_set1_ps(row_offset[r]);
+      const __m512 exact_low = _mm512_fnmadd_ps(offset, values_low, _mm512_cvtepi32_ps(low_sums[r]));
+      const __m512 exact_high = _mm512_fnmadd_ps(offset, values_high, _mm512_cvtepi32_ps(high_sums[r]));
+      low[r] = _mm512_fmadd_ps(exact_low, scale_low, low[r]);
+      high[r] = _mm512_fmadd_ps(exact_high, scale_high, high[r]);
+    }
+  }
+  const __mmask16 low_mask = avx512::lanes_mask(width), high_mask = avx512::lanes_mask(width - 16);
+  const auto store = [&](__m512 sums, __mmask16 mask, float* to, at::BFloat16* rounded_to) {
+    if (rounded_to == nullptr) {
+      _mm512_mask_storeu_ps(to, mask, sums);
+      return;
+    }
+    // A NaN keeps a NaN's bits, which rounding by carry could turn into an infinity.
+    const __m512i bits = _mm512_mask_mov_epi32(
+        avx512::bfloat16_rounding(sums), _mm512_cmp_ps_mask(sums, sums, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC00000));
+    _mm256_mask_storeu_epi16(rounded_to, mask, _mm512_cvtepi32_epi16(_mm512_srli_epi32(bits, 16)));
+  };
+#pragma GCC unroll 6
+  for (int64_t r = 0; r < Rows; ++r) {
+    const __m512 factor = _mm512_set1_ps(row_scale[r]);
+    __m512 sums_low = _mm512_mul_ps(low[r], factor), sums_high = _mm512_mul_ps(high[r], factor);
+    float* row = out + r * ldo;
+    if (accumulate) {
+      sums_low = _mm512_add_ps(sums_low, _mm512_maskz_loadu_ps(low_mask, row));
+      sums_high = _mm512_add_ps(sums_high, _mm512_maskz_loadu_ps(high_mask, row + 16));
+    }
+    at::BFloat16* rounded_row = rounded == nullptr ? nullptr : rounded + r * rounded_stride;
+    store(sums_low, low_mask, row, rounded_row);
+    store(sums_high, high_mask, row + 16, rounded_row == nullptr ? nullptr : rounded_row + 16);
   }
 }
 
@@ -133,6 +238,124 @@ void int8_transposed_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_
       }
     }
   }
+}
+
+void panel_rows_grouped_int8_avx512_vnni(int64_t rows, const uint8_t* lhs, const int8_t* panel, int64_t depth,
+                                         int64_t span, const float* row_offset, const float* row_scale, float* out,
+                                         int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
+                                         int64_t rounded_stride) {
+  const auto* quads = reinterpret_cast<const int32_t*>(lhs);
+  for (int64_t first = 0; first < rows; first += kHeldRows) {
+    with_rows<kHeldRows>(std::min(kHeldRows, rows - first), [&]<int64_t Rows>() {
+      grouped_kernel<Rows>(quads + first, panel, depth, span, row_offset + first, row_scale + first, out + first * ldo,
+                           ldo, width, accumulate, rounded == nullptr ? nullptr : rounded + first * rounded_stride,
+                           rounded_stride);
+    });
+  }
+}
+
+// The scales of runs for 16 weight rows (half a panel's columns), a vector per run, in order.
+// Where a run is a group, each row's scales of 16 consecutive runs lie side by side: loaded a row
+// at a time and transposed, 16 runs at once (gathering each run's was a quarter of the
+// conversion's time in groups of 32). Runs shorter than their group gather their scale.
+class RunScales {
+ public:
+  RunScales(const float* scale, int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first_row,
+            int64_t rows)
+      : rows_(scale + first_row * groups),
+        groups_(groups),
+        group_size_(group_size),
+        span_(span),
+        top_(top),
+        count_(rows),
+        row_mask_(avx512::lanes_mask(rows)),
+        row_offsets_(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                        _mm512_set1_epi32(int32_t(groups)))) {}
+
+  __m512 of(int64_t run) {
+    if (span_ != group_size_) {
+      const int64_t group = (top_ + run * span_) / group_size_;
+      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), row_mask_, row_offsets_, rows_ + group, sizeof(float));
+    }
+    if (run % 16 == 0) {
+      const int64_t group = top_ / group_size_ + run;
+      const __mmask16 mask = avx512::lanes_mask(groups_ - group);
+      for (int64_t i = 0; i < 16; ++i) {
+        next_[i] = i < count_ ? _mm512_maskz_loadu_ps(mask, rows_ + i * groups_ + group) : _mm512_setzero_ps();
+      }
+      transpose16_(next_);
+    }
+    return next_[run % 16];
+  }
+
+ private:
+  const float* rows_;
+  int64_t groups_, group_size_, span_, top_, count_;
+  __mmask16 row_mask_;
+  __m512i row_offsets_;
+  Transpose16 transpose16_;
+  __m512 next_[16];
+};
+
+// 16 rows of W at a time (half a panel's columns), 64 codes of each (16 quads, a 32-bit lane each)
+// less their zero points, transposed into 16 panel rows of quads of those 16 columns; the runs'
+// value sums (vpdpbusd by ones) as they go.
+bool grouped_int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, const int8_t* zero_point, const float* scale,
+                                     int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first,
+                                     int64_t depth, int64_t count, int8_t* panels) {
+  const Transpose16 transpose16;
+  const int64_t run_bytes = span * kPanelColumns + kFooterBytes, panel_bytes = grouped_int8_panel_bytes(depth, span);
+  const __m512i ones = _mm512_set1_epi8(1);
+  __mmask64 outside = 0;
+  for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
+    int8_t* panel = panels + row / kPanelColumns * panel_bytes;
+    const int64_t half = row % kPanelColumns, rows = std::clamp<int64_t>(count - row, 0, 16);
+    RunScales run_scales(scale, groups, group_size, span, top, first + row, rows);
+    __m512i run_sums = _mm512_setzero_si512();
+    int64_t run = 0, within = 0;
+    for (int64_t column = 0; column < depth; column += 64) {
+      const int64_t values = std::min<int64_t>(64, depth - column);
+      const __mmask64 mask = values >= 64 ? ~__mmask64{0} : (__mmask64{1} << values) - 1;
+      int64_t lane_groups[4];
+      for (int64_t lane = 0; zero_point != nullptr && lane < 4; ++lane) {
+        lane_groups[lane] = std::min((top + column + 16 * lane) / group_size, groups - 1);
+      }
+      __m512 quads[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        __m512i row_codes = _mm512_setzero_si512();
+        if (i < rows) {
+          row_codes = _mm512_maskz_loadu_epi8(mask, codes + (row + i) * ldw + column);
+          if (zero_point != nullptr) {
+            const __m512i zeros = zero_points_of(zero_point + (first + row + i) * groups, lane_groups);
+            const __m512i wrapped = _mm512_sub_epi8(row_codes, zeros);
+            outside |= _mm512_mask_cmpneq_epi8_mask(mask, wrapped, _mm512_subs_epi8(row_codes, zeros));
+            row_codes = _mm512_maskz_mov_epi8(mask, wrapped);
+          }
+        }
+        quads[i] = _mm512_castsi512_ps(row_codes);
+      }
+      transpose16(quads);
+#pragma GCC unroll 16
+      for (int64_t j = 0; j < 16; ++j) {
+        if (4 * j >= values) {
+          break;
+        }
+        const __m512i quad = _mm512_castps_si512(quads[j]);
+        _mm512_storeu_si512(panel + run * run_bytes + within * kPanelColumns + half * 4, quad);
+        run_sums = _mm512_dpbusd_epi32(run_sums, ones, quad);
+        within += 4;
+        if (within == span) {
+          auto* footer = reinterpret_cast<float*>(panel + run * run_bytes + span * kPanelColumns);
+          _mm512_storeu_ps(footer + half, run_scales.of(run));
+          _mm512_storeu_ps(footer + kPanelColumns + half, _mm512_cvtepi32_ps(run_sums));
+          run_sums = _mm512_setzero_si512();
+          within = 0;
+          ++run;
+        }
+      }
+    }
+  }
+  return outside == 0;
 }
 
 } // namespace qlgrad::math
