@@ -28,6 +28,8 @@ KERNEL_TESTS = (
     "test_fbgemm_in_place.py",
     "test_bfloat16_products.py",
     "test_torchao_lowbit.py::test_groupwise_product_is_the_float64_product",
+    "test_torchao_lowbit.py::test_dynamic_groupwise_forward_is_the_float64_product",
+    "test_torchao_lowbit.py::test_dynamic_groupwise_forward_takes_floats_where_integers_cannot_hold_it",
     "test_torchao.py::test_activation_quantization_is_torchaos",
     "test_torchao_lowbit.py::test_activation_quantization_is_torchaos",
     "test_torchao_lowbit.py::test_groupwise_dequantization_is_torchaos",
@@ -39,10 +41,11 @@ BFLOAT16_KERNEL_TESTS = (
     "test_int4pack.py",
     "test_torchao_lowbit.py::test_groupwise_product_is_the_float64_product",
 )
-# The integer products that AVX512-VNNI gives torchao's int8 training forwards and the int8
-# precision (torch._int_mm without it).
+# The integer products that AVX512-VNNI gives torchao's int8 and group-wise training forwards and
+# the int8 precision (torch._int_mm, and the group-wise layers' floating point product, without it).
 INT8_KERNEL_TESTS = (
     "test_torchao.py::test_integer_product_is_torchs",
+    "test_torchao_lowbit.py::test_dynamic_groupwise_forward_is_the_float64_product",
     "test_torchao.py::test_training_forward_is_torchaos_bit_for_bit",
     "test_fbgemm_in_place.py::test_int8_product_is_exact",
 )
