@@ -29,6 +29,9 @@ template <int64_t Rows, bool PanelUnsigned>
 [[gnu::always_inline]] inline void multiply_quads(const int32_t* lhs_quads, const void* panel, int64_t quads,
                                                   __m512i (&low)[Rows], __m512i (&high)[Rows]) {
   const auto* bytes = static_cast<const uint8_t*>(panel);
+  // Unrolled, the loop keeps each sum in one register (else GCC copies them between registers at
+  // every step).
+#pragma GCC unroll 4
   for (int64_t quad = 0; quad < quads; ++quad) {
     const __m512i panel_low = _mm512_loadu_si512(bytes + quad * 4 * kPanelColumns);
     const __m512i panel_high = _mm512_loadu_si512(bytes + quad * 4 * kPanelColumns + 4 * 16);
