@@ -13,12 +13,13 @@
 //   _int8_linear_rescaled         the same, rescaled as torchao rescales it
 //   _int8_quantize_rows           the activation quantization of that forward (internal)
 //   _int8_quant_dequant_rows      that of torchao's group-wise int8 layers' (internal)
-//   _int8_groupwise_linear        the product of torchao's group-wise int8 layers' training
-//                                 forward (internal)
 //   _int8_dynamic_groupwise_linear
-//                                 their whole training forward less the bias: the activation
-//                                 quantized as torchao quantizes it, in integer products
-//                                 where the CPU has them (internal)
+//                                 the training forward of torchao's group-wise int8 layers less
+//                                 the bias: the activation quantized as torchao quantizes it,
+//                                 in integer products where the CPU has them (internal)
+//   _int8_groupwise_linear        its floating point product, of the dequantized activation,
+//                                 where integers cannot take it (internal; the tests' door to
+//                                 it on every CPU)
 //   _int8_groupwise_dequantize    those layers' weight as torchao dequantizes it (internal)
 //   _linear_dynamic_with_weight, _stored_weight_backward
 //                                 torch.compile's door to the packed backward (internal,
