@@ -328,6 +328,11 @@ def test_dynamic_groupwise_forward_is_the_float64_product(dtype):
             bound = 2e-7
         else:  # the result's rounding to bfloat16, and little else
             bound = 1.01 * relative_error(expected.to(dtype), expected) + 1e-6
+            # Each output is the float64 product rounded to bfloat16, but where the float32 sums
+            # lie within their rounding of a tie (0.2% of a row's at most in these cases): one of
+            # the activation's codes off by one step would move 4-14% of its row's.
+            differs = (got != expected.to(dtype)).sum(1)
+            assert differs.max() <= max(1, out_features // 100), (rows, in_features, groups)
         assert got.dtype == dtype and relative_error(got, expected) <= bound, (rows, in_features, groups)
 
 
