@@ -8,6 +8,7 @@ backward grad_output @ W_deq in float64 from the layer's dequantized weight."""
 import contextlib
 import copy
 import itertools
+import threading
 
 import peft
 import pytest
@@ -357,6 +358,46 @@ def test_dynamic_groupwise_forward_takes_floats_where_integers_cannot_hold_it(dt
         floats = torch.ops.qlgrad._int8_quant_dequant_rows(input)
         expected = torch.ops.qlgrad._int8_groupwise_linear(floats, weight, scale, zero_point)
         torch.testing.assert_close(got, expected, rtol=0, atol=0, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_threads_sharing_groupwise_layers_get_the_single_threaded_results(dtype):
+    """Six threads run the training forward and the backward of the same group-wise layers at once
+    (integer products where the CPU has them, asymmetric weights: zero points in the panels): each
+    gets, bit for bit, what one thread alone gets."""
+    layers = [
+        intx_layer(torch.int4, "per_group_32", mapping, dtype, bias=False, in_features=512, out_features=300)
+        for mapping in MAPPINGS
+    ]
+    generator = torch.Generator().manual_seed(0)
+    inputs = [torch.randn(rows, 512, generator=generator).to(dtype) for rows in (1, 13, 40)]
+
+    def run(layer, x):
+        leaf = x.clone().requires_grad_()
+        output = layer(leaf)
+        output.backward(torch.ones_like(output))
+        return output.detach(), leaf.grad
+
+    expected = {(i, j): run(layer, x) for i, layer in enumerate(layers) for j, x in enumerate(inputs)}
+    mismatches, errors = [], []
+
+    def work(index):
+        try:
+            for step in range(12):
+                i, j = (index + step) % len(layers), step % len(inputs)
+                got = run(layers[i], inputs[j])
+                if not all(torch.equal(a, b) for a, b in zip(got, expected[i, j])):
+                    mismatches.append((index, step))
+        except Exception as error:  # noqa: BLE001 - reported to the test
+            errors.append(error)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not any(thread.is_alive() for thread in threads)
+    assert errors == [] and mismatches == []
 
 
 def test_dynamic_groupwise_forward_names_every_bad_argument():
