@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,6 +127,28 @@ def outputs_and_calls(layers, x, op: str) -> tuple[list[torch.Tensor], int]:
     with torch.autograd.profiler.profile() as profile:
         outputs = [layer(x) for layer in layers]
     return outputs, sum(event.count for event in profile.key_averages() if event.key == op)
+
+
+def mismatches_in_threads(step: Callable[[int, int], bool], steps: int, threads: int = 6, timeout: float = 120) -> list:
+    """Runs step(thread, n) for n < steps in each of `threads` threads at once and returns the
+    (thread, n) whose step returned False. A step that raises, or a thread still running after
+    `timeout` seconds, fails the test."""
+    mismatches, errors = [], []
+
+    def work(index):
+        try:
+            mismatches.extend((index, n) for n in range(steps) if not step(index, n))
+        except Exception as error:  # noqa: BLE001 - reported to the test
+            errors.append(error)
+
+    running = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join(timeout=timeout)
+    assert not any(thread.is_alive() for thread in running)
+    assert errors == []
+    return mismatches
 
 
 def run_python(code: str, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 
 import pytest
 import torch
@@ -25,7 +24,7 @@ from torchao.quantization import (
 from torchao.quantization.quantize_.workflows.int8.int8_tensor import QuantizeTensorToInt8Kwargs
 
 import qlgrad
-from helpers import ERROR_BOUNDS, choosing, cosine, outputs_and_calls, relative_error
+from helpers import ERROR_BOUNDS, choosing, cosine, mismatches_in_threads, outputs_and_calls, relative_error
 from qlgrad import _torchao
 
 GRANULARITIES = {"per_row": PerRow(), "per_tensor": PerTensor()}
@@ -534,24 +533,12 @@ def test_threads_get_their_own_precision_and_the_same_results():
             return input_gradient(layer, x, grad_output)
 
     expected = {precision: gradient(precision) for precision in precisions}
-    mismatches, errors = [], []
 
-    def work(index):
-        try:
-            for step in range(25):
-                precision = precisions[(index + step) % len(precisions)]
-                if not torch.equal(gradient(precision), expected[precision]):
-                    mismatches.append((index, step))
-        except Exception as error:  # noqa: BLE001 - reported to the test
-            errors.append(error)
+    def same(index, step):
+        precision = precisions[(index + step) % len(precisions)]
+        return torch.equal(gradient(precision), expected[precision])
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == [] and mismatches == []
+    assert mismatches_in_threads(same, steps=25) == []
 
 
 def test_not_installed_is_silent():

@@ -8,7 +8,6 @@ backward grad_output @ W_deq in float64 from the layer's dequantized weight."""
 import contextlib
 import copy
 import itertools
-import threading
 
 import peft
 import pytest
@@ -33,7 +32,7 @@ from torchao.quantization import (
 )
 
 import qlgrad
-from helpers import cosine, outputs_and_calls, relative_error
+from helpers import cosine, mismatches_in_threads, outputs_and_calls, relative_error
 
 WEIGHT_DTYPES = [getattr(torch, f"int{bits}") for bits in range(1, 9)]
 GRANULARITIES = {"per_group_32": PerGroup(32), "per_row": PerAxis(0)}
@@ -379,25 +378,12 @@ def test_threads_sharing_groupwise_layers_get_the_single_threaded_results(dtype)
         return output.detach(), leaf.grad
 
     expected = {(i, j): run(layer, x) for i, layer in enumerate(layers) for j, x in enumerate(inputs)}
-    mismatches, errors = [], []
 
-    def work(index):
-        try:
-            for step in range(12):
-                i, j = (index + step) % len(layers), step % len(inputs)
-                got = run(layers[i], inputs[j])
-                if not all(torch.equal(a, b) for a, b in zip(got, expected[i, j])):
-                    mismatches.append((index, step))
-        except Exception as error:  # noqa: BLE001 - reported to the test
-            errors.append(error)
+    def same(index, step):
+        i, j = (index + step) % len(layers), step % len(inputs)
+        return all(torch.equal(a, b) for a, b in zip(run(layers[i], inputs[j]), expected[i, j]))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(6)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not any(thread.is_alive() for thread in threads)
-    assert errors == [] and mismatches == []
+    assert mismatches_in_threads(same, steps=12) == []
 
 
 def test_dynamic_groupwise_forward_names_every_bad_argument():
