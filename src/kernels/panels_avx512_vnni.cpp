@@ -11,8 +11,8 @@
 // (codes plus 128, with each row's zero point plus 128 as its offset), the weight values (code
 // less zero point) its signed one: a row's offset times the run's sum of values, subtracted from
 // the run's sums, turns the products of unsigned codes into those of the values. Both are
-// integers below 2^24 (255 * 128 * 256 at most, runs being at most 256 long), exact in float32, and so is their
-// difference: one rounding per run, as it is scaled.
+// integers below 2^24 (255 * 128 * 256 at most, runs being at most 256 long), exact in float32,
+// and so is their difference: one rounding per run, as it is scaled.
 
 #include "variants.h"
 
