@@ -9,9 +9,10 @@
 //   - by columns: each thread converts the panels of its block of columns into its own L2 and
 //     runs every row against them. Few rows cannot repay a trip to memory of the converted weight
 //     (four times the codes' bytes).
-//   - by rows and columns: all threads convert one depth block's panels for every column, then
-//     share the tasks of PanelTasks (panel_tasks.h), so that any number of threads get equal
-//     shares, on layers as narrow as 768 columns.
+//   - by rows and columns: the threads share one depth block's panels for every column and the
+//     tasks of PanelTasks (panel_tasks.h), so that any number of threads get equal shares, on
+//     layers as narrow as 768 columns; each pair of panels is converted by the first thread whose
+//     task needs it, right before the task runs against it.
 
 #include "matmul_strategies.h"
 #include "panel_tasks.h"
@@ -507,7 +508,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   const at::Tensor result = rounds && blocks == 1 ? at::Tensor() : at::empty({rows, columns}, sum_options);
   const at::Tensor rounded = rounds ? at::empty({rows, columns}, lhs.options().dtype(at::kBFloat16)) : at::Tensor();
   Sum* out = result.defined() ? result.template mutable_data_ptr<Sum>() : nullptr;
-  // Two parallel regions per depth block (packing lhs a block at a time would cost a third,
+  // One parallel region per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
   at::Tensor shared_panels =
       scratch(ScratchUse::kPanels,
@@ -516,21 +517,30 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // Chunks of one width, which the tasks' order (PanelTasks) follows.
   const int64_t chunk = round_up(
       ColumnTasks(columns, Products::kBlockColumns, kPanelColumns, at::get_num_threads()).width(0), kPanelColumns);
-  const int64_t chunks = (columns + chunk - 1) / chunk;
   const PanelTasks tasks(rows, columns, chunk, Products::kTaskRows);
+  // The panels are converted two at a time, a cache line of each row's int8 codes, into the L2 of
+  // the thread that multiplies by them first. Against converting every panel of a depth block in
+  // a parallel region of its own, then multiplying (its panels, 8-16 MiB at 4096 columns, read
+  // back from L3), on a Zen 5 EPYC, 2 threads, alternated in one process, over oneDNN's fp32 GEMM
+  // (rows x in -> out): fp32 of fbgemm's packing, 256 x 4096 -> 4096 1.19x -> 1.13x (compare.py
+  // 1.17-1.18x -> 1.14-1.16x), 512 x 4096 -> 4096 1.06x -> 1.04x, 2048 x 768 -> 3072 1.05x ->
+  // 1.02x, 256 x 768 -> 3072 1.08x -> 1.07x; of int8 codes in rows per channel, 256 x 4096 ->
+  // 4096 1.10x -> 1.08x; the bf16 and int8 precisions within the runs' spread.
+  constexpr int64_t kConvertedColumns = 2 * kPanelColumns;
+  OnceEachPiece converted((columns + kConvertedColumns - 1) / kConvertedColumns);
   for_each_depth_block(reader, Products::kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kDepthStep);
-    at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t piece = begin; piece < end; ++piece) {
-        const int64_t first = piece * chunk, count = std::min(chunk, columns - first);
-        reader.panels(top, first, height, count, panel_depth, panels + first * panel_depth);
-        zero_panel_padding<Products>(panels + first * panel_depth, count, round_up(height, 2), panel_depth);
-      }
-    });
+    converted.reset();
     at::parallel_for(0, tasks.size(), 1, [&](int64_t begin, int64_t end) {
       Products::prepare_thread();
       for (int64_t index = begin; index < end; ++index) {
         const PanelTask task = tasks[index];
+        const int64_t piece = task.column / kConvertedColumns;
+        converted.ensure(piece, [&] {
+          const int64_t first = piece * kConvertedColumns, count = std::min(kConvertedColumns, columns - first);
+          reader.panels(top, first, height, count, panel_depth, panels + first * panel_depth);
+          zero_panel_padding<Products>(panels + first * panel_depth, count, round_up(height, 2), panel_depth);
+        });
         const int64_t offset = task.row * columns + task.column;
         at::BFloat16* rounded_sums =
             rounds && block == blocks - 1 ? rounded.mutable_data_ptr<at::BFloat16>() + offset : nullptr;

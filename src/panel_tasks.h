@@ -6,7 +6,9 @@
 #include "kernels/kernels.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <thread>
 #include <vector>
 
 namespace qlgrad::math {
@@ -25,10 +27,11 @@ struct PanelTask {
 // them equal but at the last rows and columns, so that any number of threads taking runs of
 // consecutive tasks (as at::parallel_for hands them out) get equal shares to within one task:
 // ceil(rows / task_rows) * ceil(columns / 32) tasks, 528 for 256 x 768 in tasks of 12 rows. In the order a single
-// thread would run them: by chunks of `chunk_columns` (a multiple of kPanelColumns: the pieces
-// in which the weight's panels are converted, so that a thread mostly reads panels it converted
-// itself), then by blocks of kRowBlock rows, then panel by panel (each panel stays in L2 while
-// the block's rows run against it).
+// thread would run them: by chunks of `chunk_columns` (a multiple of kPanelColumns, a thread's
+// share of the columns where the threads divide them evenly, so that a thread mostly reads the
+// panels it converted itself), then by blocks of kRowBlock rows, then panel by panel (each panel
+// stays in L2 while the block's rows run against it: the first block's rows meet it right after
+// its conversion).
 class PanelTasks {
  public:
   PanelTasks(int64_t rows, int64_t columns, int64_t chunk_columns, int64_t task_rows = kKernelRows)
@@ -59,6 +62,44 @@ class PanelTasks {
 
  private:
   int64_t rows_, columns_, task_rows_, groups_per_block_, row_groups_, panels_, chunk_panels_;
+};
+
+// Pieces of work (the conversion of a few of the panels a depth block shares) each done once, by
+// the first thread that needs it, before any thread goes on past it: a thread that finds it being
+// done by another waits. Pieces are claimed one at a time and done right away, so no thread waits
+// for a piece while holding another one undone.
+class OnceEachPiece {
+ public:
+  explicit OnceEachPiece(int64_t pieces) : states_(pieces) {}
+
+  // Every piece undone again, between the parallel regions that use them.
+  void reset() {
+    for (auto& state : states_) {
+      state.store(kUndone, std::memory_order_relaxed);
+    }
+  }
+
+  // Returns once `piece` is done, having run work() if no thread had claimed it.
+  template <typename Work>
+  void ensure(int64_t piece, const Work& work) {
+    std::atomic<uint8_t>& state = states_[piece];
+    if (state.load(std::memory_order_acquire) == kDone) {
+      return;
+    }
+    uint8_t undone = kUndone;
+    if (state.compare_exchange_strong(undone, kClaimed, std::memory_order_acquire)) {
+      work();
+      state.store(kDone, std::memory_order_release);
+      return;
+    }
+    while (state.load(std::memory_order_acquire) != kDone) {
+      std::this_thread::yield();
+    }
+  }
+
+ private:
+  static constexpr uint8_t kUndone = 0, kClaimed = 1, kDone = 2;
+  std::vector<std::atomic<uint8_t>> states_;
 };
 
 // `columns` divided into tasks of at most `widest` columns (a multiple of `multiple`), as many

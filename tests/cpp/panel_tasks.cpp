@@ -5,20 +5,26 @@
 // at::parallel_for hands them out. The division by columns (ColumnTasks): every column in one
 // task, none empty or wider than asked, each starting at a multiple, and, where the columns
 // allow a multiple of the threads' count of tasks, every thread's columns within one multiple of
-// an equal share.
+// an equal share. Pieces done once (OnceEachPiece): threads racing through the same pieces in
+// different orders each find every piece done, with what it wrote, and every piece done by one
+// thread only, again after a reset.
 
 #include "testing.h"
 
 #include "panel_tasks.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 namespace {
 
 using qlgrad::math::ColumnTasks;
+using qlgrad::math::OnceEachPiece;
 using qlgrad::math::PanelTasks;
 
 struct Shape {
@@ -39,6 +45,43 @@ double largest_share(const PanelTasks& tasks, int64_t rows, int64_t columns, int
     largest = std::max(largest, work);
   }
   return static_cast<double>(largest) * static_cast<double>(threads) / static_cast<double>(rows * columns);
+}
+
+// `threads` threads ensure every one of `pieces` pieces, each from a piece of its own onwards (so
+// that they meet on pieces another is doing), in `rounds` rounds with a reset between them; the
+// work writes its piece's value, slowly, and counts its runs. Returns whether every thread found
+// every piece's value after ensure() and every piece ran once a round.
+bool pieces_done_once(int64_t pieces, int64_t threads, int64_t rounds) {
+  OnceEachPiece once(pieces);
+  std::vector<int64_t> values(pieces), runs(pieces);
+  std::atomic<bool> seen_all{true};
+  bool once_each = true;
+  for (int64_t round = 0; round < rounds; ++round) {
+    once.reset();
+    std::fill(values.begin(), values.end(), 0);
+    std::fill(runs.begin(), runs.end(), 0);
+    std::vector<std::thread> workers;
+    for (int64_t thread = 0; thread < threads; ++thread) {
+      workers.emplace_back([&, thread] {
+        for (int64_t step = 0; step < pieces; ++step) {
+          const int64_t piece = (thread * pieces / threads + step) % pieces;
+          once.ensure(piece, [&] {
+            std::this_thread::sleep_for(std::chrono::microseconds(50));
+            values[piece] = round * pieces + piece + 1;
+            ++runs[piece];
+          });
+          if (values[piece] != round * pieces + piece + 1) {
+            seen_all = false;
+          }
+        }
+      });
+    }
+    for (auto& worker : workers) {
+      worker.join();
+    }
+    once_each = once_each && std::all_of(runs.begin(), runs.end(), [](int64_t count) { return count == 1; });
+  }
+  return seen_all && once_each;
 }
 
 }  // namespace
@@ -120,6 +163,10 @@ int main() {
         }
       }
     }
+  }
+  for (const int64_t threads : {2, 4, 8}) {
+    tally.check("pieces done once: " + std::to_string(threads) + " threads, 64 pieces, 3 rounds",
+                pieces_done_once(64, threads, 3));
   }
   return tally.finish();
 }
