@@ -41,7 +41,6 @@ int64_t run_span(int64_t group_size) {
 
 at::Tensor int8_dynamic_groupwise_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
                                          const at::Tensor& zero_point) {
-  const auto float_scale = scale.to(at::kFloat).contiguous();
   const bool zero = all_zero(zero_point);
   // bfloat16 activations stay on AMX tiles where the CPU has them: untimed against these.
   const bool integer_products = grouped_int8_reads(codes.size(1) / scale.size(1)) &&
@@ -50,13 +49,16 @@ at::Tensor int8_dynamic_groupwise_linear(const at::Tensor& input, const at::Tens
     const auto [low, high] = zero ? std::tuple(at::Tensor(), at::Tensor()) : at::aminmax(zero_point);
     if (zero || (low.item<int64_t>() >= -128 && high.item<int64_t>() <= 127)) {
       const auto int8_zero_point = zero ? std::nullopt : std::optional(zero_point.to(at::kChar).contiguous());
-      if (auto result = grouped_int8_linear(input, codes, float_scale, int8_zero_point)) {
+      // bfloat16 scales (torchao's bfloat16 layers) are read where they lie.
+      const auto stored_scale =
+          scale.scalar_type() == at::kBFloat16 ? scale.contiguous() : scale.to(at::kFloat).contiguous();
+      if (auto result = grouped_int8_linear(input, codes, stored_scale, int8_zero_point)) {
         return *result;
       }
     }
   }
   // In floating point: the activation quantized and dequantized, times the values.
-  return int8_groupwise_linear(int8_quant_dequant_rows_asymmetric(input), codes, float_scale,
+  return int8_groupwise_linear(int8_quant_dequant_rows_asymmetric(input), codes, scale.to(at::kFloat).contiguous(),
                                zero ? std::nullopt : std::optional(zero_point.to(at::kFloat).contiguous()));
 }
 
@@ -68,7 +70,8 @@ std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at:
                                               const std::optional<at::Tensor>& zero_point) {
   TORCH_INTERNAL_ASSERT(input.dim() == 2 && input.is_contiguous() && codes.is_contiguous() && scale.is_contiguous());
   TORCH_INTERNAL_ASSERT(input.scalar_type() == at::kFloat || input.scalar_type() == at::kBFloat16);
-  TORCH_INTERNAL_ASSERT(scale.scalar_type() == at::kFloat && (!zero_point || zero_point->scalar_type() == at::kChar));
+  TORCH_INTERNAL_ASSERT((scale.scalar_type() == at::kFloat || scale.scalar_type() == at::kBFloat16) &&
+                        (!zero_point || zero_point->scalar_type() == at::kChar));
   const int64_t rows = input.size(0), depth = input.size(1), columns = codes.size(0);
   const int64_t groups = scale.size(1), group_size = depth / groups, span = run_span(group_size);
   TORCH_INTERNAL_ASSERT(grouped_int8_reads(group_size));
@@ -103,7 +106,9 @@ std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at:
   const int64_t widest = pieces.widest();
   const int8_t* code_data = codes.const_data_ptr<int8_t>();
   const int8_t* zero_points = zero_point ? zero_point->const_data_ptr<int8_t>() : nullptr;
-  const float* scales = scale.const_data_ptr<float>();
+  const GroupScales scales = scale.scalar_type() == at::kBFloat16
+                                 ? GroupScales{nullptr, scale.const_data_ptr<at::BFloat16>()}
+                                 : GroupScales{scale.const_data_ptr<float>(), nullptr};
   std::atomic<bool> values_in_int8{true};
   at::parallel_for(0, pieces.size(), 1, [&](int64_t begin, int64_t end) {
     auto panels = scratch(ScratchUse::kPanels, {grouped_int8_panel_bytes(block_depth, span) * (widest / kPanelColumns)},

@@ -291,15 +291,18 @@ def integer_groupwise_forward(dtype) -> bool:
     return "avx512_vnni" in extensions and (dtype == torch.float32 or "amx" not in extensions)
 
 
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_dynamic_groupwise_forward_is_the_float64_product(dtype):
+def test_dynamic_groupwise_forward_is_the_float64_product(dtype, scale_dtype):
     """torch.ops.qlgrad._int8_dynamic_groupwise_linear, the training forward of torchao's
     group-wise layers with int8 activations, against float64 from torchao's own codes of the
     activation: in integer products (src/matmul_grouped_int8.cpp) only the float32 sums and the
     result's rounding differ from it. Rows of one and of several kernel blocks (12, and the 6 a
     kernel holds) and a partial last one, groups of 16, 32 and 128 and one per row (runs of 224
     and 256 values), several blocks of depth, partial last panels and halves of panels, zero
-    points, columns divided among threads. Elsewhere, the dequantized activation's product."""
+    points, columns divided among threads. Elsewhere, the dequantized activation's product.
+    bfloat16 scales (torchao's bfloat16 layers, read where they lie) give what their float32
+    copy gives, bit for bit."""
     generator = torch.Generator().manual_seed(0)
     for rows, in_features, out_features, groups, zero_points in (
         (1, 64, 40, 4, True),
@@ -313,13 +316,16 @@ def test_dynamic_groupwise_forward_is_the_float64_product(dtype):
         (37, 4096, 520, 32, True),
     ):
         weight = torch.randint(-8, 8, (out_features, in_features), dtype=torch.int8, generator=generator)
-        scale = torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01
+        scale = (torch.rand(out_features, groups, generator=generator) * 0.1 + 0.01).to(scale_dtype)
         zero_point = torch.randint(-8, 8, (out_features, groups), dtype=torch.int8, generator=generator)
         zero_point *= zero_points
         values = weight.double().view(out_features, groups, -1) - zero_point.double().unsqueeze(2)
         dequantized = (values * scale.double().unsqueeze(2)).view(out_features, in_features)
         x = (torch.randn(rows, in_features, generator=generator) * 2 + 0.5).to(dtype)
         got = torch.ops.qlgrad._int8_dynamic_groupwise_linear(x, weight, scale, zero_point)
+        if scale_dtype != torch.float32:
+            copied = torch.ops.qlgrad._int8_dynamic_groupwise_linear(x, weight, scale.float(), zero_point)
+            assert torch.equal(got, copied), (rows, in_features, groups)
         expected = torchaos_quantized_activation_float64(x) @ dequantized.t()
         if not integer_groupwise_forward(dtype):
             dense = F.linear(torch.ops.qlgrad._int8_quant_dequant_rows(x), dequantized.to(dtype))

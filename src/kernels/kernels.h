@@ -297,15 +297,22 @@ using QuantizeRowsAsymmetricFn = void(const Element* input, int64_t begin, int64
 //     top]; top and depth multiples of span) as panels of kPanelColumns columns,
 //     grouped_int8_panel_bytes(depth, span) apart, each holding per run [span / 4][kPanelColumns]
 //     quads of int8 values code - zero_point (zero_point int8 [N, groups], null for zero), then
-//     the run's kPanelColumns scales and kPanelColumns sums of its values (float32); zero past
-//     `count`. False where a value lies outside int8 (the panels then hold nothing of use).
+//     the run's kPanelColumns scales (GroupScales [N, groups]) and kPanelColumns sums of its
+//     values (float32); zero past `count`. False where a value lies outside int8 (the panels then
+//     hold nothing of use).
 //   GroupedInt8PanelRowsFn: out[r, 0:32] (+)= row_scale[r] * (the sum over the panel's runs of
 //     scale * sum_n (lhs[r, n] - row_offset[r]) * value[n, 0:32]) for `rows` (1 to kKernelRows)
 //     rows of a packed block of uint8 lhs (PackRowsFn's quads) over `depth` (a multiple of span),
 //     the panel as GroupedInt8PanelsFn writes it; `width` columns of out exist. With `rounded`,
 //     the result goes there instead, rounded to bfloat16 (to nearest even), rows rounded_stride
 //     apart.
-using GroupedInt8PanelsFn = bool(const int8_t* codes, int64_t ldw, const int8_t* zero_point, const float* scale,
+// Scales as the weight stores them: float32, or bfloat16 (torchao's bfloat16 layers), read in
+// place and widened to float32 exactly; one of the two pointers is set.
+struct GroupScales {
+  const float* float32 = nullptr;
+  const at::BFloat16* bfloat16 = nullptr;
+};
+using GroupedInt8PanelsFn = bool(const int8_t* codes, int64_t ldw, const int8_t* zero_point, GroupScales scale,
                                  int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first,
                                  int64_t depth, int64_t count, int8_t* panels);
 using GroupedInt8PanelRowsFn = void(int64_t rows, const uint8_t* lhs, const int8_t* panel, int64_t depth, int64_t span,

@@ -257,34 +257,48 @@ void panel_rows_grouped_int8_avx512_vnni(int64_t rows, const uint8_t* lhs, const
   }
 }
 
+namespace {
+
+// 16 scales from `scale` on (lanes past `mask` zero), as float32.
+__m512 load_scales(const float* scale, __mmask16 mask) {
+  return _mm512_maskz_loadu_ps(mask, scale);
+}
+__m512 load_scales(const at::BFloat16* scale, __mmask16 mask) {
+  const __m512i halves = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, scale));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(halves, 16));
+}
+
 // The scales of runs for 16 weight rows (half a panel's columns), a vector per run, in order.
 // Where a run is a group, each row's scales of 16 consecutive runs lie side by side: loaded a row
 // at a time and transposed, 16 runs at once (gathering each run's was a quarter of the
-// conversion's time in groups of 32). Runs shorter than their group gather their scale.
+// conversion's time in groups of 32). Runs shorter than their group read their rows' scale one by
+// one, once a run.
+template <typename Scale>
 class RunScales {
  public:
-  RunScales(const float* scale, int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first_row,
+  RunScales(const Scale* scale, int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first_row,
             int64_t rows)
       : rows_(scale + first_row * groups),
         groups_(groups),
         group_size_(group_size),
         span_(span),
         top_(top),
-        count_(rows),
-        row_mask_(avx512::lanes_mask(rows)),
-        row_offsets_(_mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                        _mm512_set1_epi32(int32_t(groups)))) {}
+        count_(rows) {}
 
   __m512 of(int64_t run) {
     if (span_ != group_size_) {
       const int64_t group = (top_ + run * span_) / group_size_;
-      return _mm512_mask_i32gather_ps(_mm512_setzero_ps(), row_mask_, row_offsets_, rows_ + group, sizeof(float));
+      alignas(64) float scales[16] = {};
+      for (int64_t i = 0; i < count_; ++i) {
+        scales[i] = static_cast<float>(rows_[i * groups_ + group]);
+      }
+      return _mm512_load_ps(scales);
     }
     if (run % 16 == 0) {
       const int64_t group = top_ / group_size_ + run;
       const __mmask16 mask = avx512::lanes_mask(groups_ - group);
       for (int64_t i = 0; i < 16; ++i) {
-        next_[i] = i < count_ ? _mm512_maskz_loadu_ps(mask, rows_ + i * groups_ + group) : _mm512_setzero_ps();
+        next_[i] = i < count_ ? load_scales(rows_ + i * groups_ + group, mask) : _mm512_setzero_ps();
       }
       transpose16_(next_);
     }
@@ -292,10 +306,8 @@ class RunScales {
   }
 
  private:
-  const float* rows_;
+  const Scale* rows_;
   int64_t groups_, group_size_, span_, top_, count_;
-  __mmask16 row_mask_;
-  __m512i row_offsets_;
   Transpose16 transpose16_;
   __m512 next_[16];
 };
@@ -303,9 +315,10 @@ class RunScales {
 // 16 rows of W at a time (half a panel's columns), 64 codes of each (16 quads, a 32-bit lane each)
 // less their zero points, transposed into 16 panel rows of quads of those 16 columns; the runs'
 // value sums (vpdpbusd by ones) as they go.
-bool grouped_int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, const int8_t* zero_point, const float* scale,
-                                     int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first,
-                                     int64_t depth, int64_t count, int8_t* panels) {
+template <typename Scale>
+bool grouped_int8_panels(const int8_t* codes, int64_t ldw, const int8_t* zero_point, const Scale* scale, int64_t groups,
+                         int64_t group_size, int64_t span, int64_t top, int64_t first, int64_t depth, int64_t count,
+                         int8_t* panels) {
   const Transpose16 transpose16;
   const int64_t run_bytes = span * kPanelColumns + kFooterBytes, panel_bytes = grouped_int8_panel_bytes(depth, span);
   const __m512i ones = _mm512_set1_epi8(1);
@@ -313,7 +326,7 @@ bool grouped_int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, const int
   for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
     int8_t* panel = panels + row / kPanelColumns * panel_bytes;
     const int64_t half = row % kPanelColumns, rows = std::clamp<int64_t>(count - row, 0, 16);
-    RunScales run_scales(scale, groups, group_size, span, top, first + row, rows);
+    RunScales<Scale> run_scales(scale, groups, group_size, span, top, first + row, rows);
     __m512i run_sums = _mm512_setzero_si512();
     int64_t run = 0, within = 0;
     for (int64_t column = 0; column < depth; column += 64) {
@@ -359,6 +372,17 @@ bool grouped_int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, const int
     }
   }
   return outside == 0;
+}
+
+} // namespace
+
+bool grouped_int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, const int8_t* zero_point, GroupScales scale,
+                                     int64_t groups, int64_t group_size, int64_t span, int64_t top, int64_t first,
+                                     int64_t depth, int64_t count, int8_t* panels) {
+  return scale.bfloat16 != nullptr ? grouped_int8_panels(codes, ldw, zero_point, scale.bfloat16, groups, group_size,
+                                                         span, top, first, depth, count, panels)
+                                   : grouped_int8_panels(codes, ldw, zero_point, scale.float32, groups, group_size,
+                                                         span, top, first, depth, count, panels);
 }
 
 } // namespace qlgrad::math
