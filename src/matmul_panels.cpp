@@ -525,7 +525,9 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // (rows x in -> out): fp32 of fbgemm's packing, 256 x 4096 -> 4096 1.19x -> 1.13x (compare.py
   // 1.17-1.18x -> 1.14-1.16x), 512 x 4096 -> 4096 1.06x -> 1.04x, 2048 x 768 -> 3072 1.05x ->
   // 1.02x, 256 x 768 -> 3072 1.08x -> 1.07x; of int8 codes in rows per channel, 256 x 4096 ->
-  // 4096 1.10x -> 1.08x; the bf16 and int8 precisions within the runs' spread.
+  // 4096 1.10x -> 1.08x; the bf16 and int8 precisions within the runs' spread. The 768 -> 3072
+  // layers in compare.py, libraries alternated between processes, within theirs (256 and 2048
+  // rows 1.04-1.10x before, 1.05-1.12x after).
   constexpr int64_t kConvertedColumns = 2 * kPanelColumns;
   OnceEachPiece converted((columns + kConvertedColumns - 1) / kConvertedColumns);
   for_each_depth_block(reader, Products::kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {

@@ -89,10 +89,9 @@ bool grouped_int8_reads(int64_t group_size);
 
 // torchao's group-wise forward with int8 activations (less the bias) in integer products: input
 // float32 or bfloat16 [M, K] (contiguous) quantized per row as torchao quantizes it
-// (QuantizeRowsAsymmetricFn), times int8 codes [N, K] in groups of K / G
-// (grouped_int8_reads) less zero_point (int8 [N, G], or none), times scale (float32 or bfloat16
-// [N, G], contiguous); the
-// result in input's dtype, the same sums as torchao's but for the roundings of the dequantized
+// (QuantizeRowsAsymmetricFn), times int8 codes [N, K] in groups of K / G (grouped_int8_reads)
+// less zero_point (int8 [N, G], or none), times scale (float32 or bfloat16 [N, G], contiguous);
+// the result in input's dtype, the same sums as torchao's but for the roundings of the dequantized
 // values and of the sums. Nothing where a row holds a NaN or an infinity or a code less its zero
 // point lies outside int8: the caller takes another way.
 std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at::Tensor& codes, const at::Tensor& scale,
