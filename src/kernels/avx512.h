@@ -9,6 +9,7 @@
 
 #include "code_parameters.h"
 
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
@@ -83,13 +84,26 @@ inline __mmask32 lanes_mask32(int64_t columns) {
   return columns >= 32 ? ~__mmask32(0) : columns <= 0 ? __mmask32(0) : (__mmask32(1) << columns) - 1;
 }
 
-// Up to 16 codes (or float16 values) as float32 lanes, zero past the mask.
+// 16 bfloat16 values as float32 (exact).
+inline __m512 widen(__m256i halves) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+}
+
+// Up to 16 codes (or float16, bfloat16 or float32 values) as float32 lanes, zero past the mask.
 inline __m512 load_values16(__mmask16 mask, const int8_t* codes) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, codes)));
 }
 
 inline __m512 load_values16(__mmask16 mask, const at::Half* values) {
   return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, values));
+}
+
+inline __m512 load_values16(__mmask16 mask, const at::BFloat16* values) {
+  return widen(_mm256_maskz_loadu_epi16(mask, values));
+}
+
+inline __m512 load_values16(__mmask16 mask, const float* values) {
+  return _mm512_maskz_loadu_ps(mask, values);
 }
 
 // 16 codes (or float16 values) as float32 lanes, where all 16 exist.

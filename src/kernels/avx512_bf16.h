@@ -39,17 +39,11 @@ inline __m512i bfloat16_values32(const int8_t* codes, int64_t values, const Code
 
 // 32 values of a row of lhs from `row` as two float32 vectors, zero past the first `values`.
 inline std::pair<__m512, __m512> load32(const float* row, int64_t values) {
-  return {_mm512_maskz_loadu_ps(lanes_mask(values), row), _mm512_maskz_loadu_ps(lanes_mask(values - 16), row + 16)};
-}
-
-// 16 bfloat16 values as float32 (exact).
-inline __m512 widen(__m256i halves) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(halves), 16));
+  return {load_values16(lanes_mask(values), row), load_values16(lanes_mask(values - 16), row + 16)};
 }
 
 inline std::pair<__m512, __m512> load32(const at::BFloat16* row, int64_t values) {
-  return {widen(_mm256_maskz_loadu_epi16(lanes_mask(values), row)),
-          widen(_mm256_maskz_loadu_epi16(lanes_mask(values - 16), row + 16))};
+  return {load_values16(lanes_mask(values), row), load_values16(lanes_mask(values - 16), row + 16)};
 }
 
 // The values n to n + 31 of a row of lhs times their factors (factors[n * factor_stride]; none

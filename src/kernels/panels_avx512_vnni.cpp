@@ -259,15 +259,6 @@ void panel_rows_grouped_int8_avx512_vnni(int64_t rows, const uint8_t* lhs, const
 
 namespace {
 
-// 16 scales from `scale` on (lanes past `mask` zero), as float32.
-__m512 load_scales(const float* scale, __mmask16 mask) {
-  return _mm512_maskz_loadu_ps(mask, scale);
-}
-__m512 load_scales(const at::BFloat16* scale, __mmask16 mask) {
-  const __m512i halves = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, scale));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(halves, 16));
-}
-
 // The scales of runs for 16 weight rows (half a panel's columns), a vector per run, in order.
 // Where a run is a group, each row's scales of 16 consecutive runs lie side by side: loaded a row
 // at a time and transposed, 16 runs at once (gathering each run's was a quarter of the
@@ -298,7 +289,7 @@ class RunScales {
       const int64_t group = top_ / group_size_ + run;
       const __mmask16 mask = avx512::lanes_mask(groups_ - group);
       for (int64_t i = 0; i < 16; ++i) {
-        next_[i] = i < count_ ? load_scales(rows_ + i * groups_ + group, mask) : _mm512_setzero_ps();
+        next_[i] = i < count_ ? avx512::load_values16(mask, rows_ + i * groups_ + group) : _mm512_setzero_ps();
       }
       transpose16_(next_);
     }

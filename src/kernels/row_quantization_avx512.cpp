@@ -14,13 +14,6 @@ namespace {
 // (torchao's int8 layers) 0.64-0.68 ms, 0.22 ms (0.28-0.34 ms before the rounding and the clamp
 // went into the conversion, and a NaN test and an infinity test into one classification).
 struct Avx512RowLoops {
-  static __m512 load16(__mmask16 mask, const float* values) { return _mm512_maskz_loadu_ps(mask, values); }
-
-  static __m512 load16(__mmask16 mask, const at::BFloat16* values) {
-    const __m512i widened = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, values));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(widened, 16));
-  }
-
   template <typename Element>
   static __m512 in_dtype(__m512 values) {
     if constexpr (std::is_same_v<Element, at::BFloat16>) {
@@ -48,14 +41,14 @@ struct Avx512RowLoops {
     __mmask16 non_finite = 0;
     constexpr int kNaNOrInfinity = 0x01 | 0x08 | 0x10 | 0x80;  // quiet NaN, +inf, -inf, signalling NaN
     for (int64_t j = 0; j < n; j += 16) {
-      const __m512 value = load16(avx512::lanes_mask(n - j), row + j);
+      const __m512 value = avx512::load_values16(avx512::lanes_mask(n - j), row + j);
       low = _mm512_min_ps(value, low);
       high = _mm512_max_ps(value, high);
       non_finite |= _mm512_fpclass_ps_mask(value, kNaNOrInfinity);
     }
     __mmask16 nans = 0;
     for (int64_t j = 0; non_finite != 0 && j < n; j += 16) {
-      const __m512 value = load16(avx512::lanes_mask(n - j), row + j);
+      const __m512 value = avx512::load_values16(avx512::lanes_mask(n - j), row + j);
       nans |= _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
     }
     // Counts of lanes, not of values: only whether they are zero matters.
@@ -70,7 +63,7 @@ struct Avx512RowLoops {
     const __m512 factor = _mm512_set1_ps(inverse);
     for (int64_t j = 0; j < n; j += 16) {
       const __mmask16 mask = avx512::lanes_mask(n - j);
-      const __m512i code = _mm512_cvt_roundps_epi32(_mm512_mul_ps(load16(mask, row + j), factor),
+      const __m512i code = _mm512_cvt_roundps_epi32(_mm512_mul_ps(avx512::load_values16(mask, row + j), factor),
                                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
       _mm512_mask_cvtsepi32_storeu_epi8(out + j, mask, code);
     }
@@ -80,8 +73,9 @@ struct Avx512RowLoops {
   // PlainRowLoops::quant_dequant_finite.
   template <typename Element>
   static __m512 code16(__mmask16 mask, const Element* values, __m512 factor, __m512 zero) {
-    const __m512 rounded = _mm512_roundscale_ps(in_dtype<Element>(_mm512_mul_ps(load16(mask, values), factor)),
-                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 rounded =
+        _mm512_roundscale_ps(in_dtype<Element>(_mm512_mul_ps(avx512::load_values16(mask, values), factor)),
+                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(rounded, zero), _mm512_set1_ps(-128.0f)), _mm512_set1_ps(127.0f));
   }
 
