@@ -151,11 +151,23 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   // forward, blocks 256 deep and 1024 wide first: torchao's group-wise int4 layers (groups of 32;
   // rows x in -> out) 16 x 4096 -> 4096 1.49x, 1.32x; 128 x 4864 -> 896 1.20x, 1.12x; 192 x 1024
   // -> 2816 1.16x, 1.04x; torch's int4 packing 16 x 4096 -> 4096 0.96x, 0.89x; 192 x 896 -> 4864
-  // 1.00x, 0.95x. Codes across the depth (the backwards) keep the float32 panels' blocking: with
-  // these blocks their bfloat16 gradients at 8-16 rows of 4096 x 4096 took 1.1-1.4x the time.
+  // 1.00x, 0.95x. Codes across the depth (the backwards) take, up to kWideRowsMax rows, blocks half
+  // as deep and twice as wide (runs twice as long again, read where a few rows' products leave the
+  // conversion most of the time), else the float32 panels' blocking: deeper and narrower blocks
+  // took 1.1-1.4x the time at 8-16 rows of 4096 x 4096.
+  static constexpr int64_t kWideRowsMax = 32;
+  // Those wide blocks, on that EPYC, alternated in one process, bfloat16 gradients over the dense
+  // bfloat16 GEMM's time: 4096 x 4096 at 8 rows, float16 values 0.81x -> 0.69x, groups of 32 0.68x
+  // -> 0.64x, per channel 0.53x -> 0.46x (at 12-16 rows 0.93-0.97x the time, at 32 the same); the
+  // decoder's layers 896 -> 4864, 4864 -> 896, 1024 -> 2816 and 2816 -> 1024 at 8-32 rows, per
+  // channel and in groups of 32, 0.83-0.99x the time (896 -> 896 0.95-1.02x); at 48-64 rows
+  // 0.96-1.05x.
   static ColumnBlocks column_blocks(int64_t rows, int64_t depth, bool runs_along_depth) {
-    return runs_along_depth ? ColumnBlocks{4 * kColumnDepth, kBlockColumns / 2}
-                            : Avx512Kernels::column_blocks(rows, depth, runs_along_depth);
+    if (runs_along_depth) {
+      return {4 * kColumnDepth, kBlockColumns / 2};
+    }
+    return rows <= kWideRowsMax ? ColumnBlocks{kColumnDepth / 2, 2 * kBlockColumns}
+                                : Avx512Kernels::column_blocks(rows, depth, runs_along_depth);
   }
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16; }
