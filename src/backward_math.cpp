@@ -159,9 +159,10 @@ at::Tensor dequantize(const StoredWeight& weight, at::ScalarType dtype) {
 
 at::Tensor input_gradient(const at::Tensor& grad_output, const StoredWeight& weight, Precision precision) {
   const auto grad = flatten_leading(grad_output);
-  const int64_t streams_end = precision == Precision::kBFloat16 ? bfloat16_streamed_rows_end(weight.blocked.has_value())
-                              : precision == Precision::kInt8   ? int8_streamed_rows_end()
-                                                                : streamed_rows_end();
+  const int64_t streams_end = precision == Precision::kBFloat16
+                                  ? bfloat16_streamed_rows_end(weight.blocked.has_value(), !weight.is_int8())
+                              : precision == Precision::kInt8 ? int8_streamed_rows_end()
+                                                              : streamed_rows_end();
   if (grad.size(0) <= streams_end) {
     // A few rows are bound by reading the weight, which the float32 streams do at one byte per
     // code: there the reduced precisions' products would be slower.

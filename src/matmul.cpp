@@ -45,11 +45,14 @@ constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
 // rows; at 1024x1024 0.75-0.83x from 6 rows); at 5-7 rows 0.72-0.97x but for float16 values
 // (1.18-1.27x).
 constexpr int64_t kBFloat16StreamedRowsEnd = 7;
-// But fbgemm's packing, whose bfloat16 panels are converted from a copy of its rows, streams one
-// pass more there: on that EPYC, float32 gradients per channel at 8 rows, the bfloat16 panel GEMM
-// over the float32 streams' time 0.60-1.07x with the weight in cache (1.07x at 4096x4096),
-// 1.26-1.29x with it evicted between calls (896x4864, 768x3072); at 9-32 rows 0.43-0.86x.
-constexpr int64_t kBFloat16PackingStreamedRowsEnd = kStreamedRowsMax;
+// But fbgemm's packing, whose bfloat16 panels are converted from a copy of its rows, and float16
+// values, whose conversion costs most, stream one pass more there: on that EPYC, float32 gradients
+// per channel at 8 rows, the bfloat16 panel GEMM over the float32 streams' time 0.60-1.07x with the
+// weight in cache (1.07x at 4096x4096), 1.26-1.29x with it evicted between calls (896x4864,
+// 768x3072); at 9-32 rows 0.43-0.86x. bfloat16 gradients of float16 values at 8 rows, the panel
+// GEMM in its wide blocks against the streams, alternated in one process: 4096x4096 2.42 against
+// 1.97 ms, 768x3072, 3072x768, 896x4864, 4864x896 and 1024x2816 0.40-0.76 against 0.30-0.73 ms.
+constexpr int64_t kBFloat16OnePassMoreStreamedRowsEnd = kStreamedRowsMax;
 // Where MKL's GEMM has AVX-512 code (Intel CPUs) and the CPU has no AMX tiles, MKL on bfloat16
 // tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
 // rows with vectors; elsewhere the bfloat16 panel GEMM serves every row count (on AMX tiles: on
@@ -268,7 +271,7 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                           : kernel.panel_rows_bfloat16 != nullptr &&
                                 (rows < kBFloat16PanelRowsEnd || !is_intel_cpu() || kernel.panel_rows_bfloat16_amx);
   const int64_t streams_end = blocked ? std::min(streamed_rows_end(), kPackingStreamedRowsEnd) : streamed_rows_end();
-  if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end(blocked.has_value()) : streams_end)) {
+  if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end(blocked.has_value(), !is_int8) : streams_end)) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const bool bfloat16_result = lhs.scalar_type() == at::kBFloat16;
     const auto result = blocked ? panel_gemm(lhs, BlockedCodes(weight.const_data_ptr<int8_t>(), *blocked, parameters),
@@ -317,13 +320,13 @@ int64_t streamed_rows_end() {
   return is_intel_cpu() ? kIntelVectorStreamedRowsEnd : kVectorStreamedRowsEnd;
 }
 
-int64_t bfloat16_streamed_rows_end(bool fbgemm_packing) {
+int64_t bfloat16_streamed_rows_end(bool fbgemm_packing, bool float16_values) {
   const auto& kernel = kernels();
   if (kernel.panel_rows_bfloat16_amx != nullptr) {
     return kBFloat16StreamedRowsEnd;
   }
   if (kernel.panel_rows_bfloat16 != nullptr && !is_intel_cpu()) {
-    return fbgemm_packing ? kBFloat16PackingStreamedRowsEnd : kBFloat16StreamedRowsEnd;
+    return fbgemm_packing || float16_values ? kBFloat16OnePassMoreStreamedRowsEnd : kBFloat16StreamedRowsEnd;
   }
   return streamed_rows_end();
 }

@@ -28,10 +28,10 @@ namespace qlgrad::math {
 // packing, streamed in passes of half as many rows, on every CPU).
 int64_t streamed_rows_end();
 
-// The same for bfloat16 products (the bf16 precision) of codes in rows or of fbgemm's packing:
-// fewer where the bfloat16 panel GEMM runs on AMX tiles or, but on Intel's CPUs, with
-// AVX512-BF16 (one pass for fbgemm's packing there).
-int64_t bfloat16_streamed_rows_end(bool fbgemm_packing);
+// The same for bfloat16 products (the bf16 precision) of codes in rows, of fbgemm's packing or of
+// float16 values: fewer where the bfloat16 panel GEMM runs on AMX tiles or, but on Intel's CPUs,
+// with AVX512-BF16 (one pass for fbgemm's packing and float16 values there).
+int64_t bfloat16_streamed_rows_end(bool fbgemm_packing, bool float16_values);
 
 // The same for int8 products of int8 codes per tensor or per channel (the int8 precision): fewer
 // on AMX tiles and where the int8 panel GEMM runs with AVX512-VNNI on CPUs other than Intel's.
