@@ -350,9 +350,13 @@ class LowBitWorkload:
             scales = _VALUE_RANGE / 8 * (0.5 + torch.rand(features // group_size, features, generator=generator))
             zeros = _VALUE_RANGE / 8 * torch.randn(features // group_size, features, generator=generator)
             self.group_size, self.scale_and_zeros = group_size, torch.stack([scales, zeros], -1).contiguous()
-            # W[n, k] = (code - 8) * scale[k // group, n] + zero[k // group, n], from the codes themselves.
+            # W[n, k] = (code - 8) * scale[k // group, n] + zero[k // group, n], from the codes themselves,
+            # its rows contiguous as an nn.Linear's weight lies (the baselines' GEMMs on a transposed
+            # weight take another, faster path at a few rows: 1.7 against 3.0 ms for 8 x 4096x4096
+            # in bfloat16 on a Zen 5 EPYC).
             per_column = torch.arange(features) // group_size
-            self.weight = torch.addcmul(zeros[per_column].t(), codes.float() - 8, scales[per_column].t())
+            weight = torch.addcmul(zeros[per_column].t(), codes.float() - 8, scales[per_column].t())
+            self.weight = weight.contiguous()
             return
         if kind == "fp16":
             self.weight = (_VALUE_RANGE * torch.randn(features, features, generator=generator)).half().float()
