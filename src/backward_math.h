@@ -84,8 +84,8 @@ Int4PackedWeight int4_packed_weight(const at::Tensor& packed, int64_t group_size
 
 // grad_output [..., N] @ W [N, K] -> [..., K] in grad_output's dtype: in bfloat16 products with
 // float32 sums for `bf16` (the weight's values rounded to bfloat16; float32 products where the CPU
-// lacks AVX512-BF16 or at up to kInt4StreamedRowsMax rows), else in float32 products (float64 for
-// a float64 grad_output): the weight has no int8 form.
+// lacks AVX512-BF16 or where the int4 stream serves the rows: int4pack_matmul), else in float32
+// products (float64 for a float64 grad_output): the weight has no int8 form.
 at::Tensor input_gradient(const at::Tensor& grad_output, const Int4PackedWeight& weight, Precision precision);
 
 // The adjoint, grad [..., K] @ W.T -> [..., N], in grad's dtype: the op's own product for the

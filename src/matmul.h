@@ -66,8 +66,9 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
 // as the op dequantizes it (fused on AVX-512, as the op's AVX kernels compute it).
 //   lhs              float32 or bfloat16 [M, N], contiguous, N a multiple of 16; with a bfloat16
 //                    lhs, bfloat16 products (the values rounded to bfloat16) where the CPU has
-//                    AVX512-BF16 and M > kInt4StreamedRowsMax, else float32 ones. The result
-//                    is in lhs's dtype.
+//                    AVX512-BF16 and M is past the int4 stream's rows (kInt4StreamedRowsMax, one
+//                    where AVX512-BF16 runs without AMX tiles but on Intel's CPUs), else float32
+//                    ones. The result is in lhs's dtype.
 //   packed           uint8, contiguous, N * K / 2 bytes
 //   group_size       a multiple of 32
 //   scale_and_zeros  float32 [K / group_size, N, 2], contiguous
