@@ -45,6 +45,16 @@ constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
 // rows; at 1024x1024 0.75-0.83x from 6 rows); at 5-7 rows 0.72-0.97x but for float16 values
 // (1.18-1.27x).
 constexpr int64_t kBFloat16StreamedRowsEnd = 7;
+// With AVX512-BF16 and no AMX tiles, but on Intel's CPUs, codes in rows run it from 4 rows, its
+// panels converted in blocks twice as wide (matmul_panels.cpp, BFloat16Products): on that EPYC, 2
+// threads, bfloat16 gradients, alternated in one process, over the dense bfloat16 GEMM's time, the
+// panel GEMM against the streams: 4096x4096 at 4-7 rows, groups of 32 0.57-0.71x against
+// 0.70-0.88x, groups of 128 0.45-0.53x against 0.50-0.60x, per channel 0.36-0.49x against
+// 0.39-0.50x; the layers 896 -> 4864, 4864 -> 896, 1024 -> 2816 and 2816 -> 1024 at 4 rows per
+// channel 0.42-0.55x against 0.40-0.61x, in groups of 32 0.64-0.78x against 0.70-0.82x, at 5-7
+// rows 0.43-0.89x against 0.52-1.19x (896 -> 896 0.83-0.92x against 0.95-1.47x); at 2-3 rows of
+// 4096x4096 per channel the streams were faster (0.35-0.38x against 0.40-0.42x).
+constexpr int64_t kAvx512BFloat16StreamedRowsEnd = 3;
 // But fbgemm's packing, whose bfloat16 panels are converted from a copy of its rows, and float16
 // values, whose conversion costs most, stream one pass more there: on that EPYC, float32 gradients
 // per channel at 8 rows, the bfloat16 panel GEMM over the float32 streams' time 0.60-1.07x with the
@@ -326,7 +336,7 @@ int64_t bfloat16_streamed_rows_end(bool fbgemm_packing, bool float16_values) {
     return kBFloat16StreamedRowsEnd;
   }
   if (kernel.panel_rows_bfloat16 != nullptr && !is_intel_cpu()) {
-    return fbgemm_packing || float16_values ? kBFloat16OnePassMoreStreamedRowsEnd : kBFloat16StreamedRowsEnd;
+    return fbgemm_packing || float16_values ? kBFloat16OnePassMoreStreamedRowsEnd : kAvx512BFloat16StreamedRowsEnd;
   }
   return streamed_rows_end();
 }

@@ -93,18 +93,18 @@ def int8_sample_inputs(dtype=torch.float32, requires_grad=False):
 ERROR_BOUNDS = {"fp32": 1e-6, "bf16": 1e-2, "int8": 2e-2}
 
 
-def streamed_rows_end(precision: str = "fp32", fbgemm_packing: bool = False) -> int:
+def streamed_rows_end(precision: str = "fp32", fbgemm_packing: bool = False, float16_values: bool = False) -> int:
     """Rows up to which `precision` streams the weight in float32: 32 where qlgrad's AVX-512
     streams are (16 on Intel's CPUs), 8 elsewhere; for bf16, 7 where its panel GEMM runs on AMX
-    tiles or with AVX512-BF16 (but on Intel's CPUs without AMX; 8 for fbgemm's packing there); for
-    int8, 7 on AMX tiles and 3 with AVX512-VNNI (but on Intel's CPUs). Tests of the reduced precisions' own kernels use
-    more."""
+    tiles, 3 where it runs with AVX512-BF16 (but on Intel's CPUs without AMX; 8 for fbgemm's packing
+    and float16 values there); for int8, 7 on AMX tiles and 3 with AVX512-VNNI (but on Intel's
+    CPUs). Tests of the reduced precisions' own kernels use more."""
     extensions = _qlgrad().cpu_extensions()
     intel = "GenuineIntel" in Path("/proc/cpuinfo").read_text()
     if precision == "bf16" and "amx" in extensions:
         return 7
     if precision == "bf16" and "avx512_bf16" in extensions and not intel:
-        return 8 if fbgemm_packing else 7
+        return 8 if fbgemm_packing or float16_values else 3
     if precision == "int8" and "amx" in extensions:
         return 7
     if precision == "int8" and "avx512_vnni" in extensions and not intel:

@@ -90,14 +90,23 @@ def test_fp32_keeps_its_accuracy_at_every_magnitude(rows, magnitude, scheme):
 def test_few_rows_run_the_float32_stream_in_every_precision(rows, scheme):
     # Up to streamed_rows_end() rows (8, or 32 on AVX-512 CPUs, 16 on Intel's; fewer for bf16 and
     # int8 where their own kernels are faster) the product is bound by reading the weight: the
-    # precision streams it in float32, exact; past it they part.
+    # precision streams it in float32, exact; past it they part. fbgemm's packing, codes in rows
+    # and float16 values.
     weight = quantize_weight(300, 200, scheme)
     packed = packed_params(weight)
+    zero_point = weight.zero_point if scheme.endswith("affine") else None
     grad_output = torch.randn(rows, 300)
     fp32 = qlgrad.linear_dynamic_backward(grad_output, packed, "fp32")
+    fp32_in_rows = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, zero_point, "fp32")
+    float16 = torch.ops.quantized.linear_prepack_fp16(weight.dequantize_float64().float(), None)
+    fp32_float16 = qlgrad.linear_dynamic_fp16_backward(grad_output, float16, "fp32")
     for precision in ("bf16", "int8"):
         got = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
         assert torch.equal(got, fp32) == (rows <= streamed_rows_end(precision, fbgemm_packing=True)), precision
+        got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, zero_point, precision)
+        assert torch.equal(got, fp32_in_rows) == (rows <= streamed_rows_end(precision)), precision
+    got = qlgrad.linear_dynamic_fp16_backward(grad_output, float16, "bf16")
+    assert torch.equal(got, fp32_float16) == (rows <= streamed_rows_end("bf16", float16_values=True))
 
 
 def test_precision_is_recorded_when_the_forward_runs():
