@@ -72,14 +72,19 @@ constexpr int64_t kBFloat16OnePassMoreStreamedRowsEnd = kStreamedRowsMax;
 // 1.06-1.50x. (torch's int4 packing has no bfloat16 tiles: its bfloat16 products are the panel
 // GEMM's at every row count.)
 constexpr int64_t kBFloat16PanelRowsEnd = 256;
-// The int8 panel GEMM over stored codes (the int8 backward) is the faster below this many rows;
-// from it, torch._int_mm on codes in rows (oneDNN's integer GEMM). On a Zen 5 EPYC, 2 threads, the
-// whole int8 backward of 768x3072 and 4096x4096 layers over fbgemm's packing: at 64-384 rows
-// 0.74-0.99x the time it takes with torch._int_mm, at 512-2048 rows 1.08-1.31x (0.98x once; both
-// before the rescale joined the panel GEMM). On AMX tiles it serves every row count: on a Sapphire
-// Rapids Xeon, 2 threads, at 2048x3072x768 the whole int8 backward (quantizing the float32
-// gradient too) takes 5.9 ms, torch._int_mm alone on the quantized gradient 3.4 ms.
-constexpr int64_t kInt8PanelRowsEnd = 512;
+// The int8 panel GEMM over stored codes (the int8 backward) serves every row count with AVX512-VNNI
+// or AMX tiles, but on Intel's CPUs without AMX, where torch._int_mm on codes in rows (oneDNN's
+// integer GEMM) takes the product from this many rows, as it was measured before the panel GEMM
+// finished each task's sums in L1 (on a Zen 5 EPYC then, 2 threads, the whole int8 backward of
+// 768x3072 and 4096x4096 layers over fbgemm's packing at 512-2048 rows 1.08-1.31x the time it
+// took with torch._int_mm). Since, on that EPYC, the panel GEMM over torch._int_mm's path (rows
+// x in -> out, two runs): 512 rows of 768 -> 3072, 3072 -> 768, 896 -> 4864, 4864 -> 896 and
+// 4096 -> 4096 0.92-0.95x its time; 1024 rows 0.74-1.02x; 2048 rows 0.64-1.05x (the wider
+// outputs, whose int32 sums torch._int_mm writes out whole and a pass rescales, gaining most). On
+// AMX tiles: on a Sapphire Rapids Xeon, 2 threads, at 2048x3072x768 the whole int8 backward
+// (quantizing the float32 gradient too) takes 5.9 ms, torch._int_mm alone on the quantized
+// gradient 3.4 ms.
+constexpr int64_t kIntelInt8PanelRowsEnd = 512;
 // And where it runs with AVX512-VNNI (no AMX tiles), on CPUs other than Intel's (whose streams
 // end at 16 rows, measured against MKL's AVX-512 GEMM), the int8 precision runs it past this many
 // rows, where the float32 streams convert every code to multiply it: on a Zen 5 EPYC, 2 threads,
@@ -442,7 +447,7 @@ std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Ten
   TORCH_INTERNAL_ASSERT(codes.scalar_type() == at::kChar);
   const auto& kernel = kernels();
   if (kernel.panel_rows_int8 == nullptr ||
-      (lhs.size(0) >= kInt8PanelRowsEnd && kernel.panel_rows_int8_amx == nullptr)) {
+      (lhs.size(0) >= kIntelInt8PanelRowsEnd && kernel.panel_rows_int8_amx == nullptr && is_intel_cpu())) {
     return std::nullopt;
   }
   const int64_t columns = blocked ? blocked->columns : codes.size(1);
