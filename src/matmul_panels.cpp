@@ -156,6 +156,12 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   // conversion most of the time), else the float32 panels' blocking: deeper and narrower blocks
   // took 1.1-1.4x the time at 8-16 rows of 4096 x 4096.
   static constexpr int64_t kWideRowsMax = 32;
+  // Shared panels twice as deep as the float32 ones, the same bytes (panels of 128 KiB): on that
+  // EPYC, alternated in one process, bfloat16 gradients at 256-512 rows of 4096 x 4096, 896 ->
+  // 4864, 4864 -> 896, 768 -> 3072 and 1024 -> 2816, per channel and in groups of 32, 0.95-1.01x
+  // the time (13 of 14 faster); torch's int4 packing's bfloat16 training forward at 256-384 rows
+  // of 4096 -> 4096, 896 -> 4864 and 4864 -> 896 0.98-1.00x.
+  static constexpr int64_t kSharedDepth = 2 * Avx512Blocking::kSharedDepth;
   // Those wide blocks, on that EPYC, alternated in one process, bfloat16 gradients over the dense
   // bfloat16 GEMM's time: 4096 x 4096 at 8 rows, float16 values 0.81x -> 0.69x, groups of 32 0.68x
   // -> 0.64x, per channel 0.53x -> 0.46x (at 12-16 rows 0.93-0.97x the time, at 32 the same); the
