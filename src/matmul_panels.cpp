@@ -156,18 +156,18 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   // conversion most of the time), else the float32 panels' blocking: deeper and narrower blocks
   // took 1.1-1.4x the time at 8-16 rows of 4096 x 4096.
   static constexpr int64_t kWideRowsMax = 32;
-  // Shared panels twice as deep as the float32 ones, the same bytes (panels of 128 KiB): on that
-  // EPYC, alternated in one process, bfloat16 gradients at 256-512 rows of 4096 x 4096, 896 ->
-  // 4864, 4864 -> 896, 768 -> 3072 and 1024 -> 2816, per channel and in groups of 32, 0.95-1.01x
-  // the time (13 of 14 faster); torch's int4 packing's bfloat16 training forward at 256-384 rows
-  // of 4096 -> 4096, 896 -> 4864 and 4864 -> 896 0.98-1.00x.
-  static constexpr int64_t kSharedDepth = 2 * Avx512Blocking::kSharedDepth;
   // Those wide blocks, on that EPYC, alternated in one process, bfloat16 gradients over the dense
   // bfloat16 GEMM's time: 4096 x 4096 at 8 rows, float16 values 0.81x -> 0.69x, groups of 32 0.68x
   // -> 0.64x, per channel 0.53x -> 0.46x (at 12-16 rows 0.93-0.97x the time, at 32 the same); the
   // decoder's layers 896 -> 4864, 4864 -> 896, 1024 -> 2816 and 2816 -> 1024 at 8-32 rows, per
   // channel and in groups of 32, 0.83-0.99x the time (896 -> 896 0.95-1.02x); at 48-64 rows
   // 0.96-1.05x.
+  // Shared panels twice as deep as the float32 ones, the same bytes (panels of 128 KiB): on that
+  // EPYC, alternated in one process, bfloat16 gradients at 256-512 rows of 4096 x 4096, 896 ->
+  // 4864, 4864 -> 896, 768 -> 3072 and 1024 -> 2816, per channel and in groups of 32, 0.95-1.01x
+  // the time (13 of 14 faster); torch's int4 packing's bfloat16 training forward at 256-384 rows
+  // of 4096 -> 4096, 896 -> 4864 and 4864 -> 896 0.98-1.00x.
+  static constexpr int64_t kSharedDepth = 2 * Avx512Blocking::kSharedDepth;
   static ColumnBlocks column_blocks(int64_t rows, int64_t depth, bool runs_along_depth) {
     if (runs_along_depth) {
       return {4 * kColumnDepth, kBlockColumns / 2};
@@ -535,9 +535,10 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   }
   // With sums rounded as they are stored, the last block's go to `rounded`, and float32 ones are
   // needed only before it. With `finish`, each task's sums are finished as soon as its last block's
-  // are stored, in L1; in one block, into a task's buffer of the thread's. A pass of its own over
-  // sums of every row and column, read back from memory, took 1.3-1.8x torch._int_mm's time at
-  // 1024-2048 x 3072 -> 768 and 4864 -> 896 on a Zen 5 EPYC, 2 threads.
+  // are stored, in L1; in one block, into a task's buffer of the thread's. With a pass of its own
+  // over the sums of every row and column, read back from memory, the int8 backward of 1024-2048
+  // rows of 3072 -> 768 and 4864 -> 896 took 1.26-1.64x torch._int_mm's time on a Zen 5 EPYC, 2
+  // threads; so, 1.16-1.47x (runs apart).
   const bool rounds = Products::kRoundsSums && bfloat16_result && finish == nullptr;
   const int64_t blocks = depth_blocks(reader, Products::kSharedDepth);
   const bool task_sums = finish != nullptr && blocks == 1;
