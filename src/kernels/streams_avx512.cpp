@@ -70,9 +70,10 @@ void stream_vectors_rows(const StreamArguments<Code>& arguments) {
   const auto [lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds, block_sums] = arguments;
   const int64_t ldb = block_sums_stride(columns);
   // Without zero points (float16 values, symmetric codes) nothing is subtracted: on a Zen 5 EPYC,
-  // 2 threads, alternated in one process, float32 gradients of symmetric int8 codes per channel at
-  // one row of 4096 x 4096, 896 -> 4864 and 4864 -> 896 0.81-0.85x the time, at 8-32 rows
-  // 0.97-1.01x; bfloat16 gradients of float16 values at 1-8 rows 0.90-0.95x.
+  // 2 threads, alternated in one process, two runs, float32 gradients of symmetric int8 codes per
+  // channel (4096 x 4096, 896 -> 4864, 4864 -> 896, 1024 -> 2816) at one row 0.81-0.91x the time,
+  // at 2-4 rows 0.89-0.99x, at 8-32 rows 0.97-1.01x; bfloat16 gradients of float16 values at 1-8
+  // rows 0.90-0.95x. (fbgemm's packing, streamed by stream_blocked, measured the same either way.)
   const bool offsets = parameters->zero_point != nullptr;
   const auto accumulate =
       offsets ? &accumulate_vectors<Rows, kTogether, true, Code> : &accumulate_vectors<Rows, kTogether, false, Code>;
