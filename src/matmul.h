@@ -30,7 +30,8 @@ int64_t streamed_rows_end();
 
 // The same for bfloat16 products (the bf16 precision) of codes in rows, of fbgemm's packing or of
 // float16 values: fewer where the bfloat16 panel GEMM runs on AMX tiles or, but on Intel's CPUs,
-// with AVX512-BF16 (one pass for fbgemm's packing and float16 values there).
+// with AVX512-BF16 (3 rows of codes in rows there, one pass for fbgemm's packing and float16
+// values).
 int64_t bfloat16_streamed_rows_end(bool fbgemm_packing, bool float16_values);
 
 // The same for int8 products of int8 codes per tensor or per channel (the int8 precision): fewer

@@ -90,11 +90,12 @@ def test_float32_product_from_the_packing_is_the_rows_product(fbgemm_engine, sch
 
 
 # Past the streams: the int8 panel GEMM (AMX tiles, or AVX512-VNNI by columns and by rows and
-# columns, then from 512 rows torch._int_mm). 1100 and 4200 output features: products deeper than
-# one block of panels (of those divided by columns, and of those shared from 256 rows, 4096 deep
-# with AVX512-VNNI), the last block not a whole tile row deep; 200, 1100 and 4200, not multiples of
-# 16: the panels' last rows from a band of the packing past the weight's. 70 and 300 input
-# features: the panels' last 16 columns partly past the weight's, one panel or several.
+# columns; on Intel's CPUs without AMX torch._int_mm from 512 rows). 1100 and 4200 output
+# features: products deeper than one block of panels (of those divided by columns, and of those
+# shared from 256 rows, 4096 deep with AVX512-VNNI), the last block not a whole tile row deep;
+# 200, 1100 and 4200, not multiples of 16: the panels' last rows from a band of the packing past
+# the weight's. 70 and 300 input features: the panels' last 16 columns partly past the weight's,
+# one panel or several.
 @pytest.mark.parametrize("rows", [16, 33, 40, 255, 256, 300, 511, 512, 600])
 @pytest.mark.parametrize("out_features", [200, 1100, 4200])
 @pytest.mark.parametrize("in_features", [70, 300])
