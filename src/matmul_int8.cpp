@@ -181,8 +181,8 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
   }
   const auto is_bfloat16 = [](at::ScalarType type) { return type == at::kBFloat16; };
   unsigned bfloat16_steps = 0;
-  bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) ? kConversion : 0;
-  bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) || is_bfloat16(dtype) ? kRowProduct : 0;
+  bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) ? unsigned{kConversion} : 0u;
+  bfloat16_steps |= is_bfloat16(row_scale.scalar_type()) || is_bfloat16(dtype) ? unsigned{kRowProduct} : 0u;
   bfloat16_steps |= is_bfloat16(product_dtype) ? kColumnProduct | kBiasSum : 0;
   // bfloat16 parameters are exact in float32, their NaNs' low 16 bits zero.
   const auto as_float = [](const at::Tensor& parameter) {
