@@ -221,8 +221,8 @@ def linear_int4pack_backward(
     ``[..., K]``. Differentiable with respect to ``grad_output`` (any order). ``precision``: one
     of ``PRECISIONS`` or ``None``, as for ``linear_int8_backward``: ``"bf16"`` multiplies in
     bfloat16 (the packing's values rounded to bfloat16, float32 sums) on CPUs with AVX512-BF16,
-    past 4 rows; ``"int8"``, for which the weight has no form, and ``"bf16"`` elsewhere run as
-    ``"fp32"``.
+    past 4 rows (past one where there are no AMX tiles, but on Intel's CPUs); ``"int8"``, for
+    which the weight has no form, and ``"bf16"`` elsewhere run as ``"fp32"``.
     Goes through ``torch.ops.qlgrad.linear_int4pack_backward``.
     """
     for name, value in (
