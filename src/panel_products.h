@@ -130,12 +130,16 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   static constexpr bool kRoundsSums = true;
   static constexpr int64_t kDepthStep = 2;
   // Codes that lie along the depth (WeightReader::runs_along_depth: the training forwards' W.T)
-  // take blocks four times as deep and half as wide (the same 1 MiB of panels, in L2): each row of
-  // codes is read in runs four times as long. On a Zen 5 EPYC, 2 threads, over the dense bfloat16
-  // forward, blocks 256 deep and 1024 wide first: torchao's group-wise int4 layers (groups of 32;
-  // rows x in -> out) 16 x 4096 -> 4096 1.49x, 1.32x; 128 x 4864 -> 896 1.20x, 1.12x; 192 x 1024
-  // -> 2816 1.16x, 1.04x; torch's int4 packing 16 x 4096 -> 4096 0.96x, 0.89x; 192 x 896 -> 4864
-  // 1.00x, 0.95x. Codes across the depth (the backwards) take, up to kWideRowsMax rows, blocks half
+  // take blocks twice as deep and half as wide (512 KiB of panels, in L2 beside the rows of x):
+  // each row of codes is read in runs twice as long. On a Zen 5 EPYC, 2 threads, over the dense
+  // bfloat16 forward, blocks 256 deep and 1024 wide first, then four times as deep and half as wide
+  // (1 MiB of panels): torchao's group-wise int4 layers (groups of 32; rows x in -> out) 16 x 4096
+  // -> 4096 1.49x, 1.32x; 128 x 4864 -> 896 1.20x, 1.12x; 192 x 1024 -> 2816 1.16x, 1.04x; torch's
+  // int4 packing 16 x 4096 -> 4096 0.96x, 0.89x; 192 x 896 -> 4864 1.00x, 0.95x. Against those,
+  // these, alternated in one process, torch's int4 packing at 16 rows of 4096 -> 4096, 896 ->
+  // 4864, 1024 -> 2816 and 2816 -> 1024 0.87-0.97x the time, at 64-192 rows (4864 -> 896 too)
+  // 0.95-1.00x; bfloat16 inputs of group-wise codes without int8 activations 0.99-1.03x at 16-192
+  // rows. Codes across the depth (the backwards) take, up to kWideRowsMax rows, blocks half
   // as deep and twice as wide (runs twice as long again, read where a few rows' products leave the
   // conversion most of the time), else the float32 panels' blocking: deeper and narrower blocks
   // took 1.1-1.4x the time at 8-16 rows of 4096 x 4096.
@@ -154,7 +158,7 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   static constexpr int64_t kSharedDepth = 2 * Avx512Blocking::kSharedDepth;
   static ColumnBlocks column_blocks(int64_t rows, int64_t depth, bool runs_along_depth) {
     if (runs_along_depth) {
-      return {4 * kColumnDepth, kBlockColumns / 2};
+      return {2 * kColumnDepth, kBlockColumns / 2};
     }
     return rows <= kWideRowsMax ? ColumnBlocks{kColumnDepth / 2, 2 * kBlockColumns}
                                 : Avx512Kernels::column_blocks(rows, depth, runs_along_depth);
