@@ -22,8 +22,8 @@ namespace {
 // The longest run: each weight row's values of a group are summed in runs of at most this many
 // (a group of a whole row is thousands), each run's scale panel a few percent of its codes'.
 constexpr int64_t kRunMax = 256;
-// A block of panels: about 1024 deep (as the panel GEMM's) and 512 columns wide, 512 KiB of
-// codes, in L2.
+// A block of panels: about 1024 deep and 512 columns wide, 512 KiB of codes in L2, as many bytes
+// as the panel GEMM's bfloat16 training forwards hold.
 constexpr int64_t kBlockDepth = 1024;
 constexpr int64_t kBlockColumns = 512;
 
