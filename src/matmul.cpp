@@ -110,6 +110,13 @@ constexpr int64_t kThreePartRowsMin = kStreamedRowsMax + 1, kThreePartDepthMin =
 // 4864 and 4864 -> 896 at 16-48 rows 1.02-1.36x, 64-96 rows 0.93-1.04x, 128-256 rows 0.90-1.01x,
 // 512-768 rows 0.96-1.03x; 1024 -> 256 and 896 -> 128 at 128-256 rows 0.81-1.02x, at 768 rows
 // 1.04-1.15x.
+// Whether bfloat16 products run the AVX512-BF16 panel kernel (no AMX tiles) on a CPU other than
+// Intel's: there the bfloat16 panel GEMM takes over from the float32 streams at fewer rows.
+bool avx512_bfloat16_panels_past_few_rows() {
+  const auto& kernel = kernels();
+  return kernel.panel_rows_bfloat16 != nullptr && kernel.panel_rows_bfloat16_amx == nullptr && !is_intel_cpu();
+}
+
 bool weight_rows_first(int64_t rows, int64_t weight_rows, int64_t depth) {
   if (kernels().convert_row_tiles_int8_bfloat16_amx != nullptr) {
     return rows < (weight_rows >= 2048 ? 256 : weight_rows >= 256 ? 65 : 0);
@@ -250,7 +257,7 @@ int64_t bfloat16_streamed_rows_end(bool fbgemm_packing, bool float16_values) {
   if (kernel.panel_rows_bfloat16_amx != nullptr) {
     return kBFloat16StreamedRowsEnd;
   }
-  if (kernel.panel_rows_bfloat16 != nullptr && !is_intel_cpu()) {
+  if (avx512_bfloat16_panels_past_few_rows()) {
     return fbgemm_packing || float16_values ? kBFloat16OnePassMoreStreamedRowsEnd : kAvx512BFloat16StreamedRowsEnd;
   }
   return streamed_rows_end();
@@ -281,10 +288,8 @@ at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, con
 constexpr int64_t kInt4BFloat16StreamedRowsMax = 1;
 
 int64_t int4_streamed_rows_max(at::ScalarType dtype) {
-  const auto& kernel = kernels();
-  const bool panels_first = dtype == at::kBFloat16 && kernel.panel_rows_bfloat16 != nullptr &&
-                            kernel.panel_rows_bfloat16_amx == nullptr && !is_intel_cpu();
-  return panels_first ? kInt4BFloat16StreamedRowsMax : kInt4StreamedRowsMax;
+  return dtype == at::kBFloat16 && avx512_bfloat16_panels_past_few_rows() ? kInt4BFloat16StreamedRowsMax
+                                                                          : kInt4StreamedRowsMax;
 }
 
 at::Tensor int4pack_matmul(const at::Tensor& lhs, const at::Tensor& packed, int64_t group_size,
