@@ -17,7 +17,7 @@ namespace {
 // every row count.
 constexpr int64_t kPanelGemmRowsEnd = 256;
 // Where the AVX-512 streams are (eight weight rows into each sum at once), they stay the faster
-// up to four groups of kStreamedRowsMax rows: on a Zen 5 EPYC, from 12 x 768 x 768 to
+// up to four groups of kStreamedRowsMax rows: on a Zen 4 EPYC, from 12 x 768 x 768 to
 // 32 x 4096 x 4096, 0.73-1.05x oneDNN's fp32 GEMM against the panel GEMM's 1.02-1.26x. Against
 // MKL's AVX-512 GEMM (Intel CPUs), up to two: on a Sapphire Rapids Xeon, 2 threads, at 17-32 rows
 // of 768x768 and 24-32 of 4096x4096 the panel GEMM runs at 0.77-1.07x MKL's, the streams at
@@ -25,7 +25,7 @@ constexpr int64_t kPanelGemmRowsEnd = 256;
 constexpr int64_t kVectorStreamedRowsEnd = 4 * kStreamedRowsMax;
 constexpr int64_t kIntelVectorStreamedRowsEnd = 2 * kStreamedRowsMax;
 // fbgemm's packing streams in passes of half as many rows, and so stops at 16 rows on every CPU:
-// on a Zen 5 EPYC, 2 threads, per channel, over oneDNN's fp32 GEMM, at 24-32 rows of 768x768,
+// on a Zen 4 EPYC, 2 threads, per channel, over oneDNN's fp32 GEMM, at 24-32 rows of 768x768,
 // 768x3072, 3072x768, 896x4864, 4864x896 and 2048x2048 the panel GEMM 0.77-0.98x against the
 // streams' 0.99-1.31x; at 24 and 32 rows of 4096x4096 0.97x and 1.03x against 0.91x and 1.01x;
 // 32 x 1024 -> 4096 1.11x against 1.07x.
@@ -38,7 +38,7 @@ constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
 // per-channel shape 1.01x), at 7 rows 0.80-1.09x per channel and 0.74-0.94x with groups of 32, at
 // 4-6 rows the streams were faster per channel (0.70-0.94x the tiles' time). A float32 gradient of
 // a per-channel weight at 8-15 rows of 768x3072, 3072x768, 768x768 and 4096x4096: `bf16`
-// 0.49-0.91x and `int8` 0.39-0.85x the float32 streams' time. On a Zen 5 EPYC (AVX512-BF16), 2
+// 0.49-0.91x and `int8` 0.39-0.85x the float32 streams' time. On a Zen 4 EPYC (AVX512-BF16), 2
 // threads, bfloat16 gradients by 4096x4096 weights, the panel GEMM over the streams at 8 rows: per
 // channel 0.86x, groups of 128 0.78x, groups of 32 0.65x, float16 values 1.16x (0.58-0.78x from 12
 // rows; at 1024x1024 0.75-0.83x from 6 rows); at 5-7 rows 0.72-0.97x but for float16 values
@@ -66,14 +66,14 @@ constexpr int64_t kBFloat16OnePassMoreStreamedRowsEnd = kStreamedRowsMax;
 // tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
 // rows with vectors; elsewhere the bfloat16 panel GEMM serves every row count (on AMX tiles: on
 // a Sapphire Rapids Xeon, 2 threads, at 256-2048 rows 1.2-1.9x the dense bfloat16 GEMM against
-// MKL's tiles' 1.3-3.0x; at 33 rows 0.8-0.9x against 2.6x): on a Zen 5 EPYC, 2 threads, over the dense bfloat16
+// MKL's tiles' 1.3-3.0x; at 33 rows 0.8-0.9x against 2.6x): on a Zen 4 EPYC, 2 threads, over the dense bfloat16
 // GEMM, 1.03-1.07x at 256-1024 rows of 896x4864, 4864x896 and 896x896 against MKL's tiles'
 // 1.06-1.50x. (torch's int4 packing has no bfloat16 tiles: its bfloat16 products are the panel
 // GEMM's at every row count.)
 constexpr int64_t kBFloat16PanelRowsEnd = 256;
 // And where it runs with AVX512-VNNI (no AMX tiles), on CPUs other than Intel's (whose streams
 // end at 16 rows, measured against MKL's AVX-512 GEMM), the int8 precision runs it past this many
-// rows, where the float32 streams convert every code to multiply it: on a Zen 5 EPYC, 2 threads,
+// rows, where the float32 streams convert every code to multiply it: on a Zen 4 EPYC, 2 threads,
 // float32 gradients of fbgemm's packing per channel (4096x4096, 768x3072, 3072x768, 768x768), the
 // whole int8 backward over the float32 streams' time at 4-8 rows 0.32-0.72x, at 12-32 rows
 // 0.23-0.44x; at 1-3 rows 0.59-0.97x with the weight in cache, but 1.06-1.41x with it evicted
@@ -280,7 +280,7 @@ at::Tensor int4pack_dequantize(const at::Tensor& packed, int64_t group_size, con
 
 // Where the bfloat16 panel GEMM runs with AVX512-BF16 (no AMX tiles), on CPUs other than Intel's,
 // a bfloat16 lhs streams one row only: past it the panels, converted from the packing by table
-// lookups, are faster than the float32 stream. On a Zen 5 EPYC, 2 threads, bfloat16 gradients of
+// lookups, are faster than the float32 stream. On a Zen 4 EPYC, 2 threads, bfloat16 gradients of
 // groups of 128, alternated in one process, over the dense bfloat16 GEMM: 4096 x 4096 at 2, 3 and 4
 // rows 0.54x, 0.72x, 0.73x streamed, 0.50x, 0.53x, 0.50x in the panel GEMM (at one row 0.40x
 // streamed against 0.48x); the layers 896 -> 4864, 4864 -> 896, 1024 -> 2816 and 896 -> 896 at 2

@@ -19,7 +19,7 @@ namespace {
 // The int8 panel GEMM over stored codes (the int8 backward) serves every row count with AVX512-VNNI
 // or AMX tiles, but on Intel's CPUs without AMX, where torch._int_mm on codes in rows (oneDNN's
 // integer GEMM) takes the product from this many rows, as it was measured before the panel GEMM
-// finished each task's sums in L1 (on a Zen 5 EPYC then, 2 threads, the whole int8 backward of
+// finished each task's sums in L1 (on a Zen 4 EPYC then, 2 threads, the whole int8 backward of
 // 768x3072 and 4096x4096 layers over fbgemm's packing at 512-2048 rows 1.08-1.31x the time it
 // took with torch._int_mm). Since, on that EPYC, the panel GEMM over torch._int_mm's path (rows
 // x in -> out, two runs): 512 rows of 768 -> 3072, 3072 -> 768, 896 -> 4864, 4864 -> 896 and

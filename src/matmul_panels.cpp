@@ -294,7 +294,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // needed only before it. With `finish`, each task's sums are finished as soon as its last block's
   // are stored, in L1; in one block, into a task's buffer of the thread's. With a pass of its own
   // over the sums of every row and column, read back from memory, the int8 backward of 1024-2048
-  // rows of 3072 -> 768 and 4864 -> 896 took 1.26-1.64x torch._int_mm's time on a Zen 5 EPYC, 2
+  // rows of 3072 -> 768 and 4864 -> 896 took 1.26-1.64x torch._int_mm's time on a Zen 4 EPYC, 2
   // threads; so, 1.16-1.47x (runs apart).
   const bool rounds = Products::kRoundsSums && bfloat16_result && finish == nullptr;
   const int64_t blocks = depth_blocks(reader, Products::kSharedDepth);
@@ -316,7 +316,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // The panels are converted two at a time, a cache line of each row's int8 codes, into the L2 of
   // the thread that multiplies by them first. Against converting every panel of a depth block in
   // a parallel region of its own, then multiplying (its panels, 8-16 MiB at 4096 columns, read
-  // back from L3), on a Zen 5 EPYC, 2 threads, alternated in one process, over oneDNN's fp32 GEMM
+  // back from L3), on a Zen 4 EPYC, 2 threads, alternated in one process, over oneDNN's fp32 GEMM
   // (rows x in -> out): fp32 of fbgemm's packing, 256 x 4096 -> 4096 1.19x -> 1.13x (compare.py
   // 1.17-1.18x -> 1.14-1.16x), 512 x 4096 -> 4096 1.06x -> 1.04x, 2048 x 768 -> 3072 1.05x ->
   // 1.02x, 256 x 768 -> 3072 1.08x -> 1.07x; of int8 codes in rows per channel, 256 x 4096 ->

@@ -14,7 +14,7 @@ namespace {
 // A thread streams at least this many weight rows, or the streaming is not split.
 constexpr int64_t kStreamedRowsPerRangeMin = 256;
 // The block sums a stream keeps in L2: whole rows of up to 8192 columns at 8 rows, read
-// contiguously (at 8 x 4096 x 4096 on a Zen 5 EPYC, 2.44 ms against 3.30 with the sums in L1 and
+// contiguously (at 8 x 4096 x 4096 on a Zen 4 EPYC, 2.44 ms against 3.30 with the sums in L1 and
 // rows read in chunks a few KiB apart).
 constexpr int64_t kStreamedSumBytes = 256 << 10;
 // Codes copied out of a blocked packing for a stream stay in L2: slabs of this many bytes.

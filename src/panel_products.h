@@ -24,7 +24,7 @@ struct Avx512Blocking {
   // at a time run against it.
   static constexpr int64_t kColumnDepth = 256;
   // The depth of a block of shared panels (a panel is 128 KiB, in L2). Each block's sums are added
-  // to the output: deeper blocks add fewer times. Measured on a Zen 5 EPYC at 256 x 768 x 3072,
+  // to the output: deeper blocks add fewer times. Measured on a Zen 4 EPYC at 256 x 768 x 3072,
   // 2048 x 768 x 3072 and 256 x 4096 x 4096: 1024 rows 1.05-1.16x oneDNN's fp32 GEMM, 512 rows
   // 1.05-1.17x, 256 rows 1.07-1.25x.
   static constexpr int64_t kSharedDepth = 1024;
@@ -131,7 +131,7 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   static constexpr int64_t kDepthStep = 2;
   // Codes that lie along the depth (WeightReader::runs_along_depth: the training forwards' W.T)
   // take blocks twice as deep and half as wide (512 KiB of panels, in L2 beside the rows of x):
-  // each row of codes is read in runs twice as long. On a Zen 5 EPYC, 2 threads, over the dense
+  // each row of codes is read in runs twice as long. On a Zen 4 EPYC, 2 threads, over the dense
   // bfloat16 forward, blocks 256 deep and 1024 wide first, then four times as deep and half as wide
   // (1 MiB of panels): torchao's group-wise int4 layers (groups of 32; rows x in -> out) 16 x 4096
   // -> 4096 1.49x, 1.32x; 128 x 4864 -> 896 1.20x, 1.12x; 192 x 1024 -> 2816 1.16x, 1.04x; torch's
@@ -175,7 +175,7 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
 struct Int8Products : Int8Operands, Avx512Kernels {
   static constexpr int64_t kDepthStep = 4;
   // Panels of a byte a value: blocks twice (divided by columns) and four times (shared) as deep as
-  // the float32 panels' hold 16 KiB and 128 KiB panels, with fewer passes of the sums. On a Zen 5
+  // the float32 panels' hold 16 KiB and 128 KiB panels, with fewer passes of the sums. On a Zen 4
   // EPYC, 2 threads, alternated in one process, the int8 backward (quantizing the float32 gradient
   // too) over torch._int_mm's time on the quantized gradient, blocks 256 and 1024 deep first (rows
   // x in -> out): 16-32 x 768 -> 3072, 3072 -> 768, 4096 -> 4096, 896 -> 4864, 4864 -> 896

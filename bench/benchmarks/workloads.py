@@ -353,7 +353,7 @@ class LowBitWorkload:
             # W[n, k] = (code - 8) * scale[k // group, n] + zero[k // group, n], from the codes themselves,
             # its rows contiguous as an nn.Linear's weight lies (the baselines' GEMMs on a transposed
             # weight take another, faster path at a few rows: 1.7 against 3.0 ms for 8 x 4096x4096
-            # in bfloat16 on a Zen 5 EPYC).
+            # in bfloat16 on a Zen 4 EPYC).
             per_column = torch.arange(features) // group_size
             weight = torch.addcmul(zeros[per_column].t(), codes.float() - 8, scales[per_column].t())
             self.weight = weight.contiguous()

@@ -26,7 +26,7 @@ namespace qlgrad::math::avx512 {
 // The panel converters' prefetches go to L2, not L1. A converter reads the same columns of 16 rows
 // at a time, and rows whose stride is a multiple of 4 KiB (int8 codes of 4096 or 11008 x 4096
 // weights, the large language models' widths) put those lines in one set of L1, which holds 8
-// (Zen 4 and 5) or 12 (Sapphire Rapids) of them: lines prefetched into L1 evicted each other before
+// (Zen 4) or 12 (Sapphire Rapids) of them: lines prefetched into L1 evicted each other before
 // they were read. L2 spreads them over its sets. On an AMD EPYC, 2 threads, prefetched into L2 rather
 // than L1, alternated in one process: bfloat16 gradients by int8 codes in rows, 4096 x 4096 with
 // the weight evicted between calls, 8-16 rows 0.76-0.84x the time (per channel, groups of 128 and

@@ -69,7 +69,7 @@ void stream_vectors_rows(const StreamArguments<Code>& arguments) {
   constexpr int64_t kDepthBlock = 128, kLanes = 16, kTogether = 8;
   const auto [lhs, ldl, begin, end, weight, ldw, parameters, first, columns, sums, lds, block_sums] = arguments;
   const int64_t ldb = block_sums_stride(columns);
-  // Without zero points (float16 values, symmetric codes) nothing is subtracted: on a Zen 5 EPYC,
+  // Without zero points (float16 values, symmetric codes) nothing is subtracted: on a Zen 4 EPYC,
   // 2 threads, alternated in one process, two runs, float32 gradients of symmetric int8 codes per
   // channel (4096 x 4096, 896 -> 4864, 4864 -> 896, 1024 -> 2816) at one row 0.81-0.91x the time,
   // at 2-4 rows 0.89-0.99x, at 8-32 rows 0.97-1.01x; bfloat16 gradients of float16 values at 1-8
