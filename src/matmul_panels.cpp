@@ -72,10 +72,10 @@ struct KernelLhs {
   at::Tensor storage;  // the packing, or lhs
   int64_t row_stride, depth_stride;
   AmxLhsLayout layout;
+  // storage's elements, found once rather than at each kernel call.
+  const Element* data = storage.const_data_ptr<Element>();
 
-  const Element* at(int64_t row, int64_t depth) const {
-    return storage.const_data_ptr<Element>() + row * row_stride + depth * depth_stride;
-  }
+  const Element* at(int64_t row, int64_t depth) const { return data + row * row_stride + depth * depth_stride; }
 };
 
 // Whether the AMX tiles read lhs's rows where they lie, packing none: lhs in the products' element
@@ -332,6 +332,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
       Products::prepare_thread();
       const at::Tensor held =
           task_sums ? scratch(ScratchUse::kSums, {Products::kTaskRows, kPanelColumns}, sum_type) : at::Tensor();
+      Sum* task_buffer = task_sums ? held.template mutable_data_ptr<Sum>() : nullptr;
+      at::BFloat16* rounded_data = rounds && block == blocks - 1 ? rounded.mutable_data_ptr<at::BFloat16>() : nullptr;
       for (int64_t index = begin; index < end; ++index) {
         const PanelTask task = tasks[index];
         const int64_t piece = task.column / kConvertedColumns;
@@ -341,9 +343,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
           zero_panel_padding<Products>(panels + first * panel_depth, count, round_up(height, 2), panel_depth);
         });
         const int64_t offset = task.row * columns + task.column;
-        at::BFloat16* rounded_sums =
-            rounds && block == blocks - 1 ? rounded.mutable_data_ptr<at::BFloat16>() + offset : nullptr;
-        Sum* sums = task_sums ? held.template mutable_data_ptr<Sum>() : out != nullptr ? out + offset : nullptr;
+        at::BFloat16* rounded_sums = rounded_data != nullptr ? rounded_data + offset : nullptr;
+        Sum* sums = task_sums ? task_buffer : out != nullptr ? out + offset : nullptr;
         const int64_t sums_stride = task_sums ? kPanelColumns : columns;
         Products::multiply(task.rows, kernel_rows.at(task.row, top), kernel_rows.layout,
                            panels + task.column * panel_depth, panel_depth, sums, sums_stride, task.columns,
