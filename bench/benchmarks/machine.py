@@ -12,18 +12,22 @@ CPU_FLAGS_OF_INTEREST = ("avx512_bf16", "avx512_vnni", "avx_vnni", "amx_tile", "
 
 
 def cpu_description() -> str:
-    """CPU model and the instruction-set extensions that decide bf16 and int8 GEMM speed."""
-    model, flags = "unknown CPU", set()
+    """CPU model (with its CPUID family and model: a virtual machine's model name may not say
+    which generation it is) and the instruction-set extensions that decide bf16 and int8 GEMM speed."""
+    fields, flags = {}, set()
     try:
         with open("/proc/cpuinfo") as cpuinfo:
             for line in cpuinfo:
                 key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
+                if key.strip() == "flags":
                     flags = set(value.split())
+                    break  # the first CPU's fields are enough
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    model = fields.get("model name", "unknown CPU")
+    if "cpu family" in fields and "model" in fields:
+        model += f" (family {fields['cpu family']} model {fields['model']})"
     present = " ".join(flag for flag in CPU_FLAGS_OF_INTEREST if flag in flags) or "none"
     absent = " ".join(flag for flag in CPU_FLAGS_OF_INTEREST if flag not in flags) or "none"
     return f"{model}, {os.cpu_count()} CPUs; has {present}; lacks {absent}"
