@@ -14,7 +14,9 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 
 namespace qlgrad::math {
 namespace {
@@ -82,11 +84,11 @@ std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at:
   }
   const auto& kernel = kernels();
   const auto [quantized, row_scale, row_offset] = int8_quantize_rows_asymmetric(input);
-  if (!row_scale.isfinite().all().item<bool>()) {
+  const float* row_scales = row_scale.const_data_ptr<float>();
+  if (!std::all_of(row_scales, row_scales + rows, [](float value) { return std::isfinite(value); })) {
     return std::nullopt;
   }
   const uint8_t* quantized_data = quantized.const_data_ptr<uint8_t>();
-  const float* row_scales = row_scale.const_data_ptr<float>();
   const float* row_offsets = row_offset.const_data_ptr<float>();
   // Packed once, in blocks of kKernelRows rows of quads, the depth a multiple of 16.
   const int64_t row_blocks = (rows + kKernelRows - 1) / kKernelRows, block_bytes = kKernelRows * depth;
