@@ -512,10 +512,13 @@ def test_forward_without_grad_is_torchaos(granularity, mapping, dtype, bias):
             (bias_grad,) = torch.autograd.grad(got, layer.bias, grad_output)
             (expected_bias_grad,) = torch.autograd.grad(expected, layer.bias, grad_output)
             assert torch.equal(bias_grad, expected_bias_grad)
-    layer.weight.scale[0, 0] = float("nan")
     x = torch.randn(3, 96, generator=generator).to(dtype)
-    with torch.no_grad():
-        torch.testing.assert_close(layer(x), stock_intx_forward(layer, x), rtol=0, atol=0, equal_nan=True)
+    for value in (float("nan"), float("inf"), float("-inf")):
+        layer.weight.scale[-1, -1] = value
+        with torch.no_grad(), torch.autograd.profiler.profile() as profile:
+            got = layer(x)
+        assert "qlgrad::_int8_groupwise_dequantize" not in {event.key for event in profile.key_averages()}, value
+        torch.testing.assert_close(got, stock_intx_forward(layer, x), rtol=0, atol=0, equal_nan=True)
 
 
 def test_projections_of_one_input_quantize_it_once():
