@@ -318,6 +318,8 @@ def _intx_forward_as_torchaos(input, weight, bias, stock_forward):
 def _all_finite(values) -> bool:
     # A NaN makes both extremes NaN, an infinity one of them: one reduction, where torch.isfinite
     # writes a mask and reduces it (on a Zen 4 EPYC, a bfloat16 scale of 4864 x 28: 12 against 225 µs).
+    if values.numel() == 0:
+        return True  # aminmax has no extremes to give
     smallest, largest = torch.aminmax(values)
     return math.isfinite(smallest.item()) and math.isfinite(largest.item())
 
