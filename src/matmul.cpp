@@ -88,6 +88,13 @@ constexpr int64_t kVnniStreamedRowsEnd = 3;
 // three sums takes as long as the products.
 constexpr int64_t kThreePartRowsMin = kStreamedRowsMax + 1, kThreePartDepthMin = 256;
 
+// Whether bfloat16 products run the AVX512-BF16 panel kernel (no AMX tiles) on a CPU other than
+// Intel's: there the bfloat16 panel GEMM takes over from the float32 streams at fewer rows.
+bool avx512_bfloat16_panels_past_few_rows() {
+  const auto& kernel = kernels();
+  return kernel.panel_rows_bfloat16 != nullptr && kernel.panel_rows_bfloat16_amx == nullptr && !is_intel_cpu();
+}
+
 // Whether a bfloat16 forward of int8 codes in rows (torchao's group-wise layers) of `rows` rows of
 // x takes the weight's rows as the first operand (weight_row_tiles_gemm), by the weight's rows
 // (the layer's outputs). Its conversion reads the codes in order, but x is read again for every
@@ -110,13 +117,6 @@ constexpr int64_t kThreePartRowsMin = kStreamedRowsMax + 1, kThreePartDepthMin =
 // 4864 and 4864 -> 896 at 16-48 rows 1.02-1.36x, 64-96 rows 0.93-1.04x, 128-256 rows 0.90-1.01x,
 // 512-768 rows 0.96-1.03x; 1024 -> 256 and 896 -> 128 at 128-256 rows 0.81-1.02x, at 768 rows
 // 1.04-1.15x.
-// Whether bfloat16 products run the AVX512-BF16 panel kernel (no AMX tiles) on a CPU other than
-// Intel's: there the bfloat16 panel GEMM takes over from the float32 streams at fewer rows.
-bool avx512_bfloat16_panels_past_few_rows() {
-  const auto& kernel = kernels();
-  return kernel.panel_rows_bfloat16 != nullptr && kernel.panel_rows_bfloat16_amx == nullptr && !is_intel_cpu();
-}
-
 bool weight_rows_first(int64_t rows, int64_t weight_rows, int64_t depth) {
   if (kernels().convert_row_tiles_int8_bfloat16_amx != nullptr) {
     return rows < (weight_rows >= 2048 ? 256 : weight_rows >= 256 ? 65 : 0);
