@@ -41,8 +41,8 @@ a ``LlamaConfig``. ``--model PATH`` fine-tunes a local checkpoint instead, skipp
 pre-training: loaded with ``AutoModelForCausalLM`` and ``AutoTokenizer``, it can be any decoder
 whose projections are ``nn.Linear`` layers (Llama, Mistral, Qwen, ...).
 
-Needs PEFT, which brings transformers and accelerate (tested with transformers 5.24): pip install 'qlgrad[peft]';
-and torchao for its quantizations: pip install 'qlgrad[torchao]'.
+Needs PEFT, which brings transformers and accelerate (tested with transformers 5.24 and 5.25):
+pip install 'qlgrad[peft]'; and torchao for its quantizations: pip install 'qlgrad[torchao]'.
 """
 
 import argparse
@@ -361,7 +361,7 @@ def fine_tune(
         per_device_eval_batch_size=EVAL_TEXTS,
         learning_rate=2e-3,
         lr_scheduler_type="constant",
-        activation_checkpointing=True,  # transformers 5.24's name for gradient_checkpointing
+        activation_checkpointing=True,  # transformers 5.24's and 5.25's name for gradient_checkpointing
         activation_checkpointing_kwargs=checkpointing,
         use_cpu=True,
         logging_steps=max(args.steps // 5, 1),

@@ -3,7 +3,8 @@
 #   scripts/dev.sh setup   create .venv, install the pinned tools, build and install qlgrad
 #   scripts/dev.sh demo    setup, then the demo
 #   scripts/dev.sh lint    the linters alone: ruff (lint and format) and clang-format
-#   scripts/dev.sh test    setup, the linters, then the whole test suite (pytest, meson test, and the C++
+#   scripts/dev.sh test    setup, the linters, then the whole test suite (pytest, with the Trainer's tests
+#                          again on the earlier supported transformers; meson test, and the C++
 #                          tests again under AddressSanitizer, LeakSanitizer and
 #                          UndefinedBehaviorSanitizer, and under ThreadSanitizer; the aarch64
 #                          cross-build and its test program under qemu), then the asv benchmarks
@@ -43,6 +44,7 @@ run_tests() {
   # spinning, which libgomp does by default and which took the cores from the other process's
   # threads: the suite took 8.5 minutes with them spinning, 6 without.
   OMP_WAIT_POLICY=PASSIVE python -m pytest -q -n 2 --dist loadfile tests
+  run_previous_client_tests
   meson test -C "$build" --print-errorlogs
   python scripts/update_reliability_table.py record-meson build "$build/meson-logs/testlog.json"
   # AddressSanitizer, LeakSanitizer and UndefinedBehaviorSanitizer combine, and one build
@@ -58,6 +60,18 @@ run_tests() {
   # per kernel family (a stream, streams in passes, the panel GEMM's shared panels) runs every
   # benchmark's code; the other shapes only time it again.
   QLGRAD_ASV_SHAPES=1x4096x4096,32x768x768,256x768x3072 bash "$root/bench/run_asv.sh"
+}
+
+# The Trainer's tests again with the earlier transformers release qlgrad supports
+# (requirements/previous-clients.txt), installed in the build directory and put first on the path.
+run_previous_client_tests() {
+  local previous="$build/previous-clients" release
+  release=$(sed -n 's/^transformers==//p' "$root/requirements/previous-clients.txt")
+  python -m pip install --quiet --no-deps --upgrade --target "$previous" -r "$root/requirements/previous-clients.txt"
+  PYTHONPATH="$previous" python -c 'import sys, transformers
+found = transformers.__version__
+sys.exit(None if found == sys.argv[1] else f"transformers {found} found first, {sys.argv[1]} expected")' "$release"
+  PYTHONPATH="$previous" OMP_WAIT_POLICY=PASSIVE python -m pytest -q tests/test_transformers.py
 }
 
 # run_sanitized_cpp_tests LABEL MESON_OPTION...

@@ -3,8 +3,8 @@
 ``AutoModelForCausalLM.from_pretrained(path, quantization_config=TorchAoConfig(config))`` quantizes
 a model with torchao's ``quantize_`` through transformers' ``TorchAoHfQuantizer``, whose
 ``is_trainable`` property the ``Trainer`` asks before it trains adapters on the model (and
-refuses with "that quantization method do not support training" otherwise). transformers 5.24
-answers by the digit before "Weight" in the config's class name: True for 8-bit configs only.
+refuses with "that quantization method do not support training" otherwise). transformers 5.24 and
+5.25 answer by the digit before "Weight" in the config's class name: True for 8-bit configs only.
 With qlgrad imported it answers True, too, for the configs whose every layer gets qlgrad's
 straight-through input gradient (qlgrad/_torchao.py) and which transformers calls untrainable:
 
@@ -30,7 +30,7 @@ from . import _import_hooks, _torchao
 
 # The transformers releases whose TorchAoHfQuantizer this module has been tested against: it
 # relies on where the quantizer module is, and on is_trainable being a property of the class.
-SUPPORTED_TRANSFORMERS_VERSIONS = ("5.24.0",)
+SUPPORTED_TRANSFORMERS_VERSIONS = ("5.24.0", "5.25.0")
 
 QUANTIZER_MODULE = "transformers.quantizers.quantizer_torchao"
 
