@@ -229,18 +229,26 @@ at::Tensor int8_linear_rescaled_cpu(const at::Tensor& input, const at::Tensor& w
   check_int8_operands(input, weight);
   const auto float_or_bfloat16 = [](at::ScalarType type) { return type == at::kFloat || type == at::kBFloat16; };
   TORCH_CHECK_TYPE(float_or_bfloat16(dtype), "qlgrad: dtype must be float32 or bfloat16, got ", dtype);
-  const auto check_vector = [&](const at::Tensor& tensor, const char* name, int64_t length) {
+  const auto check_type = [&](const at::Tensor& tensor, const char* name) {
     TORCH_CHECK_TYPE(float_or_bfloat16(tensor.scalar_type()), "qlgrad: ", name,
                      " must be a float32 or bfloat16 tensor, got ", tensor.scalar_type());
-    TORCH_CHECK_VALUE(tensor.dim() == 1 && tensor.size(0) == length, "qlgrad: ", name, " must be [", length,
-                      "], got shape ", tensor.sizes());
   };
-  check_vector(row_scale, "row_scale", input.size(0));
-  check_vector(weight_scale, "weight_scale", weight.size(0));
+  // The scales as torchao keeps them ([M, 1] and [N, 1], or [1, 1] for a tensor's), as vectors
+  // [length], one value standing for all.
+  const auto scale_vector = [&](const at::Tensor& scale, const char* name, int64_t length) {
+    check_type(scale, name);
+    TORCH_CHECK_VALUE(scale.dim() <= 2 && (scale.numel() == length || scale.numel() == 1), "qlgrad: ", name,
+                      " must hold ", length, " values or one (at most 2-D), got shape ", scale.sizes());
+    return scale.reshape({-1}).expand({length});
+  };
+  const auto rows = scale_vector(row_scale, "row_scale", input.size(0));
+  const auto columns = scale_vector(weight_scale, "weight_scale", weight.size(0));
   if (bias) {
-    check_vector(*bias, "bias", weight.size(0));
+    check_type(*bias, "bias");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "qlgrad: bias must be [", weight.size(0),
+                      "], got shape ", bias->sizes());
   }
-  return math::int8_linear_rescaled(input.contiguous(), weight.contiguous(), row_scale, weight_scale, bias, dtype);
+  return math::int8_linear_rescaled(input.contiguous(), weight.contiguous(), rows, columns, bias, dtype);
 }
 
 void check_activation(const at::Tensor& input) {
@@ -346,7 +354,8 @@ QLGRAD_LIBRARY_ONCE(qlgrad, m) {
   // training forward of torchao's int8 layers (python/qlgrad/_torchao.py; internal).
   m.def("_int8_linear(Tensor input, Tensor weight) -> Tensor");
   // The same rescaled as torchao rescales it, one operation at a time (internal):
-  // (((sums.to(row_scale.dtype) * row_scale[:, None]).to(dtype) * weight_scale) + bias).to(dtype).
+  // (((sums.to(row_scale.dtype) * row_scale[:, None]).to(dtype) * weight_scale) + bias).to(dtype),
+  // the scales [M] and [N], or [M, 1] and [N, 1], or one value each.
   m.def(
       "_int8_linear_rescaled(Tensor input, Tensor weight, Tensor row_scale, Tensor weight_scale, Tensor? bias, "
       "ScalarType dtype) -> Tensor");

@@ -4,6 +4,8 @@ The operators are listed from the dispatcher, not by hand: an operator without s
 in OPCHECK_CASES fails test_opcheck, which names it.
 """
 
+import itertools
+
 import pytest
 import torch
 
@@ -66,19 +68,23 @@ def int8_linear_cases():
 
 
 def int8_linear_rescaled_cases():
-    for dtype in (torch.float32, torch.bfloat16):
-        for bias in (True, False):
-            yield (
-                (
-                    torch.randint(-128, 128, (5, 64), dtype=torch.int8),
-                    torch.randint(-128, 128, (20, 64), dtype=torch.int8),
-                    torch.rand(5).to(dtype),
-                    torch.rand(20).to(dtype),
-                    torch.randn(20).to(dtype) if bias else None,
-                    dtype,
-                ),
-                None,
-            )
+    """Both dtypes, with and without a bias, the scales as vectors, as torchao keeps them per row
+    ([M, 1], [N, 1]) and one for a tensor ([1, 1])."""
+    scale_shapes = (((5,), (20,)), ((5, 1), (20, 1)), ((1, 1), (1, 1)))
+    for dtype, bias, (row_shape, column_shape) in itertools.product(
+        (torch.float32, torch.bfloat16), (True, False), scale_shapes
+    ):
+        yield (
+            (
+                torch.randint(-128, 128, (5, 64), dtype=torch.int8),
+                torch.randint(-128, 128, (20, 64), dtype=torch.int8),
+                torch.rand(row_shape).to(dtype),
+                torch.rand(column_shape).to(dtype),
+                torch.randn(20).to(dtype) if bias else None,
+                dtype,
+            ),
+            None,
+        )
 
 
 def int8_quantize_rows_cases():

@@ -279,6 +279,24 @@ def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtyp
         )
 
 
+def test_rescaled_integer_product_takes_the_scales_as_torchao_keeps_them():
+    """Scales [M, 1] and [N, 1] (torchao's per-row activations and weights), or one value [1, 1] (a
+    tensor's), give what the same values as vectors [M] and [N] give."""
+    generator = torch.Generator().manual_seed(0)
+    input = torch.randint(-128, 128, (7, 48), dtype=torch.int8, generator=generator)
+    weight = torch.randint(-128, 128, (20, 48), dtype=torch.int8, generator=generator)
+    row_scale, weight_scale = torch.rand(7, generator=generator), torch.rand(20, generator=generator).bfloat16()
+    for rows, columns in ((row_scale, weight_scale), (row_scale[:1], weight_scale[:1])):
+        expected = torch.ops.qlgrad._int8_linear_rescaled(
+            input, weight, rows.expand(7), columns.expand(20), None, torch.bfloat16
+        )
+        for row_shape, column_shape in (((-1, 1), (-1, 1)), ((1, -1), (-1,)), ((-1,), (1, -1))):
+            got = torch.ops.qlgrad._int8_linear_rescaled(
+                input, weight, rows.reshape(row_shape), columns.reshape(column_shape), None, torch.bfloat16
+            )
+            assert torch.equal(got, expected)
+
+
 def test_rescaled_integer_product_names_every_bad_argument():
     input, weight = torch.zeros(3, 8, dtype=torch.int8), torch.zeros(4, 8, dtype=torch.int8)
     scales = torch.ones(3), torch.ones(4)
@@ -292,7 +310,16 @@ def test_rescaled_integer_product_names_every_bad_argument():
             TypeError,
             "weight_scale must be a float32",
         ),
-        ((input, weight, scales[0][:2], scales[1], None, torch.float), ValueError, r"row_scale must be \[3\]"),
+        (
+            (input, weight, scales[0][:2], scales[1], None, torch.float),
+            ValueError,
+            r"row_scale must hold 3 values or one \(at most 2-D\), got shape \[2\]",
+        ),
+        (
+            (input, weight, scales[0], scales[1].reshape(1, 4, 1), None, torch.float),
+            ValueError,
+            r"weight_scale must hold 4 values or one \(at most 2-D\), got shape \[1, 4, 1\]",
+        ),
         ((input, weight, *scales, torch.ones(5), torch.float), ValueError, r"bias must be \[4\]"),
     ]
     for arguments, error, message in cases:

@@ -108,38 +108,32 @@ def _int8_tensor_training_forward(input, weight, bias, stock_forward):
     if weight.act_pre_scale is not None:
         input = input * weight.act_pre_scale
     activation = _quantized_activation(input, weight)
-    codes = activation.qdata.reshape(-1, activation.qdata.shape[-1])
-    # A float16 activation scale would overflow: torchao rescales in float32 then.
-    sum_dtype = torch.float if activation.scale.dtype == torch.half else activation.scale.dtype
-    row_scale = activation.scale.reshape(-1, 1).to(sum_dtype)
     out_features = weight.qdata.shape[0]
     rescaled_in_one_pass = (torch.float, torch.bfloat16)
     if (
         (activation.zero_point is None or weight.act_quant_kwargs.mapping_type.name != "ASYMMETRIC")
         and output_dtype in rescaled_in_one_pass
-        and sum_dtype in rescaled_in_one_pass
+        and activation.scale.dtype in rescaled_in_one_pass
         and weight.scale.dtype in rescaled_in_one_pass
         and weight.scale.numel() in (1, out_features)
         and (bias is None or (bias.dtype in rescaled_in_one_pass and bias.shape == (out_features,)))
     ):
-        # The steps below in one pass, each rounded as it rounds there.
+        # The steps below in one pass, each rounded as it rounds there. The operator takes the
+        # scales as torchao keeps them: a few microseconds a call, at a few rows, went to
+        # reshaping them.
         output = torch.ops.qlgrad._int8_linear_rescaled(
-            codes,
-            weight.qdata,
-            row_scale.flatten().expand(codes.shape[0]),
-            weight.scale.flatten().expand(out_features),
-            bias,
-            output_dtype,
+            activation.qdata, weight.qdata, activation.scale, weight.scale, bias, output_dtype
         )
-        return output.reshape(*activation.qdata.shape[:-1], out_features)
-    output = (torch.ops.qlgrad._int8_linear(codes, weight.qdata).to(sum_dtype) * row_scale).to(output_dtype)
+        return _with_leading_dimensions(output, input)
+    # A float16 activation scale would overflow: torchao rescales in float32 then.
+    sum_dtype = torch.float if activation.scale.dtype == torch.half else activation.scale.dtype
+    row_scale = activation.scale.to(sum_dtype)
+    output = (torch.ops.qlgrad._int8_linear(activation.qdata, weight.qdata).to(sum_dtype) * row_scale).to(output_dtype)
     if activation.zero_point is not None and weight.act_quant_kwargs.mapping_type.name == "ASYMMETRIC":
         # An asymmetric activation's zero point, times each row's scale and each column's codes' sum.
         column_sums = weight.qdata.sum(dim=-1).to(sum_dtype)
-        output = output - (activation.zero_point.reshape(-1, 1).to(sum_dtype) * row_scale * column_sums).to(
-            output_dtype
-        )
-    output = (output * weight.scale.flatten()).reshape(*activation.qdata.shape[:-1], output.shape[-1])
+        output = output - (activation.zero_point.to(sum_dtype) * row_scale * column_sums).to(output_dtype)
+    output = (output * weight.scale.flatten()).reshape(*input.shape[:-1], out_features)
     if bias is not None:
         output += bias
     return output.to(output_dtype)
@@ -204,9 +198,22 @@ def _reused_quantization(quantization, input):
 
 
 class _QuantizedActivation(NamedTuple):
+    """An activation's int8 codes [rows, K] (its leading dimensions flattened), scale [rows, 1] and
+    zero point (None, or [rows, 1])."""
+
     qdata: torch.Tensor
     scale: torch.Tensor
     zero_point: torch.Tensor | None
+
+
+@functools.cache
+def _int8_activation_settings():
+    """The torchao classes and values _quantized_activation compares with, imported once."""
+    from torchao.quantization.granularity import PerRow
+    from torchao.quantization.quant_primitives import MappingType
+    from torchao.quantization.quantize_.workflows import QuantizeTensorToInt8Kwargs
+
+    return QuantizeTensorToInt8Kwargs, PerRow, MappingType.SYMMETRIC
 
 
 def _quantized_activation(input, weight):
@@ -214,34 +221,45 @@ def _quantized_activation(input, weight):
     zero point), bit for bit: the common case, symmetric per row (dynamic, full int8 range, a
     float32 or bfloat16 activation on an x86 CPU), in one pass by
     torch.ops.qlgrad._int8_quantize_rows; the others by torchao."""
-    from torchao.quantization.granularity import PerRow
-    from torchao.quantization.quant_primitives import MappingType
-    from torchao.quantization.quantize_.common import _choose_quant_func_and_quantize_tensor
-    from torchao.quantization.quantize_.workflows import QuantizeTensorToInt8Kwargs
-
+    kwargs_type, per_row, symmetric = _int8_activation_settings()
     kwargs = weight.act_quant_kwargs
     if (
-        isinstance(kwargs, QuantizeTensorToInt8Kwargs)
-        and isinstance(kwargs.granularity, PerRow)
-        and kwargs.mapping_type == MappingType.SYMMETRIC
+        isinstance(kwargs, kwargs_type)
+        and isinstance(kwargs.granularity, per_row)
+        and kwargs.mapping_type == symmetric
         and not kwargs.reduce_range
         and weight.act_quant_scale is None
         and input.dtype in (torch.float32, torch.bfloat16)
         and _IS_X86
     ):
-        codes, scale = _reused_quantization(_quantize_rows_symmetric, input)
-        return _QuantizedActivation(codes.view(input.shape), scale.view(*input.shape[:-1], 1), None)
-    return _choose_quant_func_and_quantize_tensor(
+        return _QuantizedActivation(*_reused_quantization(_quantize_rows_symmetric, input), None)
+    from torchao.quantization.quantize_.common import _choose_quant_func_and_quantize_tensor
+
+    quantized = _choose_quant_func_and_quantize_tensor(
         input, kwargs, scale=weight.act_quant_scale, zero_point=weight.act_quant_zero_point
+    )
+    zero_point = None if quantized.zero_point is None else quantized.zero_point.reshape(-1, 1)
+    return _QuantizedActivation(
+        quantized.qdata.reshape(-1, input.shape[-1]), quantized.scale.reshape(-1, 1), zero_point
     )
 
 
+def _rows(input):
+    """input [..., K] as a matrix [rows, K]."""
+    return input if input.dim() == 2 else input.reshape(-1, input.shape[-1])
+
+
+def _with_leading_dimensions(output, input):
+    """output [rows, N] as [..., N], the leading dimensions input's."""
+    return output if input.dim() == 2 else output.view(*input.shape[:-1], output.shape[-1])
+
+
 def _quantize_rows_symmetric(input):
-    return torch.ops.qlgrad._int8_quantize_rows(input.reshape(-1, input.shape[-1]))
+    return torch.ops.qlgrad._int8_quantize_rows(_rows(input))
 
 
 def _quant_dequant_rows(input):
-    return torch.ops.qlgrad._int8_quant_dequant_rows(input.reshape(-1, input.shape[-1])).view(input.shape)
+    return torch.ops.qlgrad._int8_quant_dequant_rows(_rows(input)).view(input.shape)
 
 
 def _quant_dequant_per_token(input):
@@ -254,10 +272,16 @@ def _quant_dequant_per_token(input):
     return intx._apply_int8_act_asym_per_token_quant_dequant(input)
 
 
-def _quantizes_per_token(weight) -> bool:
+@functools.cache
+def _per_token_activation_quantization():
+    """torchao's name for an IntxUnpackedToInt8Tensor layer's activation quantization per token, imported once."""
     from torchao.quantization.quantize_.workflows.intx import intx_unpacked_to_int8_tensor as intx
 
-    return weight.activation_quantization == intx.IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN
+    return intx.IntxUnpackedToInt8TensorActivationQuantization.INT8_ASYM_PER_TOKEN
+
+
+def _quantizes_per_token(weight) -> bool:
+    return weight.activation_quantization == _per_token_activation_quantization()
 
 
 def _intx_training_forward(input, weight, bias, stock_forward):
@@ -270,7 +294,7 @@ def _intx_training_forward(input, weight, bias, stock_forward):
     sums; else by the dequantized activation in floating point (each weight value rounded to
     bfloat16 for bfloat16 inputs, as torchao's bfloat16 weight holds it).
     """
-    out_features, in_features = weight.qdata.shape
+    in_features = weight.qdata.shape[1]
     groups = weight.scale.shape[-1]
     if (
         not _quantizes_per_token(weight)
@@ -279,9 +303,8 @@ def _intx_training_forward(input, weight, bias, stock_forward):
     ):
         return stock_forward(input, bias)
     zero_point = torch.zeros_like(weight.scale) if weight.zero_point is None else weight.zero_point
-    output = torch.ops.qlgrad._int8_dynamic_groupwise_linear(
-        input.reshape(-1, in_features), weight.qdata, weight.scale, zero_point
-    ).reshape(*input.shape[:-1], out_features)
+    output = torch.ops.qlgrad._int8_dynamic_groupwise_linear(_rows(input), weight.qdata, weight.scale, zero_point)
+    output = _with_leading_dimensions(output, input)
     return output if bias is None else output + bias
 
 
