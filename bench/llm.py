@@ -20,6 +20,7 @@ the rest of each mode's time is what its projections take. It only reports and n
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -121,6 +122,14 @@ def measure(name: str, arguments: argparse.Namespace) -> dict:
         # tensors, plus qlgrad's cache.
         "held_bytes_per_weight": (model_bytes - beside + cache_bytes) / elements,
         "projection_weights": elements,
+    }
+
+
+def client_versions() -> dict[str, str]:
+    """The releases of the libraries the modes build, quantize and adapt the decoder with."""
+    return {
+        name: importlib.metadata.version(name) if importlib.util.find_spec(name) else "not installed"
+        for name in ("transformers", "peft", "torchao", "bitsandbytes")
     }
 
 
@@ -460,6 +469,7 @@ def main() -> None:
         else ""
     )
     print(f"qlgrad {qlgrad.__version__}, torch {torch.__version__}, {arguments.threads} threads")
+    print(", ".join(f"{name} {version}" for name, version in client_versions().items()))
     print(cpu_description())
     print(
         f"{arguments.arch} {arguments.size}: {size.describe()}. Batch {arguments.batch} × {arguments.tokens} "
@@ -497,6 +507,7 @@ def main() -> None:
                     },
                     "torch": torch.__version__,
                     "qlgrad": qlgrad.__version__,
+                    "clients": client_versions(),
                     "cpu": cpu_description(),
                     "rows": list(rows.values()),
                 },
