@@ -1,11 +1,13 @@
 // The products of int8 inputs over int8 codes in integer GEMMs, exact: the int8 backward's
 // (a quantized gradient by the stored codes) and torchao's int8 forwards (its quantized activation by
 // the codes of W.T), each with its rescale, run by the int8 panel GEMM (matmul_panels.cpp) where the
-// CPU has AVX512-VNNI or AMX tiles, else by torch._int_mm.
+// CPU has AVX512-VNNI or AMX tiles, else by torch._int_mm; torchao's forward of a few rows with
+// the weight's rows as the kernel's broadcast operand (weight_rows_first_int8).
 
 #include "matmul.h"
 
 #include "matmul_strategies.h"
+#include "panel_tasks.h"
 
 #include <ATen/ATen.h>
 
@@ -106,6 +108,70 @@ void rescaled_int8_product(const at::Tensor& lhs, const WeightReader& reader, co
       });
 }
 
+// Whether the int8 forward of `rows` rows of x by codes in rows takes the weight's rows where they
+// lie as the kernel's broadcast operand and x's rows as one panel (weight_rows_int8_product): the
+// panel GEMM converts the whole weight into panels at every call, for a few rows much of its
+// time, but this kernel computes 16 or 32 columns of x's panel whatever its rows (16 up to 16
+// rows), so it takes over where at most 4 of them are padding. On a Zen 4 EPYC, 2 threads, three
+// weights in turn, over the panel GEMM's time (rows x in -> out: 896 -> 896, 128, 4864; 4864 ->
+// 896; 4096 -> 4096; the same bits): 12 rows 0.85-1.03x, 16 rows 0.76-0.90x, 28 rows 0.84-0.95x,
+// 32 rows 0.72-0.90x; but 1-8 rows 1.02-1.57x (4096 -> 4096 at 8 rows 0.95x), 20-24 rows
+// 0.86-1.23x, 40-56 rows (two panels) 0.98-1.36x, 64 rows 0.84-1.02x. Intel's CPUs, unmeasured,
+// keep the panel GEMM (on AMX tiles where they have them).
+bool weight_rows_first_int8(int64_t rows, int64_t depth) {
+  const int64_t computed = rows <= 16 ? 16 : kPanelColumns;
+  return kernels().weight_rows_int8 != nullptr && !is_intel_cpu() && rows <= kPanelColumns && computed - rows <= 4 &&
+         depth > 0 && depth % 4 == 0;
+}
+
+// The weight rows a thread takes at a time: their sums by x's rows (96 x 32 int32, 12 KiB) stay
+// in L1 for their transposition.
+constexpr int64_t kWeightBlockRows = 8 * kKernelRows;
+
+// result = `rescaled` (input @ codes.T) for int8 input [M, K] and codes [N, K] in rows, where
+// weight_rows_first_int8(M, K): each thread runs blocks of the weight's rows by x's panel, then
+// subtracts the panel's code offset (128 times each weight row's sum), transposes the block's
+// sums and rescales them into its columns of the result.
+template <typename Element>
+void weight_rows_int8_product(const at::Tensor& input, const at::Tensor& codes, const RescaledSums& rescaled,
+                              RescaleSumsFn<Element>* rescale_sums, at::Tensor& result) {
+  TORCH_INTERNAL_ASSERT(!rescaled.row_offset && weight_rows_first_int8(input.size(0), input.size(1)));
+  const auto& kernel = kernels();
+  const int64_t rows = input.size(0), depth = input.size(1), columns = codes.size(0);
+  auto x_panel = at::empty({kPanelColumns * depth}, input.options().dtype(at::kByte));
+  kernel.int8_transposed_panels(input.const_data_ptr<int8_t>(), depth, depth, rows, x_panel.mutable_data_ptr<uint8_t>(),
+                                depth);
+  const uint8_t* panel_data = x_panel.const_data_ptr<uint8_t>();
+  const int8_t* weight = codes.const_data_ptr<int8_t>();
+  const float* row_scale = rescaled.row_scale.const_data_ptr<float>();
+  Element* out = result.mutable_data_ptr<Element>();
+  const ColumnTasks blocks(columns, kWeightBlockRows, kKernelRows, at::get_num_threads());
+  const int64_t widest = blocks.widest();
+  at::parallel_for(0, blocks.size(), 1, [&](int64_t begin, int64_t end) {
+    const auto int32_options = input.options().dtype(at::kInt);
+    auto sums = at::empty({widest * kPanelColumns}, int32_options);
+    auto offsets = at::empty({widest}, int32_options);
+    auto transposed = at::empty({rows * widest}, int32_options);
+    int32_t* sum_data = sums.mutable_data_ptr<int32_t>();
+    int32_t* offset_data = offsets.mutable_data_ptr<int32_t>();
+    int32_t* transposed_data = transposed.mutable_data_ptr<int32_t>();
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t first = blocks.first(block), count = blocks.width(block);
+      for (int64_t task = 0; task < count; task += kKernelRows) {
+        kernel.weight_rows_int8(std::min(kKernelRows, count - task), weight + (first + task) * depth, depth, panel_data,
+                                depth, sum_data + task * kPanelColumns, kPanelColumns, rows);
+      }
+      kernel.int8_row_sums(weight + first * depth, depth, count, depth, offset_data);
+      std::transform(offset_data, offset_data + count, offset_data, [](int32_t sum) { return 128 * sum; });
+      kernel.transpose_sums(sum_data, kPanelColumns, count, rows, offset_data, transposed_data, count);
+      rescale_sums(transposed_data, count, rows, count, /*row_offset=*/nullptr, row_scale,
+                   rescaled.column_scale != nullptr ? rescaled.column_scale + first : nullptr,
+                   rescaled.bias != nullptr ? rescaled.bias + first : nullptr, rescaled.bfloat16_steps, out + first,
+                   columns);
+    }
+  });
+}
+
 } // namespace
 
 std::optional<at::Tensor> int8_codes_matmul(const at::Tensor& lhs, const at::Tensor& codes,
@@ -195,6 +261,14 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
                               bias_values ? bias_values->const_data_ptr<float>() : nullptr, bfloat16_steps};
   auto result = at::empty({rows, columns}, input.options().dtype(dtype));
   if (result.numel() == 0) {
+    return result;
+  }
+  if (weight_rows_first_int8(input.size(0), input.size(1))) {
+    if (dtype == at::kFloat) {
+      weight_rows_int8_product(input, codes, rescaled, kernel.rescale_sums, result);
+    } else {
+      weight_rows_int8_product(input, codes, rescaled, kernel.rescale_sums_bfloat16, result);
+    }
     return result;
   }
   if (kernel.panel_rows_int8 != nullptr && input.size(1) > 0) {

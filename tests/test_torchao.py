@@ -245,16 +245,19 @@ def test_integer_product_is_torchs():
 @pytest.mark.parametrize(
     "row_dtype, scale_dtype, bias_dtype, dtype", list(itertools.product([torch.float32, torch.bfloat16], repeat=4))
 )
-def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtype, bias_dtype, dtype):
+# 37 rows run the panel GEMM; 16 and 30 the weight's rows as the broadcast operand, by 16 and 32
+# columns of x's panel.
+@pytest.mark.parametrize("rows", [37, 16, 30])
+def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtype, bias_dtype, dtype, rows):
     """torch.ops.qlgrad._int8_linear_rescaled is torchao's rescaling, one operation at a time, bit
     for bit, whatever the dtypes of its parameters (torchao's scales are float32 on a bfloat16
     base): rows and columns that leave partial vectors, sums large enough that their conversion
     rounds, a NaN scale, and float32 NaNs whose low bits a rounding by carry would turn into a
     number (left as they were in the caller's tensors)."""
     generator = torch.Generator().manual_seed(0)
-    input = torch.randint(-128, 128, (37, 600), dtype=torch.int8, generator=generator)
+    input = torch.randint(-128, 128, (rows, 600), dtype=torch.int8, generator=generator)
     weight = torch.randint(-128, 128, (45, 600), dtype=torch.int8, generator=generator)
-    row_scale = (torch.rand(37, generator=generator) * 0.02).to(row_dtype)
+    row_scale = (torch.rand(rows, generator=generator) * 0.02).to(row_dtype)
     row_scale[3] = float("nan")
     weight_scale = (torch.rand(45, generator=generator) * 0.02).to(scale_dtype)
     bias = torch.randn(45, generator=generator).to(bias_dtype)
@@ -277,6 +280,20 @@ def test_rescaled_integer_product_rounds_as_each_step_does(row_dtype, scale_dtyp
             parameter.view(torch.int16 if parameter.dtype == torch.bfloat16 else torch.int32),
             before.view(torch.int16 if before.dtype == torch.bfloat16 else torch.int32),
         )
+
+
+@pytest.mark.parametrize("rows", [12, 28, 32])
+def test_rescaled_integer_product_over_many_weight_rows(rows):
+    """The weight's rows in blocks, several a thread, by the few rows that take them as the
+    kernel's broadcast operand: the same as torchao's steps, bit for bit."""
+    generator = torch.Generator().manual_seed(1)
+    input = torch.randint(-128, 128, (rows, 132), dtype=torch.int8, generator=generator)
+    weight = torch.randint(-128, 128, (1003, 132), dtype=torch.int8, generator=generator)
+    row_scale, weight_scale = torch.rand(rows, generator=generator) * 0.02, torch.rand(1003, generator=generator)
+    bias = torch.randn(1003, generator=generator)
+    expected = ((input.int() @ weight.int().t()).float() * row_scale[:, None]).bfloat16() * weight_scale + bias
+    got = torch.ops.qlgrad._int8_linear_rescaled(input, weight, row_scale, weight_scale, bias, torch.bfloat16)
+    assert torch.equal(got, expected.bfloat16())
 
 
 def test_rescaled_integer_product_takes_the_scales_as_torchao_keeps_them():

@@ -94,6 +94,8 @@ Kernels avx512_kernels() {
     table.int8_transposed_panels = &int8_transposed_panels_avx512_vnni;
     table.blocked_int8_panels = &blocked_int8_panels_avx512;
     table.int8_row_sums = &int8_row_sums_avx512_vnni;
+    table.weight_rows_int8 = &weight_rows_int8_avx512_vnni;
+    table.transpose_sums = &transpose_sums_avx512_vnni;
     table.quantize_rows_asymmetric = &quantize_rows_asymmetric_avx512;
     table.quantize_rows_asymmetric_bfloat16 = &quantize_rows_asymmetric_bfloat16_avx512;
     table.grouped_int8_panels = &grouped_int8_panels_avx512_vnni;

@@ -178,6 +178,17 @@ using SplitThreeBFloat16Fn = void(const float* lhs, int64_t ldl, int64_t rows, i
 using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
                              int64_t ldo, int64_t width, bool accumulate);
 
+// The same products with the weight's int8 codes as lhs, read where they lie: rows (up to
+// kKernelRows) of W [N, K] in rows, ldw apart, by a panel of x's rows (Int8TransposedPanelsFn's,
+// each code plus 128), out[r, c] = sum_k W[r, k] * (x[c, k] + 128) for c < width (up to
+// kPanelColumns); depth a multiple of 4.
+using WeightRowsInt8Fn = void(int64_t rows, const int8_t* weight, int64_t ldw, const uint8_t* panel, int64_t depth,
+                              int32_t* out, int64_t ldo, int64_t width);
+// out[c, r] = sums[r, c] - row_offset[r] for r < rows and c < columns: such sums, rows lds apart,
+// into out's rows ldo apart.
+using TransposeSumsFn = void(const int32_t* sums, int64_t lds, int64_t rows, int64_t columns, const int32_t* row_offset,
+                             int32_t* out, int64_t ldo);
+
 // The panel GEMM on AMX tiles (16 x 64-byte tile rows): the same products as PanelRowsBFloat16Fn
 // and PanelRowsInt8Fn, whose panels of pairs and quads are the layout AMX multiplies, for up to
 // kAmxTaskRows rows of lhs in two tiles of kAmxBlockRows rows. lhs lies as AmxLhsLayout says, in
@@ -414,6 +425,8 @@ struct Kernels {
   Int8TransposedPanelsFn* int8_transposed_panels = nullptr;
   BlockedInt8PanelsFn* blocked_int8_panels = nullptr;
   Int8RowSumsFn* int8_row_sums = nullptr;
+  WeightRowsInt8Fn* weight_rows_int8 = nullptr;
+  TransposeSumsFn* transpose_sums = nullptr;
   // The group-wise forward in integer products (GroupedInt8PanelsFn and the rest).
   QuantizeRowsAsymmetricFn<float>* quantize_rows_asymmetric = nullptr;
   QuantizeRowsAsymmetricFn<at::BFloat16>* quantize_rows_asymmetric_bfloat16 = nullptr;

@@ -2,7 +2,9 @@
 // int32 sums, exact as an integer GEMM is: the kernel multiplies kKernelRows rows of packed input
 // quads by a panel with vpdpbusd, whose unsigned operand is the panel. So the panels hold each
 // code plus 128 as a uint8, and the product is short of the input rows' sums times 128, which
-// the caller subtracts (matmul.cpp).
+// the caller subtracts (matmul.cpp). The same kernel reads a weight's rows where they lie as its
+// signed operand, with x's rows as the panel (WeightRowsInt8Fn): the product is then short of the
+// weight rows' sums times 128.
 //
 // The forward of group-wise int8 codes with int8 activations (torchao's group-wise layers) in
 // the same products: the kernel multiplies the packed activation quads by a panel of code quads
@@ -19,14 +21,32 @@
 #include "avx512_vnni.h"
 #include "packed_rows_avx512.h"
 
+#include <cstring>
+
 namespace qlgrad::math {
 namespace {
 
-// low[r] and high[r] += the products of row r's quads of packed lhs (kKernelRows apart) with the
-// two halves of a panel's quads, over `quads` steps of the depth: vpdpbusd's unsigned operand is
-// the panel (PanelUnsigned) or lhs.
-template <int64_t Rows, bool PanelUnsigned>
-[[gnu::always_inline]] inline void multiply_quads(const int32_t* lhs_quads, const void* panel, int64_t quads,
+// Where a kernel's lhs quads lie: row r's quad at depth step q at bytes + r * row_bytes + q *
+// quad_bytes. Packed ([depth / 4][kKernelRows] quads): 4 and 4 * kKernelRows; rows where they
+// lie: their stride and 4.
+struct LhsQuads {
+  const uint8_t* bytes;
+  int64_t row_bytes, quad_bytes;
+
+  static LhsQuads packed(const void* lhs) { return {static_cast<const uint8_t*>(lhs), 4, 4 * kKernelRows}; }
+
+  __m512i broadcast(int64_t r, int64_t quad) const {
+    int32_t value;
+    std::memcpy(&value, bytes + r * row_bytes + quad * quad_bytes, sizeof(value));
+    return _mm512_set1_epi32(value);
+  }
+};
+
+// low[r] and high[r] += the products of row r's quads of lhs with the two halves of a panel's
+// quads (with Halves 1, low[r] with the first half's only), over `quads` steps of the depth:
+// vpdpbusd's unsigned operand is the panel (PanelUnsigned) or lhs.
+template <int64_t Rows, bool PanelUnsigned, int Halves = 2>
+[[gnu::always_inline]] inline void multiply_quads(const LhsQuads& lhs_quads, const void* panel, int64_t quads,
                                                   __m512i (&low)[Rows], __m512i (&high)[Rows]) {
   const auto* bytes = static_cast<const uint8_t*>(panel);
   // Unrolled, the loop keeps each sum in one register (else GCC copies them between registers at
@@ -34,23 +54,27 @@ template <int64_t Rows, bool PanelUnsigned>
 #pragma GCC unroll 4
   for (int64_t quad = 0; quad < quads; ++quad) {
     const __m512i panel_low = _mm512_loadu_si512(bytes + quad * 4 * kPanelColumns);
-    const __m512i panel_high = _mm512_loadu_si512(bytes + quad * 4 * kPanelColumns + 4 * 16);
+    const __m512i panel_high = Halves == 2 ? _mm512_loadu_si512(bytes + quad * 4 * kPanelColumns + 4 * 16) : panel_low;
 #pragma GCC unroll 12
     for (int64_t r = 0; r < Rows; ++r) {
-      const __m512i lhs = _mm512_set1_epi32(lhs_quads[quad * kKernelRows + r]);
+      const __m512i lhs = lhs_quads.broadcast(r, quad);
       if constexpr (PanelUnsigned) {
         low[r] = _mm512_dpbusd_epi32(low[r], panel_low, lhs);
-        high[r] = _mm512_dpbusd_epi32(high[r], panel_high, lhs);
       } else {
         low[r] = _mm512_dpbusd_epi32(low[r], lhs, panel_low);
+      }
+      if constexpr (Halves == 2 && PanelUnsigned) {
+        high[r] = _mm512_dpbusd_epi32(high[r], panel_high, lhs);
+      } else if constexpr (Halves == 2) {
         high[r] = _mm512_dpbusd_epi32(high[r], lhs, panel_high);
       }
     }
   }
 }
 
-template <int64_t Rows>
-void panel_kernel(const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out, int64_t ldo, int64_t width,
+// With Halves 1, the panel's first 16 columns only (width at most 16).
+template <int64_t Rows, int Halves = 2>
+void panel_kernel(const LhsQuads& lhs, const uint8_t* panel, int64_t depth, int32_t* out, int64_t ldo, int64_t width,
                   bool accumulate) {
   __m512i low[Rows], high[Rows];
 #pragma GCC unroll 12
@@ -58,7 +82,7 @@ void panel_kernel(const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_
     low[r] = _mm512_setzero_si512();
     high[r] = _mm512_setzero_si512();
   }
-  multiply_quads<Rows, /*PanelUnsigned=*/true>(reinterpret_cast<const int32_t*>(lhs), panel, depth / 4, low, high);
+  multiply_quads<Rows, /*PanelUnsigned=*/true, Halves>(lhs, panel, depth / 4, low, high);
   const __mmask16 low_mask = avx512::lanes_mask(width), high_mask = avx512::lanes_mask(width - 16);
 #pragma GCC unroll 12
   for (int64_t r = 0; r < Rows; ++r) {
@@ -68,7 +92,9 @@ void panel_kernel(const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_
       high[r] = _mm512_add_epi32(high[r], _mm512_maskz_loadu_epi32(high_mask, row + 16));
     }
     _mm512_mask_storeu_epi32(row, low_mask, low[r]);
-    _mm512_mask_storeu_epi32(row + 16, high_mask, high[r]);
+    if constexpr (Halves == 2) {
+      _mm512_mask_storeu_epi32(row + 16, high_mask, high[r]);
+    }
   }
 }
 
@@ -113,7 +139,8 @@ void grouped_kernel(const int32_t* quads, const int8_t* panel, int64_t depth, in
       low_sums[r] = _mm512_setzero_si512();
       high_sums[r] = _mm512_setzero_si512();
     }
-    multiply_quads<Rows, /*PanelUnsigned=*/false>(run_quads, run_panel, span / 4, low_sums, high_sums);
+    multiply_quads<Rows, /*PanelUnsigned=*/false>(LhsQuads::packed(run_quads), run_panel, span / 4, low_sums,
+                                                  high_sums);
     const auto* footer = reinterpret_cast<const float*>(run_panel + span * kPanelColumns);
     const __m512 scale_low = _mm512_loadu_ps(footer), scale_high = _mm512_loadu_ps(footer + 16);
     const __m512 values_low = _mm512_loadu_ps(footer + kPanelColumns);
@@ -157,8 +184,44 @@ void grouped_kernel(const int32_t* quads, const int8_t* panel, int64_t depth, in
 
 void panel_rows_int8_avx512_vnni(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
                                  int64_t ldo, int64_t width, bool accumulate) {
-  with_rows<kKernelRows>(rows,
-                         [&]<int64_t Rows>() { panel_kernel<Rows>(lhs, panel, depth, out, ldo, width, accumulate); });
+  with_rows<kKernelRows>(rows, [&]<int64_t Rows>() {
+    panel_kernel<Rows>(LhsQuads::packed(lhs), panel, depth, out, ldo, width, accumulate);
+  });
+}
+
+void weight_rows_int8_avx512_vnni(int64_t rows, const int8_t* weight, int64_t ldw, const uint8_t* panel, int64_t depth,
+                                  int32_t* out, int64_t ldo, int64_t width) {
+  const LhsQuads in_place{reinterpret_cast<const uint8_t*>(weight), ldw, 4};
+  with_rows<kKernelRows>(rows, [&]<int64_t Rows>() {
+    if (width <= 16) {
+      panel_kernel<Rows, 1>(in_place, panel, depth, out, ldo, width, /*accumulate=*/false);
+    } else {
+      panel_kernel<Rows>(in_place, panel, depth, out, ldo, width, /*accumulate=*/false);
+    }
+  });
+}
+
+// 16 x 16 sums at a time, less their rows' offsets, transposed.
+void transpose_sums_avx512_vnni(const int32_t* sums, int64_t lds, int64_t rows, int64_t columns,
+                                const int32_t* row_offset, int32_t* out, int64_t ldo) {
+  const Transpose16 transpose16;
+  for (int64_t row = 0; row < rows; row += 16) {
+    const __mmask16 row_mask = avx512::lanes_mask(rows - row);
+    for (int64_t column = 0; column < columns; column += 16) {
+      const __mmask16 column_mask = avx512::lanes_mask(columns - column);
+      __m512 values[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        values[i] = row + i < rows ? _mm512_castsi512_ps(_mm512_sub_epi32(
+                                         _mm512_maskz_loadu_epi32(column_mask, sums + (row + i) * lds + column),
+                                         _mm512_set1_epi32(row_offset[row + i])))
+                                   : _mm512_setzero_ps();
+      }
+      transpose16(values);
+      for (int64_t j = 0; j < std::min<int64_t>(16, columns - column); ++j) {
+        _mm512_mask_storeu_epi32(out + (column + j) * ldo + row, row_mask, _mm512_castps_si512(values[j]));
+      }
+    }
+  }
 }
 
 // int8 rows take no factors (PackRowsFn): they are packed as they are.

@@ -78,6 +78,8 @@ PackRowsFn<int8_t> pack_rows_int8_avx512_vnni;
 Int8PanelsFn int8_panels_avx512_vnni;
 Int8TransposedPanelsFn int8_transposed_panels_avx512_vnni;
 Int8RowSumsFn int8_row_sums_avx512_vnni;
+WeightRowsInt8Fn weight_rows_int8_avx512_vnni;
+TransposeSumsFn transpose_sums_avx512_vnni;
 GroupedInt8PanelsFn grouped_int8_panels_avx512_vnni;
 GroupedInt8PanelRowsFn panel_rows_grouped_int8_avx512_vnni;
 
