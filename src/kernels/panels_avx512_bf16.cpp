@@ -377,22 +377,14 @@ void pack_panel_bfloat16_avx512(const at::BFloat16* lhs, int64_t ldl, int64_t co
 
 void store_transposed_bfloat16_avx512(const float* sums, int64_t lds, int64_t rows, int64_t columns, at::BFloat16* out,
                                       int64_t ldo) {
-  const Transpose16 transpose16;
-  for (int64_t row = 0; row < rows; row += 16) {
-    const __mmask16 row_mask = avx512::lanes_mask(rows - row);
-    for (int64_t column = 0; column < columns; column += 16) {
-      const __mmask16 column_mask = avx512::lanes_mask(columns - column);
-      __m512 values[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        values[i] =
-            row + i < rows ? _mm512_maskz_loadu_ps(column_mask, sums + (row + i) * lds + column) : _mm512_setzero_ps();
-      }
-      transpose16(values);
-      for (int64_t j = 0; j < std::min<int64_t>(16, columns - column); ++j) {
-        _mm256_mask_storeu_epi16(out + (column + j) * ldo + row, row_mask, (__m256i)_mm512_cvtneps_pbh(values[j]));
-      }
-    }
-  }
+  transpose_blocks16(
+      rows, columns,
+      [&](int64_t row, int64_t column, __mmask16 mask) {
+        return _mm512_maskz_loadu_ps(mask, sums + row * lds + column);
+      },
+      [&](int64_t column, int64_t row, __mmask16 mask, __m512 lanes) {
+        _mm256_mask_storeu_epi16(out + column * ldo + row, mask, (__m256i)_mm512_cvtneps_pbh(lanes));
+      });
 }
 
 } // namespace qlgrad::math

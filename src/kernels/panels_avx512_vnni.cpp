@@ -204,24 +204,15 @@ void weight_rows_int8_avx512_vnni(int64_t rows, const int8_t* weight, int64_t ld
 // 16 x 16 sums at a time, less their rows' offsets, transposed.
 void transpose_sums_avx512_vnni(const int32_t* sums, int64_t lds, int64_t rows, int64_t columns,
                                 const int32_t* row_offset, int32_t* out, int64_t ldo) {
-  const Transpose16 transpose16;
-  for (int64_t row = 0; row < rows; row += 16) {
-    const __mmask16 row_mask = avx512::lanes_mask(rows - row);
-    for (int64_t column = 0; column < columns; column += 16) {
-      const __mmask16 column_mask = avx512::lanes_mask(columns - column);
-      __m512 values[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        values[i] = row + i < rows ? _mm512_castsi512_ps(_mm512_sub_epi32(
-                                         _mm512_maskz_loadu_epi32(column_mask, sums + (row + i) * lds + column),
-                                         _mm512_set1_epi32(row_offset[row + i])))
-                                   : _mm512_setzero_ps();
-      }
-      transpose16(values);
-      for (int64_t j = 0; j < std::min<int64_t>(16, columns - column); ++j) {
-        _mm512_mask_storeu_epi32(out + (column + j) * ldo + row, row_mask, _mm512_castps_si512(values[j]));
-      }
-    }
-  }
+  transpose_blocks16(
+      rows, columns,
+      [&](int64_t row, int64_t column, __mmask16 mask) {
+        return _mm512_castsi512_ps(_mm512_sub_epi32(_mm512_maskz_loadu_epi32(mask, sums + row * lds + column),
+                                                    _mm512_set1_epi32(row_offset[row])));
+      },
+      [&](int64_t column, int64_t row, __mmask16 mask, __m512 lanes) {
+        _mm512_mask_storeu_epi32(out + column * ldo + row, mask, _mm512_castps_si512(lanes));
+      });
 }
 
 // int8 rows take no factors (PackRowsFn): they are packed as they are.

@@ -3,6 +3,9 @@
 // included after avx512.h (or a header that includes it), and of internal linkage, so that each
 // file compiles it for its own instruction set.
 
+#include <algorithm>
+#include <cstdint>
+
 namespace qlgrad::math {
 namespace {
 
@@ -38,6 +41,28 @@ struct Transpose16 {
     }
   }
 };
+
+// The transpose of [rows, columns] 32-bit values, 16 x 16 at a time: load(row, column, mask) gives
+// a row's 16 lanes from `column` (those past `columns` masked off by `mask`), store(column, row,
+// mask, lanes) takes a column's 16 lanes from `row` (those past `rows` masked off by `mask`).
+template <typename Load, typename Store>
+void transpose_blocks16(int64_t rows, int64_t columns, const Load& load, const Store& store) {
+  const Transpose16 transpose16;
+  for (int64_t row = 0; row < rows; row += 16) {
+    const __mmask16 row_mask = avx512::lanes_mask(rows - row);
+    for (int64_t column = 0; column < columns; column += 16) {
+      const __mmask16 column_mask = avx512::lanes_mask(columns - column);
+      __m512 values[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        values[i] = row + i < rows ? load(row + i, column, column_mask) : _mm512_setzero_ps();
+      }
+      transpose16(values);
+      for (int64_t j = 0; j < std::min<int64_t>(16, columns - column); ++j) {
+        store(column + j, row, row_mask, values[j]);
+      }
+    }
+  }
+}
 
 } // namespace
 } // namespace qlgrad::math
