@@ -42,9 +42,15 @@ struct LhsQuads {
   }
 };
 
+// sums + the products of lhs's quads with a panel's: vpdpbusd's unsigned operand is the panel
+// (PanelUnsigned) or lhs.
+template <bool PanelUnsigned>
+[[gnu::always_inline]] inline __m512i add_quad_products(__m512i sums, __m512i panel_quads, __m512i lhs) {
+  return PanelUnsigned ? _mm512_dpbusd_epi32(sums, panel_quads, lhs) : _mm512_dpbusd_epi32(sums, lhs, panel_quads);
+}
+
 // low[r] and high[r] += the products of row r's quads of lhs with the two halves of a panel's
-// quads (with Halves 1, low[r] with the first half's only), over `quads` steps of the depth:
-// vpdpbusd's unsigned operand is the panel (PanelUnsigned) or lhs.
+// quads (with Halves 1, low[r] with the first half's only), over `quads` steps of the depth.
 template <int64_t Rows, bool PanelUnsigned, int Halves = 2>
 [[gnu::always_inline]] inline void multiply_quads(const LhsQuads& lhs_quads, const void* panel, int64_t quads,
                                                   __m512i (&low)[Rows], __m512i (&high)[Rows]) {
@@ -58,15 +64,9 @@ template <int64_t Rows, bool PanelUnsigned, int Halves = 2>
 #pragma GCC unroll 12
     for (int64_t r = 0; r < Rows; ++r) {
       const __m512i lhs = lhs_quads.broadcast(r, quad);
-      if constexpr (PanelUnsigned) {
-        low[r] = _mm512_dpbusd_epi32(low[r], panel_low, lhs);
-      } else {
-        low[r] = _mm512_dpbusd_epi32(low[r], lhs, panel_low);
-      }
-      if constexpr (Halves == 2 && PanelUnsigned) {
-        high[r] = _mm512_dpbusd_epi32(high[r], panel_high, lhs);
-      } else if constexpr (Halves == 2) {
-        high[r] = _mm512_dpbusd_epi32(high[r], lhs, panel_high);
+      low[r] = add_quad_products<PanelUnsigned>(low[r], panel_low, lhs);
+      if constexpr (Halves == 2) {
+        high[r] = add_quad_products<PanelUnsigned>(high[r], panel_high, lhs);
       }
     }
   }
