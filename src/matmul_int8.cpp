@@ -263,27 +263,20 @@ at::Tensor int8_linear_rescaled(const at::Tensor& input, const at::Tensor& codes
   if (result.numel() == 0) {
     return result;
   }
-  if (weight_rows_first_int8(input.size(0), input.size(1))) {
-    if (dtype == at::kFloat) {
-      weight_rows_int8_product(input, codes, rescaled, kernel.rescale_sums, result);
+  // Each path with the rescale that writes `dtype`.
+  const auto multiply = [&](auto* rescale_sums) {
+    if (weight_rows_first_int8(rows, input.size(1))) {
+      weight_rows_int8_product(input, codes, rescaled, rescale_sums, result);
+    } else if (kernel.panel_rows_int8 != nullptr && input.size(1) > 0) {
+      rescaled_int8_product(input, Int8CodesTransposed(codes), rescaled, rescale_sums, result);
     } else {
-      weight_rows_int8_product(input, codes, rescaled, kernel.rescale_sums_bfloat16, result);
+      rescale(int8_linear(input, codes), rescaled, rescale_sums, result);
     }
-    return result;
-  }
-  if (kernel.panel_rows_int8 != nullptr && input.size(1) > 0) {
-    if (dtype == at::kFloat) {
-      rescaled_int8_product(input, Int8CodesTransposed(codes), rescaled, kernel.rescale_sums, result);
-    } else {
-      rescaled_int8_product(input, Int8CodesTransposed(codes), rescaled, kernel.rescale_sums_bfloat16, result);
-    }
-    return result;
-  }
-  const auto sums = int8_linear(input, codes);
+  };
   if (dtype == at::kFloat) {
-    rescale(sums, rescaled, kernel.rescale_sums, result);
+    multiply(kernel.rescale_sums);
   } else {
-    rescale(sums, rescaled, kernel.rescale_sums_bfloat16, result);
+    multiply(kernel.rescale_sums_bfloat16);
   }
   return result;
 }
