@@ -94,12 +94,13 @@ std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at:
   const int64_t row_blocks = (rows + kKernelRows - 1) / kKernelRows, block_bytes = kKernelRows * depth;
   auto packed = at::empty({row_blocks * block_bytes}, quantized.options());
   uint8_t* packed_data = packed.mutable_data_ptr<uint8_t>();
+  const bool streamed = packed_rows_streamed();
   at::parallel_for(0, row_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first = block * kKernelRows;
       kernel.pack_rows_int8(reinterpret_cast<const int8_t*>(quantized_data + first * depth), depth,
                             std::min(kKernelRows, rows - first), depth, nullptr, 0,
-                            reinterpret_cast<int8_t*>(packed_data + block * block_bytes));
+                            reinterpret_cast<int8_t*>(packed_data + block * block_bytes), streamed);
     }
   });
 

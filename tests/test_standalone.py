@@ -5,7 +5,15 @@ import pytest
 import torch
 
 import qlgrad
-from helpers import SCHEMES, int8_args, int8_sample_inputs, packed_params, quantize_weight, reference_input_gradient
+from helpers import (
+    SCHEMES,
+    int8_args,
+    int8_sample_inputs,
+    packed_params,
+    quantize_weight,
+    reference_input_gradient,
+    relative_error,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -14,6 +22,36 @@ def test_int8_backward_matches_float64_reference(dtype):
         got = qlgrad.linear_int8_backward(*args)
         assert got.dtype == dtype and got.shape == (*args[0].shape[:-1], 10)
         torch.testing.assert_close(got.double(), reference_input_gradient(args[0], weight), rtol=1e-5, atol=1e-6)
+
+
+# Each precision's error bound (README): float32 sums, bfloat16 products, an int8 gradient.
+PRECISION_ERRORS = {"fp32": 1e-5, "bf16": 1e-2, "int8": 2e-2}
+
+
+@pytest.mark.parametrize("precision", qlgrad.PRECISIONS)
+@pytest.mark.parametrize("out_features", [20, 37, 48, 148])
+def test_one_thread_and_two_give_the_same_bits(precision, out_features):
+    """With more than one thread the gradient's rows packed for the panel kernels, which every
+    thread reads, go past the caches (on CPUs other than Intel's), with one through them: the same
+    bits either way. The depths (the output features) end in part of a step of 16 four-byte lanes,
+    or leave later blocks of 12 packed rows off the cache lines' starts (float32, bfloat16 pairs,
+    int8 quads); the rows are past the streams', in blocks of 12 and a partial one, divided by
+    columns (37) or shared (256, 300)."""
+    weight = quantize_weight(out_features, 72, "per_channel_affine")
+    args = int8_args(weight, "per_channel_affine")
+    previous = torch.get_num_threads()
+    try:
+        for rows in (37, 256, 300):
+            grad_output = torch.randn(rows, out_features)
+            results = []
+            for threads in (1, 2):
+                torch.set_num_threads(threads)
+                results.append(qlgrad.linear_int8_backward(grad_output, *args, precision=precision))
+            assert torch.equal(results[0], results[1]), rows
+            expected = reference_input_gradient(grad_output, weight)
+            assert relative_error(results[1], expected) <= PRECISION_ERRORS[precision], rows
+    finally:
+        torch.set_num_threads(previous)
 
 
 def test_int8_backward_gradcheck_and_gradgradcheck():

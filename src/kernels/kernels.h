@@ -121,10 +121,12 @@ using QuantDequantRowsFn = void(const Element* input, int64_t begin, int64_t end
 // once to Element, for r < count and n < depth; zero for count <= r < kKernelRows and past depth
 // to a multiple of P, the values a kernel multiplies at once (1 float32, a pair of bfloat16, a
 // quad of int8 values, which take no factors). lhs's rows (in Source: Element, or float32 for
-// bfloat16 products) are ldl elements apart.
+// bfloat16 products) are ldl elements apart. `streamed`: other threads will read the block, which
+// then goes past the caches where it can (packed_rows_avx512.h, pack_rows16; the AMX packers
+// ignore it).
 template <typename Source, typename Element = Source>
 using PackRowsFn = void(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
-                        int64_t factor_stride, Element* block);
+                        int64_t factor_stride, Element* block, bool streamed);
 
 // out[r, 0:32] (+)= sum_n lhs[n, r] * panel[n, 0:32] for `rows` (1 to kKernelRows) rows of a packed
 // block of lhs ([depth][kKernelRows]); `width` columns of out exist.

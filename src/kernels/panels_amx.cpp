@@ -231,12 +231,12 @@ void weight_rows_bfloat16_amx(int64_t rows, const at::BFloat16* weight, const Am
 }
 
 void pack_rows_bfloat16_amx(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
-                            int64_t factor_stride, at::BFloat16* block) {
+                            int64_t factor_stride, at::BFloat16* block, bool /*streamed*/) {
   pack_bfloat16_tiles(lhs, ldl, count, depth, factors, factor_stride, block);
 }
 
 void pack_float_rows_bfloat16_amx(const float* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
-                                  int64_t factor_stride, at::BFloat16* block) {
+                                  int64_t factor_stride, at::BFloat16* block, bool /*streamed*/) {
   pack_bfloat16_tiles(lhs, ldl, count, depth, factors, factor_stride, block);
 }
 
@@ -248,7 +248,7 @@ void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, const AmxLhsLayout& lh
 
 // int8 rows take no factors (PackRowsFn): they are packed as they are.
 void pack_rows_int8_amx(const int8_t* lhs, int64_t ldl, int64_t count, int64_t depth, const float* /*factors*/,
-                        int64_t /*factor_stride*/, int8_t* block) {
+                        int64_t /*factor_stride*/, int8_t* block, bool /*streamed*/) {
   pack_tiles(count, depth, block, [&](int64_t r, int64_t n, int64_t values) {
     const __mmask64 mask = values >= 64 ? ~__mmask64{0} : (__mmask64{1} << values) - 1;
     return _mm512_maskz_loadu_epi8(mask, lhs + r * ldl + n);

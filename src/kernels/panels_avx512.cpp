@@ -137,8 +137,8 @@ void panel_rows_avx512(int64_t rows, const float* lhs, const float* panel, int64
 }
 
 void pack_rows_avx512(const float* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
-                      int64_t factor_stride, float* block) {
-  pack_rows16(count, depth, block, [&](int64_t r, int64_t d, int64_t lanes) {
+                      int64_t factor_stride, float* block, bool streamed) {
+  pack_rows16(count, depth, block, streamed, [&](int64_t r, int64_t d, int64_t lanes) {
     const __mmask16 mask = avx512::lanes_mask(lanes);
     __m512 values = _mm512_maskz_loadu_ps(mask, lhs + r * ldl + d);
     if (factors != nullptr) {

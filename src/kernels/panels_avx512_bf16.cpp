@@ -159,17 +159,17 @@ void convert_panels(const Code* codes, int64_t ldw, const CodeParameters& shared
 // (avx512::scaled_bfloat16_32).
 template <typename Source>
 void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
-                int64_t factor_stride, at::BFloat16* block) {
+                int64_t factor_stride, at::BFloat16* block, bool streamed) {
   if constexpr (std::is_same_v<Source, at::BFloat16>) {
     if (factors == nullptr) {
-      pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+      pack_rows16(count, (depth + 1) / 2, block, streamed, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
         const int64_t n = 2 * d;
         return _mm512_maskz_loadu_epi16(avx512::lanes_mask32(depth - n), lhs + r * ldl + n);
       });
       return;
     }
   }
-  pack_rows16(count, (depth + 1) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+  pack_rows16(count, (depth + 1) / 2, block, streamed, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
     const int64_t n = 2 * d, values = std::min<int64_t>(32, depth - n);
     return avx512::scaled_bfloat16_32(lhs + r * ldl + n, values, factors, factor_stride, n);
   });
@@ -190,13 +190,13 @@ void panel_rows_bfloat16_avx512(int64_t rows, const at::BFloat16* lhs, const at:
 }
 
 void pack_rows_bfloat16_avx512(const at::BFloat16* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
-                               int64_t factor_stride, at::BFloat16* block) {
-  pack_pairs(lhs, ldl, count, depth, factors, factor_stride, block);
+                               int64_t factor_stride, at::BFloat16* block, bool streamed) {
+  pack_pairs(lhs, ldl, count, depth, factors, factor_stride, block, streamed);
 }
 
 void pack_float_rows_bfloat16_avx512(const float* lhs, int64_t ldl, int64_t count, int64_t depth, const float* factors,
-                                     int64_t factor_stride, at::BFloat16* block) {
-  pack_pairs(lhs, ldl, count, depth, factors, factor_stride, block);
+                                     int64_t factor_stride, at::BFloat16* block, bool streamed) {
+  pack_pairs(lhs, ldl, count, depth, factors, factor_stride, block, streamed);
 }
 
 void split_three_bfloat16_avx512(const float* lhs, int64_t ldl, int64_t rows, int64_t depth, const float* factors,
@@ -337,7 +337,9 @@ void pack_code_rows(const int8_t* codes, int64_t ldw, const CodeParameters& shar
   constexpr int64_t kAhead = 256;
   GroupCursor low_groups(parameters, top), high_groups(parameters, top + 16);
   int64_t low_group = 0, high_group = 0;
-  pack_rows16(count, round_up(depth, kRowTilesDepthStep) / 2, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+  // The thread that packs the block multiplies by it at once: through the caches.
+  const int64_t pairs = round_up(depth, kRowTilesDepthStep) / 2;
+  pack_rows16(count, pairs, block, /*streamed=*/false, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
     const int64_t k = 2 * d;
     if (r == 0) {
       low_group = low_groups.at(top + k);

@@ -217,8 +217,8 @@ void transpose_sums_avx512_vnni(const int32_t* sums, int64_t lds, int64_t rows, 
 
 // int8 rows take no factors (PackRowsFn): they are packed as they are.
 void pack_rows_int8_avx512_vnni(const int8_t* lhs, int64_t ldl, int64_t count, int64_t depth, const float* /*factors*/,
-                                int64_t /*factor_stride*/, int8_t* block) {
-  pack_rows16(count, (depth + 3) / 4, block, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
+                                int64_t /*factor_stride*/, int8_t* block, bool streamed) {
+  pack_rows16(count, (depth + 3) / 4, block, streamed, [&](int64_t r, int64_t d, int64_t /*lanes*/) {
     const int64_t n = 4 * d, values = std::min<int64_t>(64, depth - n);
     const __mmask64 mask = values >= 64 ? __mmask64(~0ull) : __mmask64((1ull << values) - 1);
     return _mm512_maskz_loadu_epi8(mask, lhs + r * ldl + n);
