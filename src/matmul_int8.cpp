@@ -32,6 +32,12 @@ namespace {
 // gradient 3.4 ms.
 constexpr int64_t kIntelInt8PanelRowsEnd = 512;
 
+// Row sums of int8 values made the offsets of their products with panels that hold each value
+// plus 128: 128 times each, in place.
+void as_code_offsets(int32_t* sums, int64_t count) {
+  std::transform(sums, sums + count, sums, [](int32_t sum) { return 128 * sum; });
+}
+
 // The int8 panels hold each code plus 128: a product with them is code_offsets(lhs)[m] =
 // 128 * sum_k lhs[m, k] too many in each row (int32 [M]).
 at::Tensor code_offsets(const at::Tensor& lhs) {
@@ -39,10 +45,11 @@ at::Tensor code_offsets(const at::Tensor& lhs) {
   auto offsets = at::empty({rows}, lhs.options().dtype(at::kInt));
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(depth, 1));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
-    kernels().int8_row_sums(lhs.const_data_ptr<int8_t>() + begin * stride, stride, end - begin, depth,
-                            offsets.mutable_data_ptr<int32_t>() + begin);
+    int32_t* sums = offsets.mutable_data_ptr<int32_t>();
+    kernels().int8_row_sums(lhs.const_data_ptr<int8_t>() + begin * stride, stride, end - begin, depth, sums + begin);
+    as_code_offsets(sums + begin, end - begin);
   });
-  return offsets.mul_(128);
+  return offsets;
 }
 
 // How int32 sums of an int8 product become the result, as RescaleSumsFn makes them: offsets int32
@@ -162,7 +169,7 @@ void weight_rows_int8_product(const at::Tensor& input, const at::Tensor& codes, 
                                 depth, sum_data + task * kPanelColumns, kPanelColumns, rows);
       }
       kernel.int8_row_sums(weight + first * depth, depth, count, depth, offset_data);
-      std::transform(offset_data, offset_data + count, offset_data, [](int32_t sum) { return 128 * sum; });
+      as_code_offsets(offset_data, count);
       kernel.transpose_sums(sum_data, kPanelColumns, count, rows, offset_data, transposed_data, count);
       rescale_sums(transposed_data, count, rows, count, /*row_offset=*/nullptr, row_scale,
                    rescaled.column_scale != nullptr ? rescaled.column_scale + first : nullptr,
