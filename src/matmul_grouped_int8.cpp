@@ -94,7 +94,7 @@ std::optional<at::Tensor> grouped_int8_linear(const at::Tensor& input, const at:
   const int64_t row_blocks = (rows + kKernelRows - 1) / kKernelRows, block_bytes = kKernelRows * depth;
   auto packed = at::empty({row_blocks * block_bytes}, quantized.options());
   uint8_t* packed_data = packed.mutable_data_ptr<uint8_t>();
-  const bool streamed = packed_rows_streamed();
+  const bool streamed = packed_rows_streamed(rows);
   at::parallel_for(0, row_blocks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       const int64_t first = block * kKernelRows;

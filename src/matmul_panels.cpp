@@ -44,7 +44,7 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
   const float* factors = scale ? scale->const_data_ptr<float>() : nullptr;
   const int64_t factor_stride = scale && scale->numel() > 1 ? 1 : 0;
   Element* destination = packed.mutable_data_ptr<Element>();
-  const bool streamed = packed_rows_streamed();
+  const bool streamed = packed_rows_streamed(rows);
   at::parallel_for(0, packed.size(0), 1, [&](int64_t begin, int64_t end) {
     for (int64_t block = begin; block < end; ++block) {
       pack(source + block * kBlockRows * row_stride, row_stride, std::min(kBlockRows, rows - block * kBlockRows), depth,
@@ -365,16 +365,21 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
 
 } // namespace
 
-// On a Zen 4 EPYC, 2 threads, the products alternated per call in one process, streamed over
-// cached (rows x out -> in, int8 codes per channel: 896 -> 896, 128, 4864; 4864 -> 896; 3072 ->
-// 768; 768 -> 3072): the int8 backward at 256 rows 0.88-1.00x the time, at 1024 rows 0.69-1.07x
-// (two runs); bf16 at 256 rows 0.87-0.98x, at 2048 rows 0.90-1.03x; fp32 at 256 rows 0.90-0.99x;
-// torchao's int8 training forward at 256 rows 0.91-1.01x, at 64 rows 0.97-1.02x; bf16 at 16 rows
-// 0.98-1.02x. torch's int4 packing forward and backward and the group-wise forward in int8
-// products (the first four weights, 256 rows) 0.96-1.09x in two runs, the same within their spread.
-// With one thread, nothing to gain: bf16 and int8 at 256 rows 0.98-1.08x.
-bool packed_rows_streamed() {
-  return at::get_num_threads() > 1 && !is_intel_cpu();
+// Where the packed rows go past the caches: from this many rows. On a Zen 4 EPYC, 2 threads, a
+// sequence of a 150m decoder's products as a training step runs them (8 layers of 896 -> 896,
+// 128, 128, 896, 4864, 4864 and 4864 -> 896 in int8 codes per channel: torchao's int8 training
+// forward through all, then the bf16 backward in reverse), streamed and cached passes alternated
+// in one process, forward and backward over their cached time: 192-512 rows 0.95-0.99x and
+// 0.94-0.96x (256 rows, twice: 0.96x and 0.94x), 1024 rows 1.00x and 0.99-1.03x, 128 rows 1.00x and
+// 0.98x, 64 rows 0.96-0.98x and 0.95-1.01x, but 32-48 rows 1.01-1.04x and 0.99-1.03x: there the rows
+// read back from memory cost more than the waits they spare. Each product alone, repeated (the
+// same weights at 256 rows: 896 -> 896, 128, 4864; 4864 -> 896; 3072 -> 768; 768 -> 3072): the
+// int8 backward 0.88-1.00x, bf16 0.87-0.98x, fp32 0.90-0.99x, torchao's int8 forward 0.91-1.01x.
+// With one thread, nothing to spare: bf16 and int8 at 256 rows 0.98-1.08x.
+constexpr int64_t kStreamedPackedRowsMin = 128;
+
+bool packed_rows_streamed(int64_t rows) {
+  return rows >= kStreamedPackedRowsMin && at::get_num_threads() > 1 && !is_intel_cpu();
 }
 
 int64_t int8_rows_stride(int64_t depth) {

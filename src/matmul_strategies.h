@@ -69,10 +69,10 @@ using FinishSums =
 // take another pass over.
 void panel_gemm_int8(const at::Tensor& lhs, const WeightReader& reader, const FinishSums& finish);
 
-// Whether rows packed for the panel kernels, which every thread of a product reads, go past the
-// caches as they are packed (PackRowsFn's `streamed`): with more than one thread, on CPUs other
-// than Intel's (where it is unmeasured).
-bool packed_rows_streamed();
+// Whether `rows` rows packed for the panel kernels, which every thread of a product reads, go past
+// the caches as they are packed (PackRowsFn's `streamed`): enough of them, with more than one
+// thread, on CPUs other than Intel's (where it is unmeasured).
+bool packed_rows_streamed(int64_t rows);
 
 // x @ W.T in bfloat16 (x bfloat16 [rows, K], int8 codes W [N, K] in rows, contiguous, with
 // `parameters` as Int8CodesTransposed's) with W's rows as the first operand: on AMX tiles where

@@ -31,17 +31,17 @@ PRECISION_ERRORS = {"fp32": 1e-5, "bf16": 1e-2, "int8": 2e-2}
 @pytest.mark.parametrize("precision", qlgrad.PRECISIONS)
 @pytest.mark.parametrize("out_features", [20, 37, 48, 148])
 def test_one_thread_and_two_give_the_same_bits(precision, out_features):
-    """With more than one thread the gradient's rows packed for the panel kernels, which every
-    thread reads, go past the caches (on CPUs other than Intel's), with one through them: the same
-    bits either way. The depths (the output features) end in part of a step of 16 four-byte lanes,
-    or leave later blocks of 12 packed rows off the cache lines' starts (float32, bfloat16 pairs,
-    int8 quads); the rows are past the streams', in blocks of 12 and a partial one, divided by
-    columns (37) or shared (256, 300)."""
+    """With more than one thread, from 128 rows, the gradient's rows packed for the panel kernels,
+    which every thread reads, go past the caches (on CPUs other than Intel's); with one, or fewer
+    rows, through them: the same bits either way. The depths (the output features) end in part of
+    a step of 16 four-byte lanes, or leave later blocks of 12 packed rows off the cache lines'
+    starts (float32, bfloat16 pairs, int8 quads); the rows are past the streams', in blocks of 12
+    and a partial one, divided by columns (37, 150) or shared (256, 300)."""
     weight = quantize_weight(out_features, 72, "per_channel_affine")
     args = int8_args(weight, "per_channel_affine")
     previous = torch.get_num_threads()
     try:
-        for rows in (37, 256, 300):
+        for rows in (37, 150, 256, 300):
             grad_output = torch.randn(rows, out_features)
             results = []
             for threads in (1, 2):
