@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <numeric>
 
 namespace qlgrad::math {
@@ -48,11 +49,18 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::
   const int64_t align = blocked ? std::lcm<int64_t>(16, blocked->block_width) : 1;
   const int64_t ldc = blocked ? copied_row_stride(std::min(piece, columns)) : 0;
   const int64_t slab = blocked ? std::max<int64_t>(align, kCopiedSlabBytes / ldc / align * align) : depth;
-  auto sums = at::zeros({ranges, rows, columns}, lhs.options());
+  // Each range's sums zeroed by the thread that adds into them: zeroed by the calling thread, they
+  // lay in its cache, and the others' first additions waited for them line by line (on a Zen 4
+  // EPYC, 2 threads, the fp32 backward of 16 rows through a sequence of a decoder's products and
+  // 4096 x 4096 took 0.84-0.96x the time so, of 4 rows 0.88-1.02x, of one row 0.88-1.03x, in three
+  // processes each, alternated).
+  auto sums = at::empty({ranges, rows, columns}, lhs.options());
   const auto* codes = weight.const_data_ptr<Code>();
   at::parallel_for(0, ranges, 1, [&](int64_t begin, int64_t end) {
     auto block_sums = at::empty({group_rows * block_sums_stride(std::min(chunk, columns))}, lhs.options());
     for (int64_t range = begin; range < end; ++range) {
+      float* range_sums = sums[range].mutable_data_ptr<float>();
+      std::fill(range_sums, range_sums + rows * columns, 0.0f);
       const int64_t range_end = piece_start(depth, ranges, range + 1, align);
       for (int64_t first = 0; first < columns; first += piece) {
         const int64_t count = std::min(piece, columns - first);
@@ -69,10 +77,10 @@ at::Tensor streamed(const at::Tensor& lhs, const at::Tensor& weight, const std::
           }
           const CodeParameters slab_parameters = parameters.from_row(top);
           for (int64_t row = 0; row < rows; row += kStreamedRowsMax) {
-            stream(std::min(kStreamedRowsMax, rows - row),
-                   {lhs.const_data_ptr<float>() + row * depth + top, depth, 0, height, slab_codes, ldw,
-                    &slab_parameters, first, count, sums[range].mutable_data_ptr<float>() + row * columns + first,
-                    columns, block_sums.mutable_data_ptr<float>()});
+            stream(
+                std::min(kStreamedRowsMax, rows - row),
+                {lhs.const_data_ptr<float>() + row * depth + top, depth, 0, height, slab_codes, ldw, &slab_parameters,
+                 first, count, range_sums + row * columns + first, columns, block_sums.mutable_data_ptr<float>()});
           }
         }
       }
