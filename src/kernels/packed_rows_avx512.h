@@ -10,28 +10,9 @@ namespace qlgrad::math {
 namespace {
 
 // 4-byte lanes (a float32, a pair of bfloat16 or a quad of int8 values of one row) of `count` rows
-// (up to 16; zero past them), 16 lanes of each row at a time: load(r, d, n) gives row r's lanes d
-// to d + 15, of which the first n exist (zero past them); each(d, n, rows) takes them transposed,
-// rows[k] holding lane d + k of the 16 rows. A scalar loop would read the rows element by element,
-// many times slower than the kernel that then multiplies them.
-template <typename Load, typename Each>
-[[gnu::always_inline]] inline void for_each_transposed16(int64_t count, int64_t dwords, const Load& load,
-                                                         const Each& each) {
-  const Transpose16 transpose16;
-  for (int64_t d = 0; d < dwords; d += 16) {
-    const int64_t lanes = std::min<int64_t>(16, dwords - d);
-    __m512 rows[16];
-#pragma GCC unroll 16
-    for (int64_t r = 0; r < 16; ++r) {
-      rows[r] = r < count ? _mm512_castsi512_ps(load(r, d, lanes)) : _mm512_setzero_ps();
-    }
-    transpose16(rows);
-    each(d, lanes, rows);
-  }
-}
-
-// Those lanes into out[d][r], `stride` lanes apart, the rows of `row_lanes` stored, each lane
-// step's rows together.
+// (up to 16; for_each_transposed16's load) into out[d][r], `stride` lanes apart, the rows of
+// `row_lanes` stored, each lane step's rows together: a scalar loop would read the rows element by
+// element, many times slower than the kernel that then multiplies them.
 template <typename Load>
 [[gnu::always_inline]] inline void transpose_rows16(int64_t count, int64_t dwords, int32_t* out, int64_t stride,
                                                     __mmask16 row_lanes, const Load& load) {
