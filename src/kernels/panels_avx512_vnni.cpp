@@ -273,7 +273,11 @@ void int8_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_t depth, in
 }
 
 // 16 rows of W at a time, 64 codes of each (16 quads, a 32-bit lane each) transposed into 16
-// panel rows of quads of those 16 columns.
+// panel rows of quads of those 16 columns. Each step asks for the line of the next 16 rows at its
+// column: 16 rows' runs are too many streams for the hardware prefetchers, and the codes come from
+// memory (a model's weights are larger than L3). torchao's int8 training forwards through the
+// 150m decoder's 56 projections (bfloat16, 8 layers) on a Zen 5 EPYC, 2 threads, alternated per
+// pass: 48-64 rows 0.76x the time, 128 rows 0.82x, 256 rows 0.93-0.95x, 512-1024 rows 0.98x.
 void int8_transposed_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_t depth, int64_t count, uint8_t* panels,
                                         int64_t panel_depth) {
   const Transpose16 transpose16;
@@ -281,6 +285,7 @@ void int8_transposed_panels_avx512_vnni(const int8_t* codes, int64_t ldw, int64_
   for (int64_t row = 0; row < round_up(count, kPanelColumns); row += 16) {
     uint8_t* panel = panels + row / kPanelColumns * kPanelColumns * panel_depth + row % kPanelColumns * 4;
     for (int64_t column = 0; column < depth; column += 64) {
+      avx512::prefetch_column(codes, ldw, row + 16, std::min(row + 32, count), column);
       const __mmask64 mask = depth - column >= 64 ? ~__mmask64{0} : (__mmask64{1} << (depth - column)) - 1;
       __m512 quads[16];
       for (int64_t i = 0; i < 16; ++i) {
