@@ -364,7 +364,10 @@ class RunScales {
 
 // 16 rows of W at a time (half a panel's columns), 64 codes of each (16 quads, a 32-bit lane each)
 // less their zero points, transposed into 16 panel rows of quads of those 16 columns; the runs'
-// value sums (vpdpbusd by ones) as they go.
+// value sums (vpdpbusd by ones) as they go. Each step asks for the next 16 rows' line at its column,
+// as int8_transposed_panels does: torchao's group-wise int4 training forwards through the 150m
+// decoder's projections (bfloat16, groups of 32, 8 layers) on a Zen 5 EPYC, 2 threads, alternated
+// per pass: 16 rows 0.54x the time, 64 rows 0.66x, 128 rows 0.76x, 256 rows 0.84x, 1024 rows 0.96x.
 template <typename Scale>
 bool grouped_int8_panels(const int8_t* codes, int64_t ldw, const int8_t* zero_point, const Scale* scale, int64_t groups,
                          int64_t group_size, int64_t span, int64_t top, int64_t first, int64_t depth, int64_t count,
@@ -380,6 +383,7 @@ bool grouped_int8_panels(const int8_t* codes, int64_t ldw, const int8_t* zero_po
     __m512i run_sums = _mm512_setzero_si512();
     int64_t run = 0, within = 0;
     for (int64_t column = 0; column < depth; column += 64) {
+      avx512::prefetch_column(codes, ldw, row + 16, std::min(row + 32, count), column);
       const int64_t values = std::min<int64_t>(64, depth - column);
       const __mmask64 mask = values >= 64 ? ~__mmask64{0} : (__mmask64{1} << values) - 1;
       int64_t lane_groups[4];
