@@ -21,9 +21,14 @@ using avx512::load_values16;
 // (masked at the end of a run), one row after the other into each sum as stream_rows adds
 // them: each sum is loaded and stored once for Together rows, where a row at a time spends more
 // on the sums than on reading its codes. Each group's run takes lhs's factors times its scale
-// once, as stream_rows does; with Offsets its zero point is subtracted from each value.
+// once, as stream_rows does; with Offsets its zero point is subtracted from each value. Each line
+// of the Together rows asks for the line of the next Together rows (those before rows_end) at its
+// column: eight runs of rows 4 KiB apart are more streams than the hardware prefetchers keep up
+// with. On a Zen 5 EPYC, 2 threads, 4096 x 4096 weights alternated in one process, in L3 or
+// evicted: groups of 32 at one row 0.65-0.83x the time, at 4 rows 0.92-1.00x, at 8 rows
+// 0.92-1.01x; groups of 128 at one row 0.77-0.95x; float16 values at 1-4 rows 0.65-0.74x.
 template <int64_t Rows, int64_t Together, bool Offsets, typename Code>
-void accumulate_vectors(const float* lhs, int64_t ldl, int64_t n, const Code* weight, int64_t ldw,
+void accumulate_vectors(const float* lhs, int64_t ldl, int64_t n, int64_t rows_end, const Code* weight, int64_t ldw,
                         const CodeParameters& parameters, int64_t first, int64_t columns, float* block_sums) {
   constexpr int64_t kLanes = 16;
   const int64_t ldb = block_sums_stride(columns);
@@ -40,6 +45,9 @@ void accumulate_vectors(const float* lhs, int64_t ldl, int64_t n, const Code* we
       }
     }
     for (int64_t c = run.begin; c < run.end; c += kLanes) {
+      if constexpr (Together > 1) {
+        avx512::prefetch_column(weight, ldw, n + Together, std::min(rows_end, n + 2 * Together), c);
+      }
       const __mmask16 mask = lanes_mask(run.end - c);
       __m512 value[Together];
 #pragma GCC unroll 8
@@ -84,10 +92,10 @@ void stream_vectors_rows(const StreamArguments<Code>& arguments) {
     const int64_t block_end = std::min(end, top + kDepthBlock);
     int64_t n = top;
     for (; n + kTogether <= block_end; n += kTogether) {
-      accumulate(lhs, ldl, n, weight, ldw, *parameters, first, columns, block_sums);
+      accumulate(lhs, ldl, n, end, weight, ldw, *parameters, first, columns, block_sums);
     }
     for (; n < block_end; ++n) {
-      accumulate_one(lhs, ldl, n, weight, ldw, *parameters, first, columns, block_sums);
+      accumulate_one(lhs, ldl, n, end, weight, ldw, *parameters, first, columns, block_sums);
     }
     for (int64_t r = 0; r < Rows; ++r) {
       for (int64_t c = 0; c < columns; c += kLanes) {
