@@ -115,6 +115,24 @@ def test_kernel_tests_pass_on_avx512_without_amx(tmp_path):
     run_kernel_tests(BFLOAT16_KERNEL_TESTS + INT8_KERNEL_TESTS, tmp_path, QLGRAD_AMX="0")
 
 
+# The tests of the panel GEMM's packed rows, which go past the caches on some CPUs only: the
+# bfloat16 and int8 products (backwards and training forwards) and the bits of one thread and two.
+PACKED_ROWS_TESTS = (
+    "test_standalone.py::test_one_thread_and_two_give_the_same_bits",
+    "test_bfloat16_products.py",
+    "test_torchao.py::test_training_forward_is_torchaos_bit_for_bit",
+    "test_fbgemm_in_place.py::test_int8_product_is_exact",
+)
+
+
+@pytest.mark.skipif(machine_capability() != "avx512", reason="only the AVX-512 packers stream their rows")
+@pytest.mark.parametrize("streamed", ["0", "1"])
+def test_kernel_tests_pass_with_the_packed_rows_streamed_or_cached(streamed, tmp_path):
+    """Which CPUs stream the packed rows is a measured choice (Zen 4's do); both ways are tested on
+    every AVX-512 machine."""
+    run_kernel_tests(PACKED_ROWS_TESTS, tmp_path, QLGRAD_STREAMED_PACKED_ROWS=streamed)
+
+
 def run_kernel_tests(tests, tmp_path, **variables):
     env = dict(
         os.environ,

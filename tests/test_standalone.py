@@ -32,7 +32,8 @@ PRECISION_ERRORS = {"fp32": 1e-5, "bf16": 1e-2, "int8": 2e-2}
 @pytest.mark.parametrize("out_features", [20, 37, 48, 148])
 def test_one_thread_and_two_give_the_same_bits(precision, out_features):
     """With more than one thread, from 128 rows, the gradient's rows packed for the panel kernels,
-    which every thread reads, go past the caches (on CPUs other than Intel's); with one, or fewer
+    which every thread reads, go past the caches (on Zen 4 CPUs, and wherever
+    QLGRAD_STREAMED_PACKED_ROWS=1, as test_cpu_capability.py runs this test); with one, or fewer
     rows, through them: the same bits either way. The depths (the output features) end in part of
     a step of 16 four-byte lanes, or leave later blocks of 12 packed rows off the cache lines'
     starts (float32, bfloat16 pairs, int8 quads); the rows are past the streams', in blocks of 12

@@ -100,22 +100,44 @@ bool has_amx() {
   return amx;
 }
 
-bool is_intel_cpu() {
-  static const bool intel = [] {
+namespace {
+
+// The vendor named by CPUID leaf 0 (EBX, EDX, ECX), or an empty string.
+std::string cpu_vendor() {
 #if defined(__x86_64__)
-    // Leaf 0 names the vendor in EBX, EDX, ECX.
+  unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) != 0) {
+    char vendor[12];
+    std::memcpy(vendor, &ebx, 4);
+    std::memcpy(vendor + 4, &edx, 4);
+    std::memcpy(vendor + 8, &ecx, 4);
+    return std::string(vendor, sizeof(vendor));
+  }
+#endif
+  return {};
+}
+
+} // namespace
+
+bool is_intel_cpu() {
+  static const bool intel = cpu_vendor() == "GenuineIntel";
+  return intel;
+}
+
+int amd_cpu_family() {
+  static const int family = [] {
+#if defined(__x86_64__)
+    // Leaf 1's EAX: the base family in bits 8-11, the extended family (added where the base is
+    // 0xF, as on every AMD CPU since 2003) in bits 20-27.
     unsigned int eax = 0, ebx = 0, ecx = 0, edx = 0;
-    if (__get_cpuid(0, &eax, &ebx, &ecx, &edx) != 0) {
-      char vendor[12];
-      std::memcpy(vendor, &ebx, 4);
-      std::memcpy(vendor + 4, &edx, 4);
-      std::memcpy(vendor + 8, &ecx, 4);
-      return std::memcmp(vendor, "GenuineIntel", 12) == 0;
+    if (cpu_vendor() == "AuthenticAMD" && __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0) {
+      const int base = static_cast<int>((eax >> 8) & 0xF);
+      return base == 0xF ? base + static_cast<int>((eax >> 20) & 0xFF) : base;
     }
 #endif
-    return false;
+    return 0;
   }();
-  return intel;
+  return family;
 }
 
 } // namespace qlgrad::math

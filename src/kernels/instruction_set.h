@@ -34,4 +34,8 @@ bool has_amx();
 // CPUs with AVX-512 it takes its AVX2 path, at less than half oneDNN's speed).
 bool is_intel_cpu();
 
+// The family of an AMD CPU as CPUID reports it (0x19 for Zen 3 and Zen 4, 0x1A for Zen 5), or 0
+// for other vendors' CPUs.
+int amd_cpu_family();
+
 } // namespace qlgrad::math
