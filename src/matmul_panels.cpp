@@ -386,10 +386,12 @@ namespace {
 // packers that stream. On a Zen 5 EPYC (family 1Ah), whose stores did not wait so, the rows kept
 // in the caches measured faster: 2 threads, alternated in one process, cached over streamed time,
 // the decoder's sequence above at 128-256 rows forward 0.98x and backward 0.93-0.94x, at 512-1024
-// rows 0.97-1.03x and 0.96-1.02x, its group-wise int4 layers at 256 rows 0.98x and 0.96x; each
-// product alone, repeated (quantize_dynamic's layers): 256 and 512 x 768 -> 3072 fp32 0.86-0.88x,
-// bf16 0.88-0.95x, int8 0.92-0.93x; 2048 rows 0.94-1.00x; 1024 x 896 -> 4864 0.94-0.98x; 256 x
-// 4096 -> 4096 0.98-1.00x. Intel's CPUs, unmeasured, keep their rows in the caches too.
+// rows 0.97-1.03x and 0.96-1.02x, its group-wise int4 layers at 256 rows 0.98x and 0.96x, whole
+// LoRA steps of that decoder on 256 tokens (torchao's int8 and int4 layers, bf16 base) alternated
+// step by step 0.99-1.01x; each product alone, repeated (quantize_dynamic's layers): 256 and 512 x
+// 768 -> 3072 fp32 0.86-0.88x, bf16 0.88-0.95x, int8 0.92-0.93x; 2048 rows 0.94-1.00x; 1024 x 896
+// -> 4864 0.94-0.98x; 256 x 4096 -> 4096 0.98-1.00x. Intel's CPUs, unmeasured, keep their rows in
+// the caches too.
 constexpr int kStreamedPackedRowsFamily = 0x19;
 
 // Whether this process streams packed rows (where packed_rows_streamed asks for it): on those
