@@ -13,9 +13,13 @@ one mode leaves in memory, in the allocator or in qlgrad's cache never reaches t
 prints one JSON line, which the parent collects into a markdown table with ratios against
 ``float`` and ``float-bf16``, and which targets held on this run. The ``floor`` modes leave the
 projections' products out: what remains of their step is below every mode on the same base, and
-the rest of each mode's time is what its projections take. It only reports and never fails on a target.
+the rest of each mode's time is what its projections take. With ``--alternated``, every mode is
+also built in one more process (started with ``--alternate``) and their steps are taken in turn:
+times only, but a machine whose speed drifts over minutes slows every mode there alike. It only
+reports and never fails on a target.
 
-    python bench/llm.py [--arch qwen2] [--size 150m] [--modes float,qd-fp32] [--steps 8] [--json results.json]
+    python bench/llm.py [--arch qwen2] [--size 150m] [--modes float,qd-fp32] [--steps 8] [--alternated 12]
+                        [--json results.json]
 """
 
 import argparse
@@ -148,6 +152,45 @@ def run_child(arguments: argparse.Namespace) -> None:
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
+def alternate(names: list[str], arguments: argparse.Namespace) -> dict:
+    """Every mode of ``names`` built in this process, their steps taken in turn (the order reversed
+    every other turn) ``arguments.alternated`` times each after their warm-up steps: each mode's
+    median time per step, or why it has none. The machine's drift over minutes reaches every mode
+    alike here."""
+    size = SIZES[arguments.size]
+    batches = synthetic_batches(size.vocab, arguments.batch, arguments.tokens, WARMUP_STEPS + 1)
+    import_training_libraries()
+    runs, outcomes = {}, {}
+    for name in names:
+        mode = MODES[name]
+        if mode.requires is not None and importlib.util.find_spec(mode.requires) is None:
+            outcomes[name] = {"skipped": f"{mode.requires} not installed"}
+            continue
+        try:
+            run = TrainingRun(mode, arguments.arch, size)
+            for input_ids in batches[:WARMUP_STEPS]:
+                run.step(input_ids)
+        except Exception as error:  # noqa: BLE001 - a mode that fails is reported, the others go on
+            outcomes[name] = {"failed": first_line(error)}
+            continue
+        runs[name] = run
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for turn in range(arguments.alternated):
+        for name in list(runs) if turn % 2 == 0 else list(runs)[::-1]:
+            start = time.perf_counter()
+            runs[name].step(batches[-1])
+            seconds[name].append(time.perf_counter() - start)
+    for name, taken in seconds.items():
+        outcomes[name] = {"seconds_per_step": statistics.median(taken)}
+    return {name: outcomes[name] for name in names}
+
+
+def run_alternating_child(arguments: argparse.Namespace) -> None:
+    torch.set_num_threads(arguments.threads)
+    hide_upstream_deprecations()
+    print(RESULT_PREFIX + json.dumps(alternate(arguments.alternate, arguments)), flush=True)
+
+
 # ---- Every mode, each in a child process -----------------------------------------------------
 
 
@@ -161,6 +204,33 @@ def run_mode(name: str, arguments: argparse.Namespace) -> dict:
     # The child died before it could report (killed, or a crash in native code).
     last_words = child.stderr.strip().splitlines() or ["no output"]
     return {"mode": name, "failed": f"exit status {child.returncode}: {last_words[-1]}"}
+
+
+def run_alternated(names: list[str], arguments: argparse.Namespace) -> dict:
+    """The modes' alternated steps (alternate), from one child process."""
+    command = [
+        sys.executable,
+        os.path.abspath(__file__),
+        *("--alternate", ",".join(names), "--alternated", str(arguments.alternated)),
+        *shared_arguments(arguments),
+    ]
+    child = subprocess.run(command, capture_output=True, text=True)
+    for line in child.stdout.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line.removeprefix(RESULT_PREFIX))
+    last_words = child.stderr.strip().splitlines() or ["no output"]
+    return {name: {"failed": f"exit status {child.returncode}: {last_words[-1]}"} for name in names}
+
+
+def alternated_table(outcomes: dict[str, dict]) -> str:
+    """One row per mode: its median step among the alternated ones, over float's and float-bf16's."""
+    baselines = [outcomes.get(name, {}).get("seconds_per_step") for name in (BASELINE, BF16_BASELINE)]
+    rows = []
+    for name, outcome in outcomes.items():
+        step = outcome.get("seconds_per_step")
+        text = outcome.get("failed") or outcome.get("skipped") or ""
+        rows.append([name, with_ratios(milliseconds(step), step, baselines) if step is not None else text])
+    return markdown_table(["mode", f"ms per step, alternated ({BASELINES})"], rows)
 
 
 def median_round(mode_rounds: list[dict]) -> dict:
@@ -429,13 +499,27 @@ def parse_arguments() -> argparse.Namespace:
         "(default 1): on a machine whose speed drifts over minutes, rounds that alternate the modes keep "
         "the drift out of their ratios",
     )
+    parser.add_argument(
+        "--alternated",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="then build every mode in one more process and take their steps in turn, STEPS each, for a "
+        "second table of times per step (default 0: none); no memory is measured there, but a machine's "
+        "drift reaches every mode alike, where each process of its own meets it at another time",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the raw results to this file")
     parser.add_argument("--mode", choices=list(MODES), help=argparse.SUPPRESS)  # the child's one mode
+    parser.add_argument("--alternate", help=argparse.SUPPRESS)  # the alternating child's modes
     arguments = parser.parse_args()
     arguments.modes = arguments.modes.split(",")
     unknown = [name for name in arguments.modes if name not in MODES]
     if unknown:
         parser.error(f"unknown modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    if arguments.alternate is not None:
+        arguments.alternate = arguments.alternate.split(",")
+    if arguments.alternated < 0:
+        parser.error("--alternated must not be negative")
     if arguments.tokens < 2:
         parser.error("--tokens must be at least 2 (each token is the label of the one before)")
     for option in ("batch", "steps", "threads", "rounds"):
@@ -448,6 +532,9 @@ def main() -> None:
     arguments = parse_arguments()
     if arguments.mode is not None:
         run_child(arguments)
+        return
+    if arguments.alternate is not None:
+        run_alternating_child(arguments)
         return
     rounds: dict[str, list[dict]] = {name: [] for name in arguments.modes}
     for round_index in range(arguments.rounds):
@@ -492,6 +579,14 @@ def main() -> None:
         "memory but its plain float tensors (embeddings, norms, lm_head, adapters), plus qlgrad's cache.\n",
     )
     print(table(rows, arguments.steps))
+    alternated = None
+    if arguments.alternated > 0:
+        alternated = run_alternated(arguments.modes, arguments)
+        print(
+            f"\nThe same modes built in one process, their steps taken in turn, {arguments.alternated} each after "
+            f"{WARMUP_STEPS} warm-up steps (the order reversed every other turn); ms per step: the median:\n"
+        )
+        print(alternated_table(alternated))
     print("\nTargets on this run:")
     print(target_report(TARGETS, [rows]), flush=True)
     if arguments.json:
@@ -503,13 +598,14 @@ def main() -> None:
                     "shape": asdict(size),
                     **{
                         option: getattr(arguments, option)
-                        for option in ("tokens", "batch", "steps", "threads", "rounds")
+                        for option in ("tokens", "batch", "steps", "threads", "rounds", "alternated")
                     },
                     "torch": torch.__version__,
                     "qlgrad": qlgrad.__version__,
                     "clients": client_versions(),
                     "cpu": cpu_description(),
                     "rows": list(rows.values()),
+                    "alternated": alternated,
                 },
                 output,
                 indent=2,

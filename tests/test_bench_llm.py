@@ -10,6 +10,7 @@ import sys
 from helpers import REPOSITORY, markdown_table_rows
 
 LLM = str(REPOSITORY / "bench" / "llm.py")
+ALTERNATED_HEADING = "The same modes built in one process"
 
 
 def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[str, str]]]:
@@ -18,7 +19,8 @@ def train_tiny_decoder(modes: list[str], *options: str) -> tuple[str, list[dict[
     command = [sys.executable, LLM, "--size", "tiny", "--steps", "2", "--modes", ",".join(modes), *options]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    rows = markdown_table_rows(result.stdout)
+    # The table of the modes' own processes (an alternated one may follow it).
+    rows = markdown_table_rows(result.stdout.split(ALTERNATED_HEADING)[0])
     assert [row["mode"] for row in rows] == modes
     for row in rows:
         assert not row["backward"].startswith(("failed", "skipped")), row["backward"]
@@ -47,6 +49,20 @@ def test_llm_rounds_take_the_modes_in_turn(tmp_path):
         # The row is its median round: the middle one of the three by time per step.
         times = row["rounds_seconds_per_step"]
         assert len(times) == 3 and row["seconds_per_step"] == sorted(times)[1]
+
+
+def test_llm_alternates_the_modes_in_one_process(tmp_path):
+    results = tmp_path / "llm.json"
+    modes = ["float", "float-bf16", "torchao-int8-bf16"]
+    output, _ = train_tiny_decoder(modes, "--alternated", "3", "--json", str(results))
+    assert f"{ALTERNATED_HEADING}, their steps taken in turn, 3 each" in output
+    rows = markdown_table_rows(output.split(ALTERNATED_HEADING)[1])
+    assert [row["mode"] for row in rows] == modes
+    for row in rows:
+        # Each time against both baselines, float32 and bfloat16.
+        assert row["ms per step, alternated (× float / × float-bf16)"].count("×") == 2
+    recorded = json.loads(results.read_text())["alternated"]
+    assert list(recorded) == modes and all(recorded[name]["seconds_per_step"] > 0 for name in modes)
 
 
 def test_llm_trains_the_tiny_decoder_on_bfloat16_and_int4pack():
