@@ -194,32 +194,31 @@ def run_alternating_child(arguments: argparse.Namespace) -> None:
 # ---- Every mode, each in a child process -----------------------------------------------------
 
 
-def run_mode(name: str, arguments: argparse.Namespace) -> dict:
-    """One mode's row, from a child process running this script with ``--mode``."""
-    command = [sys.executable, os.path.abspath(__file__), "--mode", name, *shared_arguments(arguments)]
+def run_script(options: list[str], arguments: argparse.Namespace) -> tuple[dict | None, str]:
+    """This script run again in a child process with ``options``: the result it reported, or None
+    and why it reported none."""
+    command = [sys.executable, os.path.abspath(__file__), *options, *shared_arguments(arguments)]
     child = subprocess.run(command, capture_output=True, text=True)
     for line in child.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line.removeprefix(RESULT_PREFIX))
+            return json.loads(line.removeprefix(RESULT_PREFIX)), ""
     # The child died before it could report (killed, or a crash in native code).
     last_words = child.stderr.strip().splitlines() or ["no output"]
-    return {"mode": name, "failed": f"exit status {child.returncode}: {last_words[-1]}"}
+    return None, f"exit status {child.returncode}: {last_words[-1]}"
+
+
+def run_mode(name: str, arguments: argparse.Namespace) -> dict:
+    """One mode's row, from a child process running this script with ``--mode``."""
+    row, failure = run_script(["--mode", name], arguments)
+    return row if row is not None else {"mode": name, "failed": failure}
 
 
 def run_alternated(names: list[str], arguments: argparse.Namespace) -> dict:
     """The modes' alternated steps (alternate), from one child process."""
-    command = [
-        sys.executable,
-        os.path.abspath(__file__),
-        *("--alternate", ",".join(names), "--alternated", str(arguments.alternated)),
-        *shared_arguments(arguments),
-    ]
-    child = subprocess.run(command, capture_output=True, text=True)
-    for line in child.stdout.splitlines():
-        if line.startswith(RESULT_PREFIX):
-            return json.loads(line.removeprefix(RESULT_PREFIX))
-    last_words = child.stderr.strip().splitlines() or ["no output"]
-    return {name: {"failed": f"exit status {child.returncode}: {last_words[-1]}"} for name in names}
+    outcomes, failure = run_script(
+        ["--alternate", ",".join(names), "--alternated", str(arguments.alternated)], arguments
+    )
+    return outcomes if outcomes is not None else {name: {"failed": failure} for name in names}
 
 
 def alternated_table(outcomes: dict[str, dict]) -> str:
