@@ -77,13 +77,23 @@ RESULT_PREFIX = "llm.py result: "
 # ---- One mode, in this process ---------------------------------------------------------------
 
 
+def missing_requirement(mode) -> str | None:
+    """Why ``mode`` cannot run here (a library it needs is not installed), or None once that library
+    is imported."""
+    if mode.requires is None:
+        return None
+    if importlib.util.find_spec(mode.requires) is None:
+        return f"{mode.requires} not installed"
+    importlib.import_module(mode.requires)
+    return None
+
+
 def measure(name: str, arguments: argparse.Namespace) -> dict:
     """Build and train one mode; every figure of its row."""
     mode = MODES[name]
-    if mode.requires is not None:
-        if importlib.util.find_spec(mode.requires) is None:
-            return {"mode": name, "skipped": f"{mode.requires} not installed"}
-        importlib.import_module(mode.requires)  # before the baseline: importing is not the model's memory
+    # Imported before the baseline: importing is not the model's memory.
+    if (missing := missing_requirement(mode)) is not None:
+        return {"mode": name, "skipped": missing}
     import_training_libraries()  # transformers and PEFT, likewise
     if mode.compiled:
         importlib.import_module("torch._inductor.compile_fx")  # the compiler's own modules, likewise
@@ -143,12 +153,17 @@ def first_line(error: BaseException) -> str:
 
 
 def run_child(arguments: argparse.Namespace) -> None:
+    """The child's one result line: one mode's row (``--mode``), or the alternated modes' steps
+    (``--alternate``)."""
     torch.set_num_threads(arguments.threads)
     hide_upstream_deprecations()
-    try:
-        result = measure(arguments.mode, arguments)
-    except Exception as error:  # noqa: BLE001 - a mode that fails becomes its row
-        result = {"mode": arguments.mode, "failed": first_line(error)}
+    if arguments.alternate is not None:
+        result = alternate(arguments.alternate, arguments)
+    else:
+        try:
+            result = measure(arguments.mode, arguments)
+        except Exception as error:  # noqa: BLE001 - a mode that fails becomes its row
+            result = {"mode": arguments.mode, "failed": first_line(error)}
     print(RESULT_PREFIX + json.dumps(result), flush=True)
 
 
@@ -163,8 +178,8 @@ def alternate(names: list[str], arguments: argparse.Namespace) -> dict:
     runs, outcomes = {}, {}
     for name in names:
         mode = MODES[name]
-        if mode.requires is not None and importlib.util.find_spec(mode.requires) is None:
-            outcomes[name] = {"skipped": f"{mode.requires} not installed"}
+        if (missing := missing_requirement(mode)) is not None:
+            outcomes[name] = {"skipped": missing}
             continue
         try:
             run = TrainingRun(mode, arguments.arch, size)
@@ -183,12 +198,6 @@ def alternate(names: list[str], arguments: argparse.Namespace) -> dict:
     for name, taken in seconds.items():
         outcomes[name] = {"seconds_per_step": statistics.median(taken)}
     return {name: outcomes[name] for name in names}
-
-
-def run_alternating_child(arguments: argparse.Namespace) -> None:
-    torch.set_num_threads(arguments.threads)
-    hide_upstream_deprecations()
-    print(RESULT_PREFIX + json.dumps(alternate(arguments.alternate, arguments)), flush=True)
 
 
 # ---- Every mode, each in a child process -----------------------------------------------------
@@ -529,11 +538,8 @@ def parse_arguments() -> argparse.Namespace:
 
 def main() -> None:
     arguments = parse_arguments()
-    if arguments.mode is not None:
+    if arguments.mode is not None or arguments.alternate is not None:
         run_child(arguments)
-        return
-    if arguments.alternate is not None:
-        run_alternating_child(arguments)
         return
     rounds: dict[str, list[dict]] = {name: [] for name in arguments.modes}
     for round_index in range(arguments.rounds):
