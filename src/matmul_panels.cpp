@@ -400,8 +400,8 @@ constexpr int kStreamedPackedRowsFamily = 0x19;
 bool streams_packed_rows() {
   static const bool streams = [] {
     const char* variable = std::getenv("QLGRAD_STREAMED_PACKED_ROWS");
-    if (variable != nullptr && (std::string(variable) == "0" || std::string(variable) == "1")) {
-      return std::string(variable) == "1";
+    if (const std::string value = variable != nullptr ? variable : ""; value == "0" || value == "1") {
+      return value == "1";
     }
     return amd_cpu_family() == kStreamedPackedRowsFamily;
   }();

@@ -27,7 +27,8 @@ template <typename Load>
 // Every thread of a product reads its packed rows, and the next product writes them again: stores
 // through the cache then wait, line by line, for the other cores' copies to be dropped (on a Zen 4
 // EPYC, 2 threads, 768 KiB of packed rows took 230-250 µs so, 18 µs where no other core had read
-// them; streamed, 25-30 µs, and as long again to read back). So, `streamed`, a block that starts on
+// them; streamed, 25-30 µs, and as long again to read back; a Zen 5's stores did not wait so, and
+// packed_rows_streamed leaves its rows in the caches). So, `streamed`, a block that starts on
 // a cache line goes past the caches a line at a time: 16 lane steps of 12 rows fill 12 lines, each
 // line two steps' lanes side by side (vpermt2d); the last, partial, steps are stored as the others.
 template <typename Load>
