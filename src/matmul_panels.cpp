@@ -239,6 +239,29 @@ void panel_gemm_columns(const KernelLhs<Products>& lhs, int64_t rows, const Weig
   });
 }
 
+// The depth of a block of shared panels: Products::kSharedDepth, or, where the sums of every row
+// and column lie past the threads' L2 (which each further block reads back and writes again), as
+// deep as kDeepSharedPanelsBytes of panels allow. On a Zen 5 EPYC, 2 threads, alternated between
+// processes, over oneDNN's fp32 product and the dense bfloat16 one (rows x in -> out, 1024-row
+// blocks first): fbgemm's packing in fp32, 1024 and 2048 x 768 -> 3072 1.19-1.24x -> 1.11-1.15x,
+// 1024 x 896 -> 4864 1.19-1.21x -> 1.13-1.14x; torchao's int8 layers' bfloat16 backward 1.19-1.22x
+// -> 1.03-1.07x, 1.15x -> 1.01-1.07x; 1024 x 4096 -> 4096 (16 MiB of panels a block already) the
+// same. With fewer rows, whose sums stay in L2, the deeper blocks' rows of lhs left it: 256-512 x
+// 768 -> 3072 and 256 x 896 -> 4864 0.97-1.15x the time. Intel's CPUs, unmeasured, keep their
+// blocks.
+constexpr int64_t kDeepSharedPanelsBytes = 12 << 20;
+constexpr int64_t kL2Bytes = 1 << 20;
+
+template <typename Products>
+int64_t shared_block_depth(int64_t rows, int64_t columns) {
+  const int64_t sums_bytes = rows * columns * int64_t{sizeof(typename Products::Sum)};
+  if (sums_bytes <= at::get_num_threads() * kL2Bytes || is_intel_cpu()) {
+    return Products::kSharedDepth;
+  }
+  return std::max(Products::kSharedDepth, kDeepSharedPanelsBytes / (round_up(columns, kPanelColumns) *
+                                                                    int64_t{sizeof(typename Products::Panel)}));
+}
+
 template <typename Products>
 at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,
                          bool bfloat16_result, const FinishSums* finish = nullptr) {
@@ -300,7 +323,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // rows of 3072 -> 768 and 4864 -> 896 took 1.26-1.64x torch._int_mm's time on a Zen 4 EPYC, 2
   // threads; so, 1.16-1.47x (runs apart).
   const bool rounds = Products::kRoundsSums && bfloat16_result && finish == nullptr;
-  const int64_t blocks = depth_blocks(reader, Products::kSharedDepth);
+  const int64_t shared_depth = shared_block_depth<Products>(rows, columns);
+  const int64_t blocks = depth_blocks(reader, shared_depth);
   const bool task_sums = finish != nullptr && blocks == 1;
   const at::Tensor result =
       (rounds || task_sums) && blocks == 1 ? at::Tensor() : at::empty({rows, columns}, sum_options);
@@ -308,9 +332,8 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   Sum* out = result.defined() ? result.template mutable_data_ptr<Sum>() : nullptr;
   // One parallel region per depth block (packing lhs a block at a time would cost a third,
   // measured slower than packing it once).
-  at::Tensor shared_panels =
-      scratch(ScratchUse::kPanels,
-              {depth_block_max(Products::kSharedDepth, alignment) * round_up(columns, kPanelColumns)}, panel_type);
+  at::Tensor shared_panels = scratch(
+      ScratchUse::kPanels, {depth_block_max(shared_depth, alignment) * round_up(columns, kPanelColumns)}, panel_type);
   Panel* panels = shared_panels.template mutable_data_ptr<Panel>();
   // Chunks of one width, which the tasks' order (PanelTasks) follows.
   const int64_t chunk = round_up(
@@ -328,7 +351,7 @@ at::Tensor panel_gemm_in(const at::Tensor& lhs, const WeightReader& reader, cons
   // rows 1.04-1.10x before, 1.05-1.12x after).
   constexpr int64_t kConvertedColumns = 2 * kPanelColumns;
   OnceEachPiece converted((columns + kConvertedColumns - 1) / kConvertedColumns);
-  for_each_depth_block(reader, Products::kSharedDepth, alignment, [&](int64_t block, int64_t top, int64_t height) {
+  for_each_depth_block(reader, shared_depth, alignment, [&](int64_t block, int64_t top, int64_t height) {
     const int64_t panel_depth = round_up(height, kDepthStep);
     converted.reset();
     at::parallel_for(0, tasks.size(), 1, [&](int64_t begin, int64_t end) {

@@ -185,3 +185,19 @@ def test_deep_products_in_depth_blocks(rows, out_features, in_features, blocked)
     else:
         got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale.float(), weight.zero_point, "bf16")
     assert_as_accurate_as_dense(got, grad_output, weight.dequantize_float64())
+
+
+@pytest.mark.parametrize("blocked", [False, True])
+def test_deep_blocks_where_the_sums_lie_past_l2(blocked):
+    # 1100 x 1000 float32 sums (4.4 MB) lie past the threads' L2: on CPUs other than Intel's, the
+    # 4300 rows of weight are one block of shared panels (three where the sums fit), whose sums
+    # are rounded to bfloat16 as they are stored, with no float32 output.
+    weight = quantize_weight(4300, 1000, "per_channel_affine")
+    grad_output = torch.randn(1100, 4300).to(torch.bfloat16)
+    if blocked:
+        got = qlgrad.linear_dynamic_backward(
+            grad_output, torch.ops.quantized.linear_prepack(weight.qweight, None), "bf16"
+        )
+    else:
+        got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale.float(), weight.zero_point, "bf16")
+    assert_as_accurate_as_dense(got, grad_output, weight.dequantize_float64())

@@ -1,6 +1,7 @@
 """Backward precision modes: accuracy bounds, recording at forward time, the default that follows
 the gradient's dtype, controls (their refusals: test_bad_arguments.py)."""
 
+import math
 import threading
 
 import pytest
@@ -56,6 +57,27 @@ def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
     fp16_packed = torch.ops.quantized.linear_prepack_fp16(fp16_weight.float(), None)
     got = qlgrad.linear_dynamic_fp16_backward(grad_output, fp16_packed, "fp32")
     assert relative_error(got, grad_output.double() @ fp16_weight.double()) <= ERROR_BOUNDS["fp32"]
+
+
+# Where the sums of every row and column lie past the threads' L2 (1100 x 1000 float32 sums, 4.4
+# MB), the shared panels take deeper blocks on CPUs other than Intel's: 4300 rows of weight make
+# two blocks of fp32 panels and one of bf16 and of int8 panels (five, three and two where the
+# sums fit). fbgemm's packing read in place and codes in rows. fp32's bound grows with the
+# square root of the depth from the 300 rows of weight it is set for, as a float32 sum's rounding
+# error does (1.2e-6 measured; the dense float32 GEMMs 2.6e-7 and 5.6e-7).
+@pytest.mark.parametrize("scheme", ["per_tensor_affine", "per_channel_symmetric"])
+def test_deep_blocks_of_shared_panels_are_exact(scheme):
+    depth = 4300
+    weight = quantize_weight(depth, 1000, scheme)
+    packed = packed_params(weight)
+    grad_output = torch.randn(1100, depth)
+    expected = reference_input_gradient(grad_output, weight)
+    bounds = {**ERROR_BOUNDS, "fp32": ERROR_BOUNDS["fp32"] * math.sqrt(depth / 300)}
+    for precision, bound in bounds.items():
+        got = qlgrad.linear_dynamic_backward(grad_output, packed, precision)
+        assert relative_error(got, expected) <= bound, precision
+        got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale, weight.zero_point, precision)
+        assert relative_error(got, expected) <= bound, precision
 
 
 # Gradients from near float32's smallest normal results to near its largest, one row a thousand
