@@ -10,6 +10,9 @@ from .workloads import ModelShape, Shape
 # The operations timed on each layer, beside qlgrad's backward in each precision.
 BASELINE = "F.linear"
 ONEDNN = "oneDNN"  # the CPU's other fp32 GEMM: the best fp32 GEMM is the faster of the two
+# oneDNN's product on its own tensors, its output left in oneDNN's layout: the GEMM alone, which a
+# caller given a dense tensor does not get (ONEDNN copies the output into one).
+ONEDNN_OWN = "oneDNN own tensors"
 NAIVE = "naive"
 FORWARD_STOCK = "forward stock"
 FORWARD_REQUIRES_GRAD = "forward requires_grad"

@@ -137,18 +137,21 @@ def float_linear_input_gradient(workload: Workload):
     return lambda: torch.autograd.grad(y, x, workload.grad_output, retain_graph=True)[0]
 
 
-def onednn_product(lhs: torch.Tensor, weight: torch.Tensor):
+def onednn_product(lhs: torch.Tensor, weight: torch.Tensor, dense_output: bool = True):
     """``lhs @ weight`` through oneDNN's fp32 GEMM (torch's mkldnn linear, which takes the weight
     transposed and, like its inputs, in oneDNN's own tensors): the faster fp32 GEMM on CPUs where
-    MKL takes its AVX2 path (AMD's)."""
+    MKL takes its AVX2 path (AMD's). Its output a dense tensor, as a caller gets it, or (without
+    ``dense_output``) left in oneDNN's tensor: the GEMM alone."""
     transposed = weight.t().contiguous().to_mkldnn()
     lhs = lhs.to_mkldnn()
-    return lambda: torch._C._nn.mkldnn_linear(lhs, transposed, None).to_dense()
+    if dense_output:
+        return lambda: torch._C._nn.mkldnn_linear(lhs, transposed, None).to_dense()
+    return lambda: torch._C._nn.mkldnn_linear(lhs, transposed, None)
 
 
-def onednn_linear_input_gradient(workload: Workload):
+def onednn_linear_input_gradient(workload: Workload, dense_output: bool = True):
     """The baseline's product, ``grad_output @ W_deq``, through oneDNN."""
-    return onednn_product(workload.grad_output, workload.qweight.dequantize())
+    return onednn_product(workload.grad_output, workload.qweight.dequantize(), dense_output)
 
 
 class _UnpackOnEveryBackward(torch.autograd.Function):
