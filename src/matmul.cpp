@@ -30,6 +30,19 @@ constexpr int64_t kIntelVectorStreamedRowsEnd = 2 * kStreamedRowsMax;
 // streams' 0.99-1.31x; at 24 and 32 rows of 4096x4096 0.97x and 1.03x against 0.91x and 1.01x;
 // 32 x 1024 -> 4096 1.11x against 1.07x.
 constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
+// On AMD's family 1Ah (Zen 5) and later, whose 512-bit units multiply twice as fast a cycle as a
+// Zen 4's while the streams are bound by reading and converting the codes in every pass, float32
+// products of codes in rows and of float16 values run the panel GEMM past fewer rows, the fewer
+// the dearer a code's conversion. On a Zen 5 EPYC, 2 threads, the panel GEMM over the streams'
+// time, alternated per call, eight weights in turn (896 -> 4864, 4864 -> 896, 768 -> 3072,
+// 3072 -> 768, 768 -> 768, 1024 -> 2816): groups of 32 at 9 rows 0.74-1.15x, at 12-16 rows
+// 0.64-0.98x, at 24-32 rows 0.51-0.69x; groups of 128 at 16 rows 0.85-1.20x, at 24 rows 0.74-0.95x;
+// per channel at 24 rows 0.83-1.08x, at 32 rows 0.76-0.98x; float16 values at 9-16 rows 0.50-1.04x
+// (4096 -> 4096 1.01-1.06x). fbgemm's packing keeps its 16 rows (at 9-16 rows 0.79-1.23x).
+constexpr int kPanelsPastFewerRowsFamily = 0x1A;
+constexpr int64_t kGroupedStreamedRowsEnd = 2 * kStreamedRowsMax, kChannelStreamedRowsEnd = 3 * kStreamedRowsMax;
+// Groups of up to this many codes (and float16 values) stream in one pass only.
+constexpr int64_t kDearestGroupSize = 32;
 // Where the bfloat16 panel GEMM runs on AMX tiles, or with AVX512-BF16 on CPUs other than Intel's,
 // bfloat16 products past this many rows run it rather than float32's streams; so do int8 products
 // on AMX tiles. On an Intel Xeon with AMX, 2 threads, bfloat16 gradients of int8 codes (groups of
@@ -87,6 +100,22 @@ constexpr int64_t kVnniStreamedRowsEnd = 3;
 // 1.2-1.4x the stream's; with a depth of 128 (896x128) 1.1-1.6x from 24 rows, where adding up the
 // three sums takes as long as the products.
 constexpr int64_t kThreePartRowsMin = kStreamedRowsMax + 1, kThreePartDepthMin = 256;
+
+// The rows up to which float32 products stream: fbgemm's packing (`blocked`) up to
+// kPackingStreamedRowsEnd, codes in rows (in groups of `group_size`, 0 for one scale per row or for
+// all) and float16 values as each CPU's measurements chose.
+int64_t float32_streamed_rows_end(bool blocked, bool float16_values, int64_t group_size) {
+  if (blocked) {
+    return std::min(streamed_rows_end(), kPackingStreamedRowsEnd);
+  }
+  if (kernels().panel_rows == nullptr || amd_cpu_family() < kPanelsPastFewerRowsFamily) {
+    return streamed_rows_end();
+  }
+  if (float16_values || (group_size > 0 && group_size <= kDearestGroupSize)) {
+    return kStreamedRowsMax;
+  }
+  return group_size > 0 ? kGroupedStreamedRowsEnd : kChannelStreamedRowsEnd;
+}
 
 // Whether bfloat16 products run the AVX512-BF16 panel kernel (no AMX tiles) on a CPU other than
 // Intel's: there the bfloat16 panel GEMM takes over from the float32 streams at fewer rows.
@@ -202,7 +231,8 @@ at::Tensor codes_matmul(const at::Tensor& lhs, const at::Tensor& weight, const s
                           ? kernel.panel_rows != nullptr && (rows < kPanelGemmRowsEnd || !is_intel_cpu())
                           : kernel.panel_rows_bfloat16 != nullptr &&
                                 (rows < kBFloat16PanelRowsEnd || !is_intel_cpu() || kernel.panel_rows_bfloat16_amx);
-  const int64_t streams_end = blocked ? std::min(streamed_rows_end(), kPackingStreamedRowsEnd) : streamed_rows_end();
+  const int64_t streams_end =
+      float32_streamed_rows_end(blocked.has_value(), !is_int8, groupwise ? parameters.group_size : 0);
   if (panels && rows > (bfloat16_products ? bfloat16_streamed_rows_end(blocked.has_value(), !is_int8) : streams_end)) {
     // The scale is applied as lhs is packed, which is a pass over lhs anyway.
     const bool bfloat16_result = lhs.scalar_type() == at::kBFloat16;

@@ -12,9 +12,9 @@ from helpers import ERROR_BOUNDS, relative_error
 # do not, one group and many, a row count beyond a panel's 32 columns.
 SHAPES = ((64, 128, 4), (40, 96, 3), (130, 520, 13), (48, 64, 64), (96, 4096, 32))
 # Both sides of every kernel switch: the stream (1-8 rows, up to 32 in passes on AVX-512 CPUs, 16
-# on Intel's), the panel GEMM by columns (up to 255) and by rows and columns (256 on), the tiles
-# (from 256 on Intel CPUs).
-ROW_COUNTS = (1, 3, 8, 9, 13, 16, 17, 32, 33, 64, 150, 255, 256, 512)
+# on Intel's, 8 for groups of up to 32 and 16 for larger ones on a Zen 5), the panel GEMM by
+# columns (up to 255) and by rows and columns (256 on), the tiles (from 256 on Intel CPUs).
+ROW_COUNTS = (1, 3, 8, 9, 13, 16, 17, 24, 25, 32, 33, 64, 150, 255, 256, 512)
 
 
 def groupwise_weight(out_features, in_features, groups, asymmetric=True, seed=0):
