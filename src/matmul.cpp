@@ -75,13 +75,16 @@ constexpr int64_t kAvx512BFloat16StreamedRowsEnd = 3;
 // GEMM in its wide blocks against the streams, alternated in one process: 4096x4096 2.42 against
 // 1.97 ms, 768x3072, 3072x768, 896x4864, 4864x896 and 1024x2816 0.40-0.76 against 0.30-0.73 ms.
 constexpr int64_t kBFloat16OnePassMoreStreamedRowsEnd = kStreamedRowsMax;
-// On a Zen 5 (kPanelsPastFewerRowsFamily), bfloat16 gradients past 6 rows of fbgemm's packing and
-// past 3 of float16 values: 2 threads, eight weights in turn (896 -> 4864, 4864 -> 896, 768 ->
-// 3072, 1024 -> 2816, 4096 -> 4096), alternated per call, over the dense bfloat16 GEMM's time, the
-// panel GEMM against the streams: fbgemm's packing at 4 rows 0.42-0.76x against 0.39-0.62x, at 5-6
-// rows 0.41-0.72x against 0.48-0.78x, at 7-8 rows 0.41-0.71x against 0.53-0.95x; float16 values at
-// 4-8 rows 0.53-1.00x against 0.54-2.28x.
-constexpr int64_t kZen5PackingBFloat16StreamedRowsEnd = 6;
+// On a Zen 5 (kPanelsPastFewerRowsFamily), whose streams prefetch their next rows, bfloat16
+// gradients past 5 rows of codes in rows, past 6 of fbgemm's packing and past 3 of float16 values:
+// 2 threads, eight weights in turn (896 -> 4864, 4864 -> 896, 1024 -> 2816, 4096 -> 4096; 768 ->
+// 3072 and 896 -> 896), alternated per call. Codes in rows, per channel and in groups of 32 and
+// 128, the panel GEMM over the streams' time: at 4 rows 0.94-1.32x, at 5 rows 0.85-1.23x, at 6
+// rows 0.80-1.05x, at 7-8 rows 0.69-1.04x. Over the dense bfloat16 GEMM's time, the panel GEMM
+// against the streams: fbgemm's packing at 4 rows 0.42-0.76x against 0.39-0.62x, at 5-6 rows
+// 0.41-0.72x against 0.48-0.78x, at 7-8 rows 0.41-0.71x against 0.53-0.95x; float16 values at 4-8
+// rows 0.53-1.00x against 0.54-2.28x.
+constexpr int64_t kZen5RowsBFloat16StreamedRowsEnd = 5, kZen5PackingBFloat16StreamedRowsEnd = 6;
 // Where MKL's GEMM has AVX-512 code (Intel CPUs) and the CPU has no AMX tiles, MKL on bfloat16
 // tiles from this many rows, as it was measured there before the bfloat16 panel GEMM packed its
 // rows with vectors; elsewhere the bfloat16 panel GEMM serves every row count (on AMX tiles: on
@@ -296,7 +299,9 @@ int64_t bfloat16_streamed_rows_end(bool fbgemm_packing, bool float16_values) {
   }
   if (avx512_bfloat16_panels_past_few_rows()) {
     if (amd_cpu_family() >= kPanelsPastFewerRowsFamily) {
-      return fbgemm_packing ? kZen5PackingBFloat16StreamedRowsEnd : kAvx512BFloat16StreamedRowsEnd;
+      return fbgemm_packing   ? kZen5PackingBFloat16StreamedRowsEnd
+             : float16_values ? kAvx512BFloat16StreamedRowsEnd
+                              : kZen5RowsBFloat16StreamedRowsEnd;
     }
     return fbgemm_packing || float16_values ? kBFloat16OnePassMoreStreamedRowsEnd : kAvx512BFloat16StreamedRowsEnd;
   }

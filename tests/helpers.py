@@ -98,9 +98,9 @@ def streamed_rows_end(precision: str = "fp32", fbgemm_packing: bool = False, flo
     """Rows up to which `precision` streams the weight in float32: 32 where qlgrad's AVX-512
     streams are (16 on Intel's CPUs), 8 elsewhere; for bf16, 7 where its panel GEMM runs on AMX
     tiles, 3 where it runs with AVX512-BF16 (but on Intel's CPUs without AMX; 8 for fbgemm's packing
-    and float16 values there, on AMD's family 1Ah and later 6 for fbgemm's packing); for int8, 7 on
-    AMX tiles and 3 with AVX512-VNNI (but on Intel's CPUs). Tests of the reduced precisions' own
-    kernels use more."""
+    and float16 values there; on AMD's family 1Ah and later 5 for codes in rows, 6 for fbgemm's
+    packing); for int8, 7 on AMX tiles and 3 with AVX512-VNNI (but on Intel's CPUs). Tests of the
+    reduced precisions' own kernels use more."""
     extensions = _qlgrad().cpu_extensions()
     cpuinfo = Path("/proc/cpuinfo").read_text()
     intel = "GenuineIntel" in cpuinfo
@@ -110,7 +110,7 @@ def streamed_rows_end(precision: str = "fp32", fbgemm_packing: bool = False, flo
         return 7
     if precision == "bf16" and "avx512_bf16" in extensions and not intel:
         if zen5_or_later:
-            return 6 if fbgemm_packing else 3
+            return 6 if fbgemm_packing else 3 if float16_values else 5
         return 8 if fbgemm_packing or float16_values else 3
     if precision == "int8" and "amx" in extensions:
         return 7
