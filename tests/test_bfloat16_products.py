@@ -165,6 +165,14 @@ def test_gradient_rows_packed_at_every_depth(out_features, per_channel, dtype, p
         assert relative_error(got, expected) <= 1e-6
 
 
+def bf16_backward(grad_output, weight, blocked):
+    """The bf16 backward from fbgemm's packing of `weight` (blocked) or from its codes in rows."""
+    if blocked:
+        packed = torch.ops.quantized.linear_prepack(weight.qweight, None)
+        return qlgrad.linear_dynamic_backward(grad_output, packed, "bf16")
+    return qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale.float(), weight.zero_point, "bf16")
+
+
 @pytest.mark.parametrize("rows", [40, 200, 300])
 @pytest.mark.parametrize("out_features", [700, 1100, 2100])
 @pytest.mark.parametrize("in_features", [200, 4200])
@@ -178,12 +186,7 @@ def test_deep_products_in_depth_blocks(rows, out_features, in_features, blocked)
     # 512 deep and 1024 wide for weights at least 2048 deep (2100 at 200 rows: five blocks).
     weight = quantize_weight(out_features, in_features, "per_channel_affine")
     grad_output = torch.randn(rows, out_features).to(torch.bfloat16)
-    if blocked:
-        got = qlgrad.linear_dynamic_backward(
-            grad_output, torch.ops.quantized.linear_prepack(weight.qweight, None), "bf16"
-        )
-    else:
-        got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale.float(), weight.zero_point, "bf16")
+    got = bf16_backward(grad_output, weight, blocked)
     assert_as_accurate_as_dense(got, grad_output, weight.dequantize_float64())
 
 
@@ -194,10 +197,5 @@ def test_deep_blocks_where_the_sums_lie_past_l2(blocked):
     # are rounded to bfloat16 as they are stored, with no float32 output.
     weight = quantize_weight(4300, 1000, "per_channel_affine")
     grad_output = torch.randn(1100, 4300).to(torch.bfloat16)
-    if blocked:
-        got = qlgrad.linear_dynamic_backward(
-            grad_output, torch.ops.quantized.linear_prepack(weight.qweight, None), "bf16"
-        )
-    else:
-        got = qlgrad.linear_int8_backward(grad_output, weight.values, weight.scale.float(), weight.zero_point, "bf16")
+    got = bf16_backward(grad_output, weight, blocked)
     assert_as_accurate_as_dense(got, grad_output, weight.dequantize_float64())
