@@ -30,8 +30,8 @@ constexpr int64_t kIntelVectorStreamedRowsEnd = 2 * kStreamedRowsMax;
 // streams' 0.99-1.31x; at 24 and 32 rows of 4096x4096 0.97x and 1.03x against 0.91x and 1.01x;
 // 32 x 1024 -> 4096 1.11x against 1.07x.
 constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
-// On AMD's family 1Ah (Zen 5) and later, whose 512-bit units multiply twice as fast a cycle as a
-// Zen 4's while the streams are bound by reading and converting the codes in every pass, float32
+// On AMD's Zen 5 and later (kAmdZen5Family), whose panel GEMM multiplies twice as fast a cycle as
+// a Zen 4's while the streams are bound by reading and converting the codes in every pass, float32
 // products of codes in rows and of float16 values run the panel GEMM past fewer rows, the fewer
 // the dearer a code's conversion. On a Zen 5 EPYC, 2 threads, the panel GEMM over the streams'
 // time, alternated per call, eight weights in turn (896 -> 4864, 4864 -> 896, 768 -> 3072,
@@ -39,7 +39,6 @@ constexpr int64_t kPackingStreamedRowsEnd = 2 * kStreamedRowsMax;
 // 0.64-0.98x, at 24-32 rows 0.51-0.69x; groups of 128 at 16 rows 0.85-1.20x, at 24 rows 0.74-0.95x;
 // per channel at 24 rows 0.83-1.08x, at 32 rows 0.76-0.98x; float16 values at 9-16 rows 0.50-1.04x
 // (4096 -> 4096 1.01-1.06x). fbgemm's packing keeps its 16 rows (at 9-16 rows 0.79-1.23x).
-constexpr int kPanelsPastFewerRowsFamily = 0x1A;
 constexpr int64_t kGroupedStreamedRowsEnd = 2 * kStreamedRowsMax, kChannelStreamedRowsEnd = 3 * kStreamedRowsMax;
 // Groups of up to this many codes (and float16 values) stream in one pass only.
 constexpr int64_t kDearestGroupSize = 32;
@@ -75,7 +74,7 @@ constexpr int64_t kAvx512BFloat16StreamedRowsEnd = 3;
 // GEMM in its wide blocks against the streams, alternated in one process: 4096x4096 2.42 against
 // 1.97 ms, 768x3072, 3072x768, 896x4864, 4864x896 and 1024x2816 0.40-0.76 against 0.30-0.73 ms.
 constexpr int64_t kBFloat16OnePassMoreStreamedRowsEnd = kStreamedRowsMax;
-// On a Zen 5 (kPanelsPastFewerRowsFamily), whose streams prefetch their next rows, bfloat16
+// On a Zen 5 (kAmdZen5Family), whose streams prefetch their next rows, bfloat16
 // gradients past 5 rows of codes in rows, past 6 of fbgemm's packing and past 3 of float16 values:
 // 2 threads, eight weights in turn (896 -> 4864, 4864 -> 896, 1024 -> 2816, 4096 -> 4096; 768 ->
 // 3072 and 896 -> 896), alternated per call. Codes in rows, per channel and in groups of 32 and
@@ -118,7 +117,7 @@ int64_t float32_streamed_rows_end(bool blocked, bool float16_values, int64_t gro
   if (blocked) {
     return std::min(streamed_rows_end(), kPackingStreamedRowsEnd);
   }
-  if (kernels().panel_rows == nullptr || amd_cpu_family() < kPanelsPastFewerRowsFamily) {
+  if (kernels().panel_rows == nullptr || amd_cpu_family() < kAmdZen5Family) {
     return streamed_rows_end();
   }
   if (float16_values || (group_size > 0 && group_size <= kDearestGroupSize)) {
@@ -298,7 +297,7 @@ int64_t bfloat16_streamed_rows_end(bool fbgemm_packing, bool float16_values) {
     return kBFloat16StreamedRowsEnd;
   }
   if (avx512_bfloat16_panels_past_few_rows()) {
-    if (amd_cpu_family() >= kPanelsPastFewerRowsFamily) {
+    if (amd_cpu_family() >= kAmdZen5Family) {
       return fbgemm_packing   ? kZen5PackingBFloat16StreamedRowsEnd
              : float16_values ? kAvx512BFloat16StreamedRowsEnd
                               : kZen5RowsBFloat16StreamedRowsEnd;

@@ -247,15 +247,15 @@ void panel_gemm_columns(const KernelLhs<Products>& lhs, int64_t rows, const Weig
 // 1024 x 896 -> 4864 1.19-1.21x -> 1.13-1.14x; torchao's int8 layers' bfloat16 backward 1.19-1.22x
 // -> 1.03-1.07x, 1.15x -> 1.01-1.07x; 1024 x 4096 -> 4096 (16 MiB of panels a block already) the
 // same. With fewer rows, whose sums stay in L2, the deeper blocks' rows of lhs left it: 256-512 x
-// 768 -> 3072 and 256 x 896 -> 4864 0.97-1.15x the time. Intel's CPUs, unmeasured, keep their
-// blocks.
+// 768 -> 3072 and 256 x 896 -> 4864 0.97-1.15x the time. Other CPUs, unmeasured (a Zen 4, whose
+// products are half as fast, waits on memory less), keep their blocks.
 constexpr int64_t kDeepSharedPanelsBytes = 12 << 20;
 constexpr int64_t kL2Bytes = 1 << 20;
 
 template <typename Products>
 int64_t shared_block_depth(int64_t rows, int64_t columns) {
   const int64_t sums_bytes = rows * columns * int64_t{sizeof(typename Products::Sum)};
-  if (sums_bytes <= at::get_num_threads() * kL2Bytes || is_intel_cpu()) {
+  if (sums_bytes <= at::get_num_threads() * kL2Bytes || amd_cpu_family() < kAmdZen5Family) {
     return Products::kSharedDepth;
   }
   return std::max(Products::kSharedDepth, kDeepSharedPanelsBytes / (round_up(columns, kPanelColumns) *

@@ -192,7 +192,7 @@ def test_deep_products_in_depth_blocks(rows, out_features, in_features, blocked)
 
 @pytest.mark.parametrize("blocked", [False, True])
 def test_deep_blocks_where_the_sums_lie_past_l2(blocked):
-    # 1100 x 1000 float32 sums (4.4 MB) lie past the threads' L2: on CPUs other than Intel's, the
+    # 1100 x 1000 float32 sums (4.4 MB) lie past the threads' L2: on AMD's Zen 5 and later, the
     # 4300 rows of weight are one block of shared panels (three where the sums fit), whose sums
     # are rounded to bfloat16 as they are stored, with no float32 output.
     weight = quantize_weight(4300, 1000, "per_channel_affine")

@@ -64,7 +64,7 @@ def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
 
 
 # Where the sums of every row and column lie past the threads' L2 (1100 x 1000 float32 sums, 4.4
-# MB), the shared panels take deeper blocks on CPUs other than Intel's: 4300 rows of weight make
+# MB), the shared panels take deeper blocks on AMD's Zen 5 and later: 4300 rows of weight make
 # two blocks of fp32 panels and one of bf16 and of int8 panels (five, three and two where the
 # sums fit). fbgemm's packing read in place and codes in rows. fp32's bound grows with the
 # square root of the depth from the 300 rows of weight it is set for, as a float32 sum's rounding
