@@ -42,8 +42,8 @@ def test_each_mode_within_its_error_bound(precision, scheme):
 # GEMMs: partial and whole blocks of the 12 rows the AVX-512 kernel takes at once, more rows than
 # it runs at once (144), both sides of the panel GEMM's division by columns (up to 255 rows) and
 # by rows and columns, and the tiled GEMM from 256 rows on Intel CPUs. 1100 columns leave a
-# partial last tile and panel; 300 rows of weight make two blocks of depth. fbgemm's packing and
-# codes in rows, whose float32 streams end at 24 rows on a Zen 5 (float16 values at 8).
+# partial last tile and panel; 300 rows of weight make two blocks of depth. fbgemm's packing
+# (streamed up to 16 rows) and codes in rows (up to 24 on a Zen 5; float16 values up to 8 there).
 @pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 8, 9, 13, 16, 17, 24, 25, 32, 33, 64, 150, 255, 256, 512])
 @pytest.mark.parametrize("scheme", SCHEMES)
 def test_every_kernel_is_exact_to_float32_rounding(rows, scheme):
