@@ -405,28 +405,26 @@ constexpr int64_t kStreamedPackedRowsMin = 128;
 
 namespace {
 
-// The CPUs whose packed rows stream: AMD's family 19h, of which only Zen 4 has the AVX-512
-// packers that stream. On a Zen 5 EPYC (family 1Ah), whose stores did not wait so, the rows kept
-// in the caches measured faster: 2 threads, alternated in one process, cached over streamed time,
-// the decoder's sequence above at 128-256 rows forward 0.98x and backward 0.93-0.94x, at 512-1024
-// rows 0.97-1.03x and 0.96-1.02x, its group-wise int4 layers at 256 rows 0.98x and 0.96x, whole
-// LoRA steps of that decoder on 256 tokens (torchao's int8 and int4 layers, bf16 base) alternated
-// step by step 0.99-1.01x; each product alone, repeated (quantize_dynamic's layers): 256 and 512 x
-// 768 -> 3072 fp32 0.86-0.88x, bf16 0.88-0.95x, int8 0.92-0.93x; 2048 rows 0.94-1.00x; 1024 x 896
-// -> 4864 0.94-0.98x; 256 x 4096 -> 4096 0.98-1.00x. Intel's CPUs, unmeasured, keep their rows in
-// the caches too.
-constexpr int kStreamedPackedRowsFamily = 0x19;
-
-// Whether this process streams packed rows (where packed_rows_streamed asks for it): on those
-// CPUs, unless QLGRAD_STREAMED_PACKED_ROWS is "0"; "1" streams them on any CPU, so that the tests
-// take both paths on every machine.
+// The packed rows stream on AMD's Zen 4 family (kAmdZen4Family) only. On a Zen 5 EPYC, whose stores
+// did not wait so, the rows kept in the caches measured faster: 2 threads, alternated in one
+// process, cached over streamed time, the decoder's sequence above at 128-256 rows forward 0.98x
+// and backward 0.93-0.94x, at 512-1024 rows 0.97-1.03x and 0.96-1.02x, its group-wise int4 layers
+// at 256 rows 0.98x and 0.96x, whole LoRA steps of that decoder on 256 tokens (torchao's int8 and
+// int4 layers, bf16 base) alternated step by step 0.99-1.01x; each product alone, repeated
+// (quantize_dynamic's layers): 256 and 512 x 768 -> 3072 fp32 0.86-0.88x, bf16 0.88-0.95x, int8
+// 0.92-0.93x; 2048 rows 0.94-1.00x; 1024 x 896 -> 4864 0.94-0.98x; 256 x 4096 -> 4096 0.98-1.00x.
+// Intel's CPUs, unmeasured, keep their rows in the caches too.
+//
+// Whether this process streams packed rows (where packed_rows_streamed asks for it): on Zen 4,
+// unless QLGRAD_STREAMED_PACKED_ROWS is "0"; "1" streams them on any CPU, so that the tests take
+// both paths on every machine.
 bool streams_packed_rows() {
   static const bool streams = [] {
     const char* variable = std::getenv("QLGRAD_STREAMED_PACKED_ROWS");
     if (const std::string value = variable != nullptr ? variable : ""; value == "0" || value == "1") {
       return value == "1";
     }
-    return amd_cpu_family() == kStreamedPackedRowsFamily;
+    return amd_cpu_family() == kAmdZen4Family;
   }();
   return streams;
 }

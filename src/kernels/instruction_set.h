@@ -38,8 +38,9 @@ bool is_intel_cpu();
 // for other vendors' CPUs.
 int amd_cpu_family();
 
-// Zen 5's family: its 512-bit units multiply twice as fast a cycle as a Zen 4's, from caches and
-// memory that did not double, and the kernel choices measured on it from this family on.
-constexpr int kAmdZen5Family = 0x1A;
+// AMD's families of Zen 4 (with Zen 3, which has no AVX-512) and of Zen 5, whose 512-bit units
+// multiply twice as fast a cycle as a Zen 4's from caches and memory that did not double: where
+// the kernel choices measured on each differ, they follow the family.
+constexpr int kAmdZen4Family = 0x19, kAmdZen5Family = 0x1A;
 
 } // namespace qlgrad::math
