@@ -68,37 +68,38 @@ at::Tensor pack_rows(const at::Tensor& lhs, const std::optional<at::Tensor>& sca
 
 // lhs as the kernels read it: the kernel call for the rows from `row` (a multiple of kBlockRows)
 // at depth index d starts at at(row, d) and reads its rows as `layout` says. Packed by pack_rows,
-// or, for the AMX kernels, lhs's own rows where the tiles can load them as they lie (rows_in_place).
+// or lhs's own rows where the kernels read them as they lie (rows_in_place).
 template <typename Products>
 struct KernelLhs {
   using Element = typename Products::Element;
   at::Tensor storage;  // the packing, or lhs
   int64_t row_stride, depth_stride;
-  AmxLhsLayout layout;
+  LhsLayout layout;
   // storage's elements, found once rather than at each kernel call.
   const Element* data = storage.const_data_ptr<Element>();
 
   const Element* at(int64_t row, int64_t depth) const { return data + row * row_stride + depth * depth_stride; }
 };
 
-// Whether the AMX tiles read lhs's rows where they lie, packing none: lhs in the products' element
-// type and not scaled, in whole blocks of rows (a tile's rows past lhs's last would lie past it)
-// and whole tile rows of depth (a tile row past a row's end would read the next row's values,
-// which the panels' zero padding could turn into NaN), its rows a stride apart that is not a
-// multiple of kInPlaceStrideBytesMultiple, whose 32 rows of a task would share a few of L1's sets.
-// On a Sapphire Rapids Xeon, 2 threads, the forward and backward of a 150m decoder's four shapes
-// of projection at 256 rows in bfloat16 (896 -> 896, 128 and 4864; 4864 -> 896), packed and in
-// place: torch's int4 packing 7.7-8.2 -> 7.0-7.2 ms, torchao's group-wise int4 layers 9.1-9.4 ->
-// 8.4-9.0 ms. Rows 8 KiB apart in place: 256 x 4096 -> 4096 4.4-4.6 -> 4.9-5.2 ms.
+// Whether the kernels read lhs's rows where they lie, packing none (where Products::
+// reads_rows_in_place): lhs in the products' element type and not scaled, in whole blocks of rows
+// where the kernels need them (kInPlaceRowsMultiple) and whole steps of depth (for AMX tiles, whole
+// tile rows: one past a row's end would read the next row's values, which the panels' zero padding
+// could turn into NaN), its rows a stride apart that is not a multiple of
+// kInPlaceStrideBytesMultiple, whose rows of a task would share a few of L1's sets. On a Sapphire
+// Rapids Xeon, 2 threads, the forward and backward of a 150m decoder's four shapes of projection at
+// 256 rows in bfloat16 (896 -> 896, 128 and 4864; 4864 -> 896), packed and in place on AMX tiles:
+// torch's int4 packing 7.7-8.2 -> 7.0-7.2 ms, torchao's group-wise int4 layers 9.1-9.4 -> 8.4-9.0
+// ms. Rows 8 KiB apart in place: 256 x 4096 -> 4096 4.4-4.6 -> 4.9-5.2 ms.
 constexpr int64_t kInPlaceStrideBytesMultiple = 1024;
 
 template <typename Products>
 bool rows_in_place(const at::Tensor& lhs, const std::optional<at::Tensor>& scale) {
   using Element = typename Products::Element;
   const int64_t row_bytes = lhs.stride(0) * int64_t{sizeof(Element)};
-  return Products::kReadsRowsInPlace && !scale && lhs.scalar_type() == c10::CppTypeToScalarType<Element>::value &&
-         lhs.stride(1) == 1 && lhs.size(0) % Products::kBlockRows == 0 && lhs.size(1) % Products::kDepthStep == 0 &&
-         row_bytes % kInPlaceStrideBytesMultiple != 0;
+  return Products::reads_rows_in_place() && !scale && lhs.scalar_type() == c10::CppTypeToScalarType<Element>::value &&
+         lhs.stride(1) == 1 && lhs.size(0) % Products::kInPlaceRowsMultiple == 0 &&
+         lhs.size(1) % Products::kDepthStep == 0 && row_bytes % kInPlaceStrideBytesMultiple != 0;
 }
 
 template <typename Products>
@@ -106,13 +107,14 @@ KernelLhs<Products> kernel_lhs(const at::Tensor& lhs, const std::optional<at::Te
   constexpr int64_t kElementBytes = sizeof(typename Products::Element), kBlockRows = Products::kBlockRows;
   const int64_t depth = lhs.size(1), row_stride = lhs.stride(0);
   if (rows_in_place<Products>(lhs, scale)) {
-    return {lhs,
-            row_stride,
-            1,
-            {kBlockRows * row_stride, row_stride * kElementBytes, Products::kDepthStep * kElementBytes}};
+    return {
+        lhs,
+        row_stride,
+        1,
+        {kBlockRows * row_stride, row_stride * kElementBytes, Products::kDepthStep * kElementBytes, /*in_place=*/true}};
   }
   const int64_t stored_depth = round_up(depth, Products::kDepthStep);
-  return {pack_rows<Products>(lhs, scale), stored_depth, kBlockRows, AmxLhsLayout::packed(kBlockRows * stored_depth)};
+  return {pack_rows<Products>(lhs, scale), stored_depth, kBlockRows, LhsLayout::packed(kBlockRows * stored_depth)};
 }
 
 // The rows of each panel from `written` (the reader's depth, rounded to a pair) to panel_depth

@@ -31,7 +31,7 @@ struct AmxWeightRows {
   static void prepare_thread() { kernels().configure_tiles_amx(); }
   static void multiply(int64_t rows, const at::BFloat16* weight, int64_t block_stride, const at::BFloat16* panel,
                        int64_t depth, float* sums, int64_t lds, int64_t width, bool accumulate) {
-    kernels().weight_rows_bfloat16_amx(rows, weight, AmxLhsLayout::packed(block_stride), panel, depth, sums, lds, width,
+    kernels().weight_rows_bfloat16_amx(rows, weight, LhsLayout::packed(block_stride), panel, depth, sums, lds, width,
                                        accumulate, /*rounded=*/nullptr, 0);
   }
 };
@@ -43,7 +43,7 @@ struct Avx512WeightRows {
   static void prepare_thread() {}
   static void multiply(int64_t rows, const at::BFloat16* weight, int64_t /*block_stride*/, const at::BFloat16* panel,
                        int64_t depth, float* sums, int64_t lds, int64_t width, bool accumulate) {
-    kernels().panel_rows_bfloat16(rows, weight, panel, depth, sums, lds, width, accumulate, /*rounded=*/nullptr, 0);
+    kernels().panel_rows_bfloat16(rows, weight, 0, panel, depth, sums, lds, width, accumulate, /*rounded=*/nullptr, 0);
   }
 };
 

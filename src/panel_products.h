@@ -102,7 +102,9 @@ struct Int8Operands {
 // The AVX-512 kernels take kKernelRows rows at once, from blocks of as many.
 struct Avx512Kernels : Avx512Blocking {
   static constexpr bool kRoundsSums = false;
-  static constexpr bool kReadsRowsInPlace = false;
+  static bool reads_rows_in_place() { return false; }
+  // Rows in place need not come in whole blocks: a kernel call reads the rows it is given.
+  static constexpr int64_t kInPlaceRowsMultiple = 1;
   static constexpr int64_t kBlockRows = kKernelRows, kTaskRows = kKernelRows;
   static void prepare_thread() {}
 };
@@ -111,7 +113,9 @@ struct Avx512Kernels : Avx512Blocking {
 // lie (rows_in_place); a thread configures its tiles once per parallel region.
 struct AmxKernels : AmxBlocking {
   static constexpr bool kRoundsSums = false;
-  static constexpr bool kReadsRowsInPlace = true;
+  static bool reads_rows_in_place() { return true; }
+  // A tile's rows past lhs's last would lie past it.
+  static constexpr int64_t kInPlaceRowsMultiple = kAmxBlockRows;
   static constexpr int64_t kBlockRows = kAmxBlockRows, kTaskRows = kAmxTaskRows;
   static void prepare_thread() { kernels().configure_tiles_amx(); }
 };
@@ -119,7 +123,7 @@ struct AmxKernels : AmxBlocking {
 struct FloatProducts : FloatOperands, Avx512Kernels {
   static constexpr int64_t kDepthStep = 1;
   static PackRowsFn<float>* packer() { return kernels().pack_rows; }
-  static void multiply(int64_t rows, const float* lhs, const AmxLhsLayout& /*lhs_layout*/, const float* panel,
+  static void multiply(int64_t rows, const float* lhs, const LhsLayout& /*lhs_layout*/, const float* panel,
                        int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
                        at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
     kernels().panel_rows(rows, lhs, panel, depth, out, ldo, width, accumulate);
@@ -129,6 +133,14 @@ struct FloatProducts : FloatOperands, Avx512Kernels {
 struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   static constexpr bool kRoundsSums = true;
   static constexpr int64_t kDepthStep = 2;
+  // bfloat16 rows read where they lie (rows_in_place), packing none. On a Zen 5 EPYC, 2 threads,
+  // alternated in one process, over the dense bfloat16 layers' time, the decoder's four shapes (896
+  // -> 896, 128 and 4864; 4864 -> 896, four copies each) packed and in place: torch's int4 packing
+  // at 256 rows forward 1.05-1.09x -> 1.00-1.02x, backward 1.02-1.04x -> 0.95-0.98x, at 512-1024
+  // rows 1.03-1.07x -> 0.94-0.99x and 0.97-1.00x -> 0.92-0.96x; torchao's group-wise int4 layers'
+  // backward at 256-1024 rows 0.98-1.05x -> 0.92-0.99x; at 16-192 rows, whose products are divided
+  // by columns, 0.94-1.00x the time. Intel's CPUs, unmeasured, pack them.
+  static bool reads_rows_in_place() { return !is_intel_cpu(); }
   // Codes that lie along the depth (WeightReader::runs_along_depth: the training forwards' W.T)
   // take blocks twice as deep and half as wide (512 KiB of panels, in L2 beside the rows of x):
   // each row of codes is read in runs twice as long. On a Zen 4 EPYC, 2 threads, over the dense
@@ -165,10 +177,11 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   }
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16; }
-  static void multiply(int64_t rows, const at::BFloat16* lhs, const AmxLhsLayout& /*lhs_layout*/,
-                       const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo, int64_t width,
-                       bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
-    kernels().panel_rows_bfloat16(rows, lhs, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
+  static void multiply(int64_t rows, const at::BFloat16* lhs, const LhsLayout& lhs_layout, const at::BFloat16* panel,
+                       int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
+                       int64_t rounded_stride) {
+    const int64_t ldl = lhs_layout.in_place ? lhs_layout.row_bytes / int64_t{sizeof(at::BFloat16)} : 0;
+    kernels().panel_rows_bfloat16(rows, lhs, ldl, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
   }
 };
 
@@ -189,7 +202,7 @@ struct Int8Products : Int8Operands, Avx512Kernels {
     return {kColumnDepth, kBlockColumns};
   }
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
-  static void multiply(int64_t rows, const int8_t* lhs, const AmxLhsLayout& /*lhs_layout*/, const uint8_t* panel,
+  static void multiply(int64_t rows, const int8_t* lhs, const LhsLayout& /*lhs_layout*/, const uint8_t* panel,
                        int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
                        at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
     kernels().panel_rows_int8(rows, lhs, panel, depth, out, ldo, width, accumulate);
@@ -239,7 +252,7 @@ struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
   }
   static PackRowsFn<at::BFloat16>* packer() { return kernels().pack_rows_bfloat16_amx; }
   static PackRowsFn<float, at::BFloat16>* float_packer() { return kernels().pack_float_rows_bfloat16_amx; }
-  static void multiply(int64_t rows, const at::BFloat16* lhs, const AmxLhsLayout& lhs_layout, const at::BFloat16* panel,
+  static void multiply(int64_t rows, const at::BFloat16* lhs, const LhsLayout& lhs_layout, const at::BFloat16* panel,
                        int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
                        int64_t rounded_stride) {
     kernels().panel_rows_bfloat16_amx(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, rounded,
@@ -250,7 +263,7 @@ struct AmxBFloat16Products : BFloat16Operands, AmxKernels {
 struct AmxInt8Products : Int8Operands, AmxKernels {
   static constexpr int64_t kDepthStep = 64;
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8_amx; }
-  static void multiply(int64_t rows, const int8_t* lhs, const AmxLhsLayout& lhs_layout, const uint8_t* panel,
+  static void multiply(int64_t rows, const int8_t* lhs, const LhsLayout& lhs_layout, const uint8_t* panel,
                        int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
                        at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
     kernels().panel_rows_int8_amx(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, nullptr, 0);

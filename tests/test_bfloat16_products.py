@@ -106,6 +106,21 @@ def test_rows_read_in_place_multiply_as_packed_rows(depth):
     assert torch.equal(torch.ops.qlgrad._int8_linear(activation, weight), torch._int_mm(activation, weight.t()))
 
 
+@pytest.mark.parametrize("rows", [40, 260])
+def test_bfloat16_rows_in_place_and_packed_give_the_same_bits(rows):
+    """The AVX512-BF16 kernel reads a bfloat16 gradient's rows where they lie (rows 1056 bytes
+    apart here) unless lhs carries a scale, which packing applies: per channel, scales of 1 (packed)
+    against group-wise ones (in place) multiply the same values, past the streams, divided by
+    columns (40 rows) and in shared panels (260): the same products, bit for bit."""
+    gen = torch.Generator().manual_seed(rows)
+    depth = 528
+    grad_output = torch.randn(rows, depth, generator=gen).to(torch.bfloat16)
+    codes = torch.randint(-128, 128, (depth, 200), dtype=torch.int8, generator=gen)
+    packed = qlgrad.linear_int8_backward(grad_output, codes, torch.ones(depth), None, "bf16")
+    in_place = qlgrad.linear_int8_backward(grad_output, codes, torch.ones(depth, 2), None, "bf16")
+    assert torch.equal(in_place, packed)
+
+
 @pytest.mark.skipif("amx" not in qlgrad.cpu_extensions(), reason="the AMX tiles read rows in place")
 @pytest.mark.parametrize("width", [896, 1024, 3072])
 def test_int8_gradient_rows_read_in_place_multiply_as_packed_rows(width):

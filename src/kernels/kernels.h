@@ -147,13 +147,14 @@ using BlockedFloatPanelsFn = void(const BlockedLayout& layout, const int8_t* pac
                                   int64_t panel_depth);
 
 // The same with bfloat16 products (vdpbf16ps) and float32 sums: lhs packed as [depth / 2][kKernelRows]
-// pairs of bfloat16 (rows n and n + 1 of lhs's column side by side), the panel [depth / 2]
-// [kPanelColumns] pairs (weight rows n and n + 1 of each column side by side); depth even. With
-// `rounded`, the sums (added to out's with `accumulate`) go there instead, rounded to bfloat16 (to
-// nearest even), rows rounded_stride elements apart.
-using PanelRowsBFloat16Fn = void(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
-                                 float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
-                                 int64_t rounded_stride);
+// pairs of bfloat16 (rows n and n + 1 of lhs's column side by side), or with ldl > 0 its rows where
+// they lie, ldl elements apart; the panel [depth / 2][kPanelColumns] pairs (weight rows n and n + 1
+// of each column side by side); depth even. With `rounded`, the sums (added to out's with
+// `accumulate`) go there instead, rounded to bfloat16 (to nearest even), rows rounded_stride
+// elements apart.
+using PanelRowsBFloat16Fn = void(int64_t rows, const at::BFloat16* lhs, int64_t ldl, const at::BFloat16* panel,
+                                 int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
+                                 at::BFloat16* rounded, int64_t rounded_stride);
 
 // value[top:top + depth, first:first + count] as such bfloat16 panels, rounded to nearest even,
 // panel_depth (even) rows of kPanelColumns apart; an odd depth's last pair ends in a zero row.
@@ -193,30 +194,35 @@ using TransposeSumsFn = void(const int32_t* sums, int64_t lds, int64_t rows, int
 
 // The panel GEMM on AMX tiles (16 x 64-byte tile rows): the same products as PanelRowsBFloat16Fn
 // and PanelRowsInt8Fn, whose panels of pairs and quads are the layout AMX multiplies, for up to
-// kAmxTaskRows rows of lhs in two tiles of kAmxBlockRows rows. lhs lies as AmxLhsLayout says, in
+// kAmxTaskRows rows of lhs in two tiles of kAmxBlockRows rows. lhs lies as LhsLayout says, in
 // tile rows of S values (S = 64 bytes' elements: 32 bfloat16 or 64 int8 values) along a depth
 // that is a multiple of S (the panels past the weight's depth zero, or any int8 value). The
 // tiles must have been configured (ConfigureTilesFn) on the calling thread since anything else
 // used them: loading the configuration costs as much as a quarter of a kernel call.
 constexpr int64_t kAmxBlockRows = 16;
 constexpr int64_t kAmxTaskRows = 2 * kAmxBlockRows;
-// Where lhs's tile rows lie for a kernel call: the one of row r (below kAmxBlockRows) at depth step
-// s at lhs + r * row_bytes + s * step_bytes (in bytes), rows 16 to 31 block_stride elements after
-// rows 0 to 15. Packed in blocks of kAmxBlockRows rows, each [depth / S][kAmxBlockRows][S]:
-// row_bytes 64 and step_bytes 16 x 64; lhs's own rows: row_bytes their stride, step_bytes 64.
-struct AmxLhsLayout {
+// Where lhs's rows lie for a kernel call: packed as the kernel reads them, or in place, lhs's own
+// rows. The AMX kernels read the tile row of row r (below kAmxBlockRows) at depth step s at lhs + r
+// * row_bytes + s * step_bytes (in bytes), rows 16 to 31 block_stride elements after rows 0 to 15:
+// packed in blocks of kAmxBlockRows rows, each [depth / S][kAmxBlockRows][S], row_bytes 64 and
+// step_bytes 16 x 64; in place, row_bytes their stride and step_bytes 64. The AVX512-BF16 kernel
+// (PanelRowsBFloat16Fn) reads its packing, or in place rows row_bytes apart.
+struct LhsLayout {
   int64_t block_stride;
   int64_t row_bytes;
   int64_t step_bytes;
+  bool in_place;
 
   // Blocks packed so, the second block_stride elements after the first.
-  static constexpr AmxLhsLayout packed(int64_t block_stride) { return {block_stride, 64, kAmxBlockRows * 64}; }
+  static constexpr LhsLayout packed(int64_t block_stride) {
+    return {block_stride, 64, kAmxBlockRows * 64, /*in_place=*/false};
+  }
 };
 using ConfigureTilesFn = void();
 // With `rounded` (float32 sums only), the sums (added to out's with `accumulate`) go there instead,
 // rounded to bfloat16 (to nearest even), rows rounded_stride elements apart.
 template <typename Element, typename Panel, typename Sum>
-using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const AmxLhsLayout& lhs_layout, const Panel* panel,
+using PanelRowsAmxFn = void(int64_t rows, const Element* lhs, const LhsLayout& lhs_layout, const Panel* panel,
                             int64_t depth, Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
                             int64_t rounded_stride);
 

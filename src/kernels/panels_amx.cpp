@@ -3,7 +3,7 @@
 // 16 rows by 16 columns by a tile row's depth. The weight's panels are those of the AVX-512
 // kernels (panels_avx512_bf16.cpp, panels_avx512_vnni.cpp): a panel row holds 32 columns of
 // pairs or quads of depth, 128 bytes, whose halves are the rows of AMX's second operand, so
-// they are read as they are. lhs is read as AmxLhsLayout says: packed in tiles of 16 rows of 64
+// they are read as they are. lhs is read as LhsLayout says: packed in tiles of 16 rows of 64
 // bytes, or its rows where they lie.
 
 #include "variants.h"
@@ -72,7 +72,7 @@ enum class Streamed { kPanel, kLhs };
 
 // The sums of `rows` rows (up to kAmxTaskRows; the bottom tiles with Bottom) by a panel.
 template <bool Bottom, Streamed Once, typename Element, typename Sum>
-void tile_kernel(int64_t rows, const Element* lhs, const AmxLhsLayout& lhs_layout, const void* panel, int64_t depth,
+void tile_kernel(int64_t rows, const Element* lhs, const LhsLayout& lhs_layout, const void* panel, int64_t depth,
                  Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
   constexpr int64_t kDepthStep = kTileRowBytes / sizeof(Element);
   constexpr int64_t kSumRowBytes = kPanelColumns * sizeof(Sum);
@@ -179,7 +179,7 @@ void tile_kernel(int64_t rows, const Element* lhs, const AmxLhsLayout& lhs_layou
 }
 
 template <Streamed Once = Streamed::kPanel, typename Element, typename Sum>
-void panel_rows_amx(int64_t rows, const Element* lhs, const AmxLhsLayout& lhs_layout, const void* panel, int64_t depth,
+void panel_rows_amx(int64_t rows, const Element* lhs, const LhsLayout& lhs_layout, const void* panel, int64_t depth,
                     Sum* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
                     int64_t rounded_stride) {
   if (rows > kAmxBlockRows) {
@@ -217,13 +217,13 @@ void configure_tiles_amx() {
   _tile_loadconfig(&kTileConfig);
 }
 
-void panel_rows_bfloat16_amx(int64_t rows, const at::BFloat16* lhs, const AmxLhsLayout& lhs_layout,
+void panel_rows_bfloat16_amx(int64_t rows, const at::BFloat16* lhs, const LhsLayout& lhs_layout,
                              const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo, int64_t width,
                              bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
   panel_rows_amx(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
 }
 
-void weight_rows_bfloat16_amx(int64_t rows, const at::BFloat16* weight, const AmxLhsLayout& weight_layout,
+void weight_rows_bfloat16_amx(int64_t rows, const at::BFloat16* weight, const LhsLayout& weight_layout,
                               const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo, int64_t width,
                               bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
   panel_rows_amx<Streamed::kLhs>(rows, weight, weight_layout, panel, depth, out, ldo, width, accumulate, rounded,
@@ -240,7 +240,7 @@ void pack_float_rows_bfloat16_amx(const float* lhs, int64_t ldl, int64_t count, 
   pack_bfloat16_tiles(lhs, ldl, count, depth, factors, factor_stride, block);
 }
 
-void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, const AmxLhsLayout& lhs_layout, const uint8_t* panel,
+void panel_rows_int8_amx(int64_t rows, const int8_t* lhs, const LhsLayout& lhs_layout, const uint8_t* panel,
                          int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
                          at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
   panel_rows_amx(rows, lhs, lhs_layout, panel, depth, out, ldo, width, accumulate, nullptr, 0);

@@ -19,20 +19,23 @@ namespace {
 // With Narrow, only the panel's first 16 columns (width <= 16): the other half's products, which
 // no column takes, are left out. A last panel of 16 rows of x in the forwards with the weight's
 // rows first (matmul_weight_tiles.cpp), on an AMD EPYC, 2 threads: torchao's group-wise layers at
-// 144 and 208 rows of 896 -> 4864, 1024 -> 2816 and 4096 -> 4096, 0.92-0.95x the time.
-template <int64_t Rows, bool Narrow>
-void panel_kernel(const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth, float* out, int64_t ldo,
-                  int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
+// 144 and 208 rows of 896 -> 4864, 1024 -> 2816 and 4096 -> 4096, 0.92-0.95x the time. With
+// InPlace, lhs's rows where they lie, ldl elements apart (a step's pairs from Rows lines), else a
+// packed block (a step's pairs side by side).
+template <int64_t Rows, bool Narrow, bool InPlace>
+void panel_kernel(const at::BFloat16* lhs, int64_t ldl, const at::BFloat16* panel, int64_t depth, float* out,
+                  int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded, int64_t rounded_stride) {
   __m512 low[Rows], high[Rows];
   avx512::load_sums<Rows>(low, high, out, ldo, width, accumulate);
   const auto* lhs_pairs = reinterpret_cast<const int32_t*>(lhs);
+  const int64_t row_pairs = InPlace ? ldl / 2 : 1, pair_step = InPlace ? 1 : kKernelRows;
   for (int64_t pair = 0; pair < depth / 2; ++pair) {
     const __m512bh panel_low = (__m512bh)_mm512_loadu_si512(panel + pair * 2 * kPanelColumns);
     const __m512bh panel_high =
         Narrow ? panel_low : (__m512bh)_mm512_loadu_si512(panel + pair * 2 * kPanelColumns + kPanelColumns);
 #pragma GCC unroll 12
     for (int64_t r = 0; r < Rows; ++r) {
-      const __m512bh factors = (__m512bh)_mm512_set1_epi32(lhs_pairs[pair * kKernelRows + r]);
+      const __m512bh factors = (__m512bh)_mm512_set1_epi32(lhs_pairs[pair * pair_step + r * row_pairs]);
       low[r] = _mm512_dpbf16_ps(low[r], factors, panel_low);
       if constexpr (!Narrow) {
         high[r] = _mm512_dpbf16_ps(high[r], factors, panel_high);
@@ -177,14 +180,20 @@ void pack_pairs(const Source* lhs, int64_t ldl, int64_t count, int64_t depth, co
 
 } // namespace
 
-void panel_rows_bfloat16_avx512(int64_t rows, const at::BFloat16* lhs, const at::BFloat16* panel, int64_t depth,
-                                float* out, int64_t ldo, int64_t width, bool accumulate, at::BFloat16* rounded,
-                                int64_t rounded_stride) {
+void panel_rows_bfloat16_avx512(int64_t rows, const at::BFloat16* lhs, int64_t ldl, const at::BFloat16* panel,
+                                int64_t depth, float* out, int64_t ldo, int64_t width, bool accumulate,
+                                at::BFloat16* rounded, int64_t rounded_stride) {
   with_rows<kKernelRows>(rows, [&]<int64_t Rows>() {
-    if (width <= 16) {
-      panel_kernel<Rows, true>(lhs, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
+    if (ldl != 0) {
+      if (width <= 16) {
+        panel_kernel<Rows, true, true>(lhs, ldl, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
+      } else {
+        panel_kernel<Rows, false, true>(lhs, ldl, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
+      }
+    } else if (width <= 16) {
+      panel_kernel<Rows, true, false>(lhs, 0, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
     } else {
-      panel_kernel<Rows, false>(lhs, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
+      panel_kernel<Rows, false, false>(lhs, 0, panel, depth, out, ldo, width, accumulate, rounded, rounded_stride);
     }
   });
 }
