@@ -57,9 +57,8 @@ at::Tensor int8_input_gradient(const at::Tensor& grad_rows, const StoredWeight& 
   const auto grad = as_contiguous(in_dtype(grad_rows, at::kFloat));
   const int64_t m = grad.size(0), n = grad.size(1);
   const auto channel_scale = as_contiguous(weight.scale.expand({n}));
-  // On AMX tiles, which read them where they lie, the codes' rows are spaced as the tiles read them
-  // best (int8_rows_stride); torch._int_mm takes contiguous ones.
-  const int64_t stride = kernels().panel_rows_int8_amx != nullptr ? int8_rows_stride(n) : n;
+  // The codes' rows spaced as the int8 panel GEMM reads them best where they lie (int8_rows_stride).
+  const int64_t stride = int8_rows_stride(n);
   auto quantized = scratch(ScratchUse::kGradientCodes, {m, stride}, at::kChar).narrow(1, 0, n);
   auto row_scale = at::empty({m, 1}, grad.options());
   const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(n, 1));

@@ -100,8 +100,10 @@ bool int4pack_linear_is_faster(int64_t rows, at::ScalarType dtype);
 // where this holds qlgrad's product serves inputs that do not require grad too.
 bool int4pack_linear_is_torchs(int64_t rows, int64_t columns, at::ScalarType dtype);
 
-// The row stride of an int8 lhs of `depth` columns that the AMX tiles read where it lies: rows a
-// multiple of 1 KiB apart would share a few of L1's sets, and are spaced a cache line further.
+// The row stride of an int8 lhs of `depth` columns for int8_codes_matmul: where the int8 panel GEMM
+// reads its rows where they lie (AMX tiles; AVX512-VNNI on AMD's CPUs), rows a multiple of 1 KiB
+// apart would share a few of L1's sets, and are spaced a cache line further; elsewhere `depth`
+// (torch._int_mm takes contiguous rows).
 int64_t int8_rows_stride(int64_t depth);
 
 // result [M, K] float32 = (lhs @ codes - row_offset[:, None]) * row_scale[:, None] for int8 lhs

@@ -438,7 +438,11 @@ bool packed_rows_streamed(int64_t rows) {
 }
 
 int64_t int8_rows_stride(int64_t depth) {
-  return depth % kInPlaceStrideBytesMultiple == 0 ? depth + kCacheLine : depth;
+  const auto& kernel = kernels();
+  const bool in_place = kernel.panel_rows_int8_amx != nullptr
+                            ? AmxInt8Products::reads_rows_in_place()
+                            : kernel.panel_rows_int8 != nullptr && Int8Products::reads_rows_in_place();
+  return in_place && depth % kInPlaceStrideBytesMultiple == 0 ? depth + kCacheLine : depth;
 }
 
 at::Tensor panel_gemm(const at::Tensor& lhs, const WeightReader& reader, const std::optional<at::Tensor>& scale,

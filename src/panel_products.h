@@ -187,6 +187,14 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
 
 struct Int8Products : Int8Operands, Avx512Kernels {
   static constexpr int64_t kDepthStep = 4;
+  // int8 rows read where they lie (rows_in_place; the int8 backward's quantized gradient spaced by
+  // int8_rows_stride), packing none. On a Zen 5 EPYC, 2 threads, alternated in one process, over the
+  // packed rows' time: the int8 backward (rows x in -> out, per channel) at 1024 x 896 -> 4864 and
+  // 2048 x 768 -> 3072 0.91-0.92x, at 32-256 rows of 768 -> 3072, 3072 -> 768, 896 -> 4864 and 4096
+  // -> 4096 0.97-1.00x; torchao's int8 training forward through the 150m decoder's four shapes
+  // (bfloat16, four copies each) at 16-64 rows 0.93-0.94x, at 256-1024 rows 0.97-1.01x. Intel's
+  // CPUs, unmeasured, pack them.
+  static bool reads_rows_in_place() { return !is_intel_cpu(); }
   // Panels of a byte a value: blocks twice (divided by columns) and four times (shared) as deep as
   // the float32 panels' hold 16 KiB and 128 KiB panels, with fewer passes of the sums. On a Zen 4
   // EPYC, 2 threads, alternated in one process, the int8 backward (quantizing the float32 gradient
@@ -202,10 +210,11 @@ struct Int8Products : Int8Operands, Avx512Kernels {
     return {kColumnDepth, kBlockColumns};
   }
   static PackRowsFn<int8_t>* packer() { return kernels().pack_rows_int8; }
-  static void multiply(int64_t rows, const int8_t* lhs, const LhsLayout& /*lhs_layout*/, const uint8_t* panel,
+  static void multiply(int64_t rows, const int8_t* lhs, const LhsLayout& lhs_layout, const uint8_t* panel,
                        int64_t depth, int32_t* out, int64_t ldo, int64_t width, bool accumulate,
                        at::BFloat16* /*rounded*/, int64_t /*rounded_stride*/) {
-    kernels().panel_rows_int8(rows, lhs, panel, depth, out, ldo, width, accumulate);
+    kernels().panel_rows_int8(rows, lhs, lhs_layout.in_place ? lhs_layout.row_bytes : 0, panel, depth, out, ldo, width,
+                              accumulate);
   }
 };
 

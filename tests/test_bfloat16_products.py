@@ -121,13 +121,15 @@ def test_bfloat16_rows_in_place_and_packed_give_the_same_bits(rows):
     assert torch.equal(in_place, packed)
 
 
-@pytest.mark.skipif("amx" not in qlgrad.cpu_extensions(), reason="the AMX tiles read rows in place")
 @pytest.mark.parametrize("width", [896, 1024, 3072])
 def test_int8_gradient_rows_read_in_place_multiply_as_packed_rows(width):
-    """The `int8` precision's quantized gradient is laid out for the AMX tiles to read where it lies:
-    rows 1 KiB apart (1024 and 3072 wide here) spaced a cache line further. 32 rows (in place)
-    against the first 32 of 33 (packed): the same exact integer products and rescale, bit for bit,
-    from int8 codes in rows and from fbgemm's packing."""
+    """The `int8` precision's quantized gradient is laid out for the int8 panel GEMM to read where it
+    lies (AMX tiles; AVX512-VNNI on AMD's CPUs): rows 1 KiB apart (1024 and 3072 wide here) spaced a
+    cache line further. 32 rows (in place) against the first 32 of 33 (packed for the AMX tiles,
+    which read whole blocks of 16 rows only): the same exact integer products and rescale, bit for
+    bit, from int8 codes in rows and from fbgemm's packing; and against the integer product itself,
+    a gradient of integers up to 127 (each row reaching 127, so quantized to itself) by codes of
+    scale 1."""
     gen = torch.Generator().manual_seed(width)
     grad_output = torch.randn(33, width, generator=gen)
     codes = torch.randint(-128, 128, (width, 160), dtype=torch.int8, generator=gen)
@@ -140,6 +142,10 @@ def test_int8_gradient_rows_read_in_place_multiply_as_packed_rows(width):
     in_place = qlgrad.linear_dynamic_backward(grad_output[:32], params, "int8")
     packed = qlgrad.linear_dynamic_backward(grad_output, params, "int8")[:32]
     assert torch.equal(in_place, packed)
+    integers = torch.randint(-127, 128, (300, width), generator=gen).float()
+    integers[:, 0] = 127
+    expected = (integers.long() @ codes.long()).float()
+    assert torch.equal(qlgrad.linear_int8_backward(integers, codes, torch.ones(1), None, "int8"), expected)
 
 
 def test_bf16_multiplies_in_bfloat16_past_the_streams():

@@ -175,11 +175,11 @@ using SplitThreeBFloat16Fn = void(const float* lhs, int64_t ldl, int64_t rows, i
                                   float* row_factors);
 
 // The panel kernel with int8 products (vpdpbusd) and int32 sums: lhs int8 packed as [depth / 4][kKernelRows]
-// quads (rows n to n + 3 of lhs's column side by side), the panel [depth / 4][kPanelColumns]
-// quads of uint8 values (weight rows n to n + 3 of each column, each value plus 128); depth a
-// multiple of 4.
-using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
-                             int64_t ldo, int64_t width, bool accumulate);
+// quads (rows n to n + 3 of lhs's column side by side), or with ldl > 0 its rows where they lie,
+// ldl bytes apart; the panel [depth / 4][kPanelColumns] quads of uint8 values (weight rows n to n +
+// 3 of each column, each value plus 128); depth a multiple of 4.
+using PanelRowsInt8Fn = void(int64_t rows, const int8_t* lhs, int64_t ldl, const uint8_t* panel, int64_t depth,
+                             int32_t* out, int64_t ldo, int64_t width, bool accumulate);
 
 // The same products with the weight's int8 codes as lhs, read where they lie: rows (up to
 // kKernelRows) of W [N, K] in rows, ldw apart, by a panel of x's rows (Int8TransposedPanelsFn's,
@@ -205,8 +205,8 @@ constexpr int64_t kAmxTaskRows = 2 * kAmxBlockRows;
 // rows. The AMX kernels read the tile row of row r (below kAmxBlockRows) at depth step s at lhs + r
 // * row_bytes + s * step_bytes (in bytes), rows 16 to 31 block_stride elements after rows 0 to 15:
 // packed in blocks of kAmxBlockRows rows, each [depth / S][kAmxBlockRows][S], row_bytes 64 and
-// step_bytes 16 x 64; in place, row_bytes their stride and step_bytes 64. The AVX512-BF16 kernel
-// (PanelRowsBFloat16Fn) reads its packing, or in place rows row_bytes apart.
+// step_bytes 16 x 64; in place, row_bytes their stride and step_bytes 64. The AVX-512 kernels
+// (PanelRowsBFloat16Fn, PanelRowsInt8Fn) read their packing, or in place rows row_bytes apart.
 struct LhsLayout {
   int64_t block_stride;
   int64_t row_bytes;

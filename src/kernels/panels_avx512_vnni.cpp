@@ -182,11 +182,11 @@ void grouped_kernel(const int32_t* quads, const int8_t* panel, int64_t depth, in
 
 } // namespace
 
-void panel_rows_int8_avx512_vnni(int64_t rows, const int8_t* lhs, const uint8_t* panel, int64_t depth, int32_t* out,
-                                 int64_t ldo, int64_t width, bool accumulate) {
-  with_rows<kKernelRows>(rows, [&]<int64_t Rows>() {
-    panel_kernel<Rows>(LhsQuads::packed(lhs), panel, depth, out, ldo, width, accumulate);
-  });
+void panel_rows_int8_avx512_vnni(int64_t rows, const int8_t* lhs, int64_t ldl, const uint8_t* panel, int64_t depth,
+                                 int32_t* out, int64_t ldo, int64_t width, bool accumulate) {
+  const LhsQuads quads = ldl != 0 ? LhsQuads{reinterpret_cast<const uint8_t*>(lhs), ldl, 4} : LhsQuads::packed(lhs);
+  with_rows<kKernelRows>(rows,
+                         [&]<int64_t Rows>() { panel_kernel<Rows>(quads, panel, depth, out, ldo, width, accumulate); });
 }
 
 void weight_rows_int8_avx512_vnni(int64_t rows, const int8_t* weight, int64_t ldw, const uint8_t* panel, int64_t depth,
