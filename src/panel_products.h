@@ -6,7 +6,9 @@
 #include "kernels/kernels.h"
 
 #include <cstdint>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 namespace qlgrad::math {
 
@@ -99,6 +101,21 @@ struct Int8Operands {
   using Sum = int32_t;
 };
 
+// Whether the AVX-512 kernels that can (the bfloat16 and int8 products') read lhs's rows where they
+// lie: on AMD's CPUs, where that measured faster, unless QLGRAD_ROWS_IN_PLACE is "0"; "1" reads them
+// so on any CPU, so that the tests take both paths on every machine. Intel's CPUs, unmeasured, pack
+// them.
+inline bool avx512_rows_in_place() {
+  static const bool in_place = [] {
+    const char* variable = std::getenv("QLGRAD_ROWS_IN_PLACE");
+    if (const std::string value = variable != nullptr ? variable : ""; value == "0" || value == "1") {
+      return value == "1";
+    }
+    return !is_intel_cpu();
+  }();
+  return in_place;
+}
+
 // The AVX-512 kernels take kKernelRows rows at once, from blocks of as many.
 struct Avx512Kernels : Avx512Blocking {
   static constexpr bool kRoundsSums = false;
@@ -139,8 +156,8 @@ struct BFloat16Products : BFloat16Operands, Avx512Kernels {
   // at 256 rows forward 1.05-1.09x -> 1.00-1.02x, backward 1.02-1.04x -> 0.95-0.98x, at 512-1024
   // rows 1.03-1.07x -> 0.94-0.99x and 0.97-1.00x -> 0.92-0.96x; torchao's group-wise int4 layers'
   // backward at 256-1024 rows 0.98-1.05x -> 0.92-0.99x; at 16-192 rows, whose products are divided
-  // by columns, 0.94-1.00x the time. Intel's CPUs, unmeasured, pack them.
-  static bool reads_rows_in_place() { return !is_intel_cpu(); }
+  // by columns, 0.94-1.00x the time.
+  static bool reads_rows_in_place() { return avx512_rows_in_place(); }
   // Codes that lie along the depth (WeightReader::runs_along_depth: the training forwards' W.T)
   // take blocks twice as deep and half as wide (512 KiB of panels, in L2 beside the rows of x):
   // each row of codes is read in runs twice as long. On a Zen 4 EPYC, 2 threads, over the dense
@@ -192,9 +209,8 @@ struct Int8Products : Int8Operands, Avx512Kernels {
   // packed rows' time: the int8 backward (rows x in -> out, per channel) at 1024 x 896 -> 4864 and
   // 2048 x 768 -> 3072 0.91-0.92x, at 32-256 rows of 768 -> 3072, 3072 -> 768, 896 -> 4864 and 4096
   // -> 4096 0.97-1.00x; torchao's int8 training forward through the 150m decoder's four shapes
-  // (bfloat16, four copies each) at 16-64 rows 0.93-0.94x, at 256-1024 rows 0.97-1.01x. Intel's
-  // CPUs, unmeasured, pack them.
-  static bool reads_rows_in_place() { return !is_intel_cpu(); }
+  // (bfloat16, four copies each) at 16-64 rows 0.93-0.94x, at 256-1024 rows 0.97-1.01x.
+  static bool reads_rows_in_place() { return avx512_rows_in_place(); }
   // Panels of a byte a value: blocks twice (divided by columns) and four times (shared) as deep as
   // the float32 panels' hold 16 KiB and 128 KiB panels, with fewer passes of the sums. On a Zen 4
   // EPYC, 2 threads, alternated in one process, the int8 backward (quantizing the float32 gradient

@@ -129,8 +129,16 @@ PACKED_ROWS_TESTS = (
 @pytest.mark.parametrize("streamed", ["0", "1"])
 def test_kernel_tests_pass_with_the_packed_rows_streamed_or_cached(streamed, tmp_path):
     """Which CPUs stream the packed rows is a measured choice (Zen 4's do); both ways are tested on
-    every AVX-512 machine."""
-    run_kernel_tests(PACKED_ROWS_TESTS, tmp_path, QLGRAD_STREAMED_PACKED_ROWS=streamed)
+    every AVX-512 machine, with the rows packed that AMD's CPUs would read where they lie."""
+    run_kernel_tests(PACKED_ROWS_TESTS, tmp_path, QLGRAD_STREAMED_PACKED_ROWS=streamed, QLGRAD_ROWS_IN_PLACE="0")
+
+
+@pytest.mark.skipif(machine_capability() != "avx512", reason="only the AVX-512 kernels read rows in place")
+@pytest.mark.parametrize("in_place", ["0", "1"])
+def test_kernel_tests_pass_with_rows_packed_or_in_place(in_place, tmp_path):
+    """Which CPUs' AVX-512 kernels read bfloat16 and int8 rows where they lie is a measured choice
+    (AMD's do); both ways are tested on every AVX-512 machine."""
+    run_kernel_tests(BFLOAT16_KERNEL_TESTS + INT8_KERNEL_TESTS, tmp_path, QLGRAD_ROWS_IN_PLACE=in_place)
 
 
 def run_kernel_tests(tests, tmp_path, **variables):
