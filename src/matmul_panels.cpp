@@ -21,9 +21,7 @@
 
 #include <ATen/ATen.h>
 
-#include <cstdlib>
 #include <numeric>
-#include <string>
 
 namespace qlgrad::math {
 namespace {
@@ -421,13 +419,7 @@ namespace {
 // unless QLGRAD_STREAMED_PACKED_ROWS is "0"; "1" streams them on any CPU, so that the tests take
 // both paths on every machine.
 bool streams_packed_rows() {
-  static const bool streams = [] {
-    const char* variable = std::getenv("QLGRAD_STREAMED_PACKED_ROWS");
-    if (const std::string value = variable != nullptr ? variable : ""; value == "0" || value == "1") {
-      return value == "1";
-    }
-    return amd_cpu_family() == kAmdZen4Family;
-  }();
+  static const bool streams = measured_choice("QLGRAD_STREAMED_PACKED_ROWS", amd_cpu_family() == kAmdZen4Family);
   return streams;
 }
 

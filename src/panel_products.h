@@ -6,9 +6,7 @@
 #include "kernels/kernels.h"
 
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
-#include <string>
 
 namespace qlgrad::math {
 
@@ -106,13 +104,7 @@ struct Int8Operands {
 // so on any CPU, so that the tests take both paths on every machine. Intel's CPUs, unmeasured, pack
 // them.
 inline bool avx512_rows_in_place() {
-  static const bool in_place = [] {
-    const char* variable = std::getenv("QLGRAD_ROWS_IN_PLACE");
-    if (const std::string value = variable != nullptr ? variable : ""; value == "0" || value == "1") {
-      return value == "1";
-    }
-    return !is_intel_cpu();
-  }();
+  static const bool in_place = measured_choice("QLGRAD_ROWS_IN_PLACE", !is_intel_cpu());
   return in_place;
 }
 

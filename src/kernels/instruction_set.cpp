@@ -119,6 +119,14 @@ std::string cpu_vendor() {
 
 } // namespace
 
+bool measured_choice(const char* variable, bool measured) {
+  const char* value = std::getenv(variable);
+  if (const std::string forced = value != nullptr ? value : ""; forced == "0" || forced == "1") {
+    return forced == "1";
+  }
+  return measured;
+}
+
 bool is_intel_cpu() {
   static const bool intel = cpu_vendor() == "GenuineIntel";
   return intel;

@@ -38,6 +38,11 @@ bool is_intel_cpu();
 // for other vendors' CPUs.
 int amd_cpu_family();
 
+// A kernel choice measured per CPU (`measured`), which the environment variable `variable` forces
+// on any CPU: "1" takes it, "0" leaves it, so that the tests take both paths on every machine.
+// Read once per choice: callers keep the answer in a static.
+bool measured_choice(const char* variable, bool measured);
+
 // AMD's families of Zen 4 (with Zen 3, which has no AVX-512) and of Zen 5, whose 512-bit units
 // multiply twice as fast a cycle as a Zen 4's from caches and memory that did not double: where
 // the kernel choices measured on each differ, they follow the family.
