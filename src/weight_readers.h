@@ -128,6 +128,12 @@ class Int4CodesTransposed final : public WeightReader {
   int64_t depth() const override { return pack_.columns; }
   int64_t columns() const override { return pack_.rows; }
   int64_t row_alignment() const override { return 1; }
+  // A block of the packing's rows holds each column's codes together, one column after the other,
+  // so the panel GEMM's blocks follow them: the bfloat16 training forward on a Zen 5 EPYC, 2
+  // threads, alternated in one process over rotating weights, over the blocks made for codes in
+  // rows: 16 and 192 x 4096 -> 4096 0.92x and 0.94x the time, 64 x 896 -> 4864, 192 x 896 -> 4864
+  // and 4864 -> 896 0.96-0.99x.
+  bool runs_along_depth() const override { return true; }
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth, float* out) const override;
   void panels(int64_t top, int64_t first, int64_t depth, int64_t count, int64_t panel_depth,
               at::BFloat16* out) const override;
