@@ -59,14 +59,14 @@ void for_each_square(const Int4Pack& pack, int64_t top, int64_t first, int64_t d
   }
 }
 
-// How far ahead of the column it converts a loop over the transposed weight's codes asks for
-// more: a 16-row run of the packing's codes along the depth is a few KiB, over which the
-// hardware's prefetchers, picking up each run anew, left the loads waiting on memory (half of
-// the bfloat16 conversion's samples). torch's int4 packing's training forward on a Zen 5 EPYC, 2
-// threads, alternated in one process over rotating weights, 4 KiB ahead over none: bfloat16 at
-// 16 and 64 rows of 4096 -> 4096 0.88x and 0.95x the time, at 192 rows of 4096 -> 4096, 896 ->
-// 4864, 4864 -> 896, 1024 -> 2816 and 2816 -> 1024 0.97-0.99x; float32 at 16-64 rows 0.95-0.97x,
-// at 192 rows 1.00x.
+// How far ahead of the codes it converts a loop over the packing asks for more (the codes of a
+// real model's weights come from memory): the runs of codes it reads are a few KiB, over which
+// the hardware's prefetchers, picking up each run anew, left the loads waiting (half of the
+// bfloat16 training forward's conversion's samples). torch's int4 packing's training forward on a
+// Zen 5 EPYC, 2 threads, alternated in one process over rotating weights, 4 KiB ahead over none:
+// bfloat16 at 16 and 64 rows of 4096 -> 4096 0.88x and 0.95x the time, at 192 rows of 4096 ->
+// 4096, 896 -> 4864, 4864 -> 896, 1024 -> 2816 and 2816 -> 1024 0.97-0.99x; float32 at 16-64 rows
+// 0.95-0.97x, at 192 rows 1.00x. The backward: looked_up_panels.
 constexpr int64_t kCodesAheadBytes = 4096;
 
 // store(row, k, values) for the transposed weight's panels, W.T[top:top + depth, first:first + count]
