@@ -132,6 +132,26 @@ def test_training_forward_is_the_product_with_the_ops_weight(dtype, shape):
         assert torch.equal(inference, stock), rows
 
 
+@pytest.mark.parametrize("shape", TRAINING_SHAPES, ids=str)
+def test_bfloat16_training_forward_of_unit_rows_is_the_ops_weight_bit_for_bit(shape):
+    """Rows of the identity pick single weights: their training forward is W.T's rows as the op
+    rounds them to bfloat16, bit for bit, which checks every value of the panels the forward's
+    conversion makes (each table of a row's 16 values, in every group), at row counts divided by
+    columns and sharing panels."""
+    out_features, in_features, group_size = shape
+    packed, scale_and_zeros = int4_weight(*shape, dtype=torch.bfloat16)
+    eye = torch.eye(in_features, dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    for rows in (16, 192, in_features):
+        if rows > in_features:
+            continue
+        x = eye[torch.randperm(in_features, generator=generator)[:rows]]
+        got = torch.ops.aten._weight_int4pack_mm_for_cpu(
+            x.clone().requires_grad_(), packed, group_size, scale_and_zeros
+        )
+        assert torch.equal(got, stock_int4pack_mm(x, packed, group_size, scale_and_zeros)), rows
+
+
 def stock_int4pack_mm(x, packed, group_size, scale_and_zeros):
     with torch._C._AutoDispatchBelowAutograd():  # torch's kernel, past qlgrad's Autograd kernel
         return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, group_size, scale_and_zeros)
