@@ -37,7 +37,9 @@ constexpr int64_t kBlockPairs = kWholeBlockRows / 2;
 // 150m decoder's four shapes (896 -> 896, 128 and 4864; 4864 -> 896; four copies each, their
 // codes from memory) alternated in one process, over the dense bfloat16 layers' backward: 16 rows
 // 0.64-0.72x -> 0.46-0.50x, 64 rows 0.80x -> 0.70-0.71x, 128 rows 0.89x -> 0.79-0.80x, 256 rows
-// 0.93-0.98x -> 0.90-0.97x, 512 rows 0.92-0.96x -> 0.91-0.98x.
+// 0.93-0.98x -> 0.90-0.97x, 512 rows 0.92-0.96x -> 0.91-0.98x; the pieces of the shared panels
+// (from 256 rows) asking for the next blocks' runs past their own, 256 rows 0.91-0.94x -> 0.90-0.92x,
+// 384 rows 0.86x -> 0.83x.
 void looked_up_panels(const Int4Pack& pack, int64_t top, int64_t first, int64_t depth, int64_t count, at::BFloat16* out,
                       int64_t panel_depth) {
   const Transpose16 transpose16;
@@ -66,13 +68,13 @@ void looked_up_panels(const Int4Pack& pack, int64_t top, int64_t first, int64_t 
         }
         tables_group = group;
       }
-      // The codes kCodesAheadBytes on in the order they are read: further along the block's run
-      // of columns, or along the next block's.
+      // The codes kCodesAheadBytes on in the order they are read: along the block's run of
+      // columns [first, first + count), then along the next blocks' (a run may be shorter than
+      // the distance: the shared panels' pieces are 64 columns, 2 KiB).
       const int64_t run_bytes = count * kWholeBlockColumnBytes;
       const int64_t ahead = (column - first) * kWholeBlockColumnBytes + kCodesAheadBytes;
-      const uint8_t* prefetched =
-          block + first * kWholeBlockColumnBytes +
-          (ahead < run_bytes ? ahead : pack.columns * kWholeBlockColumnBytes + ahead - run_bytes);
+      const uint8_t* prefetched = block + first * kWholeBlockColumnBytes +
+                                  ahead / run_bytes * pack.columns * kWholeBlockColumnBytes + ahead % run_bytes;
       for (int64_t line = 0; line < 2 * 16 * kWholeBlockColumnBytes; line += 64) {
         _mm_prefetch(reinterpret_cast<const char*>(prefetched + line), _MM_HINT_T0);
       }
