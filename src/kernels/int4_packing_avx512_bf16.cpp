@@ -24,6 +24,13 @@ void square_panels(const Int4Pack& pack, int64_t top, int64_t row_offset, int64_
 
 constexpr int64_t kBlockPairs = kWholeBlockRows / 2;
 
+// The values of codes 0 to 15 of two weight rows in a group (`scale_and_zeros` at the first row's
+// scale, then its zero, then the second row's), rounded to nearest even as square_panels makes
+// them: lanes 0-15 the first row's, lanes 16-31 the second's.
+__m512i two_rows_table(const float* scale_and_zeros) {
+  return (__m512i)_mm512_cvtne2ps_pbh(code_values16(scale_and_zeros + 2), code_values16(scale_and_zeros));
+}
+
 // Rows [top, top + depth) of whole blocks of the AVX-512 packing as bfloat16 panels, columns from
 // `first` (a multiple of 32) 32 at a time. Within a group, a pair of rows has 16 values per row, one
 // per code: a table of 32 bfloat16 values (fma(code - 8, scale, zero), rounded to nearest even, as
@@ -63,8 +70,7 @@ void looked_up_panels(const Int4Pack& pack, int64_t top, int64_t first, int64_t 
       if (const int64_t group = column / pack.group_size; group != tables_group) {
         const float* parameters = pack.scale_and_zeros + (group * pack.rows + block_top) * 2;
         for (int64_t pair = 0; pair < kBlockPairs; ++pair) {
-          const float* rows = parameters + 4 * pair;
-          tables[pair] = (__m512i)_mm512_cvtne2ps_pbh(code_values16(rows + 2), code_values16(rows));
+          tables[pair] = two_rows_table(parameters + 4 * pair);
         }
         tables_group = group;
       }
@@ -108,8 +114,8 @@ void looked_up_panels(const Int4Pack& pack, int64_t top, int64_t first, int64_t 
 // depth even.
 // Each row n of W has, within a group, 16 values, one per code: 16 rows' tables of 16 bfloat16
 // values (fma(code - 8, scale, zero), rounded to nearest even, as values16 and bfloat16_pairs make
-// them) lie in four pairs of registers, four rows a pair, from which four vpermi2w look up a pair of
-// columns of 16 rows, each filling the lanes of its four rows. The codes of the pair's two
+// them: two_rows_table) lie in four pairs of registers, four rows a pair, from which four vpermi2w
+// look up a pair of columns of 16 rows, each filling the lanes of its four rows. The codes of the pair's two
 // columns, interleaved and widened to 16-bit lanes, index them. Against converting value by value
 // (for_each_column16: a float32 conversion and an fma a value, then a rounding), torch's int4
 // packing's bfloat16 training forward on a Zen 5 EPYC, 2 threads, alternated in one process,
@@ -128,16 +134,14 @@ void looked_up_transposed_panels(const Int4Pack& pack, int64_t top, int64_t firs
     const uint8_t* codes = pack.data + (n - in_block) * pack.columns / 2 + in_block % kWholeBlockColumnBytes;
     const bool high = in_block >= kWholeBlockColumnBytes;
     at::BFloat16* panel = out + row / kPanelColumns * kPanelColumns * panel_depth + row % kPanelColumns * 2;
-    __m512i tables[4][2];
+    __m512i tables[8];
     int64_t next_group = 0;
     for (int64_t pair = 0; pair < pairs; ++pair) {
       const int64_t k = top + 2 * pair;
       if (2 * pair == next_group) {
         const float* parameters = pack.scale_and_zeros + (k / pack.group_size * pack.rows + n) * 2;
-        for (int64_t q = 0; q < 4; ++q) {
-          const float* rows = parameters + 8 * q;
-          tables[q][0] = (__m512i)_mm512_cvtne2ps_pbh(code_values16(rows + 2), code_values16(rows));
-          tables[q][1] = (__m512i)_mm512_cvtne2ps_pbh(code_values16(rows + 6), code_values16(rows + 4));
+        for (int64_t rows = 0; rows < 8; ++rows) {
+          tables[rows] = two_rows_table(parameters + 4 * rows);
         }
         next_group = k / pack.group_size * pack.group_size + pack.group_size - top;
       }
@@ -149,7 +153,7 @@ void looked_up_transposed_panels(const Int4Pack& pack, int64_t top, int64_t firs
       __m512i values = high ? _mm512_or_si512(_mm512_srli_epi16(bytes, 4), row_offsets)
                             : _mm512_ternarylogic_epi32(bytes, low_nibble, row_offsets, 0xEA);  // (a & b) | c
       for (int q = 0; q < 4; ++q) {
-        values = _mm512_mask2_permutex2var_epi16(tables[q][0], values, __mmask32{0xFFu} << (8 * q), tables[q][1]);
+        values = _mm512_mask2_permutex2var_epi16(tables[2 * q], values, __mmask32{0xFFu} << (8 * q), tables[2 * q + 1]);
       }
       _mm512_storeu_si512(panel + pair * 2 * kPanelColumns, values);
     }
